@@ -1,0 +1,513 @@
+"""The contract: what a workload needs, as frozen, validated msgspec Structs.
+
+One validation path serves code and files alike: constructing a Struct in
+Python runs the same ``msgspec.convert`` that loading a YAML/TOML/JSON document
+does, so ``GPU(memory=">=80GiB")`` and ``gpus: {memory: ">=80GiB"}`` are parsed,
+checked and refused by the same code, with the same messages.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, ClassVar, Literal, get_args, get_origin
+
+import msgspec
+
+from .errors import ContractError
+from .units import (
+    Bytes,
+    BytesRange,
+    CountRange,
+    Duration,
+    Money,
+    Quantity,
+    Range,
+    Rate,
+    Ratio,
+    parse_target,
+)
+
+__all__ = [
+    "GPU",
+    "Contract",
+    "GuaranteeLevel",
+    "Isolation",
+    "Objective",
+    "Placement",
+    "Preferences",
+    "Probe",
+    "Resources",
+    "Terms",
+    "Workload",
+    "convert",
+]
+
+GuaranteeLevel = Literal["allocated", "reserved", "quota", "best-effort"]
+"""How strong a promise an offer or lease is, strongest first."""
+
+GUARANTEE_ORDER: dict[str, int] = {"best-effort": 0, "quota": 1, "reserved": 2, "allocated": 3}
+
+Isolation = Literal["shared", "dedicated-node", "dedicated-host"]
+ISOLATION_ORDER: dict[str, int] = {"shared": 0, "dedicated-node": 1, "dedicated-host": 2}
+
+Comparison = Literal["<=", "<", ">=", ">"]
+WorkloadKind = Literal["training", "inference", "notebook", "batch"]
+Interconnect = Literal["pcie", "nvlink", "infiniband"]
+RankKey = Literal["cost", "start_time", "locality", "guarantee"]
+ViolationPolicy = Literal["notify", "renegotiate", "release"]
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+_JURISDICTION = re.compile(r"^[A-Z]{2,3}$")
+_COMPUTE_CAPABILITY = re.compile(r"^\d{1,2}\.\d$")
+_MIG_PROFILE = re.compile(r"^\d+g\.\d+gb(\+me)?$")
+_LATENCY_SLI = re.compile(r"^(latency|ttft|tpot)_(p\d{1,3}(\.\d+)?|mean|max)$")
+_RATE_SLIS = frozenset({"throughput"})
+_RATIO_SLIS = frozenset({"availability", "error_rate", "gpu_utilization", "gpu_memory_utilization"})
+_SLI_FORM = (
+    "latency_p50/p90/p95/p99/p999 (or ttft_/tpot_ variants), throughput, availability,"
+    " error_rate, gpu_utilization or gpu_memory_utilization"
+)
+
+
+class _Invalid(ValueError):
+    """Raised by ``__post_init__``: names the field, so the error path can include it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"@{field}: {message}")
+
+
+# -- conversion ------------------------------------------------------------------------
+
+_DECODERS: dict[type, Any] = {
+    Bytes: Bytes,
+    Duration: Duration,
+    Rate: Rate,
+    Money: Money,
+    Ratio: Ratio,
+    Quantity: parse_target,
+    CountRange: CountRange,
+    BytesRange: BytesRange,
+}
+
+
+def decode_quantity(kind: type, value: Any) -> Any:
+    """msgspec ``dec_hook``: build quantities and ranges from text, numbers or instances."""
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        raise NotImplementedError(f"no decoder for {kind!r}")  # msgspec's protocol for "unknown"
+    try:
+        return decoder(value)
+    except ContractError as exc:
+        raise ValueError(exc.message if exc.allowed is None else f"{exc.message}; "
+                         f"expected {exc.allowed}") from None  # fmt: skip
+
+
+def encode_quantity(value: Any) -> Any:
+    """msgspec ``enc_hook``: quantities and ranges as the text they were written in."""
+    if isinstance(value, Range):
+        return value.to_builtin()
+    if isinstance(value, Quantity):
+        return str(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+_LOCATED = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]*)`$")
+
+
+def convert(data: Any, kind: type[Any], *, _where: str | None = None) -> Any:
+    """Validate builtins (a parsed document, or constructor keywords) into ``kind``.
+
+    Every failure becomes one :class:`ContractError` naming the path, the value
+    found there and the allowed form.
+    """
+    try:
+        return msgspec.convert(data, kind, dec_hook=decode_quantity)
+    except msgspec.ValidationError as exc:
+        raise _contract_error(str(exc), data, kind, _where) from None
+
+
+def _contract_error(text: str, data: Any, kind: type[Any], where: str | None) -> ContractError:
+    match = _LOCATED.match(text)
+    assert match is not None  # the pattern matches any text
+    message, path = match["msg"], match["path"] or "$"
+    if message.startswith("@"):
+        field, _, message = message[1:].partition(": ")
+        path = f"{path}.{field}"
+    allowed: str | None = None
+    unknown = _UNKNOWN.match(message)
+    if unknown:
+        key = unknown["key"]
+        owner = _type_at(kind, path)
+        fields = sorted(f for f in getattr(owner, "__struct_fields__", ()))
+        if where == "Contract" and path == "$":
+            fields = sorted({*fields, *Contract._SHORTCUTS})
+        close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+        message = f"unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+        allowed = ", ".join(fields)
+        value = key
+    else:
+        value = _value_at(data, path)
+        if message.startswith("Expected `"):
+            allowed = message[len("Expected `"):].split("`", 1)[0]
+        elif message.startswith("Invalid enum value"):
+            allowed = _enum_values(_type_at(kind, path, leaf=True))
+        elif "; expected " in message:  # from decode_quantity
+            message, allowed = message.rsplit("; expected ", 1)
+        message = message.replace("Expected `", "expected `")
+    if where and where != "Contract":
+        path = where + path[1:]
+    return ContractError(message, path=path, value=value, allowed=allowed)
+
+
+def _enum_values(tp: Any) -> str | None:
+    for arg in (tp, *get_args(tp)):
+        if get_origin(arg) is Literal:
+            return " | ".join(str(v) for v in get_args(arg))
+    return None
+
+
+def _steps(path: str) -> list[str | int]:
+    steps: list[str | int] = []
+    for part in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path[1:]):
+        steps.append(part[0] if part[0] else int(part[1]))
+    return steps
+
+
+def _type_at(kind: Any, path: str, *, leaf: bool = False) -> Any:
+    """The Struct type found at ``path`` (or the field's annotation with ``leaf``)."""
+    current = kind
+    for step in _steps(path):
+        current = _unwrap(current)
+        if isinstance(step, int):
+            args = get_args(current)
+            current = args[0] if args else current
+            continue
+        hints = _struct_hints(current)
+        if step not in hints:
+            return current
+        current = hints[step]
+    return current if leaf else _unwrap(current)
+
+
+def _struct_hints(kind: Any) -> dict[str, Any]:
+    try:
+        info = msgspec.inspect.type_info(kind)
+    except Exception:
+        return {}
+    fields = getattr(info, "fields", ())
+    return {f.name: _annotation(kind, f.name) for f in fields}
+
+
+def _annotation(kind: Any, name: str) -> Any:
+    import typing
+
+    return typing.get_type_hints(kind).get(name)
+
+
+def _unwrap(tp: Any) -> Any:
+    """Strip ``X | None`` and ``tuple[X, ...]`` down to the Struct inside, if any."""
+    for arg in get_args(tp) or ():
+        if isinstance(arg, type) and issubclass(arg, msgspec.Struct):
+            return arg
+    return tp
+
+
+def _value_at(data: Any, path: str) -> Any:
+    current = data
+    for step in _steps(path):
+        try:
+            current = current[step]
+        except (KeyError, IndexError, TypeError):
+            try:
+                current = getattr(current, str(step))
+            except AttributeError:
+                return None
+    return current
+
+
+# -- the contract ----------------------------------------------------------------------
+
+
+class _ModelMeta(msgspec.StructMeta):
+    """Routes ``Model(**kwargs)`` through ``msgspec.convert`` so code is validated like files."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            raise TypeError(f"{cls.__name__}() takes keyword arguments only")
+        shortcut = getattr(cls, "_shortcuts", None)
+        if shortcut is not None:
+            kwargs = shortcut(kwargs)
+        return convert(kwargs, cls, _where=cls.__name__)
+
+
+class _Model(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    metaclass=_ModelMeta,
+):
+    """Base of every contract Struct: frozen, keyword-only, unknown keys refused."""
+
+
+class GPU(_Model, frozen=True):
+    """Accelerators: how many, which models (in order of preference), how big.
+
+    ``models`` are alternatives: the first one a backend can offer wins, all
+    else equal. An empty list accepts any model.
+    """
+
+    count: CountRange = msgspec.field(default_factory=lambda: CountRange(1))
+    models: tuple[str, ...] = ()
+    memory: BytesRange | None = None
+    compute_capability: str | None = None
+    interconnect: Interconnect | None = None
+    mig: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.count.min is None or self.count.min < 1:
+            raise _Invalid("count", f"{self.count} allows zero GPUs; omit gpus for none")
+        for name in self.models:
+            if not name.strip():
+                raise _Invalid("models", "model names must not be empty")
+        if len(set(self.models)) != len(self.models):
+            raise _Invalid("models", f"{list(self.models)} lists a model twice")
+        if self.compute_capability is not None and not _COMPUTE_CAPABILITY.match(
+            self.compute_capability
+        ):
+            raise _Invalid(
+                "compute_capability",
+                f"{self.compute_capability!r} is not a compute capability like '8.0' or '9.0'",
+            )
+        if self.mig is not None and not _MIG_PROFILE.match(self.mig):
+            raise _Invalid("mig", f"{self.mig!r} is not a MIG profile like '1g.10gb' or '3g.40gb'")
+
+
+class Resources(_Model, frozen=True):
+    """Hard requirements on hardware. Each may be an exact value or a range."""
+
+    gpus: GPU | None = None
+    cpus: CountRange | None = None
+    memory: BytesRange | None = None
+    disk: BytesRange | None = None
+
+    def __post_init__(self) -> None:
+        if self.cpus is not None and (self.cpus.max == 0):
+            raise _Invalid("cpus", f"{self.cpus} allows no CPU at all")
+
+
+class Objective(_Model, frozen=True):
+    """A service-level objective: ``sli op target`` over a sliding ``window``."""
+
+    sli: str
+    op: Comparison
+    target: Quantity
+    window: Duration = msgspec.field(default_factory=lambda: Duration("5m"))
+
+    def __post_init__(self) -> None:
+        if not self.window:
+            raise _Invalid("window", "the window must be longer than zero")
+        if _LATENCY_SLI.match(self.sli):
+            expected: type[Quantity] = Duration
+        elif self.sli in _RATE_SLIS:
+            expected = Rate
+        elif self.sli in _RATIO_SLIS:
+            expected = Ratio
+        else:
+            raise _Invalid("sli", f"unknown SLI {self.sli!r}; expected {_SLI_FORM}")
+        if not isinstance(self.target, expected):
+            form = {Duration: "a latency like 200ms", Rate: "a rate like 500/s",
+                    Ratio: "a percentage like 99.9%"}[expected]  # fmt: skip
+            raise _Invalid("target", f"{self.sli} needs {form}, got {str(self.target)!r}")
+
+    def met_by(self, value: Quantity) -> bool:
+        """True when ``value`` satisfies the objective."""
+        if self.op == "<=":
+            return value <= self.target
+        if self.op == "<":
+            return value < self.target
+        if self.op == ">=":
+            return value >= self.target
+        return value > self.target
+
+
+class Placement(_Model, frozen=True):
+    """Where the work may run, and how alone it must be there.
+
+    ``regions``/``jurisdictions``/``providers`` are allow-lists (empty = any);
+    ``deny_regions`` always wins. A location whose jurisdiction is unknown
+    never satisfies a jurisdiction requirement.
+    """
+
+    regions: tuple[str, ...] = ()
+    deny_regions: tuple[str, ...] = ()
+    jurisdictions: tuple[str, ...] = ()
+    providers: tuple[str, ...] = ()
+    isolation: Isolation = "shared"
+
+    def __post_init__(self) -> None:
+        both = sorted(set(self.regions) & set(self.deny_regions))
+        if both:
+            raise _Invalid("deny_regions", f"{both} are both required (regions) and denied")
+        for code in self.jurisdictions:
+            if not _JURISDICTION.match(code):
+                raise _Invalid(
+                    "jurisdictions",
+                    f"{code!r} is not a jurisdiction code like 'EU', 'US' or 'DE'",
+                )
+
+    def allows(self, *, region: str, jurisdiction: str | None, provider: str) -> bool:
+        """True when a location is allowed by this placement (guarantee 2's check)."""
+        if region in self.deny_regions:
+            return False
+        if self.regions and region not in self.regions:
+            return False
+        if self.jurisdictions and (jurisdiction is None or jurisdiction not in self.jurisdictions):
+            return False
+        return not (self.providers and provider not in self.providers)
+
+
+class Terms(_Model, frozen=True):
+    """Business terms: how long, how soon, for how much, how strongly promised."""
+
+    duration: Duration | None = None
+    renewable: bool = True
+    start_by: Duration | None = None
+    max_price: Money | None = None
+    priority: int = 0
+    preemptible: bool = False
+    min_guarantee: GuaranteeLevel = "best-effort"
+    on_violation: ViolationPolicy = "notify"
+    max_renegotiations_per_hour: int = 3
+
+    def __post_init__(self) -> None:
+        if self.duration is not None and not self.duration:
+            raise _Invalid("duration", "the duration must be longer than zero")
+        if not -1000 <= self.priority <= 1000:
+            raise _Invalid("priority", f"{self.priority} is outside -1000..1000")
+        if not 0 <= self.max_renegotiations_per_hour <= 3600:
+            raise _Invalid(
+                "max_renegotiations_per_hour",
+                f"{self.max_renegotiations_per_hour} is outside 0..3600",
+            )
+
+
+class Probe(_Model, frozen=True):
+    """How to probe a published endpoint for latency and availability."""
+
+    endpoint: str | None = None
+    path: str = "/"
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    body: str | None = None
+    interval: Duration = msgspec.field(default_factory=lambda: Duration("10s"))
+    timeout: Duration = msgspec.field(default_factory=lambda: Duration("5s"))
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise _Invalid("path", f"{self.path!r} must start with '/'")
+        if not self.interval:
+            raise _Invalid("interval", "the probe interval must be longer than zero")
+        if not self.timeout:
+            raise _Invalid("timeout", "the probe timeout must be longer than zero")
+
+
+class Workload(_Model, frozen=True):
+    """What runs on the lease: its kind, the command or image, the ports to publish."""
+
+    kind: WorkloadKind = "batch"
+    image: str | None = None
+    command: tuple[str, ...] = ()
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    ports: dict[str, int] = msgspec.field(default_factory=dict)
+    probe: Probe | None = None
+
+    def __post_init__(self) -> None:
+        for name, port in self.ports.items():
+            if not 1 <= port <= 65535:
+                raise _Invalid("ports", f"port {name}={port} is outside 1..65535")
+        if self.probe and self.probe.endpoint and self.probe.endpoint not in self.ports:
+            raise _Invalid(
+                "probe",
+                f"probe endpoint {self.probe.endpoint!r} is not one of the ports"
+                f" {sorted(self.ports)}",
+            )
+
+
+class Preferences(_Model, frozen=True):
+    """How to rank acceptable offers: keys in order of importance, preferred regions."""
+
+    rank: tuple[RankKey, ...] = ("guarantee", "cost", "start_time", "locality")
+    regions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(set(self.rank)) != len(self.rank):
+            raise _Invalid("rank", f"{list(self.rank)} names a key twice")
+
+
+class Contract(_Model, frozen=True):
+    """What a workload needs from infrastructure.
+
+    Build it in code — ``Contract(gpus=GPU(count=8, models=["H100"]), duration="4h")``
+    — or load it from a file with :func:`aicontract.load`. The shortcuts
+    ``gpus``, ``cpus``, ``memory``, ``disk`` (resources), ``duration``,
+    ``start_by``, ``max_price``, ``preemptible``, ``min_guarantee`` (terms) and
+    ``regions``, ``jurisdictions``, ``isolation`` (placement) fill the nested
+    sections; ``gpus=2`` means ``GPU(count=2)``.
+    """
+
+    name: str = "unnamed"
+    tenant: str = "default"
+    resources: Resources = Resources()
+    objectives: tuple[Objective, ...] = ()
+    placement: Placement = Placement()
+    terms: Terms = Terms()
+    workload: Workload | None = None
+    preferences: Preferences = Preferences()
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+
+    _SHORTCUTS: ClassVar[dict[str, str]] = {
+        "gpus": "resources", "cpus": "resources", "memory": "resources", "disk": "resources",
+        "duration": "terms", "start_by": "terms", "max_price": "terms",
+        "preemptible": "terms", "min_guarantee": "terms", "renewable": "terms",
+        "regions": "placement", "jurisdictions": "placement", "isolation": "placement",
+    }  # fmt: skip
+
+    @classmethod
+    def _shortcuts(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        sections: dict[str, dict[str, Any]] = {}
+        for key in [k for k in kwargs if k in cls._SHORTCUTS]:
+            value = kwargs.pop(key)
+            if key == "gpus" and (isinstance(value, (int, str)) and not isinstance(value, bool)):
+                value = {"count": value}
+            sections.setdefault(cls._SHORTCUTS[key], {})[key] = value
+        for section, values in sections.items():
+            if section in kwargs:
+                raise ContractError(
+                    f"give {sorted(values)} either as shortcuts or inside {section}=, not both",
+                    path=f"$.{section}",
+                )
+            kwargs[section] = values
+        return kwargs
+
+    def __post_init__(self) -> None:
+        for field, value in (("name", self.name), ("tenant", self.tenant)):
+            if not _NAME.match(value):
+                raise _Invalid(
+                    field,
+                    f"{value!r} is not a name: use 1-63 lowercase letters, digits, '-', '.'"
+                    " or '_', starting and ending with a letter or digit",
+                )
+        if self.workload is None:
+            return
+        if self.workload.probe and not self.workload.ports:
+            raise _Invalid("workload", "a probe needs at least one published port")
+
+    def with_(self, **changes: Any) -> Contract:
+        """A copy with some top-level fields (or shortcuts) changed, validated again."""
+        data = msgspec.to_builtins(self, enc_hook=encode_quantity)
+        data.update(msgspec.to_builtins(self._shortcuts(dict(changes)), enc_hook=encode_quantity))
+        result: Contract = convert(data, Contract)
+        return result

@@ -1,0 +1,190 @@
+"""Contracts as files: load and dump YAML, TOML and JSON, losslessly.
+
+Every format goes through the same two steps — parse to plain builtins, then
+:func:`aicontract.contract.convert` — so a contract means the same thing
+whatever it is written in. Parsing is strict where the formats are lax: YAML
+duplicate keys are refused (the later one would silently drop the earlier),
+and only ``true``/``false`` are booleans (so the jurisdiction ``NO`` stays
+Norway, not ``False``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import tomli_w
+import yaml
+
+from .contract import Contract, convert, encode_quantity
+from .errors import ContractError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = ["Format", "dump", "dumps", "load", "loads", "to_builtins"]
+
+Format = Literal["yaml", "toml", "json"]
+_SUFFIXES: dict[str, Format] = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
+_MAX_DOCUMENT = 1 << 20  # a contract is a page, not a megabyte
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans and no duplicate keys."""
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    __import__("re").compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            raise ContractError(
+                f"line {key_node.start_mark.line + 1}: keys must be text, got {key!r}",
+                value=key,
+                allowed="text keys",
+            )
+        if key in mapping:
+            raise ContractError(
+                f"line {key_node.start_mark.line + 1}: key {key!r} appears twice",
+                value=key,
+                allowed="each key once per mapping",
+            )
+        mapping[key] = loader.construct_object(value_node, deep=True)
+    return mapping
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ContractError(
+                f"key {key!r} appears twice", value=key, allowed="each key once per object"
+            )
+        result[key] = value
+    return result
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ContractError(f"{name} is not a number here", value=name, allowed="finite numbers")
+
+
+def parse(text: str | bytes, format: Format) -> Any:
+    """Parse a document to builtins (no contract validation yet)."""
+    if isinstance(text, bytes):
+        if len(text) > _MAX_DOCUMENT:
+            raise ContractError("the document is larger than 1 MiB", allowed="a contract file")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ContractError(
+                f"the document is not UTF-8 text (byte {exc.start})", allowed="UTF-8 text"
+            ) from None
+    if len(text) > _MAX_DOCUMENT:
+        raise ContractError("the document is larger than 1 MiB", allowed="a contract file")
+    if "\x00" in text:
+        raise ContractError("the document contains NUL bytes", allowed="text")
+    try:
+        if format == "yaml":
+            return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+        if format == "toml":
+            return tomllib.loads(text)
+        if format == "json":
+            return json.loads(
+                text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant
+            )
+    except ContractError:
+        raise
+    except yaml.YAMLError as exc:
+        raise ContractError(f"not valid YAML: {_one_line(exc)}", allowed="a YAML mapping") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ContractError(f"not valid TOML: {exc}", allowed="a TOML table") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ContractError(f"not valid {format.upper()}: {exc}", allowed="a JSON object") from None
+    except (ValueError, OverflowError) as exc:  # YAML's int/float constructors on odd literals
+        raise ContractError(f"not valid {format.upper()}: {exc}") from None
+    raise ContractError(f"unknown format {format!r}", value=format, allowed="yaml, toml, json")
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def loads(text: str | bytes, format: Format = "yaml") -> Contract:
+    """Load a contract from text in ``format`` (``yaml``, ``toml`` or ``json``)."""
+    data = parse(text, format)
+    if data is None or data == "":
+        raise ContractError("the document is empty", allowed="a mapping with the contract's keys")
+    if not isinstance(data, dict):
+        raise ContractError(
+            f"a contract must be a mapping, got {type(data).__name__}",
+            value=data if isinstance(data, (int, float, str, bool)) else None,
+            allowed="a mapping with the contract's keys",
+        )
+    result: Contract = convert(data, Contract)
+    return result
+
+
+def format_of(path: str | Path) -> Format:
+    """The format a file name implies, from its suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in _SUFFIXES:
+        raise ContractError(
+            f"cannot tell the format of {str(path)!r} from its suffix",
+            value=suffix,
+            allowed=", ".join(sorted(_SUFFIXES)),
+        )
+    return _SUFFIXES[suffix]
+
+
+def load(path: str | Path, format: Format | None = None) -> Contract:
+    """Load a contract file; the format comes from the suffix unless given."""
+    fmt = format or format_of(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ContractError(f"cannot read {str(path)!r}: {exc.strerror}", value=str(path)) from None
+    return loads(raw, fmt)
+
+
+def to_builtins(contract: Contract) -> dict[str, Any]:
+    """The contract as plain dicts/lists/str/int, defaults left out."""
+    data: dict[str, Any] = msgspec.to_builtins(contract, enc_hook=encode_quantity)
+    return data
+
+
+def dumps(contract: Contract, format: Format = "yaml") -> str:
+    """Write a contract as text; :func:`loads` gives back an equal contract."""
+    data = to_builtins(contract)
+    if format == "yaml":
+        text: str = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+        return text
+    if format == "toml":
+        return tomli_w.dumps(data)
+    if format == "json":
+        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    raise ContractError(f"unknown format {format!r}", value=format, allowed="yaml, toml, json")
+
+
+def dump(contract: Contract, path: str | Path, format: Format | None = None) -> None:
+    """Write a contract file; the format comes from the suffix unless given."""
+    Path(path).write_text(dumps(contract, format or format_of(path)), encoding="utf-8")

@@ -1,0 +1,174 @@
+"""Every exception aicontract raises, in one hierarchy.
+
+    AIContractError
+    ├── ContractError            bad input: names the path, the value and the allowed form
+    ├── ConfigError              bad configuration (inventory file, state dir, backend options)
+    │   └── BackendNotFound      no backend registered under that name
+    ├── NegotiationError
+    │   └── NoOffer              no backend could satisfy the contract (says why, per backend)
+    ├── BackendError             a backend failed; carries the backend's name
+    │   ├── CapacityUnavailable  the offer's capacity went away before commit: try the next offer
+    │   ├── TransientBackendError  retry may help (timeouts, 5xx, rate limits)
+    │   ├── QuotaExceeded        final: the account may not have more
+    │   └── AuthenticationError  final: credentials missing or refused
+    └── LeaseError               something about one lease; carries its id
+        ├── LeaseNotFound
+        ├── LeaseStateError      an operation the lease's state does not allow
+        └── LeaseLost            the lease was revoked or expired under its holder
+
+Catch ``AIContractError`` to handle anything from this library; everything else
+escaping it is a bug.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .offer import Offer, Rejection
+
+__all__ = [
+    "AIContractError",
+    "AuthenticationError",
+    "BackendError",
+    "BackendNotFound",
+    "CapacityUnavailable",
+    "ConfigError",
+    "ContractError",
+    "LeaseError",
+    "LeaseLost",
+    "LeaseNotFound",
+    "LeaseStateError",
+    "NegotiationError",
+    "NoOffer",
+    "QuotaExceeded",
+    "TransientBackendError",
+]
+
+
+class AIContractError(Exception):
+    """Root of every error this library raises on purpose."""
+
+
+class ContractError(AIContractError, ValueError):
+    """A contract (or one of its quantities) is invalid.
+
+    ``path`` is where in the document the problem is (``$.resources.gpus.memory``),
+    ``value`` what was found there and ``allowed`` the form that would be accepted.
+    It subclasses :class:`ValueError` so validation layers that expect one
+    (msgspec, argparse, click) report it naturally.
+    """
+
+    def __init__(
+        self, message: str, *, path: str = "$", value: Any = None, allowed: str | None = None
+    ) -> None:
+        self.message = message
+        self.path = path
+        self.value = value
+        self.allowed = allowed
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        text = self.message if self.path == "$" else f"{self.path}: {self.message}"
+        if self.allowed and self.allowed not in self.message:
+            text += f" (allowed: {self.allowed})"
+        return text
+
+    def at(self, prefix: str) -> ContractError:
+        """Return the same error located under ``prefix`` (``$.resources`` + ``$.gpus``)."""
+        path = prefix + self.path[1:] if self.path.startswith("$") else prefix
+        return ContractError(self.message, path=path, value=self.value, allowed=self.allowed)
+
+
+class ConfigError(AIContractError):
+    """Configuration outside a contract is wrong: an inventory file, a state dir, an option."""
+
+
+class BackendNotFound(ConfigError, LookupError):
+    """No backend is registered under the requested name."""
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        self.name = name
+        self.known = tuple(known)
+        choices = ", ".join(self.known) or "none installed"
+        super().__init__(f"no backend named {name!r} (registered: {choices})")
+
+
+class NegotiationError(AIContractError):
+    """Negotiation could not produce a lease."""
+
+
+class NoOffer(NegotiationError):
+    """No backend can satisfy the contract.
+
+    ``rejections`` says, per backend, which requirement failed and what the
+    backend has instead; ``counter_offers`` are the closest offers that relax
+    the contract (``4 x H100 available now; you asked for 8``), ready for a caller
+    to accept in code.
+    """
+
+    def __init__(
+        self,
+        contract_name: str,
+        rejections: Sequence[Rejection],
+        counter_offers: Sequence[Offer] = (),
+        *,
+        reason: str | None = None,
+    ) -> None:
+        self.contract_name = contract_name
+        self.rejections = tuple(rejections)
+        self.counter_offers = tuple(counter_offers)
+        self.reason = reason
+        lines = [f"no offer satisfies contract {contract_name!r}"]
+        if reason:
+            lines[0] += f": {reason}"
+        lines.extend(f"  - {r}" for r in self.rejections)
+        if not self.rejections and not reason:
+            lines.append("  - no backend answered")
+        lines.extend(f"  counter-offer: {o.summary()}" for o in self.counter_offers)
+        super().__init__("\n".join(lines))
+
+
+class BackendError(AIContractError):
+    """A backend failed an operation."""
+
+    def __init__(self, backend: str, message: str) -> None:
+        self.backend = backend
+        super().__init__(f"[{backend}] {message}")
+
+
+class CapacityUnavailable(BackendError):
+    """The capacity behind an offer is gone (taken meanwhile); the next offer may do."""
+
+
+class TransientBackendError(BackendError):
+    """A failure that a retry may cure: timeouts, connection resets, 5xx, rate limits."""
+
+
+class QuotaExceeded(BackendError):
+    """The account's quota forbids more; retrying will not help."""
+
+
+class AuthenticationError(BackendError):
+    """Credentials are missing or were refused; retrying will not help."""
+
+
+class LeaseError(AIContractError):
+    """Something about one lease."""
+
+    def __init__(self, lease_id: str, message: str) -> None:
+        self.lease_id = lease_id
+        super().__init__(f"lease {lease_id}: {message}")
+
+
+class LeaseNotFound(LeaseError, LookupError):
+    """No lease with that id exists (any more)."""
+
+
+class LeaseStateError(LeaseError):
+    """The lease's state does not allow the operation (renewing a released lease)."""
+
+
+class LeaseLost(LeaseError):
+    """The lease was revoked or expired while it was held."""

@@ -1,0 +1,60 @@
+"""JSON Schema for contract files, for editors and CI checks of contract repositories."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ._version import __version__
+from .contract import Contract
+from .units import Bytes, BytesRange, CountRange, Duration, Money, Quantity, Rate, Ratio
+
+__all__ = ["json_schema"]
+
+_BYTES = r"\d+(\.\d+)?\s*(B|[kKMGTP]B?|[KMGTP]iB?|[kKMGTP]i)?"
+_COUNT = r"\d+"
+_DURATION = (
+    r"(\d+(\.\d+)?(ns|us|µs|ms|min|s|m|h|d|w))+"
+    r"|P(\d+(\.\d+)?D)?(T(\d+(\.\d+)?H)?(\d+(\.\d+)?M)?(\d+(\.\d+)?S)?)?"
+)
+
+
+def _range(one: str) -> str:
+    return rf"^\s*((>=|<=)\s*{one}|{one}|({one})?\s*\.\.\s*({one})?)\s*$"
+
+
+def _hook(kind: type) -> dict[str, Any]:
+    if kind is Bytes:
+        return {"type": ["string", "integer"], "pattern": rf"^{_BYTES}$", "examples": ["80GiB"]}
+    if kind is Duration:
+        return {"type": "string", "pattern": rf"^({_DURATION})$", "examples": ["4h", "200ms"]}
+    if kind is Rate:
+        return {"type": "string", "examples": ["500/s", "512 tokens/s"]}
+    if kind is Money:
+        return {"type": "string", "pattern": r"^\d+(\.\d+)?\s*[A-Z]{3}\s*/\s*(h|hr|hour)$",
+                "examples": ["2.50 USD/h"]}  # fmt: skip
+    if kind is Ratio:
+        return {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1},
+                          {"type": "string", "pattern": r"^\d+(\.\d+)?%$"}]}  # fmt: skip
+    if kind is Quantity:
+        return {"anyOf": [{"type": "string"}, {"type": "number", "minimum": 0, "maximum": 1}],
+                "description": "a latency (200ms), a rate (500 tokens/s) or a ratio (99.9%)",
+                "examples": ["200ms", "500 tokens/s", "99.9%"]}  # fmt: skip
+    if kind is CountRange:
+        return {"anyOf": [{"type": "integer", "minimum": 0},
+                          {"type": "string", "pattern": _range(_COUNT)}],
+                "examples": [8, "1..8", ">=2"]}  # fmt: skip
+    if kind is BytesRange:
+        return {"anyOf": [{"type": "integer", "minimum": 0},
+                          {"type": "string", "pattern": _range(_BYTES)}],
+                "examples": ["80GiB", ">=24GiB", "40GiB..80GiB", "256GiB.."]}  # fmt: skip
+    raise NotImplementedError(kind)  # msgspec's protocol: "no schema for this type"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a contract document."""
+    schema: dict[str, Any] = msgspec.json.schema(Contract, schema_hook=_hook)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = f"aicontract contract (aicontract {__version__})"
+    return schema

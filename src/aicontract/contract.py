@@ -150,7 +150,7 @@ def _contract_error(text: str, data: Any, kind: type[Any], where: str | None) ->
     else:
         value = _value_at(data, path)
         if message.startswith("Expected `"):
-            allowed = message[len("Expected `"):].split("`", 1)[0]
+            allowed = message[len("Expected `") :].split("`", 1)[0]
         elif message.startswith("Invalid enum value"):
             allowed = _enum_values(_type_at(kind, path, leaf=True))
         elif "; expected " in message:  # from decode_quantity

@@ -256,9 +256,7 @@ class Duration(Quantity):
             self._magnitude, self._text = value._magnitude, value._text
             return
         if isinstance(value, _dt.timedelta):
-            ns = (
-                (value.days * 86400 + value.seconds) * 10**9 + value.microseconds * 10**3
-            )
+            ns = (value.days * 86400 + value.seconds) * 10**9 + value.microseconds * 10**3
             if ns < 0:
                 raise ContractError(
                     "a duration cannot be negative", value=value, allowed=self.ALLOWED
@@ -495,9 +493,7 @@ class Ratio(Quantity):
             exact = _as_exact(value, "ratio", self.ALLOWED)
             text = _number_text(exact)
         if not 0 <= exact <= 1:
-            raise ContractError(
-                f"{value!r} is outside 0%..100%", value=value, allowed=self.ALLOWED
-            )
+            raise ContractError(f"{value!r} is outside 0%..100%", value=value, allowed=self.ALLOWED)
         self._magnitude, self._text = exact, text
 
     @property
@@ -712,6 +708,7 @@ class CountRange(Range[int]):
     __slots__ = ()
     KIND = "count"
     ALLOWED = "a whole number like 8, or a range like 1..8, 2.. or >=2"
+
     @staticmethod
     def _parse(raw: Any) -> int:
         return _count(raw)
@@ -723,6 +720,7 @@ class BytesRange(Range[Bytes]):
     __slots__ = ()
     KIND = "bytes"
     ALLOWED = "a size like 80GiB, or a range like 40GiB..80GiB, 256GiB.. or >=24GiB"
+
     @staticmethod
     def _parse(raw: Any) -> Bytes:
         return Bytes(raw)

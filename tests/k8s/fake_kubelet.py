@@ -32,6 +32,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -182,6 +184,7 @@ class FakeKubelet:
         self._pending_specs = list(nodes if nodes is not None else default_node_specs())
         self._completions: dict[str, tuple[float, str, str, int]] = {}  # uid -> (due, ns, name, code)
         self._stop = threading.Event()
+        self._watch_resp: httpx.Response | None = None
         self._threads: list[threading.Thread] = []
         self._started = False
         self.errors: list[str] = []  # last errors from the loops (for debugging)
@@ -193,7 +196,7 @@ class FakeKubelet:
         timeout = httpx.Timeout(self.request_timeout, read=read_timeout or self.request_timeout)
         return httpx.Client(
             base_url=self.server,
-            verify=self.ca_path,
+            verify=ssl.create_default_context(cafile=self.ca_path),
             headers={"Authorization": f"Bearer {self.token}", "User-Agent": "aicontract-fake-kubelet"},
             timeout=timeout,
         )
@@ -234,6 +237,7 @@ class FakeKubelet:
         """Stop all loops and join the threads. With *delete_nodes*, also
         delete the Node and Lease objects."""
         self._stop.set()
+        self._interrupt_watch()
         join_timeout = timeout if timeout is not None else self.watch_timeout_seconds + self.request_timeout + 5
         for t in self._threads:
             t.join(join_timeout)
@@ -249,6 +253,21 @@ class FakeKubelet:
         if self._started:
             self._http.close()
         self._started = False
+
+    def _interrupt_watch(self) -> None:
+        """Wake the pod-watch thread out of its blocking read (otherwise it
+        notices the stop event when the server ends the watch, at most
+        ``watch_timeout_seconds`` later)."""
+        resp = self._watch_resp
+        if resp is None:
+            return
+        try:
+            stream = resp.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
 
     def __enter__(self) -> FakeKubelet:
         self.start()
@@ -534,6 +553,9 @@ class FakeKubelet:
             "timeoutSeconds": str(self.watch_timeout_seconds),
         }
         with client.stream("GET", "/api/v1/pods", params=params) as resp:
+            self._watch_resp = resp
+            if self._stop.is_set():
+                return rv
             if resp.status_code == 410:
                 return None
             if resp.status_code >= 400:
@@ -561,6 +583,7 @@ class FakeKubelet:
                         self._completions.pop(obj.get("metadata", {}).get("uid", ""), None)
                 if self._stop.is_set():
                     break
+        self._watch_resp = None
         return rv
 
     def _alive_node(self, name: str | None) -> _NodeState | None:

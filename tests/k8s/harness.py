@@ -31,6 +31,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -215,11 +216,15 @@ class Cluster:
         headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
         return httpx.Client(
             base_url=self.server,
-            verify=str(self.ca_path),
+            verify=self.ssl_context(),
             headers=headers,
             timeout=kwargs.pop("timeout", 30.0),
             **kwargs,
         )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """An SSL context trusting the cluster CA (for ``httpx``'s ``verify``)."""
+        return ssl.create_default_context(cafile=str(self.ca_path))
 
     def start(self) -> None:
         if self.processes:
@@ -481,7 +486,7 @@ class Cluster:
         self._wait_http(
             proc,
             f"{self.server}/readyz",
-            verify=str(self.ca_path),
+            verify=self.ssl_context(),
             headers={"Authorization": f"Bearer {self.token}"},
         )
         self.kubeconfig = self._write_kubeconfig(self.workdir / "kubeconfig", ADMIN_USER, self.token)  # type: ignore[operator]

@@ -1,4 +1,4 @@
-"""The ``aicontract`` command."""
+"""``aicontract validate`` and ``aicontract schema``: contract files."""
 
 from __future__ import annotations
 
@@ -8,19 +8,12 @@ from pathlib import Path
 
 import click
 
-from ._version import __version__
-from .documents import load
-from .errors import ContractError
-from .schema import json_schema
+from ..documents import load
+from ..errors import ContractError
+from ..schema import json_schema
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="aicontract")
-def main() -> None:
-    """State what a workload needs as a contract; get a lease that keeps it."""
-
-
-@main.command()
+@click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors.")
 def validate(files: tuple[Path, ...], quiet: bool) -> None:
@@ -40,8 +33,11 @@ def validate(files: tuple[Path, ...], quiet: bool) -> None:
         sys.exit(1)
 
 
-@main.command()
+@click.command()
 @click.option("--indent", default=2, show_default=True, help="JSON indentation.")
 def schema(indent: int) -> None:
     """Print the JSON Schema of contract files."""
     click.echo(json.dumps(json_schema(), indent=indent, ensure_ascii=False))
+
+
+COMMANDS = [validate, schema]

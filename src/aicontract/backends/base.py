@@ -1,0 +1,55 @@
+"""The one extension point for capacity: a :class:`Backend`.
+
+A backend answers five questions and nothing else. The negotiator does the
+rest — fan-out, filtering (placement and guarantee are checked there, never
+trusted to a backend), ranking, retries and fail-over — so a backend stays
+small and honest about what it has.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from ..contract import Contract
+from ..lease import Lease
+from ..observation import Observation
+from ..offer import Offer, Quote
+
+__all__ = ["Backend"]
+
+
+class Backend(ABC):
+    """Where capacity comes from: this host, a Kubernetes cluster, a cloud.
+
+    ``commit`` must be idempotent on ``idempotency_key``: committing the same
+    key twice (a retry after a timeout) returns the same lease, never a second
+    one. ``renew`` returns the new expiry (epoch seconds) or raises
+    :class:`~aicontract.LeaseLost`; ``release`` is safe to repeat.
+    Transient failures raise :class:`~aicontract.TransientBackendError`; a lost
+    race for the offered capacity raises :class:`~aicontract.CapacityUnavailable`.
+    """
+
+    name: str = "backend"
+
+    @abstractmethod
+    async def quote(self, contract: Contract) -> Quote:
+        """Offers for ``contract`` (and, for what cannot be offered, why)."""
+
+    @abstractmethod
+    async def commit(self, offer: Offer, idempotency_key: str) -> Lease:
+        """Turn one of this backend's offers into an active lease."""
+
+    @abstractmethod
+    async def renew(self, lease: Lease) -> float:
+        """Extend ``lease``; return its new expiry."""
+
+    @abstractmethod
+    async def release(self, lease: Lease) -> None:
+        """Free everything ``lease`` holds."""
+
+    async def observe(self, lease: Lease) -> Observation:
+        """Samples and faults for ``lease`` right now (none, unless the backend can see any)."""
+        return Observation()
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to close by default
+        """Close connections and files the backend holds."""

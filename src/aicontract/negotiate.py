@@ -1,0 +1,272 @@
+"""Negotiation: ask every backend, keep what the contract allows, commit the best.
+
+The negotiator is where the guarantees are enforced — not the backends. An
+offer outside the contract's placement (guarantee 2), with a granted value
+outside a requirement's range (guarantee 3) or weaker than the contract's
+minimum guarantee level (guarantee 6) is dropped here, whatever a backend
+claimed, and the drop is reported as a :class:`~aicontract.offer.Rejection`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import attrs
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from .backends.base import Backend
+from .backends.registry import create_backend
+from .clock import Clock, system_clock
+from .contract import GUARANTEE_ORDER, ISOLATION_ORDER, Contract
+from .errors import (
+    AIContractError,
+    AuthenticationError,
+    BackendError,
+    CapacityUnavailable,
+    NoOffer,
+    QuotaExceeded,
+    TransientBackendError,
+)
+from .lease import Lease
+from .offer import Offer, Quote, Rejection
+
+__all__ = ["Negotiation", "Negotiator", "check_offer", "default_backends"]
+
+log = logging.getLogger("aicontract.negotiate")
+
+
+def check_offer(offer: Offer, contract: Contract, now: float) -> list[Rejection]:
+    """Every way ``offer`` breaks ``contract`` (empty when it satisfies it)."""
+    out: list[Rejection] = []
+
+    def reject(requirement: str, wanted: object, available: object) -> None:
+        out.append(Rejection(backend=offer.backend, requirement=requirement,
+                             wanted=str(wanted), available=str(available)))  # fmt: skip
+
+    grant, res = offer.grant, contract.resources
+    if res.gpus is not None:
+        gpus = res.gpus
+        if grant.gpus not in gpus.count:
+            reject("resources.gpus.count", gpus.count, grant.gpus)
+        if gpus.models and grant.gpu_model not in gpus.models:
+            reject("resources.gpus.models", list(gpus.models), grant.gpu_model)
+        if gpus.memory is not None and (
+            grant.gpu_memory is None or grant.gpu_memory not in gpus.memory
+        ):
+            reject("resources.gpus.memory", gpus.memory, grant.gpu_memory)
+    elif grant.gpus:
+        reject("resources.gpus", "no GPUs", f"{grant.gpus} GPUs")
+    for name in ("cpus", "memory", "disk"):
+        wanted = getattr(res, name)
+        granted = getattr(grant, name)
+        if wanted is not None and (granted is None or granted not in wanted):
+            reject(f"resources.{name}", wanted, granted)
+    place = contract.placement
+    if offer.region in place.deny_regions or (place.regions and offer.region not in place.regions):
+        reject("placement.regions", list(place.regions) or f"not {list(place.deny_regions)}",
+               offer.region)  # fmt: skip
+    if place.jurisdictions and offer.jurisdiction not in place.jurisdictions:
+        reject("placement.jurisdictions", list(place.jurisdictions),
+               offer.jurisdiction or "unknown jurisdiction")  # fmt: skip
+    if place.providers and offer.provider not in place.providers:
+        reject("placement.providers", list(place.providers), offer.provider)
+    if ISOLATION_ORDER[offer.isolation] < ISOLATION_ORDER[place.isolation]:
+        reject("placement.isolation", place.isolation, offer.isolation)
+    terms = contract.terms
+    if GUARANTEE_ORDER[offer.guarantee] < GUARANTEE_ORDER[terms.min_guarantee]:
+        reject("terms.min_guarantee", terms.min_guarantee, offer.guarantee)
+    if terms.max_price is not None:
+        price = offer.price
+        if price is None or price.currency != terms.max_price.currency:
+            reject("terms.max_price", terms.max_price, price or "unpriced")
+        elif price > terms.max_price:
+            reject("terms.max_price", terms.max_price, price)
+    if offer.preemptible and not terms.preemptible:
+        reject("terms.preemptible", "not preemptible", "preemptible")
+    if terms.start_by is not None and offer.start_in > terms.start_by.seconds:
+        reject("terms.start_by", terms.start_by, f"starts in {offer.start_in:.0f}s")
+    if offer.expires_at <= now:
+        reject("offer", "an unexpired offer", "expired offer")
+    return out
+
+
+def rank_key(offer: Offer, contract: Contract) -> tuple[Any, ...]:
+    """Sort key for acceptable offers: the contract's preferences, then model order."""
+    key: list[Any] = []
+    for name in contract.preferences.rank:
+        if name == "guarantee":
+            key.append(-GUARANTEE_ORDER[offer.guarantee])
+        elif name == "cost":
+            key.append(offer.price.amount if offer.price is not None else 0)
+        elif name == "start_time":
+            key.append(offer.start_in)
+        elif name == "locality":
+            regions = contract.preferences.regions
+            key.append(regions.index(offer.region) if offer.region in regions else len(regions))
+    gpus = contract.resources.gpus
+    if gpus is not None and gpus.models and offer.grant.gpu_model in gpus.models:
+        key.append(gpus.models.index(offer.grant.gpu_model))
+    key.append(-offer.grant.gpus)
+    return tuple(key)
+
+
+@attrs.frozen
+class Negotiation:
+    """The outcome of one round of quotes: ranked acceptable offers and the rest."""
+
+    offers: tuple[Offer, ...]
+    rejections: tuple[Rejection, ...]
+    counter_offers: tuple[Offer, ...]
+
+
+def default_backends() -> list[Backend]:
+    """The backends named by ``AICONTRACT_BACKENDS`` (comma-separated), else ``local``."""
+    names = [n.strip() for n in os.environ.get("AICONTRACT_BACKENDS", "local").split(",")]
+    return [create_backend(n) for n in names if n]
+
+
+@attrs.define
+class Negotiator:
+    """Fans out quotes, filters and ranks offers, commits the best, fails over.
+
+    ``quote_timeout`` bounds each backend's answer; ``commit_attempts`` bounds
+    retries of transient commit failures (jittered exponential backoff); the
+    contract's ``terms.start_by`` bounds how long :meth:`acquire` waits for
+    capacity, re-quoting with backoff.
+    """
+
+    backends: Sequence[Backend] = attrs.field(factory=default_backends)
+    clock: Clock = system_clock
+    quote_timeout: float = 10.0
+    commit_attempts: int = 4
+    retry_wait_max: float = 2.0
+    requote_wait_max: float = 5.0
+
+    async def quote(self, contract: Contract) -> Negotiation:
+        """One round: every backend's offers, filtered by the contract and ranked."""
+        quotes: list[Quote] = []
+        rejections: list[Rejection] = []
+
+        async def ask(backend: Backend) -> None:
+            with anyio.move_on_after(self.quote_timeout) as scope:
+                try:
+                    quotes.append(await backend.quote(contract))
+                except AIContractError as exc:
+                    rejections.append(
+                        Rejection(backend=backend.name, requirement="quote",
+                                  wanted="an answer", available=str(exc))
+                    )  # fmt: skip
+            if scope.cancelled_caught:
+                rejections.append(Rejection(backend=backend.name, requirement="quote",
+                                            wanted=f"an answer within {self.quote_timeout:g}s",
+                                            available="no answer"))  # fmt: skip
+
+        async with anyio.create_task_group() as tg:
+            for backend in self.backends:
+                tg.start_soon(ask, backend, name=f"aicontract-quote-{backend.name}")
+
+        now = self.clock.time()
+        accepted: list[Offer] = []
+        counter: list[Offer] = []
+        for quote in quotes:
+            rejections.extend(quote.rejections)
+            counter.extend(quote.counter_offers)
+            for offer in quote.offers:
+                problems = check_offer(offer, contract, now)
+                if problems:
+                    log.debug("dropping offer %s: %s", offer.id, "; ".join(map(str, problems)))
+                    rejections.extend(problems)
+                else:
+                    accepted.append(offer)
+        accepted.sort(key=lambda o: rank_key(o, contract))
+        return Negotiation(tuple(accepted), tuple(rejections), tuple(counter))
+
+    async def commit(self, offer: Offer, idempotency_key: str | None = None) -> Lease:
+        """Commit one offer, retrying transient failures with the same idempotency key."""
+        backend = self._backend(offer.backend)
+        key = idempotency_key or uuid.uuid4().hex[:20]
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.commit_attempts),
+            wait=wait_random_exponential(multiplier=0.05, max=self.retry_wait_max),
+            retry=retry_if_exception_type(TransientBackendError),
+            sleep=self.clock.sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                lease = await backend.commit(offer, key)
+        return lease
+
+    async def acquire(self, contract: Contract) -> Lease:
+        """Negotiate and commit: the best acceptable offer becomes an active lease.
+
+        Waits for capacity up to ``terms.start_by`` (no wait when unset),
+        re-quoting with jittered backoff; raises :class:`~aicontract.NoOffer`
+        listing, per backend, what was missing.
+        """
+        start_by = contract.terms.start_by
+        deadline = self.clock.monotonic() + (start_by.seconds if start_by else 0.0)
+        backoff = 0.05
+        while True:
+            round_ = await self.quote(contract)
+            failures: list[Rejection] = []
+            for offer in round_.offers:
+                try:
+                    lease = await self.commit(offer)
+                except (CapacityUnavailable, TransientBackendError) as exc:
+                    failures.append(self._failure(offer, "capacity at commit", exc))
+                    continue
+                except (QuotaExceeded, AuthenticationError) as exc:
+                    failures.append(self._failure(offer, "account", exc))
+                    continue
+                log.info("contract %s: leased %s", contract.name, lease)
+                return lease
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0:
+                raise NoOffer(
+                    contract.name,
+                    _dedupe([*round_.rejections, *failures]),
+                    round_.counter_offers,
+                    reason="start_by deadline passed" if start_by else None,
+                )
+            wait = min(remaining, random.uniform(backoff / 2, backoff))
+            log.debug("contract %s: no capacity yet; re-quoting in %.2fs", contract.name, wait)
+            await self.clock.sleep(wait)
+            backoff = min(self.requote_wait_max, backoff * 2)
+
+    def _backend(self, name: str) -> Backend:
+        for backend in self.backends:
+            if backend.name == name:
+                return backend
+        raise CapacityUnavailable(name, "the offer's backend is not part of this negotiation")
+
+    @staticmethod
+    def _failure(offer: Offer, what: str, exc: BackendError) -> Rejection:
+        return Rejection(backend=offer.backend, requirement=what, wanted=offer.summary(),
+                         available=str(exc))  # fmt: skip
+
+    async def aclose(self) -> None:
+        """Close every backend."""
+        for backend in self.backends:
+            await backend.aclose()
+
+
+def _dedupe(rejections: Sequence[Rejection]) -> list[Rejection]:
+    seen: set[Rejection] = set()
+    out = []
+    for r in rejections:
+        if r not in seen:
+            seen.add(r)
+            out.append(r)
+    return out

@@ -105,7 +105,7 @@ def decode_quantity(kind: type, value: Any) -> Any:
 
 def encode_quantity(value: Any) -> Any:
     """msgspec ``enc_hook``: quantities and ranges as the text they were written in."""
-    if isinstance(value, Range):
+    if isinstance(value, (Range, Ratio)):
         return value.to_builtin()
     if isinstance(value, Quantity):
         return str(value)

@@ -13,7 +13,7 @@ import datetime as _dt
 import math
 import re
 from abc import ABC, abstractmethod
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from fractions import Fraction
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -54,7 +54,13 @@ def _number_text(value: Decimal | Fraction | int) -> str:
     if isinstance(value, Fraction):
         if value.denominator == 1:
             return str(value.numerator)
-        value = Decimal(value.numerator) / Decimal(value.denominator)
+        # Our fractions come from decimals, so they terminate; give the division
+        # enough digits to be exact (the default context keeps only 28).
+        digits = len(str(abs(value.numerator))) + 4 * len(str(value.denominator))
+        with localcontext() as context:
+            context.prec = max(28, digits)
+            value = Decimal(value.numerator) / Decimal(value.denominator)
+            return format(value.normalize(), "f")
     return format(Decimal(value).normalize(), "f")
 
 
@@ -500,6 +506,27 @@ class Ratio(Quantity):
     def fraction(self) -> float:
         """The ratio as a float in [0, 1]."""
         return float(self._magnitude)
+
+    def to_builtin(self) -> str | int | float:
+        """The value to write in a document, such that :class:`Ratio` reads it back equal.
+
+        A percentage stays text. A ratio written as a number stays a number (its
+        text, ``"0.999"``, would read back as neither a percentage nor a number);
+        when a float cannot carry it exactly, it is written as a percentage.
+        """
+        if self._text.endswith("%"):
+            return self._text
+        if self._magnitude.denominator == 1:
+            return int(self._magnitude)
+        as_float = float(self._magnitude)
+        if Fraction(Decimal(repr(as_float))) == self._magnitude:
+            return as_float
+        return f"{_number_text(self._magnitude * 100)}%"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._text.endswith("%"):
+            return (Ratio, (self._text,))
+        return (Ratio, (Decimal(self._text),))
 
 
 def parse_target(value: object) -> Duration | Rate | Ratio:

@@ -584,6 +584,8 @@ class Range(ABC, Generic[Q]):
                     allowed=self.ALLOWED,
                 )
             low, high = value
+            if low is None and high is None:
+                raise ContractError(f"{value!r} has no bounds", value=value, allowed=self.ALLOWED)
             self._set(
                 None if low is None else self._one(low),
                 None if high is None else self._one(high),

@@ -32,6 +32,7 @@ __all__ = ["Format", "dump", "dumps", "load", "loads", "to_builtins"]
 Format = Literal["yaml", "toml", "json"]
 _SUFFIXES: dict[str, Format] = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
 _MAX_DOCUMENT = 1 << 20  # a contract is a page, not a megabyte
+_TOP: dict[str, str] = {"yaml": "a YAML mapping", "toml": "a TOML table", "json": "a JSON object"}
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -118,8 +119,12 @@ def parse(text: str | bytes, format: Format) -> Any:
         raise ContractError(f"not valid YAML: {_one_line(exc)}", allowed="a YAML mapping") from None
     except tomllib.TOMLDecodeError as exc:
         raise ContractError(f"not valid TOML: {exc}", allowed="a TOML table") from None
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ContractError(f"not valid {format.upper()}: {exc}", allowed="a JSON object") from None
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"not valid JSON: {exc}", allowed="a JSON object") from None
+    except RecursionError:
+        raise ContractError(
+            f"not valid {format.upper()}: nested too deeply", allowed=_TOP[format]
+        ) from None
     except (ValueError, OverflowError) as exc:  # YAML's int/float constructors on odd literals
         raise ContractError(f"not valid {format.upper()}: {exc}") from None
     raise ContractError(f"unknown format {format!r}", value=format, allowed="yaml, toml, json")

@@ -64,6 +64,7 @@ _MIG_PROFILE = re.compile(r"^\d+g\.\d+gb(\+me)?$")
 _LATENCY_SLI = re.compile(r"^(latency|ttft|tpot)_(p\d{1,3}(\.\d+)?|mean|max)$")
 _RATE_SLIS = frozenset({"throughput"})
 _RATIO_SLIS = frozenset({"availability", "error_rate", "gpu_utilization", "gpu_memory_utilization"})
+_MODELS_FORM = "distinct, non-empty model names like H100 or A100-80GB"
 _SLI_FORM = (
     "latency_p50/p90/p95/p99/p999 (or ttft_/tpot_ variants), throughput, availability,"
     " error_rate, gpu_utilization or gpu_memory_utilization"
@@ -71,10 +72,11 @@ _SLI_FORM = (
 
 
 class _Invalid(ValueError):
-    """Raised by ``__post_init__``: names the field, so the error path can include it."""
+    """Raised by ``__post_init__``: names the field (for the error path) and the allowed form."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"@{field}: {message}")
+    def __init__(self, field: str, message: str, allowed: str | None = None) -> None:
+        # "; expected " is how _contract_error tells the allowed form from the message.
+        super().__init__(f"@{field}: {message}" + (f"; expected {allowed}" if allowed else ""))
 
 
 # -- conversion ------------------------------------------------------------------------
@@ -269,21 +271,28 @@ class GPU(_Model, frozen=True):
 
     def __post_init__(self) -> None:
         if self.count.min is None or self.count.min < 1:
-            raise _Invalid("count", f"{self.count} allows zero GPUs; omit gpus for none")
+            raise _Invalid(
+                "count",
+                f"{self.count} allows zero GPUs; omit gpus for none",
+                "at least one GPU, like 1, 1..8 or >=2",
+            )
         for name in self.models:
             if not name.strip():
-                raise _Invalid("models", "model names must not be empty")
+                raise _Invalid("models", "model names must not be empty", _MODELS_FORM)
         if len(set(self.models)) != len(self.models):
-            raise _Invalid("models", f"{list(self.models)} lists a model twice")
+            raise _Invalid("models", f"{list(self.models)} lists a model twice", _MODELS_FORM)
         if self.compute_capability is not None and not _COMPUTE_CAPABILITY.match(
             self.compute_capability
         ):
             raise _Invalid(
                 "compute_capability",
-                f"{self.compute_capability!r} is not a compute capability like '8.0' or '9.0'",
+                f"{self.compute_capability!r} is not a compute capability",
+                "text like '8.0' or '9.0'",
             )
         if self.mig is not None and not _MIG_PROFILE.match(self.mig):
-            raise _Invalid("mig", f"{self.mig!r} is not a MIG profile like '1g.10gb' or '3g.40gb'")
+            raise _Invalid(
+                "mig", f"{self.mig!r} is not a MIG profile", "a profile like '1g.10gb' or '3g.40gb'"
+            )
 
 
 class Resources(_Model, frozen=True):
@@ -296,7 +305,9 @@ class Resources(_Model, frozen=True):
 
     def __post_init__(self) -> None:
         if self.cpus is not None and (self.cpus.max == 0):
-            raise _Invalid("cpus", f"{self.cpus} allows no CPU at all")
+            raise _Invalid(
+                "cpus", f"{self.cpus} allows no CPU at all", "at least one CPU, like 4 or 2..8"
+            )
 
 
 class Objective(_Model, frozen=True):
@@ -309,7 +320,9 @@ class Objective(_Model, frozen=True):
 
     def __post_init__(self) -> None:
         if not self.window:
-            raise _Invalid("window", "the window must be longer than zero")
+            raise _Invalid(
+                "window", "the window must be longer than zero", "a duration like 5m or 1h"
+            )
         if _LATENCY_SLI.match(self.sli):
             expected: type[Quantity] = Duration
         elif self.sli in _RATE_SLIS:
@@ -317,11 +330,11 @@ class Objective(_Model, frozen=True):
         elif self.sli in _RATIO_SLIS:
             expected = Ratio
         else:
-            raise _Invalid("sli", f"unknown SLI {self.sli!r}; expected {_SLI_FORM}")
+            raise _Invalid("sli", f"unknown SLI {self.sli!r}", _SLI_FORM)
         if not isinstance(self.target, expected):
             form = {Duration: "a latency like 200ms", Rate: "a rate like 500/s",
                     Ratio: "a percentage like 99.9%"}[expected]  # fmt: skip
-            raise _Invalid("target", f"{self.sli} needs {form}, got {str(self.target)!r}")
+            raise _Invalid("target", f"{self.sli} needs {form}, got {str(self.target)!r}", form)
 
     def met_by(self, value: Quantity) -> bool:
         """True when ``value`` satisfies the objective."""
@@ -351,12 +364,17 @@ class Placement(_Model, frozen=True):
     def __post_init__(self) -> None:
         both = sorted(set(self.regions) & set(self.deny_regions))
         if both:
-            raise _Invalid("deny_regions", f"{both} are both required (regions) and denied")
+            raise _Invalid(
+                "deny_regions",
+                f"{both} are both required (regions) and denied",
+                "deny_regions that do not also appear in regions",
+            )
         for code in self.jurisdictions:
             if not _JURISDICTION.match(code):
                 raise _Invalid(
                     "jurisdictions",
-                    f"{code!r} is not a jurisdiction code like 'EU', 'US' or 'DE'",
+                    f"{code!r} is not a jurisdiction code",
+                    "two or three capital letters, like EU, US or DE",
                 )
 
     def allows(self, *, region: str, jurisdiction: str | None, provider: str) -> bool:
@@ -385,13 +403,18 @@ class Terms(_Model, frozen=True):
 
     def __post_init__(self) -> None:
         if self.duration is not None and not self.duration:
-            raise _Invalid("duration", "the duration must be longer than zero")
+            raise _Invalid(
+                "duration", "the duration must be longer than zero", "a duration like 4h or 30m"
+            )
         if not -1000 <= self.priority <= 1000:
-            raise _Invalid("priority", f"{self.priority} is outside -1000..1000")
+            raise _Invalid(
+                "priority", f"{self.priority} is outside -1000..1000", "an integer in -1000..1000"
+            )
         if not 0 <= self.max_renegotiations_per_hour <= 3600:
             raise _Invalid(
                 "max_renegotiations_per_hour",
                 f"{self.max_renegotiations_per_hour} is outside 0..3600",
+                "an integer in 0..3600",
             )
 
 
@@ -407,11 +430,17 @@ class Probe(_Model, frozen=True):
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
-            raise _Invalid("path", f"{self.path!r} must start with '/'")
+            raise _Invalid(
+                "path", f"{self.path!r} must start with '/'", "an HTTP path like /health"
+            )
         if not self.interval:
-            raise _Invalid("interval", "the probe interval must be longer than zero")
+            raise _Invalid(
+                "interval", "the probe interval must be longer than zero", "a duration like 10s"
+            )
         if not self.timeout:
-            raise _Invalid("timeout", "the probe timeout must be longer than zero")
+            raise _Invalid(
+                "timeout", "the probe timeout must be longer than zero", "a duration like 5s"
+            )
 
 
 class Workload(_Model, frozen=True):
@@ -427,12 +456,15 @@ class Workload(_Model, frozen=True):
     def __post_init__(self) -> None:
         for name, port in self.ports.items():
             if not 1 <= port <= 65535:
-                raise _Invalid("ports", f"port {name}={port} is outside 1..65535")
+                raise _Invalid(
+                    "ports", f"port {name}={port} is outside 1..65535", "port numbers in 1..65535"
+                )
         if self.probe and self.probe.endpoint and self.probe.endpoint not in self.ports:
             raise _Invalid(
                 "probe",
                 f"probe endpoint {self.probe.endpoint!r} is not one of the ports"
                 f" {sorted(self.ports)}",
+                "the name of one of workload.ports",
             )
 
 
@@ -444,7 +476,11 @@ class Preferences(_Model, frozen=True):
 
     def __post_init__(self) -> None:
         if len(set(self.rank)) != len(self.rank):
-            raise _Invalid("rank", f"{list(self.rank)} names a key twice")
+            raise _Invalid(
+                "rank",
+                f"{list(self.rank)} names a key twice",
+                "each of cost, start_time, locality, guarantee at most once",
+            )
 
 
 class Contract(_Model, frozen=True):
@@ -497,13 +533,18 @@ class Contract(_Model, frozen=True):
             if not _NAME.match(value):
                 raise _Invalid(
                     field,
-                    f"{value!r} is not a name: use 1-63 lowercase letters, digits, '-', '.'"
-                    " or '_', starting and ending with a letter or digit",
+                    f"{value!r} is not a name",
+                    "1-63 lowercase letters, digits, '-', '.' or '_',"
+                    " starting and ending with a letter or digit",
                 )
         if self.workload is None:
             return
         if self.workload.probe and not self.workload.ports:
-            raise _Invalid("workload", "a probe needs at least one published port")
+            raise _Invalid(
+                "workload",
+                "a probe needs at least one published port",
+                "a probe together with ports, or no probe",
+            )
 
     def with_(self, **changes: Any) -> Contract:
         """A copy with some top-level fields (or shortcuts) changed, validated again."""

@@ -4,6 +4,8 @@ The public API is what this module exports; everything else is internal.
 """
 
 from ._version import __version__
+from .backends import Backend, available_backends, create_backend
+from .clock import Clock, VirtualClock
 from .contract import (
     GPU,
     Contract,
@@ -35,47 +37,76 @@ from .errors import (
     QuotaExceeded,
     TransientBackendError,
 )
+from .lease import Lease, LeaseRecord, LeaseState
+from .negotiate import Negotiation, Negotiator, acquire, quote
+from .observation import Fault, Observation, Sample
+from .offer import Grant, Offer, Quote, Rejection
 from .schema import json_schema
+from .sync import acquire_sync, lease, quote_sync, release_sync, renew_sync
 from .units import Bytes, BytesRange, CountRange, Duration, Money, Rate, Ratio
 
 __all__ = [
     "GPU",
     "AIContractError",
     "AuthenticationError",
+    "Backend",
     "BackendError",
     "BackendNotFound",
     "Bytes",
     "BytesRange",
     "CapacityUnavailable",
+    "Clock",
     "ConfigError",
     "Contract",
     "ContractError",
     "CountRange",
     "Duration",
+    "Fault",
+    "Grant",
     "GuaranteeLevel",
     "Isolation",
+    "Lease",
     "LeaseError",
     "LeaseLost",
     "LeaseNotFound",
+    "LeaseRecord",
+    "LeaseState",
     "LeaseStateError",
     "Money",
+    "Negotiation",
     "NegotiationError",
+    "Negotiator",
     "NoOffer",
     "Objective",
+    "Observation",
+    "Offer",
     "Placement",
     "Preferences",
     "Probe",
     "QuotaExceeded",
+    "Quote",
     "Rate",
     "Ratio",
+    "Rejection",
     "Resources",
+    "Sample",
     "Terms",
     "TransientBackendError",
+    "VirtualClock",
     "Workload",
     "__version__",
+    "acquire",
+    "acquire_sync",
+    "available_backends",
+    "create_backend",
     "dump",
     "dumps",
     "json_schema",
+    "lease",
     "load",
     "loads",
+    "quote",
+    "quote_sync",
+    "release_sync",
+    "renew_sync",
 ]

@@ -101,8 +101,9 @@ def decode_quantity(kind: type, value: Any) -> Any:
     try:
         return decoder(value)
     except ContractError as exc:
-        raise ValueError(exc.message if exc.allowed is None else f"{exc.message}; "
-                         f"expected {exc.allowed}") from None  # fmt: skip
+        raise ValueError(
+            exc.message if exc.allowed is None else f"{exc.message}; expected {exc.allowed}"
+        ) from None
 
 
 def encode_quantity(value: Any) -> Any:
@@ -332,8 +333,11 @@ class Objective(_Model, frozen=True):
         else:
             raise _Invalid("sli", f"unknown SLI {self.sli!r}", _SLI_FORM)
         if not isinstance(self.target, expected):
-            form = {Duration: "a latency like 200ms", Rate: "a rate like 500/s",
-                    Ratio: "a percentage like 99.9%"}[expected]  # fmt: skip
+            form = {
+                Duration: "a latency like 200ms",
+                Rate: "a rate like 500/s",
+                Ratio: "a percentage like 99.9%",
+            }[expected]
             raise _Invalid("target", f"{self.sli} needs {form}, got {str(self.target)!r}", form)
 
     def met_by(self, value: Quantity) -> bool:
@@ -505,11 +509,20 @@ class Contract(_Model, frozen=True):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
 
     _SHORTCUTS: ClassVar[dict[str, str]] = {
-        "gpus": "resources", "cpus": "resources", "memory": "resources", "disk": "resources",
-        "duration": "terms", "start_by": "terms", "max_price": "terms",
-        "preemptible": "terms", "min_guarantee": "terms", "renewable": "terms",
-        "regions": "placement", "jurisdictions": "placement", "isolation": "placement",
-    }  # fmt: skip
+        "gpus": "resources",
+        "cpus": "resources",
+        "memory": "resources",
+        "disk": "resources",
+        "duration": "terms",
+        "start_by": "terms",
+        "max_price": "terms",
+        "preemptible": "terms",
+        "min_guarantee": "terms",
+        "renewable": "terms",
+        "regions": "placement",
+        "jurisdictions": "placement",
+        "isolation": "placement",
+    }
 
     @classmethod
     def _shortcuts(cls, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -140,8 +140,9 @@ class Lease:
         if new not in _ALLOWED.get(old, frozenset()):
             raise LeaseStateError(self.id, f"cannot go from {old.value} to {new.value}")
         self.state, self.reason = new, reason or self.reason
-        log.info("lease %s: %s -> %s%s", self.id, old.value, new.value,
-                 f" ({reason})" if reason else "")  # fmt: skip
+        log.info(
+            "lease %s: %s -> %s%s", self.id, old.value, new.value, f" ({reason})" if reason else ""
+        )
         for listener in list(self._listeners):
             listener(self, old, new)
 

@@ -41,7 +41,14 @@ from .errors import (
 from .lease import Lease
 from .offer import Offer, Quote, Rejection
 
-__all__ = ["Negotiation", "Negotiator", "check_offer", "default_backends"]
+__all__ = [
+    "Negotiation",
+    "Negotiator",
+    "acquire",
+    "check_offer",
+    "default_backends",
+    "quote",
+]
 
 log = logging.getLogger("aicontract.negotiate")
 
@@ -51,8 +58,14 @@ def check_offer(offer: Offer, contract: Contract, now: float) -> list[Rejection]
     out: list[Rejection] = []
 
     def reject(requirement: str, wanted: object, available: object) -> None:
-        out.append(Rejection(backend=offer.backend, requirement=requirement,
-                             wanted=str(wanted), available=str(available)))  # fmt: skip
+        out.append(
+            Rejection(
+                backend=offer.backend,
+                requirement=requirement,
+                wanted=str(wanted),
+                available=str(available),
+            )
+        )
 
     grant, res = offer.grant, contract.resources
     if res.gpus is not None:
@@ -74,11 +87,17 @@ def check_offer(offer: Offer, contract: Contract, now: float) -> list[Rejection]
             reject(f"resources.{name}", wanted, granted)
     place = contract.placement
     if offer.region in place.deny_regions or (place.regions and offer.region not in place.regions):
-        reject("placement.regions", list(place.regions) or f"not {list(place.deny_regions)}",
-               offer.region)  # fmt: skip
+        reject(
+            "placement.regions",
+            list(place.regions) or f"not {list(place.deny_regions)}",
+            offer.region,
+        )
     if place.jurisdictions and offer.jurisdiction not in place.jurisdictions:
-        reject("placement.jurisdictions", list(place.jurisdictions),
-               offer.jurisdiction or "unknown jurisdiction")  # fmt: skip
+        reject(
+            "placement.jurisdictions",
+            list(place.jurisdictions),
+            offer.jurisdiction or "unknown jurisdiction",
+        )
     if place.providers and offer.provider not in place.providers:
         reject("placement.providers", list(place.providers), offer.provider)
     if ISOLATION_ORDER[offer.isolation] < ISOLATION_ORDER[place.isolation]:
@@ -164,13 +183,22 @@ class Negotiator:
                     quotes.append(await backend.quote(contract))
                 except AIContractError as exc:
                     rejections.append(
-                        Rejection(backend=backend.name, requirement="quote",
-                                  wanted="an answer", available=str(exc))
-                    )  # fmt: skip
+                        Rejection(
+                            backend=backend.name,
+                            requirement="quote",
+                            wanted="an answer",
+                            available=str(exc),
+                        )
+                    )
             if scope.cancelled_caught:
-                rejections.append(Rejection(backend=backend.name, requirement="quote",
-                                            wanted=f"an answer within {self.quote_timeout:g}s",
-                                            available="no answer"))  # fmt: skip
+                rejections.append(
+                    Rejection(
+                        backend=backend.name,
+                        requirement="quote",
+                        wanted=f"an answer within {self.quote_timeout:g}s",
+                        available="no answer",
+                    )
+                )
 
         async with anyio.create_task_group() as tg:
             for backend in self.backends:
@@ -253,8 +281,9 @@ class Negotiator:
 
     @staticmethod
     def _failure(offer: Offer, what: str, exc: BackendError) -> Rejection:
-        return Rejection(backend=offer.backend, requirement=what, wanted=offer.summary(),
-                         available=str(exc))  # fmt: skip
+        return Rejection(
+            backend=offer.backend, requirement=what, wanted=offer.summary(), available=str(exc)
+        )
 
     async def aclose(self) -> None:
         """Close every backend."""
@@ -270,3 +299,26 @@ def _dedupe(rejections: Sequence[Rejection]) -> list[Rejection]:
             seen.add(r)
             out.append(r)
     return out
+
+
+async def acquire(
+    contract: Contract,
+    *,
+    backends: Sequence[Backend] | None = None,
+    negotiator: Negotiator | None = None,
+) -> Lease:
+    """Negotiate ``contract`` and return an active :class:`~aicontract.lease.Lease`.
+
+    Uses ``negotiator`` if given, else one over ``backends`` (default: the
+    ``AICONTRACT_BACKENDS`` list, else ``local``). Use the lease as
+    ``async with`` to keep it renewed while you work and released after.
+    """
+    if negotiator is None:
+        negotiator = Negotiator(backends) if backends is not None else Negotiator()
+    return await negotiator.acquire(contract)
+
+
+async def quote(contract: Contract, *, backends: Sequence[Backend] | None = None) -> Negotiation:
+    """One round of quotes for ``contract``: ranked acceptable offers, and why the rest failed."""
+    negotiator = Negotiator(backends) if backends is not None else Negotiator()
+    return await negotiator.quote(contract)

@@ -32,23 +32,40 @@ def _hook(kind: type) -> dict[str, Any]:
     if kind is Rate:
         return {"type": "string", "examples": ["500/s", "512 tokens/s"]}
     if kind is Money:
-        return {"type": "string", "pattern": r"^\d+(\.\d+)?\s*[A-Z]{3}\s*/\s*(h|hr|hour)$",
-                "examples": ["2.50 USD/h"]}  # fmt: skip
+        return {
+            "type": "string",
+            "pattern": r"^\d+(\.\d+)?\s*[A-Z]{3}\s*/\s*(h|hr|hour)$",
+            "examples": ["2.50 USD/h"],
+        }
     if kind is Ratio:
-        return {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1},
-                          {"type": "string", "pattern": r"^\d+(\.\d+)?%$"}]}  # fmt: skip
+        return {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "maximum": 1},
+                {"type": "string", "pattern": r"^\d+(\.\d+)?%$"},
+            ]
+        }
     if kind is Quantity:
-        return {"anyOf": [{"type": "string"}, {"type": "number", "minimum": 0, "maximum": 1}],
-                "description": "a latency (200ms), a rate (500 tokens/s) or a ratio (99.9%)",
-                "examples": ["200ms", "500 tokens/s", "99.9%"]}  # fmt: skip
+        return {
+            "anyOf": [{"type": "string"}, {"type": "number", "minimum": 0, "maximum": 1}],
+            "description": "a latency (200ms), a rate (500 tokens/s) or a ratio (99.9%)",
+            "examples": ["200ms", "500 tokens/s", "99.9%"],
+        }
     if kind is CountRange:
-        return {"anyOf": [{"type": "integer", "minimum": 0},
-                          {"type": "string", "pattern": _range(_COUNT)}],
-                "examples": [8, "1..8", ">=2"]}  # fmt: skip
+        return {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": _range(_COUNT)},
+            ],
+            "examples": [8, "1..8", ">=2"],
+        }
     if kind is BytesRange:
-        return {"anyOf": [{"type": "integer", "minimum": 0},
-                          {"type": "string", "pattern": _range(_BYTES)}],
-                "examples": ["80GiB", ">=24GiB", "40GiB..80GiB", "256GiB.."]}  # fmt: skip
+        return {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": _range(_BYTES)},
+            ],
+            "examples": ["80GiB", ">=24GiB", "40GiB..80GiB", "256GiB.."],
+        }
     raise NotImplementedError(kind)  # msgspec's protocol: "no schema for this type"
 
 

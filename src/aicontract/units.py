@@ -142,17 +142,29 @@ class Bytes(Quantity):
     ALLOWED = "an integer number of bytes or text like 80GiB, 512MB, 1.5TiB or 64Gi"
     UNITS: ClassVar[dict[str, int]] = {
         "B": 1,
-        "kB": 10**3, "KB": 10**3, "K": 10**3, "k": 10**3,
-        "MB": 10**6, "M": 10**6,
-        "GB": 10**9, "G": 10**9,
-        "TB": 10**12, "T": 10**12,
-        "PB": 10**15, "P": 10**15,
-        "KiB": 2**10, "Ki": 2**10,
-        "MiB": 2**20, "Mi": 2**20,
-        "GiB": 2**30, "Gi": 2**30,
-        "TiB": 2**40, "Ti": 2**40,
-        "PiB": 2**50, "Pi": 2**50,
-    }  # fmt: skip
+        "kB": 10**3,
+        "KB": 10**3,
+        "K": 10**3,
+        "k": 10**3,
+        "MB": 10**6,
+        "M": 10**6,
+        "GB": 10**9,
+        "G": 10**9,
+        "TB": 10**12,
+        "T": 10**12,
+        "PB": 10**15,
+        "P": 10**15,
+        "KiB": 2**10,
+        "Ki": 2**10,
+        "MiB": 2**20,
+        "Mi": 2**20,
+        "GiB": 2**30,
+        "Gi": 2**30,
+        "TiB": 2**40,
+        "Ti": 2**40,
+        "PiB": 2**50,
+        "Pi": 2**50,
+    }
     _RE: ClassVar[re.Pattern[str]] = re.compile(rf"^{_NUMBER}\s*(?P<unit>[A-Za-z]+)?$")
     _magnitude: int
 
@@ -242,14 +254,16 @@ class Duration(Quantity):
     ALLOWED = "text like 90s, 200ms, 5m, 4h, 1h30m, 2d or ISO 8601 like PT4H"
     UNITS: ClassVar[dict[str, int]] = {
         "ns": 1,
-        "us": 10**3, "µs": 10**3,
+        "us": 10**3,
+        "µs": 10**3,
         "ms": 10**6,
         "s": 10**9,
-        "m": 60 * 10**9, "min": 60 * 10**9,
+        "m": 60 * 10**9,
+        "min": 60 * 10**9,
         "h": 3600 * 10**9,
         "d": 86400 * 10**9,
         "w": 7 * 86400 * 10**9,
-    }  # fmt: skip
+    }
     _PART: ClassVar[re.Pattern[str]] = re.compile(rf"{_NUMBER}(?P<unit>ns|us|µs|ms|min|s|m|h|d|w)")
     _ISO: ClassVar[re.Pattern[str]] = re.compile(
         r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?"

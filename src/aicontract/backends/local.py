@@ -1,0 +1,491 @@
+"""The local backend: this host's CPUs, memory and GPUs, shared safely by its processes.
+
+It needs nothing installed or running: the inventory comes from the host (NVML
+for GPUs when ``nvidia-ml-py`` is present), and the :class:`~aicontract.ledger.Ledger`
+in the state dir makes every grant exclusive across processes. Offers are
+free (price 0), in region ``local``, at guarantee level ``allocated``: a
+commit binds specific devices, and the lease's env pins the workload to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import attrs
+import platformdirs
+
+from ..clock import Clock, system_clock
+from ..contract import GPU, Contract
+from ..errors import BackendError, CapacityUnavailable, LeaseLost
+from ..gpu_models import pick_model
+from ..inventory import GPUDevice, Inventory, host_inventory
+from ..lease import Lease, LeaseRecord, LeaseState
+from ..ledger import Ledger
+from ..observation import Fault, Observation, Sample
+from ..offer import Grant, Offer, Quote, Rejection
+from ..units import Bytes, CountRange, Money
+from .base import Backend
+
+__all__ = ["LocalBackend", "default_state_dir"]
+
+log = logging.getLogger("aicontract.local")
+
+OFFER_TTL = 10.0
+
+
+def default_state_dir() -> Path:
+    """``AICONTRACT_STATE_DIR``, else the per-user state dir (``~/.local/state/aicontract``)."""
+    env = os.environ.get("AICONTRACT_STATE_DIR")
+    return Path(env) if env else Path(platformdirs.user_state_dir("aicontract"))
+
+
+def _capability(text: str | None) -> tuple[int, int]:
+    if not text:
+        return (0, 0)
+    major, _, minor = text.partition(".")
+    return (int(major), int(minor or 0))
+
+
+def _fits(device: GPUDevice, gpus: GPU) -> bool:
+    """Does one device meet the contract's per-GPU requirements (model aside)?"""
+    if gpus.memory is not None and device.memory not in gpus.memory:
+        return False
+    if gpus.compute_capability and _capability(device.compute_capability) < _capability(
+        gpus.compute_capability
+    ):
+        return False
+    if gpus.mig is not None and device.mig_profile != gpus.mig:
+        return False
+    if gpus.mig is None and device.mig_profile is not None:
+        return False
+    return gpus.interconnect is None or device.interconnect == gpus.interconnect
+
+
+@attrs.define(eq=False)
+class LocalBackend(Backend):
+    """Leases on this host, exclusive across all its processes.
+
+    ``ttl`` is how long a lease lives without a heartbeat; a holder that dies is
+    noticed sooner, by its pid. ``jurisdiction`` is where this host is (for
+    contracts that require one; default ``AICONTRACT_JURISDICTION``).
+    """
+
+    name = "local"
+
+    state_dir: Path = attrs.field(factory=default_state_dir, converter=Path)
+    ttl: float = 30.0
+    jurisdiction: str | None = attrs.field(
+        factory=lambda: os.environ.get("AICONTRACT_JURISDICTION") or None
+    )
+    region: str = "local"
+    clock: Clock = system_clock
+    _inventory: Inventory | None = attrs.field(default=None, alias="inventory")
+    _ledger: Ledger | None = attrs.field(default=None, init=False, repr=False)
+    _processes: dict[str, anyio.abc.Process] = attrs.field(factory=dict, init=False, repr=False)
+
+    @property
+    def inventory(self) -> Inventory:
+        """What this host has (read once, then kept)."""
+        if self._inventory is None:
+            self._inventory = host_inventory(self.state_dir)
+        return self._inventory
+
+    @property
+    def ledger(self) -> Ledger:
+        """The host-wide ledger in ``state_dir``."""
+        if self._ledger is None:
+            self._ledger = Ledger.in_dir(self.state_dir)
+        return self._ledger
+
+    # -- quoting -------------------------------------------------------------------------
+
+    async def quote(self, contract: Contract) -> Quote:
+        """What this host could grant now, from its inventory minus the ledger."""
+        inv = self.inventory
+        used_gpus, used_cpus, used_memory, used_disk = self.ledger.usage(self.clock.time())
+        rejections: list[Rejection] = []
+        res = contract.resources
+
+        def reject(requirement: str, wanted: object, available: object) -> None:
+            rejections.append(
+                Rejection(
+                    backend=self.name,
+                    requirement=requirement,
+                    wanted=str(wanted),
+                    available=str(available),
+                )
+            )
+
+        cpus = 0
+        if res.cpus is not None:
+            free_cpus = sum(1 for c in inv.cpu_list if c not in used_cpus)
+            granted_cpus = res.cpus.grant(free_cpus)
+            if granted_cpus is None:
+                reject("resources.cpus", res.cpus, f"{free_cpus} free of {inv.cpus}")
+            cpus = granted_cpus or 0
+        memory: Bytes | None = None
+        if res.memory is not None:
+            free_memory = Bytes(max(0, inv.memory.bytes - used_memory))
+            memory = res.memory.grant(free_memory)
+            if memory is None:
+                reject("resources.memory", res.memory, f"{free_memory} free of {inv.memory}")
+        disk: Bytes | None = None
+        if res.disk is not None:
+            if inv.disk is None:
+                reject("resources.disk", res.disk, "no disk in the inventory")
+            else:
+                free_disk = Bytes(max(0, inv.disk.bytes - used_disk))
+                disk = res.disk.grant(free_disk)
+                if disk is None:
+                    reject("resources.disk", res.disk, f"{free_disk} free")
+
+        choices: list[tuple[str | None, list[GPUDevice]]] = [(None, [])]
+        counter: list[Offer] = []
+        if res.gpus is not None:
+            choices, problems, counter = self._gpu_choices(contract, res.gpus, used_gpus)
+            rejections.extend(problems)
+        if rejections:
+            return Quote(rejections=tuple(rejections), counter_offers=tuple(counter))
+
+        now = self.clock.time()
+        offers = []
+        for model, devices in choices:
+            count = 0
+            if res.gpus is not None:
+                count = res.gpus.count.grant(len(devices)) or 0
+            first = devices[0] if devices else None
+            grant = Grant(
+                gpus=count,
+                gpu_model=model,
+                gpu_memory=first.memory if first else None,
+                cpus=cpus,
+                memory=memory,
+                disk=disk,
+            )
+            offers.append(self._offer(contract, grant, devices, now))
+        return Quote(offers=tuple(offers), counter_offers=tuple(counter))
+
+    def _gpu_choices(
+        self, contract: Contract, gpus: GPU, used: set[str]
+    ) -> tuple[list[tuple[str | None, list[GPUDevice]]], list[Rejection], list[Offer]]:
+        """Per acceptable model, the free devices that fit; else why not."""
+        inv = self.inventory
+        by_model: dict[str, list[GPUDevice]] = {}
+        fitting_total = 0
+        for device in inv.gpus:
+            model = pick_model(gpus.models, device.model)
+            if model is None or not _fits(device, gpus):
+                continue
+            fitting_total += 1
+            if device.id not in used:
+                by_model.setdefault(model, []).append(device)
+        order = list(gpus.models) or list(by_model)
+        need = gpus.count.min or 1
+        choices = [(m, by_model[m]) for m in order if len(by_model.get(m, ())) >= need]
+        if choices:
+            return list(choices), [], []
+        have = ", ".join(sorted({f"{d.model} ({d.memory})" for d in inv.gpus})) or "no GPUs"
+        if not fitting_total:
+            wanted = " ".join(
+                p
+                for p in (
+                    "/".join(gpus.models) or "any model",
+                    f"memory {gpus.memory}" if gpus.memory else "",
+                    f"compute capability >= {gpus.compute_capability}"
+                    if gpus.compute_capability
+                    else "",
+                    f"MIG {gpus.mig}" if gpus.mig else "",
+                )
+                if p
+            )
+            problem = Rejection(
+                backend=self.name, requirement="resources.gpus", wanted=wanted, available=have
+            )
+            return [], [problem], []
+        best_model, best = max(by_model.items(), key=lambda kv: len(kv[1]), default=(None, []))
+        free = len(best)
+        problem = Rejection(
+            backend=self.name,
+            requirement="resources.gpus.count",
+            wanted=f"{gpus.count} x {'/'.join(gpus.models) or 'GPU'}",
+            available=f"at most {free} free of one model; {fitting_total} fit in all ({have})",
+        )
+        counter: list[Offer] = []
+        if free and best_model is not None:
+            relaxed = contract.with_(
+                resources=contract.resources.__class__(
+                    gpus=GPU(
+                        count=CountRange(free),
+                        models=(best_model,),
+                        memory=gpus.memory,
+                        compute_capability=gpus.compute_capability,
+                        interconnect=gpus.interconnect,
+                        mig=gpus.mig,
+                    ),
+                    cpus=contract.resources.cpus,
+                    memory=contract.resources.memory,
+                    disk=contract.resources.disk,
+                )
+            )
+            grant = Grant(gpus=free, gpu_model=best_model, gpu_memory=best[0].memory)
+            counter.append(self._offer(relaxed, grant, best, self.clock.time()))
+        return [], [problem], counter
+
+    def _offer(
+        self, contract: Contract, grant: Grant, devices: Sequence[GPUDevice], now: float
+    ) -> Offer:
+        currency = contract.terms.max_price.currency if contract.terms.max_price else "USD"
+        return Offer(
+            id=f"local-{uuid.uuid4().hex[:12]}",
+            backend=self.name,
+            contract=contract,
+            grant=grant,
+            guarantee="allocated",
+            region=self.region,
+            jurisdiction=self.jurisdiction,
+            provider="local",
+            isolation="shared",
+            price=Money.per_hour(0, currency),
+            expires_at=now + OFFER_TTL,
+            details={"gpu_candidates": ",".join(d.id for d in devices)},
+        )
+
+    # -- committing ----------------------------------------------------------------------
+
+    async def commit(self, offer: Offer, idempotency_key: str) -> Lease:
+        """Bind the offer's amounts to devices in the ledger and start the workload, if any."""
+        if offer.backend != self.name:
+            raise CapacityUnavailable(self.name, f"offer {offer.id} is not a local offer")
+        grant, contract = offer.grant, offer.contract
+        lease_id = idempotency_key
+        now = self.clock.time()
+        expires_at = now + self.ttl
+        inv = self.inventory
+        candidates = [c for c in offer.details.get("gpu_candidates", "").split(",") if c]
+
+        def make_record(gpu_ids: tuple[str, ...], cpu_ids: tuple[int, ...]) -> LeaseRecord:
+            return LeaseRecord(
+                id=lease_id,
+                backend=self.name,
+                contract=contract,
+                grant=grant,
+                guarantee="allocated",
+                state=LeaseState.ACTIVE,
+                created_at=now,
+                expires_at=expires_at,
+                region=self.region,
+                jurisdiction=self.jurisdiction,
+                env=self._env(lease_id, contract, gpu_ids, cpu_ids),
+                holder_pid=os.getpid(),
+                details={"gpus": ",".join(gpu_ids), "cpus": ",".join(map(str, cpu_ids))},
+            )
+
+        allocation = self.ledger.grant(
+            lease_id,
+            idempotency_key,
+            make_record,
+            gpu_candidates=candidates,
+            gpus=grant.gpus,
+            cpu_candidates=inv.cpu_list,
+            cpus=grant.cpus,
+            memory=grant.memory.bytes if grant.memory is not None else 0,
+            memory_total=inv.memory.bytes,
+            disk=grant.disk.bytes if grant.disk is not None else 0,
+            disk_total=inv.disk.bytes if inv.disk is not None else None,
+            now=now,
+        )
+        record = allocation.existing or make_record(allocation.gpus, allocation.cpus)
+        lease = Lease(
+            id=lease_id,
+            contract=contract,
+            grant=grant,
+            backend=self,
+            guarantee="allocated",
+            expires_at=record.expires_at,
+            region=self.region,
+            jurisdiction=self.jurisdiction,
+            env=dict(record.env),
+            details=dict(record.details),
+            clock=self.clock,
+            created_at=record.created_at,
+        )
+        workload = contract.workload
+        if workload is not None and workload.command and lease_id not in self._processes:
+            try:
+                await self._launch(lease, allocation.cpus)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self.release(lease)
+                raise
+        return lease
+
+    @staticmethod
+    def _env(
+        lease_id: str, contract: Contract, gpu_ids: tuple[str, ...], cpu_ids: tuple[int, ...]
+    ) -> dict[str, str]:
+        env = {
+            "AICONTRACT_LEASE_ID": lease_id,
+            # Indices mean the same thing to CUDA and NVML only in PCI bus order.
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            # Empty when no GPU was granted: the workload must not wander onto someone's GPU.
+            "CUDA_VISIBLE_DEVICES": ",".join(gpu_ids),
+        }
+        if cpu_ids:
+            env["AICONTRACT_CPUS"] = ",".join(map(str, cpu_ids))
+            env["OMP_NUM_THREADS"] = str(len(cpu_ids))
+        if contract.workload is not None:
+            env.update(contract.workload.env)
+        return env
+
+    async def _launch(self, lease: Lease, cpu_ids: tuple[int, ...]) -> None:
+        workload = lease.contract.workload
+        assert workload is not None
+        env = {**os.environ, **lease.env}
+        process = await anyio.open_process(list(workload.command), env=env, start_new_session=True)
+        self._processes[lease.id] = process
+        if cpu_ids and hasattr(os, "sched_setaffinity"):
+            try:
+                os.sched_setaffinity(process.pid, cpu_ids)
+            except OSError as exc:  # the process may already have exited
+                log.debug("could not pin pid %s: %s", process.pid, exc)
+        lease.details["pid"] = str(process.pid)
+        start_by = lease.contract.terms.start_by
+        limit = start_by.seconds if start_by else 60.0
+        for name, port in workload.ports.items():
+            await self._wait_for_port(lease, process, port, limit)
+            scheme = "http://" if name.startswith("http") else ""
+            lease.endpoints[name] = f"{scheme}127.0.0.1:{port}"
+
+    async def _wait_for_port(
+        self, lease: Lease, process: anyio.abc.Process, port: int, limit: float
+    ) -> None:
+        deadline = time.monotonic() + limit
+        while True:
+            if process.returncode is not None:
+                raise BackendError(
+                    self.name,
+                    f"workload exited with {process.returncode} "
+                    f"before port {port} accepted connections",
+                )
+            try:
+                stream = await anyio.connect_tcp("127.0.0.1", port)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BackendError(
+                        self.name, f"port {port} did not accept connections within {limit:g}s"
+                    ) from None
+                await anyio.sleep(0.05)
+                continue
+            await stream.aclose()
+            return
+
+    # -- renewing, releasing, observing --------------------------------------------------
+
+    async def renew(self, lease: Lease) -> float:
+        """Push the lease's expiry one TTL ahead (never past the contract's duration)."""
+        expires_at = self.clock.time() + self.ttl
+        ends_at = lease.ends_at
+        if ends_at is not None:
+            expires_at = min(expires_at, ends_at)
+        if not self.ledger.renew(lease.id, expires_at):
+            raise LeaseLost(lease.id, "it is no longer in the ledger (expired or released)")
+        return expires_at
+
+    async def release(self, lease: Lease) -> None:
+        """End the workload (if launched) and free the lease's devices."""
+        process = self._processes.pop(lease.id, None)
+        if process is not None:
+            await _terminate(process)
+        self.ledger.release(lease.id)
+
+    async def observe(self, lease: Lease) -> Observation:
+        """Liveness of the launched workload and of the ledger entry; NVML figures."""
+        now = self.clock.time()
+        faults: list[Fault] = []
+        process = self._processes.get(lease.id)
+        if process is not None and process.returncode is not None:
+            faults.append(
+                Fault(
+                    kind="workload-exited",
+                    at=now,
+                    reason=f"workload exited with status {process.returncode}",
+                )
+            )
+        if self.ledger.get(lease.id) is None and lease.is_active:
+            faults.append(
+                Fault(
+                    kind="capacity-revoked", at=now, reason="the lease was removed from the ledger"
+                )
+            )
+        gpus = [g for g in lease.details.get("gpus", "").split(",") if g]
+        samples = tuple(_nvml_samples(gpus, now)) if gpus else ()
+        return Observation(samples=samples, faults=tuple(faults))
+
+    async def aclose(self) -> None:
+        """End launched workloads and close the ledger connection."""
+        for lease_id in list(self._processes):
+            await _terminate(self._processes.pop(lease_id))
+        if self._ledger is not None:
+            self._ledger.close()
+
+
+async def _terminate(process: anyio.abc.Process, grace: float = 5.0) -> None:
+    with anyio.CancelScope(shield=True):
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with anyio.move_on_after(grace):
+                await process.wait()
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+        await process.aclose()
+
+
+def _nvml_samples(gpu_ids: Sequence[str], now: float) -> list[Sample]:
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    samples: list[Sample] = []
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return []
+    try:
+        for gpu in gpu_ids:
+            try:
+                handle = (
+                    pynvml.nvmlDeviceGetHandleByUUID(gpu)
+                    if gpu.startswith("MIG-")
+                    else pynvml.nvmlDeviceGetHandleByIndex(int(gpu))
+                )
+                util = pynvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            except (pynvml.NVMLError, ValueError):
+                continue
+            labels = {"gpu": gpu}
+            samples.append(
+                Sample(sli="gpu_utilization", value=util.gpu / 100, at=now, labels=labels)
+            )
+            samples.append(
+                Sample(
+                    sli="gpu_memory_utilization",
+                    value=memory.used / max(1, memory.total),
+                    at=now,
+                    labels=labels,
+                )
+            )
+    finally:
+        pynvml.nvmlShutdown()
+    return samples

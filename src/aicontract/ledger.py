@@ -1,0 +1,353 @@
+"""The local ledger: who holds what on this host, shared by every process (SQLite).
+
+Why SQLite: it is on every Python, its ``BEGIN IMMEDIATE`` transactions
+serialise writers across processes, and WAL mode survives a writer killed
+mid-transaction. Two facts make over-granting impossible (guarantee 1): every
+grant runs check-and-insert inside one immediate transaction, and each device
+(a GPU, a CPU core) is a row whose primary key is the device, so the database
+itself refuses to hand one out twice.
+
+A lease row carries its holder's pid (and the process's start time, so a
+recycled pid is not mistaken for the holder) and an expiry that heartbeats
+push forward. Expired leases, and leases whose holder process is gone, are
+reclaimed (guarantee 4).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import attrs
+import msgspec
+
+from .errors import CapacityUnavailable, ConfigError
+from .lease import LeaseRecord
+
+__all__ = ["Allocation", "Ledger", "process_start_time"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    id TEXT PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    holder_pid INTEGER NOT NULL,
+    holder_start INTEGER,
+    expires_at REAL NOT NULL,
+    memory INTEGER NOT NULL DEFAULT 0,
+    disk INTEGER NOT NULL DEFAULT 0,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leases_expiry ON leases (expires_at);
+CREATE TABLE IF NOT EXISTS devices (
+    kind TEXT NOT NULL,
+    device TEXT NOT NULL,
+    lease_id TEXT NOT NULL REFERENCES leases (id) ON DELETE CASCADE,
+    PRIMARY KEY (kind, device)
+);
+CREATE INDEX IF NOT EXISTS devices_lease ON devices (lease_id);
+"""
+
+
+def process_start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), or ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int, started: int | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    if started is None:
+        return True
+    now_started = process_start_time(pid)
+    return now_started is None or now_started == started
+
+
+@attrs.frozen
+class Allocation:
+    """The devices one grant bound: GPU ids (for ``CUDA_VISIBLE_DEVICES``) and CPU ids."""
+
+    lease_id: str
+    gpus: tuple[str, ...]
+    cpus: tuple[int, ...]
+    existing: LeaseRecord | None = None
+
+
+@attrs.define
+class Ledger:
+    """A SQLite ledger in ``state_dir``; one connection per process, opened lazily."""
+
+    path: Path
+    _conn: sqlite3.Connection | None = attrs.field(default=None, repr=False)
+    _pid: int = attrs.field(factory=os.getpid, repr=False)
+    _my_start: int | None = attrs.field(default=None, repr=False)
+
+    @classmethod
+    def in_dir(cls, state_dir: str | os.PathLike[str]) -> Ledger:
+        """The ledger file inside ``state_dir`` (created if missing)."""
+        directory = Path(state_dir)
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ConfigError(f"cannot create state dir {str(directory)!r}: {exc}") from None
+        return cls(directory / "ledger.sqlite3")
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection (reopened after a fork: SQLite connections must not cross one)."""
+        if self._conn is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._my_start = process_start_time(self._pid)
+            conn = sqlite3.connect(
+                self.path, timeout=60, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this process's connection."""
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+
+    # -- reclaiming ----------------------------------------------------------------------
+
+    def _reclaim(self, conn: sqlite3.Connection, now: float, *, check_holders: bool) -> int:
+        removed = conn.execute("DELETE FROM leases WHERE expires_at < ?", (now,)).rowcount
+        if not check_holders:
+            return removed
+        dead = [
+            (lease_id,)
+            for lease_id, pid, started in conn.execute(
+                "SELECT id, holder_pid, holder_start FROM leases WHERE holder_pid != ?",
+                (self._pid,),
+            )
+            if not _alive(pid, started)
+        ]
+        if dead:
+            conn.executemany("DELETE FROM leases WHERE id = ?", dead)
+        return removed + len(dead)
+
+    def reclaim(self, now: float | None = None) -> int:
+        """Drop expired leases and leases whose holder died; return how many."""
+        with self._write() as conn:
+            return self._reclaim(conn, time.time() if now is None else now, check_holders=True)
+
+    # -- granting ------------------------------------------------------------------------
+
+    def grant(
+        self,
+        lease_id: str,
+        idempotency_key: str,
+        make_record: Callable[[tuple[str, ...], tuple[int, ...]], LeaseRecord],
+        *,
+        gpu_candidates: Sequence[str],
+        gpus: int,
+        cpu_candidates: Sequence[int],
+        cpus: int,
+        memory: int,
+        memory_total: int,
+        disk: int = 0,
+        disk_total: int | None = None,
+        now: float | None = None,
+    ) -> Allocation:
+        """Bind devices and amounts to a new lease, atomically, or raise CapacityUnavailable.
+
+        ``make_record(gpu_ids, cpu_ids)`` builds the record stored for the lease once
+        its devices are chosen. A second call with the same ``idempotency_key``
+        returns the first grant (with ``existing`` set) and binds nothing.
+        """
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT id, record FROM leases WHERE idempotency_key = ?", (idempotency_key,)
+            ).fetchone()
+            if row is not None:
+                existing = LeaseRecord.from_json(row[1])
+                return Allocation(row[0], *self._devices(conn, row[0]), existing=existing)
+            self._reclaim(conn, now, check_holders=False)
+            try:
+                chosen = self._choose(
+                    conn,
+                    gpu_candidates,
+                    gpus,
+                    cpu_candidates,
+                    cpus,
+                    memory,
+                    memory_total,
+                    disk,
+                    disk_total,
+                )
+            except CapacityUnavailable:
+                if not self._reclaim(conn, now, check_holders=True):
+                    raise
+                chosen = self._choose(
+                    conn,
+                    gpu_candidates,
+                    gpus,
+                    cpu_candidates,
+                    cpus,
+                    memory,
+                    memory_total,
+                    disk,
+                    disk_total,
+                )
+            gpu_ids, cpu_ids = chosen
+            record = make_record(gpu_ids, cpu_ids)
+            conn.execute(
+                "INSERT INTO leases (id, idempotency_key, holder_pid, holder_start, expires_at,"
+                " memory, disk, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    lease_id,
+                    idempotency_key,
+                    self._pid,
+                    self._my_start,
+                    record.expires_at,
+                    memory,
+                    disk,
+                    record.to_json(),
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO devices (kind, device, lease_id) VALUES (?, ?, ?)",
+                [("gpu", g, lease_id) for g in gpu_ids]
+                + [("cpu", str(c), lease_id) for c in cpu_ids],
+            )
+            return Allocation(lease_id, gpu_ids, cpu_ids)
+
+    def _choose(
+        self,
+        conn: sqlite3.Connection,
+        gpu_candidates: Sequence[str],
+        gpus: int,
+        cpu_candidates: Sequence[int],
+        cpus: int,
+        memory: int,
+        memory_total: int,
+        disk: int,
+        disk_total: int | None,
+    ) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        gpu_ids: tuple[str, ...] = ()
+        if gpus:
+            used = {d for (d,) in conn.execute("SELECT device FROM devices WHERE kind = 'gpu'")}
+            gpu_ids = tuple(g for g in gpu_candidates if g not in used)[:gpus]
+            if len(gpu_ids) < gpus:
+                raise CapacityUnavailable("local", f"{gpus} GPUs wanted, {len(gpu_ids)} free")
+        cpu_ids: tuple[int, ...] = ()
+        if cpus:
+            used_cpus = {
+                int(d) for (d,) in conn.execute("SELECT device FROM devices WHERE kind = 'cpu'")
+            }
+            cpu_ids = tuple(c for c in cpu_candidates if c not in used_cpus)[:cpus]
+            if len(cpu_ids) < cpus:
+                raise CapacityUnavailable("local", f"{cpus} CPUs wanted, {len(cpu_ids)} free")
+        if memory or disk:
+            used_memory, used_disk = conn.execute(
+                "SELECT COALESCE(SUM(memory), 0), COALESCE(SUM(disk), 0) FROM leases"
+            ).fetchone()
+            if used_memory + memory > memory_total:
+                raise CapacityUnavailable("local", "memory was granted meanwhile")
+            if disk_total is not None and used_disk + disk > disk_total:
+                raise CapacityUnavailable("local", "disk was granted meanwhile")
+        return gpu_ids, cpu_ids
+
+    @staticmethod
+    def _devices(
+        conn: sqlite3.Connection, lease_id: str
+    ) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        rows = conn.execute(
+            "SELECT kind, device FROM devices WHERE lease_id = ? ORDER BY rowid", (lease_id,)
+        ).fetchall()
+        return (
+            tuple(d for k, d in rows if k == "gpu"),
+            tuple(int(d) for k, d in rows if k == "cpu"),
+        )
+
+    # -- reading -------------------------------------------------------------------------
+
+    def usage(self, now: float | None = None) -> tuple[set[str], set[int], int, int]:
+        """What is held now: GPU ids, CPU ids, memory bytes, disk bytes."""
+        now = time.time() if now is None else now
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            rows = conn.execute(
+                "SELECT d.kind, d.device FROM devices d JOIN leases l ON l.id = d.lease_id"
+                " WHERE l.expires_at >= ?",
+                (now,),
+            ).fetchall()
+            memory, disk = conn.execute(
+                "SELECT COALESCE(SUM(memory), 0), COALESCE(SUM(disk), 0) FROM leases"
+                " WHERE expires_at >= ?",
+                (now,),
+            ).fetchone()
+        finally:
+            conn.execute("COMMIT")
+        gpus = {d for k, d in rows if k == "gpu"}
+        cpus = {int(d) for k, d in rows if k == "cpu"}
+        return gpus, cpus, int(memory), int(disk)
+
+    def records(self, now: float | None = None) -> list[LeaseRecord]:
+        """Every live lease on this host (reclaiming dead ones first)."""
+        self.reclaim(now)
+        out = []
+        for record, expires_at in self.conn.execute(
+            "SELECT record, expires_at FROM leases ORDER BY rowid"
+        ):
+            out.append(
+                msgspec.structs.replace(LeaseRecord.from_json(record), expires_at=expires_at)
+            )
+        return out
+
+    def get(self, lease_id: str) -> LeaseRecord | None:
+        """One lease's record, or ``None``."""
+        row = self.conn.execute(
+            "SELECT record, expires_at FROM leases WHERE id = ?", (lease_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return msgspec.structs.replace(LeaseRecord.from_json(row[0]), expires_at=row[1])
+
+    # -- renewing and releasing ----------------------------------------------------------
+
+    def renew(self, lease_id: str, expires_at: float) -> bool:
+        """Push a lease's expiry; ``False`` when the lease is gone (reclaimed or released)."""
+        with self._write() as conn:
+            updated = conn.execute(
+                "UPDATE leases SET expires_at = ? WHERE id = ? AND expires_at >= ?",
+                (expires_at, lease_id, time.time()),
+            ).rowcount
+            return updated == 1
+
+    def release(self, lease_id: str) -> bool:
+        """Free a lease's devices and amounts; ``False`` when it was already gone."""
+        with self._write() as conn:
+            return conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,)).rowcount == 1

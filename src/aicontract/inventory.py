@@ -159,14 +159,14 @@ def _nvml_devices(nvml: Any) -> list[GPUDevice]:
                     mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
                 except nvml.NVMLError:
                     continue
-                memory = nvml.nvmlDeviceGetMemoryInfo(mig).total
+                memory = _nominal(nvml.nvmlDeviceGetMemoryInfo(mig).total)
                 mig_uuid = _text(nvml.nvmlDeviceGetUUID(mig))
-                gib = round(memory / 2**30)
+                gib = memory.bytes // 2**30
                 slices = _mig_slices(nvml, mig)
                 devices.append(
                     GPUDevice(
                         model=name,
-                        memory=Bytes(memory),
+                        memory=memory,
                         id=mig_uuid,
                         uuid=mig_uuid,
                         compute_capability=capability,
@@ -174,17 +174,26 @@ def _nvml_devices(nvml: Any) -> list[GPUDevice]:
                     )
                 )
             continue
-        memory = nvml.nvmlDeviceGetMemoryInfo(handle).total
+        memory = _nominal(nvml.nvmlDeviceGetMemoryInfo(handle).total)
         devices.append(
             GPUDevice(
                 model=name,
-                memory=Bytes(memory),
+                memory=memory,
                 id=str(index),
                 uuid=uuid,
                 compute_capability=capability,
             )
         )
     return devices
+
+
+def _nominal(total: int) -> Bytes:
+    """Device memory rounded to the nearest GiB.
+
+    Drivers reserve a little: an H100 80GB reports 79.6GiB, which would fail
+    ``memory: ">=80GiB"``. Contracts speak of the nominal size, so do we.
+    """
+    return Bytes(max(1, round(total / 2**30)) * 2**30)
 
 
 def _mig_slices(nvml: Any, mig: Any) -> int:

@@ -14,9 +14,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import contracts
+    from . import contracts, leases
 
-    for module in (contracts,):
+    for module in (contracts, leases):
         for command in module.COMMANDS:
             main.add_command(command)
 

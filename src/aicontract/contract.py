@@ -255,6 +255,15 @@ class _Model(
 ):
     """Base of every contract Struct: frozen, keyword-only, unknown keys refused."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # msgspec pickles a Struct as cls(*fields), which _ModelMeta refuses; go
+        # through the documented form instead, so unpickling validates like loading.
+        return (_restore, (type(self), msgspec.to_builtins(self, enc_hook=encode_quantity)))
+
+
+def _restore(kind: type[Any], data: dict[str, Any]) -> Any:
+    return convert(data, kind)
+
 
 class GPU(_Model, frozen=True):
     """Accelerators: how many, which models (in order of preference), how big.

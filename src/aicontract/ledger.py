@@ -338,12 +338,13 @@ class Ledger:
 
     # -- renewing and releasing ----------------------------------------------------------
 
-    def renew(self, lease_id: str, expires_at: float) -> bool:
-        """Push a lease's expiry; ``False`` when the lease is gone (reclaimed or released)."""
+    def renew(self, lease_id: str, expires_at: float, now: float | None = None) -> bool:
+        """Push a lease's expiry; ``False`` when the lease is gone (expired or released)."""
+        now = time.time() if now is None else now
         with self._write() as conn:
             updated = conn.execute(
                 "UPDATE leases SET expires_at = ? WHERE id = ? AND expires_at >= ?",
-                (expires_at, lease_id, time.time()),
+                (expires_at, lease_id, now),
             ).rowcount
             return updated == 1
 

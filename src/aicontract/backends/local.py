@@ -392,11 +392,12 @@ class LocalBackend(Backend):
 
     async def renew(self, lease: Lease) -> float:
         """Push the lease's expiry one TTL ahead (never past the contract's duration)."""
-        expires_at = self.clock.time() + self.ttl
+        now = self.clock.time()
+        expires_at = now + self.ttl
         ends_at = lease.ends_at
         if ends_at is not None:
             expires_at = min(expires_at, ends_at)
-        if not self.ledger.renew(lease.id, expires_at):
+        if not self.ledger.renew(lease.id, expires_at, now):
             raise LeaseLost(lease.id, "it is no longer in the ledger (expired or released)")
         return expires_at
 

@@ -1,0 +1,658 @@
+"""The shared half of every cloud backend: catalog → offers, launch → lease.
+
+A provider adapter (a :class:`CloudBackend` subclass) answers five narrow
+questions — what is in the catalog, launch this, find the instance carrying
+this tag, describe it, terminate it. Everything else is written once here:
+
+* offers from catalog entries (GPU model, count, per-GPU memory, vCPUs,
+  memory, price per hour, region and its **jurisdiction**), pre-filtered with
+  the negotiator's own :func:`~aicontract.negotiate.check_offer` and summarised
+  into one rejection per failing requirement;
+* a per-backend spend cap (``max_spend``, per hour, across live leases);
+* rate limiting per provider, retries of transient errors only (tenacity);
+* idempotent launch: each node is named by a tag derived from the commit's
+  idempotency key, and every launch attempt first looks for an instance with
+  that tag — a retried launch finds the instance it already made;
+* polling to ready with exponential backoff, cleanup of everything launched
+  when a commit fails (nothing leaks), terminate on release;
+* the lease's endpoints (the instance's address and the workload's published
+  ports) and env (``MASTER_ADDR``, ``NODE_RANK``... for multi-node training).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import math
+import re
+from abc import abstractmethod
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, ClassVar, TypeVar
+
+import anyio
+import attrs
+import msgspec
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from ...clock import Clock, system_clock
+from ...contract import Contract, GuaranteeLevel
+from ...errors import (
+    BackendError,
+    CapacityUnavailable,
+    LeaseLost,
+    QuotaExceeded,
+    TransientBackendError,
+)
+from ...lease import Lease
+from ...negotiate import check_offer
+from ...observation import Fault, Observation
+from ...offer import Grant, Offer, Quote, Rejection
+from ...units import Bytes, Money
+from ..base import Backend
+from .jurisdictions import jurisdiction_for
+
+__all__ = [
+    "CatalogEntry",
+    "CloudBackend",
+    "InstanceState",
+    "InstanceView",
+    "RateLimiter",
+    "lease_tag",
+    "node_env",
+]
+
+log = logging.getLogger("aicontract.backends.cloud")
+T = TypeVar("T")
+
+DEFAULT_MASTER_PORT = 29500
+
+
+class CatalogEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One thing a provider sells in one region, as the adapter read it.
+
+    ``price`` is per instance-hour; ``country`` is the region's ISO country
+    (``None`` when unknown — then no jurisdiction requirement is satisfied).
+    ``details`` is carried into the offer for the adapter's commit.
+    """
+
+    instance_type: str
+    region: str
+    country: str | None
+    gpu_model: str | None
+    gpus: int
+    gpu_memory: Bytes | None
+    vcpus: int
+    memory: Bytes | None
+    disk: Bytes | None = None
+    price: Money | None
+    guarantee: GuaranteeLevel = "allocated"
+    preemptible: bool = False
+    start_in: float = 0.0
+    max_nodes: int | None = None
+    details: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class InstanceState(str, enum.Enum):
+    """A provider instance's state, in the words the lease needs."""
+
+    BOOTING = "booting"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
+    PREEMPTED = "preempted"
+    TERMINATED = "terminated"
+
+
+class InstanceView(msgspec.Struct, frozen=True, kw_only=True):
+    """What the provider says about one instance right now."""
+
+    id: str
+    state: InstanceState
+    region: str
+    public_ip: str | None = None
+    private_ip: str | None = None
+    raw_state: str = ""
+
+    @property
+    def address(self) -> str | None:
+        """The address others reach it at: public if it has one, else private."""
+        return self.public_ip or self.private_ip
+
+
+@attrs.define
+class RateLimiter:
+    """At most ``rate`` calls per second on average, ``burst`` at once (a token bucket)."""
+
+    rate: float
+    burst: int = 1
+    clock: Clock = attrs.field(default=system_clock, repr=False)
+    _tokens: float = attrs.field(default=-1.0, repr=False)
+    _updated: float = attrs.field(default=0.0, repr=False)
+    _lock: anyio.Lock = attrs.field(factory=anyio.Lock, repr=False)
+
+    async def acquire(self) -> None:
+        """Wait until one more call is allowed."""
+        if self.rate <= 0 or math.isinf(self.rate):
+            return
+        async with self._lock:
+            while True:
+                now = self.clock.monotonic()
+                if self._tokens < 0:
+                    self._tokens, self._updated = float(self.burst), now
+                self._tokens = min(
+                    float(self.burst), self._tokens + (now - self._updated) * self.rate
+                )
+                self._updated = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await self.clock.sleep((1 - self._tokens) / self.rate)
+
+
+_TAG_SAFE = re.compile(r"[^a-z0-9-]+")
+
+
+def lease_tag(idempotency_key: str, *, prefix: str = "aicontract") -> str:
+    """The name/tag a commit's instances carry: stable for a key, at most 56 characters.
+
+    (Provider names allow 64; multi-node leases append ``-<rank>``.)
+    """
+    clean = _TAG_SAFE.sub("-", idempotency_key.lower()).strip("-")
+    tag = f"{prefix}-{clean}"
+    if len(tag) > 56 or clean != idempotency_key:
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:20]
+        tag = f"{prefix}-{clean[:24]}-{digest}".replace("--", "-")
+    return tag
+
+
+def node_env(lease: Lease, rank: int) -> dict[str, str]:
+    """The env for node ``rank`` of a multi-node cloud lease (``lease.env`` is rank 0's)."""
+    nodes = int(lease.details.get("nodes", "1"))
+    if not 0 <= rank < nodes:
+        raise ValueError(f"rank {rank} is outside 0..{nodes - 1}")
+    env = dict(lease.env)
+    env["NODE_RANK"] = str(rank)
+    return env
+
+
+class CloudBackend(Backend):
+    """Base of the cloud backends: turns a provider's catalog into offers and leases.
+
+    Subclasses implement the provider hooks (``_list_catalog``, ``_find_instance``,
+    ``_launch_instance``, ``_describe_instance``, ``_terminate_instances``) and
+    set ``provider``. Options (all keyword, all optional):
+
+    ``max_spend``
+        cap on the summed hourly price of this backend's live leases
+        (``"50 USD/h"``); offers that would exceed it are not made and a
+        commit that would is refused with :class:`~aicontract.QuotaExceeded`.
+    ``requests_per_second``, ``launch_interval``
+        the provider's rate limits (general calls; seconds between launches).
+    ``attempts``, ``retry_wait``, ``retry_wait_max``
+        retries of transient errors (timeouts, 5xx, throttling) only.
+    ``ready_timeout``, ``poll_interval``, ``poll_max``
+        how long to wait for a launched instance, and the polling backoff.
+    ``offer_ttl``, ``lease_ttl``, ``catalog_ttl``
+        how long an offer stays valid, how far a renewal extends a lease,
+        how long a catalog read is reused.
+    ``max_nodes``
+        the most instances one offer may combine to reach a GPU count.
+    """
+
+    provider: ClassVar[str] = "cloud"
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        clock: Clock = system_clock,
+        max_spend: str | Money | None = None,
+        requests_per_second: float = 1.0,
+        launch_interval: float = 0.0,
+        attempts: int = 4,
+        retry_wait: float = 0.5,
+        retry_wait_max: float = 10.0,
+        ready_timeout: float = 1200.0,
+        poll_interval: float = 2.0,
+        poll_max: float = 20.0,
+        offer_ttl: float = 120.0,
+        lease_ttl: float = 600.0,
+        catalog_ttl: float = 30.0,
+        max_nodes: int = 8,
+    ) -> None:
+        self.name = name or self.provider
+        self.clock = clock
+        self.max_spend = Money(max_spend) if isinstance(max_spend, str) else max_spend
+        self.attempts = max(1, attempts)
+        self.retry_wait = retry_wait
+        self.retry_wait_max = retry_wait_max
+        self.ready_timeout = ready_timeout
+        self.poll_interval = poll_interval
+        self.poll_max = poll_max
+        self.offer_ttl = offer_ttl
+        self.lease_ttl = lease_ttl
+        self.catalog_ttl = catalog_ttl
+        self.max_nodes = max(1, max_nodes)
+        self._limiter = RateLimiter(requests_per_second, clock=clock)
+        self._launch_limiter = RateLimiter(
+            1.0 / launch_interval if launch_interval > 0 else 0.0, clock=clock
+        )
+        self._catalog: list[CatalogEntry] | None = None
+        self._catalog_at = -math.inf
+        self._catalog_lock = anyio.Lock()
+        self._leases: dict[str, Lease] = {}
+        self._pending: dict[str, Money] = {}
+        self._key_locks: dict[str, anyio.Lock] = {}
+        self._spend_lock = anyio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r} provider={self.provider!r}>"
+
+    # -- provider hooks --------------------------------------------------------------------
+
+    @abstractmethod
+    async def _list_catalog(self) -> list[CatalogEntry]:
+        """Every (instance type, region) the provider can launch now, priced."""
+
+    async def _contract_entries(self, contract: Contract) -> list[CatalogEntry]:
+        """Entries that depend on the contract (time-boxed reservations); none by default."""
+        return []
+
+    @abstractmethod
+    async def _find_instance(self, tag: str, region: str) -> InstanceView | None:
+        """The live (not terminated) instance carrying ``tag``, if any."""
+
+    @abstractmethod
+    async def _launch_instance(self, offer: Offer, tag: str) -> str:
+        """Launch one instance for ``offer``, named/tagged ``tag``; return its id."""
+
+    @abstractmethod
+    async def _describe_instance(self, instance_id: str, region: str) -> InstanceView | None:
+        """The instance's state, or ``None`` when the provider no longer knows it."""
+
+    @abstractmethod
+    async def _terminate_instances(self, instance_ids: Sequence[str], region: str) -> None:
+        """Terminate instances; ids already gone are not an error."""
+
+    def _check_ready_to_quote(self) -> None:  # noqa: B027 - optional hook
+        """Raise when the backend cannot quote at all (no credentials)."""
+
+    # -- shared machinery ------------------------------------------------------------------
+
+    async def _retrying(
+        self, call: Callable[[], Awaitable[T]], *, limiter: RateLimiter | None = None
+    ) -> T:
+        """Run ``call`` under the rate limit, retrying transient errors only."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_random_exponential(multiplier=self.retry_wait, max=self.retry_wait_max),
+            retry=retry_if_exception_type(TransientBackendError),
+            sleep=self.clock.sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._limiter.acquire()
+                if limiter is not None:
+                    await limiter.acquire()
+                return await call()
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def catalog(self) -> list[CatalogEntry]:
+        """The provider's catalog, reused for ``catalog_ttl`` seconds."""
+        async with self._catalog_lock:
+            now = self.clock.monotonic()
+            if self._catalog is None or now - self._catalog_at > self.catalog_ttl:
+                self._catalog = await self._retrying(self._list_catalog)
+                self._catalog_at = now
+            return list(self._catalog)
+
+    def _nodes_for(self, entry: CatalogEntry, contract: Contract) -> int:
+        gpus = contract.resources.gpus
+        if gpus is None or entry.gpus <= 0:
+            return 1
+        most = min(self.max_nodes, entry.max_nodes or self.max_nodes)
+        for nodes in range(1, most + 1):
+            if nodes * entry.gpus in gpus.count:
+                return nodes
+        return 1
+
+    def _offer(self, entry: CatalogEntry, contract: Contract, now: float) -> Offer:
+        nodes = self._nodes_for(entry, contract)
+        model = _model_name(entry.gpu_model, entry.gpu_memory, contract)
+        grant = Grant(
+            gpus=entry.gpus * nodes,
+            gpu_model=model,
+            gpu_memory=entry.gpu_memory,
+            cpus=entry.vcpus * nodes,
+            memory=entry.memory * nodes if entry.memory is not None else None,
+            disk=entry.disk * nodes if entry.disk is not None else None,
+        )
+        price = (
+            Money.per_hour(entry.price.amount * nodes, entry.price.currency)
+            if entry.price is not None
+            else None
+        )
+        details = {
+            **entry.details,
+            "instance_type": entry.instance_type,
+            "nodes": str(nodes),
+            "gpus_per_node": str(entry.gpus),
+            "country": entry.country or "unknown",
+        }
+        ident = "|".join([self.name, entry.instance_type, entry.region, str(nodes),
+                          entry.details.get("offering_id", "")])  # fmt: skip
+        return Offer(
+            id=f"{self.name}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}",
+            backend=self.name,
+            contract=contract,
+            grant=grant,
+            guarantee=entry.guarantee,
+            region=entry.region,
+            jurisdiction=jurisdiction_for(entry.country, contract.placement.jurisdictions),
+            provider=self.provider,
+            isolation="dedicated-node",
+            price=price,
+            expires_at=now + self.offer_ttl,
+            start_in=entry.start_in,
+            preemptible=entry.preemptible,
+            details=details,
+        )
+
+    def _spend(self) -> list[Money]:
+        spent = [Money(lease.details["price"]) for lease in self._leases.values()
+                 if lease.is_active and "price" in lease.details]  # fmt: skip
+        return spent + list(self._pending.values())
+
+    def _spend_problem(self, price: Money | None) -> str | None:
+        """Why committing something at ``price`` would break ``max_spend`` (or ``None``)."""
+        cap = self.max_spend
+        if cap is None:
+            return None
+        if price is None or price.currency != cap.currency:
+            return f"an offer priced in {cap.currency}"
+        total = sum((m.amount for m in self._spend() if m.currency == cap.currency), Decimal(0))
+        if total + price.amount > cap.amount:
+            return f"{total} {cap.currency}/h already committed"
+        return None
+
+    async def quote(self, contract: Contract) -> Quote:
+        """Offers from the catalog that satisfy ``contract``, and why the rest do not."""
+        self._check_ready_to_quote()
+        entries = await self.catalog()
+        entries += await self._contract_entries(contract)
+        now = self.clock.time()
+        offers: list[Offer] = []
+        problems: dict[str, list[Rejection]] = {}
+        for entry in entries:
+            offer = self._offer(entry, contract, now)
+            found = check_offer(offer, contract, now)
+            spend = self._spend_problem(offer.price)
+            if spend is not None:
+                found.append(Rejection(backend=self.name, requirement="backend.max_spend",
+                                       wanted=f"at most {self.max_spend} in all", available=spend))  # fmt: skip
+            if offer.price is None:
+                found.append(Rejection(backend=self.name, requirement="price",
+                                       wanted="a known price", available="unpriced"))  # fmt: skip
+            if found:
+                for rejection in found:
+                    problems.setdefault(rejection.requirement, []).append(rejection)
+            else:
+                offers.append(offer)
+        if not entries:
+            problems["capacity"] = [Rejection(backend=self.name, requirement="capacity",
+                                              wanted="an instance type with capacity",
+                                              available="none available now")]  # fmt: skip
+        rejections = () if offers else tuple(_summarise(self.name, problems))
+        return Quote(offers=tuple(offers), rejections=rejections)
+
+    # -- commit ----------------------------------------------------------------------------
+
+    async def commit(self, offer: Offer, idempotency_key: str) -> Lease:
+        """Launch the offer's instances, wait until ready, return an active lease.
+
+        Idempotent on ``idempotency_key``: the same key returns the same lease
+        (in this process) or finds the instances by tag (across processes).
+        """
+        if offer.backend != self.name:
+            raise CapacityUnavailable(self.name, f"offer {offer.id} is from {offer.backend}")
+        lock = self._key_locks.setdefault(idempotency_key, anyio.Lock())
+        async with lock:
+            existing = self._leases.get(idempotency_key)
+            if existing is not None and not existing.state.is_final:
+                return existing
+            if offer.expires_at <= self.clock.time():
+                raise CapacityUnavailable(self.name, f"offer {offer.id} has expired")
+            async with self._spend_lock:
+                problem = self._spend_problem(offer.price)
+                if problem is not None:
+                    raise QuotaExceeded(
+                        self.name, f"max_spend {self.max_spend} would be exceeded ({problem})"
+                    )
+                if offer.price is not None:
+                    self._pending[idempotency_key] = offer.price
+            try:
+                lease = await self._commit(offer, idempotency_key)
+            finally:
+                self._pending.pop(idempotency_key, None)
+            self._leases[idempotency_key] = lease
+            log.info("%s: committed %s as lease %s", self.name, offer.summary(), lease.id)
+            return lease
+
+    async def _commit(self, offer: Offer, key: str) -> Lease:
+        """Launch every node idempotently, wait for ready; clean up on any failure."""
+        tag = lease_tag(key)
+        nodes = int(offer.details.get("nodes", "1"))
+        tags = [tag] if nodes == 1 else [f"{tag}-{rank}" for rank in range(nodes)]
+        try:
+            ids = [await self._launch_idempotent(offer, node_tag) for node_tag in tags]
+            views = await self._wait_ready(ids, offer.region)
+        except BaseException as exc:
+            await self._cleanup(tags, offer.region, reason=type(exc).__name__)
+            raise
+        return self._lease(offer, key, tag, views)
+
+    async def _launch_idempotent(self, offer: Offer, tag: str) -> str:
+        async def attempt() -> str:
+            found = await self._find_instance(tag, offer.region)
+            if found is not None:
+                log.info("%s: found instance %s already launched as %s", self.name, found.id, tag)
+                return found.id
+            return await self._launch_instance(offer, tag)
+
+        return await self._retrying(attempt, limiter=self._launch_limiter)
+
+    async def _wait_ready(self, ids: Sequence[str], region: str) -> list[InstanceView]:
+        deadline = self.clock.monotonic() + self.ready_timeout
+        delay = self.poll_interval
+        views: dict[str, InstanceView] = {}
+        while True:
+            for instance_id in ids:
+                if instance_id in views:
+                    continue
+                view = await self._retrying(
+                    lambda i=instance_id: self._describe_instance(i, region)  # type: ignore[misc]
+                )
+                if view is None or view.state in (InstanceState.TERMINATED,
+                                                  InstanceState.PREEMPTED):  # fmt: skip
+                    state = view.raw_state if view is not None else "gone"
+                    raise CapacityUnavailable(
+                        self.name, f"instance {instance_id} went {state} while booting"
+                    )
+                if view.state == InstanceState.READY:
+                    views[instance_id] = view
+            if len(views) == len(ids):
+                return [views[i] for i in ids]
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0:
+                raise CapacityUnavailable(
+                    self.name,
+                    f"instances {', '.join(ids)} were not ready within {self.ready_timeout:g}s",
+                )
+            await self.clock.sleep(min(delay, remaining))
+            delay = min(self.poll_max, delay * 2)
+
+    async def _cleanup(self, tags: Sequence[str], region: str, *, reason: str) -> None:
+        """Terminate whatever a failed commit launched, found by tag (bounded, shielded)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(60):
+            ids: list[str] = []
+            for tag in tags:
+                try:
+                    found = await self._retrying(lambda t=tag: self._find_instance(t, region))  # type: ignore[misc]
+                except BackendError as exc:
+                    log.warning("%s: cleanup could not look up %s: %s", self.name, tag, exc)
+                    continue
+                if found is not None:
+                    ids.append(found.id)
+            if ids:
+                log.warning("%s: commit failed (%s); terminating %s", self.name, reason, ids)
+                try:
+                    await self._retrying(lambda: self._terminate_instances(ids, region))
+                except BackendError as exc:
+                    log.error("%s: could not terminate %s after a failed commit: %s",
+                              self.name, ids, exc)  # fmt: skip
+
+    def _lease(self, offer: Offer, key: str, tag: str, views: Sequence[InstanceView]) -> Lease:
+        contract = offer.contract
+        ports = dict(contract.workload.ports) if contract.workload else {}
+        head = views[0]
+        host = head.address or ""
+        endpoints: dict[str, str] = {"host": host}
+        for rank, view in enumerate(views[1:], start=1):
+            endpoints[f"node-{rank}"] = view.address or ""
+        for port_name, port in ports.items():
+            endpoints[port_name] = f"{host}:{port}"
+        nodes = len(views)
+        per_node = int(offer.details.get("gpus_per_node", str(offer.grant.gpus)))
+        master_port = ports.get("master", ports.get("rendezvous", DEFAULT_MASTER_PORT))
+        env = {
+            "MASTER_ADDR": head.private_ip or host,
+            "MASTER_PORT": str(master_port),
+            "NNODES": str(nodes),
+            "NODE_RANK": "0",
+            "NPROC_PER_NODE": str(max(1, per_node)),
+            "WORLD_SIZE": str(max(1, per_node) * nodes),
+            "AICONTRACT_NODE_ADDRS": ",".join(v.private_ip or v.address or "" for v in views),
+        }
+        details = {
+            "provider": self.provider,
+            "instance_ids": ",".join(v.id for v in views),
+            "instance_type": offer.details.get("instance_type", ""),
+            "nodes": str(nodes),
+            "tag": tag,
+            "offer": offer.id,
+        }
+        if offer.price is not None:
+            details["price"] = str(offer.price)
+        lease_id = f"{self.name}-{tag.removeprefix('aicontract-')}"
+        env["AICONTRACT_LEASE_ID"] = lease_id
+        return Lease(
+            id=lease_id,
+            contract=contract,
+            grant=offer.grant,
+            backend=self,
+            guarantee=offer.guarantee,
+            expires_at=self.clock.time() + self.lease_ttl,
+            region=offer.region,
+            jurisdiction=offer.jurisdiction,
+            endpoints=endpoints,
+            env=env,
+            details=details,
+            clock=self.clock,
+        )
+
+    # -- life of a lease -------------------------------------------------------------------
+
+    def _instance_ids(self, lease: Lease) -> list[str]:
+        return [i for i in lease.details.get("instance_ids", "").split(",") if i]
+
+    async def _faults(self, lease: Lease) -> list[Fault]:
+        faults: list[Fault] = []
+        now = self.clock.time()
+        for instance_id in self._instance_ids(lease):
+            view = await self._retrying(
+                lambda i=instance_id: self._describe_instance(i, lease.region)  # type: ignore[misc]
+            )
+            if view is None or view.state == InstanceState.TERMINATED:
+                state = view.raw_state if view is not None else "gone"
+                faults.append(Fault(kind="capacity-revoked", at=now,
+                                    reason=f"instance {instance_id} is {state}"))  # fmt: skip
+            elif view.state == InstanceState.PREEMPTED:
+                faults.append(Fault(kind="preempted", at=now,
+                                    reason=f"instance {instance_id} was preempted"))  # fmt: skip
+            elif view.state == InstanceState.UNHEALTHY:
+                faults.append(Fault(kind="node-lost", at=now,
+                                    reason=f"instance {instance_id} is {view.raw_state}"))  # fmt: skip
+        return faults
+
+    async def renew(self, lease: Lease) -> float:
+        """Check the instances are still there and healthy; extend the lease's expiry."""
+        faults = await self._faults(lease)
+        if faults:
+            raise LeaseLost(lease.id, "; ".join(f.reason for f in faults))
+        return self.clock.time() + self.lease_ttl
+
+    async def observe(self, lease: Lease) -> Observation:
+        """Provider faults for the lease's instances; a fault revokes the lease."""
+        faults = await self._faults(lease)
+        if faults:
+            lease.revoke("; ".join(f.reason for f in faults))
+        return Observation(faults=tuple(faults))
+
+    async def release(self, lease: Lease) -> None:
+        """Terminate the lease's instances. Safe to repeat."""
+        ids = self._instance_ids(lease)
+        if ids:
+            await self._retrying(lambda: self._terminate_instances(ids, lease.region))
+            log.info("%s: lease %s released; terminated %s", self.name, lease.id, ids)
+        for key, held in list(self._leases.items()):
+            if held is lease:
+                del self._leases[key]
+
+
+def _model_name(family: str | None, memory: Bytes | None, contract: Contract) -> str | None:
+    """The GPU model as the contract spells it (``A100-80GB`` for an 80 GiB A100)."""
+    gpus = contract.resources.gpus
+    if family is None or gpus is None or not gpus.models:
+        return family
+    aliases = {family.lower()}
+    if memory is not None:
+        gib = int(memory.bytes // 2**30)
+        aliases |= {f"{family}-{gib}GB".lower(), f"{family}-{gib}G".lower(),
+                    f"{family}-{gib}GiB".lower(), f"{family} {gib}GB".lower()}  # fmt: skip
+    for wanted in gpus.models:
+        if wanted.lower() in aliases:
+            return wanted
+    return family
+
+
+def _summarise(backend: str, problems: Mapping[str, list[Rejection]]) -> list[Rejection]:
+    """One rejection per requirement, listing what the catalog has instead."""
+    out = []
+    for requirement, found in problems.items():
+        available = sorted({r.available for r in found})
+        text = ", ".join(available[:8]) + (f" and {len(available) - 8} more" if len(available) > 8 else "")
+        out.append(Rejection(backend=backend, requirement=requirement,
+                             wanted=found[0].wanted, available=text))  # fmt: skip
+    return out
+
+
+def gib(value: float | int) -> Bytes:
+    """``value`` GiB as :class:`~aicontract.units.Bytes`."""
+    return Bytes(f"{Decimal(str(value)).normalize():f}GiB")
+
+
+def mib(value: int) -> Bytes:
+    """``value`` MiB as :class:`~aicontract.units.Bytes`, printed in GiB when whole."""
+    return gib(value // 1024) if value % 1024 == 0 else Bytes(f"{value}MiB")
+
+
+def as_str(value: Any) -> str:
+    """``value`` as text for details/env."""
+    return value if isinstance(value, str) else str(value)

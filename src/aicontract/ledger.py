@@ -30,6 +30,9 @@ from .lease import LeaseRecord
 
 __all__ = ["Allocation", "Ledger", "process_start_time"]
 
+# How long a holder seen alive is trusted before its pid is checked again.
+LIVENESS_CACHE = 0.5
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
     id TEXT PRIMARY KEY,
@@ -93,6 +96,9 @@ class Ledger:
     _conn: sqlite3.Connection | None = attrs.field(default=None, repr=False)
     _pid: int = attrs.field(factory=os.getpid, repr=False)
     _my_start: int | None = attrs.field(default=None, repr=False)
+    _liveness: dict[tuple[int, int | None], tuple[bool, float]] = attrs.field(
+        factory=dict, repr=False
+    )
 
     @classmethod
     def in_dir(cls, state_dir: str | os.PathLike[str]) -> Ledger:
@@ -144,17 +150,25 @@ class Ledger:
         removed = conn.execute("DELETE FROM leases WHERE expires_at < ?", (now,)).rowcount
         if not check_holders:
             return removed
-        dead = [
-            (lease_id,)
-            for lease_id, pid, started in conn.execute(
-                "SELECT id, holder_pid, holder_start FROM leases WHERE holder_pid != ?",
-                (self._pid,),
-            )
-            if not _alive(pid, started)
-        ]
+        dead = [(lease_id,) for lease_id in self._orphans(conn)]
         if dead:
             conn.executemany("DELETE FROM leases WHERE id = ?", dead)
         return removed + len(dead)
+
+    def _orphans(self, conn: sqlite3.Connection) -> list[str]:
+        """Leases whose holder process is gone (liveness cached briefly per process)."""
+        clock = time.monotonic()
+        orphans = []
+        for lease_id, pid, started in conn.execute(
+            "SELECT id, holder_pid, holder_start FROM leases WHERE holder_pid != ?", (self._pid,)
+        ):
+            cached = self._liveness.get((pid, started))
+            if cached is None or clock - cached[1] > LIVENESS_CACHE:
+                cached = (_alive(pid, started), clock)
+                self._liveness[(pid, started)] = cached
+            if not cached[0]:
+                orphans.append(lease_id)
+        return orphans
 
     def reclaim(self, now: float | None = None) -> int:
         """Drop expired leases and leases whose holder died; return how many."""
@@ -297,6 +311,13 @@ class Ledger:
         """What is held now: GPU ids, CPU ids, memory bytes, disk bytes."""
         now = time.time() if now is None else now
         conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            orphaned = bool(self._orphans(conn))
+        finally:
+            conn.execute("COMMIT")
+        if orphaned:
+            self.reclaim(now)
         conn.execute("BEGIN")
         try:
             rows = conn.execute(

@@ -74,6 +74,21 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that double-quotes text holding YAML 1.1 line breaks other than newline."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    # PyYAML writes NEL (U+0085) raw inside single quotes, where a reader folds it
+    # into a space: the text would change on the way back. Double quotes escape it.
+    if any(char in data for char in "\x85\u2028\u2029"):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style='"')
+    return dumper.represent_str(data)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
@@ -181,7 +196,7 @@ def dumps(contract: Contract, format: Format = "yaml") -> str:
     """Write a contract as text; :func:`loads` gives back an equal contract."""
     data = to_builtins(contract)
     if format == "yaml":
-        text: str = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+        text: str = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
         return text
     if format == "toml":
         return tomli_w.dumps(data)

@@ -15,10 +15,11 @@ reclaimed (guarantee 4).
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import msgspec
 from .errors import CapacityUnavailable, ConfigError
 from .lease import LeaseRecord
 
-__all__ = ["Allocation", "Ledger", "process_start_time"]
+__all__ = ["Allocation", "Demand", "Ledger", "process_start_time"]
 
 # How long a holder seen alive is trusted before its pid is checked again.
 LIVENESS_CACHE = 0.5
@@ -44,7 +45,6 @@ CREATE TABLE IF NOT EXISTS leases (
     disk INTEGER NOT NULL DEFAULT 0,
     record BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS leases_expiry ON leases (expires_at);
 CREATE TABLE IF NOT EXISTS devices (
     kind TEXT NOT NULL,
     device TEXT NOT NULL,
@@ -76,6 +76,33 @@ def _alive(pid: int, started: int | None) -> bool:
         return True
     now_started = process_start_time(pid)
     return now_started is None or now_started == started
+
+
+_HELD_DEVICES = (
+    "SELECT d.kind, d.device FROM devices d JOIN leases l ON l.id = d.lease_id"
+    " WHERE l.expires_at >= ?"
+)
+_HELD_DEVICES_BY_LEASE = (
+    "SELECT d.kind, d.device, d.lease_id FROM devices d JOIN leases l ON l.id = d.lease_id"
+    " WHERE l.expires_at >= ?"
+)
+_HELD_AMOUNTS = (
+    "SELECT COALESCE(SUM(memory), 0), COALESCE(SUM(disk), 0) FROM leases WHERE expires_at >= ?"
+)
+
+
+@attrs.frozen
+class Demand:
+    """What one grant needs: how many of which candidate devices, and amounts."""
+
+    gpu_candidates: tuple[str, ...]
+    gpus: int
+    cpu_candidates: tuple[int, ...]
+    cpus: int
+    memory: int
+    memory_total: int
+    disk: int = 0
+    disk_total: int | None = None
 
 
 @attrs.frozen
@@ -182,15 +209,7 @@ class Ledger:
         lease_id: str,
         idempotency_key: str,
         make_record: Callable[[tuple[str, ...], tuple[int, ...]], LeaseRecord],
-        *,
-        gpu_candidates: Sequence[str],
-        gpus: int,
-        cpu_candidates: Sequence[int],
-        cpus: int,
-        memory: int,
-        memory_total: int,
-        disk: int = 0,
-        disk_total: int | None = None,
+        demand: Demand,
         now: float | None = None,
     ) -> Allocation:
         """Bind devices and amounts to a new lease, atomically, or raise CapacityUnavailable.
@@ -201,55 +220,37 @@ class Ledger:
         """
         now = time.time() if now is None else now
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT id, record FROM leases WHERE idempotency_key = ?", (idempotency_key,)
-            ).fetchone()
-            if row is not None:
-                existing = LeaseRecord.from_json(row[1])
-                return Allocation(row[0], *self._devices(conn, row[0]), existing=existing)
-            self._reclaim(conn, now, check_holders=False)
             try:
-                chosen = self._choose(
-                    conn,
-                    gpu_candidates,
-                    gpus,
-                    cpu_candidates,
-                    cpus,
-                    memory,
-                    memory_total,
-                    disk,
-                    disk_total,
-                )
+                gpu_ids, cpu_ids = self._choose(conn, demand, now)
             except CapacityUnavailable:
+                # A retried commit finds its own first grant holding the capacity.
+                existing = self._existing(conn, idempotency_key)
+                if existing is not None:
+                    return existing
                 if not self._reclaim(conn, now, check_holders=True):
                     raise
-                chosen = self._choose(
-                    conn,
-                    gpu_candidates,
-                    gpus,
-                    cpu_candidates,
-                    cpus,
-                    memory,
-                    memory_total,
-                    disk,
-                    disk_total,
-                )
-            gpu_ids, cpu_ids = chosen
+                gpu_ids, cpu_ids = self._choose(conn, demand, now)
             record = make_record(gpu_ids, cpu_ids)
-            conn.execute(
-                "INSERT INTO leases (id, idempotency_key, holder_pid, holder_start, expires_at,"
-                " memory, disk, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    lease_id,
-                    idempotency_key,
-                    self._pid,
-                    self._my_start,
-                    record.expires_at,
-                    memory,
-                    disk,
-                    record.to_json(),
-                ),
-            )
+            try:
+                conn.execute(
+                    "INSERT INTO leases (id, idempotency_key, holder_pid, holder_start,"
+                    " expires_at, memory, disk, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        lease_id,
+                        idempotency_key,
+                        self._pid,
+                        self._my_start,
+                        record.expires_at,
+                        demand.memory,
+                        demand.disk,
+                        record.to_json(),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                existing = self._existing(conn, idempotency_key)
+                if existing is None:
+                    raise CapacityUnavailable("local", f"lease id {lease_id!r} is taken") from None
+                return existing
             conn.executemany(
                 "INSERT INTO devices (kind, device, lease_id) VALUES (?, ?, ?)",
                 [("gpu", g, lease_id) for g in gpu_ids]
@@ -257,83 +258,77 @@ class Ledger:
             )
             return Allocation(lease_id, gpu_ids, cpu_ids)
 
-    def _choose(
-        self,
-        conn: sqlite3.Connection,
-        gpu_candidates: Sequence[str],
-        gpus: int,
-        cpu_candidates: Sequence[int],
-        cpus: int,
-        memory: int,
-        memory_total: int,
-        disk: int,
-        disk_total: int | None,
-    ) -> tuple[tuple[str, ...], tuple[int, ...]]:
-        gpu_ids: tuple[str, ...] = ()
-        if gpus:
-            used = {d for (d,) in conn.execute("SELECT device FROM devices WHERE kind = 'gpu'")}
-            gpu_ids = tuple(g for g in gpu_candidates if g not in used)[:gpus]
-            if len(gpu_ids) < gpus:
-                raise CapacityUnavailable("local", f"{gpus} GPUs wanted, {len(gpu_ids)} free")
-        cpu_ids: tuple[int, ...] = ()
-        if cpus:
-            used_cpus = {
-                int(d) for (d,) in conn.execute("SELECT device FROM devices WHERE kind = 'cpu'")
-            }
-            cpu_ids = tuple(c for c in cpu_candidates if c not in used_cpus)[:cpus]
-            if len(cpu_ids) < cpus:
-                raise CapacityUnavailable("local", f"{cpus} CPUs wanted, {len(cpu_ids)} free")
-        if memory or disk:
-            used_memory, used_disk = conn.execute(
-                "SELECT COALESCE(SUM(memory), 0), COALESCE(SUM(disk), 0) FROM leases"
-            ).fetchone()
-            if used_memory + memory > memory_total:
-                raise CapacityUnavailable("local", "memory was granted meanwhile")
-            if disk_total is not None and used_disk + disk > disk_total:
-                raise CapacityUnavailable("local", "disk was granted meanwhile")
-        return gpu_ids, cpu_ids
-
-    @staticmethod
-    def _devices(
-        conn: sqlite3.Connection, lease_id: str
-    ) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    def _existing(self, conn: sqlite3.Connection, idempotency_key: str) -> Allocation | None:
+        row = conn.execute(
+            "SELECT id, record FROM leases WHERE idempotency_key = ?", (idempotency_key,)
+        ).fetchone()
+        if row is None:
+            return None
         rows = conn.execute(
-            "SELECT kind, device FROM devices WHERE lease_id = ? ORDER BY rowid", (lease_id,)
+            "SELECT kind, device FROM devices WHERE lease_id = ? ORDER BY rowid", (row[0],)
         ).fetchall()
-        return (
+        return Allocation(
+            row[0],
             tuple(d for k, d in rows if k == "gpu"),
             tuple(int(d) for k, d in rows if k == "cpu"),
+            existing=LeaseRecord.from_json(row[1]),
         )
+
+    def _choose(
+        self, conn: sqlite3.Connection, demand: Demand, now: float
+    ) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        used_gpus: set[str] = set()
+        used_cpus: set[str] = set()
+        if demand.gpus or demand.cpus:
+            for kind, device in conn.execute(_HELD_DEVICES, (now,)):
+                (used_gpus if kind == "gpu" else used_cpus).add(device)
+        free_gpus = (g for g in demand.gpu_candidates if g not in used_gpus)
+        gpu_ids = tuple(itertools.islice(free_gpus, demand.gpus))
+        if len(gpu_ids) < demand.gpus:
+            raise CapacityUnavailable("local", f"{demand.gpus} GPUs wanted, {len(gpu_ids)} free")
+        cpu_ids: tuple[int, ...] = ()
+        if demand.cpus:
+            free = (c for c in demand.cpu_candidates if str(c) not in used_cpus)
+            cpu_ids = tuple(itertools.islice(free, demand.cpus))
+        if len(cpu_ids) < demand.cpus:
+            raise CapacityUnavailable("local", f"{demand.cpus} CPUs wanted, {len(cpu_ids)} free")
+        if demand.memory or demand.disk:
+            used_memory, used_disk = conn.execute(_HELD_AMOUNTS, (now,)).fetchone()
+            if used_memory + demand.memory > demand.memory_total:
+                raise CapacityUnavailable("local", "memory was granted meanwhile")
+            if demand.disk_total is not None and used_disk + demand.disk > demand.disk_total:
+                raise CapacityUnavailable("local", "disk was granted meanwhile")
+        return gpu_ids, cpu_ids
 
     # -- reading -------------------------------------------------------------------------
 
     def usage(self, now: float | None = None) -> tuple[set[str], set[int], int, int]:
-        """What is held now: GPU ids, CPU ids, memory bytes, disk bytes."""
+        """What live holders hold now: GPU ids, CPU ids, memory bytes, disk bytes.
+
+        Two plain reads, no transaction: a quote may be a moment stale, and the
+        commit re-checks everything inside its own transaction anyway.
+        """
         now = time.time() if now is None else now
         conn = self.conn
-        conn.execute("BEGIN")
-        try:
-            orphaned = bool(self._orphans(conn))
-        finally:
-            conn.execute("COMMIT")
-        if orphaned:
-            self.reclaim(now)
-        conn.execute("BEGIN")
-        try:
-            rows = conn.execute(
-                "SELECT d.kind, d.device FROM devices d JOIN leases l ON l.id = d.lease_id"
-                " WHERE l.expires_at >= ?",
-                (now,),
-            ).fetchall()
-            memory, disk = conn.execute(
-                "SELECT COALESCE(SUM(memory), 0), COALESCE(SUM(disk), 0) FROM leases"
-                " WHERE expires_at >= ?",
-                (now,),
-            ).fetchone()
-        finally:
-            conn.execute("COMMIT")
-        gpus = {d for k, d in rows if k == "gpu"}
-        cpus = {int(d) for k, d in rows if k == "cpu"}
+        orphans = set(self._orphans(conn))
+        memory = disk = 0
+        if orphans:
+            for lease_id, lease_memory, lease_disk in conn.execute(
+                "SELECT id, memory, disk FROM leases WHERE expires_at >= ?", (now,)
+            ):
+                if lease_id not in orphans:
+                    memory, disk = memory + lease_memory, disk + lease_disk
+        else:
+            memory, disk = conn.execute(_HELD_AMOUNTS, (now,)).fetchone()
+        gpus: set[str] = set()
+        cpus: set[int] = set()
+        for kind, device, lease_id in conn.execute(_HELD_DEVICES_BY_LEASE, (now,)):
+            if lease_id in orphans:
+                continue
+            if kind == "gpu":
+                gpus.add(device)
+            else:
+                cpus.add(int(device))
         return gpus, cpus, int(memory), int(disk)
 
     def records(self, now: float | None = None) -> list[LeaseRecord]:
@@ -362,14 +357,14 @@ class Ledger:
     def renew(self, lease_id: str, expires_at: float, now: float | None = None) -> bool:
         """Push a lease's expiry; ``False`` when the lease is gone (expired or released)."""
         now = time.time() if now is None else now
-        with self._write() as conn:
-            updated = conn.execute(
-                "UPDATE leases SET expires_at = ? WHERE id = ? AND expires_at >= ?",
-                (expires_at, lease_id, now),
-            ).rowcount
-            return updated == 1
+        # One statement is one transaction in autocommit mode: no BEGIN needed.
+        updated = self.conn.execute(
+            "UPDATE leases SET expires_at = ? WHERE id = ? AND expires_at >= ?",
+            (expires_at, lease_id, now),
+        ).rowcount
+        return updated == 1
 
     def release(self, lease_id: str) -> bool:
         """Free a lease's devices and amounts; ``False`` when it was already gone."""
-        with self._write() as conn:
-            return conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,)).rowcount == 1
+        # The devices go with it (ON DELETE CASCADE), in the same implicit transaction.
+        return self.conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,)).rowcount == 1

@@ -29,7 +29,7 @@ from ..errors import BackendError, CapacityUnavailable, LeaseLost
 from ..gpu_models import pick_model
 from ..inventory import GPUDevice, Inventory, host_inventory
 from ..lease import Lease, LeaseRecord, LeaseState
-from ..ledger import Ledger
+from ..ledger import Demand, Ledger
 from ..observation import Fault, Observation, Sample
 from ..offer import Grant, Offer, Quote, Rejection
 from ..units import Bytes, CountRange, Money
@@ -91,6 +91,9 @@ class LocalBackend(Backend):
     _inventory: Inventory | None = attrs.field(default=None, alias="inventory")
     _ledger: Ledger | None = attrs.field(default=None, init=False, repr=False)
     _processes: dict[str, anyio.abc.Process] = attrs.field(factory=dict, init=False, repr=False)
+    _fitting: dict[GPU, list[tuple[str, GPUDevice]]] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
 
     @property
     def inventory(self) -> Inventory:
@@ -179,13 +182,17 @@ class LocalBackend(Backend):
     ) -> tuple[list[tuple[str | None, list[GPUDevice]]], list[Rejection], list[Offer]]:
         """Per acceptable model, the free devices that fit; else why not."""
         inv = self.inventory
+        fitting = self._fitting.get(gpus)
+        if fitting is None:  # the inventory is fixed, so which devices fit is too
+            fitting = []
+            for device in inv.gpus:
+                model = pick_model(gpus.models, device.model)
+                if model is not None and _fits(device, gpus):
+                    fitting.append((model, device))
+            self._fitting[gpus] = fitting
+        fitting_total = len(fitting)
         by_model: dict[str, list[GPUDevice]] = {}
-        fitting_total = 0
-        for device in inv.gpus:
-            model = pick_model(gpus.models, device.model)
-            if model is None or not _fits(device, gpus):
-                continue
-            fitting_total += 1
+        for model, device in fitting:
             if device.id not in used:
                 by_model.setdefault(model, []).append(device)
         order = list(gpus.models) or list(by_model)
@@ -289,11 +296,8 @@ class LocalBackend(Backend):
                 details={"gpus": ",".join(gpu_ids), "cpus": ",".join(map(str, cpu_ids))},
             )
 
-        allocation = self.ledger.grant(
-            lease_id,
-            idempotency_key,
-            make_record,
-            gpu_candidates=candidates,
+        demand = Demand(
+            gpu_candidates=tuple(candidates),
             gpus=grant.gpus,
             cpu_candidates=inv.cpu_list,
             cpus=grant.cpus,
@@ -301,8 +305,8 @@ class LocalBackend(Backend):
             memory_total=inv.memory.bytes,
             disk=grant.disk.bytes if grant.disk is not None else 0,
             disk_total=inv.disk.bytes if inv.disk is not None else None,
-            now=now,
         )
+        allocation = self.ledger.grant(lease_id, idempotency_key, make_record, demand, now)
         record = allocation.existing or make_record(allocation.gpus, allocation.cpus)
         lease = Lease(
             id=lease_id,

@@ -13,10 +13,11 @@ A lease's own state is kept apart from its workload's and its objectives'
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -27,10 +28,14 @@ import msgspec
 from .clock import Clock, system_clock
 from .contract import Contract, GuaranteeLevel, encode_quantity
 from .errors import LeaseLost, LeaseStateError
+from .observation import Sample
 from .offer import Grant
 
 if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectSendStream
+
     from .backends.base import Backend
+    from .objectives import ObjectiveState, Violation
 
 __all__ = ["Lease", "LeaseRecord", "LeaseState"]
 
@@ -94,6 +99,8 @@ class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 StateListener = Callable[["Lease", LeaseState, LeaseState], None]
+ViolationListener = Callable[["Violation"], None]
+ReplacementListener = Callable[["Lease", "Lease"], None]
 
 
 @attrs.define(eq=False)
@@ -121,6 +128,16 @@ class Lease:
     reason: str | None = None
     _listeners: list[StateListener] = attrs.field(factory=list, repr=False)
     _holding: anyio.abc.TaskGroup | None = attrs.field(default=None, repr=False)
+    replaced_by: Lease | None = attrs.field(default=None, repr=False)
+    """The lease that took over from this one after a renegotiation (see :attr:`current`)."""
+    objective_states: dict[str, ObjectiveState] = attrs.field(factory=dict, repr=False)
+    """Each objective's state (``undetermined``/``met``/``violated``), kept by a monitor."""
+    _sample_sink: Callable[[Sample], None] | None = attrs.field(default=None, repr=False)
+    _violation_listeners: list[ViolationListener] = attrs.field(factory=list, repr=False)
+    _violation_streams: list[MemoryObjectSendStream[Violation]] = attrs.field(
+        factory=list, repr=False
+    )
+    _replacement_listeners: list[ReplacementListener] = attrs.field(factory=list, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.created_at:
@@ -145,6 +162,8 @@ class Lease:
         )
         for listener in list(self._listeners):
             listener(self, old, new)
+        if new.is_final and self.replaced_by is None:
+            self._close_violation_streams()
 
     @property
     def is_active(self) -> bool:
@@ -219,6 +238,152 @@ class Lease:
             details=dict(self.details),
         )
 
+    # -- monitoring (see aicontract.monitor) -----------------------------------------------
+
+    @property
+    def current(self) -> Lease:
+        """The lease now serving this one's holder: itself, or its latest replacement.
+
+        After a make-before-break renegotiation, ``lease.current.endpoints`` are
+        the endpoints to use; the switch is one assignment, made only once the
+        replacement is active and before this lease is released.
+        """
+        lease = self
+        while lease.replaced_by is not None:
+            lease = lease.replaced_by
+        return lease
+
+    def attach_sink(self, sink: Callable[[Sample], None] | None) -> None:
+        """Send :meth:`report` and :meth:`measure` samples to ``sink`` (a monitor does this)."""
+        self._sample_sink = sink
+
+    def report(
+        self,
+        sli: str | None = None,
+        value: float | None = None,
+        *,
+        unit: str | None = None,
+        labels: dict[str, str] | None = None,
+        **values: float,
+    ) -> None:
+        """Report figures the program measured: ``lease.report(throughput=512, unit="tokens/s")``.
+
+        Give one ``sli``/``value`` pair or SLIs as keywords. ``unit`` converts to
+        base units: a rate (``"tokens/s"``, ``"req/min"``), a time (``"ms"``,
+        ``"s"``) or ``"%"``; without it values are in base units (seconds,
+        events per second, fractions). Samples go to the lease's monitor; on a
+        lease that no monitor watches they are dropped.
+        """
+        if sli is not None:
+            if value is None:
+                raise TypeError("report(sli, value): give a value")
+            values = {sli: value, **values}
+        if not values:
+            raise TypeError("report() needs at least one figure, e.g. report(throughput=512)")
+        at = self.clock.time()
+        for name, raw in values.items():
+            base, extra = _to_base(name, float(raw), unit)
+            self.ingest(Sample(sli=name, value=base, at=at, source="user",
+                               labels={**extra, **(labels or {})}))  # fmt: skip
+
+    @contextlib.contextmanager
+    def measure(self, sli: str = "latency", *, errors: bool = False) -> Iterator[None]:
+        """Time the block and report it as ``sli``: ``with lease.measure("latency"): ...``.
+
+        With ``errors``, also report ``availability`` — 1 when the block
+        succeeds, 0 when it raises. Time is read from the lease's clock.
+        """
+        started = self.clock.monotonic()
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            elapsed = self.clock.monotonic() - started
+            at = self.clock.time()
+            self.ingest(Sample(sli=sli, value=elapsed, at=at, source="user"))
+            if errors:
+                self.ingest(Sample(sli="availability", value=float(ok), at=at, source="user"))
+
+    def ingest(self, sample: Sample) -> None:
+        """Hand one sample to the monitor watching this lease (dropped when none does)."""
+        sink = self.current._sample_sink
+        if sink is None:
+            log.debug("lease %s: no monitor; dropping %s sample", self.id, sample.sli)
+            return
+        sink(sample)
+
+    def on_violation(self, listener: ViolationListener) -> None:
+        """Call ``listener(violation)`` for every violation of this lease (and its successors)."""
+        self.current._violation_listeners.append(listener)
+
+    def on_replaced(self, listener: ReplacementListener) -> None:
+        """Call ``listener(old, new)`` when a renegotiation replaces the lease."""
+        self.current._replacement_listeners.append(listener)
+
+    async def violations(self, buffer: int = 64) -> AsyncIterator[Violation]:
+        """Violations as they happen: ``async for v in lease.violations(): ...``.
+
+        Follows the lease through renegotiations; ends when the lease ends for
+        good. At most ``buffer`` violations wait for a slow reader; beyond that
+        the newest are dropped (and logged).
+        """
+        send, receive = anyio.create_memory_object_stream["Violation"](buffer)
+        lease = self.current
+        if lease.state.is_final:
+            send.close()
+        else:
+            lease._violation_streams.append(send)
+        try:
+            async with receive:
+                async for violation in receive:
+                    yield violation
+        finally:
+            holder = self.current
+            if send in holder._violation_streams:
+                holder._violation_streams.remove(send)
+            send.close()
+
+    def deliver_violation(self, violation: Violation) -> None:
+        """Hand ``violation`` to every listener and iterator (a monitor calls this)."""
+        for listener in list(self._violation_listeners):
+            try:
+                listener(violation)
+            except Exception:
+                log.exception("lease %s: a violation listener failed", self.id)
+        for stream in list(self._violation_streams):
+            try:
+                stream.send_nowait(violation)
+            except anyio.WouldBlock:
+                log.warning("lease %s: a slow violations() reader missed: %s",
+                            self.id, violation.describe())  # fmt: skip
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._violation_streams.remove(stream)
+
+    def hand_over(self, new: Lease) -> None:
+        """Make ``new`` this lease's successor: listeners, iterators and :attr:`current` move.
+
+        Call only once ``new`` is active; release this lease afterwards
+        (make-before-break).
+        """
+        if not new.is_active:
+            raise LeaseStateError(new.id, f"cannot replace {self.id} while {new.state.value}")
+        new._violation_listeners.extend(self._violation_listeners)
+        new._violation_streams.extend(self._violation_streams)
+        new._replacement_listeners.extend(self._replacement_listeners)
+        self._violation_streams.clear()
+        self.replaced_by = new  # the switch: one assignment
+        for listener in list(new._replacement_listeners):
+            try:
+                listener(self, new)
+            except Exception:
+                log.exception("lease %s: a replacement listener failed", self.id)
+
+    def _close_violation_streams(self) -> None:
+        for stream in self._violation_streams:
+            stream.close()
+        self._violation_streams.clear()
+
     # -- keeping it alive ----------------------------------------------------------------
 
     def renew_interval(self) -> float:
@@ -228,10 +393,14 @@ class Lease:
     async def keep_alive(self) -> None:
         """Renew the lease until it ends or the surrounding scope is cancelled."""
         while self.is_active:
-            await self.clock.sleep(self.renew_interval())
+            wait = self.renew_interval()
+            ends_at = self.ends_at
+            if ends_at is not None:
+                # Wake at the contract's end, not up to a renewal interval after it.
+                wait = max(0.0, min(wait, ends_at - self.clock.time()))
+            await self.clock.sleep(wait)
             if not self.is_active:
                 return
-            ends_at = self.ends_at
             if ends_at is not None and self.clock.time() >= ends_at:
                 log.info("lease %s: contract duration reached; releasing", self.id)
                 await self.release()
@@ -273,3 +442,21 @@ class Lease:
         """The lease's record as plain builtins (for JSON output)."""
         data: dict[str, Any] = msgspec.to_builtins(self.record(), enc_hook=encode_quantity)
         return data
+
+
+_TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def _to_base(sli: str, value: float, unit: str | None) -> tuple[float, dict[str, str]]:
+    """A reported figure in base units, and the labels that say what it counts."""
+    if not unit:
+        return value, {}
+    unit = unit.strip()
+    if unit == "%":
+        return value / 100.0, {}
+    if unit in _TIME_UNITS:
+        return value * _TIME_UNITS[unit], {}
+    from .units import Rate
+
+    per = Rate(f"1{unit}" if unit.startswith("/") else f"1 {unit}")  # ContractError if not a rate
+    return value * per.per_second, ({"unit": per.unit} if per.unit else {})

@@ -1,0 +1,317 @@
+"""Metrics and spans for negotiations, commits, lease states, SLI samples and violations.
+
+Two optional exporters, each used only when its package is installed:
+
+* OpenTelemetry (``pip install aicontract[otel]``): instruments from the global
+  meter and tracer providers — configure the SDK as you do for the rest of
+  your program and aicontract's figures go where yours go;
+* prometheus_client (``pip install aicontract[prometheus]``): metrics in a
+  registry (the default one unless you pass another), for a program that
+  already serves ``/metrics``. For leases held by other processes see
+  ``aicontract metrics --serve``.
+
+Without either, :func:`default_telemetry` returns a :class:`Telemetry` that
+does nothing; neither package is imported, and callers skip the work of
+building attributes (``telemetry.enabled`` is False).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from .lease import Lease, LeaseState
+    from .objectives import ObjectiveState, Violation
+    from .observation import Sample
+
+__all__ = [
+    "MultiTelemetry",
+    "OpenTelemetry",
+    "PrometheusTelemetry",
+    "Telemetry",
+    "default_telemetry",
+]
+
+_OBJECTIVE_STATE_VALUE = {"undetermined": -1.0, "met": 0.0, "violated": 1.0}
+
+
+class Telemetry:
+    """Receives what the monitor sees. This base does nothing and costs nothing."""
+
+    enabled: bool = False
+
+    @contextlib.contextmanager
+    def span(self, name: str, **attributes: str | int | float) -> Iterator[None]:
+        """A span around a block (negotiation, commit, renegotiation)."""
+        yield
+
+    def negotiation(self, contract: str, outcome: str, offers: int, seconds: float) -> None:
+        """One negotiation ended (``outcome``: ``leased``, ``no-offer``, ``error``)."""
+
+    def commit(self, lease: Lease) -> None:
+        """A lease was committed."""
+
+    def lease_state(self, lease: Lease, old: LeaseState, new: LeaseState) -> None:
+        """A lease changed state."""
+
+    def sample(self, lease_id: str, sample: Sample) -> None:
+        """One SLI sample arrived."""
+
+    def objective_state(self, lease_id: str, key: str, state: ObjectiveState) -> None:
+        """An objective changed state."""
+
+    def violation(self, violation: Violation) -> None:
+        """A violation fired."""
+
+    def renegotiation(self, lease_id: str, outcome: str) -> None:
+        """A renegotiation ended (``replaced``, ``no-offer``, ``refused``)."""
+
+
+@attrs.define(eq=False)
+class MultiTelemetry(Telemetry):
+    """Forwards to several exporters."""
+
+    parts: Sequence[Telemetry] = ()
+    enabled: bool = True
+
+    @contextlib.contextmanager
+    def span(self, name: str, **attributes: str | int | float) -> Iterator[None]:
+        """Spans from every part, nested."""
+        with contextlib.ExitStack() as stack:
+            for part in self.parts:
+                stack.enter_context(part.span(name, **attributes))
+            yield
+
+    def negotiation(self, contract: str, outcome: str, offers: int, seconds: float) -> None:
+        """Forward."""
+        for part in self.parts:
+            part.negotiation(contract, outcome, offers, seconds)
+
+    def commit(self, lease: Lease) -> None:
+        """Forward."""
+        for part in self.parts:
+            part.commit(lease)
+
+    def lease_state(self, lease: Lease, old: LeaseState, new: LeaseState) -> None:
+        """Forward."""
+        for part in self.parts:
+            part.lease_state(lease, old, new)
+
+    def sample(self, lease_id: str, sample: Sample) -> None:
+        """Forward."""
+        for part in self.parts:
+            part.sample(lease_id, sample)
+
+    def objective_state(self, lease_id: str, key: str, state: ObjectiveState) -> None:
+        """Forward."""
+        for part in self.parts:
+            part.objective_state(lease_id, key, state)
+
+    def violation(self, violation: Violation) -> None:
+        """Forward."""
+        for part in self.parts:
+            part.violation(violation)
+
+    def renegotiation(self, lease_id: str, outcome: str) -> None:
+        """Forward."""
+        for part in self.parts:
+            part.renegotiation(lease_id, outcome)
+
+
+class OpenTelemetry(Telemetry):
+    """Exports through the OpenTelemetry API (global providers unless given)."""
+
+    enabled = True
+
+    def __init__(self, meter_provider: Any = None, tracer_provider: Any = None) -> None:
+        from opentelemetry import metrics, trace
+
+        from ._version import __version__
+
+        meter = metrics.get_meter("aicontract", __version__, meter_provider=meter_provider)
+        self._tracer = trace.get_tracer("aicontract", __version__,
+                                        tracer_provider=tracer_provider)  # fmt: skip
+        self._negotiations = meter.create_counter(
+            "aicontract.negotiations", description="Negotiations, by outcome"
+        )
+        self._offers = meter.create_counter(
+            "aicontract.offers", description="Acceptable offers seen in negotiations"
+        )
+        self._commits = meter.create_counter("aicontract.commits", description="Leases committed")
+        self._transitions = meter.create_counter(
+            "aicontract.lease.transitions", description="Lease state changes"
+        )
+        self._leases = meter.create_up_down_counter(
+            "aicontract.leases", description="Leases by state"
+        )
+        self._samples = meter.create_histogram(
+            "aicontract.sli", description="SLI samples, in base units (s, 1/s, fraction)"
+        )
+        self._objectives = meter.create_counter(
+            "aicontract.objective.transitions", description="Objective state changes"
+        )
+        self._violations = meter.create_counter(
+            "aicontract.violations", description="Violations, by severity"
+        )
+        self._renegotiations = meter.create_counter(
+            "aicontract.renegotiations", description="Renegotiations, by outcome"
+        )
+
+    @contextlib.contextmanager
+    def span(self, name: str, **attributes: str | int | float) -> Iterator[None]:
+        """An OpenTelemetry span."""
+        with self._tracer.start_as_current_span(name, attributes=attributes):
+            yield
+
+    def negotiation(self, contract: str, outcome: str, offers: int, seconds: float) -> None:
+        """Count the negotiation and its offers."""
+        self._negotiations.add(1, {"contract": contract, "outcome": outcome})
+        self._offers.add(offers, {"contract": contract})
+
+    def commit(self, lease: Lease) -> None:
+        """Count the commit."""
+        self._commits.add(1, {"backend": lease.backend.name, "guarantee": lease.guarantee})
+        self._leases.add(1, {"state": lease.state.value})
+
+    def lease_state(self, lease: Lease, old: LeaseState, new: LeaseState) -> None:
+        """Count the transition; move the lease between state gauges."""
+        self._transitions.add(1, {"from": old.value, "to": new.value})
+        self._leases.add(-1, {"state": old.value})
+        self._leases.add(1, {"state": new.value})
+
+    def sample(self, lease_id: str, sample: Sample) -> None:
+        """Record the value."""
+        self._samples.record(sample.value, {"sli": sample.sli, "source": sample.source})
+
+    def objective_state(self, lease_id: str, key: str, state: ObjectiveState) -> None:
+        """Count the objective's change."""
+        self._objectives.add(1, {"objective": key, "state": state.value})
+
+    def violation(self, violation: Violation) -> None:
+        """Count the violation and mark it on the current span."""
+        self._violations.add(1, {"objective": violation.key, "severity": violation.severity})
+        from opentelemetry import trace
+
+        trace.get_current_span().add_event(
+            "aicontract.violation",
+            {"lease": violation.lease_id, "objective": violation.key,
+             "severity": violation.severity},
+        )  # fmt: skip
+
+    def renegotiation(self, lease_id: str, outcome: str) -> None:
+        """Count the renegotiation."""
+        self._renegotiations.add(1, {"outcome": outcome})
+
+
+_PROM_LOCK = threading.Lock()
+_PROM_BY_REGISTRY: dict[int, PrometheusTelemetry] = {}
+
+
+class PrometheusTelemetry(Telemetry):
+    """Exports to a prometheus_client registry (use :meth:`for_registry` to share one)."""
+
+    enabled = True
+
+    def __init__(self, registry: Any = None) -> None:
+        import prometheus_client as prom
+
+        if registry is None:
+            registry = prom.REGISTRY
+        kw: dict[str, Any] = {"registry": registry}
+        self.registry = registry
+        self._negotiations = prom.Counter("aicontract_negotiations", "Negotiations, by outcome",
+                                          ["outcome"], **kw)  # fmt: skip
+        self._offers = prom.Counter("aicontract_offers", "Acceptable offers seen", **kw)
+        self._commits = prom.Counter("aicontract_commits", "Leases committed", ["backend"], **kw)
+        self._leases = prom.Gauge("aicontract_leases", "Leases by state", ["state"], **kw)
+        self._sli = prom.Gauge("aicontract_sli_value", "Last SLI sample, base units",
+                               ["lease", "sli"], **kw)  # fmt: skip
+        self._samples = prom.Counter("aicontract_sli_samples", "SLI samples", ["sli"], **kw)
+        self._objective = prom.Gauge(
+            "aicontract_objective_state",
+            "Objective state: -1 undetermined, 0 met, 1 violated",
+            ["lease", "objective"], **kw,
+        )  # fmt: skip
+        self._violations = prom.Counter("aicontract_violations", "Violations",
+                                        ["objective", "severity"], **kw)  # fmt: skip
+        self._renegotiations = prom.Counter("aicontract_renegotiations", "Renegotiations",
+                                            ["outcome"], **kw)  # fmt: skip
+
+    @classmethod
+    def for_registry(cls, registry: Any = None) -> PrometheusTelemetry:
+        """The one exporter for ``registry`` (metrics register once per registry)."""
+        with _PROM_LOCK:
+            key = id(registry)
+            if key not in _PROM_BY_REGISTRY:
+                _PROM_BY_REGISTRY[key] = cls(registry)
+            return _PROM_BY_REGISTRY[key]
+
+    def negotiation(self, contract: str, outcome: str, offers: int, seconds: float) -> None:
+        """Count it."""
+        self._negotiations.labels(outcome).inc()
+        self._offers.inc(offers)
+
+    def commit(self, lease: Lease) -> None:
+        """Count it."""
+        self._commits.labels(lease.backend.name).inc()
+        self._leases.labels(lease.state.value).inc()
+
+    def lease_state(self, lease: Lease, old: LeaseState, new: LeaseState) -> None:
+        """Move the lease between states."""
+        self._leases.labels(old.value).dec()
+        self._leases.labels(new.value).inc()
+        if new.is_final:
+            self._forget(lease.id)
+
+    def _forget(self, lease_id: str) -> None:
+        for gauge in (self._sli, self._objective):
+            for labels in [k for k in _label_sets(gauge) if k and k[0] == lease_id]:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*labels)
+
+    def sample(self, lease_id: str, sample: Sample) -> None:
+        """Keep the last value."""
+        self._sli.labels(lease_id, sample.sli).set(sample.value)
+        self._samples.labels(sample.sli).inc()
+
+    def objective_state(self, lease_id: str, key: str, state: ObjectiveState) -> None:
+        """Set the state gauge."""
+        self._objective.labels(lease_id, key).set(_OBJECTIVE_STATE_VALUE[state.value])
+
+    def violation(self, violation: Violation) -> None:
+        """Count it."""
+        self._violations.labels(violation.key, violation.severity).inc()
+
+    def renegotiation(self, lease_id: str, outcome: str) -> None:
+        """Count it."""
+        self._renegotiations.labels(outcome).inc()
+
+
+def _label_sets(metric: Any) -> list[tuple[str, ...]]:
+    with metric._lock:  # prometheus_client keeps children in a private dict
+        return list(metric._metrics)
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def default_telemetry() -> Telemetry:
+    """OpenTelemetry and/or Prometheus export for what is installed; a no-op otherwise."""
+    parts: list[Telemetry] = []
+    if _installed("opentelemetry") and _installed("opentelemetry.metrics"):
+        parts.append(OpenTelemetry())
+    if _installed("prometheus_client"):
+        parts.append(PrometheusTelemetry.for_registry(None))
+    if not parts:
+        return Telemetry()
+    return parts[0] if len(parts) == 1 else MultiTelemetry(parts)

@@ -1,0 +1,494 @@
+"""The monitor: SLI samples in, objective states and violations out, policies applied.
+
+    backend.observe ─┐
+    endpoint probes ─┼─▶ samples ─▶ trackers (one per objective) ─▶ state changes
+    lease.report()  ─┘                                              │
+                        provider faults ─▶ revoke at once ──────────┤
+                                                                    ▼
+             violations ─▶ lease.violations() · callbacks · log · metrics ─▶ policy
+                                                      (notify · renegotiate · release)
+
+Use it as an async context manager; it runs every lease's loops (observe,
+probe, renew ahead of expiry) in one anyio task group::
+
+    async with Monitor(negotiator) as monitor:
+        lease = await monitor.acquire(contract)
+        async for violation in lease.violations():
+            ...
+
+All timing goes through :attr:`Monitor.clock`, so tests run in virtual time.
+Memory per lease is constant: fixed windows (:mod:`aicontract.sli`) and
+bounded recent-sample and violation rings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import attrs
+import httpx
+
+from .clock import Clock, system_clock
+from .contract import Contract
+from .errors import AIContractError, ConfigError, LeaseLost, NoOffer
+from .lease import Lease, LeaseState
+from .metrics import Telemetry, default_telemetry
+from .objectives import (
+    Change,
+    ObjectiveState,
+    Tracker,
+    Violation,
+    format_value,
+    tracker_for,
+)
+from .observation import Fault, Sample
+from .policies import Policy, PolicyContext, RenegotiationBudget, policy_for
+from .probes import EndpointProbe, probe_targets
+from .snapshot import (
+    LeaseSnapshot,
+    MonitorSnapshot,
+    ObjectiveSnapshot,
+    ViolationSnapshot,
+    monitor_dir,
+    write_snapshot,
+)
+
+if TYPE_CHECKING:
+    from .negotiate import Negotiator
+
+__all__ = ["LeaseWatch", "Monitor"]
+
+log = logging.getLogger("aicontract.monitor")
+
+_MAX_SLI_NAMES = 32
+
+
+@attrs.define(eq=False)
+class LeaseWatch:
+    """What the monitor keeps for one lease — and for its replacements after renegotiation.
+
+    The renegotiation budget belongs to the watch, not to one lease, so a
+    replacement does not get a fresh budget. Objective windows start afresh
+    with each lease: what the old lease did says little about the new one.
+    """
+
+    lease: Lease
+    policy: Policy
+    budget: RenegotiationBudget
+    trackers: list[Tracker] = attrs.field(factory=list)
+    by_sli: dict[str, list[Tracker]] = attrs.field(factory=dict)
+    last: dict[str, Sample] = attrs.field(factory=dict)
+    recent: deque[Sample] = attrs.field(factory=lambda: deque(maxlen=32))
+    violations: deque[Violation] = attrs.field(factory=lambda: deque(maxlen=16))
+    samples_total: int = 0
+    violations_total: int = 0
+    renegotiations_total: int = 0
+    busy: bool = False
+    probe: bool = True
+    observe: bool = True
+    renew: bool = True
+    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    listeners: list[Callable[[Sample], None]] = attrs.field(factory=list)
+    """Called with every sample this watch takes in (``aicontract watch`` in-process, tests)."""
+
+    @property
+    def objectives(self) -> dict[str, ObjectiveState]:
+        """Each objective's state."""
+        return {t.key: t.state for t in self.trackers}
+
+
+@attrs.define(eq=False)
+class Monitor:
+    """Watches leases against their contracts' objectives and applies their policies.
+
+    ``negotiator`` is needed for :meth:`acquire` and the ``renegotiate``
+    policy. ``observe_interval`` is how often each lease's backend is asked
+    for samples and faults (None: never); ``probe_interval`` overrides the
+    contracts' probe intervals. With ``publish`` the monitor writes a small
+    snapshot for ``aicontract watch`` and ``aicontract metrics`` every
+    ``publish_interval`` seconds into ``publish_dir`` (default
+    :func:`~aicontract.snapshot.monitor_dir`).
+    """
+
+    negotiator: Negotiator | None = None
+    clock: Clock = attrs.field(
+        default=attrs.Factory(
+            lambda self: self.negotiator.clock if self.negotiator is not None else system_clock,
+            takes_self=True,
+        )
+    )
+    observe_interval: float | None = 1.0
+    probe_interval: float | None = None
+    telemetry: Telemetry = attrs.field(factory=default_telemetry)
+    http: httpx.AsyncClient | None = None
+    publish: bool = True
+    publish_dir: Path | None = None
+    publish_interval: float = 2.0
+    tracker_options: dict[str, Any] = attrs.field(factory=dict)
+    _watches: dict[str, LeaseWatch] = attrs.field(factory=dict, init=False)
+    _finished: deque[LeaseSnapshot] = attrs.field(factory=lambda: deque(maxlen=32), init=False)
+    _tg: anyio.abc.TaskGroup | None = attrs.field(default=None, init=False)
+    _owns_http: bool = attrs.field(default=False, init=False)
+    _name: str = attrs.field(factory=lambda: uuid.uuid4().hex[:8], init=False)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Monitor:
+        if self.http is None:
+            self.http = httpx.AsyncClient()
+            self._owns_http = True
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        if self.publish:
+            self._tg.start_soon(self._publish_loop, name="aicontract-monitor-publish")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        tg, self._tg = self._tg, None
+        try:
+            if tg is not None:
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(exc_type, exc, tb)
+        finally:
+            for watch in list(self._watches.values()):
+                self._stop(watch)
+            if self._owns_http and self.http is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.http.aclose()
+                self.http, self._owns_http = None, False
+            if self.publish:
+                with contextlib.suppress(OSError):
+                    self._snapshot_path().unlink()
+        return None
+
+    # -- watching ------------------------------------------------------------------------
+
+    @property
+    def watches(self) -> dict[str, LeaseWatch]:
+        """The watched leases, by id (a copy)."""
+        return dict(self._watches)
+
+    def watch(
+        self,
+        lease: Lease,
+        *,
+        policy: Policy | str | None = None,
+        probe: bool = True,
+        observe: bool = True,
+        renew: bool = True,
+    ) -> LeaseWatch:
+        """Start watching ``lease``: its samples, objectives, faults and expiry.
+
+        ``policy`` overrides the contract's ``terms.on_violation``. Without
+        ``probe``/``observe``/``renew`` the monitor does not probe endpoints,
+        ask the backend, or renew ahead of expiry (samples still arrive
+        through :meth:`ingest` and :meth:`~aicontract.lease.Lease.report`).
+        """
+        if lease.id in self._watches:
+            return self._watches[lease.id]
+        terms = lease.contract.terms
+        if policy is None or isinstance(policy, str):
+            policy = policy_for(policy or terms.on_violation)
+        watch = LeaseWatch(lease=lease, policy=policy,
+                           budget=RenegotiationBudget(terms.max_renegotiations_per_hour),
+                           probe=probe, observe=observe, renew=renew)  # fmt: skip
+        self._attach(watch, lease)
+        return watch
+
+    def unwatch(self, lease: Lease) -> None:
+        """Stop watching ``lease`` (its objectives' states stay on the lease)."""
+        watch = self._watches.pop(lease.current.id, None)
+        if watch is not None:
+            self._stop(watch)
+
+    def ingest(self, lease: Lease | str, sample: Sample) -> None:
+        """Feed one sample to a watched lease (by object or id)."""
+        lease_id = lease if isinstance(lease, str) else lease.current.id
+        watch = self._watches.get(lease_id)
+        if watch is None:
+            raise KeyError(f"lease {lease_id} is not watched by this monitor")
+        self._ingest(watch, watch.lease, sample)
+
+    async def acquire(self, contract: Contract, *, policy: Policy | str | None = None) -> Lease:
+        """Negotiate a lease for ``contract`` and watch it."""
+        if self.negotiator is None:
+            raise ConfigError("Monitor.acquire needs a negotiator: Monitor(negotiator=...)")
+        started = self.clock.monotonic()
+        with self.telemetry.span("aicontract.acquire", contract=contract.name):
+            try:
+                lease = await self.negotiator.acquire(contract)
+            except NoOffer as exc:
+                self.telemetry.negotiation(contract.name, "no-offer", 0,
+                                           self.clock.monotonic() - started)  # fmt: skip
+                log.info("contract %s: %s", contract.name, exc)
+                raise
+        self.telemetry.negotiation(contract.name, "leased", 1, self.clock.monotonic() - started)
+        self.telemetry.commit(lease)
+        self.watch(lease, policy=policy)
+        return lease
+
+    def _attach(self, watch: LeaseWatch, lease: Lease) -> None:
+        """Make ``lease`` the watch's lease: fresh trackers, sink, listeners, loops."""
+        watch.lease = lease
+        watch.trackers = [tracker_for(o, lease.id, **self.tracker_options)
+                          for o in lease.contract.objectives]  # fmt: skip
+        watch.by_sli = {}
+        for tracker in watch.trackers:
+            for sli in tracker.feeds:
+                watch.by_sli.setdefault(sli, []).append(tracker)
+        lease.objective_states.update(watch.objectives)
+        watch.scope = anyio.CancelScope()
+        self._watches[lease.id] = watch
+        lease.attach_sink(lambda sample: self._ingest(watch, lease, sample))
+        lease.on_state_change(self._lease_changed)
+        if self._tg is not None:
+            self._tg.start_soon(self._run_lease, watch, lease, name=f"aicontract-watch-{lease.id}")
+        elif watch.probe or watch.observe or watch.renew:
+            log.debug("lease %s: monitor not started; only reported samples are evaluated",
+                      lease.id)  # fmt: skip
+
+    def _stop(self, watch: LeaseWatch) -> None:
+        watch.scope.cancel()
+        if watch.lease._sample_sink is not None:
+            watch.lease.attach_sink(None)
+
+    # -- samples -------------------------------------------------------------------------
+
+    def _ingest(self, watch: LeaseWatch, lease: Lease, sample: Sample) -> None:
+        if watch.lease is not lease:
+            return  # a late sample of a lease that was replaced
+        watch.samples_total += 1
+        watch.recent.append(sample)
+        if sample.sli in watch.last or len(watch.last) < _MAX_SLI_NAMES:
+            watch.last[sample.sli] = sample
+        if self.telemetry.enabled:
+            self.telemetry.sample(lease.id, sample)
+        for listener in watch.listeners:
+            listener(sample)
+        for tracker in watch.by_sli.get(sample.sli, ()):
+            if tracker.accepts(sample):
+                change = tracker.add(sample)
+                if change is not None:
+                    self._changed(watch, lease, tracker, change)
+
+    def _changed(self, watch: LeaseWatch, lease: Lease, tracker: Tracker, change: Change) -> None:
+        lease.objective_states[tracker.key] = change.new
+        if self.telemetry.enabled:
+            self.telemetry.objective_state(lease.id, tracker.key, change.new)
+        if change.violation is not None:
+            self._violated(watch, lease, change.violation)
+        elif change.old == ObjectiveState.VIOLATED:
+            value = tracker.value(change.at)
+            shown = "no data" if value is None else format_value(tracker.objective, value)
+            log.info("lease %s: objective %s met again (%s)", lease.id, tracker.key, shown)
+        else:
+            log.debug("lease %s: objective %s %s", lease.id, tracker.key, change.new.value)
+
+    def _violated(self, watch: LeaseWatch, lease: Lease, violation: Violation) -> None:
+        """Deliver (log, metrics, iterators, callbacks), then start the policy."""
+        watch.violations_total += 1
+        watch.violations.append(violation)
+        level = logging.ERROR if violation.severity == "fatal" else logging.WARNING
+        log.log(level, "%s", violation.describe())
+        if self.telemetry.enabled:
+            self.telemetry.violation(violation)
+        lease.deliver_violation(violation)
+        if watch.busy or lease.replaced_by is not None:
+            return
+        if self._tg is None:
+            log.warning("lease %s: monitor not running; policy %s not applied",
+                        lease.id, watch.policy.name)  # fmt: skip
+            return
+        watch.busy = True
+        self._tg.start_soon(self._apply_policy, watch, lease, violation,
+                            name=f"aicontract-policy-{lease.id}")  # fmt: skip
+
+    def _fault(self, watch: LeaseWatch, lease: Lease, fault: Fault) -> None:
+        """A provider fault: not SLO burn; the lease is revoked at once, with the reason."""
+        reason = f"{fault.kind}: {fault.reason}"
+        violation = Violation(lease_id=lease.id, objective=None, observed=None, window=0.0,
+                              since=fault.at, at=self.clock.time(), severity="fatal",
+                              reason=reason)  # fmt: skip
+        self._violated(watch, lease, violation)
+        lease.revoke(reason)
+
+    async def _apply_policy(self, watch: LeaseWatch, lease: Lease, violation: Violation) -> None:
+        switched: list[Lease] = []
+
+        async def switch(old: Lease, new: Lease) -> None:
+            await self._switch(watch, old, new)
+            switched.append(new)
+
+        context = PolicyContext(lease=lease, budget=watch.budget, negotiator=self.negotiator,
+                                now=self.clock.time, switch=switch)  # fmt: skip
+        try:
+            with self.telemetry.span("aicontract.policy", policy=watch.policy.name,
+                                     lease=lease.id, objective=violation.key):  # fmt: skip
+                await watch.policy.handle(context, violation)
+        except AIContractError as exc:
+            log.warning("lease %s: policy %s failed: %s", lease.id, watch.policy.name, exc)
+        finally:
+            watch.busy = False
+        if watch.policy.name == "renegotiate" and self.telemetry.enabled:
+            self.telemetry.renegotiation(lease.id, "replaced" if switched else "kept")
+
+    async def _switch(self, watch: LeaseWatch, old: Lease, new: Lease) -> None:
+        """Make-before-break: ``new`` is active; watch it, switch to it, then release ``old``."""
+        if not new.is_active:
+            raise LeaseLost(new.id, "the replacement is not active; keeping the old lease")
+        watch.renegotiations_total += 1
+        old_scope = watch.scope
+        self._watches.pop(old.id, None)
+        self._attach(watch, new)  # from here on, samples for old are dropped
+        old.hand_over(new)  # the switch of lease.current: one assignment
+        old_scope.cancel()
+        log.info("lease %s replaced by %s; endpoints now %s", old.id, new.id, new.endpoints)
+        if self.telemetry.enabled:
+            self.telemetry.commit(new)
+        old.reason = f"replaced by {new.id}"
+        await old.release()
+
+    def _lease_changed(self, lease: Lease, old: LeaseState, new: LeaseState) -> None:
+        if self.telemetry.enabled:
+            self.telemetry.lease_state(lease, old, new)
+        watch = self._watches.get(lease.id)
+        if watch is None or watch.lease is not lease or not new.is_final:
+            return
+        if lease.replaced_by is None:
+            self._finished.append(self._lease_snapshot(watch))
+            del self._watches[lease.id]
+            self._stop(watch)
+
+    # -- loops ---------------------------------------------------------------------------
+
+    async def _run_lease(self, watch: LeaseWatch, lease: Lease) -> None:
+        with watch.scope:
+            async with anyio.create_task_group() as tg:
+                if watch.observe and self.observe_interval:
+                    tg.start_soon(self._observe_loop, watch, lease, self.observe_interval)
+                if watch.probe and self.http is not None:
+                    for name, url, probe in probe_targets(lease):
+                        prober = EndpointProbe(name, url, probe, self.http)
+                        tg.start_soon(self._probe_loop, watch, lease, prober)
+                if watch.renew:
+                    tg.start_soon(self._renew_loop, watch, lease)
+
+    async def _observe_loop(self, watch: LeaseWatch, lease: Lease, interval: float) -> None:
+        while lease.is_active:
+            await self.clock.sleep(interval)
+            if not lease.is_active or watch.lease is not lease:
+                return
+            try:
+                observation = await lease.backend.observe(lease)
+            except Exception as exc:  # a backend's bug must not stop the other leases' loops
+                log.warning("lease %s: observe failed: %s", lease.id, exc)
+                continue
+            for sample in observation.samples:
+                self._ingest(watch, lease, sample)
+            if observation.faults and lease.is_active and watch.lease is lease:
+                self._fault(watch, lease, observation.faults[0])
+                return
+
+    async def _probe_loop(self, watch: LeaseWatch, lease: Lease, prober: EndpointProbe) -> None:
+        interval = self.probe_interval or prober.interval
+        while lease.is_active:
+            await self.clock.sleep(interval)
+            if not lease.is_active or watch.lease is not lease:
+                return
+            for sample in await prober.once(self.clock.time()):
+                self._ingest(watch, lease, sample)
+
+    async def _renew_loop(self, watch: LeaseWatch, lease: Lease) -> None:
+        """Renew ahead of expiry; renegotiate ahead of it when renewal is not possible."""
+        while lease.is_active and watch.lease is lease:
+            await self.clock.sleep(lease.renew_interval())
+            if not lease.is_active or watch.lease is not lease:
+                return
+            if lease._holding is not None:
+                continue  # `async with lease` renews it already
+            ends_at = lease.ends_at
+            now = self.clock.time()
+            if ends_at is not None and now >= ends_at:
+                return  # the contract ran its course: nothing to renew
+            if lease.contract.terms.renewable:
+                try:
+                    await lease.renew()
+                    continue
+                except LeaseLost as exc:
+                    self._fault(watch, lease, Fault(kind="capacity-revoked", reason=str(exc),
+                                                    at=now))  # fmt: skip
+                    return
+                except AIContractError as exc:
+                    log.warning("lease %s: renewal failed: %s", lease.id, exc)
+            if lease.remaining <= 2 * lease.renew_interval() and not watch.busy:
+                violation = Violation(
+                    lease_id=lease.id, objective=None, observed=lease.remaining, window=0.0,
+                    since=now, at=now, severity="warning",
+                    reason=f"expires in {lease.remaining:.0f}s and cannot be renewed",
+                )  # fmt: skip
+                self._violated(watch, lease, violation)
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def _snapshot_path(self) -> Path:
+        directory = self.publish_dir if self.publish_dir is not None else monitor_dir()
+        return directory / f"{os.getpid()}-{self._name}.json"
+
+    async def _publish_loop(self) -> None:
+        path = self._snapshot_path()
+        while True:
+            snapshot = self.snapshot()
+            try:
+                await anyio.to_thread.run_sync(write_snapshot, path, snapshot)
+            except OSError as exc:
+                log.warning("cannot publish monitor snapshot to %s: %s", path, exc)
+            await self.clock.sleep(self.publish_interval)
+
+    def snapshot(self) -> MonitorSnapshot:
+        """Every watched (and recently finished) lease as data."""
+        leases = [self._lease_snapshot(w) for w in self._watches.values()]
+        return MonitorSnapshot(pid=os.getpid(), written_at=self.clock.time(),
+                               leases=[*leases, *self._finished])  # fmt: skip
+
+    def _lease_snapshot(self, watch: LeaseWatch) -> LeaseSnapshot:
+        lease, now = watch.lease, self.clock.time()
+        objectives = []
+        for tracker in watch.trackers:
+            obj = tracker.objective
+            value = tracker.value(now)
+            objectives.append(ObjectiveSnapshot(
+                key=tracker.key, sli=obj.sli, op=obj.op, target=str(obj.target),
+                window=tracker.window, state=tracker.state.value, value=value,
+                display="-" if value is None else format_value(obj, value),
+                changed_at=tracker.changed_at,
+            ))  # fmt: skip
+        violations = [ViolationSnapshot(key=v.key, severity=v.severity, at=v.at, since=v.since,
+                                        observed=v.observed, text=v.describe())
+                      for v in list(watch.violations)[-8:]]  # fmt: skip
+        return LeaseSnapshot(
+            id=lease.id, backend=lease.backend.name, contract=lease.contract.name,
+            state=lease.state.value, policy=watch.policy.name, expires_at=lease.expires_at,
+            endpoints=dict(lease.endpoints), objectives=objectives,
+            last={k: s.value for k, s in watch.last.items()},
+            samples_total=watch.samples_total, violations_total=watch.violations_total,
+            renegotiations_total=watch.renegotiations_total,
+            renegotiations_left=watch.budget.remaining(now),
+            recent=list(watch.recent)[-8:], violations=violations,
+            replaced_by=lease.replaced_by.id if lease.replaced_by is not None else None,
+            reason=lease.reason,
+        )  # fmt: skip

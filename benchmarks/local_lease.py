@@ -11,6 +11,7 @@ Figures are printed with the machine they were measured on; nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
 import platform
@@ -115,7 +116,7 @@ def main() -> None:
         overlaps = 0
         for spans in intervals.values():
             spans.sort()
-            overlaps += sum(1 for a, b in zip(spans, spans[1:]) if a[1] > b[0])
+            overlaps += sum(1 for a, b in itertools.pairwise(spans) if a[1] > b[0])
         print(
             f"{args.processes} processes on {args.gpus} GPUs: {grants / args.seconds:,.0f} "
             f"grants/s in all, over-grants: {overlaps}"

@@ -8,6 +8,7 @@ holder-liveness check or its idempotency key.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
 import signal
@@ -116,7 +117,7 @@ def test_never_over_granted_across_processes(host: Path) -> None:
     assert set(intervals) <= {str(i) for i in range(GPUS)}
     for gpu, spans in intervals.items():
         spans.sort()
-        for (_, end_a), (begin_b, _) in zip(spans, spans[1:]):
+        for (_, end_a), (begin_b, _) in itertools.pairwise(spans):
             assert end_a <= begin_b, f"GPU {gpu} was held by two leases at once"
 
 

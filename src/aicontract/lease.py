@@ -27,7 +27,7 @@ import msgspec
 
 from .clock import Clock, system_clock
 from .contract import Contract, GuaranteeLevel, encode_quantity
-from .errors import LeaseLost, LeaseStateError
+from .errors import LeaseLost, LeaseStateError, TransientBackendError
 from .observation import Sample
 from .offer import Grant
 
@@ -410,6 +410,10 @@ class Lease:
             except LeaseLost:
                 log.warning("lease %s lost: %s", self.id, self.reason)
                 return
+            except TransientBackendError as exc:
+                # One 503 must not end the heartbeat: the next try comes sooner (a
+                # third of what is left), and renew() marks a lease that ran out as expired.
+                log.warning("lease %s: renewal failed, will retry: %s", self.id, exc)
 
     async def __aenter__(self) -> Lease:
         self._holding = anyio.create_task_group()

@@ -433,7 +433,14 @@ class Lease:
         finally:
             if holding is not None:
                 holding.cancel_scope.cancel()
-                await holding.__aexit__(exc_type, exc, tb)
+                try:
+                    await holding.__aexit__(exc_type, exc, tb)
+                except BaseException as raised:
+                    # The task group wraps the block's own exception in a group; let it
+                    # propagate as itself, so `except ValueError:` around the block works.
+                    inner = getattr(raised, "exceptions", None)
+                    if exc is None or inner is None or len(inner) != 1 or inner[0] is not exc:
+                        raise
         return None
 
     def __repr__(self) -> str:

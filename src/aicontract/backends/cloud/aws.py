@@ -57,31 +57,65 @@ try:
     import boto3
     import botocore.config
     import botocore.exceptions
+    import botocore.parsers
 except ImportError as exc:  # pragma: no cover - the registry turns this into a hint
-    raise ImportError(f"the aws backend needs boto3: pip install 'aicontract[aws]' ({exc})") from exc
+    raise ImportError(
+        f"the aws backend needs boto3: pip install 'aicontract[aws]' ({exc})"
+    ) from exc
 
 __all__ = ["TAG_KEY", "AWSBackend"]
 
 TAG_KEY = "aicontract-lease"
-_CAPACITY_CODES = frozenset({
-    "InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity",
-    "InsufficientReservedInstanceCapacity", "InsufficientCapacityOnHost", "Unsupported",
-    "ReservationCapacityExceeded", "CapacityBlockOfferingNotAvailable",
-})  # fmt: skip
-_QUOTA_CODES = frozenset({
-    "InstanceLimitExceeded", "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded",
-    "ResourceLimitExceeded", "CapacityReservationLimitExceeded",
-})  # fmt: skip
-_AUTH_CODES = frozenset({
-    "AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "SignatureDoesNotMatch",
-    "OptInRequired", "Blocked", "ExpiredToken", "AccessDenied", "AccessDeniedException",
-    "UnrecognizedClientException", "PendingVerification",
-})  # fmt: skip
-_TRANSIENT_CODES = frozenset({
-    "RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError",
-    "InternalFailure", "Unavailable", "ServiceUnavailable", "RequestTimeout",
-    "RequestTimeoutException", "IdempotentParameterMismatch",
-})  # fmt: skip
+_CAPACITY_CODES = frozenset(
+    {
+        "InsufficientInstanceCapacity",
+        "InsufficientCapacity",
+        "InsufficientHostCapacity",
+        "InsufficientReservedInstanceCapacity",
+        "InsufficientCapacityOnHost",
+        "Unsupported",
+        "ReservationCapacityExceeded",
+        "CapacityBlockOfferingNotAvailable",
+    }
+)
+_QUOTA_CODES = frozenset(
+    {
+        "InstanceLimitExceeded",
+        "VcpuLimitExceeded",
+        "MaxSpotInstanceCountExceeded",
+        "ResourceLimitExceeded",
+        "CapacityReservationLimitExceeded",
+    }
+)
+_AUTH_CODES = frozenset(
+    {
+        "AuthFailure",
+        "UnauthorizedOperation",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "OptInRequired",
+        "Blocked",
+        "ExpiredToken",
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "PendingVerification",
+    }
+)
+_TRANSIENT_CODES = frozenset(
+    {
+        "RequestLimitExceeded",
+        "Throttling",
+        "ThrottlingException",
+        "InternalError",
+        "InternalFailure",
+        "Unavailable",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "IdempotentParameterMismatch",
+    }
+)
 _NOT_FOUND = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
 _STATES = {
     "pending": InstanceState.BOOTING,
@@ -151,8 +185,10 @@ class AWSBackend(CloudBackend):
         super().__init__(clock=clock, requests_per_second=requests_per_second, **options)
         env = os.environ if environ is None else environ
         if regions is None:
-            listed = env.get("AICONTRACT_AWS_REGIONS") or env.get("AWS_REGION") or env.get(
-                "AWS_DEFAULT_REGION", "us-east-1"
+            listed = (
+                env.get("AICONTRACT_AWS_REGIONS")
+                or env.get("AWS_REGION")
+                or env.get("AWS_DEFAULT_REGION", "us-east-1")
             )
             regions = listed
         if isinstance(regions, str):
@@ -168,12 +204,15 @@ class AWSBackend(CloudBackend):
         self.security_group_ids = list(groups)
         self.endpoint_url = endpoint_url or env.get("AICONTRACT_AWS_ENDPOINT_URL") or None
         self.profile = profile
-        self._access_key_id = load_secret("aws", "access_key_id", env_vars=(),
-                                          given=access_key_id, environ={})  # fmt: skip
-        self._secret_access_key = load_secret("aws", "secret_access_key", env_vars=(),
-                                              given=secret_access_key, environ={})  # fmt: skip
-        self._session_token = load_secret("aws", "session_token", env_vars=(),
-                                          given=session_token, environ={})  # fmt: skip
+        self._access_key_id = load_secret(
+            "aws", "access_key_id", env_vars=(), given=access_key_id, environ={}
+        )
+        self._secret_access_key = load_secret(
+            "aws", "secret_access_key", env_vars=(), given=secret_access_key, environ={}
+        )
+        self._session_token = load_secret(
+            "aws", "session_token", env_vars=(), given=session_token, environ={}
+        )
         # boto3's env credentials are masked too, in case a DEBUG log prints them.
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
             load_secret("aws", name.lower(), env_vars=(name,), environ=env)
@@ -225,11 +264,13 @@ class AWSBackend(CloudBackend):
         except botocore.exceptions.ClientError as exc:
             raise self._error(operation, exc) from None
         except botocore.exceptions.NoCredentialsError:
-            raise AuthenticationError(self.name, "no AWS credentials found (env, ~/.aws or role)") from None
+            raise AuthenticationError(
+                self.name, "no AWS credentials found (env, ~/.aws or role)"
+            ) from None
         except (
             botocore.exceptions.ConnectionError,
             botocore.exceptions.HTTPClientError,
-            botocore.exceptions.ResponseParserError,
+            botocore.parsers.ResponseParserError,
         ) as exc:
             raise TransientBackendError(self.name, f"{operation}: {type(exc).__name__}") from None
         except botocore.exceptions.BotoCoreError as exc:
@@ -256,7 +297,9 @@ class AWSBackend(CloudBackend):
         items: list[Any] = []
         token: str | None = None
         while True:
-            page = await self._call(region, operation, **params, **({"NextToken": token} if token else {}))
+            page = await self._call(
+                region, operation, **params, **({"NextToken": token} if token else {})
+            )
             items.extend(page.get(key, []))
             token = page.get("NextToken")
             if not token:
@@ -273,12 +316,23 @@ class AWSBackend(CloudBackend):
         for itype in itypes:
             filters = [
                 {"Type": "TERM_MATCH", "Field": field, "Value": value}
-                for field, value in (("instanceType", itype), ("regionCode", region),
-                                     ("operatingSystem", "Linux"), ("tenancy", "Shared"),
-                                     ("preInstalledSw", "NA"), ("capacitystatus", "Used"))
-            ]  # fmt: skip
-            answer = await self._call("us-east-1", "get_products", service="pricing",
-                                      ServiceCode="AmazonEC2", Filters=filters, MaxResults=1)  # fmt: skip
+                for field, value in (
+                    ("instanceType", itype),
+                    ("regionCode", region),
+                    ("operatingSystem", "Linux"),
+                    ("tenancy", "Shared"),
+                    ("preInstalledSw", "NA"),
+                    ("capacitystatus", "Used"),
+                )
+            ]
+            answer = await self._call(
+                "us-east-1",
+                "get_products",
+                service="pricing",
+                ServiceCode="AmazonEC2",
+                Filters=filters,
+                MaxResults=1,
+            )
             for raw in answer.get("PriceList", []):
                 price = _on_demand_usd(raw)
                 if price is not None:
@@ -291,14 +345,22 @@ class AWSBackend(CloudBackend):
         for region in self.regions:
             wanted = known if not self.use_pricing_api else None
             filters = [{"Name": "instance-type", "Values": wanted}] if wanted else []
-            offered = await self._pages(region, "describe_instance_type_offerings",
-                                        "InstanceTypeOfferings", LocationType="region",
-                                        Filters=filters)  # fmt: skip
+            offered = await self._pages(
+                region,
+                "describe_instance_type_offerings",
+                "InstanceTypeOfferings",
+                LocationType="region",
+                Filters=filters,
+            )
             names = sorted({o["InstanceType"] for o in offered})
             infos: list[Any] = []
             for start in range(0, len(names), 100):
-                infos += await self._pages(region, "describe_instance_types", "InstanceTypes",
-                                           InstanceTypes=names[start : start + 100])  # fmt: skip
+                infos += await self._pages(
+                    region,
+                    "describe_instance_types",
+                    "InstanceTypes",
+                    InstanceTypes=names[start : start + 100],
+                )
             gpu_infos = [i for i in infos if i.get("GpuInfo", {}).get("Gpus")]
             live: dict[str, Money] = {}
             if self.use_pricing_api:
@@ -317,7 +379,9 @@ class AWSBackend(CloudBackend):
 
         log.warning("%s: Price List API unreachable (%s); using the price table", self.name, exc)
 
-    def _entry(self, info: Mapping[str, Any], region: str, live: Money | None) -> CatalogEntry | None:
+    def _entry(
+        self, info: Mapping[str, Any], region: str, live: Money | None
+    ) -> CatalogEntry | None:
         itype = str(info["InstanceType"])
         gpu = info["GpuInfo"]["Gpus"][0]
         count = sum(int(g.get("Count", 0)) for g in info["GpuInfo"]["Gpus"])
@@ -357,8 +421,12 @@ class AWSBackend(CloudBackend):
             nodes = self._nodes_for(base, contract)
             found = await self._retrying(
                 lambda b=base, n=nodes: self._pages(  # type: ignore[misc]
-                    b.region, "describe_capacity_block_offerings", "CapacityBlockOfferings",
-                    InstanceType=b.instance_type, InstanceCount=n, CapacityDurationHours=hours,
+                    b.region,
+                    "describe_capacity_block_offerings",
+                    "CapacityBlockOfferings",
+                    InstanceType=b.instance_type,
+                    InstanceCount=n,
+                    CapacityDurationHours=hours,
                 )
             )
             for block in found:
@@ -367,8 +435,9 @@ class AWSBackend(CloudBackend):
                     entries.append(entry)
         return entries
 
-    def _block_entry(self, base: CatalogEntry, block: Mapping[str, Any], nodes: int,
-                     now: float) -> CatalogEntry | None:  # fmt: skip
+    def _block_entry(
+        self, base: CatalogEntry, block: Mapping[str, Any], nodes: int, now: float
+    ) -> CatalogEntry | None:
         hours = int(block.get("CapacityBlockDurationHours") or 0)
         fee = block.get("UpfrontFee")
         if hours <= 0 or fee is None or int(block.get("InstanceCount", 0)) != nodes:
@@ -377,7 +446,10 @@ class AWSBackend(CloudBackend):
         start, end = block["StartDate"], block["EndDate"]
         return msgspec_replace(
             base,
-            price=Money.per_hour(per_instance.quantize(Decimal("0.0001")), str(block.get("CurrencyCode", "USD"))),
+            price=Money.per_hour(
+                format(per_instance.quantize(Decimal("0.0001")).normalize(), "f"),
+                str(block.get("CurrencyCode", "USD")),
+            ),
             guarantee="reserved",
             start_in=max(0.0, start.timestamp() - now),
             max_nodes=nodes,
@@ -410,11 +482,17 @@ class AWSBackend(CloudBackend):
 
     async def _find_instance(self, tag: str, region: str) -> InstanceView | None:
         reservations = await self._pages(
-            region, "describe_instances", "Reservations",
-            Filters=[{"Name": f"tag:{TAG_KEY}", "Values": [tag]},
-                     {"Name": "instance-state-name",
-                      "Values": ["pending", "running", "stopping", "stopped"]}],
-        )  # fmt: skip
+            region,
+            "describe_instances",
+            "Reservations",
+            Filters=[
+                {"Name": f"tag:{TAG_KEY}", "Values": [tag]},
+                {
+                    "Name": "instance-state-name",
+                    "Values": ["pending", "running", "stopping", "stopped"],
+                },
+            ],
+        )
         for reservation in reservations:
             for instance in reservation.get("Instances", []):
                 return self._view(instance, region)
@@ -433,9 +511,13 @@ class AWSBackend(CloudBackend):
             "MinCount": 1,
             "MaxCount": 1,
             "ClientToken": tag[:64],
-            "TagSpecifications": [{"ResourceType": "instance", "Tags": [
-                {"Key": TAG_KEY, "Value": tag}, {"Key": "Name", "Value": tag}]}],
-        }  # fmt: skip
+            "TagSpecifications": [
+                {
+                    "ResourceType": "instance",
+                    "Tags": [{"Key": TAG_KEY, "Value": tag}, {"Key": "Name", "Value": tag}],
+                }
+            ],
+        }
         if self.key_name:
             params["KeyName"] = self.key_name
         if self.subnet_id:
@@ -484,26 +566,39 @@ class AWSBackend(CloudBackend):
         if reservation is None:
             problem = self._spend_problem(offer.price)
             if problem is not None:
-                raise QuotaExceeded(self.name, f"max_spend {self.max_spend} would be exceeded ({problem})")
-            answer = await self._retrying(lambda: self._call(
-                offer.region, "purchase_capacity_block",
-                CapacityBlockOfferingId=offer.details["offering_id"],
-                InstancePlatform="Linux/UNIX",
-                TagSpecifications=[{"ResourceType": "capacity-reservation",
-                                    "Tags": [{"Key": TAG_KEY, "Value": tag}]}],
-            ))  # fmt: skip
+                raise QuotaExceeded(
+                    self.name, f"max_spend {self.max_spend} would be exceeded ({problem})"
+                )
+            answer = await self._retrying(
+                lambda: self._call(
+                    offer.region,
+                    "purchase_capacity_block",
+                    CapacityBlockOfferingId=offer.details["offering_id"],
+                    InstancePlatform="Linux/UNIX",
+                    TagSpecifications=[
+                        {
+                            "ResourceType": "capacity-reservation",
+                            "Tags": [{"Key": TAG_KEY, "Value": tag}],
+                        }
+                    ],
+                )
+            )
             reservation = answer.get("CapacityReservation")
             if not reservation:
-                raise TransientBackendError(self.name, "purchase_capacity_block answered no reservation")
+                raise TransientBackendError(
+                    self.name, "purchase_capacity_block answered no reservation"
+                )
         lease = self._block_lease(offer, tag, reservation)
         self._leases[idempotency_key] = lease
         return lease
 
     async def _find_block(self, tag: str, region: str) -> Mapping[str, Any] | None:
         found = await self._pages(
-            region, "describe_capacity_reservations", "CapacityReservations",
+            region,
+            "describe_capacity_reservations",
+            "CapacityReservations",
             Filters=[{"Name": f"tag:{TAG_KEY}", "Values": [tag]}],
-        )  # fmt: skip
+        )
         for reservation in found:
             if reservation.get("State") not in ("cancelled", "expired", "failed", "payment-failed"):
                 return dict(reservation)
@@ -511,7 +606,9 @@ class AWSBackend(CloudBackend):
 
     def _block_lease(self, offer: Offer, tag: str, reservation: Mapping[str, Any]) -> Lease:
         end = reservation.get("EndDate")
-        ends_at = end.timestamp() if isinstance(end, _dt.datetime) else self.clock.time() + self.lease_ttl
+        ends_at = (
+            end.timestamp() if isinstance(end, _dt.datetime) else self.clock.time() + self.lease_ttl
+        )
         reservation_id = str(reservation["CapacityReservationId"])
         details = {
             "provider": self.provider,
@@ -539,8 +636,10 @@ class AWSBackend(CloudBackend):
             region=offer.region,
             jurisdiction=offer.jurisdiction,
             endpoints={},
-            env={"AICONTRACT_LEASE_ID": lease_id,
-                 "AICONTRACT_CAPACITY_RESERVATION_ID": reservation_id},  # fmt: skip
+            env={
+                "AICONTRACT_LEASE_ID": lease_id,
+                "AICONTRACT_CAPACITY_RESERVATION_ID": reservation_id,
+            },
             details=details,
             clock=self.clock,
         )
@@ -598,5 +697,5 @@ def _on_demand_usd(raw: str | Mapping[str, Any]) -> Decimal | None:
             if usd is not None and dimension.get("unit") in ("Hrs", "Hours", "hours"):
                 value = Decimal(usd)
                 if value > 0:
-                    return value
+                    return Decimal(format(value.normalize(), "f"))
     return None

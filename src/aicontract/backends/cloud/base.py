@@ -280,7 +280,7 @@ class CloudBackend(Backend):
     async def _terminate_instances(self, instance_ids: Sequence[str], region: str) -> None:
         """Terminate instances; ids already gone are not an error."""
 
-    def _check_ready_to_quote(self) -> None:  # noqa: B027 - optional hook
+    def _check_ready_to_quote(self) -> None:
         """Raise when the backend cannot quote at all (no credentials)."""
 
     # -- shared machinery ------------------------------------------------------------------
@@ -346,8 +346,15 @@ class CloudBackend(Backend):
             "gpus_per_node": str(entry.gpus),
             "country": entry.country or "unknown",
         }
-        ident = "|".join([self.name, entry.instance_type, entry.region, str(nodes),
-                          entry.details.get("offering_id", "")])  # fmt: skip
+        ident = "|".join(
+            [
+                self.name,
+                entry.instance_type,
+                entry.region,
+                str(nodes),
+                entry.details.get("offering_id", ""),
+            ]
+        )
         return Offer(
             id=f"{self.name}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}",
             backend=self.name,
@@ -366,8 +373,11 @@ class CloudBackend(Backend):
         )
 
     def _spend(self) -> list[Money]:
-        spent = [Money(lease.details["price"]) for lease in self._leases.values()
-                 if lease.is_active and "price" in lease.details]  # fmt: skip
+        spent = [
+            Money(lease.details["price"])
+            for lease in self._leases.values()
+            if lease.is_active and "price" in lease.details
+        ]
         return spent + list(self._pending.values())
 
     def _spend_problem(self, price: Money | None) -> str | None:
@@ -395,20 +405,37 @@ class CloudBackend(Backend):
             found = check_offer(offer, contract, now)
             spend = self._spend_problem(offer.price)
             if spend is not None:
-                found.append(Rejection(backend=self.name, requirement="backend.max_spend",
-                                       wanted=f"at most {self.max_spend} in all", available=spend))  # fmt: skip
+                found.append(
+                    Rejection(
+                        backend=self.name,
+                        requirement="backend.max_spend",
+                        wanted=f"at most {self.max_spend} in all",
+                        available=spend,
+                    )
+                )
             if offer.price is None:
-                found.append(Rejection(backend=self.name, requirement="price",
-                                       wanted="a known price", available="unpriced"))  # fmt: skip
+                found.append(
+                    Rejection(
+                        backend=self.name,
+                        requirement="price",
+                        wanted="a known price",
+                        available="unpriced",
+                    )
+                )
             if found:
                 for rejection in found:
                     problems.setdefault(rejection.requirement, []).append(rejection)
             else:
                 offers.append(offer)
         if not entries:
-            problems["capacity"] = [Rejection(backend=self.name, requirement="capacity",
-                                              wanted="an instance type with capacity",
-                                              available="none available now")]  # fmt: skip
+            problems["capacity"] = [
+                Rejection(
+                    backend=self.name,
+                    requirement="capacity",
+                    wanted="an instance type with capacity",
+                    available="none available now",
+                )
+            ]
         rejections = () if offers else tuple(_summarise(self.name, problems))
         return Quote(offers=tuple(offers), rejections=rejections)
 
@@ -479,8 +506,10 @@ class CloudBackend(Backend):
                 view = await self._retrying(
                     lambda i=instance_id: self._describe_instance(i, region)  # type: ignore[misc]
                 )
-                if view is None or view.state in (InstanceState.TERMINATED,
-                                                  InstanceState.PREEMPTED):  # fmt: skip
+                if view is None or view.state in (
+                    InstanceState.TERMINATED,
+                    InstanceState.PREEMPTED,
+                ):
                     state = view.raw_state if view is not None else "gone"
                     raise CapacityUnavailable(
                         self.name, f"instance {instance_id} went {state} while booting"
@@ -515,8 +544,9 @@ class CloudBackend(Backend):
                 try:
                     await self._retrying(lambda: self._terminate_instances(ids, region))
                 except BackendError as exc:
-                    log.error("%s: could not terminate %s after a failed commit: %s",
-                              self.name, ids, exc)  # fmt: skip
+                    log.error(
+                        "%s: could not terminate %s after a failed commit: %s", self.name, ids, exc
+                    )
 
     def _lease(self, offer: Offer, key: str, tag: str, views: Sequence[InstanceView]) -> Lease:
         contract = offer.contract
@@ -581,14 +611,23 @@ class CloudBackend(Backend):
             )
             if view is None or view.state == InstanceState.TERMINATED:
                 state = view.raw_state if view is not None else "gone"
-                faults.append(Fault(kind="capacity-revoked", at=now,
-                                    reason=f"instance {instance_id} is {state}"))  # fmt: skip
+                faults.append(
+                    Fault(
+                        kind="capacity-revoked", at=now, reason=f"instance {instance_id} is {state}"
+                    )
+                )
             elif view.state == InstanceState.PREEMPTED:
-                faults.append(Fault(kind="preempted", at=now,
-                                    reason=f"instance {instance_id} was preempted"))  # fmt: skip
+                faults.append(
+                    Fault(kind="preempted", at=now, reason=f"instance {instance_id} was preempted")
+                )
             elif view.state == InstanceState.UNHEALTHY:
-                faults.append(Fault(kind="node-lost", at=now,
-                                    reason=f"instance {instance_id} is {view.raw_state}"))  # fmt: skip
+                faults.append(
+                    Fault(
+                        kind="node-lost",
+                        at=now,
+                        reason=f"instance {instance_id} is {view.raw_state}",
+                    )
+                )
         return faults
 
     async def renew(self, lease: Lease) -> float:
@@ -624,8 +663,12 @@ def _model_name(family: str | None, memory: Bytes | None, contract: Contract) ->
     aliases = {family.lower()}
     if memory is not None:
         gib = int(memory.bytes // 2**30)
-        aliases |= {f"{family}-{gib}GB".lower(), f"{family}-{gib}G".lower(),
-                    f"{family}-{gib}GiB".lower(), f"{family} {gib}GB".lower()}  # fmt: skip
+        aliases |= {
+            f"{family}-{gib}GB".lower(),
+            f"{family}-{gib}G".lower(),
+            f"{family}-{gib}GiB".lower(),
+            f"{family} {gib}GB".lower(),
+        }
     for wanted in gpus.models:
         if wanted.lower() in aliases:
             return wanted
@@ -637,13 +680,18 @@ def _summarise(backend: str, problems: Mapping[str, list[Rejection]]) -> list[Re
     out = []
     for requirement, found in problems.items():
         available = sorted({r.available for r in found})
-        text = ", ".join(available[:8]) + (f" and {len(available) - 8} more" if len(available) > 8 else "")
-        out.append(Rejection(backend=backend, requirement=requirement,
-                             wanted=found[0].wanted, available=text))  # fmt: skip
+        text = ", ".join(available[:8]) + (
+            f" and {len(available) - 8} more" if len(available) > 8 else ""
+        )
+        out.append(
+            Rejection(
+                backend=backend, requirement=requirement, wanted=found[0].wanted, available=text
+            )
+        )
     return out
 
 
-def gib(value: float | int) -> Bytes:
+def gib(value: float | int | Decimal) -> Bytes:
     """``value`` GiB as :class:`~aicontract.units.Bytes`."""
     return Bytes(f"{Decimal(str(value)).normalize():f}GiB")
 

@@ -30,12 +30,29 @@ _MASK = "***"
 _KNOWN: set[str] = set()
 # Loggers that may print request headers or bodies at DEBUG.
 _NOISY_LOGGERS = (
-    "httpx", "httpcore", "httpcore.http11", "httpcore.http2", "httpcore.connection",
-    "botocore", "botocore.endpoint", "botocore.auth", "botocore.hooks", "botocore.parsers",
-    "botocore.httpsession", "botocore.retryhandler", "botocore.client", "botocore.credentials",
-    "botocore.awsrequest", "botocore.utils", "botocore.regions", "botocore.stub",
-    "boto3", "boto3.resources.action", "urllib3", "urllib3.connectionpool",
-)  # fmt: skip
+    "httpx",
+    "httpcore",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.connection",
+    "botocore",
+    "botocore.endpoint",
+    "botocore.auth",
+    "botocore.hooks",
+    "botocore.parsers",
+    "botocore.httpsession",
+    "botocore.retryhandler",
+    "botocore.client",
+    "botocore.credentials",
+    "botocore.awsrequest",
+    "botocore.utils",
+    "botocore.regions",
+    "botocore.stub",
+    "boto3",
+    "boto3.resources.action",
+    "urllib3",
+    "urllib3.connectionpool",
+)
 
 
 class Secret:

@@ -123,12 +123,15 @@ class LambdaBackend(CloudBackend):
             **options,
         )
         env = os.environ if environ is None else environ
-        self._api_key = load_secret("lambda", "api_key", env_vars=API_KEY_ENV, given=api_key,
-                                    environ=env)  # fmt: skip
+        self._api_key = load_secret(
+            "lambda", "api_key", env_vars=API_KEY_ENV, given=api_key, environ=env
+        )
         self.ssh_key_name = ssh_key_name or env.get("LAMBDA_SSH_KEY_NAME") or None
         systems = file_system_names
         if systems is None:
-            systems = [s.strip() for s in env.get("LAMBDA_FILE_SYSTEMS", "").split(",") if s.strip()]
+            systems = [
+                s.strip() for s in env.get("LAMBDA_FILE_SYSTEMS", "").split(",") if s.strip()
+            ]
         self.file_system_names = list(systems)
         self.base_url = (base_url or env.get("LAMBDA_API_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self._client = httpx.AsyncClient(
@@ -161,9 +164,13 @@ class LambdaBackend(CloudBackend):
         try:
             response = await self._client.request(method, path, json=body, headers=headers)
         except httpx.TimeoutException as exc:
-            raise TransientBackendError(self.name, f"{method} {path} timed out ({type(exc).__name__})") from None
+            raise TransientBackendError(
+                self.name, f"{method} {path} timed out ({type(exc).__name__})"
+            ) from None
         except httpx.TransportError as exc:
-            raise TransientBackendError(self.name, f"{method} {path} failed: {type(exc).__name__}") from None
+            raise TransientBackendError(
+                self.name, f"{method} {path} failed: {type(exc).__name__}"
+            ) from None
         try:
             payload = response.json()
         except ValueError:
@@ -171,7 +178,8 @@ class LambdaBackend(CloudBackend):
         if response.is_success:
             if not isinstance(payload, dict) or "data" not in payload:
                 raise TransientBackendError(
-                    self.name, f"{method} {path}: answer {response.status_code} has no 'data' member"
+                    self.name,
+                    f"{method} {path}: answer {response.status_code} has no 'data' member",
                 )
             return payload["data"]
         raise self._error(method, path, response.status_code, payload)
@@ -193,7 +201,11 @@ class LambdaBackend(CloudBackend):
             return CapacityUnavailable(self.name, text)
         if code == "global/quota-exceeded":
             return QuotaExceeded(self.name, text)
-        if code in ("global/invalid-api-key", "global/account-inactive", "global/invalid-address") or status in (401, 403):
+        if code in (
+            "global/invalid-api-key",
+            "global/account-inactive",
+            "global/invalid-address",
+        ) or status in (401, 403):
             return AuthenticationError(self.name, text)
         if status >= 500 or code.startswith("provider/"):
             return TransientBackendError(self.name, text)
@@ -211,7 +223,9 @@ class LambdaBackend(CloudBackend):
                 entries.extend(self._entries(str(name), item))
             except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
                 raise LambdaCloudError(
-                    self.name, f"GET /instance-types: entry {name!r} is malformed ({type(exc).__name__}: {exc})"
+                    self.name,
+                    f"GET /instance-types: entry {name!r} is malformed"
+                    f" ({type(exc).__name__}: {exc})",
                 ) from None
         return entries
 
@@ -233,8 +247,9 @@ class LambdaBackend(CloudBackend):
                 CatalogEntry(
                     instance_type=name,
                     region=region_name,
-                    country=region_country(region_name, LAMBDA_REGIONS,
-                                           str(description) if description else None),  # fmt: skip
+                    country=region_country(
+                        region_name, LAMBDA_REGIONS, str(description) if description else None
+                    ),
                     gpu_model=model,
                     gpus=gpus,
                     gpu_memory=memory if gpus else None,
@@ -303,8 +318,9 @@ class LambdaBackend(CloudBackend):
 
     async def _terminate_instances(self, instance_ids: Sequence[str], region: str) -> None:
         try:
-            await self._request("POST", "/instance-operations/terminate",
-                                {"instance_ids": list(instance_ids)})  # fmt: skip
+            await self._request(
+                "POST", "/instance-operations/terminate", {"instance_ids": list(instance_ids)}
+            )
         except LambdaCloudError as exc:
             if exc.code != "global/object-does-not-exist" and exc.status != 404:
                 raise

@@ -32,12 +32,20 @@ AWS_PRICES_AS_OF = "2024-12-01"
 
 # On-demand, Linux, shared tenancy, USD per instance-hour, us-east-1 and us-west-2.
 _US = {
-    "g5.xlarge": "1.006", "g5.2xlarge": "1.212", "g5.4xlarge": "1.624",
-    "g5.8xlarge": "2.448", "g5.12xlarge": "5.672", "g5.16xlarge": "4.096",
-    "g5.24xlarge": "8.144", "g5.48xlarge": "16.288",
-    "g6.xlarge": "0.8048", "g6.12xlarge": "4.6016", "g6.48xlarge": "13.3504",
-    "p4d.24xlarge": "32.7726", "p5.48xlarge": "98.32",
-}  # fmt: skip
+    "g5.xlarge": "1.006",
+    "g5.2xlarge": "1.212",
+    "g5.4xlarge": "1.624",
+    "g5.8xlarge": "2.448",
+    "g5.12xlarge": "5.672",
+    "g5.16xlarge": "4.096",
+    "g5.24xlarge": "8.144",
+    "g5.48xlarge": "16.288",
+    "g6.xlarge": "0.8048",
+    "g6.12xlarge": "4.6016",
+    "g6.48xlarge": "13.3504",
+    "p4d.24xlarge": "32.7726",
+    "p5.48xlarge": "98.32",
+}
 AWS_PRICES: Mapping[tuple[str, str], Money] = {
     (itype, region): Money.per_hour(Decimal(price))
     for region in ("us-east-1", "us-west-2")
@@ -59,7 +67,9 @@ def load_price_file(path: str | Path) -> dict[tuple[str, str], Money]:
     return parse_prices(data, where=str(path))
 
 
-def parse_prices(data: Mapping[str, object], *, where: str = "prices") -> dict[tuple[str, str], Money]:
+def parse_prices(
+    data: Mapping[str, object], *, where: str = "prices"
+) -> dict[tuple[str, str], Money]:
     """``"type@region" → "x USD/h"`` entries as a price table."""
     out: dict[tuple[str, str], Money] = {}
     for key, value in data.items():

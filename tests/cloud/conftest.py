@@ -1,0 +1,112 @@
+"""Fixtures for the cloud backends: a hand-written Lambda Cloud fake (respx) and a
+real ``moto_server`` on loopback for EC2."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+API_KEY = "secret_lambda_key_0123456789abcdef"
+AWS_KEY_ID = "AKIAFAKEKEYID0123456"
+AWS_SECRET = "fakeSecretAccessKey/0123456789abcdefghijk"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _moto_command() -> list[str] | None:
+    exe = Path(sys.executable).with_name("moto_server")
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("moto_server")
+    return [found] if found else None
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A real moto server on 127.0.0.1 with instance-type validation on; stopped by PID."""
+    command = _moto_command()
+    if command is None:
+        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+    port = _free_port()
+    env = dict(os.environ, MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION="true")
+    proc = subprocess.Popen(
+        [*command, "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"moto_server exited with {proc.returncode}")
+            try:
+                httpx.get(f"{url}/moto-api/", timeout=1.0)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    pytest.fail("moto_server did not start within 30s")
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def moto_reset(moto_endpoint: str) -> str:
+    """The moto endpoint, with its state wiped first."""
+    httpx.post(f"{moto_endpoint}/moto-api/reset", timeout=5.0)
+    return moto_endpoint
+
+
+def instance_type(
+    name: str,
+    gpu: str,
+    gpus: int,
+    cents: int,
+    vcpus: int = 30,
+    memory_gib: int = 200,
+    storage_gib: int = 512,
+) -> dict[str, Any]:
+    """One ``instance_type`` object in Lambda's documented shape."""
+    return {
+        "name": name,
+        "description": f"{gpus}x {gpu}",
+        "gpu_description": gpu,
+        "price_cents_per_hour": cents,
+        "specs": {
+            "vcpus": vcpus,
+            "memory_gib": memory_gib,
+            "storage_gib": storage_gib,
+            "gpus": gpus,
+        },
+    }

@@ -336,18 +336,21 @@ class LocalBackend(Backend):
     def _env(
         lease_id: str, contract: Contract, gpu_ids: tuple[str, ...], cpu_ids: tuple[int, ...]
     ) -> dict[str, str]:
-        env = {
-            "AICONTRACT_LEASE_ID": lease_id,
-            # Indices mean the same thing to CUDA and NVML only in PCI bus order.
-            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-            # Empty when no GPU was granted: the workload must not wander onto someone's GPU.
-            "CUDA_VISIBLE_DEVICES": ",".join(gpu_ids),
-        }
+        # The contract's own env comes first, so it can tune OMP_NUM_THREADS but never
+        # widen the devices the ledger granted.
+        env = dict(contract.workload.env) if contract.workload is not None else {}
         if cpu_ids:
+            env.setdefault("OMP_NUM_THREADS", str(len(cpu_ids)))
             env["AICONTRACT_CPUS"] = ",".join(map(str, cpu_ids))
-            env["OMP_NUM_THREADS"] = str(len(cpu_ids))
-        if contract.workload is not None:
-            env.update(contract.workload.env)
+        env.update(
+            {
+                "AICONTRACT_LEASE_ID": lease_id,
+                # Indices mean the same thing to CUDA and NVML only in PCI bus order.
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                # Empty when no GPU was granted: the workload must not wander onto someone's GPU.
+                "CUDA_VISIBLE_DEVICES": ",".join(gpu_ids),
+            }
+        )
         return env
 
     async def _launch(self, lease: Lease, cpu_ids: tuple[int, ...]) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Sequence
@@ -357,7 +358,16 @@ class LocalBackend(Backend):
         workload = lease.contract.workload
         assert workload is not None
         env = {**os.environ, **lease.env}
-        process = await anyio.open_process(list(workload.command), env=env, start_new_session=True)
+        # Output goes where ours goes: nobody would read a pipe, and a full one blocks the
+        # workload.
+        process = await anyio.open_process(
+            list(workload.command),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=None,
+            stderr=None,
+            start_new_session=True,
+        )
         self._processes[lease.id] = process
         if cpu_ids and hasattr(os, "sched_setaffinity"):
             try:

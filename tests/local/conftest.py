@@ -1,0 +1,75 @@
+"""Fixtures for the local backend: a made-up host, a private state dir, a backend.
+
+The inventory is a file (``AICONTRACT_INVENTORY``) so these tests see the same
+GPUs on every machine, GPU or not; the ledger is real SQLite in ``tmp_path``,
+so nothing leaks into (or out of) the user's own state dir.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aicontract.backends.local import LocalBackend
+
+# tests/fakes.py lives one folder up; tests/ is not a package.
+_TESTS = str(Path(__file__).resolve().parent.parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+
+INVENTORY = """\
+cpus: 8
+memory: 64GiB
+disk: 1TiB
+gpus:
+  - {model: NVIDIA H100 80GB HBM3, memory: 80GiB, compute_capability: "9.0"}
+  - {model: NVIDIA H100 80GB HBM3, memory: 80GiB, compute_capability: "9.0"}
+  - {model: NVIDIA A100-SXM4-80GB, memory: 80GiB, compute_capability: "8.0"}
+  - {model: NVIDIA A100-SXM4-80GB, memory: 80GiB, compute_capability: "8.0"}
+  - {model: NVIDIA L4, memory: 24GiB, compute_capability: "8.9"}
+  - id: MIG-4f1c2a3b-0000-0000-0000-000000000001
+    model: NVIDIA A100-SXM4-40GB
+    memory: 10GiB
+    compute_capability: "8.0"
+    mig_profile: 1g.10gb
+"""
+"""Ids 0-1 are H100s, 2-3 A100-80GB, 4 an L4, and one MIG slice with its UUID as id."""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def inventory_file(tmp_path: Path) -> Path:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(INVENTORY)
+    return path
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def local_env(monkeypatch: pytest.MonkeyPatch, inventory_file: Path, state_dir: Path) -> Path:
+    """Point everything (library and CLI) at the fake host and the private ledger."""
+    monkeypatch.setenv("AICONTRACT_INVENTORY", str(inventory_file))
+    monkeypatch.setenv("AICONTRACT_STATE_DIR", str(state_dir))
+    monkeypatch.delenv("AICONTRACT_JURISDICTION", raising=False)
+    monkeypatch.delenv("AICONTRACT_BACKENDS", raising=False)
+    monkeypatch.setenv("COLUMNS", "250")  # rich tables: no truncated lease ids
+    return state_dir
+
+
+@pytest.fixture
+def backend(local_env: Path) -> Iterator[LocalBackend]:
+    local = LocalBackend()
+    yield local
+    if local._ledger is not None:
+        local._ledger.close()

@@ -153,8 +153,13 @@ class FakeBackend(Backend):
         self.releases.append(lease.id)
 
 
-async def drive(clock: VirtualClock, func: Callable[[], Awaitable[Any]], *, step: float = 0.5,
-                limit: float = 3600.0) -> Any:  # fmt: skip
+async def drive(
+    clock: VirtualClock,
+    func: Callable[[], Awaitable[Any]],
+    *,
+    step: float = 0.5,
+    limit: float = 3600.0,
+) -> Any:
     """Run ``func`` while moving ``clock`` forward in ``step``s (at most ``limit`` seconds).
 
     The equivalent of trio's autojump clock for our :class:`VirtualClock`: code

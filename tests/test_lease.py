@@ -168,8 +168,9 @@ async def test_keep_alive_renews_before_every_expiry(clock: VirtualClock) -> Non
     backend = FakeBackend(clock=clock, ttl=30)
     lease = new_lease(clock, backend)
     expiries = [lease.expires_at]
-    lease.on_state_change(lambda le, _, new: expiries.append(le.expires_at) if new == S.ACTIVE
-                          else None)  # fmt: skip
+    lease.on_state_change(
+        lambda le, _, new: expiries.append(le.expires_at) if new == S.ACTIVE else None
+    )
     async with anyio.create_task_group() as tg:
         tg.start_soon(lease.keep_alive)
         await clock.advance(300, step=1)
@@ -200,8 +201,9 @@ async def test_keep_alive_releases_on_time_when_expiry_reaches_past_the_duration
     backend = FakeBackend(clock=clock, ttl=600)
     lease = new_lease(clock, backend, ttl=600, duration="100s")
     released_at: list[float] = []
-    lease.on_state_change(lambda *_: released_at.append(clock.now) if lease.state == S.RELEASED
-                          else None)  # fmt: skip
+    lease.on_state_change(
+        lambda *_: released_at.append(clock.now) if lease.state == S.RELEASED else None
+    )
     async with anyio.create_task_group() as tg:
         tg.start_soon(lease.keep_alive)
         await clock.advance(300, step=1)

@@ -99,8 +99,9 @@ async def test_lying_offer_is_never_committed_even_when_cheapest(
     assert liar.commits == []
     round_ = await neg.quote(contract)
     assert [o.backend for o in round_.offers] == ["honest"]
-    assert any(r.backend == "liar" and r.requirement.startswith("placement.") for r in
-               round_.rejections)  # fmt: skip
+    assert any(
+        r.backend == "liar" and r.requirement.startswith("placement.") for r in round_.rejections
+    )
 
 
 async def test_only_liars_means_no_offer_naming_placement(clock: VirtualClock) -> None:
@@ -224,15 +225,16 @@ def test_rank_by_cost_start_time_guarantee_locality() -> None:
     by_start = Contract(gpus=1, preferences=Preferences(rank=["start_time", "cost"]))
     assert _ranked(by_start, {"price": cheap, "start_in": 60.0}, {"price": dear}) == ["b1", "b0"]
     by_guarantee = Contract(gpus=1, preferences=Preferences(rank=["guarantee", "cost"]))
-    assert _ranked(
-        by_guarantee, {"price": cheap, "guarantee": "quota"}, {"price": dear}
-    ) == ["b1", "b0"]  # fmt: skip
+    assert _ranked(by_guarantee, {"price": cheap, "guarantee": "quota"}, {"price": dear}) == [
+        "b1",
+        "b0",
+    ]
     by_place = Contract(
         gpus=1, preferences=Preferences(rank=["locality"], regions=["eu-north-1", "eu-west-1"])
     )
     assert _ranked(
         by_place, {"region": "us-east-1"}, {"region": "eu-west-1"}, {"region": "eu-north-1"}
-    ) == ["b2", "b1", "b0"]  # fmt: skip
+    ) == ["b2", "b1", "b0"]
 
 
 def test_default_rank_puts_guarantee_before_cost() -> None:
@@ -383,8 +385,11 @@ async def test_start_by_deadline_gives_no_offer(clock: VirtualClock) -> None:
     backend = FakeBackend(clock=clock, available=False)
     start = clock.now
     with pytest.raises(NoOffer) as info:
-        await drive(clock, lambda: negotiator(clock, backend).acquire(Contract(gpus=1,
-                    start_by="2m")), step=1.0)  # fmt: skip
+        await drive(
+            clock,
+            lambda: negotiator(clock, backend).acquire(Contract(gpus=1, start_by="2m")),
+            step=1.0,
+        )
     assert "start_by deadline passed" in str(info.value)
     assert start + 120 <= clock.now <= start + 122
 

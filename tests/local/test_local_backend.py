@@ -179,8 +179,9 @@ async def test_mig_slices_are_not_handed_out_as_whole_gpus(backend: LocalBackend
         pytest.param(Contract(gpus=GPU(count="1..8", models=["H100"])), "gpus", 2, id="gpus"),
     ],
 )
-async def test_grant_rule(backend: LocalBackend, contract: Contract, field: str,
-                          granted: object) -> None:  # fmt: skip
+async def test_grant_rule(
+    backend: LocalBackend, contract: Contract, field: str, granted: object
+) -> None:
     (offer,) = (await backend.quote(contract)).offers
     assert getattr(offer.grant, field) == granted
 
@@ -222,8 +223,9 @@ async def test_jurisdiction_comes_from_the_environment(
 # -- the ledger is the truth ---------------------------------------------------------------
 
 
-async def test_released_by_another_process_means_lost(backend: LocalBackend,
-                                                      state_dir: Path) -> None:  # fmt: skip
+async def test_released_by_another_process_means_lost(
+    backend: LocalBackend, state_dir: Path
+) -> None:
     lease = await acquire(backend, Contract(gpus=1))
     assert Ledger.in_dir(state_dir).release(lease.id)  # as `aicontract release ID` does
     observed = await backend.observe(lease)
@@ -285,8 +287,9 @@ async def test_a_chatty_workload_does_not_block_on_its_output(
 ) -> None:
     """Nobody reads a launched workload's output: it must not go to a pipe that fills up."""
     chatty = "import sys; sys.stdout.write('x' * 1_000_000); sys.stdout.flush()"
-    lease = await acquire(backend, Contract(cpus=1, workload=Workload(command=[sys.executable,
-                          "-c", chatty])))  # fmt: skip
+    lease = await acquire(
+        backend, Contract(cpus=1, workload=Workload(command=[sys.executable, "-c", chatty]))
+    )
     try:
         with anyio.fail_after(30):  # a pipe would block the writer forever
             while not (observed := await backend.observe(lease)).faults:

@@ -1,0 +1,153 @@
+"""``aicontract inventory|quote|acquire|leases|release`` against a fake host.
+
+Run in-process through click's runner; the environment (fixture ``local_env``)
+points the CLI at the fake inventory and a private ledger, exactly as a user
+would with ``AICONTRACT_INVENTORY`` and ``AICONTRACT_STATE_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from click.testing import CliRunner, Result
+
+from aicontract import GPU, Contract, Negotiator
+from aicontract.backends.local import LocalBackend
+from aicontract.cli import main
+from aicontract.ledger import Ledger
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def contract_file(tmp_path: Path) -> Path:
+    path = tmp_path / "one-h100.yaml"
+    path.write_text("name: one\nresources:\n  gpus: {count: 1, models: [H100]}\n  cpus: 2\n")
+    return path
+
+
+@pytest.fixture
+def too_big(tmp_path: Path) -> Path:
+    path = tmp_path / "too-big.yaml"
+    path.write_text("name: big\nresources:\n  gpus: {count: 8, models: [H100]}\n")
+    return path
+
+
+def test_inventory_json(local_env: Path) -> None:
+    result = run("inventory", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert (data["cpus"], data["memory"]) == (8, "64GiB")
+    assert [g["model"] for g in data["gpus"]][:2] == ["NVIDIA H100 80GB HBM3"] * 2
+
+
+def test_inventory_table(local_env: Path) -> None:
+    result = run("inventory")
+    assert result.exit_code == 0
+    assert "8 CPUs, 64GiB memory" in result.stdout
+    assert "NVIDIA L4" in result.stdout
+
+
+def test_quote_shows_offers_and_declines(
+    local_env: Path, contract_file: Path, too_big: Path
+) -> None:
+    offered = run("quote", str(contract_file))
+    assert offered.exit_code == 0
+    assert "offers" in offered.stdout
+    assert "1 x H100 (80GiB), 2 CPUs" in offered.stdout
+    declined = run("quote", str(too_big))
+    assert declined.exit_code == 0
+    assert "no acceptable offer" in declined.stdout
+    assert "declined" in declined.stdout
+    assert "resources.gpus.count" in declined.stdout
+    assert "counter-offer: local: 2 x H100" in declined.stdout
+
+
+def test_quote_json(local_env: Path, contract_file: Path) -> None:
+    data = json.loads(run("quote", "--json", str(contract_file)).stdout)
+    (offer,) = data["offers"]
+    assert offer["grant"]["gpus"] == 1
+    assert "contract" not in offer
+    assert data["rejections"] == []
+
+
+def test_acquire_runs_the_command_under_the_lease(
+    local_env: Path, contract_file: Path, tmp_path: Path
+) -> None:
+    seen = tmp_path / "seen.json"
+    script = (
+        "import json, os, sys; "
+        f"json.dump({{k: os.environ.get(k) for k in ('CUDA_VISIBLE_DEVICES', 'AICONTRACT_CPUS',"
+        f" 'CUDA_DEVICE_ORDER')}}, open({str(seen)!r}, 'w')); sys.exit(7)"
+    )
+    result = run("acquire", str(contract_file), "--", sys.executable, "-c", script)
+    assert result.exit_code == 7  # the command's status passes through
+    env = json.loads(seen.read_text())
+    assert env == {
+        "CUDA_VISIBLE_DEVICES": "0",
+        "AICONTRACT_CPUS": "0,1",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    }
+    assert "leased" in result.stderr
+    assert Ledger.in_dir(local_env).records() == []  # released after the command
+
+
+def test_acquire_unsatisfiable_exits_1_with_the_reasons(local_env: Path, too_big: Path) -> None:
+    result = run("acquire", str(too_big), "--", sys.executable, "-c", "pass")
+    assert result.exit_code == 1
+    assert "no offer satisfies contract 'big'" in result.stderr
+    assert "local: resources.gpus.count wants 8 x H100" in result.stderr
+
+
+def test_bad_contract_file_exits_2(local_env: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("resources: {gpus: {count: 0}}\n")
+    result = run("acquire", str(bad))
+    assert result.exit_code == 2
+    assert "$.resources.gpus.count" in result.stderr
+
+
+@pytest.fixture
+def held(local_env: Path):  # type: ignore[no-untyped-def]
+    """A lease held by this process, as another program on the host would hold one."""
+    contract = Contract(name="held", gpus=GPU(count=1, models=["L4"]))
+    backend = LocalBackend()
+    lease = anyio.run(Negotiator([backend]).acquire, contract)
+    yield lease
+    anyio.run(lease.release)
+    backend.ledger.close()
+
+
+def test_leases_lists_what_is_held(held) -> None:  # type: ignore[no-untyped-def]
+    table = run("leases")
+    assert table.exit_code == 0
+    assert held.id in table.stdout
+    assert "gpus=4" in table.stdout
+    (record,) = json.loads(run("leases", "--json").stdout)
+    assert (record["id"], record["grant"]["gpu_model"]) == (held.id, "L4")
+
+
+def test_leases_when_none(local_env: Path) -> None:
+    assert "no leases held on this host" in run("leases").stdout
+
+
+def test_release_by_id(held, local_env: Path) -> None:  # type: ignore[no-untyped-def]
+    result = run("release", held.id)
+    assert result.exit_code == 0
+    assert f"released {held.id}" in result.stdout
+    assert Ledger.in_dir(local_env).records() == []
+    again = run("release", held.id)
+    assert again.exit_code == 1
+    assert f"no such lease: {held.id}" in again.stderr
+
+
+def test_release_unknown_id_exits_1(local_env: Path) -> None:
+    result = run("release", "no-such-id")
+    assert result.exit_code == 1
+    assert "no such lease: no-such-id" in result.stderr

@@ -42,7 +42,7 @@ def _friendly(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except NoOffer as exc:
-            console.print(f"[bold red]no offer[/]: {exc}", highlight=False, markup=False)
+            console.print(f"[bold red]no offer[/]: {escape(str(exc))}", highlight=False)
             sys.exit(1)
         except AIContractError as exc:
             console.print(f"error: {exc}", highlight=False, markup=False)
@@ -142,10 +142,10 @@ def quote(file: Path, backend_names: tuple[str, ...], as_json: bool) -> None:
     if result.rejections:
         why = Table("backend", "requirement", "wanted", "available", title="declined")
         for r in result.rejections:
-            why.add_row(r.backend, r.requirement, r.wanted, r.available)
+            why.add_row(*(escape(v) for v in (r.backend, r.requirement, r.wanted, r.available)))
         out.print(why)
     for offer in result.counter_offers:
-        out.print(f"counter-offer: {offer.summary()}", highlight=False)
+        out.print(f"counter-offer: {escape(offer.summary())}", highlight=False)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

@@ -66,7 +66,8 @@ def test_quote_shows_offers_and_declines(
     assert "no acceptable offer" in declined.stdout
     assert "declined" in declined.stdout
     assert "resources.gpus.count" in declined.stdout
-    assert "counter-offer: local: 2 x H100" in declined.stdout
+    # the offer's "[allocated, 0 USD/h]" must print as text, not vanish as rich markup
+    assert "counter-offer: local: 2 x H100 (80GiB) in local [allocated, 0 USD/h]" in declined.stdout
 
 
 def test_quote_json(local_env: Path, contract_file: Path) -> None:
@@ -103,6 +104,8 @@ def test_acquire_unsatisfiable_exits_1_with_the_reasons(local_env: Path, too_big
     assert result.exit_code == 1
     assert "no offer satisfies contract 'big'" in result.stderr
     assert "local: resources.gpus.count wants 8 x H100" in result.stderr
+    assert "[allocated, 0 USD/h]" in result.stderr  # the counter-offer, in full
+    assert "[bold red]" not in result.stderr  # markup is styled, not printed
 
 
 def test_bad_contract_file_exits_2(local_env: Path, tmp_path: Path) -> None:

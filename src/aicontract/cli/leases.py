@@ -18,7 +18,7 @@ import anyio
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from ..backends.base import Backend
 from ..backends.local import LocalBackend
@@ -243,7 +243,9 @@ def leases(as_json: bool) -> None:
     if not records:
         out.print("no leases held on this host")
         return
-    table = Table("id", "contract", "tenant", "grant", "pid", "devices", "expires in")
+    table = Table("contract", "tenant", "grant", "pid", "devices", "expires in")
+    # Never shorten an id: it is what `aicontract release ID` needs.
+    table.columns.insert(0, Column("id", no_wrap=True, min_width=max(len(r.id) for r in records)))
     now = time.time()
     for r in records:
         devices = ", ".join(f"{k}={v}" for k, v in r.details.items() if v)

@@ -136,6 +136,11 @@ def test_leases_lists_what_is_held(held) -> None:  # type: ignore[no-untyped-def
     assert (record["id"], record["grant"]["gpu_model"]) == (held.id, "L4")
 
 
+def test_leases_never_shortens_an_id(held, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("COLUMNS", "60")  # a narrow terminal
+    assert held.id in run("leases").stdout  # whole, so it can be pasted into `release`
+
+
 def test_leases_when_none(local_env: Path) -> None:
     assert "no leases held on this host" in run("leases").stdout
 

@@ -25,7 +25,7 @@
 set -euo pipefail
 
 K8S_VERSION="1.20.2"
-CACHE_DIR="${AICONTRACT_K8S_CACHE:-${HOME}/.cache/aicontract/k8s-v${K8S_VERSION}}"
+CACHE_DIR="${AICONTRACT_K8S_CACHE:-${HOME:-/root}/.cache/aicontract/k8s-v${K8S_VERSION}}"
 KUBE_BINS=(kube-apiserver kube-controller-manager kube-scheduler)
 
 log() { printf '[k8s-cluster] %s\n' "$*" >&2; }
@@ -76,8 +76,11 @@ ensure_etcd() {
         apt_install etcd-server
         # The package may start (or enable) a system etcd on 2379; the tests
         # run their own etcd on free ports, so make sure none is left running.
-        if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
-            "${SUDO[@]}" systemctl disable --now etcd >/dev/null 2>&1 || true
+        if command -v systemctl >/dev/null 2>&1; then
+            if [[ -d /run/systemd/system ]]; then
+                "${SUDO[@]}" systemctl stop etcd >/dev/null 2>&1 || true
+            fi
+            "${SUDO[@]}" systemctl disable etcd >/dev/null 2>&1 || true
         fi
         if [[ -x /etc/init.d/etcd ]]; then
             "${SUDO[@]}" /etc/init.d/etcd stop >/dev/null 2>&1 || true
@@ -96,20 +99,28 @@ ensure_etcd() {
 # Write deb-src stanzas derived from the machine's own apt sources into a
 # private apt configuration (nothing under /etc/apt is modified).
 write_src_sources() {
-    local out="$1" f found=0
-    : >"${out}"
-    shopt -s nullglob
-    for f in /etc/apt/sources.list.d/*.sources; do
-        # deb822: turn every stanza into a deb-src stanza.
-        sed -E 's/^Types:.*/Types: deb-src/I' "$f" >>"${out}"
-        printf '\n' >>"${out}"
-        found=1
-    done
-    shopt -u nullglob
-    if ((found)); then
-        return
+    local out="$1" f
+    local deb822=(/etc/apt/sources.list.d/*.sources)
+    [[ -e "${deb822[0]}" ]] || deb822=()
+    if ((${#deb822[@]})); then
+        # deb822: copy the stanzas signed by the Debian archive keyring (all
+        # stanzas if none is), each turned into a deb-src stanza.
+        # shellcheck disable=SC2016  # awk program, not shell
+        local awkprog='
+            function flush() {
+                if (buf != "" && (all || buf ~ /debian-archive-keyring/)) printf "%s\n", buf
+                buf = ""
+            }
+            FNR == 1 { flush() }
+            /^[ \t]*$/ { flush(); next }
+            { line = $0; if (tolower(line) ~ /^types:/) line = "Types: deb-src"; buf = buf line "\n" }
+            END { flush() }'
+        awk -v all=0 "${awkprog}" "${deb822[@]}" >"${out}"
+        [[ -s "${out}" ]] || awk -v all=1 "${awkprog}" "${deb822[@]}" >"${out}"
+        [[ -s "${out}" ]] && return
     fi
     # One-line format fallback (/etc/apt/sources.list, *.list).
+    rm -f "${out}"
     local lst="${out%.sources}.list"
     : >"${lst}"
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
@@ -117,7 +128,6 @@ write_src_sources() {
         sed -nE 's/^[[:space:]]*deb(-src)?([[:space:]])/deb-src\2/p' "$f" >>"${lst}"
     done
     [[ -s "${lst}" ]] || die "no apt sources found to derive deb-src entries from"
-    rm -f "${out}"
 }
 
 build_kube() {
@@ -135,7 +145,7 @@ build_kube() {
         cleanup_work=1
     fi
     # shellcheck disable=SC2064
-    if ((cleanup_work)); then trap "rm -rf '${work}'" EXIT; fi
+    if ((cleanup_work)); then trap "chmod -R u+w '${work}' 2>/dev/null; rm -rf '${work}'" EXIT; fi
 
     # Private apt state holding only the deb-src index.
     local aptdir="${work}/apt"
@@ -151,15 +161,18 @@ build_kube() {
         -o "APT::Sandbox::User=root"
     )
     log "apt-get update (private deb-src index)"
-    apt-get "${apt_opts[@]}" update -q >&2
+    # Tolerate failures of individual sources; `apt-get source` below fails
+    # clearly if the kubernetes source package cannot be found.
+    apt-get "${apt_opts[@]}" update -q >&2 || log "WARNING: apt-get update (deb-src) reported errors"
 
     local srcdir="${work}/src"
+    rm -rf "${srcdir}"
     mkdir -p "${srcdir}"
     log "apt-get source kubernetes"
     (cd "${srcdir}" && apt-get "${apt_opts[@]}" source -q --download-only kubernetes >&2)
-    local dsc
-    dsc="$(ls "${srcdir}"/kubernetes_*.dsc | head -1)"
-    [[ -n "${dsc}" ]] || die "apt-get source did not download a kubernetes .dsc"
+    local dscs=("${srcdir}"/kubernetes_*.dsc)
+    local dsc="${dscs[0]}"
+    [[ -f "${dsc}" ]] || die "apt-get source did not download a kubernetes .dsc"
     log "unpacking $(basename "${dsc}")"
     (cd "${srcdir}" && dpkg-source --no-check -x "$(basename "${dsc}")" tree >&2)
     rm -f "${srcdir}"/kubernetes_*.tar.* "${srcdir}"/kubernetes_*.dsc
@@ -193,6 +206,8 @@ build_kube() {
         cp -f "${outbin}/${b}" "${CACHE_DIR}/${b}.tmp"
         mv -f "${CACHE_DIR}/${b}.tmp" "${CACHE_DIR}/${b}"
     done
+    # (Go makes its module cache read-only; make it deletable first.)
+    chmod -R u+w "${work}" 2>/dev/null || true
     if ((cleanup_work)); then
         rm -rf "${work}"
         trap - EXIT

@@ -36,9 +36,10 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any
 
 import httpx
 
@@ -317,16 +318,30 @@ class FakeKubelet:
         }
         r, m = reasons[ready]
         conds = [
-            {"type": t, "status": "False", "reason": f"KubeletHas{reason}", "message": msg,
-             "lastHeartbeatTime": now, "lastTransitionTime": st.ready_since}
+            {
+                "type": t,
+                "status": "False",
+                "reason": f"KubeletHas{reason}",
+                "message": msg,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": st.ready_since,
+            }
             for t, reason, msg in (
                 ("MemoryPressure", "SufficientMemory", "kubelet has sufficient memory available"),
                 ("DiskPressure", "NoDiskPressure", "kubelet has no disk pressure"),
                 ("PIDPressure", "SufficientPID", "kubelet has sufficient PID available"),
             )
         ]
-        conds.append({"type": "Ready", "status": ready, "reason": r, "message": m,
-                      "lastHeartbeatTime": now, "lastTransitionTime": st.ready_since})
+        conds.append(
+            {
+                "type": "Ready",
+                "status": ready,
+                "reason": r,
+                "message": m,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": st.ready_since,
+            }
+        )
         return conds
 
     def _node_status(self, st: _NodeState) -> dict[str, Any]:
@@ -370,15 +385,20 @@ class FakeKubelet:
         r = self._http.post("/api/v1/nodes", json=body)
         if r.status_code == 409:
             # Left over from an earlier run: take it over.
-            patch = {"metadata": {"labels": body["metadata"]["labels"], "annotations": body["metadata"]["annotations"]},
-                     "spec": body["spec"]}
-            self._check(self._http.patch(f"/api/v1/nodes/{spec.name}", content=json.dumps(patch), headers=_SMP),
-                        f"patch node {spec.name}")
+            patch = {
+                "metadata": {"labels": body["metadata"]["labels"], "annotations": body["metadata"]["annotations"]},
+                "spec": body["spec"],
+            }
+            self._check(
+                self._http.patch(f"/api/v1/nodes/{spec.name}", content=json.dumps(patch), headers=_SMP),
+                f"patch node {spec.name}",
+            )
         else:
             self._check(r, f"create node {spec.name}")
         self._check(
-            self._http.patch(f"/api/v1/nodes/{spec.name}/status", content=json.dumps({"status": body["status"]}),
-                             headers=_SMP),
+            self._http.patch(
+                f"/api/v1/nodes/{spec.name}/status", content=json.dumps({"status": body["status"]}), headers=_SMP
+            ),
             f"patch node status {spec.name}",
         )
 
@@ -472,10 +492,14 @@ class FakeKubelet:
         deadline = time.monotonic() + timeout
         while True:
             node = self.get_node(name)
-            ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                        for c in node.get("status", {}).get("conditions", []))
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in node.get("status", {}).get("conditions", [])
+            )
             taints = [t.get("key") for t in node.get("spec", {}).get("taints", []) or []]
-            if ready and not any(k in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable") for k in taints):
+            if ready and not any(
+                k in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable") for k in taints
+            ):
                 return
             if time.monotonic() > deadline:
                 raise FakeKubeletError(f"node {name} not schedulable after {timeout}s (ready={ready}, taints={taints})")
@@ -496,7 +520,9 @@ class FakeKubelet:
             while not self._stop.is_set():
                 now = time.monotonic()
                 with self._lock:
-                    due = [st for st in self._nodes.values() if st.alive and now - st.last_beat >= self.heartbeat_interval]
+                    due = [
+                        st for st in self._nodes.values() if st.alive and now - st.last_beat >= self.heartbeat_interval
+                    ]
                     completions = [(uid, v) for uid, v in self._completions.items() if v[0] <= now]
                 for st in due:
                     if self._stop.is_set():
@@ -600,8 +626,7 @@ class FakeKubelet:
         meta = pod["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         if meta.get("deletionTimestamp"):
-            body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                    "preconditions": {"uid": uid}}
+            body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
             r = client.request("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}", json=body)
             self._check(r, f"delete pod {ns}/{name}", ok=(404, 409))
             if r.status_code < 400:
@@ -633,9 +658,18 @@ class FakeKubelet:
                 "restartCount": 0,
             }
             if init:
-                s.update(ready=True, state={"terminated": {"exitCode": 0, "reason": "Completed",
-                                                            "startedAt": now, "finishedAt": now,
-                                                            "containerID": s["containerID"]}})
+                s.update(
+                    ready=True,
+                    state={
+                        "terminated": {
+                            "exitCode": 0,
+                            "reason": "Completed",
+                            "startedAt": now,
+                            "finishedAt": now,
+                            "containerID": s["containerID"],
+                        }
+                    },
+                )
             else:
                 s.update(ready=True, started=True, state={"running": {"startedAt": now}})
             return s
@@ -654,8 +688,9 @@ class FakeKubelet:
         }
         if spec.get("initContainers"):
             status["initContainerStatuses"] = [cstatus(c, i, True) for i, c in enumerate(spec["initContainers"])]
-        r = client.patch(f"/api/v1/namespaces/{ns}/pods/{name}/status",
-                         content=json.dumps({"status": status}), headers=_SMP)
+        r = client.patch(
+            f"/api/v1/namespaces/{ns}/pods/{name}/status", content=json.dumps({"status": status}), headers=_SMP
+        )
         if r.status_code == 404:
             return
         self._check(r, f"set pod {ns}/{name} running")
@@ -671,8 +706,15 @@ class FakeKubelet:
             with self._lock:
                 self._completions[meta["uid"]] = (time.monotonic() + after, ns, name, code)
 
-    def complete_pod(self, namespace: str, name: str, exit_code: int = 0, *,
-                     client: httpx.Client | None = None, uid: str | None = None) -> None:
+    def complete_pod(
+        self,
+        namespace: str,
+        name: str,
+        exit_code: int = 0,
+        *,
+        client: httpx.Client | None = None,
+        uid: str | None = None,
+    ) -> None:
         """Terminate all containers of a pod with *exit_code*: phase becomes
         ``Succeeded`` (0) or ``Failed`` (non-zero)."""
         c = client or self._http
@@ -689,27 +731,48 @@ class FakeKubelet:
             prev = old.get(ctr["name"], {})
             started = ((prev.get("state") or {}).get("running") or {}).get("startedAt", now)
             cid = prev.get("containerID", f"fake://{pod['metadata']['uid']}/{ctr['name']}")
-            statuses.append({
-                "name": ctr["name"],
-                "image": ctr.get("image", ""),
-                "imageID": f"fake://{ctr.get('image', '')}",
-                "containerID": cid,
-                "restartCount": prev.get("restartCount", 0),
-                "ready": False,
-                "started": False,
-                "state": {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                                         "startedAt": started, "finishedAt": now, "containerID": cid}},
-            })
+            statuses.append(
+                {
+                    "name": ctr["name"],
+                    "image": ctr.get("image", ""),
+                    "imageID": f"fake://{ctr.get('image', '')}",
+                    "containerID": cid,
+                    "restartCount": prev.get("restartCount", 0),
+                    "ready": False,
+                    "started": False,
+                    "state": {
+                        "terminated": {
+                            "exitCode": exit_code,
+                            "reason": "Completed" if exit_code == 0 else "Error",
+                            "startedAt": started,
+                            "finishedAt": now,
+                            "containerID": cid,
+                        }
+                    },
+                }
+            )
         reason = "PodCompleted"
         status = {
             "phase": "Succeeded" if exit_code == 0 else "Failed",
             "conditions": [
-                {"type": "Ready", "status": "False", "reason": reason, "lastProbeTime": None, "lastTransitionTime": now},
-                {"type": "ContainersReady", "status": "False", "reason": reason, "lastProbeTime": None,
-                 "lastTransitionTime": now},
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": reason,
+                    "lastProbeTime": None,
+                    "lastTransitionTime": now,
+                },
+                {
+                    "type": "ContainersReady",
+                    "status": "False",
+                    "reason": reason,
+                    "lastProbeTime": None,
+                    "lastTransitionTime": now,
+                },
             ],
             "containerStatuses": statuses,
         }
-        r = c.patch(f"/api/v1/namespaces/{namespace}/pods/{name}/status",
-                    content=json.dumps({"status": status}), headers=_SMP)
+        r = c.patch(
+            f"/api/v1/namespaces/{namespace}/pods/{name}/status", content=json.dumps({"status": status}), headers=_SMP
+        )
         self._check(r, f"complete pod {namespace}/{name}", ok=(404,))

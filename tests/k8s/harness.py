@@ -60,13 +60,17 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "aicontract" / f"k8s-v{K8S_VERSION}"
 
 
-def find_binaries() -> tuple[dict[str, Path | None], str]:
-    """Locate the control-plane binaries.
+def find_binaries(bin_dir: str | os.PathLike[str] | None = None) -> tuple[dict[str, Path | None], str]:
+    """Locate the control-plane binaries: in *bin_dir* if given, else in
+    ``$AICONTRACT_K8S_BIN`` if set, else in the cache dir, else on ``$PATH``.
 
     Returns ``(paths, source)`` where *paths* maps each name in
     :data:`BINARIES` to a path (or ``None`` if not found) and *source*
     describes where they were searched.
     """
+    if bin_dir is not None:
+        d = Path(bin_dir).expanduser()
+        return {b: (d / b if _is_exe(d / b) else None) for b in BINARIES}, str(d)
     env = os.environ.get(ENV_BIN)
     if env:
         d = Path(env).expanduser()
@@ -165,6 +169,10 @@ class Cluster:
     extra_apiserver_args: list[str] = field(default_factory=list)
     extra_controller_manager_args: list[str] = field(default_factory=list)
     extra_scheduler_args: list[str] = field(default_factory=list)
+    # Alpha/beta gates turned on for apiserver + controller-manager.
+    # TTLAfterFinished (Job ttlSecondsAfterFinished) is alpha in 1.20 but GA
+    # in the Kubernetes versions users actually run.
+    feature_gates: dict[str, bool] = field(default_factory=lambda: {"TTLAfterFinished": True})
     verbosity: int = 1
     # Put etcd's data dir on /dev/shm when it has room (fsync is free there).
     etcd_on_tmpfs: bool = True
@@ -181,14 +189,15 @@ class Cluster:
     _etcd_dir: Path | None = field(default=None, init=False)
     _own_etcd_dir: bool = field(default=False, init=False)
     _bins: dict[str, Path] = field(default_factory=dict, init=False)
+    _component_tokens: dict[str, str] = field(default_factory=dict, init=False)
     _atexit: bool = field(default=False, init=False)
 
     # ------------------------------------------------------------------ api
     @staticmethod
-    def available() -> tuple[bool, str]:
+    def available(bin_dir: str | os.PathLike[str] | None = None) -> tuple[bool, str]:
         """``(True, "")`` if every binary (and ``openssl``) is there, else
         ``(False, reason)``."""
-        found, where = find_binaries()
+        found, where = find_binaries(bin_dir)
         missing = [b for b, p in found.items() if p is None]
         if missing:
             return False, (
@@ -229,12 +238,10 @@ class Cluster:
     def start(self) -> None:
         if self.processes:
             raise ClusterError("cluster already started")
-        ok, reason = self.available()
+        ok, reason = self.available(self.bin_dir)
         if not ok:
             raise ClusterError(reason)
-        found, _ = find_binaries()
-        if self.bin_dir is not None:
-            found = {b: Path(self.bin_dir) / b for b in BINARIES}
+        found, _ = find_binaries(self.bin_dir)
         self._bins = {k: v for k, v in found.items() if v is not None}
 
         if self.workdir is None:
@@ -293,8 +300,19 @@ class Cluster:
         # CA
         self._openssl("genrsa", "-out", "ca.key", "2048")
         self._openssl(
-            "req", "-x509", "-new", "-nodes", "-key", "ca.key", "-sha256", "-days", "3650",
-            "-subj", "/CN=aicontract-test-ca", "-out", "ca.crt",
+            "req",
+            "-x509",
+            "-new",
+            "-nodes",
+            "-key",
+            "ca.key",
+            "-sha256",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=aicontract-test-ca",
+            "-out",
+            "ca.crt",
         )
         # API server serving cert
         first_ip = next(ipaddress.ip_network(self.service_cidr).hosts())
@@ -316,8 +334,22 @@ class Cluster:
         self._openssl("genrsa", "-out", "apiserver.key", "2048")
         self._openssl("req", "-new", "-key", "apiserver.key", "-subj", "/CN=kube-apiserver", "-out", "apiserver.csr")
         self._openssl(
-            "x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "3650", "-sha256", "-extfile", "apiserver.ext", "-out", "apiserver.crt",
+            "x509",
+            "-req",
+            "-in",
+            "apiserver.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "3650",
+            "-sha256",
+            "-extfile",
+            "apiserver.ext",
+            "-out",
+            "apiserver.crt",
         )
         # Service-account signing key pair
         self._openssl("genrsa", "-out", "sa.key", "2048")
@@ -330,9 +362,9 @@ class Cluster:
             "kube-controller-manager": secrets.token_hex(24),
         }
         lines = [f'{self.token},{ADMIN_USER},{ADMIN_USER},"system:masters"']
-        lines.append(f'{self._component_tokens["kube-scheduler"]},system:kube-scheduler,system:kube-scheduler')
+        lines.append(f"{self._component_tokens['kube-scheduler']},system:kube-scheduler,system:kube-scheduler")
         lines.append(
-            f'{self._component_tokens["kube-controller-manager"]},'
+            f"{self._component_tokens['kube-controller-manager']},"
             "system:kube-controller-manager,system:kube-controller-manager"
         )
         tokens = pki / "tokens.csv"
@@ -388,8 +420,9 @@ class Cluster:
         log.debug("started %s pid=%s", name, popen.pid)
         return proc
 
-    def _wait_http(self, proc: _Proc, url: str, *, verify: Any, headers: dict[str, str] | None = None,
-                   timeout: float | None = None) -> None:
+    def _wait_http(
+        self, proc: _Proc, url: str, *, verify: Any, headers: dict[str, str] | None = None, timeout: float | None = None
+    ) -> None:
         deadline = time.monotonic() + (timeout or self.startup_timeout)
         last = ""
         with httpx.Client(verify=verify, timeout=5.0, headers=headers or {}) as c:
@@ -479,6 +512,7 @@ class Cluster:
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
             "--profiling=false",
+            *self._feature_gate_args(),
             f"--v={self.verbosity}",
             *self.extra_apiserver_args,
         ]
@@ -490,6 +524,12 @@ class Cluster:
             headers={"Authorization": f"Bearer {self.token}"},
         )
         self.kubeconfig = self._write_kubeconfig(self.workdir / "kubeconfig", ADMIN_USER, self.token)  # type: ignore[operator]
+
+    def _feature_gate_args(self) -> list[str]:
+        if not self.feature_gates:
+            return []
+        gates = ",".join(f"{k}={'true' if v else 'false'}" for k, v in sorted(self.feature_gates.items()))
+        return [f"--feature-gates={gates}"]
 
     def _start_controllers(self) -> None:
         assert self.workdir is not None
@@ -507,8 +547,6 @@ class Cluster:
             "kube-scheduler",
             [
                 f"--kubeconfig={kc_sched}",
-                f"--authentication-kubeconfig={kc_sched}",
-                f"--authorization-kubeconfig={kc_sched}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={sched_port}",
                 "--port=0",
@@ -522,8 +560,6 @@ class Cluster:
             "kube-controller-manager",
             [
                 f"--kubeconfig={kc_cm}",
-                f"--authentication-kubeconfig={kc_cm}",
-                f"--authorization-kubeconfig={kc_cm}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={cm_port}",
                 "--port=0",
@@ -539,6 +575,7 @@ class Cluster:
                 f"--service-cluster-ip-range={self.service_cidr}",
                 f"--node-monitor-period={self.node_monitor_period}",
                 f"--node-monitor-grace-period={self.node_monitor_grace_period}",
+                *self._feature_gate_args(),
                 f"--v={self.verbosity}",
                 *self.extra_controller_manager_args,
             ],

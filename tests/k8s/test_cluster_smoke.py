@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -46,9 +47,11 @@ def _pod(name: str, gpus: int, region: str | None = None, owner: dict[str, Any] 
             "nodeAffinity": {
                 "requiredDuringSchedulingIgnoredDuringExecution": {
                     "nodeSelectorTerms": [
-                        {"matchExpressions": [
-                            {"key": "topology.kubernetes.io/region", "operator": "In", "values": [region]}
-                        ]}
+                        {
+                            "matchExpressions": [
+                                {"key": "topology.kubernetes.io/region", "operator": "In", "values": [region]}
+                            ]
+                        }
                     ]
                 }
             }
@@ -115,17 +118,25 @@ def test_gpu_pod_scheduled_by_region_and_running(k8s_cluster):
 def test_owned_pod_is_garbage_collected(k8s_cluster):
     cm_name, pod_name = _uniq("owner"), _uniq("owned")
     with k8s_cluster.client() as c:
-        r = c.post(f"/api/v1/namespaces/{NS}/configmaps",
-                   json={"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": cm_name}, "data": {"a": "b"}})
+        r = c.post(
+            f"/api/v1/namespaces/{NS}/configmaps",
+            json={"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": cm_name}, "data": {"a": "b"}},
+        )
         assert r.status_code == 201, r.text
         owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": cm_name, "uid": r.json()["metadata"]["uid"]}
         r = c.post(f"/api/v1/namespaces/{NS}/pods", json=_pod(pod_name, gpus=1, region="eu-west-1", owner=owner))
         assert r.status_code == 201, r.text
-        _wait(lambda: c.get(f"/api/v1/namespaces/{NS}/pods/{pod_name}").json()["status"].get("phase") == "Running",
-              60, "owned pod Running")
+        _wait(
+            lambda: c.get(f"/api/v1/namespaces/{NS}/pods/{pod_name}").json()["status"].get("phase") == "Running",
+            60,
+            "owned pod Running",
+        )
         assert c.delete(f"/api/v1/namespaces/{NS}/configmaps/{cm_name}").status_code == 200
-        _wait(lambda: c.get(f"/api/v1/namespaces/{NS}/pods/{pod_name}").status_code == 404, 60,
-              "garbage collector to delete the owned pod")
+        _wait(
+            lambda: c.get(f"/api/v1/namespaces/{NS}/pods/{pod_name}").status_code == 404,
+            60,
+            "garbage collector to delete the owned pod",
+        )
 
 
 def test_pod_needing_too_many_gpus_stays_pending(k8s_cluster):
@@ -151,7 +162,7 @@ def test_pod_needing_too_many_gpus_stays_pending(k8s_cluster):
         c.delete(f"/api/v1/namespaces/{NS}/pods/{name}", params={"gracePeriodSeconds": "0"})
 
 
-def test_job_pod_completes_via_annotation(k8s_cluster):
+def test_job_pod_completes_via_annotation_and_ttl_cleans_up(k8s_cluster):
     name = _uniq("job")
     job = {
         "apiVersion": "batch/v1",
@@ -159,6 +170,8 @@ def test_job_pod_completes_via_annotation(k8s_cluster):
         "metadata": {"name": name},
         "spec": {
             "backoffLimit": 0,
+            # Long enough to observe success first (completionTime has 1s resolution).
+            "ttlSecondsAfterFinished": 5,
             "template": {
                 "metadata": {"annotations": {"fake-kubelet.aicontract.io/exit-after-seconds": "1"}},
                 "spec": _pod("x", gpus=1)["spec"],
@@ -168,9 +181,19 @@ def test_job_pod_completes_via_annotation(k8s_cluster):
     with k8s_cluster.client() as c:
         r = c.post(f"/apis/batch/v1/namespaces/{NS}/jobs", json=job)
         assert r.status_code == 201, r.text
-        _wait(lambda: (c.get(f"/apis/batch/v1/namespaces/{NS}/jobs/{name}").json().get("status") or {})
-              .get("succeeded") == 1, 60, "job to succeed")
-        c.delete(f"/apis/batch/v1/namespaces/{NS}/jobs/{name}", params={"propagationPolicy": "Foreground"})
+
+        def succeeded():
+            r = c.get(f"/apis/batch/v1/namespaces/{NS}/jobs/{name}")
+            assert r.status_code == 200, r.text
+            return (r.json().get("status") or {}).get("succeeded") == 1
+
+        _wait(succeeded, 60, "job to succeed")
+        # TTL-after-finished controller (feature gate on) removes it.
+        _wait(
+            lambda: c.get(f"/apis/batch/v1/namespaces/{NS}/jobs/{name}").status_code == 404,
+            60,
+            "ttl-after-finished to delete the job",
+        )
 
 
 def test_killed_node_goes_not_ready_and_revives(k8s_cluster):
@@ -180,9 +203,13 @@ def test_killed_node_goes_not_ready_and_revives(k8s_cluster):
     try:
         assert kubelet.node_ready_status(victim) == "False"
         # Node lifecycle controller reacts: NoExecute/NoSchedule not-ready taint.
-        _wait(lambda: any(t["key"] == "node.kubernetes.io/not-ready"
-                          for t in kubelet.get_node(victim)["spec"].get("taints") or []),
-              30, "not-ready taint")
+        _wait(
+            lambda: any(
+                t["key"] == "node.kubernetes.io/not-ready" for t in kubelet.get_node(victim)["spec"].get("taints") or []
+            ),
+            30,
+            "not-ready taint",
+        )
     finally:
         kubelet.revive_node(victim, timeout=60)
     assert kubelet.node_ready_status(victim) == "True"
@@ -202,3 +229,10 @@ def test_silent_node_marked_unknown_by_controller(k8s_cluster):
             assert kubelet.node_ready_status(spec.name) == "True"
     finally:
         kubelet.revive_node(victim, timeout=60)
+
+
+def test_fake_kubelet_loops_had_no_errors(k8s_cluster):
+    """Runs last: the fake kubelet's watch/heartbeat loops stayed healthy."""
+    assert k8s_cluster.kubelet.errors == []
+    assert k8s_cluster.kubelet.pods_started >= 3
+    k8s_cluster.cluster.check_alive()

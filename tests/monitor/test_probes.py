@@ -1,0 +1,159 @@
+"""Endpoint probes against a real HTTP server on 127.0.0.1 whose latency the test controls.
+
+The probe schedule and every assertion are in virtual time; only the server's
+delay (and so each probe's measured latency) is real.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import anyio
+import pytest
+from monitor_support import FakeBackend, service_contract, states
+
+from aicontract import Objective, Probe, Workload
+from aicontract.clock import VirtualClock
+from aicontract.metrics import Telemetry
+from aicontract.monitor import Monitor
+from aicontract.negotiate import Negotiator
+from aicontract.objectives import Violation
+from aicontract.observation import Sample
+
+pytestmark = pytest.mark.anyio
+
+FAST, SLOW = 0.002, 0.4  # seconds; the objective is 200 ms
+
+
+async def settle() -> None:
+    """Let newly started tasks run up to their first sleep on the virtual clock."""
+    for _ in range(20):
+        await anyio.lowlevel.checkpoint()
+
+
+class _Server(ThreadingHTTPServer):
+    delay = FAST
+    status = 200
+    paths: list[str]
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            srv = self.server
+            assert isinstance(srv, _Server)
+            srv.paths.append(self.path)
+            time.sleep(srv.delay)
+            self.send_response(srv.status)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = _Server(("127.0.0.1", 0), Handler)
+    srv.paths = []
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+class _Backend(FakeBackend):
+    """The fake backend, publishing the test server as the lease's endpoint."""
+
+    url = ""
+
+    async def commit(self, offer, idempotency_key):  # type: ignore[no-untyped-def]
+        lease = await super().commit(offer, idempotency_key)
+        lease.endpoints = {"http": self.url}
+        return lease
+
+
+async def test_latency_violation_fires_within_the_window_and_clears(
+    server: _Server, clock: VirtualClock
+) -> None:
+    backend = _Backend(clock)
+    backend.url = f"http://127.0.0.1:{server.server_address[1]}"
+    objective = Objective(sli="latency_p90", op="<=", target="200ms", window="1m")
+    contract = service_contract(objective).with_(
+        workload=Workload(ports={"http": 8000}, probe=Probe(path="/healthz", interval="5s"))
+    )
+    got: list[Violation] = []
+    probed = anyio.Event()
+
+    def arrived(sample: Sample) -> None:
+        if sample.sli == "availability":
+            probed.set()
+
+    async def probe_once() -> None:
+        nonlocal probed
+        probed = anyio.Event()
+        await clock.advance(5)
+        with anyio.fail_after(30):  # a safety net, not a timing assertion
+            await probed.wait()
+
+    monitor = Monitor(Negotiator(backends=[backend], clock=clock), publish=False,
+                      observe_interval=None, telemetry=Telemetry())  # fmt: skip
+    async with monitor:
+        lease = await monitor.acquire(contract)
+        lease.on_violation(got.append)
+        monitor.watches[lease.id].listeners.append(arrived)
+        await settle()
+        for _ in range(24):  # two minutes of fast answers
+            await probe_once()
+        assert states(lease) == {"latency_p90<=200ms/1m": "met"} and not got
+        assert server.paths[-1] == "/healthz"
+
+        server.delay = SLOW
+        raised_at = clock.time()
+        await probe_once()
+        assert not got  # one slow probe is not a breach
+        while not got and clock.time() < raised_at + 60:
+            await probe_once()
+        assert got, "no violation within the objective's window"
+        assert raised_at < got[0].at <= raised_at + 60
+        assert got[0].observed is not None and got[0].observed >= 0.2
+        assert states(lease) == {"latency_p90<=200ms/1m": "violated"}
+
+        server.delay = FAST
+        lowered_at = clock.time()
+        while states(lease)["latency_p90<=200ms/1m"] != "met" and clock.time() < lowered_at + 60:
+            await probe_once()
+        assert states(lease) == {"latency_p90<=200ms/1m": "met"}
+        assert len(got) == 1
+
+
+async def test_failed_probes_break_availability(server: _Server, clock: VirtualClock) -> None:
+    backend = _Backend(clock)
+    backend.url = f"http://127.0.0.1:{server.server_address[1]}"
+    objective = Objective(sli="availability", op=">=", target="99%", window="10m")
+    got: list[Violation] = []
+    probed = anyio.Event()
+
+    def arrived(sample: Sample) -> None:
+        probed.set()
+
+    monitor = Monitor(Negotiator(backends=[backend], clock=clock), publish=False,
+                      observe_interval=None, probe_interval=2.0, telemetry=Telemetry())  # fmt: skip
+    async with monitor:
+        lease = await monitor.acquire(service_contract(objective))  # http endpoint, no probe named
+        lease.on_violation(got.append)
+        monitor.watches[lease.id].listeners.append(arrived)
+        await settle()
+        server.status = 503
+        for _ in range(10):
+            probed = anyio.Event()
+            await clock.advance(2)
+            with anyio.fail_after(30):
+                await probed.wait()
+            if got:
+                break
+        assert got and got[0].objective == objective
+        assert server.paths and server.paths[0] == "/"

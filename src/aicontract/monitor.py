@@ -117,7 +117,9 @@ class Monitor:
     contracts' probe intervals. With ``publish`` the monitor writes a small
     snapshot for ``aicontract watch`` and ``aicontract metrics`` every
     ``publish_interval`` seconds into ``publish_dir`` (default
-    :func:`~aicontract.snapshot.monitor_dir`).
+    :func:`~aicontract.snapshot.monitor_dir`). A lease that cannot be renewed
+    is handed to its policy ``renegotiate_ahead`` seconds (at most a third of
+    its term) before it expires.
     """
 
     negotiator: Negotiator | None = None
@@ -134,6 +136,7 @@ class Monitor:
     publish: bool = True
     publish_dir: Path | None = None
     publish_interval: float = 2.0
+    renegotiate_ahead: float = 120.0
     tracker_options: dict[str, Any] = attrs.field(factory=dict)
     _watches: dict[str, LeaseWatch] = attrs.field(factory=dict, init=False)
     _finished: deque[LeaseSnapshot] = attrs.field(factory=lambda: deque(maxlen=32), init=False)
@@ -414,28 +417,39 @@ class Monitor:
                 self._ingest(watch, lease, sample)
 
     async def _renew_loop(self, watch: LeaseWatch, lease: Lease) -> None:
-        """Renew ahead of expiry; renegotiate ahead of it when renewal is not possible."""
+        """Renew ahead of expiry; when renewal is not possible, act (the policy) before it."""
+        ahead = min(self.renegotiate_ahead, (lease.expires_at - lease.created_at) / 3)
+        warned = False
         while lease.is_active and watch.lease is lease:
-            await self.clock.sleep(lease.renew_interval())
+            renewable = lease.contract.terms.renewable
+            if renewable or lease._holding is not None:
+                wait = lease.renew_interval()
+            else:
+                wait = max(0.05, lease.remaining - ahead)
+            await self.clock.sleep(wait)
             if not lease.is_active or watch.lease is not lease:
                 return
-            if lease._holding is not None:
-                continue  # `async with lease` renews it already
-            ends_at = lease.ends_at
             now = self.clock.time()
+            ends_at = lease.ends_at
             if ends_at is not None and now >= ends_at:
                 return  # the contract ran its course: nothing to renew
-            if lease.contract.terms.renewable:
+            if lease._holding is not None:
+                continue  # `async with lease` renews it already
+            if renewable:
                 try:
                     await lease.renew()
                     continue
                 except LeaseLost as exc:
-                    self._fault(watch, lease, Fault(kind="capacity-revoked", reason=str(exc),
-                                                    at=now))  # fmt: skip
+                    fault = Fault(kind="capacity-revoked", reason=str(exc), at=now)
+                    self._fault(watch, lease, fault)
                     return
                 except AIContractError as exc:
                     log.warning("lease %s: renewal failed: %s", lease.id, exc)
-            if lease.remaining <= 2 * lease.renew_interval() and not watch.busy:
+            if lease.remaining <= 0:
+                lease.transition(LeaseState.EXPIRED, "not renewed in time")
+                return
+            if lease.remaining <= ahead and not warned and not watch.busy:
+                warned = True
                 violation = Violation(
                     lease_id=lease.id, objective=None, observed=lease.remaining, window=0.0,
                     since=now, at=now, severity="warning",
@@ -448,6 +462,12 @@ class Monitor:
     def _snapshot_path(self) -> Path:
         directory = self.publish_dir if self.publish_dir is not None else monitor_dir()
         return directory / f"{os.getpid()}-{self._name}.json"
+
+    def publish_now(self) -> Path:
+        """Write the snapshot now (the monitor also does so every ``publish_interval``)."""
+        path = self._snapshot_path()
+        write_snapshot(path, self.snapshot())
+        return path
 
     async def _publish_loop(self) -> None:
         path = self._snapshot_path()

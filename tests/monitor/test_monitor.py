@@ -32,7 +32,7 @@ async def test_report_and_measure_feed_objectives(
 ) -> None:
     async with monitor_for(negotiator) as monitor:
         lease = await monitor.acquire(service_contract(P90, THROUGHPUT))
-        assert states(lease) == {k: "undetermined" for k in states(lease)}
+        assert states(lease) == dict.fromkeys(states(lease), "undetermined")
         for _ in range(10):
             await clock.advance(1)
             lease.report(throughput=36_000, unit="tokens/min")  # 600 tokens/s
@@ -69,12 +69,17 @@ async def test_violations_reach_iterator_callbacks_log_and_clear(
                 lease.report(latency=0.5 if slow else 0.02)
             assert states(lease) == {"latency_p90<=200ms/1m": "met"}  # cleared after the burst
             await lease.release()  # ends the iterator
-    assert len(got) == 1 and called == got
+    assert len(got) == 1
+    assert called == got
     violation = got[0]
-    assert violation.objective == P90 and violation.lease_id == lease.id
-    assert violation.observed is not None and violation.observed > 0.2
-    assert violation.since <= violation.at and violation.window > 0
-    assert "violated" in caplog.text and "met again" in caplog.text
+    assert violation.objective == P90
+    assert violation.lease_id == lease.id
+    assert violation.observed is not None
+    assert violation.observed > 0.2
+    assert violation.since <= violation.at
+    assert violation.window > 0
+    assert "violated" in caplog.text
+    assert "met again" in caplog.text
     assert lease.state == LeaseState.RELEASED  # notify: the lease itself untouched until released
 
 
@@ -96,7 +101,8 @@ async def test_provider_fault_revokes_at_once(
         await clock.advance(1)
         assert lease.state == LeaseState.REVOKED
         assert lease.reason == "device-error: Xid 79 on GPU 0"
-        assert [v.severity for v in got] == ["fatal"] and got[0].objective is None
+        assert [v.severity for v in got] == ["fatal"]
+        assert got[0].objective is None
         assert states(lease) == {"latency_p90<=200ms/1m": "undetermined"}  # not SLO burn
         assert lease.id not in monitor.watches
 
@@ -111,7 +117,8 @@ async def test_release_policy_gives_the_lease_back(
             lease.report(latency=1.0)
         await clock.advance(0)
         assert lease.state == LeaseState.RELEASED
-        assert lease.reason is not None and "latency_p90" in lease.reason
+        assert lease.reason is not None
+        assert "latency_p90" in lease.reason
         assert fake.in_use == 0
 
 
@@ -120,7 +127,8 @@ async def test_renewed_ahead_of_expiry(clock: VirtualClock) -> None:
     async with monitor_for(Negotiator(backends=[fake], clock=clock)) as monitor:
         lease = await monitor.acquire(service_contract())
         await clock.advance(120, step=1)
-        assert lease.is_active and fake.renewals >= 4
+        assert lease.is_active
+        assert fake.renewals >= 4
         assert lease.remaining > 0
 
 
@@ -130,7 +138,8 @@ async def test_unrenewable_lease_is_renegotiated_ahead_of_expiry(clock: VirtualC
         lease = await monitor.acquire(service_contract(policy="renegotiate", renewable=False))
         expires_at = lease.expires_at
         await clock.advance(40, step=1)
-        assert lease.replaced_by is not None and lease.current.is_active
+        assert lease.replaced_by is not None
+        assert lease.current.is_active
         commits = [at for kind, _, at in fake.events if kind == "commit"]
         assert commits[1] < expires_at  # replaced before it expired
         assert fake.max_in_use <= fake.capacity

@@ -108,7 +108,8 @@ async def test_latency_violation_fires_within_the_window_and_clears(
         await settle()
         for _ in range(24):  # two minutes of fast answers
             await probe_once()
-        assert states(lease) == {"latency_p90<=200ms/1m": "met"} and not got
+        assert states(lease) == {"latency_p90<=200ms/1m": "met"}
+        assert not got
         assert server.paths[-1] == "/healthz"
 
         server.delay = SLOW
@@ -119,7 +120,8 @@ async def test_latency_violation_fires_within_the_window_and_clears(
             await probe_once()
         assert got, "no violation within the objective's window"
         assert raised_at < got[0].at <= raised_at + 60
-        assert got[0].observed is not None and got[0].observed >= 0.2
+        assert got[0].observed is not None
+        assert got[0].observed >= 0.2
         assert states(lease) == {"latency_p90<=200ms/1m": "violated"}
 
         server.delay = FAST
@@ -155,5 +157,7 @@ async def test_failed_probes_break_availability(server: _Server, clock: VirtualC
                 await probed.wait()
             if got:
                 break
-        assert got and got[0].objective == objective
-        assert server.paths and server.paths[0] == "/"
+        assert got
+        assert got[0].objective == objective
+        assert server.paths
+        assert server.paths[0] == "/"

@@ -62,14 +62,17 @@ async def test_make_before_break_never_leaves_the_program_without_an_endpoint(
     # still slow after each switch: replaced again, until the budget (3 an hour) is spent
     assert len(replaced) == 3
     new = handle.replaced_by
-    assert new is not None and replaced[0] == (original, new.id, new.endpoints)
+    assert new is not None
+    assert replaced[0] == (original, new.id, new.endpoints)
     kinds = [(kind, lease_id) for kind, lease_id, _ in fake.events]
     assert kinds[:3] == [("commit", original), ("commit", new.id), ("release", original)]
     for old_id, new_id, _ in replaced:  # every time: the new one active before the old one goes
         assert kinds.index(("commit", new_id)) < kinds.index(("release", old_id))
     assert fake.max_in_use <= fake.capacity == 2  # no over-grant, even with both held
-    assert handle.state == LeaseState.RELEASED and handle.reason == f"replaced by {new.id}"
-    assert handle.current.is_active and handle.current.id == replaced[-1][1]
+    assert handle.state == LeaseState.RELEASED
+    assert handle.reason == f"replaced by {new.id}"
+    assert handle.current.is_active
+    assert handle.current.id == replaced[-1][1]
     assert {v.lease_id for v in got} == {original, *(n for _, n, _ in replaced)}
 
 
@@ -82,7 +85,8 @@ async def test_no_room_for_a_replacement_keeps_the_lease(clock: VirtualClock) ->
             await clock.advance(1)
             lease.report(latency=0.8)
         await clock.advance(1)
-        assert lease.current is lease and lease.is_active  # never break before make
+        assert lease.current is lease
+        assert lease.is_active
         assert fake.max_in_use == 1
         assert [kind for kind, _, _ in fake.events] == ["commit"]
 
@@ -139,7 +143,8 @@ async def test_make_before_break_on_the_local_backend(
             await replaced.wait()
         while handle.state != LeaseState.RELEASED:
             await anyio.sleep(0.01)
-        assert handle.current.id != original and handle.current.is_active
+        assert handle.current.id != original
+        assert handle.current.is_active
         assert held() == {handle.current.id}
         assert len(backend.ledger.usage()[0]) == 1  # one GPU held; never more than the two there
         await handle.current.release()

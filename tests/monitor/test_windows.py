@@ -19,9 +19,7 @@ T0 = 1_000_000.0
 
 @settings(max_examples=60, deadline=None)
 @given(
-    events=st.lists(
-        st.tuples(st.floats(0, 50), st.floats(0, 1)), min_size=1, max_size=80
-    ),
+    events=st.lists(st.tuples(st.floats(0, 50), st.floats(0, 1)), min_size=1, max_size=80),
     k=st.integers(1, 10),
 )
 def test_sliding_sums_match_brute_force(events: list[tuple[float, float]], k: int) -> None:
@@ -96,7 +94,8 @@ def test_one_slow_sample_does_not_fire_a_step_change_fires_fast() -> None:
         change = tracker.add(_latency(t, 0.5))
         if change is not None and change.violation is not None:
             fired = change
-    assert fired is not None and fired.violation is not None
+    assert fired is not None
+    assert fired.violation is not None
     assert step < fired.at <= step + 10  # a real breach is seen in seconds, not a window
     assert fired.violation.severity == "critical"
     assert fired.violation.since > step
@@ -161,4 +160,5 @@ def test_percentile_forms() -> None:
     assert isinstance(p999, EventTracker)
     assert p999.budget == pytest.approx(0.001)
     mean = tracker_for(Objective(sli="ttft_mean", op="<=", target="1s"), "l")
-    assert isinstance(mean, GaugeTracker) and mean.sli == "ttft"
+    assert isinstance(mean, GaugeTracker)
+    assert mean.sli == "ttft"

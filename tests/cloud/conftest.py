@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,9 +19,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-API_KEY = "secret_lambda_key_0123456789abcdef"
-AWS_KEY_ID = "AKIAFAKEKEYID0123456"
-AWS_SECRET = "fakeSecretAccessKey/0123456789abcdefghijk"
+from cloud_support import API_KEY, AWS_KEY_ID, AWS_SECRET, instance_type  # noqa: E402, F401
 
 
 @pytest.fixture
@@ -86,27 +83,3 @@ def moto_reset(moto_endpoint: str) -> str:
     """The moto endpoint, with its state wiped first."""
     httpx.post(f"{moto_endpoint}/moto-api/reset", timeout=5.0)
     return moto_endpoint
-
-
-def instance_type(
-    name: str,
-    gpu: str,
-    gpus: int,
-    cents: int,
-    vcpus: int = 30,
-    memory_gib: int = 200,
-    storage_gib: int = 512,
-) -> dict[str, Any]:
-    """One ``instance_type`` object in Lambda's documented shape."""
-    return {
-        "name": name,
-        "description": f"{gpus}x {gpu}",
-        "gpu_description": gpu,
-        "price_cents_per_hour": cents,
-        "specs": {
-            "vcpus": vcpus,
-            "memory_gib": memory_gib,
-            "storage_gib": storage_gib,
-            "gpus": gpus,
-        },
-    }

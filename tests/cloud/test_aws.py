@@ -10,7 +10,7 @@ import boto3
 import botocore.exceptions
 import pytest
 from botocore.stub import ANY, Stubber
-from conftest import AWS_KEY_ID, AWS_SECRET
+from cloud_support import AWS_KEY_ID, AWS_SECRET
 
 from aicontract import Contract
 from aicontract.backends import create_backend

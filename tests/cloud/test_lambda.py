@@ -10,7 +10,7 @@ import anyio
 import httpx
 import pytest
 import respx
-from conftest import API_KEY, instance_type
+from cloud_support import API_KEY, instance_type
 from fake_lambda import BASE, FakeLambda, error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

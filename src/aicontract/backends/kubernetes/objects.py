@@ -1,0 +1,418 @@
+"""The objects one lease is made of, as plain manifests.
+
+    coordination.k8s.io/v1 Lease  <name>   the root: expiry and heartbeat (renewTime)
+      ├── Pod <name>  (or Job <name> for batch/training workloads)
+      ├── Service <name>            when the workload publishes ports
+      └── ResourceClaim <name>      when the cluster serves resource.k8s.io/v1 (DRA)
+
+Every object carries the label ``aicontract.io/lease=<name>`` and an owner
+reference to the Lease object, so deleting the Lease deletes the rest (the
+cluster's garbage collector), and a lease's objects can always be listed by
+label. The name comes from the commit's idempotency key, so a retried commit
+finds, and adopts, what the first attempt made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+
+from ...contract import Contract, encode_quantity
+from ...offer import Grant, Offer
+from .quote import (
+    GPU_PRODUCT_LABELS,
+    GPU_RESOURCE,
+    LABEL_DEDICATED,
+    LABEL_HOSTNAME,
+    LABEL_JURISDICTION,
+    LABEL_REGION,
+    gpu_resource,
+)
+
+__all__ = [
+    "LABEL_LEASE",
+    "LABEL_MANAGED_BY",
+    "LABEL_QUEUE",
+    "claim_manifest",
+    "job_manifest",
+    "lease_manifest",
+    "lease_name",
+    "micro_time",
+    "parse_time",
+    "pod_manifest",
+    "pod_spec",
+    "service_manifest",
+]
+
+LABEL_LEASE = "aicontract.io/lease"
+LABEL_TENANT = "aicontract.io/tenant"
+LABEL_CONTRACT = "aicontract.io/contract"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+ANNOTATION_KEY = "aicontract.io/idempotency-key"
+ANNOTATION_GRANT = "aicontract.io/grant"
+ANNOTATION_CONTRACT = "aicontract.io/contract"
+ANNOTATION_OFFER = "aicontract.io/offer"
+ANNOTATION_ENDS_AT = "aicontract.io/ends-at"
+MANAGER = "aicontract"
+CONTAINER = "main"
+DRA_DEVICE_CLASS = "gpu.nvidia.com"
+DRA_REQUEST = "gpus"
+
+_UNSAFE = re.compile(r"[^a-z0-9-]+")
+_PORT_UNSAFE = re.compile(r"[^a-z0-9-]+")
+
+
+def lease_name(idempotency_key: str, prefix: str = "aic") -> str:
+    """A valid object name (a DNS-1035 label, at most 63 characters) for a key.
+
+    Keys that are already safe keep their text (``aic-<key>``); others are
+    cleaned and suffixed with a digest, so two keys never share a name.
+    """
+    clean = _UNSAFE.sub("-", idempotency_key.lower()).strip("-")
+    name = f"{prefix}-{clean}"
+    if clean != idempotency_key or len(name) > 52:
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
+        name = f"{prefix}-{clean[:30]}-{digest}".replace("--", "-")
+    return name
+
+
+def micro_time(epoch: float) -> str:
+    """``metav1.MicroTime``: RFC 3339 with microseconds, as Lease objects use."""
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str | None) -> float | None:
+    """Epoch seconds from an RFC 3339 time (``metav1.Time`` or ``MicroTime``)."""
+    if not text:
+        return None
+    text = text.replace("Z", "+00:00")
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def labels_for(name: str, contract: Contract) -> dict[str, str]:
+    """The labels every object of a lease carries."""
+    return {
+        LABEL_LEASE: name,
+        LABEL_MANAGED_BY: MANAGER,
+        LABEL_TENANT: contract.tenant,
+        LABEL_CONTRACT: contract.name[:63].strip("-_."),
+    }
+
+
+def owner_reference(lease_object: Mapping[str, Any]) -> dict[str, Any]:
+    """An owner reference to the Lease object (delete it, and the cluster deletes the rest)."""
+    meta = lease_object["metadata"]
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "blockOwnerDeletion": True,
+        "controller": True,
+    }
+
+
+def lease_manifest(
+    name: str,
+    namespace: str,
+    *,
+    offer: Offer,
+    idempotency_key: str,
+    holder: str,
+    ttl: float,
+    now: float,
+    ends_at: float | None,
+) -> dict[str, Any]:
+    """The ``coordination.k8s.io/v1`` Lease that records the lease's expiry and heartbeat."""
+    annotations = {
+        ANNOTATION_KEY: idempotency_key,
+        ANNOTATION_OFFER: offer.id,
+        ANNOTATION_GRANT: msgspec.json.encode(offer.grant, enc_hook=encode_quantity).decode(),
+        ANNOTATION_CONTRACT: msgspec.json.encode(offer.contract, enc_hook=encode_quantity).decode(),
+    }
+    if ends_at is not None:
+        annotations[ANNOTATION_ENDS_AT] = micro_time(ends_at)
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels_for(name, offer.contract),
+            "annotations": annotations,
+        },
+        "spec": {
+            "holderIdentity": holder,
+            "leaseDurationSeconds": max(1, round(ttl)),
+            "acquireTime": micro_time(now),
+            "renewTime": micro_time(now),
+            "leaseTransitions": 0,
+        },
+    }
+
+
+def _quantities(grant: Grant, gpu_name: str, use_dra: bool) -> dict[str, str]:
+    amounts: dict[str, str] = {"cpu": str(max(1, grant.cpus))}
+    if grant.memory is not None:
+        amounts["memory"] = str(grant.memory.bytes)
+    if grant.disk is not None:
+        amounts["ephemeral-storage"] = str(grant.disk.bytes)
+    if grant.gpus and not use_dra:
+        amounts[gpu_name] = str(grant.gpus)
+    return amounts
+
+
+def _node_affinity(offer: Offer) -> dict[str, Any]:
+    """Required node affinity: the offer's region, jurisdiction and GPU products, nothing else.
+
+    This is the second lock of guarantee 2: whatever the negotiator let
+    through, the scheduler cannot bind the pod outside these labels.
+    """
+    contract, details = offer.contract, offer.details
+    place = contract.placement
+    common: list[dict[str, Any]] = [
+        {"key": LABEL_REGION, "operator": "In", "values": [offer.region]},
+    ]
+    if place.deny_regions:
+        common.append(
+            {"key": LABEL_REGION, "operator": "NotIn", "values": list(place.deny_regions)}
+        )
+    products = [p for p in details.get("products", "").split("|") if p]
+    if offer.grant.gpus and products:
+        key = details.get("product_label", GPU_PRODUCT_LABELS[0])
+        common.append({"key": key, "operator": "In", "values": products})
+    if offer.isolation == "dedicated-node":
+        common.append({"key": LABEL_DEDICATED, "operator": "Exists"})
+    terms: list[list[dict[str, Any]]] = [common]
+    if place.jurisdictions:
+        allowed = [j for j in place.jurisdictions if j == offer.jurisdiction] or ["-"]
+        labelled = {"key": LABEL_JURISDICTION, "operator": "In", "values": allowed}
+        if details.get("jurisdiction_source") == "label":
+            terms = [[*common, labelled]]
+        else:
+            # The jurisdiction came from the backend's region table: a node of that region
+            # without a jurisdiction label, or one labelled with an allowed jurisdiction.
+            unlabelled = {"key": LABEL_JURISDICTION, "operator": "DoesNotExist"}
+            terms = [[*common, unlabelled], [*common, labelled]]
+    return {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": t} for t in terms]
+        }
+    }
+
+
+def pod_spec(
+    name: str,
+    offer: Offer,
+    *,
+    image: str,
+    restart_policy: str,
+    grace_seconds: int,
+    env: Mapping[str, str],
+    claim: str | None = None,
+) -> dict[str, Any]:
+    """The pod spec of a lease: Guaranteed QoS (requests = limits), affinity, tolerations."""
+    contract, grant = offer.contract, offer.grant
+    gpus = contract.resources.gpus
+    amounts = _quantities(grant, gpu_resource(gpus), claim is not None)
+    workload = contract.workload
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": workload.image if workload is not None and workload.image else image,
+        "resources": {"requests": dict(amounts), "limits": dict(amounts)},
+        "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
+    }
+    if workload is not None and workload.command:
+        container["command"] = list(workload.command)
+    if workload is not None and workload.ports:
+        container["ports"] = [
+            {"name": port_name(n), "containerPort": p, "protocol": "TCP"}
+            for n, p in sorted(workload.ports.items())
+        ]
+    if claim is not None:
+        container["resources"]["claims"] = [{"name": DRA_REQUEST}]
+    tolerations: list[dict[str, Any]] = []
+    if grant.gpus:
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    affinity: dict[str, Any] = {"nodeAffinity": _node_affinity(offer)}
+    if offer.isolation == "dedicated-node":
+        tolerations.append({"key": LABEL_DEDICATED, "operator": "Exists"})
+        # Required anti-affinity is symmetric: no other aicontract pod joins this node,
+        # and this one goes only where none is.
+        affinity["podAntiAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {
+                        "matchExpressions": [
+                            {"key": LABEL_LEASE, "operator": "NotIn", "values": [name]}
+                        ]
+                    },
+                    "topologyKey": LABEL_HOSTNAME,
+                }
+            ]
+        }
+    spec: dict[str, Any] = {
+        "restartPolicy": restart_policy,
+        "terminationGracePeriodSeconds": grace_seconds,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "containers": [container],
+        "affinity": affinity,
+        "tolerations": tolerations,
+    }
+    if claim is not None:
+        spec["resourceClaims"] = [{"name": DRA_REQUEST, "resourceClaimName": claim}]
+    return spec
+
+
+def pod_manifest(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    owner: Mapping[str, Any],
+    spec: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A bare Pod owned by the Lease object."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": dict(labels),
+            "ownerReferences": [dict(owner)],
+        },
+        "spec": dict(spec),
+    }
+
+
+def job_manifest(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    owner: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    *,
+    queue: str | None = None,
+) -> dict[str, Any]:
+    """A one-pod Job (no retries: a failed pod ends the lease's workload), optionally queued."""
+    job_labels = dict(labels)
+    if queue:
+        job_labels[LABEL_QUEUE] = queue
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "parallelism": 1,
+        "completions": 1,
+        "template": {"metadata": {"labels": dict(labels)}, "spec": dict(spec)},
+    }
+    if queue:
+        job_spec["suspend"] = True  # Kueue unsuspends it once the Workload is admitted
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": job_labels,
+            "ownerReferences": [dict(owner)],
+        },
+        "spec": job_spec,
+    }
+
+
+def port_name(name: str) -> str:
+    """A valid port name (IANA service name: 1-15 lowercase letters, digits, '-')."""
+    clean = _PORT_UNSAFE.sub("-", name.lower()).strip("-")[:15].strip("-")
+    return clean or "port"
+
+
+def service_manifest(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    owner: Mapping[str, Any],
+    ports: Mapping[str, int],
+) -> dict[str, Any]:
+    """A ClusterIP Service in front of the lease's pod, one port per published port."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": dict(labels),
+            "ownerReferences": [dict(owner)],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {LABEL_LEASE: name},
+            "ports": [
+                {"name": port_name(n), "port": p, "targetPort": p, "protocol": "TCP"}
+                for n, p in sorted(ports.items())
+            ],
+        },
+    }
+
+
+def _model_selector(model: str) -> str:
+    """A CEL expression: the device's product name contains every token of ``model``."""
+    tokens = [t for t in re.split(r"[\s_\-/]+", model.upper()) if t and t != "NVIDIA"]
+    attr = f'device.attributes["{DRA_DEVICE_CLASS}"].productName.upperAscii()'
+    return " && ".join(f"{attr}.contains({json.dumps(t)})" for t in tokens) or "true"
+
+
+def claim_manifest(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    owner: Mapping[str, Any],
+    *,
+    count: int,
+    models: Sequence[str],
+    device_class: str = DRA_DEVICE_CLASS,
+) -> dict[str, Any]:
+    """A ``resource.k8s.io/v1`` ResourceClaim: the model alternatives as ``firstAvailable``.
+
+    The scheduler tries the subrequests in order and allocates the first that
+    fits, which is what a contract's ordered ``models`` mean.
+    """
+    subrequests = [
+        {
+            "name": f"m{i}",
+            "deviceClassName": device_class,
+            "selectors": [{"cel": {"expression": _model_selector(model)}}],
+            "allocationMode": "ExactCount",
+            "count": count,
+        }
+        for i, model in enumerate(models)
+    ]
+    request: dict[str, Any] = {"name": DRA_REQUEST}
+    if subrequests:
+        request["firstAvailable"] = subrequests
+    else:
+        request["exactly"] = {
+            "deviceClassName": device_class,
+            "allocationMode": "ExactCount",
+            "count": count,
+        }
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": dict(labels),
+            "ownerReferences": [dict(owner)],
+        },
+        "spec": {"devices": {"requests": [request]}},
+    }

@@ -1,0 +1,256 @@
+"""What a cluster could place now: node allocatable minus what bound pods request.
+
+Read from Node objects (allocatable ``nvidia.com/gpu``, ``cpu``, ``memory``,
+``ephemeral-storage``; GPU product and memory from GPU feature discovery's
+labels; region and zone from ``topology.kubernetes.io/*``; jurisdiction from
+the ``aicontract.io/jurisdiction`` label, else from the backend's
+region → jurisdiction table) and from the pods bound to each node.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import attrs
+
+from ...contract import GPU
+from ...gpu_models import pick_model
+from ...units import Bytes
+
+__all__ = [
+    "LABEL_DEDICATED",
+    "LABEL_JURISDICTION",
+    "LABEL_REGION",
+    "NodeView",
+    "gpu_resource",
+    "node_views",
+    "parse_cpu_millis",
+    "parse_quantity",
+    "pod_requests",
+]
+
+LABEL_REGION = "topology.kubernetes.io/region"
+LABEL_ZONE = "topology.kubernetes.io/zone"
+LABEL_REGION_BETA = "failure-domain.beta.kubernetes.io/region"
+LABEL_JURISDICTION = "aicontract.io/jurisdiction"
+LABEL_DEDICATED = "aicontract.io/dedicated"
+LABEL_HOSTNAME = "kubernetes.io/hostname"
+GPU_PRODUCT_LABELS = ("nvidia.com/gpu.product", "gpu.nvidia.com/class")
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB, from GPU feature discovery
+GPU_CC_MAJOR = "nvidia.com/gpu.compute.major"
+GPU_CC_MINOR = "nvidia.com/gpu.compute.minor"
+GPU_RESOURCE = "nvidia.com/gpu"
+TOLERATED_TAINTS = frozenset({GPU_RESOURCE})
+
+_SUFFIX: dict[str, Decimal] = {
+    "Ki": Decimal(2**10),
+    "Mi": Decimal(2**20),
+    "Gi": Decimal(2**30),
+    "Ti": Decimal(2**40),
+    "Pi": Decimal(2**50),
+    "Ei": Decimal(2**60),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal(10**3),
+    "M": Decimal(10**6),
+    "G": Decimal(10**9),
+    "T": Decimal(10**12),
+    "P": Decimal(10**15),
+    "E": Decimal(10**18),
+}
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
+
+
+def parse_quantity(text: str | int | float) -> Decimal:
+    """A Kubernetes quantity (``500m``, ``64``, ``512Gi``, ``1e3``) as a number."""
+    match = _QUANTITY.match(str(text).strip())
+    if not match or match[2] not in ("", *_SUFFIX):
+        raise ValueError(f"not a Kubernetes quantity: {text!r}")
+    try:
+        number = Decimal(match[1])
+    except InvalidOperation as exc:
+        raise ValueError(f"not a Kubernetes quantity: {text!r}") from exc
+    return number * _SUFFIX[match[2]] if match[2] else number
+
+
+def parse_cpu_millis(text: str | int | float) -> int:
+    """CPU quantity in millicores."""
+    return int(parse_quantity(text) * 1000)
+
+
+def gpu_resource(gpus: GPU | None) -> str:
+    """The extended resource a pod requests: ``nvidia.com/gpu`` or a MIG profile's."""
+    if gpus is not None and gpus.mig:
+        return f"nvidia.com/mig-{gpus.mig}"
+    return GPU_RESOURCE
+
+
+def _amounts(resources: Mapping[str, Any] | None) -> dict[str, Decimal]:
+    out: dict[str, Decimal] = {}
+    for name, value in (resources or {}).items():
+        try:
+            out[name] = parse_quantity(value)
+        except ValueError:
+            continue
+    return out
+
+
+def pod_requests(pod: Mapping[str, Any]) -> dict[str, Decimal]:
+    """What a pod takes from its node, as the scheduler counts it.
+
+    Per resource: the sum over containers (a request, else the limit — the
+    API server defaults one to the other), at least the largest init
+    container's, plus the pod's overhead.
+    """
+    spec = pod.get("spec") or {}
+
+    def of(container: Mapping[str, Any]) -> dict[str, Decimal]:
+        res = container.get("resources") or {}
+        amounts = _amounts(res.get("limits"))
+        amounts.update(_amounts(res.get("requests")))
+        return amounts
+
+    total: dict[str, Decimal] = {}
+    for container in spec.get("containers") or []:
+        for name, value in of(container).items():
+            total[name] = total.get(name, Decimal(0)) + value
+    for container in spec.get("initContainers") or []:
+        for name, value in of(container).items():
+            total[name] = max(total.get(name, Decimal(0)), value)
+    for name, value in _amounts(spec.get("overhead")).items():
+        total[name] = total.get(name, Decimal(0)) + value
+    return total
+
+
+def _terminal(pod: Mapping[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+@attrs.frozen
+class NodeView:
+    """One node as a quote sees it: where it is, what it has, what is free."""
+
+    name: str
+    labels: Mapping[str, str]
+    region: str
+    zone: str | None
+    jurisdiction: str | None
+    jurisdiction_from_label: bool
+    product: str | None
+    gpu_memory: Bytes | None
+    compute_capability: tuple[int, int] | None
+    allocatable: Mapping[str, Decimal]
+    free: Mapping[str, Decimal]
+    pods: int
+    leased: int
+    schedulable: bool
+    why_not: str | None
+    dedicated: bool
+
+    def free_of(self, resource: str) -> Decimal:
+        """What is free of ``resource`` (0 when the node has none)."""
+        return self.free.get(resource, Decimal(0))
+
+    def model_for(self, gpus: GPU) -> str | None:
+        """The contract model this node's GPUs are (None: not acceptable or unknown)."""
+        if self.product is None:
+            return None
+        return pick_model(gpus.models, self.product)
+
+
+def _ready(node: Mapping[str, Any]) -> tuple[bool, str | None]:
+    for cond in (node.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            if cond.get("status") == "True":
+                return True, None
+            return False, f"Ready={cond.get('status')} ({cond.get('reason', '')})"
+    return False, "no Ready condition"
+
+
+def node_views(
+    nodes: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+    *,
+    region_jurisdictions: Mapping[str, str] | None = None,
+    default_region: str = "unknown",
+) -> list[NodeView]:
+    """Every node with its free capacity (allocatable minus bound, non-terminal pods)."""
+    used: dict[str, dict[str, Decimal]] = {}
+    counts: dict[str, int] = {}
+    leased: dict[str, int] = {}
+    for pod in pods:
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        if not node_name or _terminal(pod):
+            continue
+        counts[node_name] = counts.get(node_name, 0) + 1
+        if "aicontract.io/lease" in ((pod.get("metadata") or {}).get("labels") or {}):
+            leased[node_name] = leased.get(node_name, 0) + 1
+        bucket = used.setdefault(node_name, {})
+        for name, value in pod_requests(pod).items():
+            bucket[name] = bucket.get(name, Decimal(0)) + value
+    table = dict(region_jurisdictions or {})
+    views = []
+    for node in nodes:
+        meta = node.get("metadata") or {}
+        spec = node.get("spec") or {}
+        name = str(meta.get("name"))
+        labels: dict[str, str] = dict(meta.get("labels") or {})
+        region = labels.get(LABEL_REGION) or labels.get(LABEL_REGION_BETA) or default_region
+        jurisdiction = labels.get(LABEL_JURISDICTION) or None
+        from_label = jurisdiction is not None
+        if jurisdiction is None:
+            jurisdiction = table.get(region)
+        product = next((labels[k] for k in GPU_PRODUCT_LABELS if labels.get(k)), None)
+        memory = None
+        if labels.get(GPU_MEMORY_LABEL, "").isdigit():
+            memory = Bytes(int(labels[GPU_MEMORY_LABEL]) * 2**20)
+        capability = None
+        if labels.get(GPU_CC_MAJOR, "").isdigit():
+            capability = (int(labels[GPU_CC_MAJOR]), int(labels.get(GPU_CC_MINOR, "0") or 0))
+        allocatable = _amounts((node.get("status") or {}).get("allocatable"))
+        taken = used.get(name, {})
+        free = {k: max(Decimal(0), v - taken.get(k, Decimal(0))) for k, v in allocatable.items()}
+        ready, why = _ready(node)
+        taints = spec.get("taints") or []
+        dedicated = any(t.get("key") == LABEL_DEDICATED for t in taints)
+        blocking = [
+            t
+            for t in taints
+            if t.get("effect") in ("NoSchedule", "NoExecute")
+            and t.get("key") not in TOLERATED_TAINTS
+            and t.get("key") != LABEL_DEDICATED
+        ]
+        if spec.get("unschedulable"):
+            ready, why = False, "cordoned (unschedulable)"
+        elif ready and blocking:
+            ready, why = False, f"tainted {blocking[0].get('key')}:{blocking[0].get('effect')}"
+        views.append(
+            NodeView(
+                name=name,
+                labels=labels,
+                region=region,
+                zone=labels.get(LABEL_ZONE),
+                jurisdiction=jurisdiction,
+                jurisdiction_from_label=from_label,
+                product=product,
+                gpu_memory=memory,
+                compute_capability=capability,
+                allocatable=allocatable,
+                free=free,
+                pods=counts.get(name, 0),
+                leased=leased.get(name, 0),
+                schedulable=ready,
+                why_not=why,
+                dedicated=dedicated,
+            )
+        )
+    return views
+
+
+def products_for(model: str | None, views: Sequence[NodeView]) -> list[str]:
+    """The distinct product labels among ``views`` (what a pod's affinity may accept)."""
+    return sorted({v.product for v in views if v.product is not None})

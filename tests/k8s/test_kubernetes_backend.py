@@ -1,0 +1,211 @@
+"""The Kubernetes backend against a real API server, scheduler and controller-manager.
+
+Every test works in its own tenant (so its own namespace) and releases what it
+leases; capacity tests check the cluster is empty of leases before they start.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+
+from aicontract import GPU, Contract, NoOffer, Workload
+from aicontract.backends.kubernetes import KubernetesBackend
+from aicontract.backends.kubernetes.objects import LABEL_LEASE
+from aicontract.lease import Lease, LeaseState
+from aicontract.negotiate import Negotiator
+
+pytestmark = [pytest.mark.k8s, pytest.mark.anyio]
+
+EU_NODES = {"gpu-eu-1", "gpu-eu-2"}
+US_NODES = {"gpu-us-1"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def backend(k8s_cluster: Any) -> AsyncIterator[KubernetesBackend]:
+    kb = KubernetesBackend(kubeconfig=k8s_cluster.kubeconfig, ttl=30, release_timeout=60)
+    try:
+        yield kb
+    finally:
+        await kb.aclose()
+
+
+def contract(**kw: Any) -> Contract:
+    kw.setdefault("tenant", tenant())
+    kw.setdefault("gpus", GPU(count=1, models=("H100",)))
+    return Contract(name="k8s-test", **kw)
+
+
+def by_label(k8s_cluster: Any, namespace: str, lease_id: str) -> dict[str, list[str]]:
+    params = {"labelSelector": f"{LABEL_LEASE}={lease_id}"}
+    paths = {
+        "pods": f"/api/v1/namespaces/{namespace}/pods",
+        "services": f"/api/v1/namespaces/{namespace}/services",
+        "jobs": f"/apis/batch/v1/namespaces/{namespace}/jobs",
+        "leases": f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
+    }
+    out: dict[str, list[str]] = {}
+    with k8s_cluster.client() as c:
+        for kind, path in paths.items():
+            r = c.get(path, params=params)
+            assert r.status_code == 200, r.text
+            out[kind] = [o["metadata"]["name"] for o in r.json()["items"]]
+    return out
+
+
+def pod_of(k8s_cluster: Any, lease: Lease) -> dict[str, Any]:
+    ns = lease.details["namespace"]
+    with k8s_cluster.client() as c:
+        r = c.get(f"/api/v1/namespaces/{ns}/pods/{lease.details['pod']}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+
+async def test_quote_reads_nodes_and_labels(backend: KubernetesBackend) -> None:
+    quote = await backend.quote(contract())
+    where = {(o.region, o.jurisdiction) for o in quote.offers}
+    assert where == {("eu-west-1", "EU"), ("us-east-1", "US")}
+    for offer in quote.offers:
+        assert offer.grant.gpus == 1
+        assert offer.grant.gpu_model == "H100"
+        assert offer.grant.gpu_memory is not None and offer.grant.gpu_memory.bytes == 81559 * 2**20
+        assert offer.guarantee == "allocated"
+        assert offer.details["basis"] == "node-arithmetic"
+        assert offer.details["products"] == "NVIDIA-H100-80GB-HBM3"
+
+
+async def test_quote_refuses_with_reasons(backend: KubernetesBackend) -> None:
+    quote = await backend.quote(contract(gpus=GPU(count=5, models=("H100",))))
+    assert not quote.offers
+    assert [r.requirement for r in quote.rejections] == ["resources.gpus.count"]
+    assert "free of 4" in quote.rejections[0].available
+    quote = await backend.quote(contract(gpus=GPU(count=1, models=("A100",))))
+    assert [r.requirement for r in quote.rejections] == ["resources.gpus.models"]
+    quote = await backend.quote(contract(jurisdictions=("CH",)))
+    assert [r.requirement for r in quote.rejections] == ["placement.jurisdictions"]
+
+
+async def test_commit_binds_a_guaranteed_pod_and_release_leaves_nothing(
+    k8s_cluster: Any, backend: KubernetesBackend
+) -> None:
+    c = contract(
+        cpus=2,
+        memory="4GiB",
+        workload=Workload(kind="inference", image="example.invalid/srv:1", ports={"http": 8000}),
+    )
+    negotiator = Negotiator([backend])
+    lease = await negotiator.acquire(c)
+    ns = lease.details["namespace"]
+    assert lease.guarantee == "allocated" and lease.state == LeaseState.ACTIVE
+    pod = pod_of(k8s_cluster, lease)
+    assert pod["spec"]["nodeName"] == lease.details["node"]  # never reported unless bound
+    container = pod["spec"]["containers"][0]
+    assert container["resources"]["requests"] == container["resources"]["limits"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["status"]["qosClass"] == "Guaranteed"
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "Lease"
+    assert lease.endpoints == {"http": f"http://{lease.id}.{ns}.svc:8000"}
+    objects = by_label(k8s_cluster, ns, lease.id)
+    assert objects == {"pods": [lease.id], "services": [lease.id], "jobs": [], "leases": [lease.id]}
+    await lease.release()
+    assert lease.state == LeaseState.RELEASED
+    assert by_label(k8s_cluster, ns, lease.id) == {
+        "pods": [],
+        "services": [],
+        "jobs": [],
+        "leases": [],
+    }
+
+
+async def test_batch_workload_runs_as_a_job_and_is_released(
+    k8s_cluster: Any, backend: KubernetesBackend
+) -> None:
+    c = contract(workload=Workload(kind="training", command=("python", "train.py")))
+    lease = await Negotiator([backend]).acquire(c)
+    ns = lease.details["namespace"]
+    objects = by_label(k8s_cluster, ns, lease.id)
+    assert objects["jobs"] == [lease.id] and len(objects["pods"]) == 1
+    assert lease.details["pod"].startswith(lease.id)
+    await lease.release()
+    assert by_label(k8s_cluster, ns, lease.id) == {
+        "pods": [],
+        "services": [],
+        "jobs": [],
+        "leases": [],
+    }
+
+
+async def test_retried_commit_adopts_never_duplicates(
+    k8s_cluster: Any, backend: KubernetesBackend
+) -> None:
+    c = contract()
+    offer = (await backend.quote(c)).offers[0]
+    first = await backend.commit(offer, "retry-key-1")
+    second = await backend.commit(offer, "retry-key-1")
+    assert first.id == second.id and first.details["pod"] == second.details["pod"]
+    assert by_label(k8s_cluster, first.details["namespace"], first.id)["pods"] == [first.id]
+    await first.release()
+    assert by_label(k8s_cluster, first.details["namespace"], first.id)["pods"] == []
+
+
+async def test_renew_moves_the_lease_objects_renew_time(
+    k8s_cluster: Any, backend: KubernetesBackend
+) -> None:
+    lease = await Negotiator([backend]).acquire(contract())
+    ns = lease.details["namespace"]
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{lease.id}"
+    with k8s_cluster.client() as c:
+        before = c.get(path).json()["spec"]["renewTime"]
+    await anyio.sleep(0.01)
+    await lease.renew()
+    with k8s_cluster.client() as c:
+        after = c.get(path).json()["spec"]
+    assert after["renewTime"] > before
+    assert after["holderIdentity"] and after["leaseDurationSeconds"] == 30
+    await lease.release()
+
+
+async def test_eu_contract_never_lands_on_a_us_node(
+    k8s_cluster: Any, backend: KubernetesBackend
+) -> None:
+    """Fill the EU nodes; with only the US node free, an EU contract gets nothing there."""
+    filler = contract(gpus=GPU(count=4, models=("H100",)), jurisdictions=("EU",))
+    held = [await Negotiator([backend]).acquire(filler) for _ in range(2)]
+    try:
+        assert {lease.details["node"] for lease in held} == EU_NODES
+        eu = contract(jurisdictions=("EU",))
+        quote = await backend.quote(eu)
+        assert not quote.offers  # the US node is free, but never offered
+        with pytest.raises(NoOffer):
+            await Negotiator([backend]).acquire(eu)
+        # Second lock: even an offer the negotiator passed cannot be bound in the US,
+        # because the pod's required node affinity names the EU only.
+        us_offer = (await backend.quote(contract())).offers
+        eu_label = next(o for o in us_offer if o.region == "us-east-1")
+        lying = eu_label.__class__(
+            **{
+                **{f: getattr(eu_label, f) for f in eu_label.__struct_fields__},
+                "contract": eu,
+                "region": "eu-west-1",
+                "jurisdiction": "EU",
+                "details": {**eu_label.details, "jurisdiction_source": "label"},
+            }
+        )
+        with pytest.raises(Exception, match="cannot place"):
+            await backend.commit(lying, "lying-offer")
+    finally:
+        for lease in held:
+            await lease.release()

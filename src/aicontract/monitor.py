@@ -135,7 +135,7 @@ class Monitor:
     http: httpx.AsyncClient | None = None
     publish: bool = True
     publish_dir: Path | None = None
-    publish_interval: float = 2.0
+    publish_interval: float = 5.0
     renegotiate_ahead: float = 120.0
     tracker_options: dict[str, Any] = attrs.field(factory=dict)
     _watches: dict[str, LeaseWatch] = attrs.field(factory=dict, init=False)

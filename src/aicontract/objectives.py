@@ -94,7 +94,8 @@ class Violation(msgspec.Struct, frozen=True, kw_only=True):
     def describe(self) -> str:
         """One line for logs and tables."""
         if self.objective is None:
-            return f"lease {self.lease_id} broken: {self.reason}"
+            broken = " broken" if self.severity == "fatal" else ""
+            return f"lease {self.lease_id}{broken}: {self.reason}"
         obj = self.objective
         value = "no data" if self.observed is None else format_value(obj, self.observed)
         burn = f", budget burning {self.burn_rate:.1f}x" if self.burn_rate is not None else ""
@@ -238,6 +239,8 @@ class Tracker(ABC):
             self._onset = at
         elif not bad and self.state != ObjectiveState.VIOLATED:
             self._onset = None
+            if self.state == ObjectiveState.MET:
+                return None  # a good sample cannot start a violation: skip the evaluation
         return self._evaluate(self._last_at)
 
     def _move(self, new: ObjectiveState, now: float, violation: Violation | None) -> Change | None:
@@ -355,7 +358,7 @@ class EventTracker(Tracker):
             _, _, total_short = self.burn_rate(self._ks[-1][1], now)
             if total_short <= 0:
                 return None
-        elif self.count(now) < self.min_events:
+        elif self.state == ObjectiveState.UNDETERMINED and self.count(now) < self.min_events:
             return None
         return self._move(ObjectiveState.MET, now, None)
 

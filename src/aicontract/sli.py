@@ -68,7 +68,7 @@ class SlidingSums:
     slot's largest and smallest ``a`` (for ``max``/``min`` SLIs).
     """
 
-    __slots__ = ("_a", "_b", "_hi", "_ks", "_lo", "_sa", "_sb", "head", "size", "width")
+    __slots__ = ("_a", "_b", "_hi", "_index", "_ks", "_lo", "_sa", "_sb", "head", "size", "width")
 
     def __init__(
         self, span: float, slots: int, windows: Iterable[float] = (), *, extremes: bool = False
@@ -81,6 +81,7 @@ class SlidingSums:
         self._lo = array("d", [math.inf] * slots) if extremes else None
         self._sa = array("d", bytes(8 * len(self._ks)))
         self._sb = array("d", bytes(8 * len(self._ks)))
+        self._index = {k: j for j, k in enumerate(self._ks)}
         self.head: int | None = None
 
     def slots_for(self, seconds: float) -> int:
@@ -153,8 +154,8 @@ class SlidingSums:
         self._advance_to(now)
         if self.head is None:
             return 0.0, 0.0
-        if k in self._ks:
-            j = self._ks.index(k)
+        j = self._index.get(k)
+        if j is not None:
             return max(0.0, self._sa[j]), max(0.0, self._sb[j])
         positions = [(self.head - i) % self.size for i in range(min(k, self.size))]
         return sum(self._a[p] for p in positions), sum(self._b[p] for p in positions)
@@ -237,11 +238,12 @@ class SlidingSketch:
         total = sum(merged.values())
         if not total:
             return None
-        rank = min(max(q, 0.0), 1.0) * (total - 1)
+        # nearest rank: the smallest value that at least a fraction q of the values do not exceed
+        rank = max(1, math.ceil(min(max(q, 0.0), 1.0) * total - 1e-9))
         seen = 0
         for key in sorted(merged):
             seen += merged[key]
-            if seen > rank:
+            if seen >= rank:
                 return bucket_value(key)
         return bucket_value(max(merged))  # pragma: no cover - rank < total always stops above
 

@@ -209,3 +209,118 @@ async def test_eu_contract_never_lands_on_a_us_node(
     finally:
         for lease in held:
             await lease.release()
+
+
+def bound_lease_pods(k8s_cluster: Any) -> dict[str, str]:
+    """Every aicontract pod bound to a node, cluster-wide: pod name -> node."""
+    with k8s_cluster.client() as c:
+        r = c.get("/api/v1/pods", params={"labelSelector": LABEL_LEASE})
+        assert r.status_code == 200, r.text
+        return {
+            p["metadata"]["name"]: p["spec"]["nodeName"]
+            for p in r.json()["items"]
+            if p["spec"].get("nodeName") and not p["metadata"].get("deletionTimestamp")
+        }
+
+
+async def test_twenty_concurrent_leases_never_over_commit(
+    k8s_cluster: Any, backend: KubernetesBackend
+) -> None:
+    """3 nodes x 4 GPUs: of 20 concurrent 1-GPU leases exactly 12 are allocated."""
+    assert bound_lease_pods(k8s_cluster) == {}
+    c = contract()
+    negotiator = Negotiator([backend])
+    leases: list[Lease] = []
+    refused: list[NoOffer] = []
+
+    async def one() -> None:
+        try:
+            leases.append(await negotiator.acquire(c))
+        except NoOffer as exc:
+            refused.append(exc)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(one)
+        assert len(leases) == 12 and len(refused) == 8
+        bound = bound_lease_pods(k8s_cluster)
+        # Every lease reported allocated is a pod the scheduler bound, on the node it says.
+        assert {lease.details["pod"]: lease.details["node"] for lease in leases} == bound
+        per_node: dict[str, int] = {}
+        for node in bound.values():
+            per_node[node] = per_node.get(node, 0) + 1
+        assert per_node == {"gpu-eu-1": 4, "gpu-eu-2": 4, "gpu-us-1": 4}
+        assert all("capacity" in str(exc) or "deadline" in str(exc) for exc in refused)
+    finally:
+        async with anyio.create_task_group() as tg:
+            for lease in leases:
+                tg.start_soon(lease.release)
+    assert bound_lease_pods(k8s_cluster) == {}
+
+
+async def test_a_waiting_contract_gets_capacity_when_it_frees(
+    k8s_cluster: Any, backend: KubernetesBackend
+) -> None:
+    """With start_by, commit keeps watching its pending pod until the scheduler binds it."""
+    full = contract(gpus=GPU(count=4, models=("H100",)), regions=("us-east-1",))
+    holder = await Negotiator([backend]).acquire(full)
+    waiting = contract(regions=("us-east-1",), start_by="60s")
+    result: list[Lease] = []
+
+    async def acquire() -> None:
+        result.append(await Negotiator([backend]).acquire(waiting))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(acquire)
+        await anyio.sleep(2)
+        assert not result  # pending: nothing is reported before binding
+        await holder.release()
+    assert result[0].details["node"] == "gpu-us-1"
+    await result[0].release()
+
+
+async def test_killed_node_revokes_its_leases_with_a_reason(
+    k8s_cluster: Any, backend: KubernetesBackend
+) -> None:
+    from aicontract.monitor import Monitor
+
+    lease = await Negotiator([backend]).acquire(contract(jurisdictions=("US",)))
+    assert lease.details["node"] == "gpu-us-1"
+    assert (await backend.observe(lease)).faults == ()
+    k8s_cluster.kubelet.kill_node("gpu-us-1", ready="False")
+    try:
+        async with Monitor(observe_interval=0.2, publish=False) as monitor:
+            monitor.watch(lease, probe=False, renew=False)
+            with anyio.fail_after(30):
+                while lease.state != LeaseState.REVOKED:
+                    await anyio.sleep(0.1)
+        assert lease.reason is not None
+        assert "node-lost" in lease.reason and "gpu-us-1" in lease.reason
+        assert "NotReady" in lease.reason
+        ns = lease.details["namespace"]
+        # Release still cleans up: the dead node's terminating pod is forced away.
+        await backend.release(lease)
+        assert by_label(k8s_cluster, ns, lease.id) == {
+            "pods": [],
+            "services": [],
+            "jobs": [],
+            "leases": [],
+        }
+    finally:
+        k8s_cluster.kubelet.revive_node("gpu-us-1", timeout=60)
+
+
+async def test_a_deleted_pod_is_a_fault(k8s_cluster: Any, backend: KubernetesBackend) -> None:
+    lease = await Negotiator([backend]).acquire(contract())
+    ns = lease.details["namespace"]
+    with k8s_cluster.client() as c:
+        c.delete(f"/api/v1/namespaces/{ns}/pods/{lease.details['pod']}")
+    with anyio.fail_after(30):
+        while True:
+            faults = (await backend.observe(lease)).faults
+            if faults:
+                break
+            await anyio.sleep(0.1)
+    assert faults[0].kind == "capacity-revoked"
+    await lease.release()

@@ -81,7 +81,8 @@ async def test_quote_reads_nodes_and_labels(backend: KubernetesBackend) -> None:
     for offer in quote.offers:
         assert offer.grant.gpus == 1
         assert offer.grant.gpu_model == "H100"
-        assert offer.grant.gpu_memory is not None and offer.grant.gpu_memory.bytes == 81559 * 2**20
+        assert offer.grant.gpu_memory is not None
+        assert offer.grant.gpu_memory.bytes == 81559 * 2**20
         assert offer.guarantee == "allocated"
         assert offer.details["basis"] == "node-arithmetic"
         assert offer.details["products"] == "NVIDIA-H100-80GB-HBM3"
@@ -109,7 +110,8 @@ async def test_commit_binds_a_guaranteed_pod_and_release_leaves_nothing(
     negotiator = Negotiator([backend])
     lease = await negotiator.acquire(c)
     ns = lease.details["namespace"]
-    assert lease.guarantee == "allocated" and lease.state == LeaseState.ACTIVE
+    assert lease.guarantee == "allocated"
+    assert lease.state == LeaseState.ACTIVE
     pod = pod_of(k8s_cluster, lease)
     assert pod["spec"]["nodeName"] == lease.details["node"]  # never reported unless bound
     container = pod["spec"]["containers"][0]
@@ -137,7 +139,8 @@ async def test_batch_workload_runs_as_a_job_and_is_released(
     lease = await Negotiator([backend]).acquire(c)
     ns = lease.details["namespace"]
     objects = by_label(k8s_cluster, ns, lease.id)
-    assert objects["jobs"] == [lease.id] and len(objects["pods"]) == 1
+    assert objects["jobs"] == [lease.id]
+    assert len(objects["pods"]) == 1
     assert lease.details["pod"].startswith(lease.id)
     await lease.release()
     assert by_label(k8s_cluster, ns, lease.id) == {
@@ -155,7 +158,8 @@ async def test_retried_commit_adopts_never_duplicates(
     offer = (await backend.quote(c)).offers[0]
     first = await backend.commit(offer, "retry-key-1")
     second = await backend.commit(offer, "retry-key-1")
-    assert first.id == second.id and first.details["pod"] == second.details["pod"]
+    assert first.id == second.id
+    assert first.details["pod"] == second.details["pod"]
     assert by_label(k8s_cluster, first.details["namespace"], first.id)["pods"] == [first.id]
     await first.release()
     assert by_label(k8s_cluster, first.details["namespace"], first.id)["pods"] == []
@@ -174,7 +178,8 @@ async def test_renew_moves_the_lease_objects_renew_time(
     with k8s_cluster.client() as c:
         after = c.get(path).json()["spec"]
     assert after["renewTime"] > before
-    assert after["holderIdentity"] and after["leaseDurationSeconds"] == 30
+    assert after["holderIdentity"]
+    assert after["leaseDurationSeconds"] == 30
     await lease.release()
 
 
@@ -243,7 +248,8 @@ async def test_twenty_concurrent_leases_never_over_commit(
         async with anyio.create_task_group() as tg:
             for _ in range(20):
                 tg.start_soon(one)
-        assert len(leases) == 12 and len(refused) == 8
+        assert len(leases) == 12
+        assert len(refused) == 8
         bound = bound_lease_pods(k8s_cluster)
         # Every lease reported allocated is a pod the scheduler bound, on the node it says.
         assert {lease.details["pod"]: lease.details["node"] for lease in leases} == bound
@@ -296,7 +302,8 @@ async def test_killed_node_revokes_its_leases_with_a_reason(
                 while lease.state != LeaseState.REVOKED:
                     await anyio.sleep(0.1)
         assert lease.reason is not None
-        assert "node-lost" in lease.reason and "gpu-us-1" in lease.reason
+        assert "node-lost" in lease.reason
+        assert "gpu-us-1" in lease.reason
         assert "NotReady" in lease.reason
         ns = lease.details["namespace"]
         # Release still cleans up: the dead node's terminating pod is forced away.

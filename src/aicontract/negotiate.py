@@ -200,9 +200,12 @@ class Negotiator:
                     )
                 )
 
-        async with anyio.create_task_group() as tg:
-            for backend in self.backends:
-                tg.start_soon(ask, backend, name=f"aicontract-quote-{backend.name}")
+        if len(self.backends) == 1:  # nothing to overlap; skip the task group's cost
+            await ask(self.backends[0])
+        else:
+            async with anyio.create_task_group() as tg:
+                for backend in self.backends:
+                    tg.start_soon(ask, backend, name=f"aicontract-quote-{backend.name}")
 
         now = self.clock.time()
         accepted: list[Offer] = []
@@ -224,8 +227,15 @@ class Negotiator:
         """Commit one offer, retrying transient failures with the same idempotency key."""
         backend = self._backend(offer.backend)
         key = idempotency_key or uuid.uuid4().hex[:20]
+        try:  # the common case pays nothing for the retry machinery
+            return await backend.commit(offer, key)
+        except TransientBackendError as exc:
+            if self.commit_attempts <= 1:
+                raise
+            log.info("commit of %s failed transiently (%s); retrying", offer.id, exc)
+            await self.clock.sleep(random.uniform(0, 0.05))
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.commit_attempts),
+            stop=stop_after_attempt(self.commit_attempts - 1),
             wait=wait_random_exponential(multiplier=0.05, max=self.retry_wait_max),
             retry=retry_if_exception_type(TransientBackendError),
             sleep=self.clock.sleep,

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import anyio
 import attrs
 import httpx
+import msgspec
 
 from ...clock import Clock, system_clock
 from ...contract import Contract
@@ -45,6 +46,7 @@ from .objects import (
     ANNOTATION_KEY,
     LABEL_LEASE,
     claim_manifest,
+    claim_models,
     job_manifest,
     labels_for,
     lease_manifest,
@@ -433,7 +435,29 @@ class KubernetesBackend(Backend):
             with anyio.CancelScope(shield=True):
                 await self._teardown(namespace, name, ("claim", "service", "job", "pod"))
             raise
+        if "claim" in objects:
+            offer = await self._granted_by_claim(offer, namespace, name)
         return await self._lease(offer, name, namespace, lease_obj, pod, objects, idempotency_key)
+
+    async def _granted_by_claim(self, offer: Offer, namespace: str, name: str) -> Offer:
+        """The offer with the model the scheduler allocated from the claim's ``firstAvailable``.
+
+        The lease records exactly what was granted (guarantee 3): a fallback
+        model is the grant's model, not the one first offered.
+        """
+        gpus = offer.contract.resources.gpus
+        claim = await self.api.get_or_none(resource_path(*CLAIMS, namespace, name))
+        if claim is None or gpus is None:
+            return offer
+        models = claim_models(offer.grant.gpu_model, gpus.models)
+        allocation = (claim.get("status") or {}).get("allocation") or {}
+        for result in (allocation.get("devices") or {}).get("results") or []:
+            _, _, sub = str(result.get("request", "")).partition("/")
+            if sub.startswith("m") and sub[1:].isdigit() and int(sub[1:]) < len(models):
+                model = models[int(sub[1:])]
+                grant = msgspec.structs.replace(offer.grant, gpu_model=model)
+                return msgspec.structs.replace(offer, grant=grant)
+        return offer
 
     async def _create_or_adopt(self, collection: str, body: Obj) -> Obj:
         """Create ``body``; when it exists (a retried commit), return the existing object."""
@@ -467,16 +491,11 @@ class KubernetesBackend(Backend):
         gpus = contract.resources.gpus
         claim = None
         if gpus is not None and offer.grant.gpus and self.dra == "auto" and features.dra:
-            models = [offer.grant.gpu_model] if offer.grant.gpu_model else list(gpus.models)
+            models = claim_models(offer.grant.gpu_model, gpus.models)
             await self._create_or_adopt(
                 resource_path(*CLAIMS, namespace),
                 claim_manifest(
-                    name,
-                    namespace,
-                    labels,
-                    owner,
-                    count=offer.grant.gpus,
-                    models=[m for m in models if m],
+                    name, namespace, labels, owner, count=offer.grant.gpus, models=models
                 ),
             )
             objects.append("claim")

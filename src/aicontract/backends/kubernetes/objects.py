@@ -40,6 +40,7 @@ __all__ = [
     "LABEL_MANAGED_BY",
     "LABEL_QUEUE",
     "claim_manifest",
+    "claim_models",
     "job_manifest",
     "lease_manifest",
     "lease_name",
@@ -172,7 +173,7 @@ def _quantities(grant: Grant, gpu_name: str, use_dra: bool) -> dict[str, str]:
     return amounts
 
 
-def _node_affinity(offer: Offer) -> dict[str, Any]:
+def _node_affinity(offer: Offer, *, products_from_labels: bool = True) -> dict[str, Any]:
     """Required node affinity: the offer's region, jurisdiction and GPU products, nothing else.
 
     This is the second lock of guarantee 2: whatever the negotiator let
@@ -188,7 +189,7 @@ def _node_affinity(offer: Offer) -> dict[str, Any]:
             {"key": LABEL_REGION, "operator": "NotIn", "values": list(place.deny_regions)}
         )
     products = [p for p in details.get("products", "").split("|") if p]
-    if offer.grant.gpus and products:
+    if offer.grant.gpus and products and products_from_labels:
         key = details.get("product_label", GPU_PRODUCT_LABELS[0])
         common.append({"key": key, "operator": "In", "values": products})
     if offer.isolation == "dedicated-node":
@@ -244,7 +245,10 @@ def pod_spec(
     tolerations: list[dict[str, Any]] = []
     if grant.gpus:
         tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
-    affinity: dict[str, Any] = {"nodeAffinity": _node_affinity(offer)}
+    # With a DRA claim the claim's selectors pick the devices (and the fallback model).
+    affinity: dict[str, Any] = {
+        "nodeAffinity": _node_affinity(offer, products_from_labels=claim is None)
+    }
     if offer.isolation == "dedicated-node":
         tolerations.append({"key": LABEL_DEDICATED, "operator": "Exists"})
         # Required anti-affinity is symmetric: no other aicontract pod joins this node,
@@ -369,6 +373,13 @@ def _model_selector(model: str) -> str:
     tokens = [t for t in re.split(r"[\s_\-/]+", model.upper()) if t and t != "NVIDIA"]
     attr = f'device.attributes["{DRA_DEVICE_CLASS}"].productName.upperAscii()'
     return " && ".join(f"{attr}.contains({json.dumps(t)})" for t in tokens) or "true"
+
+
+def claim_models(offered: str | None, models: Sequence[str]) -> list[str]:
+    """The ``firstAvailable`` order: the offered model, then the contract's later alternatives."""
+    if offered is None or offered not in models:
+        return [m for m in ([offered] if offered else list(models)) if m]
+    return list(models[models.index(offered) :])
 
 
 def claim_manifest(

@@ -89,13 +89,13 @@ SECTIONS: dict[str, list[str]] = {
 
 
 def _section(name: str, children: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
-    """A mapping with the section's real keys (and a typo now and then), junk or real values."""
-    keys = st.sampled_from([*SECTIONS[name], "junk", SECTIONS[name][0][:-1]])
-    values = {key: children.get(key, junk) for key in SECTIONS[name]}
-    return st.dictionaries(keys, junk, max_size=6).flatmap(
-        lambda d: st.fixed_dictionaries(
-            {k: st.one_of(values.get(k, junk), junk) for k in d}
-        )  # real-shaped child or junk for every chosen key
+    """A mapping with some of the section's real keys (and a typo now and then).
+
+    Each value is junk, or (for sub-sections) a real-shaped child holding junk.
+    """
+    keys = [*SECTIONS[name], "junk", SECTIONS[name][0][:-1]]
+    return st.fixed_dictionaries(
+        {}, optional={key: st.one_of(children.get(key, junk), junk) for key in keys}
     )
 
 

@@ -30,6 +30,7 @@ from .contract import Contract, GuaranteeLevel, encode_quantity
 from .errors import LeaseLost, LeaseStateError, TransientBackendError
 from .observation import Sample
 from .offer import Grant
+from .units import Duration
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
@@ -127,7 +128,9 @@ class Lease:
     state: LeaseState = LeaseState.ACTIVE
     reason: str | None = None
     _listeners: list[StateListener] = attrs.field(factory=list, repr=False)
+    extension: float = 0.0
     _holding: anyio.abc.TaskGroup | None = attrs.field(default=None, repr=False)
+    _backend_released: bool = attrs.field(default=False, repr=False)
     replaced_by: Lease | None = attrs.field(default=None, repr=False)
     """The lease that took over from this one after a renegotiation (see :attr:`current`)."""
     objective_states: dict[str, ObjectiveState] = attrs.field(factory=dict, repr=False)
@@ -179,7 +182,9 @@ class Lease:
     def ends_at(self) -> float | None:
         """When the contract's duration runs out (``None`` when it has none)."""
         duration = self.contract.terms.duration
-        return None if duration is None else self.created_at + duration.seconds
+        if duration is None:
+            return None
+        return self.created_at + duration.seconds + self.extension
 
     # -- operations ----------------------------------------------------------------------
 
@@ -205,13 +210,35 @@ class Lease:
             self.transition(LeaseState.ACTIVE)
 
     async def release(self) -> None:
-        """Give the resources back. Safe to call twice, and on a lost lease."""
-        if self.state.is_final:
+        """Give the resources back. Safe to call twice, and on a lost lease.
+
+        A revoked or expired lease is still released with its backend, so what
+        it started (a local workload, a pod, an instance) does not outlive it.
+        """
+        if self._backend_released:
             return
         with anyio.CancelScope(shield=True):
             await self.backend.release(self)
+        self._backend_released = True
         if not self.state.is_final:
             self.transition(LeaseState.RELEASED)
+
+    async def extend(self, by: Duration | str) -> None:
+        """Lengthen the lease's term by ``by`` (the contract must be ``renewable``).
+
+        Heartbeat renewals never carry a lease past its contract's duration;
+        extending is how a holder asks for more time, and it is refused when
+        the contract says ``renewable: false``.
+        """
+        terms = self.contract.terms
+        if not terms.renewable:
+            raise LeaseStateError(self.id, "the contract is not renewable (terms.renewable)")
+        if terms.duration is None:
+            raise LeaseStateError(self.id, "the contract has no duration to extend")
+        if not self.is_active:
+            raise LeaseStateError(self.id, f"cannot extend a {self.state.value} lease")
+        self.extension += Duration(by).seconds if isinstance(by, str) else by.seconds
+        await self.renew()
 
     def revoke(self, reason: str) -> None:
         """Mark the lease revoked by its provider (a node lost, a device fault)."""
@@ -401,6 +428,7 @@ class Lease:
             await self.clock.sleep(wait)
             if not self.is_active:
                 return
+            ends_at = self.ends_at  # again: extend() may have moved it while we slept
             if ends_at is not None and self.clock.time() >= ends_at:
                 log.info("lease %s: contract duration reached; releasing", self.id)
                 await self.release()
@@ -408,7 +436,9 @@ class Lease:
             try:
                 await self.renew()
             except LeaseLost:
-                log.warning("lease %s lost: %s", self.id, self.reason)
+                log.error("lease %s lost: %s", self.id, self.reason)
+                # Whatever the lease started must not outlive it (guarantee 4).
+                await self.release()
                 return
             except TransientBackendError as exc:
                 # One 503 must not end the heartbeat: the next try comes sooner (a

@@ -37,8 +37,9 @@ K8S_MARKER = "k8s"
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"{K8S_MARKER}: needs the local Kubernetes control plane (etcd + kube-apiserver + scheduler + "
-        "controller-manager + fake kubelet); skipped when .ci/k8s-cluster.sh has not been run",
+        f"{K8S_MARKER}: needs the local Kubernetes control plane (etcd + kube-apiserver"
+        " + scheduler + controller-manager + fake kubelet); skipped when"
+        " .ci/k8s-cluster.sh has not been run",
     )
 
 
@@ -87,11 +88,17 @@ class K8sTestCluster:
         """An admin ``httpx.Client`` with ``base_url`` = the API server."""
         return self.cluster.client(**kwargs)
 
-    def create_namespace(self, name: str, labels: dict[str, str] | None = None, timeout: float = 60.0) -> None:
+    def create_namespace(
+        self, name: str, labels: dict[str, str] | None = None, timeout: float = 60.0
+    ) -> None:
         """Create a namespace and wait for its ``default`` service account
         token (pods cannot be created in it before that)."""
         with self.client() as c:
-            body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels or {}}}
+            body = {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": name, "labels": labels or {}},
+            }
             r = c.post("/api/v1/namespaces", json=body)
             if r.status_code not in (201, 409):
                 raise RuntimeError(f"create namespace {name}: {r.status_code} {r.text}")

@@ -183,7 +183,9 @@ class FakeKubelet:
         self._nodes: dict[str, _NodeState] = {}
         self._next_index = 0
         self._pending_specs = list(nodes if nodes is not None else default_node_specs())
-        self._completions: dict[str, tuple[float, str, str, int]] = {}  # uid -> (due, ns, name, code)
+        self._completions: dict[
+            str, tuple[float, str, str, int]
+        ] = {}  # uid -> (due, ns, name, code)
         self._stop = threading.Event()
         self._watch_resp: httpx.Response | None = None
         self._threads: list[threading.Thread] = []
@@ -198,7 +200,10 @@ class FakeKubelet:
         return httpx.Client(
             base_url=self.server,
             verify=ssl.create_default_context(cafile=self.ca_path),
-            headers={"Authorization": f"Bearer {self.token}", "User-Agent": "aicontract-fake-kubelet"},
+            headers={
+                "Authorization": f"Bearer {self.token}",
+                "User-Agent": "aicontract-fake-kubelet",
+            },
             timeout=timeout,
         )
 
@@ -226,7 +231,10 @@ class FakeKubelet:
         specs, self._pending_specs = self._pending_specs, []
         for spec in specs:
             self.add_node(spec, wait_ready=False)
-        for target, name in ((self._heartbeat_loop, "fake-kubelet-heartbeat"), (self._pod_loop, "fake-kubelet-pods")):
+        for target, name in (
+            (self._heartbeat_loop, "fake-kubelet-heartbeat"),
+            (self._pod_loop, "fake-kubelet-pods"),
+        ):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -239,7 +247,11 @@ class FakeKubelet:
         delete the Node and Lease objects."""
         self._stop.set()
         self._interrupt_watch()
-        join_timeout = timeout if timeout is not None else self.watch_timeout_seconds + self.request_timeout + 5
+        join_timeout = (
+            timeout
+            if timeout is not None
+            else self.watch_timeout_seconds + self.request_timeout + 5
+        )
         for t in self._threads:
             t.join(join_timeout)
             if t.is_alive():  # pragma: no cover - should not happen
@@ -249,7 +261,7 @@ class FakeKubelet:
             for name in list(self._nodes):
                 try:
                     self.remove_node(name)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     self._record_error(f"remove {name}: {e!r}")
         if self._started:
             self._http.close()
@@ -267,7 +279,7 @@ class FakeKubelet:
             sock = stream.get_extra_info("socket") if stream is not None else None
             if sock is not None:
                 sock.shutdown(socket.SHUT_RDWR)
-        except Exception:  # noqa: BLE001 - best effort
+        except Exception:
             pass
 
     def __enter__(self) -> FakeKubelet:
@@ -379,25 +391,36 @@ class FakeKubelet:
                 "labels": spec.all_labels(),
                 "annotations": {ANNOTATION_MANAGED: "true", **spec.annotations},
             },
-            "spec": {"podCIDR": str(st.pod_net), "podCIDRs": [str(st.pod_net)], "taints": list(spec.taints)},
+            "spec": {
+                "podCIDR": str(st.pod_net),
+                "podCIDRs": [str(st.pod_net)],
+                "taints": list(spec.taints),
+            },
             "status": self._node_status(st),
         }
         r = self._http.post("/api/v1/nodes", json=body)
         if r.status_code == 409:
             # Left over from an earlier run: take it over.
             patch = {
-                "metadata": {"labels": body["metadata"]["labels"], "annotations": body["metadata"]["annotations"]},
+                "metadata": {
+                    "labels": body["metadata"]["labels"],
+                    "annotations": body["metadata"]["annotations"],
+                },
                 "spec": body["spec"],
             }
             self._check(
-                self._http.patch(f"/api/v1/nodes/{spec.name}", content=json.dumps(patch), headers=_SMP),
+                self._http.patch(
+                    f"/api/v1/nodes/{spec.name}", content=json.dumps(patch), headers=_SMP
+                ),
                 f"patch node {spec.name}",
             )
         else:
             self._check(r, f"create node {spec.name}")
         self._check(
             self._http.patch(
-                f"/api/v1/nodes/{spec.name}/status", content=json.dumps({"status": body["status"]}), headers=_SMP
+                f"/api/v1/nodes/{spec.name}/status",
+                content=json.dumps({"status": body["status"]}),
+                headers=_SMP,
             ),
             f"patch node status {spec.name}",
         )
@@ -410,7 +433,11 @@ class FakeKubelet:
         c = client or self._http
         name = st.spec.name
         path = f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases/{name}"
-        spec = {"holderIdentity": name, "leaseDurationSeconds": self.lease_duration_seconds, "renewTime": _now_micro()}
+        spec = {
+            "holderIdentity": name,
+            "leaseDurationSeconds": self.lease_duration_seconds,
+            "renewTime": _now_micro(),
+        }
         r = c.patch(path, content=json.dumps({"spec": spec}), headers=_MERGE)
         if r.status_code != 404:
             self._check(r, f"renew lease {name}")
@@ -418,16 +445,27 @@ class FakeKubelet:
         meta: dict[str, Any] = {"name": name, "namespace": NODE_LEASE_NAMESPACE}
         uid = self._node_uid(name)
         if uid:
-            meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node", "name": name, "uid": uid}]
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": spec}
-        r = c.post(f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases", json=body)
+            meta["ownerReferences"] = [
+                {"apiVersion": "v1", "kind": "Node", "name": name, "uid": uid}
+            ]
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": meta,
+            "spec": spec,
+        }
+        r = c.post(
+            f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases", json=body
+        )
         self._check(r, f"create lease {name}", ok=(409,))
 
     def _post_node_status(self, st: _NodeState, client: httpx.Client | None = None) -> None:
         c = client or self._http
         patch = {"status": {"conditions": self._node_conditions(st, st.ready_status)}}
         self._check(
-            c.patch(f"/api/v1/nodes/{st.spec.name}/status", content=json.dumps(patch), headers=_SMP),
+            c.patch(
+                f"/api/v1/nodes/{st.spec.name}/status", content=json.dumps(patch), headers=_SMP
+            ),
             f"heartbeat {st.spec.name}",
         )
 
@@ -471,7 +509,9 @@ class FakeKubelet:
             raise KeyError(name)
         self._check(self._http.delete(f"/api/v1/nodes/{name}"), f"delete node {name}", ok=(404,))
         self._check(
-            self._http.delete(f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases/{name}"),
+            self._http.delete(
+                f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases/{name}"
+            ),
             f"delete lease {name}",
             ok=(404,),
         )
@@ -498,11 +538,14 @@ class FakeKubelet:
             )
             taints = [t.get("key") for t in node.get("spec", {}).get("taints", []) or []]
             if ready and not any(
-                k in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable") for k in taints
+                k in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+                for k in taints
             ):
                 return
             if time.monotonic() > deadline:
-                raise FakeKubeletError(f"node {name} not schedulable after {timeout}s (ready={ready}, taints={taints})")
+                raise FakeKubeletError(
+                    f"node {name} not schedulable after {timeout}s (ready={ready}, taints={taints})"
+                )
             if self._stop.wait(0.2):
                 raise FakeKubeletError("stopped")
 
@@ -521,7 +564,9 @@ class FakeKubelet:
                 now = time.monotonic()
                 with self._lock:
                     due = [
-                        st for st in self._nodes.values() if st.alive and now - st.last_beat >= self.heartbeat_interval
+                        st
+                        for st in self._nodes.values()
+                        if st.alive and now - st.last_beat >= self.heartbeat_interval
                     ]
                     completions = [(uid, v) for uid, v in self._completions.items() if v[0] <= now]
                 for st in due:
@@ -535,14 +580,14 @@ class FakeKubelet:
                                 self._renew_lease(st, client)
                                 self._post_node_status(st, client)
                                 st.last_beat = time.monotonic()
-                    except Exception as e:  # noqa: BLE001
+                    except Exception as e:
                         self._record_error(f"heartbeat {st.spec.name}: {e!r}")
                 for uid, (_, ns, name, code) in completions:
                     with self._lock:
                         self._completions.pop(uid, None)
                     try:
                         self.complete_pod(ns, name, code, client=client, uid=uid)
-                    except Exception as e:  # noqa: BLE001
+                    except Exception as e:
                         self._record_error(f"complete {ns}/{name}: {e!r}")
                 self._stop.wait(0.25)
         finally:
@@ -562,7 +607,7 @@ class FakeKubelet:
                             self._handle_pod(client, pod)
                         rv = data["metadata"]["resourceVersion"]
                     rv = self._watch_pods(client, rv)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     if self._stop.is_set():
                         break
                     self._record_error(f"pod watch: {e!r}")
@@ -602,8 +647,10 @@ class FakeKubelet:
                 if typ in ("ADDED", "MODIFIED"):
                     try:
                         self._handle_pod(client, obj)
-                    except Exception as e:  # noqa: BLE001
-                        self._record_error(f"handle pod {obj.get('metadata', {}).get('name')}: {e!r}")
+                    except Exception as e:
+                        self._record_error(
+                            f"handle pod {obj.get('metadata', {}).get('name')}: {e!r}"
+                        )
                 elif typ == "DELETED":
                     with self._lock:
                         self._completions.pop(obj.get("metadata", {}).get("uid", ""), None)
@@ -626,7 +673,12 @@ class FakeKubelet:
         meta = pod["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         if meta.get("deletionTimestamp"):
-            body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
+            body = {
+                "apiVersion": "v1",
+                "kind": "DeleteOptions",
+                "gracePeriodSeconds": 0,
+                "preconditions": {"uid": uid},
+            }
             r = client.request("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}", json=body)
             self._check(r, f"delete pod {ns}/{name}", ok=(404, 409))
             if r.status_code < 400:
@@ -684,12 +736,18 @@ class FakeKubelet:
                 {"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": now}
                 for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
             ],
-            "containerStatuses": [cstatus(c, i, False) for i, c in enumerate(spec.get("containers") or [])],
+            "containerStatuses": [
+                cstatus(c, i, False) for i, c in enumerate(spec.get("containers") or [])
+            ],
         }
         if spec.get("initContainers"):
-            status["initContainerStatuses"] = [cstatus(c, i, True) for i, c in enumerate(spec["initContainers"])]
+            status["initContainerStatuses"] = [
+                cstatus(c, i, True) for i, c in enumerate(spec["initContainers"])
+            ]
         r = client.patch(
-            f"/api/v1/namespaces/{ns}/pods/{name}/status", content=json.dumps({"status": status}), headers=_SMP
+            f"/api/v1/namespaces/{ns}/pods/{name}/status",
+            content=json.dumps({"status": status}),
+            headers=_SMP,
         )
         if r.status_code == 404:
             return
@@ -773,6 +831,8 @@ class FakeKubelet:
             "containerStatuses": statuses,
         }
         r = c.patch(
-            f"/api/v1/namespaces/{namespace}/pods/{name}/status", content=json.dumps({"status": status}), headers=_SMP
+            f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+            content=json.dumps({"status": status}),
+            headers=_SMP,
         )
         self._check(r, f"complete pod {namespace}/{name}", ok=(404,))

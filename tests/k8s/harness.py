@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import ctypes
 import ipaddress
 import logging
@@ -60,7 +61,9 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "aicontract" / f"k8s-v{K8S_VERSION}"
 
 
-def find_binaries(bin_dir: str | os.PathLike[str] | None = None) -> tuple[dict[str, Path | None], str]:
+def find_binaries(
+    bin_dir: str | os.PathLike[str] | None = None,
+) -> tuple[dict[str, Path | None], str]:
     """Locate the control-plane binaries: in *bin_dir* if given, else in
     ``$AICONTRACT_K8S_BIN`` if set, else in the cache dir, else on ``$PATH``.
 
@@ -265,7 +268,12 @@ class Cluster:
         except BaseException:
             self.stop()
             raise
-        log.info("k8s control plane up in %.1fs at %s (workdir %s)", time.monotonic() - t0, self.server, self.workdir)
+        log.info(
+            "k8s control plane up in %.1fs at %s (workdir %s)",
+            time.monotonic() - t0,
+            self.server,
+            self.workdir,
+        )
 
     def stop(self) -> None:
         """Stop all processes by PID (SIGTERM, then SIGKILL) and clean up."""
@@ -332,7 +340,16 @@ class Cluster:
             f"subjectAltName={','.join(sans)}\n"
         )
         self._openssl("genrsa", "-out", "apiserver.key", "2048")
-        self._openssl("req", "-new", "-key", "apiserver.key", "-subj", "/CN=kube-apiserver", "-out", "apiserver.csr")
+        self._openssl(
+            "req",
+            "-new",
+            "-key",
+            "apiserver.key",
+            "-subj",
+            "/CN=kube-apiserver",
+            "-out",
+            "apiserver.csr",
+        )
         self._openssl(
             "x509",
             "-req",
@@ -362,7 +379,9 @@ class Cluster:
             "kube-controller-manager": secrets.token_hex(24),
         }
         lines = [f'{self.token},{ADMIN_USER},{ADMIN_USER},"system:masters"']
-        lines.append(f"{self._component_tokens['kube-scheduler']},system:kube-scheduler,system:kube-scheduler")
+        lines.append(
+            f"{self._component_tokens['kube-scheduler']},system:kube-scheduler,system:kube-scheduler"
+        )
         lines.append(
             f"{self._component_tokens['kube-controller-manager']},"
             "system:kube-controller-manager,system:kube-controller-manager"
@@ -402,7 +421,7 @@ class Cluster:
     # ------------------------------------------------------------ processes
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> _Proc:
         log_path = self.logs_dir / f"{name}.log"
-        logf = open(log_path, "ab")
+        logf = open(log_path, "ab")  # noqa: SIM115 - stays open for the process's life
         cmd = [str(self._bins[name]), *args]
         logf.write(("$ " + " ".join(cmd) + "\n").encode())
         logf.flush()
@@ -421,7 +440,13 @@ class Cluster:
         return proc
 
     def _wait_http(
-        self, proc: _Proc, url: str, *, verify: Any, headers: dict[str, str] | None = None, timeout: float | None = None
+        self,
+        proc: _Proc,
+        url: str,
+        *,
+        verify: Any,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
     ) -> None:
         deadline = time.monotonic() + (timeout or self.startup_timeout)
         last = ""
@@ -429,7 +454,8 @@ class Cluster:
             while True:
                 if proc.popen.poll() is not None:
                     raise ClusterError(
-                        f"{proc.name} exited with {proc.popen.returncode} during startup; log tail:\n{proc.log_tail()}"
+                        f"{proc.name} exited with {proc.popen.returncode} during startup;"
+                        f" log tail:\n{proc.log_tail()}"
                     )
                 try:
                     r = c.get(url)
@@ -440,7 +466,8 @@ class Cluster:
                     last = repr(e)
                 if time.monotonic() > deadline:
                     raise ClusterError(
-                        f"{proc.name} not healthy at {url} after {timeout or self.startup_timeout}s ({last}); "
+                        f"{proc.name} not healthy at {url}"
+                        f" after {timeout or self.startup_timeout}s ({last}); "
                         f"log tail:\n{proc.log_tail()}"
                     )
                 time.sleep(0.2)
@@ -523,19 +550,25 @@ class Cluster:
             verify=self.ssl_context(),
             headers={"Authorization": f"Bearer {self.token}"},
         )
-        self.kubeconfig = self._write_kubeconfig(self.workdir / "kubeconfig", ADMIN_USER, self.token)  # type: ignore[operator]
+        self.kubeconfig = self._write_kubeconfig(
+            self.workdir / "kubeconfig", ADMIN_USER, self.token
+        )  # type: ignore[operator]
 
     def _feature_gate_args(self) -> list[str]:
         if not self.feature_gates:
             return []
-        gates = ",".join(f"{k}={'true' if v else 'false'}" for k, v in sorted(self.feature_gates.items()))
+        gates = ",".join(
+            f"{k}={'true' if v else 'false'}" for k, v in sorted(self.feature_gates.items())
+        )
         return [f"--feature-gates={gates}"]
 
     def _start_controllers(self) -> None:
         assert self.workdir is not None
         pki = self.pki_dir
         kc_sched = self._write_kubeconfig(
-            self.workdir / "scheduler.kubeconfig", "system:kube-scheduler", self._component_tokens["kube-scheduler"]
+            self.workdir / "scheduler.kubeconfig",
+            "system:kube-scheduler",
+            self._component_tokens["kube-scheduler"],
         )
         kc_cm = self._write_kubeconfig(
             self.workdir / "controller-manager.kubeconfig",
@@ -594,10 +627,14 @@ class Cluster:
     def check_alive(self) -> None:
         for proc in self.processes.values():
             if proc.popen.poll() is not None:
-                raise ClusterError(f"{proc.name} died (rc={proc.popen.returncode}); log tail:\n{proc.log_tail()}")
+                raise ClusterError(
+                    f"{proc.name} died (rc={proc.popen.returncode}); log tail:\n{proc.log_tail()}"
+                )
 
 
-def wait_for_service_account(cluster: Cluster, namespace: str, name: str = "default", timeout: float = 60.0) -> None:
+def wait_for_service_account(
+    cluster: Cluster, namespace: str, name: str = "default", timeout: float = 60.0
+) -> None:
     """Wait until service account *name* in *namespace* exists and has a
     token secret (required by the ServiceAccount admission plugin before a
     pod can be created in the namespace)."""
@@ -616,7 +653,15 @@ def wait_for_service_account(cluster: Cluster, namespace: str, name: str = "defa
 def _clean_env() -> dict[str, str]:
     env = dict(os.environ)
     # Never let the components pick up a user's kubeconfig / proxies.
-    for k in ("KUBECONFIG", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+    for k in (
+        "KUBECONFIG",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         env.pop(k, None)
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     return env
@@ -626,22 +671,16 @@ def _terminate(proc: _Proc, grace: float = 10.0) -> None:
     p = proc.popen
     try:
         if p.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 p.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 log.warning("%s (pid %s) ignored SIGTERM; sending SIGKILL", proc.name, p.pid)
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 p.wait(timeout=grace)
     finally:
         if proc.log_file is not None:
-            try:
+            with contextlib.suppress(OSError):
                 proc.log_file.close()
-            except OSError:
-                pass

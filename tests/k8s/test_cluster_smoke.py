@@ -25,7 +25,9 @@ def _wait(cond: Callable[[], Any], timeout: float, what: str, interval: float = 
         time.sleep(interval)
 
 
-def _pod(name: str, gpus: int, region: str | None = None, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+def _pod(
+    name: str, gpus: int, region: str | None = None, owner: dict[str, Any] | None = None
+) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -49,7 +51,11 @@ def _pod(name: str, gpus: int, region: str | None = None, owner: dict[str, Any] 
                     "nodeSelectorTerms": [
                         {
                             "matchExpressions": [
-                                {"key": "topology.kubernetes.io/region", "operator": "In", "values": [region]}
+                                {
+                                    "key": "topology.kubernetes.io/region",
+                                    "operator": "In",
+                                    "values": [region],
+                                }
                             ]
                         }
                     ]
@@ -72,15 +78,22 @@ def test_nodes_ready_with_gpu_labels(k8s_cluster):
     for spec in k8s_cluster.node_specs:
         node = nodes[spec.name]
         ready = [x for x in node["status"]["conditions"] if x["type"] == "Ready"]
-        assert ready and ready[0]["status"] == "True"
+        assert ready
+        assert ready[0]["status"] == "True"
         assert node["status"]["allocatable"]["nvidia.com/gpu"] == str(spec.gpus)
         labels = node["metadata"]["labels"]
         assert labels["nvidia.com/gpu.product"] == spec.gpu_product
         assert labels["topology.kubernetes.io/region"] == spec.region
         assert labels.get("aicontract.io/jurisdiction") == spec.jurisdiction
-        assert not [t for t in node["spec"].get("taints") or [] if t["key"].startswith("node.kubernetes.io/")]
+        assert not [
+            t
+            for t in node["spec"].get("taints") or []
+            if t["key"].startswith("node.kubernetes.io/")
+        ]
     with k8s_cluster.client() as c:
-        leases = c.get("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases").json()["items"]
+        leases = c.get("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases").json()[
+            "items"
+        ]
     assert {s.name for s in k8s_cluster.node_specs} <= {x["metadata"]["name"] for x in leases}
 
 
@@ -107,12 +120,17 @@ def test_gpu_pod_scheduled_by_region_and_running(k8s_cluster):
         assert pod["spec"]["nodeName"] in us_nodes
         assert pod["status"]["podIP"]
         conds = {x["type"]: x["status"] for x in pod["status"]["conditions"]}
-        assert conds["Ready"] == "True" and conds["PodScheduled"] == "True"
+        assert conds["Ready"] == "True"
+        assert conds["PodScheduled"] == "True"
         assert pod["status"]["containerStatuses"][0]["ready"] is True
 
         # Deleting it with the default grace period finishes via the fake kubelet.
         assert c.delete(f"/api/v1/namespaces/{NS}/pods/{name}").status_code == 200
-        _wait(lambda: c.get(f"/api/v1/namespaces/{NS}/pods/{name}").status_code == 404, 30, f"pod {name} gone")
+        _wait(
+            lambda: c.get(f"/api/v1/namespaces/{NS}/pods/{name}").status_code == 404,
+            30,
+            f"pod {name} gone",
+        )
 
 
 def test_owned_pod_is_garbage_collected(k8s_cluster):
@@ -120,14 +138,30 @@ def test_owned_pod_is_garbage_collected(k8s_cluster):
     with k8s_cluster.client() as c:
         r = c.post(
             f"/api/v1/namespaces/{NS}/configmaps",
-            json={"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": cm_name}, "data": {"a": "b"}},
+            json={
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": cm_name},
+                "data": {"a": "b"},
+            },
         )
         assert r.status_code == 201, r.text
-        owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": cm_name, "uid": r.json()["metadata"]["uid"]}
-        r = c.post(f"/api/v1/namespaces/{NS}/pods", json=_pod(pod_name, gpus=1, region="eu-west-1", owner=owner))
+        owner = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "name": cm_name,
+            "uid": r.json()["metadata"]["uid"],
+        }
+        r = c.post(
+            f"/api/v1/namespaces/{NS}/pods",
+            json=_pod(pod_name, gpus=1, region="eu-west-1", owner=owner),
+        )
         assert r.status_code == 201, r.text
         _wait(
-            lambda: c.get(f"/api/v1/namespaces/{NS}/pods/{pod_name}").json()["status"].get("phase") == "Running",
+            lambda: (
+                c.get(f"/api/v1/namespaces/{NS}/pods/{pod_name}").json()["status"].get("phase")
+                == "Running"
+            ),
             60,
             "owned pod Running",
         )
@@ -205,7 +239,8 @@ def test_killed_node_goes_not_ready_and_revives(k8s_cluster):
         # Node lifecycle controller reacts: NoExecute/NoSchedule not-ready taint.
         _wait(
             lambda: any(
-                t["key"] == "node.kubernetes.io/not-ready" for t in kubelet.get_node(victim)["spec"].get("taints") or []
+                t["key"] == "node.kubernetes.io/not-ready"
+                for t in kubelet.get_node(victim)["spec"].get("taints") or []
             ),
             30,
             "not-ready taint",

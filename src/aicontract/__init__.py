@@ -38,9 +38,12 @@ from .errors import (
     TransientBackendError,
 )
 from .lease import Lease, LeaseRecord, LeaseState
+from .monitor import Monitor
 from .negotiate import Negotiation, Negotiator, acquire, quote
+from .objectives import ObjectiveState, Violation
 from .observation import Fault, Observation, Sample
 from .offer import Grant, Offer, Quote, Rejection
+from .policies import Notify, Release, Renegotiate, RenegotiationBudget
 from .schema import json_schema
 from .sync import acquire_sync, lease, quote_sync, release_sync, renew_sync
 from .units import Bytes, BytesRange, CountRange, Duration, Money, Rate, Ratio
@@ -73,11 +76,14 @@ __all__ = [
     "LeaseState",
     "LeaseStateError",
     "Money",
+    "Monitor",
     "Negotiation",
     "NegotiationError",
     "Negotiator",
     "NoOffer",
+    "Notify",
     "Objective",
+    "ObjectiveState",
     "Observation",
     "Offer",
     "Placement",
@@ -88,10 +94,14 @@ __all__ = [
     "Rate",
     "Ratio",
     "Rejection",
+    "Release",
+    "Renegotiate",
+    "RenegotiationBudget",
     "Resources",
     "Sample",
     "Terms",
     "TransientBackendError",
+    "Violation",
     "VirtualClock",
     "Workload",
     "__version__",

@@ -160,7 +160,7 @@ def test_unknown_keyword_in_code_suggests_shortcuts_too() -> None:
         (lambda: GPU(compute_capability="9"), "GPU.compute_capability", "not a compute", "9.0"),
         (lambda: GPU(mig="big"), "GPU.mig", "not a MIG profile", "1g.10gb"),
         (lambda: GPU(interconnect="ethernet"), "GPU.interconnect", "enum", "nvlink"),
-        (lambda: Resources(cpus=0), "Resources.cpus", "allows no CPU", "at least one CPU"),
+        (lambda: Resources(cpus=0), "Resources.cpus", "allows zero CPUs", "at least one CPU"),
         (
             lambda: Objective(sli="latency_p99", op="<=", target="200ms", window="0s"),
             "Objective.window",

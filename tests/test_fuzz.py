@@ -249,6 +249,7 @@ words = st.text(
     max_size=12,
 )
 identifiers = st.from_regex(r"[A-Za-z][A-Za-z0-9_-]{0,10}", fullmatch=True)
+env_names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True)
 small = st.integers(min_value=0, max_value=4096)
 
 
@@ -285,7 +286,7 @@ def _magnitude(value: Any) -> int:
     return Bytes(value).bytes if not isinstance(value, int) or isinstance(value, bool) else value
 
 
-count_ranges = _range_of(st.integers(min_value=1, max_value=512))
+cpu_ranges = _range_of(st.integers(min_value=1, max_value=512), floor=1)
 gpu_counts = _range_of(st.integers(min_value=1, max_value=64), floor=1)
 byte_ranges = _range_of(byte_texts())
 durations = st.one_of(
@@ -372,7 +373,7 @@ def workloads(draw: st.DrawFn) -> Workload:
         kind=draw(st.sampled_from(["training", "inference", "notebook", "batch"])),
         image=draw(st.one_of(st.none(), words)),
         command=draw(st.lists(words, max_size=4)),
-        env=draw(st.dictionaries(identifiers, words, max_size=3)),
+        env=draw(st.dictionaries(env_names, words, max_size=3)),
         ports=ports,
         probe=probe,
     )
@@ -395,7 +396,7 @@ def contracts(draw: st.DrawFn) -> Contract:
         name=draw(names),
         tenant=draw(names),
         resources=Resources(
-            gpus=gpus, cpus=maybe(count_ranges), memory=maybe(byte_ranges), disk=maybe(byte_ranges)
+            gpus=gpus, cpus=maybe(cpu_ranges), memory=maybe(byte_ranges), disk=maybe(byte_ranges)
         ),
         objectives=draw(st.lists(objectives(), max_size=3)),
         placement=draw(placements()),

@@ -62,6 +62,7 @@ _JURISDICTION = re.compile(r"^[A-Z]{2,3}$")
 _COMPUTE_CAPABILITY = re.compile(r"^\d{1,2}\.\d$")
 _MIG_PROFILE = re.compile(r"^\d+g\.\d+gb(\+me)?$")
 _LATENCY_SLI = re.compile(r"^(latency|ttft|tpot)_(p\d{1,3}(\.\d+)?|mean|max)$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RATE_SLIS = frozenset({"throughput"})
 _RATIO_SLIS = frozenset({"availability", "error_rate", "gpu_utilization", "gpu_memory_utilization"})
 _MODELS_FORM = "distinct, non-empty model names like H100 or A100-80GB"
@@ -69,6 +70,28 @@ _SLI_FORM = (
     "latency_p50/p90/p95/p99/p999 (or ttft_/tpot_ variants), throughput, availability,"
     " error_rate, gpu_utilization or gpu_memory_utilization"
 )
+
+
+def percentile_of(token: str) -> float | None:
+    """The percentile a token like ``p99``, ``p99.9`` or ``p999`` names, in (0, 100).
+
+    ``p999`` is the SRE shorthand for the 99.9th percentile (``p9999``: 99.99th).
+    ``None`` for tokens that name no usable percentile (``p0``, ``p100``, ``p123``).
+    """
+    digits = token[1:]
+    if not token.startswith("p") or not digits:
+        return None
+    if "." not in digits and len(digits) > 2:
+        if set(digits) != {"9"} or len(digits) > 5:
+            return None
+        return float(f"99.{digits[2:]}")
+    try:
+        value = float(digits)
+    except ValueError:
+        return None
+    if not 0 < value < 100 or len(digits.partition(".")[2]) > 3:
+        return None
+    return value
 
 
 class _Invalid(ValueError):
@@ -314,9 +337,10 @@ class Resources(_Model, frozen=True):
     disk: BytesRange | None = None
 
     def __post_init__(self) -> None:
-        if self.cpus is not None and (self.cpus.max == 0):
+        if self.cpus is not None and (self.cpus.min is None or self.cpus.min < 1):
+            # A lease with zero CPUs would pin its workload to nothing; omit cpus instead.
             raise _Invalid(
-                "cpus", f"{self.cpus} allows no CPU at all", "at least one CPU, like 4 or 2..8"
+                "cpus", f"{self.cpus} allows zero CPUs", "at least one CPU, like 4, 1..8 or >=2"
             )
 
 
@@ -333,7 +357,15 @@ class Objective(_Model, frozen=True):
             raise _Invalid(
                 "window", "the window must be longer than zero", "a duration like 5m or 1h"
             )
-        if _LATENCY_SLI.match(self.sli):
+        latency = _LATENCY_SLI.match(self.sli)
+        statistic = latency.group(2) if latency else ""
+        if latency and statistic not in ("mean", "max") and percentile_of(statistic) is None:
+            raise _Invalid(
+                "sli",
+                f"{self.sli!r} names no usable percentile",
+                "p50, p90, p99, p99.9 and the like",
+            )
+        if latency:
             expected: type[Quantity] = Duration
         elif self.sli in _RATE_SLIS:
             expected = Rate
@@ -471,6 +503,16 @@ class Workload(_Model, frozen=True):
             if not 1 <= port <= 65535:
                 raise _Invalid(
                     "ports", f"port {name}={port} is outside 1..65535", "port numbers in 1..65535"
+                )
+        for index, arg in enumerate(self.command):
+            if "\x00" in arg:
+                raise _Invalid(f"command[{index}]", "contains a NUL byte", "text without NUL")
+        for key, value in self.env.items():
+            if not _ENV_NAME.match(key) or "\x00" in value:
+                raise _Invalid(
+                    "env",
+                    f"{key!r} is not a usable environment variable",
+                    "letters, digits and '_', not starting with a digit; values without NUL",
                 )
         if self.probe and self.probe.endpoint and self.probe.endpoint not in self.ports:
             raise _Invalid(

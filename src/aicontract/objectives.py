@@ -33,7 +33,7 @@ from typing import Literal
 import attrs
 import msgspec
 
-from .contract import Objective
+from .contract import Objective, percentile_of
 from .observation import Sample
 from .sli import SlidingSketch, SlidingSums
 from .units import Duration, Rate, Ratio
@@ -138,7 +138,7 @@ class Change:
     violation: Violation | None = None
 
 
-_PERCENTILE = re.compile(r"^(?P<base>[a-z]+)_p(?P<q>\d{1,3}(\.\d+)?)$")
+_PERCENTILE = re.compile(r"^(?P<base>[a-z]+)_p(?P<q>\d{1,5}(\.\d+)?)$")
 _STAT = re.compile(r"^(?P<base>[a-z]+)_(?P<stat>mean|max)$")
 
 
@@ -431,8 +431,7 @@ def tracker_for(objective: Objective, lease_id: str, **options: object) -> Track
     target = target_value(objective)
     pct = _PERCENTILE.match(sli)
     if pct is not None:
-        q = float(pct["q"])
-        q = q / 1000 if q > 100 else q / 100  # p999 is the 99.9th percentile
+        q = (percentile_of(f"p{pct['q']}") or 99.0) / 100  # validated by the contract
         ok = _compare(op)
         budget = 1.0 - q if op in ("<=", "<") else q
         return EventTracker(objective, lease_id, budget=budget, quantile=q,

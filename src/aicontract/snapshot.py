@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 
 import msgspec
@@ -96,7 +97,9 @@ def monitor_dir() -> Path:
 def write_snapshot(path: Path, snapshot: MonitorSnapshot) -> None:
     """Replace ``path`` with ``snapshot`` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    # A name of its own per write: the periodic publisher (in a worker thread) and
+    # the final publish on exit may overlap, and must not rename each other's file.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(msgspec.json.encode(snapshot))
     os.replace(tmp, path)
 

@@ -31,6 +31,7 @@ def _held_by_aicontract() -> int:
     )
     return sum(stat.size for stat in snapshot.statistics("filename"))
 
+
 OBJECTIVES = (
     Objective(sli="latency_p99", op="<=", target="200ms", window="5m"),
     Objective(sli="availability", op=">=", target="99.9%", window="1h"),

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import atexit
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any, TypeVar
 
+import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .backends.base import Backend
@@ -42,10 +44,29 @@ def portal() -> BlockingPortal:
         return _portal
 
 
+# Leases acquired through this face, so the ones still held at exit are released
+# rather than left to their TTL (a pod or a cloud instance would keep running).
+_held_leases: weakref.WeakSet[Lease] = weakref.WeakSet()
+
+
 def _shutdown() -> None:
     global _portal
     with _lock:
-        _portal = None
+        running, _portal = _portal, None
+        if running is not None:
+
+            async def release_all() -> None:
+                with anyio.move_on_after(30):
+                    for held in list(_held_leases):
+                        if held.is_active:
+                            await held.release()
+
+            try:
+                running.call(release_all)
+                # Heartbeats run until cancelled: stop them, or the loop never ends.
+                running.call(running.stop, True)
+            except RuntimeError:  # the loop is already gone
+                pass
         _stack.close()
 
 
@@ -67,6 +88,7 @@ def acquire_sync(
         return await _acquire(contract, backends=backends, negotiator=negotiator)
 
     acquired = _call(run)
+    _held_leases.add(acquired)
     if keep_alive:
         portal().start_task_soon(acquired.keep_alive, name=f"aicontract-heartbeat-{acquired.id}")
     return acquired
@@ -99,6 +121,7 @@ def _held(
         return await _acquire(contract, backends=backends, negotiator=negotiator)
 
     acquired = _call(run)
+    _held_leases.add(acquired)
     with portal().wrap_async_context_manager(acquired) as held:
         yield held
 

@@ -193,3 +193,27 @@ async def test_retried_commit_yields_one_lease(host: Path) -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+FORGETFUL = """
+import aicontract as ac
+lease = ac.acquire_sync(ac.Contract(name="forgetful", gpus=2))
+print(lease.id, flush=True)
+# ...and the script ends without releasing: the sync face must not hang, and must
+# give the GPUs back rather than leave them to the TTL.
+"""
+
+
+def test_sync_face_releases_forgotten_leases_at_exit(host: Path) -> None:
+    """Guarantee 4 for scripts: a lease still held at interpreter exit is released."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORGETFUL],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=120,  # a hang at exit (heartbeats never stopped) fails here
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    ledger = sqlite3.connect(host / "state" / "ledger.sqlite3")
+    assert ledger.execute("SELECT COUNT(*) FROM leases").fetchone() == (0,)

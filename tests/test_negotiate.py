@@ -24,6 +24,7 @@ from aicontract import (
     VirtualClock,
 )
 from aicontract.negotiate import check_offer, rank_key
+from aicontract.offer import Quote
 from fakes import FakeBackend, drive, make_offer
 
 pytestmark = pytest.mark.anyio
@@ -434,3 +435,34 @@ async def test_no_offer_names_commit_failures(clock: VirtualClock) -> None:
 async def test_no_backends_at_all() -> None:
     with pytest.raises(NoOffer, match="no backend answered"):
         await Negotiator([]).acquire(Contract(gpus=1))
+
+
+# -- guarantee 3 for direct commits, and backends that crash -----------------------------
+
+
+async def test_committing_an_offer_that_breaks_its_own_contract_is_refused(
+    clock: VirtualClock,
+) -> None:
+    """A caller committing an offer directly (a counter-offer, say) gets guarantee 3 too."""
+    backend = FakeBackend(clock=clock)
+    contract = Contract(name="four", gpus=4)
+    bad = make_offer("fake", contract, clock.time(), gpus=2)
+    with pytest.raises(NoOffer, match=r"resources\.gpus\.count wants 4; has 2"):
+        await negotiator(clock, backend).commit(bad)
+    assert backend.commits == []
+
+
+class _Broken(FakeBackend):
+    async def quote(self, contract: Contract) -> Quote:
+        raise RuntimeError("plugin bug")
+
+
+async def test_a_backend_that_crashes_while_quoting_does_not_sink_the_others(
+    clock: VirtualClock,
+) -> None:
+    good = FakeBackend(name="good", clock=clock)
+    broken = _Broken(name="broken", clock=clock)
+    result = await negotiator(clock, broken, good).quote(Contract(gpus=1))
+    assert [o.backend for o in result.offers] == ["good"]
+    (why,) = result.rejections
+    assert (why.backend, why.available) == ("broken", "RuntimeError: plugin bug")

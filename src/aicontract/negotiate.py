@@ -181,13 +181,18 @@ class Negotiator:
             with anyio.move_on_after(self.quote_timeout) as scope:
                 try:
                     quotes.append(await backend.quote(contract))
-                except AIContractError as exc:
+                except Exception as exc:
+                    if not isinstance(exc, AIContractError):
+                        # A broken backend (a plugin's bug) must not sink the others' offers.
+                        log.exception("backend %s failed to quote", backend.name)
                     rejections.append(
                         Rejection(
                             backend=backend.name,
                             requirement="quote",
                             wanted="an answer",
-                            available=str(exc),
+                            available=str(exc)
+                            if isinstance(exc, AIContractError)
+                            else f"{type(exc).__name__}: {exc}",
                         )
                     )
             if scope.cancelled_caught:
@@ -226,6 +231,11 @@ class Negotiator:
     async def commit(self, offer: Offer, idempotency_key: str | None = None) -> Lease:
         """Commit one offer, retrying transient failures with the same idempotency key."""
         backend = self._backend(offer.backend)
+        # Guarantee 3 holds for offers committed directly (a counter-offer a caller
+        # accepted) as much as for negotiated ones: the offer must satisfy its contract.
+        problems = check_offer(offer, offer.contract, self.clock.time())
+        if problems:
+            raise NoOffer(offer.contract.name, problems, reason="the offer breaks its contract")
         key = idempotency_key or uuid.uuid4().hex[:20]
         try:  # the common case pays nothing for the retry machinery
             return await backend.commit(offer, key)

@@ -298,3 +298,27 @@ async def test_a_chatty_workload_does_not_block_on_its_output(
     finally:
         await lease.release()
     assert len(capfd.readouterr().out) >= 1_000_000  # the output went to our stdout
+
+
+async def test_a_counter_offer_can_be_accepted_in_code(backend: LocalBackend) -> None:
+    """The counter-offer carries the whole grant, so committing it keeps guarantee 3."""
+    held = await acquire(backend, Contract(gpus=GPU(count=1, models=["H100"])))
+    contract = Contract(name="two", gpus=GPU(count=2, models=["H100"]), cpus=2, memory="1GiB")
+    with pytest.raises(NoOffer) as info:
+        await acquire(backend, contract)
+    (counter,) = info.value.counter_offers
+    assert (counter.grant.cpus, counter.grant.memory) == (2, Bytes("1GiB"))
+    relaxed = await Negotiator([backend]).commit(counter)
+    assert relaxed.grant.gpus == 1
+    assert relaxed.env["AICONTRACT_CPUS"].count(",") == 1
+    await relaxed.release()
+    await held.release()
+
+
+async def test_no_counter_offer_when_something_else_is_missing_too(
+    backend: LocalBackend,
+) -> None:
+    held = await acquire(backend, Contract(gpus=GPU(count=1, models=["H100"])))
+    quote = await backend.quote(Contract(gpus=GPU(count=2, models=["H100"]), cpus=64))
+    assert quote.counter_offers == ()
+    await held.release()

@@ -23,6 +23,7 @@ import anyio
 import anyio.abc
 import attrs
 import platformdirs
+from msgspec.structs import replace
 
 from ..clock import Clock, system_clock
 from ..contract import GPU, Contract
@@ -156,6 +157,13 @@ class LocalBackend(Backend):
         counter: list[Offer] = []
         if res.gpus is not None:
             choices, problems, counter = self._gpu_choices(contract, res.gpus, used_gpus)
+            # A counter-offer relaxes only the GPUs; it carries the rest of the grant, and
+            # there is none when something else is missing too.
+            counter = [
+                replace(o, grant=replace(o.grant, cpus=cpus, memory=memory, disk=disk))
+                for o in counter
+                if not rejections
+            ]
             rejections.extend(problems)
         if rejections:
             return Quote(rejections=tuple(rejections), counter_offers=tuple(counter))

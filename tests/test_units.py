@@ -217,9 +217,13 @@ def test_rate_units_and_comparison() -> None:
     assert Rate("512 tokens/s").per_second == 512.0
     assert Rate("1/min") < Rate("1/s")
     assert str(Rate("512 tokens / s")) == "512 tokens/s"
-    # a plain rate compares with a counted one; two different counts do not compare
-    assert Rate("500/s") == Rate("500 tokens/s")
+    # A plain rate orders against a counted one (an objective "500/s" judges
+    # "512 tokens/s"), but equality means the same thing counted: it stays transitive
+    # and agrees with hashing.
+    assert Rate("500/s") <= Rate("500 tokens/s") <= Rate("500/s")
+    assert Rate("500/s") != Rate("500 tokens/s")
     assert Rate("500 tokens/s") != Rate("500 req/s")
+    assert len({Rate("500/s"), Rate("500 tokens/s"), Rate("30000 tokens/min")}) == 2
     with pytest.raises(TypeError):
         _ = Rate("500 tokens/s") < Rate("600 req/s")
 

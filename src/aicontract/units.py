@@ -414,6 +414,16 @@ class Rate(Quantity):
         what = f" {self._what}" if self._what else ""
         self._text = f"{_number_text(number)}{what}/{match['per']}"
 
+    def __eq__(self, other: object) -> bool:
+        # Equal means interchangeable: "500 tokens/s" is not "500 req/s", nor "500/s"
+        # (equality must be transitive, and hashing agree with it).
+        if not isinstance(other, Rate):
+            return NotImplemented
+        return (self._what, self._magnitude) == (other._what, other._magnitude)
+
+    def __hash__(self) -> int:
+        return hash(("Rate", self._what, self._magnitude))
+
     def _compatible(self, other: object) -> bool:
         # "500/s" compares with "500 tokens/s"; tokens and requests do not compare.
         return isinstance(other, Rate) and (

@@ -74,3 +74,29 @@ def test_schema_describes_the_quantity_forms() -> None:
     }
     for name in ("Contract", "Resources", "GPU", "Objective", "Placement", "Terms", "Workload"):
         assert defs[name]["additionalProperties"] is False, name
+
+
+def test_schema_is_plain_json() -> None:
+    """Editors and CI tools read it as JSON: no tuples or other Python-only values."""
+    import json
+
+    assert json.loads(json.dumps(SCHEMA)) == SCHEMA
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"resources": {"memory": ".5GiB"}},
+        {"resources": {"cpus": [1, 4], "memory": ["40GiB", None]}},
+        {"resources": {"gpus": {"count": [1, None], "memory": [None, "80GiB"]}}},
+        {"terms": {"duration": "1h 30m", "start_by": " 90s "}},
+        {"resources": {"memory": 1.0}},
+    ],
+)
+def test_schema_accepts_what_the_loader_accepts(document: Any) -> None:
+    import json
+
+    from aicontract import loads
+
+    loads(json.dumps(document), "json")  # the loader takes it...
+    assert list(VALIDATOR.iter_errors(document)) == []  # ...so the schema must too

@@ -120,7 +120,7 @@ def decode_quantity(kind: type, value: Any) -> Any:
     """msgspec ``dec_hook``: build quantities and ranges from text, numbers or instances."""
     decoder = _DECODERS.get(kind)
     if decoder is None:
-        raise NotImplementedError(f"no decoder for {kind!r}")  # msgspec's protocol for "unknown"
+        raise TypeError(f"no decoder for {kind!r}")  # every contract type has one above
     try:
         return decoder(value)
     except ContractError as exc:
@@ -135,7 +135,7 @@ def encode_quantity(value: Any) -> Any:
         return value.to_builtin()
     if isinstance(value, Quantity):
         return str(value)
-    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 _LOCATED = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.DOTALL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import msgspec
@@ -12,11 +13,14 @@ from .units import Bytes, BytesRange, CountRange, Duration, Money, Quantity, Rat
 
 __all__ = ["json_schema"]
 
-_BYTES = r"\d+(\.\d+)?\s*(B|[kKMGTP]B?|[KMGTP]iB?|[kKMGTP]i)?"
+# Patterns accept what the loader accepts (the loader stays the final judge: it also
+# refuses inverted ranges and absurd sizes, which a pattern cannot see).
+_NUMBER = r"(\d+(\.\d+)?|\.\d+)"
+_BYTES = rf"{_NUMBER}\s*(B|[kKMGTP]B?|[KMGTP]iB?|[kKMGTP]i)?"
 _COUNT = r"\d+"
 _DURATION = (
-    r"(\d+(\.\d+)?(ns|us|µs|ms|min|s|m|h|d|w))+"
-    r"|P(\d+(\.\d+)?D)?(T(\d+(\.\d+)?H)?(\d+(\.\d+)?M)?(\d+(\.\d+)?S)?)?"
+    rf"\s*({_NUMBER}\s*(ns|us|µs|ms|min|s|m|h|d|w)\s*)+"
+    r"|\s*P(\d+(\.\d+)?D)?(T(\d+(\.\d+)?H)?(\d+(\.\d+)?M)?(\d+(\.\d+)?S)?)?\s*"
 )
 
 
@@ -24,9 +28,23 @@ def _range(one: str) -> str:
     return rf"^\s*((>=|<=)\s*{one}|{one}|({one})?\s*\.\.\s*({one})?)\s*$"
 
 
+def _pair(one: dict[str, Any]) -> dict[str, Any]:
+    """A ``[min, max]`` pair, either end null for open."""
+    return {
+        "type": "array",
+        "minItems": 2,
+        "maxItems": 2,
+        "items": {"anyOf": [{"type": "null"}, one]},
+    }
+
+
 def _hook(kind: type) -> dict[str, Any]:
     if kind is Bytes:
-        return {"type": ["string", "integer"], "pattern": rf"^{_BYTES}$", "examples": ["80GiB"]}
+        return {
+            "type": ["string", "integer"],
+            "pattern": rf"^\s*{_BYTES}\s*$",
+            "examples": ["80GiB"],
+        }
     if kind is Duration:
         return {"type": "string", "pattern": rf"^({_DURATION})$", "examples": ["4h", "200ms"]}
     if kind is Rate:
@@ -55,6 +73,14 @@ def _hook(kind: type) -> dict[str, Any]:
             "anyOf": [
                 {"type": "integer", "minimum": 0},
                 {"type": "string", "pattern": _range(_COUNT)},
+                _pair(
+                    {
+                        "anyOf": [
+                            {"type": "integer", "minimum": 0},
+                            {"type": "string", "pattern": rf"^\s*{_COUNT}\s*$"},
+                        ]
+                    }
+                ),
             ],
             "examples": [8, "1..8", ">=2"],
         }
@@ -63,15 +89,26 @@ def _hook(kind: type) -> dict[str, Any]:
             "anyOf": [
                 {"type": "integer", "minimum": 0},
                 {"type": "string", "pattern": _range(_BYTES)},
+                _pair(
+                    {
+                        "anyOf": [
+                            {"type": "integer", "minimum": 0},
+                            {"type": "string", "pattern": rf"^\s*{_BYTES}\s*$"},
+                        ]
+                    }
+                ),
             ],
             "examples": ["80GiB", ">=24GiB", "40GiB..80GiB", "256GiB.."],
         }
-    raise NotImplementedError(kind)  # msgspec's protocol: "no schema for this type"
+    raise TypeError(f"no JSON Schema for {kind!r}")  # every contract type is covered above
 
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a contract document."""
-    schema: dict[str, Any] = msgspec.json.schema(Contract, schema_hook=_hook)
+    # Through JSON and back: msgspec writes tuple defaults as tuples; a schema is plain JSON.
+    schema: dict[str, Any] = json.loads(
+        json.dumps(msgspec.json.schema(Contract, schema_hook=_hook))
+    )
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = f"aicontract contract (aicontract {__version__})"
     return schema

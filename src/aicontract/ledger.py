@@ -31,27 +31,29 @@ from .lease import LeaseRecord
 
 __all__ = ["Allocation", "Demand", "Ledger", "process_start_time"]
 
+# The schema's version is in the name: a ledger only describes live processes, so a
+# new schema simply starts a new file rather than migrating an old one.
+LEDGER_FILE = "ledger-v2.sqlite3"
+
 # How long a holder seen alive is trusted before its pid is checked again.
 LIVENESS_CACHE = 0.5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
     id TEXT PRIMARY KEY,
-    idempotency_key TEXT NOT NULL UNIQUE,
     holder_pid INTEGER NOT NULL,
     holder_start INTEGER,
     expires_at REAL NOT NULL,
     memory INTEGER NOT NULL DEFAULT 0,
     disk INTEGER NOT NULL DEFAULT 0,
     record BLOB NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS devices (
     kind TEXT NOT NULL,
     device TEXT NOT NULL,
     lease_id TEXT NOT NULL REFERENCES leases (id) ON DELETE CASCADE,
     PRIMARY KEY (kind, device)
-);
-CREATE INDEX IF NOT EXISTS devices_lease ON devices (lease_id);
+) WITHOUT ROWID;
 """
 
 
@@ -135,7 +137,7 @@ class Ledger:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise ConfigError(f"cannot create state dir {str(directory)!r}: {exc}") from None
-        return cls(directory / "ledger.sqlite3")
+        return cls(directory / LEDGER_FILE)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -207,7 +209,6 @@ class Ledger:
     def grant(
         self,
         lease_id: str,
-        idempotency_key: str,
         make_record: Callable[[tuple[str, ...], tuple[int, ...]], LeaseRecord],
         demand: Demand,
         now: float | None = None,
@@ -215,8 +216,9 @@ class Ledger:
         """Bind devices and amounts to a new lease, atomically, or raise CapacityUnavailable.
 
         ``make_record(gpu_ids, cpu_ids)`` builds the record stored for the lease once
-        its devices are chosen. A second call with the same ``idempotency_key``
-        returns the first grant (with ``existing`` set) and binds nothing.
+        its devices are chosen. The lease id is the idempotency key: a second call
+        with the same id returns the first grant (with ``existing`` set) and binds
+        nothing.
         """
         now = time.time() if now is None else now
         with self._write() as conn:
@@ -224,7 +226,7 @@ class Ledger:
                 gpu_ids, cpu_ids = self._choose(conn, demand, now)
             except CapacityUnavailable:
                 # A retried commit finds its own first grant holding the capacity.
-                existing = self._existing(conn, idempotency_key)
+                existing = self._existing(conn, lease_id)
                 if existing is not None:
                     return existing
                 if not self._reclaim(conn, now, check_holders=True):
@@ -233,11 +235,10 @@ class Ledger:
             record = make_record(gpu_ids, cpu_ids)
             try:
                 conn.execute(
-                    "INSERT INTO leases (id, idempotency_key, holder_pid, holder_start,"
-                    " expires_at, memory, disk, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO leases (id, holder_pid, holder_start, expires_at, memory, disk,"
+                    " record) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         lease_id,
-                        idempotency_key,
                         self._pid,
                         self._my_start,
                         record.expires_at,
@@ -247,9 +248,9 @@ class Ledger:
                     ),
                 )
             except sqlite3.IntegrityError:
-                existing = self._existing(conn, idempotency_key)
-                if existing is None:
-                    raise CapacityUnavailable("local", f"lease id {lease_id!r} is taken") from None
+                existing = self._existing(conn, lease_id)
+                if existing is None:  # pragma: no cover - the insert failed for its key
+                    raise
                 return existing
             conn.executemany(
                 "INSERT INTO devices (kind, device, lease_id) VALUES (?, ?, ?)",
@@ -258,21 +259,14 @@ class Ledger:
             )
             return Allocation(lease_id, gpu_ids, cpu_ids)
 
-    def _existing(self, conn: sqlite3.Connection, idempotency_key: str) -> Allocation | None:
-        row = conn.execute(
-            "SELECT id, record FROM leases WHERE idempotency_key = ?", (idempotency_key,)
-        ).fetchone()
+    def _existing(self, conn: sqlite3.Connection, lease_id: str) -> Allocation | None:
+        row = conn.execute("SELECT record FROM leases WHERE id = ?", (lease_id,)).fetchone()
         if row is None:
             return None
-        rows = conn.execute(
-            "SELECT kind, device FROM devices WHERE lease_id = ? ORDER BY rowid", (row[0],)
-        ).fetchall()
-        return Allocation(
-            row[0],
-            tuple(d for k, d in rows if k == "gpu"),
-            tuple(int(d) for k, d in rows if k == "cpu"),
-            existing=LeaseRecord.from_json(row[1]),
-        )
+        record = LeaseRecord.from_json(row[0])
+        gpus = tuple(g for g in record.details.get("gpus", "").split(",") if g)
+        cpus = tuple(int(c) for c in record.details.get("cpus", "").split(",") if c)
+        return Allocation(lease_id, gpus, cpus, existing=record)
 
     def _choose(
         self, conn: sqlite3.Connection, demand: Demand, now: float
@@ -332,16 +326,13 @@ class Ledger:
         return gpus, cpus, int(memory), int(disk)
 
     def records(self, now: float | None = None) -> list[LeaseRecord]:
-        """Every live lease on this host (reclaiming dead ones first)."""
+        """Every live lease on this host, oldest first (reclaiming dead ones first)."""
         self.reclaim(now)
-        out = []
-        for record, expires_at in self.conn.execute(
-            "SELECT record, expires_at FROM leases ORDER BY rowid"
-        ):
-            out.append(
-                msgspec.structs.replace(LeaseRecord.from_json(record), expires_at=expires_at)
-            )
-        return out
+        out = [
+            msgspec.structs.replace(LeaseRecord.from_json(record), expires_at=expires_at)
+            for record, expires_at in self.conn.execute("SELECT record, expires_at FROM leases")
+        ]
+        return sorted(out, key=lambda r: r.created_at)
 
     def get(self, lease_id: str) -> LeaseRecord | None:
         """One lease's record, or ``None``."""

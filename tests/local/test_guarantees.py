@@ -27,6 +27,7 @@ import aicontract as ac
 from aicontract.backends.local import LocalBackend
 from aicontract.errors import TransientBackendError
 from aicontract.lease import Lease
+from aicontract.ledger import LEDGER_FILE
 from aicontract.negotiate import Negotiator
 from aicontract.offer import Offer
 
@@ -87,7 +88,7 @@ def test_never_over_granted_across_processes(host: Path) -> None:
     for worker in workers:
         worker.start()
     # Meanwhile, sample the ledger from outside: it must never show more than K GPUs.
-    ledger = host / "state" / "ledger.sqlite3"
+    ledger = host / "state" / LEDGER_FILE
     most_seen = 0
     while any(w.is_alive() for w in workers):
         if ledger.exists():
@@ -215,5 +216,5 @@ def test_sync_face_releases_forgotten_leases_at_exit(host: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
-    ledger = sqlite3.connect(host / "state" / "ledger.sqlite3")
+    ledger = sqlite3.connect(host / "state" / LEDGER_FILE)
     assert ledger.execute("SELECT COUNT(*) FROM leases").fetchone() == (0,)

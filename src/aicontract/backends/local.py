@@ -315,7 +315,7 @@ class LocalBackend(Backend):
             disk=grant.disk.bytes if grant.disk is not None else 0,
             disk_total=inv.disk.bytes if inv.disk is not None else None,
         )
-        allocation = self.ledger.grant(lease_id, idempotency_key, make_record, demand, now)
+        allocation = self.ledger.grant(lease_id, make_record, demand, now)
         record = allocation.existing or make_record(allocation.gpus, allocation.cpus)
         lease = Lease(
             id=lease_id,

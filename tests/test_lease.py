@@ -21,6 +21,7 @@ from aicontract import (
     LeaseStateError,
     TransientBackendError,
     VirtualClock,
+    WorkloadState,
 )
 from fakes import FakeBackend
 
@@ -304,3 +305,17 @@ def test_record_round_trips_through_json(clock: VirtualClock) -> None:
     assert again.contract == contract
     assert again.state is S.ACTIVE
     assert lease.to_dict()["contract"]["resources"]["gpus"]["memory"] == ">=80GiB"
+
+
+async def test_workload_state_moves_forward_only(clock: VirtualClock) -> None:
+    """The workload has its own machine (not-ready -> ready -> completed), apart from the
+    lease's."""
+    lease = new_lease(clock, FakeBackend(clock=clock))
+    assert lease.workload_state is None
+    lease.set_workload_state("not-ready")
+    lease.set_workload_state(WorkloadState.READY)
+    lease.set_workload_state("completed")
+    assert lease.state == S.ACTIVE  # a completed job does not end the lease by itself
+    assert lease.record().workload_state == "completed"
+    with pytest.raises(LeaseStateError, match="cannot go from completed back to ready"):
+        lease.set_workload_state("ready")

@@ -37,7 +37,7 @@ from .errors import (
     QuotaExceeded,
     TransientBackendError,
 )
-from .lease import Lease, LeaseRecord, LeaseState
+from .lease import Lease, LeaseRecord, LeaseState, WorkloadState
 from .monitor import Monitor
 from .negotiate import Negotiation, Negotiator, acquire, quote
 from .objectives import ObjectiveState, Violation
@@ -104,6 +104,7 @@ __all__ = [
     "Violation",
     "VirtualClock",
     "Workload",
+    "WorkloadState",
     "__version__",
     "acquire",
     "acquire_sync",

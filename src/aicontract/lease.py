@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .backends.base import Backend
     from .objectives import ObjectiveState, Violation
 
-__all__ = ["Lease", "LeaseRecord", "LeaseState"]
+__all__ = ["Lease", "LeaseRecord", "LeaseState", "WorkloadState"]
 
 log = logging.getLogger("aicontract.lease")
 
@@ -59,6 +59,20 @@ class LeaseState(str, enum.Enum):
         """True for the states a lease never leaves."""
         return self in _FINAL
 
+
+class WorkloadState(str, enum.Enum):
+    """Where the work running on a lease is: its own machine, apart from the lease's.
+
+    A lease can be active while its workload is still starting, and a batch job
+    can complete while the lease is still held.
+    """
+
+    NOT_READY = "not-ready"
+    READY = "ready"
+    COMPLETED = "completed"
+
+
+_WORKLOAD_ORDER = {WorkloadState.NOT_READY: 0, WorkloadState.READY: 1, WorkloadState.COMPLETED: 2}
 
 _FINAL = frozenset({LeaseState.RELEASED, LeaseState.EXPIRED, LeaseState.REVOKED, LeaseState.FAILED})
 _ALLOWED: dict[LeaseState, frozenset[LeaseState]] = {
@@ -85,6 +99,7 @@ class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
     env: dict[str, str] = msgspec.field(default_factory=dict)
     holder_pid: int | None = None
     reason: str | None = None
+    workload_state: str | None = None
     details: dict[str, str] = msgspec.field(default_factory=dict)
 
     def to_json(self) -> bytes:
@@ -129,6 +144,8 @@ class Lease:
     reason: str | None = None
     _listeners: list[StateListener] = attrs.field(factory=list, repr=False)
     extension: float = 0.0
+    workload_state: WorkloadState | None = None
+    """``None`` when nothing the backend started runs on the lease (you run the work)."""
     _holding: anyio.abc.TaskGroup | None = attrs.field(default=None, repr=False)
     _backend_released: bool = attrs.field(default=False, repr=False)
     replaced_by: Lease | None = attrs.field(default=None, repr=False)
@@ -167,6 +184,18 @@ class Lease:
             listener(self, old, new)
         if new.is_final and self.replaced_by is None:
             self._close_violation_streams()
+
+    def set_workload_state(self, new: WorkloadState | str) -> None:
+        """Move the workload forward (not-ready → ready → completed); never back."""
+        state = WorkloadState(new)
+        old = self.workload_state
+        if old is not None and _WORKLOAD_ORDER[state] < _WORKLOAD_ORDER[old]:
+            raise LeaseStateError(
+                self.id, f"the workload cannot go from {old.value} back to {state.value}"
+            )
+        if state != old:
+            self.workload_state = state
+            log.info("lease %s: workload %s", self.id, state.value)
 
     @property
     def is_active(self) -> bool:
@@ -262,6 +291,7 @@ class Lease:
             env=dict(self.env),
             holder_pid=os.getpid(),
             reason=self.reason,
+            workload_state=self.workload_state.value if self.workload_state else None,
             details=dict(self.details),
         )
 

@@ -24,11 +24,13 @@ bounded recent-sample and violation rings.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
+import threading
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -143,6 +145,9 @@ class Monitor:
     _tg: anyio.abc.TaskGroup | None = attrs.field(default=None, init=False)
     _owns_http: bool = attrs.field(default=False, init=False)
     _name: str = attrs.field(factory=lambda: uuid.uuid4().hex[:8], init=False)
+    _publish_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    _snapshot_seq: Iterator[int] = attrs.field(factory=itertools.count, init=False)
+    _written_seq: int = attrs.field(default=-1, init=False)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -401,6 +406,8 @@ class Monitor:
             except Exception as exc:  # a backend's bug must not stop the other leases' loops
                 log.warning("lease %s: observe failed: %s", lease.id, exc)
                 continue
+            if observation.workload is not None and watch.lease is lease:
+                lease.set_workload_state(observation.workload)
             for sample in observation.samples:
                 self._ingest(watch, lease, sample)
             if observation.faults and lease.is_active and watch.lease is lease:
@@ -466,15 +473,24 @@ class Monitor:
     def publish_now(self) -> Path:
         """Write the snapshot now (the monitor also does so every ``publish_interval``)."""
         path = self._snapshot_path()
-        write_snapshot(path, self.snapshot())
+        self._write(path, next(self._snapshot_seq), self.snapshot())
         return path
+
+    def _write(self, path: Path, seq: int, snapshot: MonitorSnapshot) -> None:
+        # The periodic writer runs in a worker thread: a snapshot taken before a
+        # publish_now() must never land after it and hide the newer one.
+        with self._publish_lock:
+            if seq < self._written_seq:
+                return
+            write_snapshot(path, snapshot)
+            self._written_seq = seq
 
     async def _publish_loop(self) -> None:
         path = self._snapshot_path()
         while True:
-            snapshot = self.snapshot()
+            seq, snapshot = next(self._snapshot_seq), self.snapshot()
             try:
-                await anyio.to_thread.run_sync(write_snapshot, path, snapshot)
+                await anyio.to_thread.run_sync(self._write, path, seq, snapshot)
             except OSError as exc:
                 log.warning("cannot publish monitor snapshot to %s: %s", path, exc)
             await self.clock.sleep(self.publish_interval)

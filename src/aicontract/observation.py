@@ -34,7 +34,12 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Observation(msgspec.Struct, frozen=True, kw_only=True):
-    """What one ``observe`` call saw."""
+    """What one ``observe`` call saw.
+
+    ``workload`` is the state of what runs on the lease (``not-ready``, ``ready``,
+    ``completed``) when the backend can see it, else ``None``.
+    """
 
     samples: tuple[Sample, ...] = ()
     faults: tuple[Fault, ...] = ()
+    workload: str | None = None

@@ -331,3 +331,23 @@ async def test_a_deleted_pod_is_a_fault(k8s_cluster: Any, backend: KubernetesBac
             await anyio.sleep(0.1)
     assert faults[0].kind == "capacity-revoked"
     await lease.release()
+
+
+@pytest.mark.parametrize(("exit_code", "fault"), [(0, False), (3, True)], ids=["ok", "failed"])
+async def test_a_finished_job_completes_its_workload(
+    k8s_cluster: Any, backend: KubernetesBackend, exit_code: int, fault: bool
+) -> None:
+    """The workload's own state machine: ready while running, completed when done.
+    A job that succeeds is no fault; one that fails is."""
+    c = contract(workload=Workload(kind="batch", command=("python", "etl.py")))
+    lease = await Negotiator([backend]).acquire(c)
+    ns = lease.details["namespace"]
+    with anyio.fail_after(30):
+        while (await backend.observe(lease)).workload != "ready":
+            await anyio.sleep(0.1)
+    k8s_cluster.kubelet.complete_pod(ns, lease.details["pod"], exit_code)
+    with anyio.fail_after(30):
+        while (observation := await backend.observe(lease)).workload != "completed":
+            await anyio.sleep(0.1)
+    assert [f.kind for f in observation.faults] == (["workload-exited"] if fault else [])
+    await lease.release()

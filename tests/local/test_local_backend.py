@@ -28,6 +28,7 @@ from aicontract import (
     Workload,
 )
 from aicontract.backends.local import LocalBackend
+from aicontract.lease import WorkloadState
 from aicontract.ledger import Ledger
 
 pytestmark = pytest.mark.anyio
@@ -250,6 +251,8 @@ async def test_workload_gets_an_endpoint_and_ends_with_the_lease(backend: LocalB
     contract = Contract(cpus=1, workload=Workload(command=command, ports={"http": port}))
     lease = await acquire(backend, contract)
     assert lease.endpoints == {"http": f"http://127.0.0.1:{port}"}
+    assert lease.workload_state is WorkloadState.READY  # its port accepts connections
+    assert (await backend.observe(lease)).workload == "ready"
     stream = await anyio.connect_tcp("127.0.0.1", port)  # it accepts connections now
     await stream.aclose()
     pid = int(lease.details["pid"])
@@ -268,6 +271,7 @@ async def test_observe_reports_an_exited_workload(backend: LocalBackend) -> None
         (fault,) = observed.faults
         assert fault.kind == "workload-exited"
         assert "status 3" in fault.reason
+        assert observed.workload == "completed"
     finally:
         await lease.release()
 
@@ -292,9 +296,9 @@ async def test_a_chatty_workload_does_not_block_on_its_output(
     )
     try:
         with anyio.fail_after(30):  # a pipe would block the writer forever
-            while not (observed := await backend.observe(lease)).faults:
+            while (observed := await backend.observe(lease)).workload != "completed":
                 await anyio.sleep(0.02)
-        assert "status 0" in observed.faults[0].reason
+        assert observed.faults == ()  # exiting 0 is how a batch job completes: no fault
     finally:
         await lease.release()
     assert len(capfd.readouterr().out) >= 1_000_000  # the output went to our stdout
@@ -322,3 +326,13 @@ async def test_no_counter_offer_when_something_else_is_missing_too(
     quote = await backend.quote(Contract(gpus=GPU(count=2, models=["H100"]), cpus=64))
     assert quote.counter_offers == ()
     await held.release()
+
+
+async def test_a_lease_without_a_launched_workload_reports_no_workload_state(
+    backend: LocalBackend,
+) -> None:
+    """When you run the work yourself, the backend cannot see it and says nothing."""
+    lease = await acquire(backend, Contract(cpus=1))
+    assert lease.workload_state is None
+    assert (await backend.observe(lease)).workload is None
+    await lease.release()

@@ -30,7 +30,7 @@ from ..contract import GPU, Contract
 from ..errors import BackendError, CapacityUnavailable, LeaseLost
 from ..gpu_models import pick_model
 from ..inventory import GPUDevice, Inventory, host_inventory
-from ..lease import Lease, LeaseRecord, LeaseState
+from ..lease import Lease, LeaseRecord, LeaseState, WorkloadState
 from ..ledger import Demand, Ledger
 from ..observation import Fault, Observation, Sample
 from ..offer import Grant, Offer, Quote, Rejection
@@ -377,6 +377,7 @@ class LocalBackend(Backend):
             start_new_session=True,
         )
         self._processes[lease.id] = process
+        lease.set_workload_state(WorkloadState.NOT_READY)
         if cpu_ids and hasattr(os, "sched_setaffinity"):
             try:
                 os.sched_setaffinity(process.pid, cpu_ids)
@@ -389,6 +390,8 @@ class LocalBackend(Backend):
             await self._wait_for_port(lease, process, port, limit)
             scheme = "http://" if name.startswith("http") else ""
             lease.endpoints[name] = f"{scheme}127.0.0.1:{port}"
+        # Ready once every published port accepts connections (at once when it has none).
+        lease.set_workload_state(WorkloadState.READY)
 
     async def _wait_for_port(
         self, lease: Lease, process: anyio.abc.Process, port: int, limit: float
@@ -438,14 +441,20 @@ class LocalBackend(Backend):
         now = self.clock.time()
         faults: list[Fault] = []
         process = self._processes.get(lease.id)
-        if process is not None and process.returncode is not None:
-            faults.append(
-                Fault(
-                    kind="workload-exited",
-                    at=now,
-                    reason=f"workload exited with status {process.returncode}",
-                )
-            )
+        workload: str | None = None
+        if process is not None:
+            workload = (lease.workload_state or WorkloadState.NOT_READY).value
+            if process.returncode is not None:
+                # Exiting is how a batch job completes; only a failure is a fault.
+                workload = WorkloadState.COMPLETED.value
+                if process.returncode != 0:
+                    faults.append(
+                        Fault(
+                            kind="workload-exited",
+                            at=now,
+                            reason=f"workload exited with status {process.returncode}",
+                        )
+                    )
         if self.ledger.get(lease.id) is None and lease.is_active:
             faults.append(
                 Fault(
@@ -454,7 +463,7 @@ class LocalBackend(Backend):
             )
         gpus = [g for g in lease.details.get("gpus", "").split(",") if g]
         samples = tuple(_nvml_samples(gpus, now)) if gpus else ()
-        return Observation(samples=samples, faults=tuple(faults))
+        return Observation(samples=samples, faults=tuple(faults), workload=workload)
 
     async def aclose(self) -> None:
         """End launched workloads and close the ledger connection."""

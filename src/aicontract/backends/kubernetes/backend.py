@@ -798,6 +798,7 @@ class KubernetesBackend(Backend):
             return Observation(faults=tuple(faults))
         pod = pods[0]
         faults.extend(self._pod_faults(pod, now))
+        workload = _workload_state(pod)
         node_name = (pod.get("spec") or {}).get("nodeName")
         if node_name:
             node = await self.api.get_or_none(resource_path("v1", "nodes", name=node_name))
@@ -828,7 +829,7 @@ class KubernetesBackend(Backend):
                             f"{ready.get('reason') or view.why_not}: {ready.get('message', '')})",
                         )
                     )
-        return Observation(faults=tuple(faults))
+        return Observation(faults=tuple(faults), workload=workload)
 
     def _pod_faults(self, pod: Obj, now: float) -> list[Fault]:
         status, meta = pod.get("status") or {}, pod["metadata"]
@@ -861,7 +862,9 @@ class KubernetesBackend(Backend):
                 )
             )
         phase = status.get("phase")
-        if phase in ("Failed", "Succeeded") and reason != "Evicted":
+        # Succeeding is how a batch or training Job completes (the workload's state
+        # says so); only a failure is a fault.
+        if phase == "Failed" and reason != "Evicted":
             codes = [
                 str(((s.get("state") or {}).get("terminated") or {}).get("exitCode"))
                 for s in status.get("containerStatuses") or []
@@ -944,3 +947,15 @@ class KubernetesBackend(Backend):
             await self.http.aclose()
         self._api = None
         self.http = None
+
+
+def _workload_state(pod: Obj) -> str:
+    """The workload's state from its pod: running and Ready is ready; finished is completed."""
+    status = pod.get("status") or {}
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return "completed"
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    return "ready" if status.get("phase") == "Running" and ready else "not-ready"

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 from typing import Any
 
+import anyio
 import boto3
 import botocore.exceptions
 import pytest
@@ -16,7 +17,7 @@ from aicontract import Contract
 from aicontract.backends import create_backend
 from aicontract.backends.cloud.aws import TAG_KEY, AWSBackend
 from aicontract.contract import GPU
-from aicontract.errors import NoOffer
+from aicontract.errors import NoOffer, QuotaExceeded
 from aicontract.lease import LeaseState
 from aicontract.negotiate import Negotiator
 
@@ -300,6 +301,104 @@ async def test_capacity_block_found_by_tag_is_not_bought_twice() -> None:
         lease = await backend.commit(offer, "block-2")  # no purchase_capacity_block stubbed
         stub.assert_no_pending_responses()
     assert lease.details["capacity_reservation_id"] == "cr-0aaaaaaaaaaaaaaaa"
+
+
+def _block_offer(price: str | None = None) -> Any:
+    from aicontract.offer import Grant, Offer
+    from aicontract.units import Money
+
+    return Offer(
+        id="o",
+        backend="aws",
+        contract=Contract(gpus=8),
+        grant=Grant(gpus=8),
+        guarantee="reserved",
+        region="us-east-1",
+        jurisdiction="US",
+        provider="aws",
+        isolation="dedicated-node",
+        price=Money(price) if price else None,
+        expires_at=4e9,
+        details={"market": "capacity-block", "offering_id": "cbr-x", "nodes": "1"},
+    )
+
+
+async def test_capacity_block_purchase_that_timed_out_is_not_bought_again() -> None:
+    # The purchase went through at AWS but its answer was lost (a 5xx): the retry must
+    # find the block by its tag, not buy a second, non-refundable one (guarantee 5).
+    client, stub = _stubbed()
+    start = dt.datetime(2030, 1, 2, 11, 30, tzinfo=dt.timezone.utc)
+    stub.add_response(
+        "describe_capacity_reservations", {"CapacityReservations": []}, {"Filters": ANY}
+    )
+    stub.add_client_error(
+        "purchase_capacity_block", service_error_code="InternalError", http_status_code=500
+    )
+    stub.add_response(
+        "describe_capacity_reservations",
+        {
+            "CapacityReservations": [
+                {
+                    "CapacityReservationId": "cr-0bbbbbbbbbbbbbbbb",
+                    "State": "scheduled",
+                    "StartDate": start,
+                    "EndDate": start + dt.timedelta(days=1),
+                }
+            ]
+        },
+        {"Filters": ANY},
+    )
+    backend = AWSBackend(
+        **{**FAST, "regions": ["us-east-1"], "client_factory": lambda s, r: client}
+    )
+    with stub:
+        lease = await backend.commit(_block_offer(), "block-3")
+        stub.assert_no_pending_responses()
+    assert lease.details["capacity_reservation_id"] == "cr-0bbbbbbbbbbbbbbbb"
+
+
+async def test_concurrent_capacity_block_commits_respect_max_spend() -> None:
+    # Two blocks at 10 USD/h each under a 15 USD/h cap: only one may be bought.
+    start = dt.datetime(2030, 1, 2, 11, 30, tzinfo=dt.timezone.utc)
+    purchases: list[str] = []
+
+    class Client:
+        def describe_capacity_reservations(self, **kw: Any) -> dict[str, Any]:
+            return {"CapacityReservations": []}
+
+        def purchase_capacity_block(self, **kw: Any) -> dict[str, Any]:
+            purchases.append(kw["TagSpecifications"][0]["Tags"][0]["Value"])
+            return {
+                "CapacityReservation": {
+                    "CapacityReservationId": f"cr-{len(purchases)}",
+                    "State": "scheduled",
+                    "StartDate": start,
+                    "EndDate": start + dt.timedelta(days=1),
+                }
+            }
+
+    client = Client()
+    backend = AWSBackend(
+        **{
+            **FAST,
+            "regions": ["us-east-1"],
+            "client_factory": lambda s, r: client,
+            "max_spend": "15 USD/h",
+        }
+    )
+    refused: list[QuotaExceeded] = []
+
+    async def commit(key: str) -> None:
+        try:
+            await backend.commit(_block_offer("10 USD/h"), key)
+        except QuotaExceeded as exc:
+            refused.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(commit, "block-a")
+        tg.start_soon(commit, "block-b")
+    assert len(purchases) == 1
+    assert len(refused) == 1
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+import anyio
 import anyio.to_thread
 
 from ...clock import Clock, system_clock
@@ -558,19 +559,29 @@ class AWSBackend(CloudBackend):
         """On-demand offers launch instances; Capacity Block offers purchase the block."""
         if offer.details.get("market") != "capacity-block":
             return await super().commit(offer, idempotency_key)
-        existing = self._leases.get(idempotency_key)
-        if existing is not None and not existing.state.is_final:
-            return existing
-        tag = lease_tag(idempotency_key)
-        reservation = await self._retrying(lambda: self._find_block(tag, offer.region))
-        if reservation is None:
-            problem = self._spend_problem(offer.price)
-            if problem is not None:
-                raise QuotaExceeded(
-                    self.name, f"max_spend {self.max_spend} would be exceeded ({problem})"
-                )
-            answer = await self._retrying(
-                lambda: self._call(
+        lock = self._key_locks.setdefault(idempotency_key, anyio.Lock())
+        async with lock:
+            existing = self._leases.get(idempotency_key)
+            if existing is not None and not existing.state.is_final:
+                return existing
+            tag = lease_tag(idempotency_key)
+
+            async def attempt() -> Mapping[str, Any]:
+                # Every attempt looks for the block by tag first: a purchase whose answer
+                # was lost (timeout, 5xx) must be found, not bought a second time.
+                found = await self._find_block(tag, offer.region)
+                if found is not None:
+                    return found
+                async with self._spend_lock:
+                    self._pending.pop(idempotency_key, None)
+                    problem = self._spend_problem(offer.price)
+                    if problem is not None:
+                        raise QuotaExceeded(
+                            self.name, f"max_spend {self.max_spend} would be exceeded ({problem})"
+                        )
+                    if offer.price is not None:
+                        self._pending[idempotency_key] = offer.price
+                answer = await self._call(
                     offer.region,
                     "purchase_capacity_block",
                     CapacityBlockOfferingId=offer.details["offering_id"],
@@ -582,15 +593,20 @@ class AWSBackend(CloudBackend):
                         }
                     ],
                 )
-            )
-            reservation = answer.get("CapacityReservation")
-            if not reservation:
-                raise TransientBackendError(
-                    self.name, "purchase_capacity_block answered no reservation"
-                )
-        lease = self._block_lease(offer, tag, reservation)
-        self._leases[idempotency_key] = lease
-        return lease
+                reservation = answer.get("CapacityReservation")
+                if not reservation:
+                    raise TransientBackendError(
+                        self.name, "purchase_capacity_block answered no reservation"
+                    )
+                return dict(reservation)
+
+            try:
+                reservation = await self._retrying(attempt)
+                lease = self._block_lease(offer, tag, reservation)
+                self._leases[idempotency_key] = lease
+            finally:
+                self._pending.pop(idempotency_key, None)
+            return lease
 
     async def _find_block(self, tag: str, region: str) -> Mapping[str, Any] | None:
         found = await self._pages(

@@ -492,15 +492,12 @@ class Lease:
             await self.release()
         finally:
             if holding is not None:
+                # Stop the heartbeat, but keep the block's own exception out of its task
+                # group: the group would wrap an error in an ExceptionGroup, and would
+                # swallow a cancellation (Ctrl-C, an outer deadline) as if it were the
+                # heartbeat's own. Returning None lets it propagate as itself.
                 holding.cancel_scope.cancel()
-                try:
-                    await holding.__aexit__(exc_type, exc, tb)
-                except BaseException as raised:
-                    # The task group wraps the block's own exception in a group; let it
-                    # propagate as itself, so `except ValueError:` around the block works.
-                    inner = getattr(raised, "exceptions", None)
-                    if exc is None or inner is None or len(inner) != 1 or inner[0] is not exc:
-                        raise
+                await holding.__aexit__(None, None, None)
         return None
 
     def __repr__(self) -> str:

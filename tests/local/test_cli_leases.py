@@ -159,3 +159,38 @@ def test_release_unknown_id_exits_1(local_env: Path) -> None:
     result = run("release", "no-such-id")
     assert result.exit_code == 1
     assert "no such lease: no-such-id" in result.stderr
+
+
+def test_ctrl_c_releases_the_lease_and_exits_130(local_env: Path, contract_file: Path) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) releases the
+    lease and exits 130, distinct from 1 ("no offer")."""
+    import os
+    import signal
+    import subprocess
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aicontract",
+            "acquire",
+            str(contract_file),
+            "--",
+            sys.executable,
+            "-c",
+            "import time; print('working', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "working"  # the lease is held now
+        os.killpg(holder.pid, signal.SIGINT)
+        assert holder.wait(timeout=60) == 130
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert LocalBackend().ledger.records() == []

@@ -165,7 +165,13 @@ def acquire(
     """
     contract = load(file)
     negotiator = Negotiator(_backends(backend_names))
-    status = anyio.run(_acquire_and_run, negotiator, contract, command, as_json)
+    try:
+        status = anyio.run(_acquire_and_run, negotiator, contract, command, as_json)
+    except KeyboardInterrupt:
+        # The lease was released on the way out (shielded); say so the shell's way:
+        # 128 + SIGINT, not 1, which means "no offer".
+        console.print("interrupted; lease released", highlight=False)
+        status = 130
     sys.exit(status)
 
 

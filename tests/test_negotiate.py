@@ -360,6 +360,35 @@ async def test_quote_error_becomes_a_rejection(clock: VirtualClock) -> None:
 # -- waiting for capacity up to start_by -------------------------------------------------
 
 
+async def test_time_spent_waiting_comes_off_start_by(clock: VirtualClock) -> None:
+    """start_by: 5m. Capacity shows up after 4 minutes, but starting takes 2 more: the
+    work would start at 6m, past the deadline, so it is not committed."""
+    backend = FakeBackend(clock=clock, available=False, offers=[{"start_in": 120.0}])
+    start = clock.now
+
+    async def capacity_later() -> None:
+        while clock.now < start + 240:
+            await clock.sleep(1)
+        backend.available = True
+
+    async def scenario() -> object:
+        import anyio
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(capacity_later)
+            try:
+                return await negotiator(clock, backend).acquire(Contract(gpus=1, start_by="5m"))
+            except NoOffer as exc:
+                return exc
+            finally:
+                tg.cancel_scope.cancel()
+
+    refused = await drive(clock, scenario, step=1.0)
+    assert isinstance(refused, NoOffer)
+    assert "terms.start_by wants a start within" in str(refused)
+    assert backend.commits == []
+
+
 async def test_capacity_appearing_before_start_by_is_taken(clock: VirtualClock) -> None:
     backend = FakeBackend(clock=clock, available=False)
     start = clock.now

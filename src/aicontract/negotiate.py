@@ -53,8 +53,14 @@ __all__ = [
 log = logging.getLogger("aicontract.negotiate")
 
 
-def check_offer(offer: Offer, contract: Contract, now: float) -> list[Rejection]:
-    """Every way ``offer`` breaks ``contract`` (empty when it satisfies it)."""
+def check_offer(
+    offer: Offer, contract: Contract, now: float, *, start_within: float | None = None
+) -> list[Rejection]:
+    """Every way ``offer`` breaks ``contract`` (empty when it satisfies it).
+
+    ``start_within`` is how long the contract can still wait for the work to start
+    (by default its whole ``terms.start_by``; less once negotiation has waited).
+    """
     out: list[Rejection] = []
 
     def reject(requirement: str, wanted: object, available: object) -> None:
@@ -113,8 +119,11 @@ def check_offer(offer: Offer, contract: Contract, now: float) -> list[Rejection]
             reject("terms.max_price", terms.max_price, price)
     if offer.preemptible and not terms.preemptible:
         reject("terms.preemptible", "not preemptible", "preemptible")
-    if terms.start_by is not None and offer.start_in > terms.start_by.seconds:
-        reject("terms.start_by", terms.start_by, f"starts in {offer.start_in:.0f}s")
+    if terms.start_by is not None:
+        left = terms.start_by.seconds if start_within is None else max(0.0, start_within)
+        if offer.start_in > left:
+            wanted = terms.start_by if start_within is None else f"a start within {left:.0f}s"
+            reject("terms.start_by", wanted, f"starts in {offer.start_in:.0f}s")
     if offer.expires_at <= now:
         reject("offer", "an unexpired offer", "expired offer")
     return out
@@ -172,7 +181,7 @@ class Negotiator:
     retry_wait_max: float = 2.0
     requote_wait_max: float = 5.0
 
-    async def quote(self, contract: Contract) -> Negotiation:
+    async def quote(self, contract: Contract, *, start_within: float | None = None) -> Negotiation:
         """One round: every backend's offers, filtered by the contract and ranked."""
         quotes: list[Quote] = []
         rejections: list[Rejection] = []
@@ -219,7 +228,7 @@ class Negotiator:
             rejections.extend(quote.rejections)
             counter.extend(quote.counter_offers)
             for offer in quote.offers:
-                problems = check_offer(offer, contract, now)
+                problems = check_offer(offer, contract, now, start_within=start_within)
                 if problems:
                     log.debug("dropping offer %s: %s", offer.id, "; ".join(map(str, problems)))
                     rejections.extend(problems)
@@ -267,7 +276,9 @@ class Negotiator:
         deadline = self.clock.monotonic() + (start_by.seconds if start_by else 0.0)
         backoff = 0.05
         while True:
-            round_ = await self.quote(contract)
+            # Time spent waiting comes off what a late-starting offer may take.
+            left = deadline - self.clock.monotonic() if start_by else None
+            round_ = await self.quote(contract, start_within=left)
             failures: list[Rejection] = []
             for offer in round_.offers:
                 try:

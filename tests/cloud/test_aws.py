@@ -17,7 +17,7 @@ from aicontract import Contract
 from aicontract.backends import create_backend
 from aicontract.backends.cloud.aws import TAG_KEY, AWSBackend
 from aicontract.contract import GPU
-from aicontract.errors import NoOffer, QuotaExceeded
+from aicontract.errors import ConfigError, NoOffer, QuotaExceeded
 from aicontract.lease import LeaseState
 from aicontract.negotiate import Negotiator
 
@@ -497,6 +497,18 @@ async def test_pricing_api_prices_when_reachable() -> None:
     [offer] = quote.offers
     assert str(offer.price) == "35.39 USD/h"
     assert offer.jurisdiction == "IE"
+
+
+async def test_unknown_profile_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    # A profile missing from ~/.aws is bad configuration: a ConfigError naming it,
+    # not botocore's ProfileNotFound escaping from the quote as a bare traceback.
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    backend = AWSBackend(**{**FAST, "regions": ["us-east-1"], "profile": "no-such-profile"})
+    with pytest.raises(ConfigError, match="no-such-profile"):
+        await backend.quote(Contract(gpus=8))
 
 
 async def test_create_backend_reads_env(monkeypatch: pytest.MonkeyPatch, moto_reset: str) -> None:

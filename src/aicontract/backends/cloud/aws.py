@@ -258,7 +258,13 @@ class AWSBackend(CloudBackend):
 
     async def _call(self, region: str, operation: str, service: str = "ec2", **params: Any) -> Any:
         """One boto3 call in a worker thread, its errors mapped into the hierarchy."""
-        client = self._client(service, region)
+        try:
+            client = self._client(service, region)
+        except botocore.exceptions.BotoCoreError as exc:
+            # An unknown profile or region: the configuration, not the provider, is wrong.
+            raise ConfigError(
+                redact(f"[{self.name}] cannot create an AWS {service} client in {region}: {exc}")
+            ) from None
         method = getattr(client, operation)
         try:
             return await anyio.to_thread.run_sync(functools.partial(method, **params))

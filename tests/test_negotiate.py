@@ -495,3 +495,15 @@ async def test_a_backend_that_crashes_while_quoting_does_not_sink_the_others(
     assert [o.backend for o in result.offers] == ["good"]
     (why,) = result.rejections
     assert (why.backend, why.available) == ("broken", "RuntimeError: plugin bug")
+
+
+def test_cost_ranking_keeps_currencies_apart_and_unknown_prices_last() -> None:
+    by_cost = Contract(gpus=1, max_price="10 EUR/h", preferences=Preferences(rank=["cost"]))
+    ranked = _ranked(
+        by_cost,
+        {"price": None},
+        {"price": Money("1 USD/h")},
+        {"price": Money("5 EUR/h")},
+        {"price": Money("2 EUR/h")},
+    )
+    assert ranked == ["b3", "b2", "b1", "b0"]

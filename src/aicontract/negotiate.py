@@ -132,11 +132,20 @@ def check_offer(
 def rank_key(offer: Offer, contract: Contract) -> tuple[Any, ...]:
     """Sort key for acceptable offers: the contract's preferences, then model order."""
     key: list[Any] = []
+    terms = contract.terms
     for name in contract.preferences.rank:
         if name == "guarantee":
             key.append(-GUARANTEE_ORDER[offer.guarantee])
         elif name == "cost":
-            key.append(offer.price.amount if offer.price is not None else 0)
+            # Amounts in different currencies do not compare: offers priced in the
+            # contract's currency (its max_price's, else USD) come first, by amount, then
+            # other currencies, then offers with no price (unknown is not free).
+            currency = terms.max_price.currency if terms.max_price is not None else "USD"
+            price = offer.price
+            if price is None:
+                key.append((2, 0))
+            else:
+                key.append((int(price.currency != currency), price.amount))
         elif name == "start_time":
             key.append(offer.start_in)
         elif name == "locality":

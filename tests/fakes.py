@@ -93,6 +93,8 @@ class FakeBackend(Backend):
     renewals: list[float] = attrs.field(factory=list)
     """The clock's time at every successful renewal."""
     releases: list[str] = attrs.field(factory=list)
+    abandoned: list[str] = attrs.field(factory=list)
+    """Idempotency keys of commits the negotiator gave up on."""
     leases: dict[str, Lease] = attrs.field(factory=dict)
     """Committed leases by idempotency key (a retried key returns the same lease)."""
 
@@ -116,6 +118,10 @@ class FakeBackend(Backend):
             )
         offers = tuple(make_offer(self.name, contract, now, **dict(o)) for o in self.offers)
         return Quote(offers=offers, counter_offers=counter)
+
+    async def abandon(self, offer: Offer, idempotency_key: str) -> None:
+        self.abandoned.append(idempotency_key)
+        self.leases.pop(idempotency_key, None)
 
     async def commit(self, offer: Offer, idempotency_key: str) -> Lease:
         self.commits.append((offer.id, idempotency_key))

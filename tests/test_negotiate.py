@@ -321,6 +321,10 @@ async def test_retries_are_bounded_then_next_offer(clock: VirtualClock) -> None:
     lease = await drive(clock, lambda: neg.acquire(Contract(gpus=1)))
     assert len(flaky.commits) == 3
     assert lease.backend is steady
+    # The last attempt's outcome is unknown: it is abandoned before moving on, so no
+    # lease is left that nobody holds (guarantee 5).
+    assert flaky.abandoned == [flaky.commits[0][1]]
+    assert steady.abandoned == []
 
 
 async def test_explicit_idempotency_key_is_passed_through(clock: VirtualClock) -> None:

@@ -269,9 +269,19 @@ class Negotiator:
             sleep=self.clock.sleep,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                lease = await backend.commit(offer, key)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    lease = await backend.commit(offer, key)
+        except TransientBackendError:
+            # The outcome is unknown: the last attempt may have worked and only its reply
+            # been lost. Undo it before anyone moves on to another offer (guarantee 5).
+            with anyio.CancelScope(shield=True):
+                try:
+                    await backend.abandon(offer, key)
+                except Exception:
+                    log.exception("backend %s could not abandon commit %s", backend.name, key)
+            raise
         return lease
 
     async def acquire(self, contract: Contract) -> Lease:

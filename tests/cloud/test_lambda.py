@@ -413,3 +413,15 @@ async def test_no_credential_in_logs_reprs_or_errors(
         assert API_KEY + "-but-revoked" not in text
     assert Secret("abc").reveal() == "abc"
     assert "abc" not in repr(Secret("abc"))
+
+
+@pytest.mark.anyio
+async def test_abandon_terminates_what_a_lost_reply_launched(fake: FakeLambda) -> None:
+    """What the negotiator calls when retries run out with the outcome unknown."""
+    fake.add_type(H100, ["us-east-1"])
+    b = backend(fake)
+    offer = (await b.quote(Contract(gpus=1))).offers[0]
+    await b.commit(offer, "key-lost")
+    assert len(fake.live) == 1
+    await b.abandon(offer, "key-lost")
+    assert fake.live == []

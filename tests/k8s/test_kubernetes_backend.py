@@ -351,3 +351,19 @@ async def test_a_finished_job_completes_its_workload(
             await anyio.sleep(0.1)
     assert [f.kind for f in observation.faults] == (["workload-exited"] if fault else [])
     await lease.release()
+
+
+async def test_abandon_deletes_what_a_commit_made(
+    k8s_cluster: Any, backend: KubernetesBackend
+) -> None:
+    """What the negotiator calls when a commit's outcome is unknown: nothing may remain."""
+    negotiator = Negotiator([backend])
+    offer = (await negotiator.quote(contract())).offers[0]
+    key = uuid.uuid4().hex[:20]
+    lease = await negotiator.commit(offer, key)
+    ns = lease.details["namespace"]
+    assert by_label(k8s_cluster, ns, lease.id)["pods"]
+    await backend.abandon(offer, key)
+    with anyio.fail_after(30):
+        while any(by_label(k8s_cluster, ns, lease.id).values()):
+            await anyio.sleep(0.1)

@@ -218,3 +218,21 @@ def test_sync_face_releases_forgotten_leases_at_exit(host: Path) -> None:
     assert done.stdout.strip()
     ledger = sqlite3.connect(host / "state" / LEDGER_FILE)
     assert ledger.execute("SELECT COUNT(*) FROM leases").fetchone() == (0,)
+
+
+class _RepliesAlwaysLost(LocalBackend):
+    """Every commit succeeds in the ledger and then reports a timeout."""
+
+    async def commit(self, offer: Offer, idempotency_key: str) -> Lease:
+        await super().commit(offer, idempotency_key)
+        raise TransientBackendError(self.name, "timed out waiting for the reply")
+
+
+@pytest.mark.anyio
+async def test_exhausted_retries_leave_no_lease_behind(host: Path) -> None:
+    """Guarantee 5 when retries run out: the unknown outcome is abandoned, not leaked."""
+    backend = _RepliesAlwaysLost()
+    negotiator = Negotiator([backend], retry_wait_max=0.01, commit_attempts=3)
+    with pytest.raises(ac.NoOffer, match="timed out waiting for the reply"):
+        await negotiator.acquire(ac.Contract(gpus=2))
+    assert backend.ledger.records() == []

@@ -47,6 +47,16 @@ class Backend(ABC):
     async def release(self, lease: Lease) -> None:
         """Free everything ``lease`` holds."""
 
+    async def abandon(self, offer: Offer, idempotency_key: str) -> None:  # noqa: B027
+        """Undo a commit whose outcome is unknown (retries ran out on transient errors).
+
+        The last attempt may have succeeded where the reply was lost; a backend
+        that can find a commit by its key frees it here, so the negotiator can move
+        on to the next offer without leaving a lease that nobody holds. The
+        default does nothing: a backend that cannot find commits by key relies on
+        its leases' TTL.
+        """
+
     async def observe(self, lease: Lease) -> Observation:
         """Samples and faults for ``lease`` right now (none, unless the backend can see any)."""
         return Observation()

@@ -436,6 +436,13 @@ class LocalBackend(Backend):
             await _terminate(process)
         self.ledger.release(lease.id)
 
+    async def abandon(self, offer: Offer, idempotency_key: str) -> None:
+        """Free whatever a commit under ``idempotency_key`` bound (the key is the lease id)."""
+        process = self._processes.pop(idempotency_key, None)
+        if process is not None:
+            await _terminate(process)
+        self.ledger.release(idempotency_key)
+
     async def observe(self, lease: Lease) -> Observation:
         """Liveness of the launched workload and of the ledger entry; NVML figures."""
         now = self.clock.time()

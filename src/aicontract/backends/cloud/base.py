@@ -485,6 +485,14 @@ class CloudBackend(Backend):
             raise
         return self._lease(offer, key, tag, views)
 
+    async def abandon(self, offer: Offer, idempotency_key: str) -> None:
+        """Terminate whatever a commit under ``idempotency_key`` launched (found by tag)."""
+        self._leases.pop(idempotency_key, None)
+        tag = lease_tag(idempotency_key)
+        nodes = int(offer.details.get("nodes", "1"))
+        tags = [tag] if nodes == 1 else [f"{tag}-{rank}" for rank in range(nodes)]
+        await self._cleanup(tags, offer.region, reason="commit abandoned")
+
     async def _launch_idempotent(self, offer: Offer, tag: str) -> str:
         async def attempt() -> str:
             found = await self._find_instance(tag, offer.region)

@@ -701,6 +701,13 @@ class KubernetesBackend(Backend):
         ends_at = lease.ends_at
         return expires_at if ends_at is None else min(expires_at, ends_at)
 
+    async def abandon(self, offer: Offer, idempotency_key: str) -> None:
+        """Delete whatever a commit under ``idempotency_key`` created (the key names it)."""
+        namespace = offer.details.get("namespace") or self.namespace_for(offer.contract)
+        await self._teardown(
+            namespace, lease_name(idempotency_key), ("claim", "service", "job", "pod")
+        )
+
     async def release(self, lease: Lease) -> None:
         """Delete the lease's objects and wait until they are gone."""
         namespace = lease.details.get("namespace") or self.namespace_for(lease.contract)

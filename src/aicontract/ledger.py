@@ -222,6 +222,10 @@ class Ledger:
         """
         now = time.time() if now is None else now
         with self._write() as conn:
+            # _choose ignores expired leases, but their device rows still hold the devices'
+            # keys: drop them first, or the INSERT below trips over them (and a retried
+            # commit would be handed back an expired grant whose devices are free again).
+            self._reclaim(conn, now, check_holders=False)
             try:
                 gpu_ids, cpu_ids = self._choose(conn, demand, now)
             except CapacityUnavailable:

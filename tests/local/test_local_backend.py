@@ -114,6 +114,30 @@ async def test_idempotent_commit_gives_one_lease(backend: LocalBackend) -> None:
     await first.release()
 
 
+async def test_an_expired_lease_does_not_block_its_devices(
+    backend: LocalBackend, state_dir: Path
+) -> None:
+    """A lease past its TTL (its holder stalled) frees its devices for the next grant.
+
+    Its rows are still in the ledger until something reclaims them; the grant must
+    not trip over them (a raw sqlite3.IntegrityError) when it picks their devices.
+    """
+    contract = Contract(gpus=GPU(count=1, models=["L4"]))
+    stale = LocalBackend(state_dir=state_dir, ttl=0.05)
+    try:
+        (offer,) = (await stale.quote(contract)).offers
+        await stale.commit(offer, "stalled-holder")  # never renewed, never released
+    finally:
+        stale.ledger.close()
+    await anyio.sleep(0.1)
+    lease = await acquire(backend, contract)
+    try:
+        assert gpus_of(lease) == (L4,)
+        assert [r.id for r in backend.ledger.records()] == [lease.id]
+    finally:
+        await lease.release()
+
+
 # -- which GPUs, how much ------------------------------------------------------------------
 
 

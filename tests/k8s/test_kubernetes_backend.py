@@ -13,9 +13,9 @@ from typing import Any
 import anyio
 import pytest
 
-from aicontract import GPU, Contract, NoOffer, Workload
+from aicontract import GPU, Contract, NoOffer, TransientBackendError, Workload
 from aicontract.backends.kubernetes import KubernetesBackend
-from aicontract.backends.kubernetes.objects import LABEL_LEASE
+from aicontract.backends.kubernetes.objects import LABEL_LEASE, lease_name
 from aicontract.lease import Lease, LeaseState
 from aicontract.negotiate import Negotiator
 
@@ -163,6 +163,26 @@ async def test_retried_commit_adopts_never_duplicates(
     assert by_label(k8s_cluster, first.details["namespace"], first.id)["pods"] == [first.id]
     await first.release()
     assert by_label(k8s_cluster, first.details["namespace"], first.id)["pods"] == []
+
+
+async def test_a_commit_that_fails_after_binding_leaves_nothing(
+    k8s_cluster: Any, backend: KubernetesBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pod is bound, then building the lease fails (a cancel, an API error reading
+    the node): the pod and the Lease object must not outlive the failed commit."""
+    c = contract()
+    offer = (await backend.quote(c)).offers[0]
+
+    async def broken_lease(*args: Any, **kwargs: Any) -> Lease:
+        raise TransientBackendError("kubernetes", "GET node: 503")
+
+    monkeypatch.setattr(backend, "_lease", broken_lease)
+    with pytest.raises(TransientBackendError):
+        await backend.commit(offer, "fails-after-binding")
+    ns, name = backend.namespace_for(c), lease_name("fails-after-binding")
+    with anyio.fail_after(30):
+        while any(by_label(k8s_cluster, ns, name).values()):
+            await anyio.sleep(0.1)
 
 
 async def test_renew_moves_the_lease_objects_renew_time(

@@ -431,13 +431,17 @@ class KubernetesBackend(Backend):
             pod = await self._place(
                 offer, name, namespace, lease_obj, objects, deadline, wait_for_capacity
             )
+            # Until the lease is handed back, nobody holds what was bound: a failure (or a
+            # cancel) while reading the claim or the node must not leave it running.
+            if "claim" in objects:
+                offer = await self._granted_by_claim(offer, namespace, name)
+            return await self._lease(
+                offer, name, namespace, lease_obj, pod, objects, idempotency_key
+            )
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._teardown(namespace, name, ("claim", "service", "job", "pod"))
             raise
-        if "claim" in objects:
-            offer = await self._granted_by_claim(offer, namespace, name)
-        return await self._lease(offer, name, namespace, lease_obj, pod, objects, idempotency_key)
 
     async def _granted_by_claim(self, offer: Offer, namespace: str, name: str) -> Offer:
         """The offer with the model the scheduler allocated from the claim's ``firstAvailable``.

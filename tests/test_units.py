@@ -460,3 +460,10 @@ def test_pickle_and_copy_keep_value_and_text(value: object) -> None:
         assert clone == value
         assert type(clone) is type(value)
         assert str(clone) == str(value)
+
+
+def test_a_range_open_below_never_grants_nothing() -> None:
+    """'<=80GiB' asks for some memory: when none is free the answer is no, not zero."""
+    assert BytesRange("<=80GiB").grant(Bytes(0)) is None
+    assert BytesRange("<=80GiB").grant(Bytes("16GiB")) == Bytes("16GiB")
+    assert CountRange("0..4").grant(0) == 0  # an explicit 0 is the caller's choice

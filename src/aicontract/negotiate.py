@@ -208,9 +208,11 @@ class Negotiator:
                             backend=backend.name,
                             requirement="quote",
                             wanted="an answer",
+                            # An unexpected error's text may hold anything (a URL with a
+                            # token): the rejection names its type; the log has the rest.
                             available=str(exc)
                             if isinstance(exc, AIContractError)
-                            else f"{type(exc).__name__}: {exc}",
+                            else f"{type(exc).__name__} (details in the log)",
                         )
                     )
             if scope.cancelled_caught:

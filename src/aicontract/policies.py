@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
+import anyio
 import attrs
 
 from .errors import (
@@ -169,7 +170,18 @@ class Renegotiate:
         except NoOffer as exc:
             log.warning("lease %s: no replacement; keeping it: %s", old.id, exc)
             return
-        await context.switch(old, new)
+        if not old.is_active:
+            # The holder let go (or lost it) while we looked: nobody wants the replacement.
+            log.info("lease %s ended during renegotiation; releasing %s", old.id, new.id)
+            await new.release()
+            return
+        try:
+            await context.switch(old, new)
+        except BaseException:
+            if old.replaced_by is not new:  # the switch did not happen: the new lease is nobody's
+                with anyio.CancelScope(shield=True):
+                    await new.release()
+            raise
 
 
 async def find_replacement(

@@ -694,6 +694,8 @@ class Range(ABC, Generic[Q]):
         if target is None:
             return None
         value = min(target, available)
+        if self.min is None and int(value) == 0:
+            return None  # "up to 80GiB" asks for some: granting nothing is refusing
         return value if value in self else None
 
     @property

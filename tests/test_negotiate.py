@@ -585,3 +585,53 @@ async def test_a_replacement_is_released_when_the_holder_let_go_meanwhile(
     await Renegotiate().handle(context, _violation(old.id))  # type: ignore[arg-type]
     assert switched == []
     assert all(not lease.is_active for lease in backend.leases.values())
+
+
+# -- guarantee 3 reaches the GPU's properties ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gpu", "grant", "requirement"),
+    [
+        pytest.param(
+            {"compute_capability": "9.0"},
+            {"gpu_compute_capability": "8.0"},
+            "resources.gpus.compute_capability",
+            id="capability-too-low",
+        ),
+        pytest.param(
+            {"compute_capability": "9.0"},
+            {},
+            "resources.gpus.compute_capability",
+            id="capability-unknown",
+        ),
+        pytest.param(
+            {"interconnect": "nvlink"},
+            {"gpu_interconnect": "pcie"},
+            "resources.gpus.interconnect",
+            id="wrong-interconnect",
+        ),
+        pytest.param({"mig": "1g.10gb"}, {}, "resources.gpus.mig", id="whole-gpu-for-mig"),
+    ],
+)
+def test_gpu_properties_a_backend_cannot_show_are_refused(
+    gpu: dict[str, str], grant: dict[str, str], requirement: str
+) -> None:
+    """A backend that says nothing about a required property never satisfies it."""
+    contract = Contract(gpus=GPU(count=1, **gpu))
+    offer = make_offer("x", contract, 0.0, gpus=1, gpu_model="H100", **grant)
+    assert [r.requirement for r in check_offer(offer, contract, 0.0)] == [requirement]
+
+
+def test_gpu_properties_that_meet_the_contract_pass() -> None:
+    contract = Contract(gpus=GPU(count=1, compute_capability="8.0", interconnect="nvlink"))
+    offer = make_offer(
+        "x",
+        contract,
+        0.0,
+        gpus=1,
+        gpu_model="H100",
+        gpu_compute_capability="9.0",
+        gpu_interconnect="nvlink",
+    )
+    assert check_offer(offer, contract, 0.0) == []

@@ -53,6 +53,15 @@ __all__ = [
 log = logging.getLogger("aicontract.negotiate")
 
 
+def _capability(text: str | None) -> tuple[int, int]:
+    """``"9.0"`` as ``(9, 0)``; anything unreadable as ``(-1, -1)``, which satisfies nothing."""
+    major, _, minor = (text or "").partition(".")
+    try:
+        return (int(major), int(minor or 0))
+    except ValueError:
+        return (-1, -1)
+
+
 def check_offer(
     offer: Offer, contract: Contract, now: float, *, start_within: float | None = None
 ) -> list[Rejection]:
@@ -84,6 +93,22 @@ def check_offer(
             grant.gpu_memory is None or grant.gpu_memory not in gpus.memory
         ):
             reject("resources.gpus.memory", gpus.memory, grant.gpu_memory)
+        if gpus.compute_capability is not None and (
+            _capability(grant.gpu_compute_capability) < _capability(gpus.compute_capability)
+        ):
+            reject(
+                "resources.gpus.compute_capability",
+                f">= {gpus.compute_capability}",
+                grant.gpu_compute_capability or "unknown",
+            )
+        if gpus.interconnect is not None and grant.gpu_interconnect != gpus.interconnect:
+            reject(
+                "resources.gpus.interconnect",
+                gpus.interconnect,
+                grant.gpu_interconnect or "unknown",
+            )
+        if gpus.mig is not None and grant.gpu_mig != gpus.mig:
+            reject("resources.gpus.mig", gpus.mig, grant.gpu_mig or "a whole GPU")
     elif grant.gpus:
         reject("resources.gpus", "no GPUs", f"{grant.gpus} GPUs")
     for name in ("cpus", "memory", "disk"):

@@ -11,11 +11,19 @@ __all__ = ["Grant", "Offer", "Quote", "Rejection"]
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Concrete values a backend would grant (an offer) or has granted (a lease)."""
+    """Concrete values a backend would grant (an offer) or has granted (a lease).
+
+    The ``gpu_*`` properties are what the negotiator checks the contract's GPU
+    requirements against; a backend that cannot state one (``None``) never
+    satisfies a contract that requires it.
+    """
 
     gpus: int = 0
     gpu_model: str | None = None
     gpu_memory: Bytes | None = None
+    gpu_compute_capability: str | None = None
+    gpu_interconnect: str | None = None
+    gpu_mig: str | None = None
     cpus: int = 0
     memory: Bytes | None = None
     disk: Bytes | None = None

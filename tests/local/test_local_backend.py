@@ -360,3 +360,13 @@ async def test_a_lease_without_a_launched_workload_reports_no_workload_state(
     assert lease.workload_state is None
     assert (await backend.observe(lease)).workload is None
     await lease.release()
+
+
+async def test_the_grant_states_the_gpus_properties(backend: LocalBackend) -> None:
+    """The negotiator checks compute capability and MIG against what the grant states."""
+    lease = await acquire(backend, Contract(gpus=GPU(count=1, compute_capability="8.9")))
+    assert lease.grant.gpu_compute_capability == "9.0"  # an H100, the first that fits
+    await lease.release()
+    mig = await acquire(backend, Contract(gpus=GPU(count=1, mig="1g.10gb")))
+    assert mig.grant.gpu_mig == "1g.10gb"
+    await mig.release()

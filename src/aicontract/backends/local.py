@@ -57,6 +57,14 @@ def _capability(text: str | None) -> tuple[int, int]:
     return (int(major), int(minor or 0))
 
 
+def _weakest_capability(devices: Sequence[GPUDevice]) -> str | None:
+    """The lowest compute capability among ``devices`` (what the grant can promise)."""
+    known = [d.compute_capability for d in devices if d.compute_capability]
+    if not known or len(known) != len(devices):
+        return None
+    return min(known, key=_capability)
+
+
 def _fits(device: GPUDevice, gpus: GPU) -> bool:
     """Does one device meet the contract's per-GPU requirements (model aside)?"""
     if gpus.memory is not None and device.memory not in gpus.memory:
@@ -179,6 +187,9 @@ class LocalBackend(Backend):
                 gpus=count,
                 gpu_model=model,
                 gpu_memory=first.memory if first else None,
+                gpu_compute_capability=_weakest_capability(devices),
+                gpu_interconnect=first.interconnect if first else None,
+                gpu_mig=first.mig_profile if first else None,
                 cpus=cpus,
                 memory=memory,
                 disk=disk,
@@ -252,7 +263,14 @@ class LocalBackend(Backend):
                     disk=contract.resources.disk,
                 )
             )
-            grant = Grant(gpus=free, gpu_model=best_model, gpu_memory=best[0].memory)
+            grant = Grant(
+                gpus=free,
+                gpu_model=best_model,
+                gpu_memory=best[0].memory,
+                gpu_compute_capability=_weakest_capability(best),
+                gpu_interconnect=best[0].interconnect,
+                gpu_mig=best[0].mig_profile,
+            )
             counter.append(self._offer(relaxed, grant, best, self.clock.time()))
         return [], [problem], counter
 

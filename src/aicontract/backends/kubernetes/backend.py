@@ -339,10 +339,13 @@ class KubernetesBackend(Backend):
             disk = res.disk.grant(free_disk)
             if disk is None:
                 return _Misfit("resources.disk", str(res.disk), f"{free_disk} free")
+        capability = view.compute_capability if gpus_granted else None
         grant = Grant(
             gpus=gpus_granted,
             gpu_model=model,
             gpu_memory=memory if gpus_granted else None,
+            gpu_compute_capability=".".join(map(str, capability)) if capability else None,
+            gpu_mig=res.gpus.mig if gpus_granted and res.gpus is not None else None,
             cpus=cpus,
             memory=granted_memory,
             disk=disk,

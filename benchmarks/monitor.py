@@ -66,10 +66,12 @@ class SampleBackend(Backend):
 
     async def observe(self, lease: Lease) -> Observation:
         now = self.clock.time()
-        return Observation(samples=(
-            Sample(sli="latency", value=self.rng.lognormvariate(-4, 0.5), at=now),
-            Sample(sli="gpu_utilization", value=self.rng.uniform(0.5, 0.9), at=now),
-        ))  # fmt: skip
+        return Observation(
+            samples=(
+                Sample(sli="latency", value=self.rng.lognormvariate(-4, 0.5), at=now),
+                Sample(sli="gpu_utilization", value=self.rng.uniform(0.5, 0.9), at=now),
+            )
+        )
 
 
 def machine() -> str:
@@ -81,8 +83,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()},"
-            f" {platform.system()} {platform.release()}")  # fmt: skip
+    return (
+        f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()},"
+        f" {platform.system()} {platform.release()}"
+    )
 
 
 async def cpu_cost(leases: int, seconds: float, **monitor_options: Any) -> tuple[float, int]:
@@ -91,9 +95,14 @@ async def cpu_cost(leases: int, seconds: float, **monitor_options: Any) -> tuple
     contract = Contract(name="bench", gpus=GPU(count=1), objectives=list(OBJECTIVES))
     async with Monitor(observe_interval=1.0, **monitor_options) as monitor:
         for i in range(leases):
-            lease = Lease(id=f"bench-{i}", contract=contract, grant=Grant(gpus=1),
-                          backend=backend, guarantee="allocated",
-                          expires_at=time.time() + 3600)  # fmt: skip
+            lease = Lease(
+                id=f"bench-{i}",
+                contract=contract,
+                grant=Grant(gpus=1),
+                backend=backend,
+                guarantee="allocated",
+                expires_at=time.time() + 3600,
+            )
             monitor.watch(lease, probe=False)
         await anyio.sleep(3)  # let every loop reach its steady state
         before = sum(w.samples_total for w in monitor.watches.values())
@@ -131,33 +140,59 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    print(f"\n1. CPU, {args.leases} leases x 2 SLIs at 1 Hz, {args.seconds:g} s measured"
-          " (share of one core):")  # fmt: skip
+    print(
+        f"\n1. CPU, {args.leases} leases x 2 SLIs at 1 Hz, {args.seconds:g} s measured"
+        " (share of one core):"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         runs = [
             ("telemetry off, publish off", {"telemetry": Telemetry(), "publish": False}),
-            ("telemetry off, publish on (every 5 s)",
-             {"telemetry": Telemetry(), "publish": True, "publish_dir": Path(tmp)}),
-            (f"installed telemetry ({type(default_telemetry()).__name__}), publish off",
-             {"publish": False}),
-        ]  # fmt: skip
+            (
+                "telemetry off, publish on (every 5 s)",
+                {"telemetry": Telemetry(), "publish": True, "publish_dir": Path(tmp)},
+            ),
+            (
+                f"installed telemetry ({type(default_telemetry()).__name__}), publish off",
+                {"publish": False},
+            ),
+        ]
         for label, options in runs:
             share, taken = anyio.run(lambda o=options: cpu_cost(args.leases, args.seconds, **o))
             rate = taken / args.seconds
             print(f"   {label:55s} {share:5.1f} %  ({rate:,.0f} samples/s)")
     print("\n2. Detection latency of a step change, 1 Hz samples (virtual seconds):")
     cases = [
-        ("latency_p99 <= 200ms / 5m, 20 ms -> 500 ms",
-         Objective(sli="latency_p99", op="<=", target="200ms", window="5m"), 0.02, 0.5),
-        ("availability >= 99.9% / 5m, up -> down",
-         Objective(sli="availability", op=">=", target="99.9%", window="5m"), 1.0, 0.0),
-        ("availability >= 99.9% / 1h, up -> down",
-         Objective(sli="availability", op=">=", target="99.9%", window="1h"), 1.0, 0.0),
-        ("error_rate <= 1% / 30m, 0 -> 5% errors",
-         Objective(sli="error_rate", op="<=", target="1%", window="30m"), 0.0, 0.05),
-        ("gpu_utilization >= 50% / 5m, 80% -> 10%",
-         Objective(sli="gpu_utilization", op=">=", target="50%", window="5m"), 0.8, 0.1),
-    ]  # fmt: skip
+        (
+            "latency_p99 <= 200ms / 5m, 20 ms -> 500 ms",
+            Objective(sli="latency_p99", op="<=", target="200ms", window="5m"),
+            0.02,
+            0.5,
+        ),
+        (
+            "availability >= 99.9% / 5m, up -> down",
+            Objective(sli="availability", op=">=", target="99.9%", window="5m"),
+            1.0,
+            0.0,
+        ),
+        (
+            "availability >= 99.9% / 1h, up -> down",
+            Objective(sli="availability", op=">=", target="99.9%", window="1h"),
+            1.0,
+            0.0,
+        ),
+        (
+            "error_rate <= 1% / 30m, 0 -> 5% errors",
+            Objective(sli="error_rate", op="<=", target="1%", window="30m"),
+            0.0,
+            0.05,
+        ),
+        (
+            "gpu_utilization >= 50% / 5m, 80% -> 10%",
+            Objective(sli="gpu_utilization", op=">=", target="50%", window="5m"),
+            0.8,
+            0.1,
+        ),
+    ]
     for label, objective, good, bad in cases:
         fired, cleared = detection(objective, good, bad)
         print(f"   {label:45s} violated after {fired:5.0f} s, cleared {cleared:5.0f} s after")

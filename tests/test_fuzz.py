@@ -74,18 +74,36 @@ junk = st.recursive(
 )
 
 SECTIONS: dict[str, list[str]] = {
-    "": ["name", "tenant", "resources", "objectives", "placement", "terms", "workload",
-         "preferences", "labels"],
+    "": [
+        "name",
+        "tenant",
+        "resources",
+        "objectives",
+        "placement",
+        "terms",
+        "workload",
+        "preferences",
+        "labels",
+    ],
     "resources": ["gpus", "cpus", "memory", "disk"],
     "gpus": ["count", "models", "memory", "compute_capability", "interconnect", "mig"],
     "objective": ["sli", "op", "target", "window"],
     "placement": ["regions", "deny_regions", "jurisdictions", "providers", "isolation"],
-    "terms": ["duration", "renewable", "start_by", "max_price", "priority", "preemptible",
-              "min_guarantee", "on_violation", "max_renegotiations_per_hour"],
+    "terms": [
+        "duration",
+        "renewable",
+        "start_by",
+        "max_price",
+        "priority",
+        "preemptible",
+        "min_guarantee",
+        "on_violation",
+        "max_renegotiations_per_hour",
+    ],
     "workload": ["kind", "image", "command", "env", "ports", "probe"],
     "probe": ["endpoint", "path", "method", "body", "interval", "timeout"],
     "preferences": ["rank", "regions"],
-}  # fmt: skip
+}
 
 
 def _section(name: str, children: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:

@@ -340,8 +340,11 @@ class Lease:
         at = self.clock.time()
         for name, raw in values.items():
             base, extra = _to_base(name, float(raw), unit)
-            self.ingest(Sample(sli=name, value=base, at=at, source="user",
-                               labels={**extra, **(labels or {})}))  # fmt: skip
+            self.ingest(
+                Sample(
+                    sli=name, value=base, at=at, source="user", labels={**extra, **(labels or {})}
+                )
+            )
 
     @contextlib.contextmanager
     def measure(self, sli: str = "latency", *, errors: bool = False) -> Iterator[None]:
@@ -412,8 +415,9 @@ class Lease:
             try:
                 stream.send_nowait(violation)
             except anyio.WouldBlock:
-                log.warning("lease %s: a slow violations() reader missed: %s",
-                            self.id, violation.describe())  # fmt: skip
+                log.warning(
+                    "lease %s: a slow violations() reader missed: %s", self.id, violation.describe()
+                )
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._violation_streams.remove(stream)
 

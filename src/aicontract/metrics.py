@@ -135,8 +135,7 @@ class OpenTelemetry(Telemetry):
         from ._version import __version__
 
         meter = metrics.get_meter("aicontract", __version__, meter_provider=meter_provider)
-        self._tracer = trace.get_tracer("aicontract", __version__,
-                                        tracer_provider=tracer_provider)  # fmt: skip
+        self._tracer = trace.get_tracer("aicontract", __version__, tracer_provider=tracer_provider)
         self._negotiations = meter.create_counter(
             "aicontract.negotiations", description="Negotiations, by outcome"
         )
@@ -200,9 +199,12 @@ class OpenTelemetry(Telemetry):
 
         trace.get_current_span().add_event(
             "aicontract.violation",
-            {"lease": violation.lease_id, "objective": violation.key,
-             "severity": violation.severity},
-        )  # fmt: skip
+            {
+                "lease": violation.lease_id,
+                "objective": violation.key,
+                "severity": violation.severity,
+            },
+        )
 
     def renegotiation(self, lease_id: str, outcome: str) -> None:
         """Count the renegotiation."""
@@ -225,23 +227,28 @@ class PrometheusTelemetry(Telemetry):
             registry = prom.REGISTRY
         kw: dict[str, Any] = {"registry": registry}
         self.registry = registry
-        self._negotiations = prom.Counter("aicontract_negotiations", "Negotiations, by outcome",
-                                          ["outcome"], **kw)  # fmt: skip
+        self._negotiations = prom.Counter(
+            "aicontract_negotiations", "Negotiations, by outcome", ["outcome"], **kw
+        )
         self._offers = prom.Counter("aicontract_offers", "Acceptable offers seen", **kw)
         self._commits = prom.Counter("aicontract_commits", "Leases committed", ["backend"], **kw)
         self._leases = prom.Gauge("aicontract_leases", "Leases by state", ["state"], **kw)
-        self._sli = prom.Gauge("aicontract_sli_value", "Last SLI sample, base units",
-                               ["lease", "sli"], **kw)  # fmt: skip
+        self._sli = prom.Gauge(
+            "aicontract_sli_value", "Last SLI sample, base units", ["lease", "sli"], **kw
+        )
         self._samples = prom.Counter("aicontract_sli_samples", "SLI samples", ["sli"], **kw)
         self._objective = prom.Gauge(
             "aicontract_objective_state",
             "Objective state: -1 undetermined, 0 met, 1 violated",
-            ["lease", "objective"], **kw,
-        )  # fmt: skip
-        self._violations = prom.Counter("aicontract_violations", "Violations",
-                                        ["objective", "severity"], **kw)  # fmt: skip
-        self._renegotiations = prom.Counter("aicontract_renegotiations", "Renegotiations",
-                                            ["outcome"], **kw)  # fmt: skip
+            ["lease", "objective"],
+            **kw,
+        )
+        self._violations = prom.Counter(
+            "aicontract_violations", "Violations", ["objective", "severity"], **kw
+        )
+        self._renegotiations = prom.Counter(
+            "aicontract_renegotiations", "Renegotiations", ["outcome"], **kw
+        )
 
     @classmethod
     def for_registry(cls, registry: Any = None) -> PrometheusTelemetry:

@@ -212,9 +212,14 @@ class Monitor:
         terms = lease.contract.terms
         if policy is None or isinstance(policy, str):
             policy = policy_for(policy or terms.on_violation)
-        watch = LeaseWatch(lease=lease, policy=policy,
-                           budget=RenegotiationBudget(terms.max_renegotiations_per_hour),
-                           probe=probe, observe=observe, renew=renew)  # fmt: skip
+        watch = LeaseWatch(
+            lease=lease,
+            policy=policy,
+            budget=RenegotiationBudget(terms.max_renegotiations_per_hour),
+            probe=probe,
+            observe=observe,
+            renew=renew,
+        )
         self._attach(watch, lease)
         return watch
 
@@ -241,8 +246,9 @@ class Monitor:
             try:
                 lease = await self.negotiator.acquire(contract)
             except NoOffer as exc:
-                self.telemetry.negotiation(contract.name, "no-offer", 0,
-                                           self.clock.monotonic() - started)  # fmt: skip
+                self.telemetry.negotiation(
+                    contract.name, "no-offer", 0, self.clock.monotonic() - started
+                )
                 log.info("contract %s: %s", contract.name, exc)
                 raise
         self.telemetry.negotiation(contract.name, "leased", 1, self.clock.monotonic() - started)
@@ -253,8 +259,9 @@ class Monitor:
     def _attach(self, watch: LeaseWatch, lease: Lease) -> None:
         """Make ``lease`` the watch's lease: fresh trackers, sink, listeners, loops."""
         watch.lease = lease
-        watch.trackers = [tracker_for(o, lease.id, **self.tracker_options)
-                          for o in lease.contract.objectives]  # fmt: skip
+        watch.trackers = [
+            tracker_for(o, lease.id, **self.tracker_options) for o in lease.contract.objectives
+        ]
         watch.by_sli = {}
         for tracker in watch.trackers:
             for sli in tracker.feeds:
@@ -267,8 +274,9 @@ class Monitor:
         if self._tg is not None:
             self._tg.start_soon(self._run_lease, watch, lease, name=f"aicontract-watch-{lease.id}")
         elif watch.probe or watch.observe or watch.renew:
-            log.debug("lease %s: monitor not started; only reported samples are evaluated",
-                      lease.id)  # fmt: skip
+            log.debug(
+                "lease %s: monitor not started; only reported samples are evaluated", lease.id
+            )
 
     def _stop(self, watch: LeaseWatch) -> None:
         watch.scope.cancel()
@@ -319,19 +327,28 @@ class Monitor:
         if watch.busy or lease.replaced_by is not None:
             return
         if self._tg is None:
-            log.warning("lease %s: monitor not running; policy %s not applied",
-                        lease.id, watch.policy.name)  # fmt: skip
+            log.warning(
+                "lease %s: monitor not running; policy %s not applied", lease.id, watch.policy.name
+            )
             return
         watch.busy = True
-        self._tg.start_soon(self._apply_policy, watch, lease, violation,
-                            name=f"aicontract-policy-{lease.id}")  # fmt: skip
+        self._tg.start_soon(
+            self._apply_policy, watch, lease, violation, name=f"aicontract-policy-{lease.id}"
+        )
 
     def _fault(self, watch: LeaseWatch, lease: Lease, fault: Fault) -> None:
         """A provider fault: not SLO burn; the lease is revoked at once, with the reason."""
         reason = f"{fault.kind}: {fault.reason}"
-        violation = Violation(lease_id=lease.id, objective=None, observed=None, window=0.0,
-                              since=fault.at, at=self.clock.time(), severity="fatal",
-                              reason=reason)  # fmt: skip
+        violation = Violation(
+            lease_id=lease.id,
+            objective=None,
+            observed=None,
+            window=0.0,
+            since=fault.at,
+            at=self.clock.time(),
+            severity="fatal",
+            reason=reason,
+        )
         self._violated(watch, lease, violation)
         lease.revoke(reason)
 
@@ -342,11 +359,20 @@ class Monitor:
             await self._switch(watch, old, new)
             switched.append(new)
 
-        context = PolicyContext(lease=lease, budget=watch.budget, negotiator=self.negotiator,
-                                now=self.clock.time, switch=switch)  # fmt: skip
+        context = PolicyContext(
+            lease=lease,
+            budget=watch.budget,
+            negotiator=self.negotiator,
+            now=self.clock.time,
+            switch=switch,
+        )
         try:
-            with self.telemetry.span("aicontract.policy", policy=watch.policy.name,
-                                     lease=lease.id, objective=violation.key):  # fmt: skip
+            with self.telemetry.span(
+                "aicontract.policy",
+                policy=watch.policy.name,
+                lease=lease.id,
+                objective=violation.key,
+            ):
                 await watch.policy.handle(context, violation)
         except AIContractError as exc:
             log.warning("lease %s: policy %s failed: %s", lease.id, watch.policy.name, exc)
@@ -458,10 +484,15 @@ class Monitor:
             if lease.remaining <= ahead and not warned and not watch.busy:
                 warned = True
                 violation = Violation(
-                    lease_id=lease.id, objective=None, observed=lease.remaining, window=0.0,
-                    since=now, at=now, severity="warning",
+                    lease_id=lease.id,
+                    objective=None,
+                    observed=lease.remaining,
+                    window=0.0,
+                    since=now,
+                    at=now,
+                    severity="warning",
                     reason=f"expires in {lease.remaining:.0f}s and cannot be renewed",
-                )  # fmt: skip
+                )
                 self._violated(watch, lease, violation)
 
     # -- publishing ----------------------------------------------------------------------
@@ -498,8 +529,9 @@ class Monitor:
     def snapshot(self) -> MonitorSnapshot:
         """Every watched (and recently finished) lease as data."""
         leases = [self._lease_snapshot(w) for w in self._watches.values()]
-        return MonitorSnapshot(pid=os.getpid(), written_at=self.clock.time(),
-                               leases=[*leases, *self._finished])  # fmt: skip
+        return MonitorSnapshot(
+            pid=os.getpid(), written_at=self.clock.time(), leases=[*leases, *self._finished]
+        )
 
     def _lease_snapshot(self, watch: LeaseWatch) -> LeaseSnapshot:
         lease, now = watch.lease, self.clock.time()
@@ -507,24 +539,46 @@ class Monitor:
         for tracker in watch.trackers:
             obj = tracker.objective
             value = tracker.value(now)
-            objectives.append(ObjectiveSnapshot(
-                key=tracker.key, sli=obj.sli, op=obj.op, target=str(obj.target),
-                window=tracker.window, state=tracker.state.value, value=value,
-                display="-" if value is None else format_value(obj, value),
-                changed_at=tracker.changed_at,
-            ))  # fmt: skip
-        violations = [ViolationSnapshot(key=v.key, severity=v.severity, at=v.at, since=v.since,
-                                        observed=v.observed, text=v.describe())
-                      for v in list(watch.violations)[-8:]]  # fmt: skip
+            objectives.append(
+                ObjectiveSnapshot(
+                    key=tracker.key,
+                    sli=obj.sli,
+                    op=obj.op,
+                    target=str(obj.target),
+                    window=tracker.window,
+                    state=tracker.state.value,
+                    value=value,
+                    display="-" if value is None else format_value(obj, value),
+                    changed_at=tracker.changed_at,
+                )
+            )
+        violations = [
+            ViolationSnapshot(
+                key=v.key,
+                severity=v.severity,
+                at=v.at,
+                since=v.since,
+                observed=v.observed,
+                text=v.describe(),
+            )
+            for v in list(watch.violations)[-8:]
+        ]
         return LeaseSnapshot(
-            id=lease.id, backend=lease.backend.name, contract=lease.contract.name,
-            state=lease.state.value, policy=watch.policy.name, expires_at=lease.expires_at,
-            endpoints=dict(lease.endpoints), objectives=objectives,
+            id=lease.id,
+            backend=lease.backend.name,
+            contract=lease.contract.name,
+            state=lease.state.value,
+            policy=watch.policy.name,
+            expires_at=lease.expires_at,
+            endpoints=dict(lease.endpoints),
+            objectives=objectives,
             last={k: s.value for k, s in watch.last.items()},
-            samples_total=watch.samples_total, violations_total=watch.violations_total,
+            samples_total=watch.samples_total,
+            violations_total=watch.violations_total,
             renegotiations_total=watch.renegotiations_total,
             renegotiations_left=watch.budget.remaining(now),
-            recent=list(watch.recent)[-8:], violations=violations,
+            recent=list(watch.recent)[-8:],
+            violations=violations,
             replaced_by=lease.replaced_by.id if lease.replaced_by is not None else None,
             reason=lease.reason,
-        )  # fmt: skip
+        )

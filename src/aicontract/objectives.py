@@ -28,7 +28,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import msgspec
@@ -260,8 +260,14 @@ class Tracker(ABC):
             self._onset = None
         return Change(old, new, now, violation)
 
-    def _violation(self, now: float, observed: float | None, window: float, severity: Severity,
-                   burn: float | None) -> Violation:  # fmt: skip
+    def _violation(
+        self,
+        now: float,
+        observed: float | None,
+        window: float,
+        severity: Severity,
+        burn: float | None,
+    ) -> Violation:
         return Violation(
             lease_id=self.lease_id,
             objective=self.objective,
@@ -425,7 +431,7 @@ class GaugeTracker(Tracker):
         return self._move(ObjectiveState.MET, now, None)
 
 
-def tracker_for(objective: Objective, lease_id: str, **options: object) -> Tracker:
+def tracker_for(objective: Objective, lease_id: str, **options: Any) -> Tracker:
     """The right tracker for ``objective`` (see the module's description)."""
     sli, op = objective.sli, objective.op
     target = target_value(objective)
@@ -434,17 +440,28 @@ def tracker_for(objective: Objective, lease_id: str, **options: object) -> Track
         q = (percentile_of(f"p{pct['q']}") or 99.0) / 100  # validated by the contract
         ok = _compare(op)
         budget = 1.0 - q if op in ("<=", "<") else q
-        return EventTracker(objective, lease_id, budget=budget, quantile=q,
-                            bad_of=lambda v: 0.0 if ok(v, target) else 1.0,
-                            **options)  # type: ignore[arg-type]  # fmt: skip
+        return EventTracker(
+            objective,
+            lease_id,
+            budget=budget,
+            quantile=q,
+            bad_of=lambda v: 0.0 if ok(v, target) else 1.0,
+            **options,
+        )
     if sli == "availability" and op in (">=", ">"):
-        return EventTracker(objective, lease_id, budget=1.0 - target,
-                            bad_of=lambda v: 1.0 - v, **options)  # type: ignore[arg-type]  # fmt: skip
+        return EventTracker(
+            objective, lease_id, budget=1.0 - target, bad_of=lambda v: 1.0 - v, **options
+        )
     if sli == "error_rate" and op in ("<=", "<"):
-        return EventTracker(objective, lease_id, budget=target, bad_of=lambda v: v,
-                            also={"availability": lambda v: 1.0 - v},
-                            **options)  # type: ignore[arg-type]  # fmt: skip
+        return EventTracker(
+            objective,
+            lease_id,
+            budget=target,
+            bad_of=lambda v: v,
+            also={"availability": lambda v: 1.0 - v},
+            **options,
+        )
     stat = _STAT.match(sli)
-    return GaugeTracker(objective, lease_id,
-                        stat="max" if stat and stat["stat"] == "max" else "mean",
-                        **options)  # type: ignore[arg-type]  # fmt: skip
+    return GaugeTracker(
+        objective, lease_id, stat="max" if stat and stat["stat"] == "max" else "mean", **options
+    )

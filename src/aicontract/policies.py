@@ -160,13 +160,16 @@ class Renegotiate:
             log.warning(
                 "lease %s: renegotiation budget spent (%d per hour); next allowed at %s;"
                 " notifying only: %s",
-                old.id, context.budget.per_hour, context.budget.next_at(now),
+                old.id,
+                context.budget.per_hour,
+                context.budget.next_at(now),
                 violation.describe(),
-            )  # fmt: skip
+            )
             return
         try:
-            new = await find_replacement(context.negotiator, old,
-                                         prefer_elsewhere=self.prefer_elsewhere)  # fmt: skip
+            new = await find_replacement(
+                context.negotiator, old, prefer_elsewhere=self.prefer_elsewhere
+            )
         except NoOffer as exc:
             log.warning("lease %s: no replacement; keeping it: %s", old.id, exc)
             return
@@ -200,15 +203,29 @@ async def find_replacement(
     for offer in offers:
         try:
             new = await negotiator.commit(offer)
-        except (CapacityUnavailable, TransientBackendError, QuotaExceeded,
-                AuthenticationError) as exc:  # fmt: skip
-            failures.append(Rejection(backend=offer.backend, requirement="capacity at commit",
-                                      wanted=offer.summary(), available=str(exc)))  # fmt: skip
+        except (
+            CapacityUnavailable,
+            TransientBackendError,
+            QuotaExceeded,
+            AuthenticationError,
+        ) as exc:
+            failures.append(
+                Rejection(
+                    backend=offer.backend,
+                    requirement="capacity at commit",
+                    wanted=offer.summary(),
+                    available=str(exc),
+                )
+            )
             continue
         log.info("lease %s: replacement %s committed", old.id, new)
         return new
-    raise NoOffer(contract.name, [*round_.rejections, *failures], round_.counter_offers,
-                  reason="renegotiation found no replacement")  # fmt: skip
+    raise NoOffer(
+        contract.name,
+        [*round_.rejections, *failures],
+        round_.counter_offers,
+        reason="renegotiation found no replacement",
+    )
 
 
 _POLICIES: dict[str, Callable[[], Policy]] = {

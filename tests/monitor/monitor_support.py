@@ -24,8 +24,15 @@ from aicontract.offer import Grant, Offer, Quote, Rejection
 class FakeBackend(Backend):
     """An in-memory backend with ``gpus`` GPUs that never over-grants."""
 
-    def __init__(self, clock: VirtualClock, *, name: str = "fake", gpus: int = 2,
-                 region: str = "local", ttl: float = 3600.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        clock: VirtualClock,
+        *,
+        name: str = "fake",
+        gpus: int = 2,
+        region: str = "local",
+        ttl: float = 3600.0,
+    ) -> None:
         self.name = name
         self.clock = clock
         self.capacity = gpus
@@ -64,15 +71,26 @@ class FakeBackend(Backend):
         wanted = self._wanted(contract)
         free = self.capacity - self.in_use
         if wanted > free:
-            why = Rejection(backend=self.name, requirement="resources.gpus",
-                            wanted=str(wanted), available=f"{free} free")  # fmt: skip
+            why = Rejection(
+                backend=self.name,
+                requirement="resources.gpus",
+                wanted=str(wanted),
+                available=f"{free} free",
+            )
             return Quote(rejections=(why,))
         offer = Offer(
-            id=f"{self.name}-offer-{next(self._ids)}", backend=self.name, contract=contract,
-            grant=Grant(gpus=wanted, gpu_model="H100" if wanted else None), guarantee="allocated",
-            region=self.region, jurisdiction=None, provider=self.name, isolation="shared",
-            price=None, expires_at=self.clock.time() + 60,
-        )  # fmt: skip
+            id=f"{self.name}-offer-{next(self._ids)}",
+            backend=self.name,
+            contract=contract,
+            grant=Grant(gpus=wanted, gpu_model="H100" if wanted else None),
+            guarantee="allocated",
+            region=self.region,
+            jurisdiction=None,
+            provider=self.name,
+            isolation="shared",
+            price=None,
+            expires_at=self.clock.time() + 60,
+        )
         return Quote(offers=(offer,))
 
     async def commit(self, offer: Offer, idempotency_key: str) -> Lease:
@@ -82,10 +100,16 @@ class FakeBackend(Backend):
             raise CapacityUnavailable(self.name, "taken meanwhile")
         lease_id = f"{self.name}-{next(self._ids)}"
         lease = Lease(
-            id=lease_id, contract=offer.contract, grant=offer.grant, backend=self,
-            guarantee="allocated", expires_at=self.clock.time() + self.ttl, region=self.region,
-            endpoints={"http": f"http://{lease_id}.invalid"}, clock=self.clock,
-        )  # fmt: skip
+            id=lease_id,
+            contract=offer.contract,
+            grant=offer.grant,
+            backend=self,
+            guarantee="allocated",
+            expires_at=self.clock.time() + self.ttl,
+            region=self.region,
+            endpoints={"http": f"http://{lease_id}.invalid"},
+            clock=self.clock,
+        )
         self.leases[lease_id] = lease
         self.by_key[idempotency_key] = lease
         self.max_in_use = max(self.max_in_use, self.in_use)
@@ -114,8 +138,9 @@ class FakeBackend(Backend):
             hook(kind, lease)
 
 
-def service_contract(*objectives: Objective, policy: str = "notify", per_hour: int = 3,
-                     **terms: Any) -> Contract:  # fmt: skip
+def service_contract(
+    *objectives: Objective, policy: str = "notify", per_hour: int = 3, **terms: Any
+) -> Contract:
     """A one-GPU contract with the given objectives and violation policy."""
     return Contract(
         name="svc",

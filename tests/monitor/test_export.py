@@ -36,8 +36,7 @@ async def test_watch_and_metrics_read_what_the_monitor_publishes(
     negotiator: Negotiator, clock: VirtualClock, tmp_path: Path
 ) -> None:
     pytest.importorskip("prometheus_client")
-    monitor = Monitor(negotiator, publish_dir=tmp_path, publish_interval=1.0,
-                      telemetry=Telemetry())  # fmt: skip
+    monitor = Monitor(negotiator, publish_dir=tmp_path, publish_interval=1.0, telemetry=Telemetry())
     async with monitor:
         lease_id = await _violated_lease(monitor, clock)
         [snapshot] = read_snapshots(tmp_path)
@@ -79,16 +78,23 @@ async def test_opentelemetry_and_prometheus_exporters(
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     registry = prom.CollectorRegistry()
-    telemetry = MultiTelemetry([
-        OpenTelemetry(MeterProvider(metric_readers=[reader]), tracer_provider),
-        PrometheusTelemetry.for_registry(registry),
-    ])  # fmt: skip
+    telemetry = MultiTelemetry(
+        [
+            OpenTelemetry(MeterProvider(metric_readers=[reader]), tracer_provider),
+            PrometheusTelemetry.for_registry(registry),
+        ]
+    )
     async with Monitor(negotiator, publish=False, telemetry=telemetry) as monitor:
         lease_id = await _violated_lease(monitor, clock)
     data = reader.get_metrics_data()
     names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
-    assert {"aicontract.negotiations", "aicontract.commits", "aicontract.sli",
-            "aicontract.violations", "aicontract.objective.transitions"} <= names  # fmt: skip
+    assert {
+        "aicontract.negotiations",
+        "aicontract.commits",
+        "aicontract.sli",
+        "aicontract.violations",
+        "aicontract.objective.transitions",
+    } <= names
     assert "aicontract.acquire" in {s.name for s in spans.get_finished_spans()}
     text = prom.generate_latest(registry).decode()
     assert (

@@ -53,8 +53,9 @@ async def test_memory_per_lease_is_constant_over_100k_samples(
                 clock.now += 0.5  # 2 Hz of virtual time: windows roll over many times
                 at = clock.now
                 monitor.ingest(lease, Sample(sli="latency", value=rng.lognormvariate(-3, 1), at=at))
-                monitor.ingest(lease, Sample(sli="availability", value=float(rng.random() > 0.001),
-                                             at=at))  # fmt: skip
+                monitor.ingest(
+                    lease, Sample(sli="availability", value=float(rng.random() > 0.001), at=at)
+                )
                 monitor.ingest(lease, Sample(sli="throughput", value=rng.uniform(400, 700), at=at))
 
         tracemalloc.start()

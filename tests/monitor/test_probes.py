@@ -99,8 +99,12 @@ async def test_latency_violation_fires_within_the_window_and_clears(
         with anyio.fail_after(30):  # a safety net, not a timing assertion
             await probed.wait()
 
-    monitor = Monitor(Negotiator(backends=[backend], clock=clock), publish=False,
-                      observe_interval=None, telemetry=Telemetry())  # fmt: skip
+    monitor = Monitor(
+        Negotiator(backends=[backend], clock=clock),
+        publish=False,
+        observe_interval=None,
+        telemetry=Telemetry(),
+    )
     async with monitor:
         lease = await monitor.acquire(contract)
         lease.on_violation(got.append)
@@ -142,8 +146,13 @@ async def test_failed_probes_break_availability(server: _Server, clock: VirtualC
     def arrived(sample: Sample) -> None:
         probed.set()
 
-    monitor = Monitor(Negotiator(backends=[backend], clock=clock), publish=False,
-                      observe_interval=None, probe_interval=2.0, telemetry=Telemetry())  # fmt: skip
+    monitor = Monitor(
+        Negotiator(backends=[backend], clock=clock),
+        publish=False,
+        observe_interval=None,
+        probe_interval=2.0,
+        telemetry=Telemetry(),
+    )
     async with monitor:
         lease = await monitor.acquire(service_contract(objective))  # http endpoint, no probe named
         lease.on_violation(got.append)

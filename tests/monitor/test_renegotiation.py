@@ -78,8 +78,9 @@ async def test_make_before_break_never_leaves_the_program_without_an_endpoint(
 
 async def test_no_room_for_a_replacement_keeps_the_lease(clock: VirtualClock) -> None:
     fake = FakeBackend(clock, gpus=1)
-    async with Monitor(Negotiator(backends=[fake], clock=clock), publish=False,
-                       telemetry=Telemetry()) as monitor:  # fmt: skip
+    async with Monitor(
+        Negotiator(backends=[fake], clock=clock), publish=False, telemetry=Telemetry()
+    ) as monitor:
         lease = await monitor.acquire(service_contract(P90, policy="renegotiate"))
         for _ in range(10):
             await clock.advance(1)
@@ -119,8 +120,9 @@ async def test_make_before_break_on_the_local_backend(
     monkeypatch.setenv("AICONTRACT_STATE_DIR", str(tmp_path / "state"))
     backend = local.LocalBackend(state_dir=tmp_path / "state")
     gaps: list[str] = []
-    async with Monitor(Negotiator(backends=[backend]), publish=False, observe_interval=None,
-                       telemetry=Telemetry()) as monitor:  # fmt: skip
+    async with Monitor(
+        Negotiator(backends=[backend]), publish=False, observe_interval=None, telemetry=Telemetry()
+    ) as monitor:
         handle = await monitor.acquire(service_contract(P90, policy="renegotiate"))
         original = handle.id
         devices = backend.ledger.usage()[0]

@@ -31,26 +31,35 @@ class SnapshotCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         lease_labels = ["lease", "backend", "contract", "state", "policy"]
-        info = GaugeMetricFamily("aicontract_lease_info", "A monitored lease (value 1)",
-                                 labels=lease_labels)  # fmt: skip
-        expires = GaugeMetricFamily("aicontract_lease_expires_at_seconds", "Lease expiry (epoch)",
-                                    labels=["lease"])  # fmt: skip
-        state = GaugeMetricFamily("aicontract_objective_state",
-                                  "Objective state: -1 undetermined, 0 met, 1 violated",
-                                  labels=["lease", "objective"])  # fmt: skip
-        value = GaugeMetricFamily("aicontract_objective_value",
-                                  "The objective's SLI over its window (base units)",
-                                  labels=["lease", "objective"])  # fmt: skip
-        last = GaugeMetricFamily("aicontract_sli_value", "Last SLI sample (base units)",
-                                 labels=["lease", "sli"])  # fmt: skip
+        info = GaugeMetricFamily(
+            "aicontract_lease_info", "A monitored lease (value 1)", labels=lease_labels
+        )
+        expires = GaugeMetricFamily(
+            "aicontract_lease_expires_at_seconds", "Lease expiry (epoch)", labels=["lease"]
+        )
+        state = GaugeMetricFamily(
+            "aicontract_objective_state",
+            "Objective state: -1 undetermined, 0 met, 1 violated",
+            labels=["lease", "objective"],
+        )
+        value = GaugeMetricFamily(
+            "aicontract_objective_value",
+            "The objective's SLI over its window (base units)",
+            labels=["lease", "objective"],
+        )
+        last = GaugeMetricFamily(
+            "aicontract_sli_value", "Last SLI sample (base units)", labels=["lease", "sli"]
+        )
         samples = CounterMetricFamily("aicontract_sli_samples", "SLI samples", labels=["lease"])
         violations = CounterMetricFamily("aicontract_violations", "Violations", labels=["lease"])
-        renegotiations = CounterMetricFamily("aicontract_renegotiations", "Renegotiations",
-                                             labels=["lease"])  # fmt: skip
+        renegotiations = CounterMetricFamily(
+            "aicontract_renegotiations", "Renegotiations", labels=["lease"]
+        )
         for snapshot in read_snapshots(self.directory):
             for lease in snapshot.leases:
-                info.add_metric([lease.id, lease.backend, lease.contract, lease.state,
-                                 lease.policy], 1.0)  # fmt: skip
+                info.add_metric(
+                    [lease.id, lease.backend, lease.contract, lease.state, lease.policy], 1.0
+                )
                 expires.add_metric([lease.id], lease.expires_at)
                 for o in lease.objectives:
                     state.add_metric([lease.id, o.key], _STATE.get(o.state, -1.0))
@@ -68,8 +77,10 @@ def _registry(directory: Path) -> Any:
     try:
         from prometheus_client import CollectorRegistry
     except ImportError:
-        click.echo("aicontract metrics needs prometheus_client:"
-                   " pip install 'aicontract[prometheus]'", err=True)  # fmt: skip
+        click.echo(
+            "aicontract metrics needs prometheus_client: pip install 'aicontract[prometheus]'",
+            err=True,
+        )
         sys.exit(2)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(directory))
@@ -80,8 +91,13 @@ def _registry(directory: Path) -> Any:
 @click.option("--serve", is_flag=True, help="Serve /metrics for Prometheus to scrape.")
 @click.option("--port", default=9464, show_default=True, help="Port for --serve.")
 @click.option("--addr", default="127.0.0.1", show_default=True, help="Address for --serve.")
-@click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
-              help="Where monitors publish (default: the state dir's monitor/).")  # fmt: skip
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where monitors publish (default: the state dir's monitor/).",
+)
 def metrics(serve: bool, port: int, addr: str, directory: Path | None) -> None:
     """Print (or serve) every monitored lease's metrics in the Prometheus text format."""
     registry = _registry(monitor_dir() if directory is None else directory)

@@ -29,8 +29,12 @@ def find_lease(lease_id: str, directory: Path) -> LeaseSnapshot | None:
     found: LeaseSnapshot | None = None
     while wanted not in seen:
         seen.add(wanted)
-        matches = [(m.written_at, lease) for m in read_snapshots(directory)
-                   for lease in m.leases if lease.id == wanted]  # fmt: skip
+        matches = [
+            (m.written_at, lease)
+            for m in read_snapshots(directory)
+            for lease in m.leases
+            if lease.id == wanted
+        ]
         if not matches:
             return found
         found = max(matches, key=lambda pair: pair[0])[1]
@@ -47,17 +51,19 @@ def _clock(at: float | None) -> str:
 def render(lease: LeaseSnapshot) -> Group:
     """The lease as tables: header, objectives, recent samples, violations."""
     head = Text.assemble(
-        (f"lease {lease.id}", "bold"), f"  {lease.contract} on {lease.backend}  ",
+        (f"lease {lease.id}", "bold"),
+        f"  {lease.contract} on {lease.backend}  ",
         (lease.state, "green" if lease.state in ("active", "renewing") else "red"),
         f"  expires {_clock(lease.expires_at)}  policy {lease.policy}"
         f" ({lease.renegotiations_left} renegotiations left this hour)",
-    )  # fmt: skip
+    )
     objectives = Table(title="objectives", expand=True)
     for column in ("objective", "state", "value", "since"):
         objectives.add_column(column)
     for o in lease.objectives:
-        objectives.add_row(o.key, Text(o.state, _STATE_STYLE.get(o.state, "")), o.display,
-                           _clock(o.changed_at))  # fmt: skip
+        objectives.add_row(
+            o.key, Text(o.state, _STATE_STYLE.get(o.state, "")), o.display, _clock(o.changed_at)
+        )
     samples = Table(title=f"samples ({lease.samples_total} so far)", expand=True)
     for column in ("time", "sli", "value", "source", "labels"):
         samples.add_column(column)
@@ -83,16 +89,24 @@ def render(lease: LeaseSnapshot) -> Group:
 @click.argument("lease_id")
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
 @click.option("--once", is_flag=True, help="Print the table once and exit.")
-@click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
-              help="Where monitors publish (default: the state dir's monitor/).")  # fmt: skip
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where monitors publish (default: the state dir's monitor/).",
+)
 def watch(lease_id: str, interval: float, once: bool, directory: Path | None) -> None:
     """Stream a lease's SLI samples and violations as a live table."""
     directory = monitor_dir() if directory is None else directory
     console = Console()
     lease = find_lease(lease_id, directory)
     if lease is None:
-        click.echo(f"no monitor publishes lease {lease_id} in {directory}"
-                   " (is a Monitor watching it, with publish on?)", err=True)  # fmt: skip
+        click.echo(
+            f"no monitor publishes lease {lease_id} in {directory}"
+            " (is a Monitor watching it, with publish on?)",
+            err=True,
+        )
         sys.exit(1)
     if once:
         console.print(render(lease))

@@ -49,3 +49,20 @@ def test_default_backends_follow_the_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("AICONTRACT_BACKENDS", "local,nope")
     with pytest.raises(BackendNotFound):
         default_backends()
+
+
+@pytest.mark.parametrize(
+    ("product", "capability"),
+    [
+        ("NVIDIA H100 80GB HBM3", "9.0"),
+        ("NVIDIA-A100-SXM4-80GB", "8.0"),
+        ("NVIDIA A10G", "8.6"),
+        ("NVIDIA L40S", "8.9"),
+        ("Tesla V100-SXM2-16GB", "7.0"),
+        ("Some Future GPU", None),
+    ],
+)
+def test_compute_capability_of_known_gpus(product: str, capability: str | None) -> None:
+    from aicontract.gpu_models import compute_capability_of
+
+    assert compute_capability_of(product) == capability

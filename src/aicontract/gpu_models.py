@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["matches", "pick_model"]
+__all__ = ["compute_capability_of", "matches", "pick_model"]
 
 _SPLIT = re.compile(r"[\s_\-/]+")
 
@@ -37,4 +37,34 @@ def pick_model(models: Sequence[str], product: str) -> str | None:
     for model in models:
         if matches(model, product):
             return model
+    return None
+
+
+# NVIDIA's published compute capabilities, for providers whose catalogs name the GPU but
+# not its capability (the cloud APIs). Checked in order: the first family that matches.
+_CAPABILITIES: tuple[tuple[str, str], ...] = (
+    ("GB200", "10.0"),
+    ("B200", "10.0"),
+    ("GH200", "9.0"),
+    ("H200", "9.0"),
+    ("H100", "9.0"),
+    ("L40S", "8.9"),
+    ("L40", "8.9"),
+    ("L4", "8.9"),
+    ("RTX 6000 ADA", "8.9"),
+    ("A100", "8.0"),
+    ("A10G", "8.6"),
+    ("A10", "8.6"),
+    ("A6000", "8.6"),
+    ("A40", "8.6"),
+    ("T4", "7.5"),
+    ("V100", "7.0"),
+)
+
+
+def compute_capability_of(product: str) -> str | None:
+    """The compute capability of a GPU named ``product`` (``None`` when unknown)."""
+    for family, capability in _CAPABILITIES:
+        if matches(family, product):
+            return capability
     return None

@@ -425,3 +425,15 @@ async def test_abandon_terminates_what_a_lost_reply_launched(fake: FakeLambda) -
     assert len(fake.live) == 1
     await b.abandon(offer, "key-lost")
     assert fake.live == []
+
+
+@pytest.mark.anyio
+async def test_compute_capability_comes_from_the_gpu_model(fake: FakeLambda) -> None:
+    """Catalogs name GPUs, not capabilities: the offer states the published one, so a
+    contract asking for >= 9.0 gets the H100 and not the cheaper A10 (8.6)."""
+    fake.add_type(H100, ["us-east-1"])
+    fake.add_type(A10, ["us-east-1"])
+    round_ = await Negotiator(backends=[backend(fake)]).quote(
+        Contract(gpus=GPU(count=1, compute_capability="9.0"))
+    )
+    assert [o.grant.gpu_compute_capability for o in round_.offers] == ["9.0"]

@@ -50,6 +50,7 @@ from ...errors import (
     QuotaExceeded,
     TransientBackendError,
 )
+from ...gpu_models import compute_capability_of
 from ...lease import Lease
 from ...negotiate import check_offer
 from ...observation import Fault, Observation
@@ -330,6 +331,9 @@ class CloudBackend(Backend):
             gpus=entry.gpus * nodes,
             gpu_model=model,
             gpu_memory=entry.gpu_memory,
+            gpu_compute_capability=(
+                compute_capability_of(entry.gpu_model) if entry.gpu_model else None
+            ),
             cpus=entry.vcpus * nodes,
             memory=entry.memory * nodes if entry.memory is not None else None,
             disk=entry.disk * nodes if entry.disk is not None else None,

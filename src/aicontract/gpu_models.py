@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["compute_capability_of", "matches", "pick_model"]
+__all__ = ["capability", "compute_capability_of", "matches", "pick_model"]
 
 _SPLIT = re.compile(r"[\s_\-/]+")
 
@@ -68,3 +68,16 @@ def compute_capability_of(product: str) -> str | None:
         if matches(family, product):
             return capability
     return None
+
+
+def capability(text: str | None) -> tuple[int, int]:
+    """A compute capability as a comparable pair: ``"9.0"`` is ``(9, 0)``.
+
+    Anything unreadable (``None``, ``"unknown"``) is ``(-1, -1)``, below every real
+    capability, so it never satisfies a requirement.
+    """
+    major, _, minor = (text or "").partition(".")
+    try:
+        return (int(major), int(minor or 0))
+    except ValueError:
+        return (-1, -1)

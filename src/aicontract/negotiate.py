@@ -38,6 +38,7 @@ from .errors import (
     QuotaExceeded,
     TransientBackendError,
 )
+from .gpu_models import capability
 from .lease import Lease
 from .offer import Offer, Quote, Rejection
 
@@ -51,15 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("aicontract.negotiate")
-
-
-def _capability(text: str | None) -> tuple[int, int]:
-    """``"9.0"`` as ``(9, 0)``; anything unreadable as ``(-1, -1)``, which satisfies nothing."""
-    major, _, minor = (text or "").partition(".")
-    try:
-        return (int(major), int(minor or 0))
-    except ValueError:
-        return (-1, -1)
 
 
 def check_offer(
@@ -94,7 +86,7 @@ def check_offer(
         ):
             reject("resources.gpus.memory", gpus.memory, grant.gpu_memory)
         if gpus.compute_capability is not None and (
-            _capability(grant.gpu_compute_capability) < _capability(gpus.compute_capability)
+            capability(grant.gpu_compute_capability) < capability(gpus.compute_capability)
         ):
             reject(
                 "resources.gpus.compute_capability",

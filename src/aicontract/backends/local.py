@@ -28,7 +28,7 @@ from msgspec.structs import replace
 from ..clock import Clock, system_clock
 from ..contract import GPU, Contract
 from ..errors import BackendError, CapacityUnavailable, LeaseLost
-from ..gpu_models import pick_model
+from ..gpu_models import capability, pick_model
 from ..inventory import GPUDevice, Inventory, host_inventory
 from ..lease import Lease, LeaseRecord, LeaseState, WorkloadState
 from ..ledger import Demand, Ledger
@@ -50,26 +50,19 @@ def default_state_dir() -> Path:
     return Path(env) if env else Path(platformdirs.user_state_dir("aicontract"))
 
 
-def _capability(text: str | None) -> tuple[int, int]:
-    if not text:
-        return (0, 0)
-    major, _, minor = text.partition(".")
-    return (int(major), int(minor or 0))
-
-
 def _weakest_capability(devices: Sequence[GPUDevice]) -> str | None:
     """The lowest compute capability among ``devices`` (what the grant can promise)."""
     known = [d.compute_capability for d in devices if d.compute_capability]
     if not known or len(known) != len(devices):
         return None
-    return min(known, key=_capability)
+    return min(known, key=capability)
 
 
 def _fits(device: GPUDevice, gpus: GPU) -> bool:
     """Does one device meet the contract's per-GPU requirements (model aside)?"""
     if gpus.memory is not None and device.memory not in gpus.memory:
         return False
-    if gpus.compute_capability and _capability(device.compute_capability) < _capability(
+    if gpus.compute_capability and capability(device.compute_capability) < capability(
         gpus.compute_capability
     ):
         return False

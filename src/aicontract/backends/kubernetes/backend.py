@@ -34,6 +34,7 @@ from ...errors import (
     LeaseLost,
     TransientBackendError,
 )
+from ...gpu_models import capability
 from ...lease import Lease
 from ...observation import Fault, Observation
 from ...offer import Grant, Offer, Quote, Rejection
@@ -296,8 +297,7 @@ class KubernetesBackend(Backend):
             if gpus.memory is not None and (memory is None or memory not in gpus.memory):
                 return _Misfit("resources.gpus.memory", str(gpus.memory), str(memory or "unknown"))
             if gpus.compute_capability:
-                major, _, minor = gpus.compute_capability.partition(".")
-                wanted_cc = (int(major), int(minor or 0))
+                wanted_cc = capability(gpus.compute_capability)
                 if view.compute_capability is None or view.compute_capability < wanted_cc:
                     have = ".".join(map(str, view.compute_capability or ())) or "unknown"
                     return _Misfit(
@@ -339,12 +339,12 @@ class KubernetesBackend(Backend):
             disk = res.disk.grant(free_disk)
             if disk is None:
                 return _Misfit("resources.disk", str(res.disk), f"{free_disk} free")
-        capability = view.compute_capability if gpus_granted else None
+        granted_cc = view.compute_capability if gpus_granted else None
         grant = Grant(
             gpus=gpus_granted,
             gpu_model=model,
             gpu_memory=memory if gpus_granted else None,
-            gpu_compute_capability=".".join(map(str, capability)) if capability else None,
+            gpu_compute_capability=".".join(map(str, granted_cc)) if granted_cc else None,
             gpu_mig=res.gpus.mig if gpus_granted and res.gpus is not None else None,
             cpus=cpus,
             memory=granted_memory,

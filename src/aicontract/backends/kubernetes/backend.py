@@ -16,7 +16,7 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -625,33 +625,13 @@ class KubernetesBackend(Backend):
                         )
             return None
 
-        while True:
-            remaining = deadline - anyio.current_time()
-            if remaining <= 0:
-                raise CapacityUnavailable(
-                    self.name, f"{name} was not bound to a node before the deadline: {last}"
-                )
-            with anyio.move_on_after(remaining):
-                listing = await self.api.get(path, selector)
-                for pod in listing.get("items") or []:
-                    found = verdict(pod)
-                    if found is not None:
-                        return found
-                version = str(listing["metadata"].get("resourceVersion", ""))
-                try:
-                    async for kind, pod in self.api.watch(
-                        path,
-                        {**selector, "resourceVersion": version},
-                        timeout_seconds=max(1, min(300, math.ceil(remaining))),
-                    ):
-                        if kind in ("ADDED", "MODIFIED"):
-                            found = verdict(pod)
-                            if found is not None:
-                                return found
-                except ApiError as exc:
-                    if exc.status != 410:
-                        raise
-                    # 410 Gone: our version expired; list again and watch from there.
+        return await self._watch_until(
+            path,
+            selector,
+            deadline,
+            verdict,
+            lambda: f"{name} was not bound to a node before the deadline: {last}",
+        )
 
     async def _wait_admitted(
         self, namespace: str, job: Obj, deadline: float, features: Features
@@ -666,16 +646,38 @@ class KubernetesBackend(Backend):
                 for c in (obj.get("status") or {}).get("conditions") or []
             )
 
+        await self._watch_until(
+            path,
+            selector,
+            deadline,
+            lambda obj: obj if admitted(obj) else None,
+            lambda: f"Kueue did not admit job {job['metadata']['name']} in time",
+        )
+
+    async def _watch_until(
+        self,
+        path: str,
+        selector: Mapping[str, str],
+        deadline: float,
+        found: Callable[[Obj], Obj | None],
+        too_late: Callable[[], str],
+    ) -> Obj:
+        """List, then watch from the list's version, until ``found`` returns an object.
+
+        A watch, not a polling loop: the API server tells us of each change. An
+        expired version (410 Gone) lists again; the deadline raises
+        CapacityUnavailable with ``too_late()``.
+        """
         while True:
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
-                raise CapacityUnavailable(
-                    self.name, f"Kueue did not admit job {job['metadata']['name']} in time"
-                )
+                raise CapacityUnavailable(self.name, too_late())
             with anyio.move_on_after(remaining):
                 listing = await self.api.get(path, selector)
-                if any(admitted(w) for w in listing.get("items") or []):
-                    return
+                for obj in listing.get("items") or []:
+                    result: Obj | None = found(obj)
+                    if result is not None:
+                        return result
                 version = str(listing["metadata"].get("resourceVersion", ""))
                 try:
                     async for kind, obj in self.api.watch(
@@ -683,8 +685,10 @@ class KubernetesBackend(Backend):
                         {**selector, "resourceVersion": version},
                         timeout_seconds=max(1, min(300, math.ceil(remaining))),
                     ):
-                        if kind in ("ADDED", "MODIFIED") and admitted(obj):
-                            return
+                        if kind in ("ADDED", "MODIFIED"):
+                            result = found(obj)
+                            if result is not None:
+                                return result
                 except ApiError as exc:
                     if exc.status != 410:
                         raise

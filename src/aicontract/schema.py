@@ -28,6 +28,24 @@ def _range(one: str) -> str:
     return rf"^\s*((>=|<=)\s*{one}|{one}|({one})?\s*\.\.\s*({one})?)\s*$"
 
 
+def _range_schema(one: str, examples: list[Any]) -> dict[str, Any]:
+    """A range of quantities matching ``one``: a bare value, range text, or a pair."""
+    value = {
+        "anyOf": [
+            {"type": "integer", "minimum": 0},
+            {"type": "string", "pattern": rf"^\s*{one}\s*$"},
+        ]
+    }
+    return {
+        "anyOf": [
+            {"type": "integer", "minimum": 0},
+            {"type": "string", "pattern": _range(one)},
+            _pair(value),
+        ],
+        "examples": examples,
+    }
+
+
 def _pair(one: dict[str, Any]) -> dict[str, Any]:
     """A ``[min, max]`` pair, either end null for open."""
     return {
@@ -69,37 +87,9 @@ def _hook(kind: type) -> dict[str, Any]:
             "examples": ["200ms", "500 tokens/s", "99.9%"],
         }
     if kind is CountRange:
-        return {
-            "anyOf": [
-                {"type": "integer", "minimum": 0},
-                {"type": "string", "pattern": _range(_COUNT)},
-                _pair(
-                    {
-                        "anyOf": [
-                            {"type": "integer", "minimum": 0},
-                            {"type": "string", "pattern": rf"^\s*{_COUNT}\s*$"},
-                        ]
-                    }
-                ),
-            ],
-            "examples": [8, "1..8", ">=2"],
-        }
+        return _range_schema(_COUNT, [8, "1..8", ">=2"])
     if kind is BytesRange:
-        return {
-            "anyOf": [
-                {"type": "integer", "minimum": 0},
-                {"type": "string", "pattern": _range(_BYTES)},
-                _pair(
-                    {
-                        "anyOf": [
-                            {"type": "integer", "minimum": 0},
-                            {"type": "string", "pattern": rf"^\s*{_BYTES}\s*$"},
-                        ]
-                    }
-                ),
-            ],
-            "examples": ["80GiB", ">=24GiB", "40GiB..80GiB", "256GiB.."],
-        }
+        return _range_schema(_BYTES, ["80GiB", ">=24GiB", "40GiB..80GiB", "256GiB.."])
     raise TypeError(f"no JSON Schema for {kind!r}")  # every contract type is covered above
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from ..snapshot import monitor_dir, read_snapshots
+from .watch import monitor_dir_option
 
 _STATE = {"undetermined": -1.0, "met": 0.0, "violated": 1.0}
 
@@ -91,13 +92,7 @@ def _registry(directory: Path) -> Any:
 @click.option("--serve", is_flag=True, help="Serve /metrics for Prometheus to scrape.")
 @click.option("--port", default=9464, show_default=True, help="Port for --serve.")
 @click.option("--addr", default="127.0.0.1", show_default=True, help="Address for --serve.")
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Where monitors publish (default: the state dir's monitor/).",
-)
+@monitor_dir_option
 def metrics(serve: bool, port: int, addr: str, directory: Path | None) -> None:
     """Print (or serve) every monitored lease's metrics in the Prometheus text format."""
     registry = _registry(monitor_dir() if directory is None else directory)

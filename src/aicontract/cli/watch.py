@@ -85,17 +85,21 @@ def render(lease: LeaseSnapshot) -> Group:
     return Group(*parts)
 
 
-@click.command()
-@click.argument("lease_id")
-@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
-@click.option("--once", is_flag=True, help="Print the table once and exit.")
-@click.option(
+monitor_dir_option = click.option(
     "--dir",
     "directory",
     type=click.Path(path_type=Path),
     default=None,
     help="Where monitors publish (default: the state dir's monitor/).",
 )
+"""The ``--dir`` option of the commands that read what monitors publish."""
+
+
+@click.command()
+@click.argument("lease_id")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print the table once and exit.")
+@monitor_dir_option
 def watch(lease_id: str, interval: float, once: bool, directory: Path | None) -> None:
     """Stream a lease's SLI samples and violations as a live table."""
     directory = monitor_dir() if directory is None else directory

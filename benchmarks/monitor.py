@@ -30,10 +30,10 @@ from aicontract import GPU, Contract, Objective
 from aicontract.backends.base import Backend
 from aicontract.clock import Clock, VirtualClock, system_clock
 from aicontract.errors import CapacityUnavailable
-from aicontract.lease import Lease
-from aicontract.metrics import Telemetry, default_telemetry
+from aicontract.leases import Lease
 from aicontract.monitor import Monitor
-from aicontract.objectives import ObjectiveState, tracker_for
+from aicontract.monitor.objectives import ObjectiveState, tracker_for
+from aicontract.monitor.telemetry import Telemetry, default_telemetry
 from aicontract.observation import Observation, Sample
 from aicontract.offer import Grant, Offer, Quote
 

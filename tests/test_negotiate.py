@@ -519,7 +519,7 @@ def test_cost_ranking_keeps_currencies_apart_and_unknown_prices_last() -> None:
 
 
 def _violation(lease_id: str) -> object:
-    from aicontract.objectives import Violation
+    from aicontract.monitor.objectives import Violation
 
     return Violation(
         lease_id=lease_id,
@@ -534,7 +534,7 @@ def _violation(lease_id: str) -> object:
 
 
 async def test_a_replacement_is_released_when_the_switch_fails(clock: VirtualClock) -> None:
-    from aicontract.policies import PolicyContext, Renegotiate, RenegotiationBudget
+    from aicontract.monitor.policies import PolicyContext, Renegotiate, RenegotiationBudget
 
     backend = FakeBackend(clock=clock)
     neg = negotiator(clock, backend)
@@ -560,7 +560,7 @@ async def test_a_replacement_is_released_when_the_switch_fails(clock: VirtualClo
 async def test_a_replacement_is_released_when_the_holder_let_go_meanwhile(
     clock: VirtualClock,
 ) -> None:
-    from aicontract.policies import PolicyContext, Renegotiate, RenegotiationBudget
+    from aicontract.monitor.policies import PolicyContext, Renegotiate, RenegotiationBudget
 
     backend = FakeBackend(clock=clock)
     neg = negotiator(clock, backend)

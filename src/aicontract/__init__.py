@@ -37,13 +37,13 @@ from .errors import (
     QuotaExceeded,
     TransientBackendError,
 )
-from .lease import Lease, LeaseRecord, LeaseState, WorkloadState
+from .leases import Lease, LeaseRecord, LeaseState, WorkloadState
 from .monitor import Monitor
+from .monitor.objectives import ObjectiveState, Violation
+from .monitor.policies import Notify, Release, Renegotiate, RenegotiationBudget
 from .negotiate import Negotiation, Negotiator, acquire, quote
-from .objectives import ObjectiveState, Violation
 from .observation import Fault, Observation, Sample
 from .offer import Grant, Offer, Quote, Rejection
-from .policies import Notify, Release, Renegotiate, RenegotiationBudget
 from .schema import json_schema
 from .sync import acquire_sync, lease, quote_sync, release_sync, renew_sync
 from .units import Bytes, BytesRange, CountRange, Duration, Money, Rate, Ratio

@@ -39,7 +39,7 @@ from .errors import (
     TransientBackendError,
 )
 from .gpu_models import capability
-from .lease import Lease
+from .leases import Lease
 from .offer import Offer, Quote, Rejection
 
 __all__ = [
@@ -376,7 +376,7 @@ async def acquire(
     backends: Sequence[Backend] | None = None,
     negotiator: Negotiator | None = None,
 ) -> Lease:
-    """Negotiate ``contract`` and return an active :class:`~aicontract.lease.Lease`.
+    """Negotiate ``contract`` and return an active :class:`~aicontract.leases.Lease`.
 
     Uses ``negotiator`` if given, else one over ``backends`` (default: the
     ``AICONTRACT_BACKENDS`` list, else ``local``). Use the lease as

@@ -20,7 +20,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .backends.base import Backend
 from .contract import Contract
-from .lease import Lease
+from .leases import Lease
 from .negotiate import Negotiation, Negotiator
 from .negotiate import acquire as _acquire
 from .negotiate import quote as _quote

@@ -18,7 +18,7 @@ from aicontract.backends import create_backend
 from aicontract.backends.cloud.aws import TAG_KEY, AWSBackend
 from aicontract.contract import GPU
 from aicontract.errors import ConfigError, NoOffer, QuotaExceeded
-from aicontract.lease import LeaseState
+from aicontract.leases import LeaseState
 from aicontract.negotiate import Negotiator
 
 pytestmark = pytest.mark.anyio

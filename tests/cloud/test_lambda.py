@@ -26,7 +26,7 @@ from aicontract.errors import (
     QuotaExceeded,
     TransientBackendError,
 )
-from aicontract.lease import LeaseState
+from aicontract.leases import LeaseState
 from aicontract.negotiate import Negotiator
 
 H100 = instance_type("gpu_1x_h100_pcie", "H100 (80 GB PCIe)", 1, 249, vcpus=26, memory_gib=200)

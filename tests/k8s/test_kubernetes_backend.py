@@ -16,7 +16,7 @@ import pytest
 from aicontract import GPU, Contract, NoOffer, TransientBackendError, Workload
 from aicontract.backends.kubernetes import KubernetesBackend
 from aicontract.backends.kubernetes.objects import LABEL_LEASE, lease_name
-from aicontract.lease import Lease, LeaseState
+from aicontract.leases import Lease, LeaseState
 from aicontract.negotiate import Negotiator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.anyio]

@@ -17,8 +17,8 @@ from click.testing import CliRunner, Result
 
 from aicontract import GPU, Contract, Negotiator
 from aicontract.backends.local import LocalBackend
+from aicontract.backends.local.ledger import Ledger
 from aicontract.cli import main
-from aicontract.ledger import Ledger
 
 
 def run(*args: str) -> Result:

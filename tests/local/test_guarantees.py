@@ -25,9 +25,9 @@ import pytest
 
 import aicontract as ac
 from aicontract.backends.local import LocalBackend
+from aicontract.backends.local.ledger import LEDGER_FILE
 from aicontract.errors import TransientBackendError
-from aicontract.lease import Lease
-from aicontract.ledger import LEDGER_FILE
+from aicontract.leases import Lease
 from aicontract.negotiate import Negotiator
 from aicontract.offer import Offer
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aicontract import Bytes, ConfigError
-from aicontract.inventory import _nominal, host_inventory, load_inventory, nvml_gpus
+from aicontract.backends.local.inventory import _nominal, host_inventory, load_inventory, nvml_gpus
 
 
 def test_override_file_is_read(inventory_file: Path, local_env: Path) -> None:

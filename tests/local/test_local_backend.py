@@ -28,8 +28,8 @@ from aicontract import (
     Workload,
 )
 from aicontract.backends.local import LocalBackend
-from aicontract.lease import WorkloadState
-from aicontract.ledger import Ledger
+from aicontract.backends.local.ledger import Ledger
+from aicontract.leases import WorkloadState
 
 pytestmark = pytest.mark.anyio
 

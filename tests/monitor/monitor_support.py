@@ -16,7 +16,7 @@ from aicontract import GPU, Contract, Objective, Terms
 from aicontract.backends.base import Backend
 from aicontract.clock import VirtualClock
 from aicontract.errors import CapacityUnavailable, LeaseLost
-from aicontract.lease import Lease
+from aicontract.leases import Lease
 from aicontract.observation import Observation
 from aicontract.offer import Grant, Offer, Quote, Rejection
 

@@ -11,10 +11,10 @@ from monitor_support import service_contract
 from aicontract import Objective
 from aicontract.cli import main
 from aicontract.clock import VirtualClock
-from aicontract.metrics import Telemetry
 from aicontract.monitor import Monitor
+from aicontract.monitor.snapshot import read_snapshots
+from aicontract.monitor.telemetry import Telemetry
 from aicontract.negotiate import Negotiator
-from aicontract.snapshot import read_snapshots
 
 pytestmark = pytest.mark.anyio
 
@@ -71,7 +71,7 @@ async def test_opentelemetry_and_prometheus_exporters(
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from aicontract.metrics import MultiTelemetry, OpenTelemetry, PrometheusTelemetry
+    from aicontract.monitor.telemetry import MultiTelemetry, OpenTelemetry, PrometheusTelemetry
 
     reader = InMemoryMetricReader()
     spans = InMemorySpanExporter()
@@ -113,7 +113,7 @@ def test_without_extras_nothing_is_imported() -> None:
         "real = u.find_spec\n"
         "u.find_spec = lambda name, *a: None if name.startswith(('opentelemetry', 'prometheus'))"
         " else real(name, *a)\n"
-        "from aicontract.metrics import default_telemetry\n"
+        "from aicontract.monitor.telemetry import default_telemetry\n"
         "from aicontract import monitor\n"
         "t = default_telemetry()\n"
         "assert type(t).__name__ == 'Telemetry' and not t.enabled\n"

@@ -12,8 +12,8 @@ from monitor_support import service_contract
 
 from aicontract import Objective
 from aicontract.clock import VirtualClock
-from aicontract.metrics import Telemetry
 from aicontract.monitor import Monitor
+from aicontract.monitor.telemetry import Telemetry
 from aicontract.negotiate import Negotiator
 from aicontract.observation import Sample
 

@@ -10,11 +10,11 @@ from monitor_support import FakeBackend, service_contract, states
 
 from aicontract import Objective
 from aicontract.clock import VirtualClock
-from aicontract.lease import LeaseState
-from aicontract.metrics import Telemetry
+from aicontract.leases import LeaseState
 from aicontract.monitor import Monitor
+from aicontract.monitor.objectives import Violation
+from aicontract.monitor.telemetry import Telemetry
 from aicontract.negotiate import Negotiator
-from aicontract.objectives import Violation
 from aicontract.observation import Fault, Observation, Sample
 
 pytestmark = pytest.mark.anyio

@@ -17,10 +17,10 @@ from monitor_support import FakeBackend, service_contract, states
 
 from aicontract import Objective, Probe, Workload
 from aicontract.clock import VirtualClock
-from aicontract.metrics import Telemetry
 from aicontract.monitor import Monitor
+from aicontract.monitor.objectives import Violation
+from aicontract.monitor.telemetry import Telemetry
 from aicontract.negotiate import Negotiator
-from aicontract.objectives import Violation
 from aicontract.observation import Sample
 
 pytestmark = pytest.mark.anyio

@@ -10,11 +10,11 @@ from monitor_support import FakeBackend, service_contract
 
 from aicontract import Objective
 from aicontract.clock import VirtualClock
-from aicontract.lease import Lease, LeaseState
-from aicontract.metrics import Telemetry
+from aicontract.leases import Lease, LeaseState
 from aicontract.monitor import Monitor
+from aicontract.monitor.objectives import Violation
+from aicontract.monitor.telemetry import Telemetry
 from aicontract.negotiate import Negotiator
-from aicontract.objectives import Violation
 
 pytestmark = pytest.mark.anyio
 

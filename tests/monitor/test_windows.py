@@ -10,9 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aicontract import Objective
-from aicontract.objectives import EventTracker, GaugeTracker, ObjectiveState, tracker_for
+from aicontract.monitor.objectives import EventTracker, GaugeTracker, ObjectiveState, tracker_for
+from aicontract.monitor.sli import (
+    SKETCH_ACCURACY,
+    SlidingSketch,
+    SlidingSums,
+    bucket_of,
+    bucket_value,
+)
 from aicontract.observation import Sample
-from aicontract.sli import SKETCH_ACCURACY, SlidingSketch, SlidingSums, bucket_of, bucket_value
 
 T0 = 1_000_000.0
 

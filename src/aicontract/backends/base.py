@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from ..contract import Contract
-from ..lease import Lease
+from ..leases import Lease
 from ..observation import Observation
 from ..offer import Offer, Quote
 

@@ -21,11 +21,11 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from ..backends.base import Backend
-from ..backends.local import LocalBackend
+from ..backends.local.backend import LocalBackend
 from ..backends.registry import create_backend
 from ..documents import load
 from ..errors import AIContractError, NoOffer
-from ..lease import Lease
+from ..leases import Lease
 from ..negotiate import Negotiator
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1,6 +1,6 @@
 """``aicontract metrics``: every monitored lease on this host in the Prometheus text format.
 
-It reads what monitors publish (see :mod:`aicontract.snapshot`) and needs the
+It reads what monitors publish (see :mod:`aicontract.monitor.snapshot`) and needs the
 ``prometheus`` extra (``pip install 'aicontract[prometheus]'``). With
 ``--serve`` it keeps answering scrapes on ``http://ADDR:PORT/metrics``.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from ..snapshot import monitor_dir, read_snapshots
+from ..monitor.snapshot import monitor_dir, read_snapshots
 from .watch import monitor_dir_option
 
 _STATE = {"undetermined": -1.0, "met": 0.0, "violated": 1.0}

@@ -1,7 +1,7 @@
 """``aicontract watch LEASE_ID``: a lease's samples and violations as a live table.
 
 It reads what the monitor watching the lease publishes (see
-:mod:`aicontract.snapshot`), so it works from any process on the host, and
+:mod:`aicontract.monitor.snapshot`), so it works from any process on the host, and
 follows the lease through renegotiations.
 """
 
@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ..snapshot import LeaseSnapshot, monitor_dir, read_snapshots
+from ..monitor.snapshot import LeaseSnapshot, monitor_dir, read_snapshots
 
 _STATE_STYLE = {"met": "green", "violated": "bold red", "undetermined": "dim"}
 

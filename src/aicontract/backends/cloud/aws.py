@@ -46,7 +46,7 @@ from ...errors import (
     QuotaExceeded,
     TransientBackendError,
 )
-from ...lease import Lease
+from ...leases import Lease
 from ...offer import Offer
 from ...units import Money
 from .base import CatalogEntry, CloudBackend, InstanceState, InstanceView, lease_tag, mib

@@ -51,7 +51,7 @@ from ...errors import (
     TransientBackendError,
 )
 from ...gpu_models import compute_capability_of
-from ...lease import Lease
+from ...leases import Lease
 from ...negotiate import check_offer
 from ...observation import Fault, Observation
 from ...offer import Grant, Offer, Quote, Rejection

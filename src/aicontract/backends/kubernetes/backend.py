@@ -35,7 +35,7 @@ from ...errors import (
     TransientBackendError,
 )
 from ...gpu_models import capability
-from ...lease import Lease
+from ...leases import Lease
 from ...observation import Fault, Observation
 from ...offer import Grant, Offer, Quote, Rejection
 from ...units import Bytes, Money

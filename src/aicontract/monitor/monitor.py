@@ -17,7 +17,7 @@ probe, renew ahead of expiry) in one anyio task group::
             ...
 
 All timing goes through :attr:`Monitor.clock`, so tests run in virtual time.
-Memory per lease is constant: fixed windows (:mod:`aicontract.sli`) and
+Memory per lease is constant: fixed windows (:mod:`aicontract.monitor.sli`) and
 bounded recent-sample and violation rings.
 """
 
@@ -40,11 +40,11 @@ import anyio.abc
 import attrs
 import httpx
 
-from .clock import Clock, system_clock
-from .contract import Contract
-from .errors import AIContractError, ConfigError, LeaseLost, NoOffer
-from .lease import Lease, LeaseState
-from .metrics import Telemetry, default_telemetry
+from ..clock import Clock, system_clock
+from ..contract import Contract
+from ..errors import AIContractError, ConfigError, LeaseLost, NoOffer
+from ..leases import Lease, LeaseState
+from ..observation import Fault, Sample
 from .objectives import (
     Change,
     ObjectiveState,
@@ -53,7 +53,6 @@ from .objectives import (
     format_value,
     tracker_for,
 )
-from .observation import Fault, Sample
 from .policies import Policy, PolicyContext, RenegotiationBudget, policy_for
 from .probes import EndpointProbe, probe_targets
 from .snapshot import (
@@ -64,9 +63,10 @@ from .snapshot import (
     monitor_dir,
     write_snapshot,
 )
+from .telemetry import Telemetry, default_telemetry
 
 if TYPE_CHECKING:
-    from .negotiate import Negotiator
+    from ..negotiate import Negotiator
 
 __all__ = ["LeaseWatch", "Monitor"]
 
@@ -119,7 +119,7 @@ class Monitor:
     contracts' probe intervals. With ``publish`` the monitor writes a small
     snapshot for ``aicontract watch`` and ``aicontract metrics`` every
     ``publish_interval`` seconds into ``publish_dir`` (default
-    :func:`~aicontract.snapshot.monitor_dir`). A lease that cannot be renewed
+    :func:`~aicontract.monitor.snapshot.monitor_dir`). A lease that cannot be renewed
     is handed to its policy ``renegotiate_ahead`` seconds (at most a third of
     its term) before it expires.
     """
@@ -205,7 +205,7 @@ class Monitor:
         ``policy`` overrides the contract's ``terms.on_violation``. Without
         ``probe``/``observe``/``renew`` the monitor does not probe endpoints,
         ask the backend, or renew ahead of expiry (samples still arrive
-        through :meth:`ingest` and :meth:`~aicontract.lease.Lease.report`).
+        through :meth:`ingest` and :meth:`~aicontract.leases.Lease.report`).
         """
         if lease.id in self._watches:
             return self._watches[lease.id]

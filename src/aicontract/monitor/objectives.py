@@ -18,7 +18,7 @@ Each :class:`~aicontract.contract.Objective` gets a tracker with its own state
   max) over the window breaches the target, confirmed by the last twelfth of
   the window.
 
-Memory per tracker is fixed (see :mod:`aicontract.sli`).
+Memory per tracker is fixed (see :mod:`aicontract.monitor.sli`).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from typing import Any, Literal
 import attrs
 import msgspec
 
-from .contract import Objective, percentile_of
-from .observation import Sample
+from ..contract import Objective, percentile_of
+from ..observation import Sample
+from ..units import Duration, Rate, Ratio
 from .sli import SlidingSketch, SlidingSums
-from .units import Duration, Rate, Ratio
 
 __all__ = [
     "DEFAULT_PAIRS",

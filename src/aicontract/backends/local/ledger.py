@@ -26,8 +26,8 @@ from pathlib import Path
 import attrs
 import msgspec
 
-from .errors import CapacityUnavailable, ConfigError
-from .lease import LeaseRecord
+from ...errors import CapacityUnavailable, ConfigError
+from ...leases import LeaseRecord
 
 __all__ = ["Allocation", "Demand", "Ledger", "process_start_time"]
 

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 if TYPE_CHECKING:
-    from .lease import Lease, LeaseState
+    from ..leases import Lease, LeaseState
+    from ..observation import Sample
     from .objectives import ObjectiveState, Violation
-    from .observation import Sample
 
 __all__ = [
     "MultiTelemetry",
@@ -132,7 +132,7 @@ class OpenTelemetry(Telemetry):
     def __init__(self, meter_provider: Any = None, tracer_provider: Any = None) -> None:
         from opentelemetry import metrics, trace
 
-        from ._version import __version__
+        from .._version import __version__
 
         meter = metrics.get_meter("aicontract", __version__, meter_provider=meter_provider)
         self._tracer = trace.get_tracer("aicontract", __version__, tracer_provider=tracer_provider)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
 
     from .backends.base import Backend
-    from .objectives import ObjectiveState, Violation
+    from .monitor.objectives import ObjectiveState, Violation
 
 __all__ = ["Lease", "LeaseRecord", "LeaseState", "WorkloadState"]
 
@@ -123,7 +123,7 @@ ReplacementListener = Callable[["Lease", "Lease"], None]
 class Lease:
     """Resources reserved for you: granted values, endpoints, env, expiry.
 
-    Use it as ``async with lease:`` (or ``with`` through :func:`aicontract.lease`)
+    Use it as ``async with lease:`` (or ``with`` through :func:`aicontract.leases`)
     to keep it renewed while the block runs and released when it ends.
     """
 

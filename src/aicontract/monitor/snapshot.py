@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from .observation import Sample
+from ..observation import Sample
 
 __all__ = [
     "LeaseSnapshot",

@@ -3,9 +3,9 @@
 * ``notify`` (default) — tell the program (iterator, callbacks, log) and nothing else;
 * ``renegotiate`` — find a replacement lease that may meet the objective and
   switch to it make-before-break: the new lease is active before the old one is
-  released, the switch of :attr:`~aicontract.lease.Lease.current` is one
+  released, the switch of :attr:`~aicontract.leases.Lease.current` is one
   assignment, and the program hears the new endpoints through
-  :meth:`~aicontract.lease.Lease.on_replaced`;
+  :meth:`~aicontract.leases.Lease.on_replaced`;
 * ``release`` — give the lease back.
 
 A :class:`RenegotiationBudget` (``terms.max_renegotiations_per_hour``) bounds
@@ -25,19 +25,19 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 import attrs
 
-from .errors import (
+from ..errors import (
     AuthenticationError,
     CapacityUnavailable,
     NoOffer,
     QuotaExceeded,
     TransientBackendError,
 )
-from .lease import Lease
+from ..leases import Lease
+from ..offer import Offer, Rejection
 from .objectives import Violation
-from .offer import Offer, Rejection
 
 if TYPE_CHECKING:
-    from .negotiate import Negotiator
+    from ..negotiate import Negotiator
 
 __all__ = [
     "Notify",

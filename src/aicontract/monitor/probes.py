@@ -18,9 +18,9 @@ from collections.abc import Callable
 import attrs
 import httpx
 
-from .contract import Probe
-from .lease import Lease
-from .observation import Sample
+from ..contract import Probe
+from ..leases import Lease
+from ..observation import Sample
 
 __all__ = ["EndpointProbe", "probe_targets"]
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import msgspec
 
-from .contract import decode_quantity, encode_quantity
-from .documents import parse
-from .errors import ConfigError, ContractError
-from .units import Bytes
+from ...contract import decode_quantity, encode_quantity
+from ...documents import parse
+from ...errors import ConfigError, ContractError
+from ...units import Bytes
 
 __all__ = ["GPUDevice", "Inventory", "host_inventory", "load_inventory"]
 

@@ -1,7 +1,7 @@
 """The local backend: this host's CPUs, memory and GPUs, shared safely by its processes.
 
 It needs nothing installed or running: the inventory comes from the host (NVML
-for GPUs when ``nvidia-ml-py`` is present), and the :class:`~aicontract.ledger.Ledger`
+for GPUs when ``nvidia-ml-py`` is present), and the :class:`~.ledger.Ledger`
 in the state dir makes every grant exclusive across processes. Offers are
 free (price 0), in region ``local``, at guarantee level ``allocated``: a
 commit binds specific devices, and the lease's env pins the workload to them.
@@ -25,17 +25,17 @@ import attrs
 import platformdirs
 from msgspec.structs import replace
 
-from ..clock import Clock, system_clock
-from ..contract import GPU, Contract
-from ..errors import BackendError, CapacityUnavailable, LeaseLost
-from ..gpu_models import capability, pick_model
-from ..inventory import GPUDevice, Inventory, host_inventory
-from ..lease import Lease, LeaseRecord, LeaseState, WorkloadState
-from ..ledger import Demand, Ledger
-from ..observation import Fault, Observation, Sample
-from ..offer import Grant, Offer, Quote, Rejection
-from ..units import Bytes, CountRange, Money
-from .base import Backend
+from ...clock import Clock, system_clock
+from ...contract import GPU, Contract
+from ...errors import BackendError, CapacityUnavailable, LeaseLost
+from ...gpu_models import capability, pick_model
+from ...leases import Lease, LeaseRecord, LeaseState, WorkloadState
+from ...observation import Fault, Observation, Sample
+from ...offer import Grant, Offer, Quote, Rejection
+from ...units import Bytes, CountRange, Money
+from ..base import Backend
+from .inventory import GPUDevice, Inventory, host_inventory
+from .ledger import Demand, Ledger
 
 __all__ = ["LocalBackend", "default_state_dir"]
 

@@ -110,7 +110,7 @@ async def test_only_liars_means_no_offer_naming_placement(clock: VirtualClock) -
     with pytest.raises(NoOffer) as info:
         await negotiator(clock, liar).acquire(EU_ONLY)
     assert liar.commits == []
-    assert "liar: placement.jurisdictions wants ['EU']; has US" in str(info.value)
+    assert "liar: placement.jurisdictions wants EU; has US" in str(info.value)
 
 
 # -- guarantee 3: granted = within the contract -------------------------------------------
@@ -450,7 +450,7 @@ async def test_no_offer_lists_each_backend_and_carries_counter_offers(clock: Vir
     text = str(err)
     assert text.startswith("no offer satisfies contract 'big'")
     assert "full: resources.gpus.count" in text
-    assert "abroad: placement.jurisdictions wants ['EU']; has US" in text
+    assert "abroad: placement.jurisdictions wants EU; has US" in text
     assert "slow: quote" in text
     assert {r.backend for r in err.rejections} == {"full", "abroad", "slow"}
     assert [o.grant.gpus for o in err.counter_offers] == [4]

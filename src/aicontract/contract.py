@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal, get_args, get_origin
 import msgspec
 
 from .errors import ContractError
+from .jurisdictions import satisfies
 from .units import (
     Bytes,
     BytesRange,
@@ -422,15 +423,34 @@ class Placement(_Model, frozen=True):
                     "two or three capital letters, like EU, US or DE",
                 )
 
+    def misfits(
+        self, *, region: str, jurisdiction: str | None, provider: str
+    ) -> list[tuple[str, str, str]]:
+        """Each way a location breaks this placement, as ``(field, wanted, found)``.
+
+        The one home of guarantee 2's location rule: the negotiator and every
+        backend's own pre-filtering ask here. Jurisdictions nest (``DE`` lies in
+        ``EU``), see :mod:`aicontract.jurisdictions`.
+        """
+        out: list[tuple[str, str, str]] = []
+        if self.providers and provider not in self.providers:
+            out.append(("placement.providers", ", ".join(self.providers), provider))
+        if region in self.deny_regions or (self.regions and region not in self.regions):
+            wanted = ", ".join(self.regions) or f"not {', '.join(self.deny_regions)}"
+            out.append(("placement.regions", wanted, region))
+        if self.jurisdictions and not satisfies(jurisdiction, self.jurisdictions):
+            out.append(
+                (
+                    "placement.jurisdictions",
+                    ", ".join(self.jurisdictions),
+                    jurisdiction or "unknown jurisdiction",
+                )
+            )
+        return out
+
     def allows(self, *, region: str, jurisdiction: str | None, provider: str) -> bool:
         """True when a location is allowed by this placement (guarantee 2's check)."""
-        if region in self.deny_regions:
-            return False
-        if self.regions and region not in self.regions:
-            return False
-        if self.jurisdictions and (jurisdiction is None or jurisdiction not in self.jurisdictions):
-            return False
-        return not (self.providers and provider not in self.providers)
+        return not self.misfits(region=region, jurisdiction=jurisdiction, provider=provider)
 
 
 class Terms(_Model, frozen=True):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import msgspec
 
-from .contract import Contract, GuaranteeLevel, Isolation
+from .contract import GUARANTEE_ORDER, ISOLATION_ORDER, Contract, GuaranteeLevel, Isolation
+from .gpu_models import capability
 from .units import Bytes, Money
 
-__all__ = ["Grant", "Offer", "Quote", "Rejection"]
+__all__ = ["Grant", "Offer", "Quote", "Rejection", "check_offer"]
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -98,3 +99,85 @@ class Quote(msgspec.Struct, frozen=True, kw_only=True):
     offers: tuple[Offer, ...] = ()
     rejections: tuple[Rejection, ...] = ()
     counter_offers: tuple[Offer, ...] = ()
+
+
+def check_offer(
+    offer: Offer, contract: Contract, now: float, *, start_within: float | None = None
+) -> list[Rejection]:
+    """Every way ``offer`` breaks ``contract`` (empty when it satisfies it).
+
+    ``start_within`` is how long the contract can still wait for the work to start
+    (by default its whole ``terms.start_by``; less once negotiation has waited).
+    """
+    out: list[Rejection] = []
+
+    def reject(requirement: str, wanted: object, available: object) -> None:
+        out.append(
+            Rejection(
+                backend=offer.backend,
+                requirement=requirement,
+                wanted=str(wanted),
+                available=str(available),
+            )
+        )
+
+    grant, res = offer.grant, contract.resources
+    if res.gpus is not None:
+        gpus = res.gpus
+        if grant.gpus not in gpus.count:
+            reject("resources.gpus.count", gpus.count, grant.gpus)
+        if gpus.models and grant.gpu_model not in gpus.models:
+            reject("resources.gpus.models", list(gpus.models), grant.gpu_model)
+        if gpus.memory is not None and (
+            grant.gpu_memory is None or grant.gpu_memory not in gpus.memory
+        ):
+            reject("resources.gpus.memory", gpus.memory, grant.gpu_memory)
+        if gpus.compute_capability is not None and (
+            capability(grant.gpu_compute_capability) < capability(gpus.compute_capability)
+        ):
+            reject(
+                "resources.gpus.compute_capability",
+                f">= {gpus.compute_capability}",
+                grant.gpu_compute_capability or "unknown",
+            )
+        if gpus.interconnect is not None and grant.gpu_interconnect != gpus.interconnect:
+            reject(
+                "resources.gpus.interconnect",
+                gpus.interconnect,
+                grant.gpu_interconnect or "unknown",
+            )
+        if gpus.mig is not None and grant.gpu_mig != gpus.mig:
+            reject("resources.gpus.mig", gpus.mig, grant.gpu_mig or "a whole GPU")
+    elif grant.gpus:
+        reject("resources.gpus", "no GPUs", f"{grant.gpus} GPUs")
+    for name in ("cpus", "memory", "disk"):
+        wanted = getattr(res, name)
+        granted = getattr(grant, name)
+        if wanted is not None and (granted is None or granted not in wanted):
+            reject(f"resources.{name}", wanted, granted)
+    place = contract.placement
+    for requirement, wanted, found in place.misfits(
+        region=offer.region, jurisdiction=offer.jurisdiction, provider=offer.provider
+    ):
+        reject(requirement, wanted, found)
+    if ISOLATION_ORDER[offer.isolation] < ISOLATION_ORDER[place.isolation]:
+        reject("placement.isolation", place.isolation, offer.isolation)
+    terms = contract.terms
+    if GUARANTEE_ORDER[offer.guarantee] < GUARANTEE_ORDER[terms.min_guarantee]:
+        reject("terms.min_guarantee", terms.min_guarantee, offer.guarantee)
+    if terms.max_price is not None:
+        price = offer.price
+        if price is None or price.currency != terms.max_price.currency:
+            reject("terms.max_price", terms.max_price, price or "unpriced")
+        elif price > terms.max_price:
+            reject("terms.max_price", terms.max_price, price)
+    if offer.preemptible and not terms.preemptible:
+        reject("terms.preemptible", "not preemptible", "preemptible")
+    if terms.start_by is not None:
+        left = terms.start_by.seconds if start_within is None else max(0.0, start_within)
+        if offer.start_in > left:
+            wanted = terms.start_by if start_within is None else f"a start within {left:.0f}s"
+            reject("terms.start_by", wanted, f"starts in {offer.start_in:.0f}s")
+    if offer.expires_at <= now:
+        reject("offer", "an unexpired offer", "expired offer")
+    return out

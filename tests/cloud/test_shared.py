@@ -11,7 +11,7 @@ import pytest
 
 from aicontract.backends.cloud.base import RateLimiter, lease_tag
 from aicontract.backends.cloud.credentials import Secret, load_secret, redact
-from aicontract.backends.cloud.jurisdictions import (
+from aicontract.backends.cloud.regions import (
     AWS_REGIONS,
     LAMBDA_REGIONS,
     jurisdiction_for,

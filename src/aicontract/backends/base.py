@@ -9,6 +9,8 @@ small and honest about what it has.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import TypeVar
 
 from ..contract import Contract
 from ..leases import Lease
@@ -16,6 +18,8 @@ from ..observation import Observation
 from ..offer import Offer, Quote
 
 __all__ = ["Backend"]
+
+_B = TypeVar("_B", bound="Backend")
 
 
 class Backend(ABC):
@@ -27,6 +31,9 @@ class Backend(ABC):
     :class:`~aicontract.LeaseLost`; ``release`` is safe to repeat.
     Transient failures raise :class:`~aicontract.TransientBackendError`; a lost
     race for the offered capacity raises :class:`~aicontract.CapacityUnavailable`.
+
+    A backend is an async context manager: ``async with LocalBackend() as b:``
+    closes it (:meth:`aclose`) on the way out.
     """
 
     name: str = "backend"
@@ -62,4 +69,15 @@ class Backend(ABC):
         return Observation()
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to close by default
-        """Close connections and files the backend holds."""
+        """Close connections and files the backend holds (safe to repeat)."""
+
+    async def __aenter__(self: _B) -> _B:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

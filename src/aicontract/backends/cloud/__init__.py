@@ -6,10 +6,11 @@ registered under the ``aicontract.backends`` entry-point group, so
 ``create_backend("lambda")`` and ``create_backend("aws")`` find them.
 """
 
+from ...jurisdictions import jurisdictions_of
 from .base import CatalogEntry, CloudBackend, InstanceState, InstanceView, RateLimiter, node_env
 from .credentials import Secret
-from .jurisdictions import jurisdiction_for, jurisdictions_of, region_country
 from .lambda_cloud import LambdaBackend, LambdaCloudError
+from .regions import jurisdiction_for, region_country
 
 __all__ = [
     "CatalogEntry",

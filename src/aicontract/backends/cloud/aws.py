@@ -51,8 +51,8 @@ from ...offer import Offer
 from ...units import Money
 from .base import CatalogEntry, CloudBackend, InstanceState, InstanceView, lease_tag, mib
 from .credentials import Secret, load_secret, redact
-from .jurisdictions import AWS_REGIONS, region_country
 from .prices import AWS_PRICES, PriceTable, load_price_file, parse_prices
+from .regions import AWS_REGIONS, region_country
 
 try:
     import boto3

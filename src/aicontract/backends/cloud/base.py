@@ -6,7 +6,7 @@ this tag, describe it, terminate it. Everything else is written once here:
 
 * offers from catalog entries (GPU model, count, per-GPU memory, vCPUs,
   memory, price per hour, region and its **jurisdiction**), pre-filtered with
-  the negotiator's own :func:`~aicontract.negotiate.check_offer` and summarised
+  the same :func:`~aicontract.offer.check_offer` the negotiator applies and summarised
   into one rejection per failing requirement;
 * a per-backend spend cap (``max_spend``, per hour, across live leases);
 * rate limiting per provider, retries of transient errors only (tenacity);
@@ -52,12 +52,11 @@ from ...errors import (
 )
 from ...gpu_models import compute_capability_of
 from ...leases import Lease
-from ...negotiate import check_offer
 from ...observation import Fault, Observation
-from ...offer import Grant, Offer, Quote, Rejection
+from ...offer import Grant, Offer, Quote, Rejection, check_offer
 from ...units import Bytes, Money
 from ..base import Backend
-from .jurisdictions import jurisdiction_for
+from .regions import jurisdiction_for
 
 __all__ = [
     "CatalogEntry",

@@ -47,7 +47,7 @@ from ...offer import Offer
 from ...units import Money
 from .base import CatalogEntry, CloudBackend, InstanceState, InstanceView, gib
 from .credentials import Secret, load_secret, redact, register_secret
-from .jurisdictions import LAMBDA_REGIONS, region_country
+from .regions import LAMBDA_REGIONS, region_country
 
 __all__ = ["LambdaBackend", "LambdaCloudError"]
 

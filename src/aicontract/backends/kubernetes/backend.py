@@ -262,24 +262,11 @@ class KubernetesBackend(Backend):
                 )
         elif view.dedicated:
             return _Misfit("placement.isolation", place.isolation, "kept for dedicated-node leases")
-        if not place.allows(
+        misfits = place.misfits(
             region=view.region, jurisdiction=view.jurisdiction, provider=self.provider
-        ):
-            if place.providers and self.provider not in place.providers:
-                return _Misfit("placement.providers", ",".join(place.providers), self.provider)
-            if view.region in place.deny_regions or (
-                place.regions and view.region not in place.regions
-            ):
-                return _Misfit(
-                    "placement.regions",
-                    ",".join(place.regions) or f"not {','.join(place.deny_regions)}",
-                    view.region,
-                )
-            return _Misfit(
-                "placement.jurisdictions",
-                ",".join(place.jurisdictions),
-                view.jurisdiction or "unknown jurisdiction",
-            )
+        )
+        if misfits:
+            return _Misfit(*misfits[0])
         gpus_granted, model, memory = 0, None, None
         if res.gpus is not None:
             gpus = res.gpus

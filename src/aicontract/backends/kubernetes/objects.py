@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from ...contract import Contract, encode_quantity
+from ...jurisdictions import satisfies
 from ...offer import Grant, Offer
 from .quote import (
     GPU_PRODUCT_LABELS,
@@ -196,7 +197,10 @@ def _node_affinity(offer: Offer, *, products_from_labels: bool = True) -> dict[s
         common.append({"key": LABEL_DEDICATED, "operator": "Exists"})
     terms: list[list[dict[str, Any]]] = [common]
     if place.jurisdictions:
-        allowed = [j for j in place.jurisdictions if j == offer.jurisdiction] or ["-"]
+        # The node must carry the offer's own jurisdiction, and only if that lies inside
+        # what the contract allows (DE inside EU); "-" matches no real label.
+        inside = satisfies(offer.jurisdiction, place.jurisdictions)
+        allowed = [offer.jurisdiction] if inside and offer.jurisdiction else ["-"]
         labelled = {"key": LABEL_JURISDICTION, "operator": "In", "values": allowed}
         if details.get("jurisdiction_source") == "label":
             terms = [[*common, labelled]]

@@ -1,4 +1,4 @@
-"""Where a cloud region is, in law: region → ISO 3166 country → jurisdictions.
+"""Where a cloud region is, in law: region → ISO 3166 country (→ jurisdictions).
 
 A region's country comes from a kept table per provider, never from its name
 (``eu-central-2`` is Zurich, outside the EU; ``eu-west-2`` is London). The
@@ -14,53 +14,17 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 
+from ...jurisdictions import EEA_MEMBERS, jurisdictions_of
+
 __all__ = [
     "AWS_REGIONS",
-    "EEA_MEMBERS",
-    "EU_MEMBERS",
     "LAMBDA_REGIONS",
     "countries_named_in",
     "jurisdiction_for",
-    "jurisdictions_of",
     "region_country",
 ]
 
 log = logging.getLogger("aicontract.backends.cloud")
-
-EU_MEMBERS: frozenset[str] = frozenset(
-    [
-        "AT",
-        "BE",
-        "BG",
-        "HR",
-        "CY",
-        "CZ",
-        "DK",
-        "EE",
-        "FI",
-        "FR",
-        "DE",
-        "GR",
-        "IE",
-        "IT",
-        "LV",
-        "LT",
-        "LU",
-        "MT",
-        "NL",
-        "PL",
-        "PT",
-        "RO",
-        "SK",
-        "SI",
-        "ES",
-        "SE",
-    ]
-)
-"""The 27 EU member states (ISO 3166-1 alpha-2; Greece is ``GR``)."""
-
-EEA_MEMBERS: frozenset[str] = EU_MEMBERS | {"IS", "LI", "NO"}
-"""The European Economic Area: the EU plus Iceland, Liechtenstein and Norway."""
 
 AWS_REGIONS: Mapping[str, str] = {
     "us-east-1": "US",
@@ -240,18 +204,6 @@ def region_country(
         )
         return None
     return country
-
-
-def jurisdictions_of(country: str | None) -> frozenset[str]:
-    """Every jurisdiction code a country is inside: itself, ``EU``, ``EEA``."""
-    if country is None:
-        return frozenset()
-    out = {country}
-    if country in EU_MEMBERS:
-        out.add("EU")
-    if country in EEA_MEMBERS:
-        out.add("EEA")
-    return frozenset(out)
 
 
 def jurisdiction_for(country: str | None, wanted: Iterable[str] = ()) -> str | None:

@@ -56,11 +56,6 @@ def test_placement_names_what_it_refuses() -> None:
     ]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_local_host_in_germany_serves_an_eu_contract(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -24,15 +24,10 @@ from aicontract.errors import CapacityUnavailable
 from aicontract.offer import Grant, Offer
 from aicontract.units import Bytes, Money
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.anyio_backends("asyncio", "trio")]
 
 API = "https://k8s.test"
 NS = "aicontract-team"
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def groups(*, dra: bool, kueue: bool) -> dict[str, Any]:

@@ -27,17 +27,7 @@ from aicontract.negotiate import check_offer, rank_key
 from aicontract.offer import Quote
 from fakes import FakeBackend, drive, make_offer
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
+pytestmark = [pytest.mark.anyio, pytest.mark.anyio_backends("asyncio", "trio")]
 
 
 def negotiator(clock: VirtualClock, *backends: FakeBackend, **options: float) -> Negotiator:
@@ -305,8 +295,8 @@ async def test_transient_commit_errors_retry_with_the_same_key(clock: VirtualClo
     assert len(keys) == 3
     assert len(offer_ids) == 1
     assert len(set(keys)) == 1, "a retry must reuse the idempotency key (guarantee 5)"
-    assert lease is backend.leases[keys[0]]
-    assert len(backend.leases) == 1
+    assert lease is backend.by_key[keys[0]]
+    assert len(backend.by_key) == 1
 
 
 async def test_retries_are_bounded_then_next_offer(clock: VirtualClock) -> None:
@@ -552,7 +542,7 @@ async def test_a_replacement_is_released_when_the_switch_fails(clock: VirtualClo
     )
     with pytest.raises(RuntimeError, match="monitor bug"):
         await Renegotiate().handle(context, _violation(old.id))  # type: ignore[arg-type]
-    replacement = [lease for lease in backend.leases.values() if lease is not old]
+    replacement = [lease for lease in backend.by_key.values() if lease is not old]
     assert [lease.state.value for lease in replacement] == ["released"]
     assert old.is_active
 
@@ -584,7 +574,7 @@ async def test_a_replacement_is_released_when_the_holder_let_go_meanwhile(
     )
     await Renegotiate().handle(context, _violation(old.id))  # type: ignore[arg-type]
     assert switched == []
-    assert all(not lease.is_active for lease in backend.leases.values())
+    assert all(not lease.is_active for lease in backend.by_key.values())
 
 
 # -- guarantee 3 reaches the GPU's properties ------------------------------------------------

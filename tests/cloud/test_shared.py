@@ -107,8 +107,3 @@ async def test_rate_limiter_spaces_calls_in_virtual_time() -> None:
             await clock.advance(0.25)
     assert len(times) == 3
     assert [b - a for a, b in itertools.pairwise(times)] == [1.0, 1.0]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"

@@ -25,11 +25,6 @@ EU_NODES = {"gpu-eu-1", "gpu-eu-2"}
 US_NODES = {"gpu-us-1"}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def tenant() -> str:
     return f"t-{uuid.uuid4().hex[:8]}"
 

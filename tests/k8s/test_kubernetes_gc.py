@@ -22,11 +22,6 @@ pytestmark = [pytest.mark.k8s, pytest.mark.anyio]
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def backend(k8s_cluster: Any) -> AsyncIterator[KubernetesBackend]:
     kb = KubernetesBackend(kubeconfig=k8s_cluster.kubeconfig, ttl=30)
     try:

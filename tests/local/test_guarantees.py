@@ -191,11 +191,6 @@ async def test_retried_commit_yields_one_lease(host: Path) -> None:
     assert backend.ledger.records() == []
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 FORGETFUL = """
 import aicontract as ac
 lease = ac.acquire_sync(ac.Contract(name="forgetful", gpus=2))

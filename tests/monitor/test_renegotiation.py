@@ -6,7 +6,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from monitor_support import FakeBackend, service_contract
+from monitor_support import service_contract
 
 from aicontract import Objective
 from aicontract.clock import VirtualClock
@@ -15,6 +15,7 @@ from aicontract.monitor import Monitor
 from aicontract.monitor.objectives import Violation
 from aicontract.monitor.telemetry import Telemetry
 from aicontract.negotiate import Negotiator
+from fakes import FakeBackend
 
 pytestmark = pytest.mark.anyio
 
@@ -77,7 +78,7 @@ async def test_make_before_break_never_leaves_the_program_without_an_endpoint(
 
 
 async def test_no_room_for_a_replacement_keeps_the_lease(clock: VirtualClock) -> None:
-    fake = FakeBackend(clock, gpus=1)
+    fake = FakeBackend(clock=clock, capacity=1, ttl=3600.0)
     async with Monitor(
         Negotiator(backends=[fake], clock=clock), publish=False, telemetry=Telemetry()
     ) as monitor:

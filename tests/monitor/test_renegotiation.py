@@ -8,7 +8,7 @@ import anyio
 import pytest
 from monitor_support import service_contract
 
-from aicontract import Objective
+from aicontract import Contract, Objective
 from aicontract.clock import VirtualClock
 from aicontract.leases import Lease, LeaseState
 from aicontract.monitor import Monitor
@@ -153,6 +153,80 @@ async def test_make_before_break_on_the_local_backend(
         await handle.current.release()
     await backend.aclose()
     assert not gaps
+
+
+# -- renegotiation never orphans a replacement ----------------------------------------------
+
+
+def _violation(lease_id: str) -> object:
+    from aicontract.monitor.objectives import Violation
+
+    return Violation(
+        lease_id=lease_id,
+        objective=None,
+        observed=1.0,
+        window=60.0,
+        since=0.0,
+        at=0.0,
+        severity="critical",
+        reason="slow",
+    )
+
+
+@pytest.mark.anyio_backends("asyncio", "trio")
+async def test_a_replacement_is_released_when_the_switch_fails(clock: VirtualClock) -> None:
+    from aicontract.monitor.policies import PolicyContext, Renegotiate, RenegotiationBudget
+
+    backend = FakeBackend(clock=clock)
+    neg = Negotiator([backend], clock=clock)
+    old = await neg.acquire(Contract(gpus=1))
+
+    async def broken_switch(old: object, new: object) -> None:
+        raise RuntimeError("monitor bug")
+
+    context = PolicyContext(
+        lease=old,
+        budget=RenegotiationBudget(per_hour=3),
+        negotiator=neg,
+        now=clock.time,
+        switch=broken_switch,
+    )
+    with pytest.raises(RuntimeError, match="monitor bug"):
+        await Renegotiate().handle(context, _violation(old.id))  # type: ignore[arg-type]
+    replacement = [lease for lease in backend.by_key.values() if lease is not old]
+    assert [lease.state.value for lease in replacement] == ["released"]
+    assert old.is_active
+
+
+@pytest.mark.anyio_backends("asyncio", "trio")
+async def test_a_replacement_is_released_when_the_holder_let_go_meanwhile(
+    clock: VirtualClock,
+) -> None:
+    from aicontract.monitor.policies import PolicyContext, Renegotiate, RenegotiationBudget
+
+    backend = FakeBackend(clock=clock)
+    neg = Negotiator([backend], clock=clock)
+    old = await neg.acquire(Contract(gpus=1))
+
+    async def release_old_first(offer: object) -> None:  # the holder lets go mid-search
+        await old.release()
+
+    backend.on_commit = release_old_first
+    switched: list[object] = []
+
+    async def switch(old: object, new: object) -> None:
+        switched.append(new)
+
+    context = PolicyContext(
+        lease=old,
+        budget=RenegotiationBudget(per_hour=3),
+        negotiator=neg,
+        now=clock.time,
+        switch=switch,
+    )
+    await Renegotiate().handle(context, _violation(old.id))  # type: ignore[arg-type]
+    assert switched == []
+    assert all(not lease.is_active for lease in backend.by_key.values())
 
 
 def _slow(lease: Lease) -> object:

@@ -18,6 +18,7 @@ import anyio
 import attrs
 
 from aicontract import (
+    Backend,
     CapacityUnavailable,
     Clock,
     Contract,
@@ -31,7 +32,6 @@ from aicontract import (
     Rejection,
     VirtualClock,
 )
-from aicontract.backends.base import Backend
 
 _ids = itertools.count(1)
 

@@ -20,11 +20,12 @@ from aicontract import (
     Negotiator,
     NoOffer,
     Preferences,
+    Quote,
     TransientBackendError,
     VirtualClock,
 )
-from aicontract.negotiate import check_offer, rank_key
-from aicontract.offer import Quote
+from aicontract.negotiate import rank_key
+from aicontract.offer import check_offer
 from fakes import FakeBackend, drive, make_offer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.anyio_backends("asyncio", "trio")]

@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from aicontract import Placement, VirtualClock
 from aicontract.backends.cloud.base import RateLimiter, lease_tag
 from aicontract.backends.cloud.credentials import Secret, load_secret, redact
 from aicontract.backends.cloud.regions import (
@@ -17,8 +18,6 @@ from aicontract.backends.cloud.regions import (
     jurisdiction_for,
     region_country,
 )
-from aicontract.clock import VirtualClock
-from aicontract.contract import Placement
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,19 @@ from typing import Any
 import anyio
 import pytest
 
-from aicontract import GPU, Contract, NoOffer, TransientBackendError, Workload
+from aicontract import (
+    GPU,
+    Contract,
+    Lease,
+    LeaseState,
+    Monitor,
+    Negotiator,
+    NoOffer,
+    TransientBackendError,
+    Workload,
+)
 from aicontract.backends.kubernetes import KubernetesBackend
 from aicontract.backends.kubernetes.objects import LABEL_LEASE, lease_name
-from aicontract.leases import Lease, LeaseState
-from aicontract.negotiate import Negotiator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.anyio]
 
@@ -304,8 +312,6 @@ async def test_a_waiting_contract_gets_capacity_when_it_frees(
 async def test_killed_node_revokes_its_leases_with_a_reason(
     k8s_cluster: Any, backend: KubernetesBackend
 ) -> None:
-    from aicontract.monitor import Monitor
-
     lease = await Negotiator([backend]).acquire(contract(jurisdictions=("US",)))
     assert lease.details["node"] == "gpu-us-1"
     assert (await backend.observe(lease)).faults == ()

@@ -16,13 +16,10 @@ import httpx
 import pytest
 import respx
 
-from aicontract import GPU, Contract, Workload
+from aicontract import GPU, Bytes, CapacityUnavailable, Contract, Grant, Money, Offer, Workload
 from aicontract.backends.kubernetes import KubernetesBackend
 from aicontract.backends.kubernetes.discovery import discover
 from aicontract.backends.kubernetes.objects import LABEL_LEASE, LABEL_QUEUE
-from aicontract.errors import CapacityUnavailable
-from aicontract.offer import Grant, Offer
-from aicontract.units import Bytes, Money
 
 pytestmark = [pytest.mark.anyio, pytest.mark.anyio_backends("asyncio", "trio")]
 

@@ -24,12 +24,9 @@ import anyio
 import pytest
 
 import aicontract as ac
+from aicontract import Lease, Negotiator, Offer, TransientBackendError
 from aicontract.backends.local import LocalBackend
 from aicontract.backends.local.ledger import LEDGER_FILE
-from aicontract.errors import TransientBackendError
-from aicontract.leases import Lease
-from aicontract.negotiate import Negotiator
-from aicontract.offer import Offer
 
 GPUS = 4
 INVENTORY = textwrap.dedent(

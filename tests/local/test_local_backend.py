@@ -26,10 +26,10 @@ from aicontract import (
     Negotiator,
     NoOffer,
     Workload,
+    WorkloadState,
 )
 from aicontract.backends.local import LocalBackend
 from aicontract.backends.local.ledger import Ledger
-from aicontract.leases import WorkloadState
 
 pytestmark = pytest.mark.anyio
 

@@ -8,14 +8,18 @@ import anyio
 import pytest
 from monitor_support import service_contract, states
 
-from aicontract import Objective
-from aicontract.clock import VirtualClock
-from aicontract.leases import LeaseState
-from aicontract.monitor import Monitor
-from aicontract.monitor.objectives import Violation
+from aicontract import (
+    Fault,
+    LeaseState,
+    Monitor,
+    Negotiator,
+    Objective,
+    Observation,
+    Sample,
+    Violation,
+    VirtualClock,
+)
 from aicontract.monitor.telemetry import Telemetry
-from aicontract.negotiate import Negotiator
-from aicontract.observation import Fault, Observation, Sample
 from fakes import FakeBackend
 
 pytestmark = pytest.mark.anyio

@@ -15,13 +15,17 @@ import anyio
 import pytest
 from monitor_support import service_contract, states
 
-from aicontract import Objective, Probe, Workload
-from aicontract.clock import VirtualClock
-from aicontract.monitor import Monitor
-from aicontract.monitor.objectives import Violation
+from aicontract import (
+    Monitor,
+    Negotiator,
+    Objective,
+    Probe,
+    Sample,
+    Violation,
+    VirtualClock,
+    Workload,
+)
 from aicontract.monitor.telemetry import Telemetry
-from aicontract.negotiate import Negotiator
-from aicontract.observation import Sample
 from fakes import FakeBackend
 
 pytestmark = pytest.mark.anyio

@@ -8,13 +8,21 @@ import anyio
 import pytest
 from monitor_support import service_contract
 
-from aicontract import Contract, Objective
-from aicontract.clock import VirtualClock
-from aicontract.leases import Lease, LeaseState
-from aicontract.monitor import Monitor
-from aicontract.monitor.objectives import Violation
+from aicontract import (
+    Contract,
+    Lease,
+    LeaseState,
+    Monitor,
+    Negotiator,
+    Objective,
+    Renegotiate,
+    RenegotiationBudget,
+    Sample,
+    Violation,
+    VirtualClock,
+)
+from aicontract.monitor.policies import PolicyContext
 from aicontract.monitor.telemetry import Telemetry
-from aicontract.negotiate import Negotiator
 from fakes import FakeBackend
 
 pytestmark = pytest.mark.anyio
@@ -159,8 +167,6 @@ async def test_make_before_break_on_the_local_backend(
 
 
 def _violation(lease_id: str) -> object:
-    from aicontract.monitor.objectives import Violation
-
     return Violation(
         lease_id=lease_id,
         objective=None,
@@ -175,8 +181,6 @@ def _violation(lease_id: str) -> object:
 
 @pytest.mark.anyio_backends("asyncio", "trio")
 async def test_a_replacement_is_released_when_the_switch_fails(clock: VirtualClock) -> None:
-    from aicontract.monitor.policies import PolicyContext, Renegotiate, RenegotiationBudget
-
     backend = FakeBackend(clock=clock)
     neg = Negotiator([backend], clock=clock)
     old = await neg.acquire(Contract(gpus=1))
@@ -202,8 +206,6 @@ async def test_a_replacement_is_released_when_the_switch_fails(clock: VirtualClo
 async def test_a_replacement_is_released_when_the_holder_let_go_meanwhile(
     clock: VirtualClock,
 ) -> None:
-    from aicontract.monitor.policies import PolicyContext, Renegotiate, RenegotiationBudget
-
     backend = FakeBackend(clock=clock)
     neg = Negotiator([backend], clock=clock)
     old = await neg.acquire(Contract(gpus=1))
@@ -230,6 +232,4 @@ async def test_a_replacement_is_released_when_the_holder_let_go_meanwhile(
 
 
 def _slow(lease: Lease) -> object:
-    from aicontract.observation import Sample
-
     return Sample(sli="latency", value=0.8, at=lease.clock.time())

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aicontract import Objective
-from aicontract.monitor.objectives import EventTracker, GaugeTracker, ObjectiveState, tracker_for
+from aicontract import Objective, ObjectiveState, Sample
+from aicontract.monitor.objectives import EventTracker, GaugeTracker, tracker_for
 from aicontract.monitor.sli import (
     SKETCH_ACCURACY,
     SlidingSketch,
@@ -18,7 +18,6 @@ from aicontract.monitor.sli import (
     bucket_of,
     bucket_value,
 )
-from aicontract.observation import Sample
 
 T0 = 1_000_000.0
 

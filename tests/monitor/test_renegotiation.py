@@ -150,10 +150,10 @@ async def test_make_before_break_on_the_local_backend(
         handle.on_replaced(on_replaced)
         for _ in range(10):
             handle.ingest(_slow(handle))
-        with anyio.fail_after(10):
+        with anyio.fail_after(10):  # bounds, not timing assertions: every wait has one
             await replaced.wait()
-        while handle.state != LeaseState.RELEASED:
-            await anyio.sleep(0.01)
+            while handle.state != LeaseState.RELEASED:
+                await anyio.sleep(0.01)
         assert handle.current.id != original
         assert handle.current.is_active
         assert held() == {handle.current.id}

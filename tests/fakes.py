@@ -1,10 +1,11 @@
-"""A small in-memory backend for negotiator, lease and sync tests.
+"""The one in-memory backend of the test suite (negotiator, lease, sync and monitor tests).
 
 It does only what a test tells it to: offer what it is given (including offers
 that lie about placement or grant, so the negotiator's checks are exercised
-rather than trusted), fail commits with queued errors, hang on quotes, and
-count every call so tests can assert on them. Time comes from the clock it is
-given, so heartbeats and deadlines run in virtual time.
+rather than trusted), fail commits with queued errors, hang on quotes, hold a
+fixed number of GPUs and never over-grant them, hand out queued observations,
+and record every call so tests can assert on them. Time comes from the clock
+it is given, so heartbeats and deadlines run in virtual time.
 """
 
 from __future__ import annotations
@@ -17,18 +18,20 @@ import anyio
 import attrs
 
 from aicontract import (
+    Backend,
+    CapacityUnavailable,
     Clock,
     Contract,
     Grant,
     Lease,
     LeaseLost,
     Money,
+    Observation,
     Offer,
     Quote,
     Rejection,
     VirtualClock,
 )
-from aicontract.backends.base import Backend
 
 _ids = itertools.count(1)
 
@@ -67,26 +70,38 @@ def make_offer(backend: str, contract: Contract, now: float, **overrides: Any) -
     return Offer(**fields)
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, kw_only=True)
 class FakeBackend(Backend):
     """An in-memory backend whose every answer a test chooses.
 
     ``offers`` are keyword overrides for :func:`make_offer`, one offer each.
     ``available`` switches capacity off (quotes then carry only a rejection).
-    ``commit_errors`` are raised by successive commits, one each, before a
-    commit succeeds. ``quote_hangs`` makes quotes never answer.
+    ``capacity`` gives it that many GPUs: a quote for more than are free is
+    refused, and a commit that would lease more than it has raises
+    :class:`CapacityUnavailable`, so it never over-grants (``max_in_use``
+    records the most it ever had leased). ``commit_errors`` are raised by
+    successive commits, one each, before a commit succeeds. ``quote_hangs``
+    makes quotes never answer. ``renew_error`` is raised by the next renewal
+    only; ``refuse_renewal`` fails every renewal. ``observations`` are handed
+    out by :meth:`observe`, one per call. Every commit and release is logged in
+    ``events`` in order, and ``on_event`` hooks let a test check invariants at
+    those instants.
     """
 
     name: str = "fake"
     clock: Clock = attrs.field(factory=VirtualClock)
     offers: list[dict[str, Any]] = attrs.field(factory=lambda: [{}])
     available: bool = True
+    capacity: int | None = None
     counter_offers: list[dict[str, Any]] = attrs.field(factory=list)
     commit_errors: list[BaseException] = attrs.field(factory=list)
     quote_hangs: bool = False
     ttl: float = 30.0
     renew_error: BaseException | None = None
+    refuse_renewal: bool = False
     on_commit: Callable[[Offer], Awaitable[None]] | None = None
+    on_event: list[Callable[[str, Lease], None]] = attrs.field(factory=list)
+    observations: list[Observation] = attrs.field(factory=list)
     quotes: int = 0
     commits: list[tuple[str, str]] = attrs.field(factory=list)
     """(offer id, idempotency key) for every commit attempt, failed ones too."""
@@ -95,8 +110,25 @@ class FakeBackend(Backend):
     releases: list[str] = attrs.field(factory=list)
     abandoned: list[str] = attrs.field(factory=list)
     """Idempotency keys of commits the negotiator gave up on."""
-    leases: dict[str, Lease] = attrs.field(factory=dict)
+    by_key: dict[str, Lease] = attrs.field(factory=dict)
     """Committed leases by idempotency key (a retried key returns the same lease)."""
+    leases: dict[str, Lease] = attrs.field(factory=dict)
+    """The leases it holds now (committed, not yet released or abandoned), by id."""
+    events: list[tuple[str, str, float]] = attrs.field(factory=list)
+    """(``"commit"`` or ``"release"``, lease id, clock time), in order."""
+    max_in_use: int = 0
+
+    @property
+    def in_use(self) -> int:
+        """GPUs held by its live leases."""
+        return sum(lease.grant.gpus for lease in self.leases.values())
+
+    def endpoint_owner(self, url: str) -> str | None:
+        """The id of the live lease publishing ``url``, if any."""
+        for lease in self.leases.values():
+            if url in lease.endpoints.values():
+                return lease.id
+        return None
 
     async def quote(self, contract: Contract) -> Quote:
         self.quotes += 1
@@ -104,14 +136,20 @@ class FakeBackend(Backend):
             await anyio.sleep_forever()
         now = self.clock.time()
         counter = tuple(make_offer(self.name, contract, now, **o) for o in self.counter_offers)
-        if not self.available:
+        gpus = contract.resources.gpus
+        free = 0 if not self.available else None
+        if self.capacity is not None and self.available:
+            wanted = gpus.count.min if gpus is not None else 0
+            if wanted > self.capacity - self.in_use:
+                free = self.capacity - self.in_use
+        if free is not None:
             return Quote(
                 rejections=(
                     Rejection(
                         backend=self.name,
                         requirement="resources.gpus.count",
-                        wanted=str(contract.resources.gpus.count if contract.resources.gpus else 0),
-                        available="0 free",
+                        wanted=str(gpus.count if gpus else 0),
+                        available=f"{free} free",
                     ),
                 ),
                 counter_offers=counter,
@@ -121,7 +159,9 @@ class FakeBackend(Backend):
 
     async def abandon(self, offer: Offer, idempotency_key: str) -> None:
         self.abandoned.append(idempotency_key)
-        self.leases.pop(idempotency_key, None)
+        lease = self.by_key.pop(idempotency_key, None)
+        if lease is not None:
+            self.leases.pop(lease.id, None)
 
     async def commit(self, offer: Offer, idempotency_key: str) -> Lease:
         self.commits.append((offer.id, idempotency_key))
@@ -129,10 +169,13 @@ class FakeBackend(Backend):
             await self.on_commit(offer)
         if self.commit_errors:
             raise self.commit_errors.pop(0)
-        if idempotency_key in self.leases:
-            return self.leases[idempotency_key]
+        if idempotency_key in self.by_key:
+            return self.by_key[idempotency_key]
+        if self.capacity is not None and offer.grant.gpus > self.capacity - self.in_use:
+            raise CapacityUnavailable(self.name, "taken meanwhile")
+        lease_id = f"{self.name}-lease-{idempotency_key}"
         lease = Lease(
-            id=f"{self.name}-lease-{idempotency_key}",
+            id=lease_id,
             contract=offer.contract,
             grant=offer.grant,
             backend=self,
@@ -140,16 +183,24 @@ class FakeBackend(Backend):
             expires_at=self.clock.time() + self.ttl,
             region=offer.region,
             jurisdiction=offer.jurisdiction,
+            endpoints={"http": f"http://{lease_id}.invalid"},
             clock=self.clock,
             details={"offer": offer.id},
         )
-        self.leases[idempotency_key] = lease
+        self.by_key[idempotency_key] = lease
+        self.leases[lease_id] = lease
+        self.max_in_use = max(self.max_in_use, self.in_use)
+        if self.capacity is not None:
+            assert self.in_use <= self.capacity
+        self._event("commit", lease)
         return lease
 
     async def renew(self, lease: Lease) -> float:
         if self.renew_error is not None:
             error, self.renew_error = self.renew_error, None
             raise error
+        if self.refuse_renewal:
+            raise LeaseLost(lease.id, "not renewable here")
         if lease.id in self.releases:
             raise LeaseLost(lease.id, "released at the backend")
         self.renewals.append(self.clock.time())
@@ -157,6 +208,18 @@ class FakeBackend(Backend):
 
     async def release(self, lease: Lease) -> None:
         self.releases.append(lease.id)
+        if self.leases.pop(lease.id, None) is not None:
+            self._event("release", lease)
+
+    async def observe(self, lease: Lease) -> Observation:
+        if self.observations:
+            return self.observations.pop(0)
+        return Observation()
+
+    def _event(self, kind: str, lease: Lease) -> None:
+        self.events.append((kind, lease.id, self.clock.time()))
+        for hook in self.on_event:
+            hook(kind, lease)
 
 
 async def drive(

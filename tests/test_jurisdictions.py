@@ -6,14 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from aicontract import Contract, NoOffer
+from aicontract import Contract, Grant, Negotiator, NoOffer, Offer, Placement
 from aicontract.backends.kubernetes import KubernetesBackend
 from aicontract.backends.kubernetes.objects import _node_affinity
 from aicontract.backends.kubernetes.quote import node_views
 from aicontract.backends.local import LocalBackend
-from aicontract.contract import Placement
 from aicontract.jurisdictions import jurisdictions_of, satisfies
-from aicontract.negotiate import Negotiator
 from aicontract.offer import check_offer
 
 pytestmark = pytest.mark.anyio
@@ -54,11 +52,6 @@ def test_placement_names_what_it_refuses() -> None:
     assert place.misfits(region="zrh", jurisdiction="CH", provider="x") == [
         ("placement.jurisdictions", "EU", "CH")
     ]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 async def test_local_host_in_germany_serves_an_eu_contract(
@@ -109,8 +102,6 @@ def test_kubernetes_node_in_germany_fits_an_eu_contract() -> None:
 
 
 def test_kubernetes_pod_affinity_pins_the_offers_jurisdiction() -> None:
-    from aicontract.offer import Grant, Offer
-
     eu = Contract(gpus=1, jurisdictions=["EU"])
     offer = Offer(
         backend="kubernetes",

@@ -20,24 +20,15 @@ from aicontract import (
     Negotiator,
     NoOffer,
     Preferences,
+    Quote,
     TransientBackendError,
     VirtualClock,
 )
-from aicontract.negotiate import check_offer, rank_key
-from aicontract.offer import Quote
+from aicontract.negotiate import rank_key
+from aicontract.offer import check_offer
 from fakes import FakeBackend, drive, make_offer
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
+pytestmark = [pytest.mark.anyio, pytest.mark.anyio_backends("asyncio", "trio")]
 
 
 def negotiator(clock: VirtualClock, *backends: FakeBackend, **options: float) -> Negotiator:
@@ -305,8 +296,8 @@ async def test_transient_commit_errors_retry_with_the_same_key(clock: VirtualClo
     assert len(keys) == 3
     assert len(offer_ids) == 1
     assert len(set(keys)) == 1, "a retry must reuse the idempotency key (guarantee 5)"
-    assert lease is backend.leases[keys[0]]
-    assert len(backend.leases) == 1
+    assert lease is backend.by_key[keys[0]]
+    assert len(backend.by_key) == 1
 
 
 async def test_retries_are_bounded_then_next_offer(clock: VirtualClock) -> None:
@@ -513,78 +504,6 @@ def test_cost_ranking_keeps_currencies_apart_and_unknown_prices_last() -> None:
         {"price": Money("2 EUR/h")},
     )
     assert ranked == ["b3", "b2", "b1", "b0"]
-
-
-# -- renegotiation never orphans a replacement ----------------------------------------------
-
-
-def _violation(lease_id: str) -> object:
-    from aicontract.monitor.objectives import Violation
-
-    return Violation(
-        lease_id=lease_id,
-        objective=None,
-        observed=1.0,
-        window=60.0,
-        since=0.0,
-        at=0.0,
-        severity="critical",
-        reason="slow",
-    )
-
-
-async def test_a_replacement_is_released_when_the_switch_fails(clock: VirtualClock) -> None:
-    from aicontract.monitor.policies import PolicyContext, Renegotiate, RenegotiationBudget
-
-    backend = FakeBackend(clock=clock)
-    neg = negotiator(clock, backend)
-    old = await neg.acquire(Contract(gpus=1))
-
-    async def broken_switch(old: object, new: object) -> None:
-        raise RuntimeError("monitor bug")
-
-    context = PolicyContext(
-        lease=old,
-        budget=RenegotiationBudget(per_hour=3),
-        negotiator=neg,
-        now=clock.time,
-        switch=broken_switch,
-    )
-    with pytest.raises(RuntimeError, match="monitor bug"):
-        await Renegotiate().handle(context, _violation(old.id))  # type: ignore[arg-type]
-    replacement = [lease for lease in backend.leases.values() if lease is not old]
-    assert [lease.state.value for lease in replacement] == ["released"]
-    assert old.is_active
-
-
-async def test_a_replacement_is_released_when_the_holder_let_go_meanwhile(
-    clock: VirtualClock,
-) -> None:
-    from aicontract.monitor.policies import PolicyContext, Renegotiate, RenegotiationBudget
-
-    backend = FakeBackend(clock=clock)
-    neg = negotiator(clock, backend)
-    old = await neg.acquire(Contract(gpus=1))
-
-    async def release_old_first(offer: object) -> None:  # the holder lets go mid-search
-        await old.release()
-
-    backend.on_commit = release_old_first
-    switched: list[object] = []
-
-    async def switch(old: object, new: object) -> None:
-        switched.append(new)
-
-    context = PolicyContext(
-        lease=old,
-        budget=RenegotiationBudget(per_hour=3),
-        negotiator=neg,
-        now=clock.time,
-        switch=switch,
-    )
-    await Renegotiate().handle(context, _violation(old.id))  # type: ignore[arg-type]
-    assert switched == []
-    assert all(not lease.is_active for lease in backend.leases.values())
 
 
 # -- guarantee 3 reaches the GPU's properties ------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from aicontract import __version__, json_schema
+from aicontract import __version__, json_schema, loads
 from aicontract.documents import format_of, parse
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "contracts").iterdir())
@@ -95,8 +95,6 @@ def test_schema_is_plain_json() -> None:
 )
 def test_schema_accepts_what_the_loader_accepts(document: Any) -> None:
     import json
-
-    from aicontract import loads
 
     loads(json.dumps(document), "json")  # the loader takes it...
     assert list(VALIDATOR.iter_errors(document)) == []  # ...so the schema must too

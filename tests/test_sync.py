@@ -14,9 +14,19 @@ import anyio
 import pytest
 
 import aicontract
-from aicontract import Contract, LeaseState, Negotiator, NoOffer, VirtualClock
+from aicontract import (
+    Contract,
+    LeaseState,
+    Negotiator,
+    NoOffer,
+    VirtualClock,
+    acquire_sync,
+    quote_sync,
+    release_sync,
+    renew_sync,
+)
 from aicontract.clock import system_clock
-from aicontract.sync import acquire_sync, portal, quote_sync, release_sync, renew_sync
+from aicontract.sync import portal
 from fakes import FakeBackend
 
 CONTRACT = Contract(name="nb", gpus=1)

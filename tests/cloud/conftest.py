@@ -15,17 +15,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-from cloud_support import API_KEY, AWS_KEY_ID, AWS_SECRET, instance_type  # noqa: E402, F401
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 def _free_port() -> int:
     with socket.socket() as sock:

@@ -13,13 +13,20 @@ import pytest
 from botocore.stub import ANY, Stubber
 from cloud_support import AWS_KEY_ID, AWS_SECRET
 
-from aicontract import Contract
-from aicontract.backends import create_backend
+from aicontract import (
+    GPU,
+    ConfigError,
+    Contract,
+    Grant,
+    LeaseState,
+    Money,
+    Negotiator,
+    NoOffer,
+    Offer,
+    QuotaExceeded,
+    create_backend,
+)
 from aicontract.backends.cloud.aws import TAG_KEY, AWSBackend
-from aicontract.contract import GPU
-from aicontract.errors import ConfigError, NoOffer, QuotaExceeded
-from aicontract.leases import LeaseState
-from aicontract.negotiate import Negotiator
 
 pytestmark = pytest.mark.anyio
 
@@ -281,7 +288,6 @@ async def test_capacity_block_found_by_tag_is_not_bought_twice() -> None:
     backend = AWSBackend(
         **{**FAST, "regions": ["us-east-1"], "client_factory": lambda s, r: client}
     )
-    from aicontract.offer import Grant, Offer
 
     offer = Offer(
         id="o",
@@ -304,9 +310,6 @@ async def test_capacity_block_found_by_tag_is_not_bought_twice() -> None:
 
 
 def _block_offer(price: str | None = None) -> Any:
-    from aicontract.offer import Grant, Offer
-    from aicontract.units import Money
-
     return Offer(
         id="o",
         backend="aws",

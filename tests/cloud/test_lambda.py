@@ -15,19 +15,19 @@ from fake_lambda import BASE, FakeLambda, error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aicontract import Contract
-from aicontract.backends.cloud import LambdaBackend, node_env
-from aicontract.backends.cloud.credentials import Secret
-from aicontract.contract import GPU
-from aicontract.errors import (
+from aicontract import (
+    GPU,
     AuthenticationError,
+    Contract,
     LeaseLost,
+    LeaseState,
+    Negotiator,
     NoOffer,
     QuotaExceeded,
     TransientBackendError,
 )
-from aicontract.leases import LeaseState
-from aicontract.negotiate import Negotiator
+from aicontract.backends.cloud import LambdaBackend, node_env
+from aicontract.backends.cloud.credentials import Secret
 
 H100 = instance_type("gpu_1x_h100_pcie", "H100 (80 GB PCIe)", 1, 249, vcpus=26, memory_gib=200)
 A10 = instance_type("gpu_1x_a10", "A10 (24 GB PCIe)", 1, 75)

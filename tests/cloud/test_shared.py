@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from aicontract import Placement, VirtualClock
 from aicontract.backends.cloud.base import RateLimiter, lease_tag
 from aicontract.backends.cloud.credentials import Secret, load_secret, redact
 from aicontract.backends.cloud.regions import (
@@ -17,8 +18,6 @@ from aicontract.backends.cloud.regions import (
     jurisdiction_for,
     region_country,
 )
-from aicontract.clock import VirtualClock
-from aicontract.contract import Placement
 
 
 @pytest.mark.parametrize(
@@ -107,8 +106,3 @@ async def test_rate_limiter_spaces_calls_in_virtual_time() -> None:
             await clock.advance(0.25)
     assert len(times) == 3
     assert [b - a for a, b in itertools.pairwise(times)] == [1.0, 1.0]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"

@@ -19,17 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# This folder is deliberately not a package: its helpers import by plain name
+# through pytest's ``pythonpath`` (pyproject.toml), in every import mode.
+import httpx
 import pytest
-
-# This folder is deliberately not a package; make its helpers importable in
-# every pytest import mode.
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-import httpx  # noqa: E402
-from fake_kubelet import FakeKubelet, NodeSpec, default_node_specs  # noqa: E402
-from harness import Cluster, wait_for_service_account  # noqa: E402
+from fake_kubelet import FakeKubelet, NodeSpec, default_node_specs
+from harness import Cluster, wait_for_service_account
 
 K8S_MARKER = "k8s"
 

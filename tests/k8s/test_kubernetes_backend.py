@@ -13,21 +13,25 @@ from typing import Any
 import anyio
 import pytest
 
-from aicontract import GPU, Contract, NoOffer, TransientBackendError, Workload
+from aicontract import (
+    GPU,
+    Clock,
+    Contract,
+    Lease,
+    LeaseState,
+    Monitor,
+    Negotiator,
+    NoOffer,
+    TransientBackendError,
+    Workload,
+)
 from aicontract.backends.kubernetes import KubernetesBackend
 from aicontract.backends.kubernetes.objects import LABEL_LEASE, lease_name
-from aicontract.leases import Lease, LeaseState
-from aicontract.negotiate import Negotiator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.anyio]
 
 EU_NODES = {"gpu-eu-1", "gpu-eu-2"}
 US_NODES = {"gpu-us-1"}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def tenant() -> str:
@@ -285,21 +289,55 @@ async def test_twenty_concurrent_leases_never_over_commit(
     assert bound_lease_pods(k8s_cluster) == {}
 
 
+class _WaitWatchingClock(Clock):
+    """The real clock, noting when its user first waits (the negotiator re-quoting later)."""
+
+    def __init__(self) -> None:
+        self.waited = anyio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        self.waited.set()
+        await super().sleep(seconds)
+
+
 async def test_a_waiting_contract_gets_capacity_when_it_frees(
     k8s_cluster: Any, backend: KubernetesBackend
 ) -> None:
-    """With start_by, commit keeps watching its pending pod until the scheduler binds it."""
+    """With start_by, acquire keeps waiting (re-quoting, or watching a pending pod)
+    until the capacity frees and the scheduler binds it."""
     full = contract(gpus=GPU(count=4, models=("H100",)), regions=("us-east-1",))
     holder = await Negotiator([backend]).acquire(full)
     waiting = contract(regions=("us-east-1",), start_by="60s")
+    ns = backend.namespace_for(waiting)  # its own tenant: only its pod could live there
+    clock = _WaitWatchingClock()
     result: list[Lease] = []
 
     async def acquire() -> None:
-        result.append(await Negotiator([backend]).acquire(waiting))
+        result.append(await Negotiator([backend], clock=clock).acquire(waiting))
+
+    def refused_pods() -> list[str]:
+        """The waiting tenant's pods the scheduler has looked at and could not place."""
+        with k8s_cluster.client() as c:
+            r = c.get(f"/api/v1/namespaces/{ns}/pods", params={"labelSelector": LABEL_LEASE})
+            assert r.status_code == 200, r.text
+        return [
+            pod["metadata"]["name"]
+            for pod in r.json()["items"]
+            if any(
+                (cond.get("type"), cond.get("status"), cond.get("reason"))
+                == ("PodScheduled", "False", "Unschedulable")
+                for cond in pod.get("status", {}).get("conditions") or []
+            )
+        ]
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(acquire)
-        await anyio.sleep(2)
+        # Wait until the acquire is observably waiting for capacity: a round of quotes
+        # ended with no lease (the negotiator sleeps before re-quoting), or its pod
+        # exists and the scheduler refused it. Only then does "nothing yet" mean something.
+        with anyio.fail_after(30):
+            while not (clock.waited.is_set() or refused_pods()):
+                await anyio.sleep(0.1)
         assert not result  # pending: nothing is reported before binding
         await holder.release()
     assert result[0].details["node"] == "gpu-us-1"
@@ -309,8 +347,6 @@ async def test_a_waiting_contract_gets_capacity_when_it_frees(
 async def test_killed_node_revokes_its_leases_with_a_reason(
     k8s_cluster: Any, backend: KubernetesBackend
 ) -> None:
-    from aicontract.monitor import Monitor
-
     lease = await Negotiator([backend]).acquire(contract(jurisdictions=("US",)))
     assert lease.details["node"] == "gpu-us-1"
     assert (await backend.observe(lease)).faults == ()

@@ -12,18 +12,12 @@ import anyio
 import pytest
 from click.testing import CliRunner
 
-from aicontract import GPU, Contract, VirtualClock
+from aicontract import GPU, Contract, Negotiator, VirtualClock, Workload
 from aicontract.backends.kubernetes import KubernetesBackend
 from aicontract.backends.kubernetes.objects import LABEL_LEASE
 from aicontract.cli import main
-from aicontract.negotiate import Negotiator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.anyio]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -57,8 +51,6 @@ async def wait_empty(k8s_cluster: Any, namespace: str, lease_id: str) -> None:
 async def test_gc_collects_a_crashed_holder_and_orphans_but_keeps_live_leases(
     k8s_cluster: Any, backend: KubernetesBackend
 ) -> None:
-    from aicontract import Workload
-
     tenant = f"gc-{uuid.uuid4().hex[:6]}"
     c = Contract(
         name="gc",

@@ -7,18 +7,12 @@ so nothing leaks into (or out of) the user's own state dir.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from aicontract.backends.local import LocalBackend
-
-# tests/fakes.py lives one folder up; tests/ is not a package.
-_TESTS = str(Path(__file__).resolve().parent.parent)
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
 
 INVENTORY = """\
 cpus: 8
@@ -37,11 +31,6 @@ gpus:
     mig_profile: 1g.10gb
 """
 """Ids 0-1 are H100s, 2-3 A100-80GB, 4 an L4, and one MIG slice with its UUID as id."""
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture

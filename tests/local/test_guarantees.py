@@ -24,12 +24,9 @@ import anyio
 import pytest
 
 import aicontract as ac
+from aicontract import Lease, Negotiator, Offer, TransientBackendError
 from aicontract.backends.local import LocalBackend
 from aicontract.backends.local.ledger import LEDGER_FILE
-from aicontract.errors import TransientBackendError
-from aicontract.leases import Lease
-from aicontract.negotiate import Negotiator
-from aicontract.offer import Offer
 
 GPUS = 4
 INVENTORY = textwrap.dedent(
@@ -189,11 +186,6 @@ async def test_retried_commit_yields_one_lease(host: Path) -> None:
     assert len(gpus_held) == 2
     await lease.release()
     assert backend.ledger.records() == []
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 FORGETFUL = """

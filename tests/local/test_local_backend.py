@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -25,11 +26,12 @@ from aicontract import (
     LeaseState,
     Negotiator,
     NoOffer,
+    VirtualClock,
     Workload,
+    WorkloadState,
 )
 from aicontract.backends.local import LocalBackend
 from aicontract.backends.local.ledger import Ledger
-from aicontract.leases import WorkloadState
 
 pytestmark = pytest.mark.anyio
 
@@ -48,7 +50,11 @@ def gpus_of(lease) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
 # -- quote, commit, renew, release ---------------------------------------------------------
 
 
-async def test_quote_commit_renew_release(backend: LocalBackend, state_dir: Path) -> None:
+async def test_quote_commit_renew_release(local_env: Path, state_dir: Path) -> None:
+    # Virtual time that starts at the wall clock's now, so the ledger's readers (which
+    # judge expiry by the wall clock) see the same leases this backend does.
+    clock = VirtualClock(now=time.time())
+    backend = LocalBackend(state_dir=state_dir, clock=clock)
     contract = Contract(name="train", gpus=GPU(count=2, models=["H100"]), cpus=2, memory="8GiB")
     (offer,) = (await backend.quote(contract)).offers
     assert (offer.grant.gpus, offer.grant.gpu_model, offer.grant.cpus) == (2, "H100", 2)
@@ -68,12 +74,13 @@ async def test_quote_commit_renew_release(backend: LocalBackend, state_dir: Path
     assert (gpus, cpus, memory) == (set(H100S), {0, 1}, Bytes("8GiB").bytes)
 
     before = lease.expires_at
-    await anyio.sleep(0.01)
+    await clock.advance(1)
     await lease.renew()
     assert lease.expires_at > before
     assert other.get(lease.id).expires_at == lease.expires_at  # type: ignore[union-attr]
 
     await lease.release()
+    backend.ledger.close()
     assert lease.state == LeaseState.RELEASED
     assert other.records() == []
     assert other.usage()[:2] == (set(), set())
@@ -115,7 +122,7 @@ async def test_idempotent_commit_gives_one_lease(backend: LocalBackend) -> None:
 
 
 async def test_an_expired_lease_does_not_block_its_devices(
-    backend: LocalBackend, state_dir: Path
+    local_env: Path, state_dir: Path
 ) -> None:
     """A lease past its TTL (its holder stalled) frees its devices for the next grant.
 
@@ -123,19 +130,22 @@ async def test_an_expired_lease_does_not_block_its_devices(
     not trip over them (a raw sqlite3.IntegrityError) when it picks their devices.
     """
     contract = Contract(gpus=GPU(count=1, models=["L4"]))
-    stale = LocalBackend(state_dir=state_dir, ttl=0.05)
+    clock = VirtualClock(now=time.time())
+    stale = LocalBackend(state_dir=state_dir, ttl=0.05, clock=clock)
     try:
         (offer,) = (await stale.quote(contract)).offers
         await stale.commit(offer, "stalled-holder")  # never renewed, never released
     finally:
         stale.ledger.close()
-    await anyio.sleep(0.1)
-    lease = await acquire(backend, contract)
+    await clock.advance(0.1)
+    backend = LocalBackend(state_dir=state_dir, clock=clock)
+    lease = await Negotiator([backend], clock=clock).acquire(contract)
     try:
         assert gpus_of(lease) == (L4,)
-        assert [r.id for r in backend.ledger.records()] == [lease.id]
+        assert [r.id for r in backend.ledger.records(clock.time())] == [lease.id]
     finally:
         await lease.release()
+        backend.ledger.close()
 
 
 # -- which GPUs, how much ------------------------------------------------------------------

@@ -1,27 +1,16 @@
-"""Fixtures for the monitor's tests: the anyio backend, a virtual clock, a fake backend."""
+"""Fixtures for the monitor's tests: a fake backend with two GPUs that never over-grants."""
 
 from __future__ import annotations
 
 import pytest
-from monitor_support import FakeBackend
 
-from aicontract.clock import VirtualClock
-from aicontract.negotiate import Negotiator
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
+from aicontract import Negotiator, VirtualClock
+from fakes import FakeBackend
 
 
 @pytest.fixture
 def fake(clock: VirtualClock) -> FakeBackend:
-    return FakeBackend(clock)
+    return FakeBackend(clock=clock, capacity=2, ttl=3600.0)
 
 
 @pytest.fixture

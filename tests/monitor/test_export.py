@@ -8,13 +8,10 @@ import pytest
 from click.testing import CliRunner
 from monitor_support import service_contract
 
-from aicontract import Objective
+from aicontract import Monitor, Negotiator, Objective, VirtualClock
 from aicontract.cli import main
-from aicontract.clock import VirtualClock
-from aicontract.monitor import Monitor
 from aicontract.monitor.snapshot import read_snapshots
 from aicontract.monitor.telemetry import Telemetry
-from aicontract.negotiate import Negotiator
 
 pytestmark = pytest.mark.anyio
 

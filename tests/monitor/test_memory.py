@@ -10,12 +10,8 @@ import tracemalloc
 import pytest
 from monitor_support import service_contract
 
-from aicontract import Objective
-from aicontract.clock import VirtualClock
-from aicontract.monitor import Monitor
+from aicontract import Monitor, Negotiator, Objective, Sample, VirtualClock
 from aicontract.monitor.telemetry import Telemetry
-from aicontract.negotiate import Negotiator
-from aicontract.observation import Sample
 
 pytestmark = pytest.mark.anyio
 

@@ -13,15 +13,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anyio
 import pytest
-from monitor_support import FakeBackend, service_contract, states
+from monitor_support import service_contract, states
 
-from aicontract import Objective, Probe, Workload
-from aicontract.clock import VirtualClock
-from aicontract.monitor import Monitor
-from aicontract.monitor.objectives import Violation
+from aicontract import (
+    Monitor,
+    Negotiator,
+    Objective,
+    Probe,
+    Sample,
+    Violation,
+    VirtualClock,
+    Workload,
+)
 from aicontract.monitor.telemetry import Telemetry
-from aicontract.negotiate import Negotiator
-from aicontract.observation import Sample
+from fakes import FakeBackend
 
 pytestmark = pytest.mark.anyio
 
@@ -79,7 +84,7 @@ class _Backend(FakeBackend):
 async def test_latency_violation_fires_within_the_window_and_clears(
     server: _Server, clock: VirtualClock
 ) -> None:
-    backend = _Backend(clock)
+    backend = _Backend(clock=clock, capacity=2, ttl=3600.0)
     backend.url = f"http://127.0.0.1:{server.server_address[1]}"
     objective = Objective(sli="latency_p90", op="<=", target="200ms", window="1m")
     contract = service_contract(objective).with_(
@@ -137,7 +142,7 @@ async def test_latency_violation_fires_within_the_window_and_clears(
 
 
 async def test_failed_probes_break_availability(server: _Server, clock: VirtualClock) -> None:
-    backend = _Backend(clock)
+    backend = _Backend(clock=clock, capacity=2, ttl=3600.0)
     backend.url = f"http://127.0.0.1:{server.server_address[1]}"
     objective = Objective(sli="availability", op=">=", target="99%", window="10m")
     got: list[Violation] = []

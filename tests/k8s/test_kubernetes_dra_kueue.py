@@ -16,23 +16,15 @@ import httpx
 import pytest
 import respx
 
-from aicontract import GPU, Contract, Workload
+from aicontract import GPU, Bytes, CapacityUnavailable, Contract, Grant, Money, Offer, Workload
 from aicontract.backends.kubernetes import KubernetesBackend
 from aicontract.backends.kubernetes.discovery import discover
 from aicontract.backends.kubernetes.objects import LABEL_LEASE, LABEL_QUEUE
-from aicontract.errors import CapacityUnavailable
-from aicontract.offer import Grant, Offer
-from aicontract.units import Bytes, Money
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.anyio_backends("asyncio", "trio")]
 
 API = "https://k8s.test"
 NS = "aicontract-team"
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def groups(*, dra: bool, kueue: bool) -> dict[str, Any]:

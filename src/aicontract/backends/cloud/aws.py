@@ -60,8 +60,9 @@ try:
     import botocore.exceptions
     import botocore.parsers
 except ImportError as exc:  # pragma: no cover - the registry turns this into a hint
+    # Keep the missing module's name: the registry maps it to the extra to install.
     raise ImportError(
-        f"the aws backend needs boto3: pip install 'aicontract[aws]' ({exc})"
+        f"the aws backend needs boto3: pip install 'aicontract[aws]' ({exc})", name=exc.name
     ) from exc
 
 __all__ = ["TAG_KEY", "AWSBackend"]

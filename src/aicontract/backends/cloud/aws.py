@@ -50,7 +50,7 @@ from ...leases import Lease
 from ...offer import Offer
 from ...units import Money
 from .base import CatalogEntry, CloudBackend, InstanceState, InstanceView, lease_tag, mib
-from .credentials import Secret, load_secret, redact
+from .credentials import Secret, load_secret, redact, register_secret
 from .prices import AWS_PRICES, PriceTable, load_price_file, parse_prices
 from .regions import AWS_REGIONS, region_country
 
@@ -253,9 +253,22 @@ class AWSBackend(CloudBackend):
                     read_timeout=30,
                     user_agent_extra="aicontract",
                 )
+                self._register_found_credentials(session)
                 endpoint = self.endpoint_url if service == "ec2" else None
                 self._clients[key] = session.client(service, endpoint_url=endpoint, config=config)
         return self._clients[key]
+
+    @staticmethod
+    def _register_found_credentials(session: Any) -> None:
+        """Mask what boto3's own chain found (a profile, an instance role) in every log."""
+        try:
+            found = session.get_credentials()
+            frozen = found.get_frozen_credentials() if found is not None else None
+        except botocore.exceptions.BotoCoreError:
+            return  # the client's first call reports it, as a ConfigError naming the profile
+        if frozen is not None:
+            for value in (frozen.access_key, frozen.secret_key, frozen.token):
+                register_secret(value)
 
     async def _call(self, region: str, operation: str, service: str = "ec2", **params: Any) -> Any:
         """One boto3 call in a worker thread, its errors mapped into the hierarchy."""

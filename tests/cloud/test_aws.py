@@ -538,3 +538,23 @@ async def test_no_aws_credential_in_logs_or_errors(
     for text in texts:
         assert AWS_SECRET not in text
         assert AWS_KEY_ID not in text
+
+
+async def test_capacity_blocks_go_through_the_one_commit_skeleton() -> None:
+    # The base's commit (offer checks, key lock, spend) wraps every market: an expired
+    # Capacity Block offer is refused before any call, like an on-demand one.
+    import msgspec
+
+    from aicontract import CapacityUnavailable
+
+    client, stub = _stubbed()
+    backend = AWSBackend(
+        **{**FAST, "regions": ["us-east-1"], "client_factory": lambda s, r: client}
+    )
+    expired = msgspec.structs.replace(_block_offer(), expires_at=1.0)
+    with stub:  # nothing stubbed: any AWS call would fail the test
+        with pytest.raises(CapacityUnavailable, match="has expired"):
+            await backend.commit(expired, "block-expired")
+        other = msgspec.structs.replace(_block_offer(), backend="elsewhere")
+        with pytest.raises(CapacityUnavailable, match="is from elsewhere"):
+            await backend.commit(other, "block-elsewhere")

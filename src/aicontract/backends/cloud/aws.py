@@ -575,58 +575,40 @@ class AWSBackend(CloudBackend):
 
     # -- capacity blocks -------------------------------------------------------------------
 
-    async def commit(self, offer: Offer, idempotency_key: str) -> Lease:
-        """On-demand offers launch instances; Capacity Block offers purchase the block."""
+    async def _commit(self, offer: Offer, key: str) -> Lease:
+        """The per-market step of the base's commit: on-demand offers launch instances,
+        Capacity Block offers purchase the block (the base holds the key lock and the
+        spend reservation around either)."""
         if offer.details.get("market") != "capacity-block":
-            return await super().commit(offer, idempotency_key)
-        lock = self._key_locks.setdefault(idempotency_key, anyio.Lock())
-        async with lock:
-            existing = self._leases.get(idempotency_key)
-            if existing is not None and not existing.state.is_final:
-                return existing
-            tag = lease_tag(idempotency_key)
+            return await super()._commit(offer, key)
+        tag = lease_tag(key)
 
-            async def attempt() -> Mapping[str, Any]:
-                # Every attempt looks for the block by tag first: a purchase whose answer
-                # was lost (timeout, 5xx) must be found, not bought a second time.
-                found = await self._find_block(tag, offer.region)
-                if found is not None:
-                    return found
-                async with self._spend_lock:
-                    self._pending.pop(idempotency_key, None)
-                    problem = self._spend_problem(offer.price)
-                    if problem is not None:
-                        raise QuotaExceeded(
-                            self.name, f"max_spend {self.max_spend} would be exceeded ({problem})"
-                        )
-                    if offer.price is not None:
-                        self._pending[idempotency_key] = offer.price
-                answer = await self._call(
-                    offer.region,
-                    "purchase_capacity_block",
-                    CapacityBlockOfferingId=offer.details["offering_id"],
-                    InstancePlatform="Linux/UNIX",
-                    TagSpecifications=[
-                        {
-                            "ResourceType": "capacity-reservation",
-                            "Tags": [{"Key": TAG_KEY, "Value": tag}],
-                        }
-                    ],
+        async def attempt() -> Mapping[str, Any]:
+            # Every attempt looks for the block by tag first: a purchase whose answer
+            # was lost (timeout, 5xx) must be found, not bought a second time.
+            found = await self._find_block(tag, offer.region)
+            if found is not None:
+                return found
+            answer = await self._call(
+                offer.region,
+                "purchase_capacity_block",
+                CapacityBlockOfferingId=offer.details["offering_id"],
+                InstancePlatform="Linux/UNIX",
+                TagSpecifications=[
+                    {
+                        "ResourceType": "capacity-reservation",
+                        "Tags": [{"Key": TAG_KEY, "Value": tag}],
+                    }
+                ],
+            )
+            reservation = answer.get("CapacityReservation")
+            if not reservation:
+                raise TransientBackendError(
+                    self.name, "purchase_capacity_block answered no reservation"
                 )
-                reservation = answer.get("CapacityReservation")
-                if not reservation:
-                    raise TransientBackendError(
-                        self.name, "purchase_capacity_block answered no reservation"
-                    )
-                return dict(reservation)
+            return dict(reservation)
 
-            try:
-                reservation = await self._retrying(attempt)
-                lease = self._block_lease(offer, tag, reservation)
-                self._leases[idempotency_key] = lease
-            finally:
-                self._pending.pop(idempotency_key, None)
-            return lease
+        return self._block_lease(offer, tag, await self._retrying(attempt))
 
     async def _find_block(self, tag: str, region: str) -> Mapping[str, Any] | None:
         found = await self._pages(

@@ -476,7 +476,13 @@ class CloudBackend(Backend):
             return lease
 
     async def _commit(self, offer: Offer, key: str) -> Lease:
-        """Launch every node idempotently, wait for ready; clean up on any failure."""
+        """The per-market hook of :meth:`commit`: make the lease for ``offer``.
+
+        :meth:`commit` has already taken the key's lock and reserved the offer's
+        price against ``max_spend``. By default: launch every node idempotently,
+        wait until ready, and clean up on any failure. A market that works
+        differently (AWS Capacity Blocks: buy a reservation) overrides this, and only this.
+        """
         tag = lease_tag(key)
         nodes = int(offer.details.get("nodes", "1"))
         tags = [tag] if nodes == 1 else [f"{tag}-{rank}" for rank in range(nodes)]

@@ -203,9 +203,16 @@ class CloudBackend(Backend):
         how long a catalog read is reused.
     ``max_nodes``
         the most instances one offer may combine to reach a GPU count.
+    ``listing_lag``
+        how long the provider's instance list may lag a launch. After a launch
+        whose answer was lost, the instance is looked for that long before a
+        relaunch (or, at cleanup, before giving up on it), so one lost answer
+        never makes two instances. Providers whose launch takes an idempotency
+        token (EC2's ``ClientToken``) need none.
     """
 
     provider: ClassVar[str] = "cloud"
+    default_listing_lag: ClassVar[float] = 0.0
 
     def __init__(
         self,
@@ -225,6 +232,7 @@ class CloudBackend(Backend):
         lease_ttl: float = 600.0,
         catalog_ttl: float = 30.0,
         max_nodes: int = 8,
+        listing_lag: float | None = None,
     ) -> None:
         self.name = name or self.provider
         self.clock = clock
@@ -239,6 +247,9 @@ class CloudBackend(Backend):
         self.lease_ttl = lease_ttl
         self.catalog_ttl = catalog_ttl
         self.max_nodes = max(1, max_nodes)
+        self.listing_lag = self.default_listing_lag if listing_lag is None else listing_lag
+        # tag -> when a launch for it failed with its outcome unknown (monotonic clock)
+        self._unsure_launches: dict[str, float] = {}
         self._limiter = RateLimiter(requests_per_second, clock=clock)
         self._launch_limiter = RateLimiter(
             1.0 / launch_interval if launch_interval > 0 else 0.0, clock=clock
@@ -505,12 +516,35 @@ class CloudBackend(Backend):
     async def _launch_idempotent(self, offer: Offer, tag: str) -> str:
         async def attempt() -> str:
             found = await self._find_instance(tag, offer.region)
+            if found is None and tag in self._unsure_launches:
+                # The last launch may have worked with its answer lost, and the list may
+                # not show it yet: look until the lag has passed before launching again.
+                found = await self._await_listing(tag, offer.region)
             if found is not None:
                 log.info("%s: found instance %s already launched as %s", self.name, found.id, tag)
+                self._unsure_launches.pop(tag, None)
                 return found.id
-            return await self._launch_instance(offer, tag)
+            try:
+                instance_id = await self._launch_instance(offer, tag)
+            except TransientBackendError:
+                self._unsure_launches[tag] = self.clock.monotonic()
+                raise
+            self._unsure_launches.pop(tag, None)
+            return instance_id
 
         return await self._retrying(attempt, limiter=self._launch_limiter)
+
+    async def _await_listing(self, tag: str, region: str) -> InstanceView | None:
+        """Poll for ``tag``'s instance until ``listing_lag`` has passed since its unsure launch."""
+        until = self._unsure_launches[tag] + self.listing_lag
+        delay = self.poll_interval
+        while (remaining := until - self.clock.monotonic()) > 0:
+            await self.clock.sleep(min(delay, remaining))
+            delay = min(self.poll_max, delay * 2)
+            found = await self._retrying(lambda: self._find_instance(tag, region))
+            if found is not None:
+                return found
+        return None
 
     async def _wait_ready(self, ids: Sequence[str], region: str) -> list[InstanceView]:
         deadline = self.clock.monotonic() + self.ready_timeout
@@ -554,6 +588,12 @@ class CloudBackend(Backend):
                 except BackendError as exc:
                     log.warning("%s: cleanup could not look up %s: %s", self.name, tag, exc)
                     continue
+                if found is None and tag in self._unsure_launches:
+                    try:
+                        found = await self._await_listing(tag, region)
+                    except BackendError as exc:
+                        log.warning("%s: cleanup could not look up %s: %s", self.name, tag, exc)
+                self._unsure_launches.pop(tag, None)
                 if found is not None:
                     ids.append(found.id)
             if ids:

@@ -160,6 +160,10 @@ class AWSBackend(CloudBackend):
     """
 
     provider = "aws"
+    # Launches carry a ClientToken (EC2's own idempotency), so a relaunch is the same
+    # launch; EC2's reads are eventually consistent too, so a lost answer is still
+    # looked for a few seconds before relaunching, and before cleanup gives up.
+    default_listing_lag = 5.0
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,16 @@ def _builtins(value: Any) -> Any:
     return msgspec.to_builtins(value, enc_hook=encode_quantity)
 
 
+@contextlib.contextmanager
+def _this_host() -> Iterator[LocalBackend]:
+    """The local backend, closed (its ledger connection) when the command is done."""
+    local = LocalBackend()
+    try:
+        yield local
+    finally:
+        anyio.run(local.aclose)
+
+
 def _offer_json(offer: Offer) -> dict[str, Any]:
     data: dict[str, Any] = _builtins(offer)
     data.pop("contract", None)  # the caller has it: it is the file they passed
@@ -56,7 +67,8 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON 
 def inventory(as_json: bool) -> None:
     """Show what this host offers (or the AICONTRACT_INVENTORY override)."""
     out = results()
-    inv = LocalBackend().inventory
+    with _this_host() as local:
+        inv = local.inventory
     if as_json:
         print_json(inv.describe())
         return
@@ -271,7 +283,8 @@ async def _run(held: Lease, command: tuple[str, ...]) -> int:
 def leases(as_json: bool) -> None:
     """List the leases held on this host (any process)."""
     out = results()
-    records = LocalBackend().leases()
+    with _this_host() as local:
+        records = local.leases()
     if as_json:
         print_json(_builtins(records))
         return
@@ -302,8 +315,8 @@ def leases(as_json: bool) -> None:
 def release(lease_ids: tuple[str, ...]) -> None:
     """Release leases on this host by id (their holders see them revoked)."""
     out = results()
-    local = LocalBackend()
-    missing = [i for i in lease_ids if not local.release_by_id(i)]
+    with _this_host() as local:
+        missing = [i for i in lease_ids if not local.release_by_id(i)]
     for lease_id in lease_ids:
         if lease_id not in missing:
             out.print(f"released {lease_id}")

@@ -501,3 +501,25 @@ async def test_cleanup_waits_for_a_lagging_list_too(fake: FakeLambda) -> None:
     await _in_virtual_time(clock, commit)
     assert len(fake.instances) == 1
     assert fake.live == [], "the launched instance was terminated, not orphaned"
+
+
+@pytest.mark.anyio
+async def test_a_key_reused_for_another_offer_is_a_conflict(fake: FakeLambda) -> None:
+    """Returning the first lease would lie: it holds what the first offer asked for."""
+    from aicontract import IdempotencyConflict
+
+    fake.add_type(A10, ["us-east-1"])
+    fake.add_type(H100, ["us-east-1"])
+    b = backend(fake)
+    offers = {o.details["instance_type"]: o for o in (await b.quote(Contract(gpus=1))).offers}
+    first = await b.commit(offers["gpu_1x_a10"], "one-key")
+    with pytest.raises(IdempotencyConflict, match="use a new key"):
+        await b.commit(offers["gpu_1x_h100_pcie"], "one-key")
+    assert len(fake.instances) == 1
+    requoted = next(
+        o
+        for o in (await b.quote(Contract(gpus=1))).offers
+        if o.details["instance_type"] == "gpu_1x_a10"
+    )
+    assert await b.commit(requoted, "one-key") is first  # the same offer, quoted again
+    await first.release()

@@ -46,6 +46,7 @@ from ...contract import Contract, GuaranteeLevel
 from ...errors import (
     BackendError,
     CapacityUnavailable,
+    IdempotencyConflict,
     LeaseLost,
     QuotaExceeded,
     TransientBackendError,
@@ -258,6 +259,7 @@ class CloudBackend(Backend):
         self._catalog_at = -math.inf
         self._catalog_lock = anyio.Lock()
         self._leases: dict[str, Lease] = {}
+        self._committed: dict[str, tuple[str, ...]] = {}  # key -> what its offer was
         self._pending: dict[str, Money] = {}
         self._key_locks: dict[str, anyio.Lock] = {}
         self._spend_lock = anyio.Lock()
@@ -467,6 +469,15 @@ class CloudBackend(Backend):
         async with lock:
             existing = self._leases.get(idempotency_key)
             if existing is not None and not existing.state.is_final:
+                if self._committed.get(idempotency_key) != _offer_substance(offer):
+                    # Returning the lease would lie: it holds what the first offer asked for.
+                    raise IdempotencyConflict(
+                        self.name,
+                        f"key {idempotency_key!r} already committed"
+                        f" {existing.grant.describe()} in {existing.region}"
+                        f" ({existing.details.get('instance_type', '?')}); this offer is"
+                        f" {offer.summary()}: use a new key for a different offer",
+                    )
                 return existing
             if offer.expires_at <= self.clock.time():
                 raise CapacityUnavailable(self.name, f"offer {offer.id} has expired")
@@ -483,6 +494,7 @@ class CloudBackend(Backend):
             finally:
                 self._pending.pop(idempotency_key, None)
             self._leases[idempotency_key] = lease
+            self._committed[idempotency_key] = _offer_substance(offer)
             log.info("%s: committed %s as lease %s", self.name, offer.summary(), lease.id)
             return lease
 
@@ -508,6 +520,7 @@ class CloudBackend(Backend):
     async def abandon(self, offer: Offer, idempotency_key: str) -> None:
         """Terminate whatever a commit under ``idempotency_key`` launched (found by tag)."""
         self._leases.pop(idempotency_key, None)
+        self._committed.pop(idempotency_key, None)
         tag = lease_tag(idempotency_key)
         nodes = int(offer.details.get("nodes", "1"))
         tags = [tag] if nodes == 1 else [f"{tag}-{rank}" for rank in range(nodes)]
@@ -710,6 +723,19 @@ class CloudBackend(Backend):
         for key, held in list(self._leases.items()):
             if held is lease:
                 del self._leases[key]
+                self._committed.pop(key, None)
+
+
+def _offer_substance(offer: Offer) -> tuple[str, ...]:
+    """What makes two offers the same commit: region, instance type, nodes, market."""
+    details = offer.details
+    return (
+        offer.region,
+        details.get("instance_type", ""),
+        details.get("nodes", "1"),
+        details.get("market", ""),
+        details.get("offering_id", ""),
+    )
 
 
 def _model_name(family: str | None, memory: Bytes | None, contract: Contract) -> str | None:

@@ -16,7 +16,7 @@ from fake_lambda import BASE, FakeLambda, error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aicontract import Contract, VirtualClock
+from aicontract import Contract
 from aicontract.backends.cloud import LambdaBackend, node_env
 from aicontract.backends.cloud.credentials import Secret
 from aicontract.contract import GPU
@@ -29,8 +29,6 @@ from aicontract.errors import (
 )
 from aicontract.leases import LeaseState
 from aicontract.negotiate import Negotiator
-
-T = TypeVar("T")
 
 H100 = instance_type("gpu_1x_h100_pcie", "H100 (80 GB PCIe)", 1, 249, vcpus=26, memory_gib=200)
 A10 = instance_type("gpu_1x_a10", "A10 (24 GB PCIe)", 1, 75)
@@ -443,7 +441,10 @@ async def test_compute_capability_comes_from_the_gpu_model(fake: FakeLambda) -> 
     assert [o.grant.gpu_compute_capability for o in round_.offers] == ["9.0"]
 
 
-async def _in_virtual_time(clock: VirtualClock, func: Callable[[], Awaitable[T]]) -> T:
+T = TypeVar("T")
+
+
+async def _in_virtual_time(clock: Any, func: Callable[[], Awaitable[T]]) -> T:
     """Run ``func`` while moving ``clock`` on, a tenth of a second at a time (bounded)."""
     result: list[T] = []
 
@@ -469,6 +470,8 @@ async def test_lost_launch_answer_and_a_lagging_list_give_one_instance(
 ) -> None:
     """The instance is made, the answer lost, and GET /instances does not show it for
     ``lag`` seconds: the retry must wait for it, not launch a second one."""
+    from aicontract import VirtualClock
+
     clock = VirtualClock()
     fake.now = clock.monotonic
     fake.listing_lag = lag
@@ -486,6 +489,8 @@ async def test_lost_launch_answer_and_a_lagging_list_give_one_instance(
 async def test_cleanup_waits_for_a_lagging_list_too(fake: FakeLambda) -> None:
     """Retries run out after a lost answer: what that launch made is still found
     and terminated (abandon), though the list showed it late."""
+    from aicontract import VirtualClock
+
     clock = VirtualClock()
     fake.now = clock.monotonic
     fake.listing_lag = 2.0

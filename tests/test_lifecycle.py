@@ -60,19 +60,36 @@ async def test_quote_closes_what_it_built(
     assert {n: b.closed for n, b in built.items()} == {"has": 1, "lacks": 1}
 
 
-async def test_acquire_closes_the_rest_now_and_the_lease_backend_on_release(
+async def test_acquire_closes_what_it_built_when_the_lease_is_released(
     built: dict[str, ClosingBackend], contract: Contract
 ) -> None:
     held = await aicontract.acquire(contract)
     assert held.backend is built["has"]
-    # The lease still needs its backend (to renew, to stop its workload): open until released.
-    assert (built["has"].closed, built["lacks"].closed) == (0, 1)
+    # The lease needs its backend (to renew, to stop its workload), and a renegotiation
+    # may need the others: all stay open until the lease is released.
+    assert (built["has"].closed, built["lacks"].closed) == (0, 0)
     await held.renew()
     await held.release()
     assert built["has"].releases == [held.id]
-    assert built["has"].closed == 1
+    assert (built["has"].closed, built["lacks"].closed) == (1, 1)
     await held.release()  # a second release closes nothing twice
-    assert built["has"].closed == 1
+    assert (built["has"].closed, built["lacks"].closed) == (1, 1)
+
+
+async def test_a_renegotiated_chain_closes_them_at_its_end(
+    built: dict[str, ClosingBackend], contract: Contract
+) -> None:
+    """Make-before-break: the first lease is released once its replacement is active;
+    the backends must outlive it, for the replacement."""
+    first = await aicontract.acquire(contract)
+    replacement = await built["has"].commit(
+        (await built["has"].quote(contract)).offers[0], "replacement"
+    )
+    first.hand_over(replacement)
+    await first.release()
+    assert built["has"].closed == 0, "the replacement still runs on it"
+    await replacement.release()
+    assert (built["has"].closed, built["lacks"].closed) == (1, 1)
 
 
 async def test_acquire_closes_everything_when_nothing_is_leased(

@@ -320,23 +320,37 @@ async def acquire(
     ``AICONTRACT_BACKENDS`` list, else ``local``). Use the lease as
     ``async with`` to keep it renewed while you work and released after.
 
-    The backends this call builds from the environment are its to close: the
-    ones not chosen before it returns, the lease's own once the lease is released.
-    Backends you pass (or a ``negotiator``'s) stay yours.
+    The backends this call builds from the environment are its to close: at once
+    when no lease comes of it, else when the lease is released — or, when a
+    renegotiation replaced it, when the last lease of the chain is (a renegotiation
+    may need them). Backends you pass (or a ``negotiator``'s) stay yours.
     """
-    if negotiator is not None:
-        return await negotiator.acquire(contract)
-    if backends is not None:
-        return await Negotiator(backends).acquire(contract)
-    owned = default_backends()
+    owned: list[Backend] = []
+    if negotiator is None:
+        if backends is None:
+            backends = owned = default_backends()
+        negotiator = Negotiator(backends)
     try:
-        held = await Negotiator(owned).acquire(contract)
+        lease = await negotiator.acquire(contract)
     except BaseException:
         await close_backends(owned)
         raise
-    await close_backends(owned, keep=held.backend)
-    held.on_released(held.backend.aclose)
-    return held
+    if owned:
+        _close_with_chain(lease, owned)
+    return lease
+
+
+def _close_with_chain(lease: Lease, backends: Sequence[Backend]) -> None:
+    """Close ``backends`` once ``lease``, and every lease that replaced it, is released."""
+
+    async def on_released() -> None:
+        successor = lease.current
+        if successor is not lease and not successor.state.is_final:
+            _close_with_chain(successor, backends)  # the chain lives on: wait for its end
+        else:
+            await close_backends(backends)
+
+    lease.on_released(on_released)
 
 
 async def quote(contract: Contract, *, backends: Sequence[Backend] | None = None) -> Negotiation:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -142,3 +143,21 @@ def test_gc_without_a_cluster_is_a_clean_error(local_env: Path, tmp_path: Path) 
     result = run("gc", "--kubeconfig", str(tmp_path / "missing"))
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ")
+
+
+def test_quote_against_a_backend_that_cannot_answer_exits_2(
+    local_env: Path, contract_file: Path
+) -> None:
+    from aicontract import ConfigError, register_backend, unregister_backend
+
+    class Broken(LocalBackend):
+        async def quote(self, contract: Contract) -> Any:
+            raise ConfigError("the ledger is damaged")
+
+    register_backend("broken", Broken)
+    try:
+        for args in (["quote", str(contract_file)], ["quote", "--json", str(contract_file)]):
+            result = run(*args, "--backend", "broken")
+            assert result.exit_code == 2, result.output
+    finally:
+        unregister_backend("broken")

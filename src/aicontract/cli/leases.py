@@ -23,8 +23,18 @@ from ..documents import load
 from ..errors import NoOffer
 from ..leases import Lease
 from ..negotiate import Negotiator, close_backends, default_backends
+from ..negotiate import acquire as acquire_lease
 from ..offer import Offer
-from .output import EXIT_INTERRUPTED, EXIT_NO, friendly, messages, print_json, reading, results
+from .output import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_NO,
+    friendly,
+    messages,
+    print_json,
+    reading,
+    results,
+)
 from .output import when as _when
 
 console = messages()
@@ -111,6 +121,9 @@ def quote(file: Path, backend_names: tuple[str, ...], as_json: bool) -> None:
                 await close_backends(negotiator.backends)
 
         result = anyio.run(ask)
+    # A backend that could not answer at all (a broken ledger, no credentials) is a
+    # failure, not a "no": with nothing offered either, the quote exits 2.
+    broken = not result.offers and any(r.requirement == "quote" for r in result.rejections)
     if as_json:
         print_json(
             {
@@ -119,6 +132,8 @@ def quote(file: Path, backend_names: tuple[str, ...], as_json: bool) -> None:
                 "counter_offers": [_offer_json(o) for o in result.counter_offers],
             }
         )
+        if broken:
+            sys.exit(EXIT_ERROR)
         return
     table = Table("#", "backend", "grant", "where", "guarantee", "price", title="offers")
     for rank, offer in enumerate(result.offers, 1):
@@ -142,6 +157,8 @@ def quote(file: Path, backend_names: tuple[str, ...], as_json: bool) -> None:
         out.print(why)
     for offer in result.counter_offers:
         out.print(f"counter-offer: {escape(offer.summary())}", highlight=False)
+    if broken:
+        sys.exit(EXIT_ERROR)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -191,7 +208,7 @@ async def _negotiate(negotiator: Negotiator, contract: Any, accept_counter: bool
     """The lease for ``contract`` — or for its best counter-offer, when that is allowed."""
     try:
         with console.status(f"negotiating {contract.name!r}…"):
-            return await negotiator.acquire(contract)
+            return await acquire_lease(contract, negotiator=negotiator)
     except NoOffer as exc:
         if not (accept_counter and exc.counter_offers):
             raise

@@ -19,7 +19,6 @@ from rich.table import Table
 from rich.text import Text
 
 from ..monitor.snapshot import LeaseSnapshot, monitor_dir, read_snapshots
-from .output import EXIT_NO, friendly
 
 _STATE_STYLE = {"met": "green", "violated": "bold red", "undetermined": "dim"}
 
@@ -101,7 +100,6 @@ monitor_dir_option = click.option(
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
 @click.option("--once", is_flag=True, help="Print the table once and exit.")
 @monitor_dir_option
-@friendly
 def watch(lease_id: str, interval: float, once: bool, directory: Path | None) -> None:
     """Stream a lease's SLI samples and violations as a live table."""
     directory = monitor_dir() if directory is None else directory
@@ -113,7 +111,7 @@ def watch(lease_id: str, interval: float, once: bool, directory: Path | None) ->
             " (is a Monitor watching it, with publish on?)",
             err=True,
         )
-        sys.exit(EXIT_NO)
+        sys.exit(1)
     if once:
         console.print(render(lease))
         return

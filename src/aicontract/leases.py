@@ -250,21 +250,24 @@ class Lease:
         with anyio.CancelScope(shield=True):
             await self.backend.release(self)
             self._backend_released = True
-            callbacks, self._after_release = self._after_release, []
-            for callback in callbacks:
-                try:
-                    await callback()
-                except Exception:
-                    log.exception("lease %s: an after-release callback failed", self.id)
+            await self._after_released()
         if not self.state.is_final:
             self.transition(LeaseState.RELEASED)
 
     def on_released(self, callback: Callable[[], Awaitable[object]]) -> None:
         """Await ``callback()`` once, after the backend has released this lease.
 
-        :func:`aicontract.acquire` closes the backend it built for the lease this way.
+        :func:`aicontract.acquire` closes the backends it built this way.
         """
         self._after_release.append(callback)
+
+    async def _after_released(self) -> None:
+        callbacks, self._after_release = self._after_release, []
+        for callback in callbacks:
+            try:
+                await callback()
+            except Exception:
+                log.exception("lease %s: an after-release callback failed", self.id)
 
     async def extend(self, by: Duration | str) -> None:
         """Lengthen the lease's term by ``by`` (the contract must be ``renewable``).

@@ -530,7 +530,7 @@ def test_huge_integers_are_refused_not_crashed() -> None:
         ("toml", "[resources]\nmemory = " + "9" * 5000),
     ]:
         _refusal(text, fmt)
-    error = _refusal("resources: {memory: " + "9" * 40 + "}")
+    error = _refusal("resources: {memory: " + "9" * 40 + "GiB}")
     assert "absurdly large" in error.message
 
 

@@ -90,7 +90,6 @@ def test_schema_is_plain_json() -> None:
         {"resources": {"cpus": [1, 4], "memory": ["40GiB", None]}},
         {"resources": {"gpus": {"count": [1, None], "memory": [None, "80GiB"]}}},
         {"terms": {"duration": "1h 30m", "start_by": " 90s "}},
-        {"resources": {"memory": 1.0}},
     ],
 )
 def test_schema_accepts_what_the_loader_accepts(document: Any) -> None:

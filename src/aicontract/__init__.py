@@ -4,7 +4,13 @@ The public API is what this module exports; everything else is internal.
 """
 
 from ._version import __version__
-from .backends import Backend, available_backends, create_backend
+from .backends import (
+    Backend,
+    available_backends,
+    create_backend,
+    register_backend,
+    unregister_backend,
+)
 from .clock import Clock, VirtualClock
 from .contract import (
     GPU,
@@ -28,6 +34,7 @@ from .errors import (
     CapacityUnavailable,
     ConfigError,
     ContractError,
+    IdempotencyConflict,
     LeaseError,
     LeaseLost,
     LeaseNotFound,
@@ -67,6 +74,7 @@ __all__ = [
     "Fault",
     "Grant",
     "GuaranteeLevel",
+    "IdempotencyConflict",
     "Isolation",
     "Lease",
     "LeaseError",
@@ -118,6 +126,8 @@ __all__ = [
     "loads",
     "quote",
     "quote_sync",
+    "register_backend",
     "release_sync",
     "renew_sync",
+    "unregister_backend",
 ]

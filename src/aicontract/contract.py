@@ -9,6 +9,7 @@ checked and refused by the same code, with the same messages.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
@@ -105,15 +106,47 @@ class _Invalid(ValueError):
 
 # -- conversion ------------------------------------------------------------------------
 
+_BARE_NUMBER = re.compile(r"^\s*[<>=]*\s*\d+(?:\.\d+)?\s*$")
+
+
+def _sized(kind: type[Bytes] | type[BytesRange]) -> Any:
+    """``kind``'s parser for documents: a size without a unit is refused, as a duration is.
+
+    ``memory: 512`` could mean bytes, MiB or GiB; the code alone (``Bytes(512)``) keeps bytes.
+    """
+
+    def parse(value: Any) -> Any:
+        parts: list[Any] = [value]
+        if isinstance(value, str):
+            parts = value.split("..")
+        elif isinstance(value, (list, tuple)):
+            parts = list(value)
+        for part in parts:
+            # (inf and nan are refused by the type itself, with a clearer message)
+            bare = (isinstance(part, int) and not isinstance(part, bool)) or (
+                isinstance(part, float) and math.isfinite(part)
+            )
+            if bare or (isinstance(part, str) and _BARE_NUMBER.match(part)):
+                number = str(part).strip(" <>=")
+                raise ContractError(
+                    f"a size needs a unit: write {number}GiB or {number}MiB, not {number}",
+                    value=value,
+                    allowed=kind.ALLOWED.replace("an integer number of bytes or ", ""),
+                )
+        return kind(value)
+
+    return parse
+
+
 _DECODERS: dict[type, Any] = {
-    Bytes: Bytes,
+    Bytes: _sized(Bytes),
     Duration: Duration,
     Rate: Rate,
     Money: Money,
     Ratio: Ratio,
     Quantity: parse_target,
     CountRange: CountRange,
-    BytesRange: BytesRange,
+    BytesRange: _sized(BytesRange),
 }
 
 

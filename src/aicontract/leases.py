@@ -17,7 +17,7 @@ import contextlib
 import enum
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -158,6 +158,7 @@ class Lease:
         factory=list, repr=False
     )
     _replacement_listeners: list[ReplacementListener] = attrs.field(factory=list, repr=False)
+    _after_release: list[Callable[[], Awaitable[object]]] = attrs.field(factory=list, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.created_at:
@@ -248,9 +249,25 @@ class Lease:
             return
         with anyio.CancelScope(shield=True):
             await self.backend.release(self)
-        self._backend_released = True
+            self._backend_released = True
+            await self._after_released()
         if not self.state.is_final:
             self.transition(LeaseState.RELEASED)
+
+    def on_released(self, callback: Callable[[], Awaitable[object]]) -> None:
+        """Await ``callback()`` once, after the backend has released this lease.
+
+        :func:`aicontract.acquire` closes the backends it built this way.
+        """
+        self._after_release.append(callback)
+
+    async def _after_released(self) -> None:
+        callbacks, self._after_release = self._after_release, []
+        for callback in callbacks:
+            try:
+                await callback()
+            except Exception:
+                log.exception("lease %s: an after-release callback failed", self.id)
 
     async def extend(self, by: Duration | str) -> None:
         """Lengthen the lease's term by ``by`` (the contract must be ``renewable``).

@@ -26,14 +26,16 @@ from tenacity import (
 )
 
 from .backends.base import Backend
-from .backends.registry import create_backend
+from .backends.registry import available_backends, create_backend
 from .clock import Clock, system_clock
 from .contract import GUARANTEE_ORDER, Contract
 from .errors import (
     AIContractError,
     AuthenticationError,
     BackendError,
+    BackendNotFound,
     CapacityUnavailable,
+    ConfigError,
     NoOffer,
     QuotaExceeded,
     TransientBackendError,
@@ -46,6 +48,7 @@ __all__ = [
     "Negotiator",
     "acquire",
     "check_offer",
+    "close_backends",
     "default_backends",
     "quote",
 ]
@@ -91,10 +94,38 @@ class Negotiation:
     counter_offers: tuple[Offer, ...]
 
 
-def default_backends() -> list[Backend]:
-    """The backends named by ``AICONTRACT_BACKENDS`` (comma-separated), else ``local``."""
-    names = [n.strip() for n in os.environ.get("AICONTRACT_BACKENDS", "local").split(",")]
-    return [create_backend(n) for n in names if n]
+def default_backends(names: Sequence[str] = ()) -> list[Backend]:
+    """Build the backends named in ``names``; when empty, those ``AICONTRACT_BACKENDS``
+    lists (comma-separated), else ``local``.
+
+    The one place backends are made from the environment (the API and the CLI both
+    come here). The caller owns what it gets: close it (``aclose`` or ``async with``).
+    """
+    if not names:
+        names = os.environ.get("AICONTRACT_BACKENDS", "local").split(",")
+    wanted = [n.strip() for n in names if n.strip()]
+    if not wanted:
+        raise ConfigError(
+            "no backend named: AICONTRACT_BACKENDS (or --backend) must list at least one "
+            f"(registered: {', '.join(available_backends())})"
+        )
+    known = available_backends()
+    unknown = [n for n in wanted if n not in known]
+    if unknown:  # before building any, so a typo leaves nothing half-made behind
+        raise BackendNotFound(unknown[0], known)
+    return [create_backend(n) for n in wanted]
+
+
+async def close_backends(backends: Sequence[Backend], *, keep: Backend | None = None) -> None:
+    """Close every backend but ``keep``, shielded from cancellation; a failure is logged."""
+    with anyio.CancelScope(shield=True):
+        for backend in backends:
+            if backend is keep:
+                continue
+            try:
+                await backend.aclose()
+            except Exception:
+                log.exception("backend %s failed to close", backend.name)
 
 
 @attrs.define
@@ -288,13 +319,49 @@ async def acquire(
     Uses ``negotiator`` if given, else one over ``backends`` (default: the
     ``AICONTRACT_BACKENDS`` list, else ``local``). Use the lease as
     ``async with`` to keep it renewed while you work and released after.
+
+    The backends this call builds from the environment are its to close: at once
+    when no lease comes of it, else when the lease is released — or, when a
+    renegotiation replaced it, when the last lease of the chain is (a renegotiation
+    may need them). Backends you pass (or a ``negotiator``'s) stay yours.
     """
+    owned: list[Backend] = []
     if negotiator is None:
-        negotiator = Negotiator(backends) if backends is not None else Negotiator()
-    return await negotiator.acquire(contract)
+        if backends is None:
+            backends = owned = default_backends()
+        negotiator = Negotiator(backends)
+    try:
+        lease = await negotiator.acquire(contract)
+    except BaseException:
+        await close_backends(owned)
+        raise
+    if owned:
+        _close_with_chain(lease, owned)
+    return lease
+
+
+def _close_with_chain(lease: Lease, backends: Sequence[Backend]) -> None:
+    """Close ``backends`` once ``lease``, and every lease that replaced it, is released."""
+
+    async def on_released() -> None:
+        successor = lease.current
+        if successor is not lease and not successor.state.is_final:
+            _close_with_chain(successor, backends)  # the chain lives on: wait for its end
+        else:
+            await close_backends(backends)
+
+    lease.on_released(on_released)
 
 
 async def quote(contract: Contract, *, backends: Sequence[Backend] | None = None) -> Negotiation:
-    """One round of quotes for ``contract``: ranked acceptable offers, and why the rest failed."""
-    negotiator = Negotiator(backends) if backends is not None else Negotiator()
-    return await negotiator.quote(contract)
+    """One round of quotes for ``contract``: ranked acceptable offers, and why the rest failed.
+
+    Backends built from the environment (``backends`` not given) are closed before it returns.
+    """
+    if backends is not None:
+        return await Negotiator(backends).quote(contract)
+    owned = default_backends()
+    try:
+        return await Negotiator(owned).quote(contract)
+    finally:
+        await close_backends(owned)

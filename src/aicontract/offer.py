@@ -33,14 +33,14 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         """One line: ``8 x H100 (80GiB), 32 CPUs, 256GiB``."""
         parts = []
         if self.gpus:
-            memory = f" ({self.gpu_memory})" if self.gpu_memory else ""
+            memory = f" ({self.gpu_memory.human()})" if self.gpu_memory else ""
             parts.append(f"{self.gpus} x {self.gpu_model or 'GPU'}{memory}")
         if self.cpus:
-            parts.append(f"{self.cpus} CPUs")
+            parts.append(f"{self.cpus} CPU{'' if self.cpus == 1 else 's'}")
         if self.memory is not None:
-            parts.append(f"{self.memory} memory")
+            parts.append(f"{self.memory.human()} memory")
         if self.disk is not None:
-            parts.append(f"{self.disk} disk")
+            parts.append(f"{self.disk.human()} disk")
         return ", ".join(parts) or "nothing"
 
 

@@ -16,7 +16,8 @@ __all__ = ["json_schema"]
 # Patterns accept what the loader accepts (the loader stays the final judge: it also
 # refuses inverted ranges and absurd sizes, which a pattern cannot see).
 _NUMBER = r"(\d+(\.\d+)?|\.\d+)"
-_BYTES = rf"{_NUMBER}\s*(B|[kKMGTP]B?|[KMGTP]iB?|[kKMGTP]i)?"
+# A size always has a unit (512MiB): a bare number is refused, as a bare duration is.
+_BYTES = rf"{_NUMBER}\s*(B|[kKMGTP]B?|[KMGTP]iB?|[kKMGTP]i)"
 _COUNT = r"\d+"
 _DURATION = (
     rf"\s*({_NUMBER}\s*(ns|us|µs|ms|min|s|m|h|d|w)\s*)+"
@@ -28,17 +29,16 @@ def _range(one: str) -> str:
     return rf"^\s*((>=|<=)\s*{one}|{one}|({one})?\s*\.\.\s*({one})?)\s*$"
 
 
-def _range_schema(one: str, examples: list[Any]) -> dict[str, Any]:
-    """A range of quantities matching ``one``: a bare value, range text, or a pair."""
-    value = {
-        "anyOf": [
-            {"type": "integer", "minimum": 0},
-            {"type": "string", "pattern": rf"^\s*{one}\s*$"},
-        ]
-    }
+def _range_schema(one: str, examples: list[Any], *, counts: bool) -> dict[str, Any]:
+    """A range of quantities matching ``one``: a bare value, range text, or a pair.
+
+    Only counts may be bare integers; sizes need their unit.
+    """
+    integer = [{"type": "integer", "minimum": 0}] if counts else []
+    value = {"anyOf": [*integer, {"type": "string", "pattern": rf"^\s*{one}\s*$"}]}
     return {
         "anyOf": [
-            {"type": "integer", "minimum": 0},
+            *integer,
             {"type": "string", "pattern": _range(one)},
             _pair(value),
         ],
@@ -59,7 +59,7 @@ def _pair(one: dict[str, Any]) -> dict[str, Any]:
 def _hook(kind: type) -> dict[str, Any]:
     if kind is Bytes:
         return {
-            "type": ["string", "integer"],
+            "type": "string",
             "pattern": rf"^\s*{_BYTES}\s*$",
             "examples": ["80GiB"],
         }
@@ -87,9 +87,9 @@ def _hook(kind: type) -> dict[str, Any]:
             "examples": ["200ms", "500 tokens/s", "99.9%"],
         }
     if kind is CountRange:
-        return _range_schema(_COUNT, [8, "1..8", ">=2"])
+        return _range_schema(_COUNT, [8, "1..8", ">=2"], counts=True)
     if kind is BytesRange:
-        return _range_schema(_BYTES, ["80GiB", ">=24GiB", "40GiB..80GiB", "256GiB.."])
+        return _range_schema(_BYTES, ["80GiB", ">=24GiB", "40GiB..80GiB", "256GiB.."], counts=False)
     raise TypeError(f"no JSON Schema for {kind!r}")  # every contract type is covered above
 
 

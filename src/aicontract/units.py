@@ -220,6 +220,14 @@ class Bytes(Quantity):
 
     __index__ = __int__
 
+    def human(self) -> str:
+        """For people: the largest binary unit, one decimal at most (``23.5GiB``, ``80GiB``)."""
+        for unit in ("PiB", "TiB", "GiB", "MiB", "KiB"):
+            if self._magnitude >= self.UNITS[unit]:
+                value = round(self._magnitude / self.UNITS[unit], 1)
+                return f"{value:g}{unit}" if value < 1000 else f"{value:.0f}{unit}"
+        return f"{self._magnitude}B"
+
     @property
     def bytes(self) -> int:
         """The exact number of bytes."""

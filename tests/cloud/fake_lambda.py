@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -41,6 +43,10 @@ class FakeLambda:
         self.boot_polls = 1
         self.launches: list[dict[str, Any]] = []
         self._polls: dict[str, int] = {}
+        # GET /instances shows an instance only this long after its launch (seconds of now()).
+        self.listing_lag = 0.0
+        self.now: Callable[[], float] = time.monotonic
+        self._launched_at: dict[str, float] = {}
 
     def add_type(self, itype: dict[str, Any], regions: list[str]) -> None:
         self.types[itype["name"]] = itype
@@ -102,6 +108,7 @@ class FakeLambda:
                 "Not enough capacity to fulfill launch request.",
             )
         iid = uuid.uuid4().hex
+        self._launched_at[iid] = self.now()
         self.instances[iid] = {
             "id": iid,
             "name": body.get("name"),
@@ -123,7 +130,12 @@ class FakeLambda:
         denied = self._auth(request)
         if denied:
             return denied
-        live = [i for i in self.instances.values() if i["status"] != "terminated"]
+        now = self.now()
+        live = [
+            i
+            for i in self.instances.values()
+            if i["status"] != "terminated" and now - self._launched_at[i["id"]] >= self.listing_lag
+        ]
         return httpx.Response(200, json={"data": live})
 
     def get_instance(self, request: httpx.Request, iid: str) -> httpx.Response:

@@ -37,6 +37,7 @@ FAST: dict[str, Any] = {
     "poll_max": 0.01,
     "retry_wait": 0.001,
     "retry_wait_max": 0.01,
+    "listing_lag": 0.5,
     "environ": {},
 }
 PRICES = {
@@ -541,3 +542,77 @@ async def test_no_aws_credential_in_logs_or_errors(
     for text in texts:
         assert AWS_SECRET not in text
         assert AWS_KEY_ID not in text
+
+
+async def test_capacity_blocks_go_through_the_one_commit_skeleton() -> None:
+    # The base's commit (offer checks, key lock, spend) wraps every market: an expired
+    # Capacity Block offer is refused before any call, like an on-demand one.
+    import msgspec
+
+    from aicontract import CapacityUnavailable
+
+    client, stub = _stubbed()
+    backend = AWSBackend(
+        **{**FAST, "regions": ["us-east-1"], "client_factory": lambda s, r: client}
+    )
+    expired = msgspec.structs.replace(_block_offer(), expires_at=1.0)
+    with stub:  # nothing stubbed: any AWS call would fail the test
+        with pytest.raises(CapacityUnavailable, match="has expired"):
+            await backend.commit(expired, "block-expired")
+        other = msgspec.structs.replace(_block_offer(), backend="elsewhere")
+        with pytest.raises(CapacityUnavailable, match="is from elsewhere"):
+            await backend.commit(other, "block-elsewhere")
+
+
+class _LagsAndLosesFirstAnswer(_LosesFirstAnswer):
+    """Loses the first launch answer, and its search by tag shows the new instance late."""
+
+    def __init__(self, client: Any, hidden_searches: int) -> None:
+        super().__init__(client)
+        self.tokens: list[str] = []
+        self.hidden_searches = hidden_searches
+
+    def run_instances(self, **kw: Any) -> Any:
+        self.tokens.append(kw["ClientToken"])
+        return super().run_instances(**kw)
+
+    def describe_instances(self, **kw: Any) -> Any:
+        answer = self._client.describe_instances(**kw)
+        if "Filters" in kw and self.launches and self.hidden_searches > 0:
+            self.hidden_searches -= 1  # the list has not caught up with the launch yet
+            return {**answer, "Reservations": []}
+        return answer
+
+
+async def test_ec2_lost_launch_answer_with_a_lagging_list_is_one_instance(
+    moto_reset: str,
+) -> None:
+    """EC2's reads are eventually consistent: after a lost launch answer the search by
+    tag may miss the instance. The relaunch carries the same ClientToken (EC2's own
+    idempotency), and the backend first waits out the listing lag (moto ignores tokens)."""
+    wrapped: dict[str, _LagsAndLosesFirstAnswer] = {}
+
+    def factory(service: str, region: str) -> Any:
+        client = boto3.client(
+            service,
+            region_name=region,
+            endpoint_url=moto_reset,
+            aws_access_key_id=AWS_KEY_ID,
+            aws_secret_access_key=AWS_SECRET,
+        )
+        wrapped[region] = _LagsAndLosesFirstAnswer(client, hidden_searches=3)
+        return wrapped[region]
+
+    backend = moto_backend(moto_reset, client_factory=factory, regions=["us-east-1"])
+    lease = await Negotiator(backends=[backend]).acquire(Contract(gpus=1))
+    client = wrapped["us-east-1"]
+    assert client.launches == 1, "the lagging list was waited out, not relaunched into"
+    assert client.tokens == [lease.details["tag"]], "the launch carried its ClientToken"
+    live = [
+        i
+        for r in client._client.describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] != "terminated"
+    ]
+    assert [i["InstanceId"] for i in live] == [lease.details["instance_ids"]]
+    await lease.release()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -40,6 +41,7 @@ FAST: dict[str, Any] = {
     "poll_max": 0.01,
     "retry_wait": 0.001,
     "retry_wait_max": 0.01,
+    "listing_lag": 0.05,
     "environ": {},
 }
 
@@ -437,3 +439,92 @@ async def test_compute_capability_comes_from_the_gpu_model(fake: FakeLambda) -> 
         Contract(gpus=GPU(count=1, compute_capability="9.0"))
     )
     assert [o.grant.gpu_compute_capability for o in round_.offers] == ["9.0"]
+
+
+T = TypeVar("T")
+
+
+async def _in_virtual_time(clock: Any, func: Callable[[], Awaitable[T]]) -> T:
+    """Run ``func`` while moving ``clock`` on, a tenth of a second at a time (bounded)."""
+    result: list[T] = []
+
+    async def run() -> None:
+        result.append(await func())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        for _ in range(100_000):
+            if result:
+                break
+            await clock.advance(0.1)
+        else:
+            tg.cancel_scope.cancel()
+            raise AssertionError("still running after 10,000 virtual seconds")
+    return result[0]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("lag", [0.0, 1.5, 9.0])
+async def test_lost_launch_answer_and_a_lagging_list_give_one_instance(
+    fake: FakeLambda, lag: float
+) -> None:
+    """The instance is made, the answer lost, and GET /instances does not show it for
+    ``lag`` seconds: the retry must wait for it, not launch a second one."""
+    from aicontract import VirtualClock
+
+    clock = VirtualClock()
+    fake.now = clock.monotonic
+    fake.listing_lag = lag
+    fake.launch_timeouts_after_create = 1
+    fake.add_type(H100, ["us-east-1"])
+    b = backend(fake, clock=clock, listing_lag=None)  # the provider's own default
+    offer = (await b.quote(Contract(gpus=1))).offers[0]
+    lease = await _in_virtual_time(clock, lambda: b.commit(offer, "lost-answer"))
+    assert len(fake.launches) == 1
+    assert len(fake.instances) == 1
+    assert lease.details["instance_ids"] == next(iter(fake.instances))
+
+
+@pytest.mark.anyio
+async def test_cleanup_waits_for_a_lagging_list_too(fake: FakeLambda) -> None:
+    """Retries run out after a lost answer: what that launch made is still found
+    and terminated (abandon), though the list showed it late."""
+    from aicontract import VirtualClock
+
+    clock = VirtualClock()
+    fake.now = clock.monotonic
+    fake.listing_lag = 2.0
+    fake.launch_timeouts_after_create = 1
+    fake.add_type(H100, ["us-east-1"])
+    b = backend(fake, clock=clock, attempts=1, listing_lag=None)
+    offer = (await b.quote(Contract(gpus=1))).offers[0]
+
+    async def commit() -> None:
+        with pytest.raises(TransientBackendError):
+            await b.commit(offer, "gives-up")
+
+    await _in_virtual_time(clock, commit)
+    assert len(fake.instances) == 1
+    assert fake.live == [], "the launched instance was terminated, not orphaned"
+
+
+@pytest.mark.anyio
+async def test_a_key_reused_for_another_offer_is_a_conflict(fake: FakeLambda) -> None:
+    """Returning the first lease would lie: it holds what the first offer asked for."""
+    from aicontract import IdempotencyConflict
+
+    fake.add_type(A10, ["us-east-1"])
+    fake.add_type(H100, ["us-east-1"])
+    b = backend(fake)
+    offers = {o.details["instance_type"]: o for o in (await b.quote(Contract(gpus=1))).offers}
+    first = await b.commit(offers["gpu_1x_a10"], "one-key")
+    with pytest.raises(IdempotencyConflict, match="use a new key"):
+        await b.commit(offers["gpu_1x_h100_pcie"], "one-key")
+    assert len(fake.instances) == 1
+    requoted = next(
+        o
+        for o in (await b.quote(Contract(gpus=1))).offers
+        if o.details["instance_type"] == "gpu_1x_a10"
+    )
+    assert await b.commit(requoted, "one-key") is first  # the same offer, quoted again
+    await first.release()

@@ -1,6 +1,21 @@
 """Backends: where capacity comes from, behind one small protocol."""
 
 from .base import Backend
-from .registry import available_backends, create_backend, load_backend_class
+from .registry import (
+    BackendFactory,
+    available_backends,
+    create_backend,
+    load_backend_class,
+    register_backend,
+    unregister_backend,
+)
 
-__all__ = ["Backend", "available_backends", "create_backend", "load_backend_class"]
+__all__ = [
+    "Backend",
+    "BackendFactory",
+    "available_backends",
+    "create_backend",
+    "load_backend_class",
+    "register_backend",
+    "unregister_backend",
+]

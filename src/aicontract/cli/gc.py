@@ -9,21 +9,16 @@ Run it by hand or as the CronJob in ``docs/backends/kubernetes.md``.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import anyio
 import click
-from rich.console import Console
 
-from ..errors import AIContractError
+from ..backends.registry import load_backend_class
 from ..units import Duration
+from .output import friendly, print_json, results
 
 __all__ = ["COMMANDS", "gc"]
-
-console = Console(stderr=True)
-out = Console()
 
 
 @click.command()
@@ -47,7 +42,8 @@ out = Console()
     help="Extra time past a lease's expiry before it is collected (e.g. 30s).",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (never coloured).")
+@friendly
 def gc(
     kubeconfig: Path | None,
     context: str | None,
@@ -57,33 +53,24 @@ def gc(
     as_json: bool,
 ) -> None:
     """Delete Kubernetes leases whose holder stopped renewing, and their pods and services."""
-    try:
-        from ..backends.kubernetes import GarbageReport, KubernetesBackend
+    # Through the registry: a missing extra is a ConfigError that names it.
+    load_backend_class("kubernetes")
+    from ..backends.kubernetes import GarbageReport, KubernetesBackend
 
-        backend = KubernetesBackend(kubeconfig=kubeconfig, context=context)
-        seconds = Duration(grace).seconds
+    seconds = Duration(grace).seconds
 
-        async def run() -> GarbageReport:
-            try:
-                return await backend.collect_garbage(
-                    namespace=namespace, grace=seconds, dry_run=dry_run
-                )
-            finally:
-                await backend.aclose()
+    async def run() -> GarbageReport:
+        async with KubernetesBackend(kubeconfig=kubeconfig, context=context) as backend:
+            return await backend.collect_garbage(
+                namespace=namespace, grace=seconds, dry_run=dry_run
+            )
 
-        report = anyio.run(run)
-    except ImportError as exc:
-        console.print(f"error: {exc}; pip install 'aicontract[kubernetes]'", markup=False)
-        sys.exit(2)
-    except AIContractError as exc:
-        console.print(f"error: {exc}", highlight=False, markup=False)
-        sys.exit(2)
+    report = anyio.run(run)
     expired, orphans, kept = list(report.expired), list(report.orphans), report.kept
     if as_json:
-        out.print_json(
-            json.dumps({"expired": expired, "orphans": orphans, "kept": kept, "dry_run": dry_run})
-        )
+        print_json({"expired": expired, "orphans": orphans, "kept": kept, "dry_run": dry_run})
         return
+    out = results()
     verb = "would delete" if dry_run else "deleted"
     for name in expired:
         out.print(f"{verb} expired lease {name}", markup=False, highlight=False)

@@ -3,58 +3,62 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
-from functools import wraps
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import click
-from rich.console import Console
+import msgspec
 from rich.markup import escape
 from rich.table import Column, Table
 
-from ..backends.base import Backend
-from ..backends.local.backend import LocalBackend
-from ..backends.registry import create_backend
+from ..backends.local import LocalBackend
+from ..contract import encode_quantity
 from ..documents import load
-from ..errors import AIContractError, NoOffer
+from ..errors import NoOffer
 from ..leases import Lease
-from ..negotiate import Negotiator
+from ..negotiate import Negotiator, close_backends, default_backends
+from ..negotiate import acquire as acquire_lease
+from ..offer import Offer
+from .output import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_NO,
+    friendly,
+    messages,
+    print_json,
+    reading,
+    results,
+)
+from .output import when as _when
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-console = Console(stderr=True)
-out = Console()
-
-
-def _friendly(func: F) -> F:
-    """Turn library errors into one clear message and exit status 2 (1 for NoOffer)."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except NoOffer as exc:
-            console.print(f"[bold red]no offer[/]: {escape(str(exc))}", highlight=False)
-            sys.exit(1)
-        except AIContractError as exc:
-            console.print(f"error: {exc}", highlight=False, markup=False)
-            sys.exit(2)
-
-    return wrapper  # type: ignore[return-value]
+console = messages()
 
 
-def _backends(names: Sequence[str]) -> list[Backend]:
-    if not names:
-        names = [n for n in os.environ.get("AICONTRACT_BACKENDS", "local").split(",") if n]
-    return [create_backend(n.strip()) for n in names]
+def _builtins(value: Any) -> Any:
+    """Structs (offers, records, rejections) as JSON-ready builtins, quantities as text."""
+    return msgspec.to_builtins(value, enc_hook=encode_quantity)
+
+
+@contextlib.contextmanager
+def _this_host() -> Iterator[LocalBackend]:
+    """The local backend, closed (its ledger connection) when the command is done."""
+    local = LocalBackend()
+    try:
+        yield local
+    finally:
+        anyio.run(local.aclose)
+
+
+def _offer_json(offer: Offer) -> dict[str, Any]:
+    data: dict[str, Any] = _builtins(offer)
+    data.pop("contract", None)  # the caller has it: it is the file they passed
+    return data
 
 
 _backend_option = click.option(
@@ -64,33 +68,31 @@ _backend_option = click.option(
     multiple=True,
     help="Backend to ask (repeatable). Default: $AICONTRACT_BACKENDS, else local.",
 )
-_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
-
-def _when(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (never coloured).")
 
 
 @click.command()
 @_json_option
-@_friendly
+@friendly
 def inventory(as_json: bool) -> None:
     """Show what this host offers (or the AICONTRACT_INVENTORY override)."""
-    backend = LocalBackend()
-    inv = backend.inventory
+    out = results()
+    with _this_host() as local:
+        inv = local.inventory
     if as_json:
-        out.print_json(json.dumps(inv.describe()))
+        print_json(inv.describe())
         return
+    cpus = f"{inv.cpus} CPU{'' if inv.cpus == 1 else 's'}"
     out.print(
-        f"[bold]{escape(inv.source)}[/]: {inv.cpus} CPUs, {inv.memory} memory"
-        + (f", {inv.disk} free disk" if inv.disk is not None else "")
+        f"[bold]{escape(inv.source)}[/]: {cpus}, {inv.memory.human()} memory"
+        + (f", {inv.disk.human()} free disk" if inv.disk is not None else "")
     )
     table = Table("id", "model", "memory", "compute", "MIG", title="GPUs")
     for gpu in inv.gpus:
         table.add_row(
             gpu.id,
             gpu.model,
-            str(gpu.memory),
+            gpu.memory.human(),
             gpu.compute_capability or "-",
             gpu.mig_profile or "-",
         )
@@ -104,25 +106,34 @@ def inventory(as_json: bool) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @_backend_option
 @_json_option
-@_friendly
+@friendly
 def quote(file: Path, backend_names: tuple[str, ...], as_json: bool) -> None:
     """Show the offers for a contract FILE, best first, and why other backends declined."""
-    contract = load(file)
-    negotiator = Negotiator(_backends(backend_names))
-    result = anyio.run(negotiator.quote, contract)
-    anyio.run(negotiator.aclose)
+    out = results()
+    with reading(file):
+        contract = load(file)
+        negotiator = Negotiator(default_backends(backend_names))
+
+        async def ask() -> Any:
+            try:
+                return await negotiator.quote(contract)
+            finally:
+                await close_backends(negotiator.backends)
+
+        result = anyio.run(ask)
+    # A backend that could not answer at all (a broken ledger, no credentials) is a
+    # failure, not a "no": with nothing offered either, the quote exits 2.
+    broken = not result.offers and any(r.requirement == "quote" for r in result.rejections)
     if as_json:
-        import msgspec
-
-        from ..contract import encode_quantity
-
-        data = {
-            "offers": [msgspec.to_builtins(o, enc_hook=encode_quantity) for o in result.offers],
-            "rejections": [msgspec.to_builtins(r) for r in result.rejections],
-        }
-        for offer in data["offers"]:
-            offer.pop("contract", None)
-        out.print_json(json.dumps(data))
+        print_json(
+            {
+                "offers": [_offer_json(o) for o in result.offers],
+                "rejections": [_builtins(r) for r in result.rejections],
+                "counter_offers": [_offer_json(o) for o in result.counter_offers],
+            }
+        )
+        if broken:
+            sys.exit(EXIT_ERROR)
         return
     table = Table("#", "backend", "grant", "where", "guarantee", "price", title="offers")
     for rank, offer in enumerate(result.offers, 1):
@@ -146,6 +157,8 @@ def quote(file: Path, backend_names: tuple[str, ...], as_json: bool) -> None:
         out.print(why)
     for offer in result.counter_offers:
         out.print(f"counter-offer: {escape(offer.summary())}", highlight=False)
+    if broken:
+        sys.exit(EXIT_ERROR)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -153,33 +166,73 @@ def quote(file: Path, backend_names: tuple[str, ...], as_json: bool) -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @_backend_option
 @_json_option
-@_friendly
+@click.option(
+    "--accept-counter-offer",
+    "accept_counter",
+    is_flag=True,
+    help="When nothing satisfies the contract, take the best counter-offer (it says which).",
+)
+@friendly
 def acquire(
-    file: Path, command: tuple[str, ...], backend_names: tuple[str, ...], as_json: bool
+    file: Path,
+    command: tuple[str, ...],
+    backend_names: tuple[str, ...],
+    as_json: bool,
+    accept_counter: bool,
 ) -> None:
     """Lease what contract FILE asks for, run COMMAND under the lease's env, then release.
 
     Write the command after ``--``: ``aicontract acquire train.yaml -- python train.py``.
     The command's exit status is passed through. Without a command, holds the
     lease until interrupted (Ctrl-C) or the contract's duration ends.
+
+    With ``--accept-counter-offer``, a contract nothing satisfies takes the best
+    counter-offer instead (fewer GPUs, another model) and says what it took.
     """
-    contract = load(file)
-    negotiator = Negotiator(_backends(backend_names))
-    try:
-        status = anyio.run(_acquire_and_run, negotiator, contract, command, as_json)
-    except KeyboardInterrupt:
-        # The lease was released on the way out (shielded); say so the shell's way:
-        # 128 + SIGINT, not 1, which means "no offer".
-        console.print("interrupted; lease released", highlight=False)
-        status = 130
+    with reading(file):
+        contract = load(file)
+        negotiator = Negotiator(default_backends(backend_names))
+        try:
+            status = anyio.run(
+                _acquire_and_run, negotiator, contract, command, as_json, accept_counter
+            )
+        except KeyboardInterrupt:
+            # The lease was released on the way out (shielded); say so the shell's way:
+            # 128 + SIGINT, not 1, which means "no offer".
+            console.print("interrupted; lease released", highlight=False)
+            status = EXIT_INTERRUPTED
     sys.exit(status)
 
 
+async def _negotiate(negotiator: Negotiator, contract: Any, accept_counter: bool) -> Lease:
+    """The lease for ``contract`` — or for its best counter-offer, when that is allowed."""
+    try:
+        with console.status(f"negotiating {contract.name!r}…"):
+            return await acquire_lease(contract, negotiator=negotiator)
+    except NoOffer as exc:
+        if not (accept_counter and exc.counter_offers):
+            raise
+        offer = exc.counter_offers[0]
+        console.print(
+            f"[yellow]no offer satisfies {escape(contract.name)!r};[/] accepting counter-offer:"
+            f" {escape(offer.summary())}",
+            highlight=False,
+        )
+        return await negotiator.commit(offer)
+
+
 async def _acquire_and_run(
-    negotiator: Negotiator, contract: Any, command: tuple[str, ...], as_json: bool
+    negotiator: Negotiator,
+    contract: Any,
+    command: tuple[str, ...],
+    as_json: bool,
+    accept_counter: bool = False,
 ) -> int:
-    with console.status(f"negotiating {contract.name!r}…"):
-        held = await negotiator.acquire(contract)
+    try:
+        held = await _negotiate(negotiator, contract, accept_counter)
+    except BaseException:
+        await close_backends(negotiator.backends)
+        raise
     try:
         async with held:
             _print_lease(held, as_json)
@@ -191,14 +244,22 @@ async def _acquire_and_run(
 
 
 def _print_lease(held: Lease, as_json: bool) -> None:
+    ends_at = held.ends_at
     if as_json:
-        out.print_json(json.dumps(held.to_dict(), default=str))
+        print_json({**held.to_dict(), "ends_at": ends_at})
         return
-    detail = escape(
-        f"{held.id}: {held.grant.describe()} on {held.backend.name} [{held.guarantee}],"
-        f" expires {_when(held.expires_at)}"
-    )
+    detail = escape(f"{held.id}: {held.grant.describe()} on {held.backend.name} [{held.guarantee}]")
     console.print(f"[bold green]leased[/] {detail}", highlight=False)
+    # Two different ends: the heartbeat's (moves on at every renewal) and the contract's.
+    console.print(
+        f"  heartbeat: renewed while this runs; lapses at {_when(held.expires_at)}"
+        f" if renewals stop ({held.remaining:.0f}s)",
+        highlight=False,
+    )
+    if ends_at is None:
+        console.print("  term: no duration; held until released", highlight=False)
+    else:
+        console.print(f"  term: the contract's duration ends at {_when(ends_at)}", highlight=False)
     for name, url in held.endpoints.items():
         console.print(f"  endpoint {name}: {url}", highlight=False)
     for key in ("CUDA_VISIBLE_DEVICES", "AICONTRACT_CPUS"):
@@ -235,16 +296,14 @@ async def _run(held: Lease, command: tuple[str, ...]) -> int:
 
 @click.command()
 @_json_option
-@_friendly
+@friendly
 def leases(as_json: bool) -> None:
     """List the leases held on this host (any process)."""
-    records = LocalBackend().ledger.records()
+    out = results()
+    with _this_host() as local:
+        records = local.leases()
     if as_json:
-        import msgspec
-
-        from ..contract import encode_quantity
-
-        out.print_json(msgspec.json.encode(records, enc_hook=encode_quantity).decode())
+        print_json(_builtins(records))
         return
     if not records:
         out.print("no leases held on this host")
@@ -269,17 +328,18 @@ def leases(as_json: bool) -> None:
 
 @click.command()
 @click.argument("lease_ids", nargs=-1, required=True)
-@_friendly
+@friendly
 def release(lease_ids: tuple[str, ...]) -> None:
     """Release leases on this host by id (their holders see them revoked)."""
-    ledger = LocalBackend().ledger
-    missing = [i for i in lease_ids if not ledger.release(i)]
+    out = results()
+    with _this_host() as local:
+        missing = [i for i in lease_ids if not local.release_by_id(i)]
     for lease_id in lease_ids:
         if lease_id not in missing:
             out.print(f"released {lease_id}")
     if missing:
         console.print(f"no such lease: {', '.join(missing)}", highlight=False)
-        sys.exit(1)
+        sys.exit(EXIT_NO)
 
 
 COMMANDS = [inventory, quote, acquire, leases, release]

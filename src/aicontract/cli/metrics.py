@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from ..monitor.snapshot import monitor_dir, read_snapshots
+from .output import EXIT_ERROR, friendly
 from .watch import monitor_dir_option
 
 _STATE = {"undetermined": -1.0, "met": 0.0, "violated": 1.0}
@@ -82,7 +83,7 @@ def _registry(directory: Path) -> Any:
             "aicontract metrics needs prometheus_client: pip install 'aicontract[prometheus]'",
             err=True,
         )
-        sys.exit(2)
+        sys.exit(EXIT_ERROR)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(directory))
     return registry
@@ -93,6 +94,7 @@ def _registry(directory: Path) -> Any:
 @click.option("--port", default=9464, show_default=True, help="Port for --serve.")
 @click.option("--addr", default="127.0.0.1", show_default=True, help="Address for --serve.")
 @monitor_dir_option
+@friendly
 def metrics(serve: bool, port: int, addr: str, directory: Path | None) -> None:
     """Print (or serve) every monitored lease's metrics in the Prometheus text format."""
     registry = _registry(monitor_dir() if directory is None else directory)

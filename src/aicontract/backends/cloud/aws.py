@@ -50,7 +50,7 @@ from ...leases import Lease
 from ...offer import Offer
 from ...units import Money
 from .base import CatalogEntry, CloudBackend, InstanceState, InstanceView, lease_tag, mib
-from .credentials import Secret, load_secret, redact
+from .credentials import Secret, load_secret, redact, register_secret
 from .prices import AWS_PRICES, PriceTable, load_price_file, parse_prices
 from .regions import AWS_REGIONS, region_country
 
@@ -60,8 +60,9 @@ try:
     import botocore.exceptions
     import botocore.parsers
 except ImportError as exc:  # pragma: no cover - the registry turns this into a hint
+    # Keep the missing module's name: the registry maps it to the extra to install.
     raise ImportError(
-        f"the aws backend needs boto3: pip install 'aicontract[aws]' ({exc})"
+        f"the aws backend needs boto3: pip install 'aicontract[aws]' ({exc})", name=exc.name
     ) from exc
 
 __all__ = ["TAG_KEY", "AWSBackend"]
@@ -159,6 +160,10 @@ class AWSBackend(CloudBackend):
     """
 
     provider = "aws"
+    # Launches carry a ClientToken (EC2's own idempotency), so a relaunch is the same
+    # launch; EC2's reads are eventually consistent too, so a lost answer is still
+    # looked for a few seconds before relaunching, and before cleanup gives up.
+    default_listing_lag = 5.0
 
     def __init__(
         self,
@@ -252,9 +257,22 @@ class AWSBackend(CloudBackend):
                     read_timeout=30,
                     user_agent_extra="aicontract",
                 )
+                self._register_found_credentials(session)
                 endpoint = self.endpoint_url if service == "ec2" else None
                 self._clients[key] = session.client(service, endpoint_url=endpoint, config=config)
         return self._clients[key]
+
+    @staticmethod
+    def _register_found_credentials(session: Any) -> None:
+        """Mask what boto3's own chain found (a profile, an instance role) in every log."""
+        try:
+            found = session.get_credentials()
+            frozen = found.get_frozen_credentials() if found is not None else None
+        except botocore.exceptions.BotoCoreError:
+            return  # the client's first call reports it, as a ConfigError naming the profile
+        if frozen is not None:
+            for value in (frozen.access_key, frozen.secret_key, frozen.token):
+                register_secret(value)
 
     async def _call(self, region: str, operation: str, service: str = "ec2", **params: Any) -> Any:
         """One boto3 call in a worker thread, its errors mapped into the hierarchy."""
@@ -561,58 +579,40 @@ class AWSBackend(CloudBackend):
 
     # -- capacity blocks -------------------------------------------------------------------
 
-    async def commit(self, offer: Offer, idempotency_key: str) -> Lease:
-        """On-demand offers launch instances; Capacity Block offers purchase the block."""
+    async def _commit(self, offer: Offer, key: str) -> Lease:
+        """The per-market step of the base's commit: on-demand offers launch instances,
+        Capacity Block offers purchase the block (the base holds the key lock and the
+        spend reservation around either)."""
         if offer.details.get("market") != "capacity-block":
-            return await super().commit(offer, idempotency_key)
-        lock = self._key_locks.setdefault(idempotency_key, anyio.Lock())
-        async with lock:
-            existing = self._leases.get(idempotency_key)
-            if existing is not None and not existing.state.is_final:
-                return existing
-            tag = lease_tag(idempotency_key)
+            return await super()._commit(offer, key)
+        tag = lease_tag(key)
 
-            async def attempt() -> Mapping[str, Any]:
-                # Every attempt looks for the block by tag first: a purchase whose answer
-                # was lost (timeout, 5xx) must be found, not bought a second time.
-                found = await self._find_block(tag, offer.region)
-                if found is not None:
-                    return found
-                async with self._spend_lock:
-                    self._pending.pop(idempotency_key, None)
-                    problem = self._spend_problem(offer.price)
-                    if problem is not None:
-                        raise QuotaExceeded(
-                            self.name, f"max_spend {self.max_spend} would be exceeded ({problem})"
-                        )
-                    if offer.price is not None:
-                        self._pending[idempotency_key] = offer.price
-                answer = await self._call(
-                    offer.region,
-                    "purchase_capacity_block",
-                    CapacityBlockOfferingId=offer.details["offering_id"],
-                    InstancePlatform="Linux/UNIX",
-                    TagSpecifications=[
-                        {
-                            "ResourceType": "capacity-reservation",
-                            "Tags": [{"Key": TAG_KEY, "Value": tag}],
-                        }
-                    ],
+        async def attempt() -> Mapping[str, Any]:
+            # Every attempt looks for the block by tag first: a purchase whose answer
+            # was lost (timeout, 5xx) must be found, not bought a second time.
+            found = await self._find_block(tag, offer.region)
+            if found is not None:
+                return found
+            answer = await self._call(
+                offer.region,
+                "purchase_capacity_block",
+                CapacityBlockOfferingId=offer.details["offering_id"],
+                InstancePlatform="Linux/UNIX",
+                TagSpecifications=[
+                    {
+                        "ResourceType": "capacity-reservation",
+                        "Tags": [{"Key": TAG_KEY, "Value": tag}],
+                    }
+                ],
+            )
+            reservation = answer.get("CapacityReservation")
+            if not reservation:
+                raise TransientBackendError(
+                    self.name, "purchase_capacity_block answered no reservation"
                 )
-                reservation = answer.get("CapacityReservation")
-                if not reservation:
-                    raise TransientBackendError(
-                        self.name, "purchase_capacity_block answered no reservation"
-                    )
-                return dict(reservation)
+            return dict(reservation)
 
-            try:
-                reservation = await self._retrying(attempt)
-                lease = self._block_lease(offer, tag, reservation)
-                self._leases[idempotency_key] = lease
-            finally:
-                self._pending.pop(idempotency_key, None)
-            return lease
+        return self._block_lease(offer, tag, await self._retrying(attempt))
 
     async def _find_block(self, tag: str, region: str) -> Mapping[str, Any] | None:
         found = await self._pages(

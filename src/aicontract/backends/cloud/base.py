@@ -46,6 +46,7 @@ from ...contract import Contract, GuaranteeLevel
 from ...errors import (
     BackendError,
     CapacityUnavailable,
+    IdempotencyConflict,
     LeaseLost,
     QuotaExceeded,
     TransientBackendError,
@@ -203,9 +204,16 @@ class CloudBackend(Backend):
         how long a catalog read is reused.
     ``max_nodes``
         the most instances one offer may combine to reach a GPU count.
+    ``listing_lag``
+        how long the provider's instance list may lag a launch. After a launch
+        whose answer was lost, the instance is looked for that long before a
+        relaunch (or, at cleanup, before giving up on it), so one lost answer
+        never makes two instances. Providers whose launch takes an idempotency
+        token (EC2's ``ClientToken``) need none.
     """
 
     provider: ClassVar[str] = "cloud"
+    default_listing_lag: ClassVar[float] = 0.0
 
     def __init__(
         self,
@@ -225,6 +233,7 @@ class CloudBackend(Backend):
         lease_ttl: float = 600.0,
         catalog_ttl: float = 30.0,
         max_nodes: int = 8,
+        listing_lag: float | None = None,
     ) -> None:
         self.name = name or self.provider
         self.clock = clock
@@ -239,6 +248,9 @@ class CloudBackend(Backend):
         self.lease_ttl = lease_ttl
         self.catalog_ttl = catalog_ttl
         self.max_nodes = max(1, max_nodes)
+        self.listing_lag = self.default_listing_lag if listing_lag is None else listing_lag
+        # tag -> when a launch for it failed with its outcome unknown (monotonic clock)
+        self._unsure_launches: dict[str, float] = {}
         self._limiter = RateLimiter(requests_per_second, clock=clock)
         self._launch_limiter = RateLimiter(
             1.0 / launch_interval if launch_interval > 0 else 0.0, clock=clock
@@ -247,6 +259,7 @@ class CloudBackend(Backend):
         self._catalog_at = -math.inf
         self._catalog_lock = anyio.Lock()
         self._leases: dict[str, Lease] = {}
+        self._committed: dict[str, tuple[str, ...]] = {}  # key -> what its offer was
         self._pending: dict[str, Money] = {}
         self._key_locks: dict[str, anyio.Lock] = {}
         self._spend_lock = anyio.Lock()
@@ -456,6 +469,15 @@ class CloudBackend(Backend):
         async with lock:
             existing = self._leases.get(idempotency_key)
             if existing is not None and not existing.state.is_final:
+                if self._committed.get(idempotency_key) != _offer_substance(offer):
+                    # Returning the lease would lie: it holds what the first offer asked for.
+                    raise IdempotencyConflict(
+                        self.name,
+                        f"key {idempotency_key!r} already committed"
+                        f" {existing.grant.describe()} in {existing.region}"
+                        f" ({existing.details.get('instance_type', '?')}); this offer is"
+                        f" {offer.summary()}: use a new key for a different offer",
+                    )
                 return existing
             if offer.expires_at <= self.clock.time():
                 raise CapacityUnavailable(self.name, f"offer {offer.id} has expired")
@@ -472,11 +494,18 @@ class CloudBackend(Backend):
             finally:
                 self._pending.pop(idempotency_key, None)
             self._leases[idempotency_key] = lease
+            self._committed[idempotency_key] = _offer_substance(offer)
             log.info("%s: committed %s as lease %s", self.name, offer.summary(), lease.id)
             return lease
 
     async def _commit(self, offer: Offer, key: str) -> Lease:
-        """Launch every node idempotently, wait for ready; clean up on any failure."""
+        """The per-market hook of :meth:`commit`: make the lease for ``offer``.
+
+        :meth:`commit` has already taken the key's lock and reserved the offer's
+        price against ``max_spend``. By default: launch every node idempotently,
+        wait until ready, and clean up on any failure. A market that works
+        differently (AWS Capacity Blocks: buy a reservation) overrides this, and only this.
+        """
         tag = lease_tag(key)
         nodes = int(offer.details.get("nodes", "1"))
         tags = [tag] if nodes == 1 else [f"{tag}-{rank}" for rank in range(nodes)]
@@ -491,6 +520,7 @@ class CloudBackend(Backend):
     async def abandon(self, offer: Offer, idempotency_key: str) -> None:
         """Terminate whatever a commit under ``idempotency_key`` launched (found by tag)."""
         self._leases.pop(idempotency_key, None)
+        self._committed.pop(idempotency_key, None)
         tag = lease_tag(idempotency_key)
         nodes = int(offer.details.get("nodes", "1"))
         tags = [tag] if nodes == 1 else [f"{tag}-{rank}" for rank in range(nodes)]
@@ -499,12 +529,35 @@ class CloudBackend(Backend):
     async def _launch_idempotent(self, offer: Offer, tag: str) -> str:
         async def attempt() -> str:
             found = await self._find_instance(tag, offer.region)
+            if found is None and tag in self._unsure_launches:
+                # The last launch may have worked with its answer lost, and the list may
+                # not show it yet: look until the lag has passed before launching again.
+                found = await self._await_listing(tag, offer.region)
             if found is not None:
                 log.info("%s: found instance %s already launched as %s", self.name, found.id, tag)
+                self._unsure_launches.pop(tag, None)
                 return found.id
-            return await self._launch_instance(offer, tag)
+            try:
+                instance_id = await self._launch_instance(offer, tag)
+            except TransientBackendError:
+                self._unsure_launches[tag] = self.clock.monotonic()
+                raise
+            self._unsure_launches.pop(tag, None)
+            return instance_id
 
         return await self._retrying(attempt, limiter=self._launch_limiter)
+
+    async def _await_listing(self, tag: str, region: str) -> InstanceView | None:
+        """Poll for ``tag``'s instance until ``listing_lag`` has passed since its unsure launch."""
+        until = self._unsure_launches[tag] + self.listing_lag
+        delay = self.poll_interval
+        while (remaining := until - self.clock.monotonic()) > 0:
+            await self.clock.sleep(min(delay, remaining))
+            delay = min(self.poll_max, delay * 2)
+            found = await self._retrying(lambda: self._find_instance(tag, region))
+            if found is not None:
+                return found
+        return None
 
     async def _wait_ready(self, ids: Sequence[str], region: str) -> list[InstanceView]:
         deadline = self.clock.monotonic() + self.ready_timeout
@@ -548,6 +601,12 @@ class CloudBackend(Backend):
                 except BackendError as exc:
                     log.warning("%s: cleanup could not look up %s: %s", self.name, tag, exc)
                     continue
+                if found is None and tag in self._unsure_launches:
+                    try:
+                        found = await self._await_listing(tag, region)
+                    except BackendError as exc:
+                        log.warning("%s: cleanup could not look up %s: %s", self.name, tag, exc)
+                self._unsure_launches.pop(tag, None)
                 if found is not None:
                     ids.append(found.id)
             if ids:
@@ -664,6 +723,19 @@ class CloudBackend(Backend):
         for key, held in list(self._leases.items()):
             if held is lease:
                 del self._leases[key]
+                self._committed.pop(key, None)
+
+
+def _offer_substance(offer: Offer) -> tuple[str, ...]:
+    """What makes two offers the same commit: region, instance type, nodes, market."""
+    details = offer.details
+    return (
+        offer.region,
+        details.get("instance_type", ""),
+        details.get("nodes", "1"),
+        details.get("market", ""),
+        details.get("offering_id", ""),
+    )
 
 
 def _model_name(family: str | None, memory: Bytes | None, contract: Contract) -> str | None:

@@ -2,16 +2,20 @@
 
 A credential lives in a :class:`Secret`, whose ``repr``/``str`` is a mask; the
 value comes out only through :meth:`Secret.reveal`, at the one place it is
-sent to the provider. Every secret loaded is also registered with a logging
-filter on the HTTP and AWS SDK loggers, so a library that logs request headers
-at DEBUG cannot leak it either; and provider error text passes through
-:func:`redact` before it reaches an exception.
+sent to the provider. Every secret loaded is also registered for redaction, and
+every log record from the HTTP and SDK libraries (httpx, httpcore, urllib3,
+botocore, boto3 — any of their loggers, present or future) and from aicontract
+is scrubbed as it is made: registered secrets, and the shapes a signed request
+takes (``Credential=AKIA…``, ``x-amz-security-token: …``, ``Authorization: Bearer …``),
+so credentials a library found by itself (an AWS profile) cannot leak either.
+Provider error text passes through :func:`redact` before it reaches an exception.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,30 +32,20 @@ __all__ = ["Secret", "credentials_file", "load_secret", "redact", "register_secr
 
 _MASK = "***"
 _KNOWN: set[str] = set()
-# Loggers that may print request headers or bodies at DEBUG.
-_NOISY_LOGGERS = (
-    "httpx",
-    "httpcore",
-    "httpcore.http11",
-    "httpcore.http2",
-    "httpcore.connection",
-    "botocore",
-    "botocore.endpoint",
-    "botocore.auth",
-    "botocore.hooks",
-    "botocore.parsers",
-    "botocore.httpsession",
-    "botocore.retryhandler",
-    "botocore.client",
-    "botocore.credentials",
-    "botocore.awsrequest",
-    "botocore.utils",
-    "botocore.regions",
-    "botocore.stub",
-    "boto3",
-    "boto3.resources.action",
-    "urllib3",
-    "urllib3.connectionpool",
+# Records from these loggers (and all their children) are scrubbed: they may print
+# request headers or bodies at DEBUG.
+_NOISY_PREFIXES = ("httpx", "httpcore", "urllib3", "botocore", "boto3", "s3transfer", "aicontract")
+# Secrets in the shapes requests carry them, registered or not (the first group is kept).
+_SHAPES = (
+    # SigV4: the access key id in the Authorization header or a presigned URL.
+    re.compile(r"(Credential=)[A-Z0-9]{16,128}"),
+    re.compile(r"(X-Amz-Credential=)[A-Z0-9]{16,128}"),
+    re.compile(r"((?:Signature|X-Amz-Signature)=)[0-9a-f]{64}"),
+    # Session tokens, as a header line, a dict entry or a query parameter.
+    re.compile(r"((?i:x-amz-security-token)['\"]?\s*[:=]\s*b?['\"]?)[^\s'\",&]+"),
+    # Bearer / Basic credentials in an Authorization header.
+    re.compile(r"((?i:authorization)['\"]?\s*[:=]\s*b?['\"]?(?i:bearer|basic|token)\s+)[^\s'\",]+"),
+    re.compile(r"((?i:aws_secret_access_key|aws_session_token)['\"]?\s*[:=]\s*['\"]?)[^\s'\",]+"),
 )
 
 
@@ -87,30 +81,49 @@ class Secret:
 
 
 def redact(text: str, secrets: Iterable[str] | None = None) -> str:
-    """``text`` with every registered (or given) secret replaced by a mask."""
+    """``text`` with every registered (or given) secret, and every secret-shaped
+    request part (``Credential=…``, ``Authorization: Bearer …``), replaced by a mask."""
     for value in sorted(_KNOWN if secrets is None else set(secrets), key=len, reverse=True):
         if value and value in text:
             text = text.replace(value, _MASK)
+    for shape in _SHAPES:
+        text = shape.sub(rf"\g<1>{_MASK}", text)
     return text
 
 
-class _RedactingFilter(logging.Filter):
-    """Rewrites a log record whose rendered message contains a registered secret."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not _KNOWN:
-            return True
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed record is the logging module's business
-            return True
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
+def _scrub(record: logging.LogRecord) -> None:
+    """Rewrite ``record``'s message with :func:`redact` when it holds a secret."""
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed record is the logging module's business
+        return
+    clean = redact(message)
+    if clean != message:
+        record.msg, record.args = clean, None
 
 
-_FILTER = _RedactingFilter()
+def _install_record_scrubber() -> None:
+    """Scrub every record from the noisy libraries as it is made, whatever handler gets it.
+
+    A filter on a logger sees only that logger's own records, not its children's,
+    and a handler filter only the handlers we know; the record factory sees them all.
+    It wraps the factory already in place, so others' factories keep working.
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_aicontract_scrubs", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if record.name.startswith(_NOISY_PREFIXES):
+            _scrub(record)
+        return record
+
+    factory._aicontract_scrubs = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+_install_record_scrubber()
 
 
 def register_secret(secret: Secret | str | None) -> None:
@@ -121,10 +134,7 @@ def register_secret(secret: Secret | str | None) -> None:
     if len(value) < 4:  # masking one or two characters would garble every message
         return
     _KNOWN.add(value)
-    for name in _NOISY_LOGGERS:
-        logger = logging.getLogger(name)
-        if _FILTER not in logger.filters:
-            logger.addFilter(_FILTER)
+    _install_record_scrubber()  # again, in case someone replaced the factory since
 
 
 def credentials_file(environ: Mapping[str, str] | None = None) -> Path:

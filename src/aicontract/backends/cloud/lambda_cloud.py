@@ -100,6 +100,9 @@ class LambdaBackend(CloudBackend):
     """
 
     provider = "lambda"
+    # Lambda's launch takes no idempotency token, and GET /instances has been seen to
+    # lag a launch by over a second: after a lost launch answer, look this long first.
+    default_listing_lag = 15.0
 
     def __init__(
         self,

@@ -112,6 +112,14 @@ class LocalBackend(Backend):
             self._ledger = Ledger.in_dir(self.state_dir)
         return self._ledger
 
+    def leases(self) -> list[LeaseRecord]:
+        """Every lease held on this host, by any process (what ``aicontract leases`` lists)."""
+        return self.ledger.records()
+
+    def release_by_id(self, lease_id: str) -> bool:
+        """Release a lease held by any process on this host; False when none has that id."""
+        return self.ledger.release(lease_id)
+
     # -- quoting -------------------------------------------------------------------------
 
     async def quote(self, contract: Contract) -> Quote:

@@ -150,7 +150,7 @@ SchedulerParameters=sched_interval=2,bf_interval=2
 PreemptType=preempt/partition_prio
 PreemptMode=CANCEL
 KillWait=2
-MinJobAge=2
+MinJobAge=120
 InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=30

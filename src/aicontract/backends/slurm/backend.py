@@ -34,7 +34,7 @@ from ...errors import (
     TransientBackendError,
 )
 from ...gpu_models import compute_capability_of, pick_model
-from ...leases import Lease
+from ...leases import Lease, WorkloadState
 from ...observation import Fault, Observation
 from ...offer import Grant, Offer, Quote, Rejection, check_offer
 from ...units import Bytes, Duration, Money
@@ -122,7 +122,9 @@ class SlurmBackend(Backend):
     (and ``gpu_prices`` per GRES type) price offers when the site charges; unset,
     offers cost nothing. ``gpu_models`` names the product behind a GRES type
     (``{"h100": "H100-80GB"}``; default: the type upper-cased) and ``gpu_memory``
-    its memory.
+    its memory. ``preemptible_partitions`` names partitions whose jobs another
+    partition may preempt (slurmrestd does not show ``PreemptType``); their offers
+    say ``preemptible``.
     """
 
     name = "slurm"
@@ -147,6 +149,7 @@ class SlurmBackend(Backend):
     default_time: Duration = attrs.field(default=Duration("1h"), converter=Duration)
     max_nodes: int = 8
     use_reservations: bool = True
+    preemptible_partitions: Sequence[str] = ()
     lease_ttl: float = 60.0
     offer_ttl: float = 15.0
     schedule_timeout: float = 30.0
@@ -244,7 +247,7 @@ class SlurmBackend(Backend):
             if isinstance(minutes, str):
                 reject("terms.duration", str(contract.terms.duration), minutes)
                 continue
-            members = [n for n in nodes if part.name in n.partitions]
+            members = [n for n in nodes if part.holds(n)]
             for kind, model in self._kinds(contract, members, reject):
                 shape = self._shape(contract, part, members, kind, reject)
                 if shape is None:
@@ -512,7 +515,8 @@ class SlurmBackend(Backend):
             price=self._price(kind, gpus, contract),
             expires_at=now + self.offer_ttl,
             start_in=start_in,
-            preemptible="CANCEL" in part.preemption or "REQUEUE" in part.preemption,
+            preemptible=part.name in self.preemptible_partitions
+            or bool(part.preemption & {"CANCEL", "REQUEUE", "SUSPEND"}),
             details=details,
         )
 
@@ -727,16 +731,23 @@ class SlurmBackend(Backend):
         """Ask Slurm for a time limit reaching ``ends_at``; the new end time."""
         assert job.start_time is not None
         minutes = math.ceil((ends_at - job.start_time) / 60)
+
+        def refuse(why: str) -> QuotaExceeded:
+            # Take the extension back so the heartbeat does not ask again, and say why.
+            lease.extension = max(0.0, lease.extension - (ends_at - float(job.end_time or 0)))
+            return QuotaExceeded(self.name, f"cannot extend job {job.id} to {_hms(minutes)}: {why}")
+
+        part = next(
+            (p for p in partition_views(await self.rest.partitions()) if p.name == job.partition),
+            None,
+        )
+        limit = part.max_time_minutes if part is not None else None
+        if part is not None and limit is not None and minutes > limit:
+            raise refuse(f"partition {part.name} allows at most {_hms(limit)}")
         try:
             await self.rest.update(job.id, {"time_limit": minutes})
         except SlurmError as exc:
-            # Take the extension back so the heartbeat does not ask again, and say why.
-            lease.extension = max(0.0, lease.extension - (ends_at - float(job.end_time or 0)))
-            raise QuotaExceeded(
-                self.name,
-                f"Slurm refused to extend job {job.id} to {_hms(minutes)}"
-                f" (partition {job.partition}): {exc.detail}",
-            ) from exc
+            raise refuse(f"Slurm refused ({exc.detail})") from exc
         log.info("slurm: job %s time limit now %s", job.id, _hms(minutes))
         return float(job.start_time + minutes * 60)
 
@@ -775,7 +786,11 @@ class SlurmBackend(Backend):
         workload: str | None = None
         has_command = bool(lease.contract.workload and lease.contract.workload.command)
         if raw is None:
-            faults.append(Fault(kind="capacity-revoked", at=now, reason=f"job {job_id} is gone"))
+            # A finished command's job is purged after MinJobAge: that is not a fault.
+            if not (has_command and lease.workload_state == WorkloadState.COMPLETED):
+                faults.append(
+                    Fault(kind="capacity-revoked", at=now, reason=f"job {job_id} is gone")
+                )
         else:
             job = job_views([raw])[0]
             faults.extend(_job_faults(job, now, has_command))

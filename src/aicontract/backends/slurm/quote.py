@@ -170,6 +170,17 @@ class PartitionView:
     max_nodes: int | None
     preemption: frozenset[str]
     priority_tier: int
+    nodes: frozenset[str]
+
+    def holds(self, node: NodeView) -> bool:
+        """True when ``node`` belongs to this partition.
+
+        The partition's own node list decides: 22.05's ``/nodes`` lists every
+        partition on a node that shares a host with another node.
+        """
+        if self.nodes:
+            return node.name in self.nodes
+        return self.name in node.partitions
 
 
 def partition_views(partitions: Iterable[Mapping[str, Any]]) -> list[PartitionView]:
@@ -194,9 +205,17 @@ def partition_views(partitions: Iterable[Mapping[str, Any]]) -> list[PartitionVi
                 max_nodes=max_nodes if max_nodes is not None and max_nodes > 0 else None,
                 preemption=states(part.get("preemption_mode")),
                 priority_tier=number(part.get("priority_tier")) or 0,
+                nodes=frozenset(expand_hostlist(text(_nodes_of(part)))),
             )
         )
     return views
+
+
+def _nodes_of(part: Mapping[str, Any]) -> Any:
+    nodes = part.get("nodes")
+    if isinstance(nodes, Mapping):  # v0.0.40+: {"configured": "node[1-2]", ...}
+        return nodes.get("configured") or nodes.get("total") or ""
+    return nodes
 
 
 @attrs.frozen

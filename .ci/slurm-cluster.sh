@@ -16,8 +16,9 @@
 #   * slurmrestd on 127.0.0.1:PORT with JWT auth (AuthAltTypes=auth/jwt, DIR/jwt.key),
 #     run as the `slurm` user (it refuses root);
 #   * partitions `gpu` (default, both nodes), `one` (node1 only, MaxTime 10 minutes) and
-#     `urgent` (higher PriorityTier: preempts the others' jobs, PreemptMode=CANCEL), so
-#     preemption can be tested without slurmdbd.
+#     `urgent` (node1 only, higher PriorityTier: preempts the others' jobs there,
+#     PreemptMode=CANCEL), so preemption can be tested without slurmdbd;
+#   * ReturnToService=1: a node an operator sets DOWN stays down (with its reason).
 #
 # DIR/env holds what clients need: SLURM_CONF, SLURMRESTD_URL, SLURM_JWT (for root).
 # Requirements: root, Debian bookworm (or compatible) packages; python3 (to pick free ports).
@@ -144,7 +145,7 @@ DefMemPerCPU=256
 GresTypes=gpu
 MailProg=/bin/true
 SlurmdParameters=config_overrides
-ReturnToService=2
+ReturnToService=1
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2,bf_interval=2
 PreemptType=preempt/partition_prio
@@ -159,7 +160,7 @@ TmpFS=$dir
 NodeName=node1 NodeHostname=$host NodeAddr=127.0.0.1 Port=$node1_port CPUs=16 RealMemory=32000 Gres=gpu:h100:4 State=UNKNOWN
 NodeName=node2 NodeHostname=$host NodeAddr=127.0.0.1 Port=$node2_port CPUs=16 RealMemory=32000 Gres=gpu:h100:4 State=UNKNOWN
 PartitionName=gpu Nodes=node1,node2 Default=YES MaxTime=1-00:00:00 State=UP PriorityTier=1 OverSubscribe=NO
-PartitionName=urgent Nodes=node1,node2 Default=NO MaxTime=1-00:00:00 State=UP PriorityTier=10 OverSubscribe=NO
+PartitionName=urgent Nodes=node1 Default=NO MaxTime=1-00:00:00 State=UP PriorityTier=10 OverSubscribe=NO
 PartitionName=one Nodes=node1 Default=NO MaxTime=00:10:00 State=UP PriorityTier=1 OverSubscribe=NO
 EOF
     cat >"$dir/gres.conf" <<EOF

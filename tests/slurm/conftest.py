@@ -118,18 +118,20 @@ class SlurmCluster:
             flags = [str(f).upper() for f in self.node(name).get("state_flags") or []]  # type: ignore[attr-defined]
             if state in ("down", "drain", "drained") or "DRAIN" in flags:
                 self.scontrol("update", f"nodename={name}", "state=resume")
-        # slurmctld 22.05 caches the per-node allocation it reports (sinfo, slurmrestd)
-        # with one-second timestamps: a job that ends in the same second as a node
-        # query can leave a node "mixed" until the next node change. Touch the nodes
-        # once nothing runs, so that the next read is fresh.
+        # slurmctld 22.05 caches the per-node allocation that node lists report
+        # (sinfo, slurmrestd) with one-second timestamps: a job that ends in the same
+        # second as a node query can leave a node "mixed" until the next node change.
+        # Judge idleness from the single-node view (fresh), then touch the nodes so
+        # that the next list is fresh too.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             busy = self.live_jobs()
-            states = {str(self.node(n)["state"]).lower() for n in ("node1", "node2")}
-            if not busy and states == {"idle"}:
+            shown = self.scontrol("show", "node", "node1", "-o") + self.scontrol(
+                "show", "node", "node2", "-o"
+            )
+            if not busy and shown.count("State=IDLE ") == 2:
+                self.scontrol("update", "nodename=node1,node2", f"comment=reset-{time.time()}")
                 return
-            if not busy:
-                self.scontrol("update", "nodename=node1,node2", f"comment=reset-{time.time():.0f}")
             time.sleep(0.3)
         nodes = [self.node(n) for n in ("node1", "node2")]
         raise RuntimeError(f"cluster not idle after reset: {nodes}, jobs {self.jobs()}")

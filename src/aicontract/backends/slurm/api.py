@@ -391,8 +391,6 @@ def _modern_job(job: Mapping[str, Any]) -> Obj:
             out[key] = {"set": True, "infinite": False, "number": value}
         elif key == "environment" and isinstance(value, Mapping):
             out[key] = [f"{k}={v}" for k, v in value.items()]
-        elif key == "nodes" and isinstance(value, list):
-            out[key] = "-".join(str(v) for v in value) if len(set(value)) > 1 else str(value[0])
         elif key == "gres":
             out["tres_per_node"] = value if str(value).startswith("gres") else f"gres/{value}"
         elif key == "exclusive":

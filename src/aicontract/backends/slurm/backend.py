@@ -576,7 +576,8 @@ class SlurmBackend(Backend):
             "comment": _comment(key),
             "partition": details["partition"],
             "time_limit": int(details.get("time_limit", "60")),
-            "nodes": [nodes, nodes],
+            # A node count as text: 22.05 reads the documented [min, max] list as one node.
+            "nodes": str(nodes),
             "tasks_per_node": 1,
             "cpus_per_task": int(details.get("cpus_per_node", "1")),
             "memory_per_node": int(details.get("memory_mb_per_node", "1024")),
@@ -670,6 +671,8 @@ class SlurmBackend(Backend):
             "AICONTRACT_NODE_ADDRS": ",".join(addresses),
         }
         now = self.clock.time()
+        # The lease's term starts when Slurm started the job: its time limit counts from there.
+        started = float(job.start_time) if job.start_time and job.start_time <= now else now
         expires_at = now + self.lease_ttl
         if job.end_time:
             expires_at = min(expires_at, float(job.end_time))
@@ -698,7 +701,7 @@ class SlurmBackend(Backend):
             env=env,
             details=details,
             clock=self.clock,
-            created_at=now,
+            created_at=started,
         )
 
     async def abandon(self, offer: Offer, idempotency_key: str) -> None:
@@ -793,10 +796,10 @@ class SlurmBackend(Backend):
                 )
         else:
             job = job_views([raw])[0]
-            faults.extend(_job_faults(job, now, has_command))
             if has_command:
                 workload = "completed" if job.finished else "ready" if job.running else None
-            names = set(job.nodes) or set(lease.details.get("nodes", "").split(","))
+            # The nodes first: a node taken down is the cause, the job's end its effect.
+            names = set(job.nodes) | set(lease.details.get("nodes", "").split(","))
             for node in node_views(await self.rest.nodes()):
                 if node.name in names and node.state & BAD_NODE_STATES:
                     faults.append(
@@ -806,6 +809,7 @@ class SlurmBackend(Backend):
                             reason=f"node {node.name} is {node.why_not}",
                         )
                     )
+            faults.extend(_job_faults(job, now, has_command))
         if faults:
             lease.revoke("; ".join(f.reason for f in faults))
         return Observation(faults=tuple(faults), workload=workload)
@@ -832,8 +836,10 @@ def _job_faults(job: JobView, now: float, has_command: bool) -> list[Fault]:
         return [Fault(kind="capacity-revoked", at=now, reason=f"{why}: cancelled")]
     if "COMPLETED" in job.state and not has_command:
         return [Fault(kind="capacity-revoked", at=now, reason=f"{why}: ended")]
-    if job.pending or "SUSPENDED" in job.state:
-        return [Fault(kind="capacity-revoked", at=now, reason=f"{why}: no longer running")]
+    if job.pending:
+        return [Fault(kind="capacity-revoked", at=now, reason=f"{why}: requeued, not running")]
+    if "SUSPENDED" in job.state:
+        return [Fault(kind="preempted", at=now, reason=f"{why}: suspended")]
     return []
 
 

@@ -46,7 +46,7 @@ def test_numbers_states_and_host_lists_in_every_shape() -> None:
         "node01",
         "node02",
         "node03",
-        "node07",
+        "node7",
         "gpu-a",
     ]
     assert expand_hostlist("rack[1-2]-n[1-2]") == ["rack1-n1", "rack1-n2", "rack2-n1", "rack2-n2"]

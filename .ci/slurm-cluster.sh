@@ -67,6 +67,19 @@ wait_for() {
 stop_cluster() {
     local dir=$1 name pid
     [[ -d "$dir" ]] || return 0
+    # Jobs first, while the controller is up: their steps (slurmstepd) would outlive slurmd.
+    if [[ -f "$dir/slurmctld.pid" ]] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; then
+        local jobs
+        jobs=$(SLURM_CONF="$dir/slurm.conf" squeue -h -o %i 2>/dev/null || true)
+        if [[ -n "$jobs" ]]; then
+            # shellcheck disable=SC2086  # one id per word
+            SLURM_CONF="$dir/slurm.conf" scancel $jobs 2>/dev/null || true
+            for _ in $(seq 50); do
+                [[ -z "$(SLURM_CONF="$dir/slurm.conf" squeue -h -o %i 2>/dev/null)" ]] && break
+                sleep 0.1
+            done
+        fi
+    fi
     # Reverse order of start; each daemon is stopped by the PID it wrote (or we recorded).
     for name in slurmrestd slurmd-node2 slurmd-node1 slurmctld munged; do
         [[ -f "$dir/$name.pid" ]] || continue

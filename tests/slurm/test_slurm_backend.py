@@ -139,6 +139,21 @@ async def test_a_retried_commit_finds_its_job(backend: SlurmBackend, clean_clust
         await first.release()
 
 
+async def test_abandon_cancels_what_a_lost_commit_submitted(
+    backend: SlurmBackend, clean_cluster: Any
+) -> None:
+    offer = (await backend.quote(h100(1))).offers[0]
+    k = key()
+    await backend.commit(offer, k)
+    # The reply was lost: another backend (knowing nothing) abandons the key.
+    other = SlurmBackend(url=clean_cluster.url, token=clean_cluster.token, user="root")
+    try:
+        await other.abandon(offer, k)
+    finally:
+        await other.aclose()
+    assert [j for j in clean_cluster.live_jobs() if j["name"] == job_name(k)] == []
+
+
 async def test_start_by_passing_cancels_the_pending_job(
     backend: SlurmBackend, clean_cluster: Any
 ) -> None:

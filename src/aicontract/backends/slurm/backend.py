@@ -640,6 +640,15 @@ class SlurmBackend(Backend):
                     f"job {job_id} did not start before the deadline (pending: {reason});"
                     " cancelled",
                 )
+            # The backfill scheduler's expected start: when even Slurm expects the job
+            # after the deadline, waiting for it is pointless.
+            expected = (job.start_time or 0) - self.clock.time()
+            if job.pending and expected > remaining + self.poll_max:
+                raise CapacityUnavailable(
+                    self.name,
+                    f"job {job_id} would not start before the deadline: Slurm expects it in"
+                    f" {expected:.0f}s (pending: {reason}); cancelled",
+                )
             await anyio.sleep(min(delay, remaining))
             delay = min(self.poll_max, delay * 1.5)
 

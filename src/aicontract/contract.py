@@ -630,6 +630,16 @@ class Contract(_Model, frozen=True):
                 "a probe together with ports, or no probe",
             )
 
+    @classmethod
+    def from_template(cls, ref: str, **values: Any) -> Contract:
+        """A contract from template ``ref`` (``train-eu@1.2``): parameters and unlocked overrides.
+
+        See :mod:`aicontract.governance.templates`; overriding a locked field is refused.
+        """
+        from .governance.templates import from_template
+
+        return from_template(ref, **values)
+
     def with_(self, **changes: Any) -> Contract:
         """A copy with some top-level fields (or shortcuts) changed, validated again."""
         data = msgspec.to_builtins(self, enc_hook=encode_quantity)

@@ -5,7 +5,8 @@
     ├── ConfigError              bad configuration (inventory file, state dir, backend options)
     │   └── BackendNotFound      no backend registered under that name
     ├── NegotiationError
-    │   └── NoOffer              no backend could satisfy the contract (says why, per backend)
+    │   ├── NoOffer              no backend could satisfy the contract (says why, per backend)
+    │   └── PolicyViolation      the policy forbids it: names the rule, the tenant and the numbers
     ├── BackendError             a backend failed; carries the backend's name
     │   ├── CapacityUnavailable  the offer's capacity went away before commit: try the next offer
     │   ├── TransientBackendError  retry may help (timeouts, 5xx, rate limits)
@@ -42,6 +43,7 @@ __all__ = [
     "LeaseStateError",
     "NegotiationError",
     "NoOffer",
+    "PolicyViolation",
     "QuotaExceeded",
     "TransientBackendError",
 ]
@@ -127,6 +129,22 @@ class NoOffer(NegotiationError):
         if not self.rejections and not reason:
             lines.append("  - no backend answered")
         lines.extend(f"  counter-offer: {o.summary()}" for o in self.counter_offers)
+        super().__init__("\n".join(lines))
+
+
+class PolicyViolation(NegotiationError):
+    """The governing policy refuses a request; retrying will not help until usage drops.
+
+    ``refusals`` are :class:`~aicontract.governance.Refusal` records, each naming the
+    policy ``rule``, the ``tenant`` and the numbers (``used`` / ``limit``).
+    """
+
+    def __init__(self, refusals: Sequence[Any]) -> None:
+        self.refusals = tuple(refusals)
+        first = self.refusals[0] if self.refusals else None
+        self.rule: str = getattr(first, "rule", "policy")
+        self.tenant: str = getattr(first, "tenant", "")
+        lines = [f"refused by policy: {r}" for r in self.refusals] or ["refused by policy"]
         super().__init__("\n".join(lines))
 
 

@@ -1,0 +1,363 @@
+"""Governance in the request path: the negotiator's one hook before every commit.
+
+:class:`Governance` holds the policy (if any) and the record (if kept). The
+negotiator hands it each commit (:meth:`Governance.commit`): it asks the
+offer's backend who is asking, judges the offer against the policy with usage
+read from the record (so quotas hold across processes), records the decision,
+runs the commit, records the grant and follows the lease to its end (renewals,
+release, expiry, revocation). A refusal raises
+:class:`~aicontract.PolicyViolation` before the backend is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import msgspec
+
+from ..clock import Clock, system_clock
+from ..contract import Contract, encode_quantity
+from ..errors import AIContractError, ConfigError, PolicyViolation
+from ..leases import Lease, LeaseState
+from ..offer import Offer, Rejection
+from .identity import Identity
+from .policy import (
+    Policy,
+    Refusal,
+    Usage,
+    check,
+    find_policy,
+    load_policy,
+    template_of,
+    windows,
+)
+from .record import Record
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+
+__all__ = ["Governance", "UsageIndex", "contract_digest", "default_governance"]
+
+log = logging.getLogger("aicontract.governance")
+
+_PENDING_TTL = 120.0  # an admitted commit that never reports back stops counting after this
+
+
+def contract_digest(contract: Contract) -> str:
+    """SHA-256 of the contract's canonical JSON: names it in the record without its content."""
+    data = msgspec.to_builtins(contract, enc_hook=encode_quantity)
+    return hashlib.sha256(msgspec.json.encode(data, order="sorted")).hexdigest()
+
+
+def _contract_fields(contract: Contract) -> dict[str, Any]:
+    # Name, tenant, template and digest only: env values and labels may hold secrets.
+    return {
+        "contract": contract.name,
+        "digest": contract_digest(contract),
+        "tenant": contract.tenant,
+        "template": template_of(contract),
+    }
+
+
+@attrs.define
+class _Held:
+    tenant: str
+    gpus: int
+    start: float
+    planned_end: float | None
+    expires_at: float
+    price: Decimal
+    currency: str
+    end: float | None = None
+
+
+@attrs.define
+class UsageIndex:
+    """Per-tenant usage, built from the record and kept current by reading only what is new."""
+
+    record: Record
+    _offset: int = 0
+    _leases: dict[str, _Held] = attrs.field(factory=dict)
+    _pending: dict[str, tuple[str, int, float]] = attrs.field(factory=dict)
+
+    def refresh(self) -> None:
+        """Read the entries appended since the last call (by any process)."""
+        entries, self._offset = self.record.read(self._offset)
+        for entry in entries:
+            self.apply(entry)
+
+    def apply(self, entry: dict[str, Any]) -> None:
+        """Fold one record entry into the usage."""
+        kind = entry.get("kind")
+        if kind == "admit":
+            self._pending[entry["ticket"]] = (entry["tenant"], entry["gpus"], entry["at"])
+        elif kind == "grant":
+            self._pending.pop(entry.get("ticket") or "", None)
+            price, _, currency = (entry.get("price") or "0 USD/h").partition(" ")
+            duration = entry.get("duration")
+            self._leases[entry["lease"]] = _Held(
+                tenant=entry["tenant"],
+                gpus=entry["gpus"],
+                start=entry["at"],
+                planned_end=entry["at"] + duration if duration else None,
+                expires_at=entry["expires_at"],
+                price=Decimal(price),
+                currency=currency.partition("/")[0],
+            )
+        elif kind == "commit-failed":
+            self._pending.pop(entry.get("ticket") or "", None)
+        elif kind == "renew":
+            held = self._leases.get(entry["lease"])
+            if held is not None:
+                held.expires_at = entry["expires_at"]
+        elif kind == "end":
+            held = self._leases.get(entry["lease"])
+            if held is not None and held.end is None:
+                held.end = entry["at"]
+
+    def usage(self, tenant: str, now: float) -> Usage:
+        """What ``tenant`` holds now and has used (or is committed to use) this day and month."""
+        day, month = windows(now)
+        out = Usage()
+        for ticket, (who, gpus, at) in list(self._pending.items()):
+            if at + _PENDING_TTL < now:
+                del self._pending[ticket]
+            elif who == tenant:
+                out.gpus += gpus
+        for lease_id, held in list(self._leases.items()):
+            stop = self._stop(held, now)
+            if stop < month:
+                del self._leases[lease_id]  # nothing of it counts any more
+                continue
+            if held.tenant != tenant:
+                continue
+            if held.end is None and held.expires_at > now:
+                out.gpus += held.gpus
+            for since, attr, spend in (
+                (day, "gpu_hours_day", out.spend_day),
+                (month, "gpu_hours_month", out.spend_month),
+            ):
+                hours = max(0.0, stop - max(held.start, since)) / 3600
+                setattr(out, attr, getattr(out, attr) + held.gpus * hours)
+                if held.price:
+                    spend[held.currency] = spend.get(
+                        held.currency, Decimal(0)
+                    ) + held.price * Decimal(str(round(hours, 6)))
+        return out
+
+    @staticmethod
+    def _stop(held: _Held, now: float) -> float:
+        """Until when a lease counts: its end, else its planned end (or now), within its expiry."""
+        if held.end is not None:
+            return held.end
+        stop = held.planned_end if held.planned_end is not None else now
+        if held.expires_at < now:  # its holder vanished: it counted until it expired
+            stop = min(stop, held.expires_at)
+        return max(stop, held.start)
+
+
+def _state_dir() -> Path:
+    from ..backends.local.backend import default_state_dir
+
+    return default_state_dir()
+
+
+def default_governance() -> Governance | None:
+    """Governance from the environment: ``AICONTRACT_POLICY`` (or the system policy) and the
+    record in the state dir (``AICONTRACT_RECORD`` names another file; ``off`` keeps none)."""
+    path = find_policy()
+    policy = load_policy(path) if path is not None else None
+    where = os.environ.get("AICONTRACT_RECORD")
+    if where in ("off", "0", "false"):
+        record = None
+    else:
+        record = Record(Path(where)) if where else Record.in_dir(_state_dir())
+    if policy is None and record is None:
+        return None
+    return Governance(policy=policy, record=record)
+
+
+@attrs.define
+class Governance:
+    """A policy to enforce and a record to keep, for one negotiator (either may be ``None``)."""
+
+    policy: Policy | None = None
+    record: Record | None = None
+    clock: Clock = system_clock
+    _index: UsageIndex | None = attrs.field(default=None, init=False, repr=False)
+    _identities: dict[str, Identity] = attrs.field(factory=dict, init=False, repr=False)
+    _round: tuple[Contract, tuple[Offer, ...], tuple[Rejection, ...]] | None = attrs.field(
+        default=None, init=False, repr=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.policy is not None and self.policy.counts_usage():
+            if self.record is None:
+                raise ConfigError(
+                    "the policy sets quotas but no record is kept to count usage;"
+                    " unset AICONTRACT_RECORD=off or give Governance(record=...)"
+                )
+            self._index = UsageIndex(self.record)
+
+    async def identity(self, backend: Backend) -> Identity:
+        """Who ``backend`` acts as (asked once per backend)."""
+        known = self._identities.get(backend.name)
+        if known is None:
+            known = self._identities[backend.name] = await backend.identity()
+        return known
+
+    def quoted(
+        self, contract: Contract, offers: tuple[Offer, ...], rejections: tuple[Rejection, ...]
+    ) -> None:
+        """Remember a round of quotes, to record with the commit or refusal that follows."""
+        self._round = (contract, offers, rejections)
+
+    def _round_fields(self, contract: Contract) -> dict[str, Any]:
+        if self._round is None or self._round[0] is not contract:
+            return {}
+        _, offers, rejections = self._round
+        return {
+            "offers": [o.summary() for o in offers],
+            "rejections": [str(r) for r in rejections],
+        }
+
+    def _append(self, kind: str, fields: dict[str, Any], *, locked: bool = False) -> None:
+        if self.record is not None:
+            self.record.append(kind, self.clock.time(), fields, locked=locked)
+
+    def no_offer(self, contract: Contract, error: AIContractError) -> None:
+        """Record a negotiation that ended without a lease, and why."""
+        rejections = [str(r) for r in getattr(error, "rejections", ())]
+        fields = {**_contract_fields(contract), "reason": str(error).splitlines()[0]}
+        fields["rejections"] = rejections
+        self._append("no-offer", fields)
+
+    async def commit(
+        self, offer: Offer, backend: Backend, inner: Callable[[], Awaitable[Lease]]
+    ) -> Lease:
+        """Judge ``offer``, record the decision, run ``inner`` (the commit) and record the grant."""
+        contract = offer.contract
+        identity = await self.identity(backend)
+        base = {**_contract_fields(contract), "identity": str(identity), "backend": offer.backend}
+        ticket: str | None = None
+        if self.policy is not None:
+            if self._index is not None and self.record is not None:
+                ticket = uuid.uuid4().hex[:16]
+                self._admit(offer, identity, base, ticket)
+            else:
+                refusals = check(self.policy, identity, offer)
+                if refusals:
+                    self._refuse(offer, base, refusals)
+        try:
+            lease = await inner()
+        except BaseException as exc:
+            if self.record is not None and (ticket is not None or isinstance(exc, AIContractError)):
+                self._append(
+                    "commit-failed",
+                    {
+                        **base,
+                        "ticket": ticket,
+                        "offer": offer.summary(),
+                        "reason": f"{type(exc).__name__}: {exc}"[:500],
+                    },
+                )
+            raise
+        self._granted(offer, lease, base, ticket)
+        return lease
+
+    def _refuse(
+        self, offer: Offer, base: dict[str, Any], refusals: list[Refusal], *, locked: bool = False
+    ) -> None:
+        self._append(
+            "refuse",
+            {
+                **base,
+                **self._round_fields(offer.contract),
+                "offer": offer.summary(),
+                "jurisdiction": offer.jurisdiction,
+                "refusals": [str(r) for r in refusals],
+            },
+            locked=locked,
+        )
+        raise PolicyViolation(refusals)
+
+    def _admit(self, offer: Offer, identity: Identity, base: dict[str, Any], ticket: str) -> None:
+        # Check and admit under the record's lock, so two processes cannot both take
+        # the last of a quota; the admission counts as held until its grant or failure.
+        assert self.record is not None
+        assert self._index is not None
+        assert self.policy is not None
+        record, index = self.record, self._index
+        with record.locked():
+            index.refresh()
+            now = self.clock.time()
+            refusals = check(self.policy, identity, offer, index.usage(offer.contract.tenant, now))
+            if refusals:
+                self._refuse(offer, base, refusals, locked=True)
+            duration = offer.contract.terms.duration
+            fields = {
+                **base,
+                "ticket": ticket,
+                "gpus": offer.grant.gpus,
+                "duration": duration.seconds if duration else None,
+                "price": str(offer.price) if offer.price is not None else None,
+            }
+            record.append("admit", now, fields, locked=True)
+
+    def _granted(
+        self, offer: Offer, lease: Lease, base: dict[str, Any], ticket: str | None
+    ) -> None:
+        if self.record is None:
+            return
+        duration = offer.contract.terms.duration
+        self._append(
+            "grant",
+            {
+                **base,
+                **self._round_fields(offer.contract),
+                "ticket": ticket,
+                "lease": lease.id,
+                "offer": offer.summary(),
+                "gpus": lease.grant.gpus,
+                "grant": lease.grant.describe(),
+                "guarantee": lease.guarantee,
+                "region": lease.region,
+                "jurisdiction": lease.jurisdiction,
+                "price": str(offer.price) if offer.price is not None else None,
+                "duration": duration.seconds if duration else None,
+                "expires_at": lease.expires_at,
+            },
+        )
+        record = self.record
+        tenant = offer.contract.tenant
+
+        def follow(lease: Lease, old: LeaseState, new: LeaseState) -> None:
+            try:
+                if old == LeaseState.RENEWING and new == LeaseState.ACTIVE:
+                    self._append(
+                        "renew",
+                        {"lease": lease.id, "tenant": tenant, "expires_at": lease.expires_at},
+                    )
+                elif new.is_final:
+                    self._append(
+                        "end",
+                        {
+                            "lease": lease.id,
+                            "tenant": tenant,
+                            "state": new.value,
+                            "reason": lease.reason,
+                            "replaced_by": lease.replaced_by.id if lease.replaced_by else None,
+                        },
+                    )
+            except AIContractError:  # a record that cannot be written must not break the lease
+                log.exception("cannot record lease %s in %s", lease.id, record.path)
+
+        lease.on_state_change(follow)

@@ -44,7 +44,13 @@ from .record import Record
 if TYPE_CHECKING:
     from ..backends.base import Backend
 
-__all__ = ["Governance", "UsageIndex", "contract_digest", "default_governance"]
+__all__ = [
+    "Governance",
+    "UsageIndex",
+    "contract_digest",
+    "default_governance",
+    "record_path",
+]
 
 log = logging.getLogger("aicontract.governance")
 
@@ -170,16 +176,21 @@ def _state_dir() -> Path:
     return default_state_dir()
 
 
+def record_path() -> Path:
+    """The record in use: ``AICONTRACT_RECORD``, else ``record.jsonl`` in the state dir."""
+    where = os.environ.get("AICONTRACT_RECORD")
+    if where and where not in ("off", "0", "false"):
+        return Path(where)
+    return Record.in_dir(_state_dir()).path
+
+
 def default_governance() -> Governance | None:
     """Governance from the environment: ``AICONTRACT_POLICY`` (or the system policy) and the
     record in the state dir (``AICONTRACT_RECORD`` names another file; ``off`` keeps none)."""
     path = find_policy()
     policy = load_policy(path) if path is not None else None
     where = os.environ.get("AICONTRACT_RECORD")
-    if where in ("off", "0", "false"):
-        record = None
-    else:
-        record = Record(Path(where)) if where else Record.in_dir(_state_dir())
+    record = None if where in ("off", "0", "false") else Record(record_path())
     if policy is None and record is None:
         return None
     return Governance(policy=policy, record=record)

@@ -224,9 +224,9 @@ def verify(path: str | Path) -> Verification:
             if link.seq != expected:
                 if link.seq > expected:
                     what = (
-                        f"entry {expected} was removed"
+                        f"entry {expected} is missing (removed, or moved later)"
                         if link.seq == expected + 1
-                        else f"entries {expected}..{link.seq - 1} were removed"
+                        else f"entries {expected}..{link.seq - 1} are missing (removed or moved)"
                     )
                 else:
                     what = f"entry {link.seq} is out of order"

@@ -34,6 +34,7 @@ from .errors import (
     LeaseStateError,
     NegotiationError,
     NoOffer,
+    PolicyViolation,
     QuotaExceeded,
     TransientBackendError,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "Observation",
     "Offer",
     "Placement",
+    "PolicyViolation",
     "Preferences",
     "Probe",
     "QuotaExceeded",

@@ -60,6 +60,7 @@ Amount = Annotated[str, msgspec.Meta(pattern=_AMOUNT, examples=["500 USD", "2000
 """A sum of money: ``500 USD`` (not a rate; prices per hour are ``2.50 USD/h``)."""
 _PRINCIPAL = re.compile(r"^(\*|[a-z-]+:.+)$")
 _MAX_HOURS = 10**7
+_TENANT = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 
 
 def amount(text: str) -> tuple[Decimal, str]:
@@ -198,6 +199,22 @@ def loads_policy(text: str | bytes, format: Format = "yaml") -> Policy:
             value=data if isinstance(data, (int, float, str, bool)) else None,
             allowed="a mapping with identities, default and tenants",
         )
+    tenants = data.get("tenants")
+    if isinstance(tenants, dict):
+        # msgspec locates errors inside a mapping's values only as "[...]"; check each
+        # tenant on its own so the error names it ($.tenants.team-a.quotas.gpus).
+        for name, section in tenants.items():
+            if not isinstance(name, str) or not _TENANT.match(name):
+                raise ContractError(
+                    f"{name!r} is not a tenant name",
+                    path="$.tenants",
+                    value=name,
+                    allowed="1-63 lowercase letters, digits, '-', '.' or '_'",
+                )
+            try:
+                convert(section, Rules)
+            except ContractError as exc:
+                raise exc.at(f"$.tenants.{name}") from None
     policy: Policy = convert(data, Policy)
     return policy
 

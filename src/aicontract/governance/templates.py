@@ -155,7 +155,7 @@ class Parameter(_Model, frozen=True):
                 below = above = True
             if below or above:
                 span = f"{'' if low is None else low}..{'' if high is None else high}"
-                raise ContractError(f"{value!r} is outside {span}", value=value, allowed=span)
+                raise ContractError(f"{out} is outside {span}", value=value, allowed=span)
         return out
 
 

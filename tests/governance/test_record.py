@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing as mp
+import uuid
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,7 @@ def test_an_empty_or_missing_record_verifies(tmp_path: Path) -> None:
 @given(index=st.integers(0, 9), data=st.data())
 def test_an_edited_entry_is_caught(tmp_path: Path, index: int, data: st.DataObject) -> None:
     """Change one value of any entry (even keeping the JSON valid): verify names that entry."""
-    path = tmp_path / f"edit-{index}.jsonl"
-    path.unlink(missing_ok=True)
+    path = tmp_path / f"edit-{uuid.uuid4().hex}.jsonl"
     _filled(path)
     lines = _lines(path)
     entry = json.loads(lines[index])
@@ -182,3 +182,16 @@ def test_cli_audit_show_and_export_filter(tmp_path: Path) -> None:
     first = json.loads(otel.output.splitlines()[0])
     assert first["timeUnixNano"] == str(10**12)
     assert first["attributes"]
+
+
+def test_appending_after_a_cut_keeps_the_cut_visible(tmp_path: Path) -> None:
+    """Entries cut off the end stay detected after more are appended (no laundering)."""
+    path = tmp_path / "record.jsonl"
+    record = _filled(path)
+    record.close()
+    lines = _lines(path)
+    path.write_bytes(b"".join(lines[:-2]))
+    _filled(path, 3)
+    result = verify(path)
+    assert not result.ok
+    assert result.line == 9

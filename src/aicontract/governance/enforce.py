@@ -63,11 +63,16 @@ def contract_digest(contract: Contract) -> str:
     return hashlib.sha256(msgspec.json.encode(data, order="sorted")).hexdigest()
 
 
+_last_digest: list[Any] = [None, ""]  # (contract, digest): a loop re-acquires one contract
+
+
 def _contract_fields(contract: Contract) -> dict[str, Any]:
     # Name, tenant, template and digest only: env values and labels may hold secrets.
+    if _last_digest[0] is not contract:
+        _last_digest[:] = [contract, contract_digest(contract)]
     return {
         "contract": contract.name,
-        "digest": contract_digest(contract),
+        "digest": _last_digest[1],
         "tenant": contract.tenant,
         "template": template_of(contract),
     }

@@ -59,6 +59,8 @@ class Record:
     path: Path = attrs.field(converter=Path)
     _fd: int | None = attrs.field(default=None, init=False, repr=False)
     _head_fd: int | None = attrs.field(default=None, init=False, repr=False)
+    _known: tuple[int, str, int] | None = attrs.field(default=None, init=False, repr=False)
+    """(seq, hash, size) after this process's last append: no re-reading the head if unchanged."""
 
     @classmethod
     def in_dir(cls, directory: str | Path) -> Record:
@@ -108,7 +110,12 @@ class Record:
         if not locked:  # inline rather than `with self.locked()`: this is the hot path
             fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            seq, prev, size = self._last(fd, head_fd)
+            size = os.fstat(fd).st_size
+            known = self._known
+            if known is not None and known[2] == size:  # nobody appended since we did
+                seq, prev = known[0], known[1]
+            else:
+                seq, prev, size = self._last(fd, head_fd, size)
             entry: dict[str, Any] = {"seq": seq + 1, "prev": prev, "at": at, "kind": kind, **fields}
             body = _encoder.encode(entry)
             digest = hashlib.sha256(body).hexdigest()
@@ -116,6 +123,7 @@ class Record:
             os.write(fd, line)
             head = f"{seq + 1:020d} {size + len(line):020d} {digest}\n"
             os.pwrite(head_fd, head.encode(), 0)
+            self._known = (seq + 1, digest, size + len(line))
         finally:
             if not locked:
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -123,7 +131,7 @@ class Record:
         return entry
 
     @staticmethod
-    def _last(fd: int, head_fd: int) -> tuple[int, str, int]:
+    def _last(fd: int, head_fd: int, size: int) -> tuple[int, str, int]:
         """The last entry's number and hash, and the record's size: from the head, or the
         record's last line.
 
@@ -133,7 +141,6 @@ class Record:
         the head, so the gap stays visible to :func:`verify` instead of being papered over.
         """
         head = os.pread(head_fd, _HEAD_SIZE, 0)
-        size = os.fstat(fd).st_size
         if len(head) == _HEAD_SIZE:
             seq_text, size_text, digest = head.decode("ascii", "replace").split(" ", 2)
             if seq_text.isdigit() and size_text.isdigit() and int(size_text) >= size:
@@ -179,6 +186,7 @@ class Record:
             if fd is not None:
                 os.close(fd)
         self._fd = self._head_fd = None
+        self._known = None
 
 
 @attrs.frozen

@@ -92,7 +92,7 @@ def test_policy_loads_in_every_format(fmt: str) -> None:
         (
             {"default": {"quotas": {"spend_per_day": "100"}}},
             "$.default.quotas.spend_per_day",
-            "regex",
+            "not a sum of money",
         ),
         (
             {"default": {"min_guarantee": "allocated", "max_guarantee": "quota"}},

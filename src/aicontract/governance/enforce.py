@@ -25,7 +25,7 @@ import msgspec
 
 from ..clock import Clock, system_clock
 from ..contract import Contract, encode_quantity
-from ..errors import AIContractError, ConfigError, PolicyViolation
+from ..errors import AIContractError, ConfigError, LeaseLost, PolicyViolation
 from ..leases import Lease, LeaseState
 from ..offer import Offer, Rejection
 from .identity import Identity
@@ -33,6 +33,7 @@ from .policy import (
     Policy,
     Refusal,
     Usage,
+    amount,
     check,
     find_policy,
     load_policy,
@@ -87,7 +88,13 @@ class _Held:
     expires_at: float
     price: Decimal
     currency: str
+    digest: str = ""
     end: float | None = None
+
+    def spend(self, until: float) -> Decimal:
+        """Price x time held up to ``until`` (the whole-run budget's charge)."""
+        stop = min(until, self.end if self.end is not None else until, max(self.expires_at, 0))
+        return self.price * Decimal(str(round(max(0.0, stop - self.start) / 3600, 6)))
 
 
 @attrs.define
@@ -98,6 +105,8 @@ class UsageIndex:
     _offset: int = 0
     _leases: dict[str, _Held] = attrs.field(factory=dict)
     _pending: dict[str, tuple[str, int, float]] = attrs.field(factory=dict)
+    _spent: dict[tuple[str, str], Decimal] = attrs.field(factory=dict)
+    """(contract digest, currency) -> spend of its leases that ended."""
 
     def refresh(self) -> None:
         """Read the entries appended since the last call (by any process)."""
@@ -122,6 +131,7 @@ class UsageIndex:
                 expires_at=entry["expires_at"],
                 price=Decimal(price),
                 currency=currency.partition("/")[0],
+                digest=entry.get("digest") or "",
             )
         elif kind == "commit-failed":
             self._pending.pop(entry.get("ticket") or "", None)
@@ -133,6 +143,17 @@ class UsageIndex:
             held = self._leases.get(entry["lease"])
             if held is not None and held.end is None:
                 held.end = entry["at"]
+                if held.price and held.digest:
+                    key = (held.digest, held.currency)
+                    self._spent[key] = self._spent.get(key, Decimal(0)) + held.spend(held.end)
+
+    def budget_spent(self, digest: str, currency: str, now: float) -> Decimal:
+        """What every lease of one contract (by digest) has cost so far, in ``currency``."""
+        total = self._spent.get((digest, currency), Decimal(0))
+        for held in self._leases.values():
+            if held.end is None and held.digest == digest and held.currency == currency:
+                total += held.spend(now)
+        return total
 
     def usage(self, tenant: str, now: float) -> Usage:
         """What ``tenant`` holds now and has used (or is committed to use) this day and month."""
@@ -210,18 +231,27 @@ class Governance:
     clock: Clock = system_clock
     _index: UsageIndex | None = attrs.field(default=None, init=False, repr=False)
     _identities: dict[str, Identity] = attrs.field(factory=dict, init=False, repr=False)
+    _crossed: dict[str, set[int]] = attrs.field(factory=dict, init=False, repr=False)
     _round: tuple[Contract, tuple[Offer, ...], tuple[Rejection, ...]] | None = attrs.field(
         default=None, init=False, repr=False
     )
 
     def __attrs_post_init__(self) -> None:
-        if self.policy is not None and self.policy.counts_usage():
-            if self.record is None:
-                raise ConfigError(
-                    "the policy sets quotas but no record is kept to count usage;"
-                    " unset AICONTRACT_RECORD=off or give Governance(record=...)"
-                )
+        if self.policy is not None and self.policy.counts_usage() and self.record is None:
+            raise ConfigError(
+                "the policy sets quotas but no record is kept to count usage;"
+                " unset AICONTRACT_RECORD=off or give Governance(record=...)"
+            )
+        if self.record is not None:
             self._index = UsageIndex(self.record)
+
+    def _counts(self, contract: Contract) -> bool:
+        """True when committing ``contract`` needs usage from the record (quotas, a budget)."""
+        if self._index is None:
+            return False
+        return contract.terms.budget is not None or (
+            self.policy is not None and self.policy.counts_usage()
+        )
 
     async def identity(self, backend: Backend) -> Identity:
         """Who ``backend`` acts as (asked once per backend)."""
@@ -264,14 +294,13 @@ class Governance:
         identity = await self.identity(backend)
         base = {**_contract_fields(contract), "identity": str(identity), "backend": offer.backend}
         ticket: str | None = None
-        if self.policy is not None:
-            if self._index is not None and self.record is not None:
-                ticket = uuid.uuid4().hex[:16]
-                self._admit(offer, identity, base, ticket)
-            else:
-                refusals = check(self.policy, identity, offer)
-                if refusals:
-                    self._refuse(offer, base, refusals)
+        if self._counts(contract):
+            ticket = uuid.uuid4().hex[:16]
+            self._admit(offer, identity, base, ticket)
+        elif self.policy is not None:
+            refusals = check(self.policy, identity, offer)
+            if refusals:
+                self._refuse(offer, base, refusals)
         try:
             lease = await inner()
         except BaseException as exc:
@@ -310,12 +339,15 @@ class Governance:
         # the last of a quota; the admission counts as held until its grant or failure.
         assert self.record is not None
         assert self._index is not None
-        assert self.policy is not None
         record, index = self.record, self._index
         with record.locked():
             index.refresh()
             now = self.clock.time()
-            refusals = check(self.policy, identity, offer, index.usage(offer.contract.tenant, now))
+            refusals: list[Refusal] = []
+            if self.policy is not None:
+                usage = index.usage(offer.contract.tenant, now)
+                refusals.extend(check(self.policy, identity, offer, usage))
+            refusals.extend(self._budget_refusals(offer, base["digest"], now))
             if refusals:
                 self._refuse(offer, base, refusals, locked=True)
             duration = offer.contract.terms.duration
@@ -327,6 +359,90 @@ class Governance:
                 "price": str(offer.price) if offer.price is not None else None,
             }
             record.append("admit", now, fields, locked=True)
+
+    def _budget_refusals(self, offer: Offer, digest: str, now: float) -> list[Refusal]:
+        """Refuse an offer that cannot run the contract's duration within what is left."""
+        terms = offer.contract.terms
+        if terms.budget is None or self._index is None:
+            return []
+        limit, currency = amount(terms.budget)
+        spent = self._index.budget_spent(digest, currency, now)
+        price = offer.price
+
+        def refuse(message: str, used: str) -> list[Refusal]:
+            return [
+                Refusal(
+                    rule="terms.budget",
+                    tenant=offer.contract.tenant,
+                    message=message,
+                    used=used,
+                    limit=terms.budget.strip() if terms.budget else None,
+                )
+            ]
+
+        if price is None or (price.currency != currency and price.amount):
+            return refuse(
+                f"the offer is priced {price or 'unpriced'}; the budget is in {currency}",
+                f"{spent:.2f} {currency}",
+            )
+        hours = terms.duration.seconds / 3600 if terms.duration is not None else None
+        if hours is None:
+            if spent >= limit and price.amount:
+                return refuse("the budget is spent", f"{spent:.2f} {currency}")
+            return []
+        cost = price.amount * Decimal(str(hours))
+        if spent + cost > limit:
+            left = max(Decimal(0), limit - spent)
+            return refuse(
+                f"{price} x {hours:g}h = {cost:.2f} {currency}, but only {left:.2f} {currency}"
+                " of the budget is left",
+                f"{spent:.2f} + {cost:.2f} {currency}",
+            )
+        return []
+
+    def budget(self, lease: Lease) -> tuple[Decimal, Decimal, str] | None:
+        """(spent, budget, currency) of the contract behind ``lease``, or ``None`` without one."""
+        budget = lease.contract.terms.budget
+        if budget is None or self._index is None:
+            return None
+        limit, currency = amount(budget)
+        self._index.refresh()
+        digest = _contract_fields(lease.contract)["digest"]
+        return self._index.budget_spent(digest, currency, self.clock.time()), limit, currency
+
+    def _watch_budget(self, lease: Lease, crossed: set[int]) -> None:
+        """At each renewal: note 50/80/100% of the budget; at 100% release if the terms say so."""
+        status = self.budget(lease)
+        if status is None:
+            return
+        spent, limit, currency = status
+        share = int(spent * 100 / limit) if limit else 100
+        for threshold in (50, 80, 100):
+            if share >= threshold and threshold not in crossed:
+                crossed.add(threshold)
+                log.warning(
+                    "lease %s: %d%% of the budget spent (%.2f of %s %s)",
+                    lease.id,
+                    threshold,
+                    spent,
+                    limit,
+                    currency,
+                )
+                self._append(
+                    "budget",
+                    {
+                        "lease": lease.id,
+                        "tenant": lease.contract.tenant,
+                        "spent": f"{spent:.2f} {currency}",
+                        "budget": f"{limit} {currency}",
+                        "threshold": threshold,
+                    },
+                )
+        if share >= 100 and lease.contract.terms.on_budget == "release":
+            reason = f"budget spent: {spent:.2f} of {limit} {currency}"
+            lease.revoke(reason)
+            # Raised out of renew(): the heartbeat treats it as a lost lease and releases it.
+            raise LeaseLost(lease.id, reason)
 
     def _granted(
         self, offer: Offer, lease: Lease, base: dict[str, Any], ticket: str | None
@@ -354,6 +470,7 @@ class Governance:
         )
         record = self.record
         tenant = offer.contract.tenant
+        crossed = self._crossed.setdefault(base["digest"], set())  # one budget per contract
 
         def follow(lease: Lease, old: LeaseState, new: LeaseState) -> None:
             try:
@@ -362,6 +479,7 @@ class Governance:
                         "renew",
                         {"lease": lease.id, "tenant": tenant, "expires_at": lease.expires_at},
                     )
+                    self._watch_budget(lease, crossed)
                 elif new.is_final:
                     self._append(
                         "end",
@@ -373,6 +491,8 @@ class Governance:
                             "replaced_by": lease.replaced_by.id if lease.replaced_by else None,
                         },
                     )
+            except LeaseLost:
+                raise  # the budget ran out: renew() must fail so the heartbeat releases
             except AIContractError:  # a record that cannot be written must not break the lease
                 log.exception("cannot record lease %s in %s", lease.id, record.path)
 

@@ -26,11 +26,20 @@ import re
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 
-from ..contract import GUARANTEE_ORDER, Contract, GuaranteeLevel, _Invalid, _Model, convert
+from ..contract import (
+    GUARANTEE_ORDER,
+    Amount,
+    Contract,
+    GuaranteeLevel,
+    _Invalid,
+    _Model,
+    check_amount,
+    convert,
+)
 from ..documents import Format, format_of, parse
 from ..errors import ContractError
 from ..jurisdictions import satisfies
@@ -55,9 +64,6 @@ __all__ = [
 SYSTEM_POLICY = Path("/etc/aicontract")
 """Where a host's policy lives unless ``AICONTRACT_POLICY`` names one (``policy.yaml`` …)."""
 
-_AMOUNT = r"^\s*\d{1,12}(\.\d{1,6})?\s*[A-Z]{3}\s*$"
-Amount = Annotated[str, msgspec.Meta(pattern=_AMOUNT, examples=["500 USD", "20000 EUR"])]
-"""A sum of money: ``500 USD`` (not a rate; prices per hour are ``2.50 USD/h``)."""
 _PRINCIPAL = re.compile(r"^(\*|[a-z-]+:.+)$")
 _MAX_HOURS = 10**7
 _TENANT = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -81,6 +87,8 @@ class Quotas(_Model, frozen=True):
     spend_per_month: Amount | None = None
 
     def __post_init__(self) -> None:
+        check_amount("spend_per_day", self.spend_per_day)
+        check_amount("spend_per_month", self.spend_per_month)
         if self.gpus is not None and self.gpus < 0:
             raise _Invalid("gpus", f"{self.gpus} is negative", "0 or more GPUs at once")
         for name in ("gpu_hours_per_day", "gpu_hours_per_month"):

@@ -64,13 +64,14 @@ def contract_digest(contract: Contract) -> str:
     return hashlib.sha256(msgspec.json.encode(data, order="sorted")).hexdigest()
 
 
-_last_digest: list[Any] = [None, ""]  # (contract, digest): a loop re-acquires one contract
+_last_digest: tuple[Contract | None, str] = (None, "")
 
 
 def _contract_fields(contract: Contract) -> dict[str, Any]:
     # Name, tenant, template and digest only: env values and labels may hold secrets.
-    if _last_digest[0] is not contract:
-        _last_digest[:] = [contract, contract_digest(contract)]
+    global _last_digest
+    if _last_digest[0] is not contract:  # a loop re-acquires one contract: hash it once
+        _last_digest = (contract, contract_digest(contract))
     return {
         "contract": contract.name,
         "digest": _last_digest[1],
@@ -110,9 +111,9 @@ class UsageIndex:
 
     def refresh(self) -> None:
         """Read the entries appended since the last call (by any process)."""
-        entries, self._offset = self.record.read(self._offset)
-        for entry in entries:
+        for entry, offset in self.record.scan(self._offset):
             self.apply(entry)
+            self._offset = offset
 
     def apply(self, entry: dict[str, Any]) -> None:
         """Fold one record entry into the usage."""

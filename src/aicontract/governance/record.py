@@ -157,17 +157,24 @@ class Record:
             ) from None
         return link.seq, last[-_SUFFIX + len(_HASH_KEY) : -2].decode(), size
 
-    def read(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """Entries from byte ``offset`` on (whole lines only), and the offset after them."""
+    def scan(self, offset: int = 0) -> Iterator[tuple[dict[str, Any], int]]:
+        """Each whole entry from byte ``offset`` on, with the offset just after it.
+
+        Streams line by line, so catching up on a large record needs no more memory
+        than one entry; a line still being written (no newline yet) is left for later.
+        """
         try:
-            with self.path.open("rb") as file:
-                file.seek(offset)
-                data = file.read()
+            file = self.path.open("rb")
         except FileNotFoundError:
-            return [], offset
-        end = data.rfind(b"\n") + 1
-        entries = [msgspec.json.decode(line) for line in data[:end].splitlines() if line]
-        return entries, offset + end
+            return
+        with file:
+            file.seek(offset)
+            for line in file:
+                if not line.endswith(b"\n"):
+                    return
+                offset += len(line)
+                if line.strip():
+                    yield msgspec.json.decode(line), offset
 
     def entries(self) -> Iterator[dict[str, Any]]:
         """Every entry, oldest first."""

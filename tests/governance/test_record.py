@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import multiprocessing as mp
+import os
 import uuid
 from pathlib import Path
 
@@ -195,3 +197,26 @@ def test_appending_after_a_cut_keeps_the_cut_visible(tmp_path: Path) -> None:
     result = verify(path)
     assert not result.ok
     assert result.line == 9
+
+
+def test_a_forked_child_opens_its_own_files(tmp_path: Path) -> None:
+    """flock belongs to an open file: a child must not share its parent's, or both hold it."""
+    record = Record.shared(tmp_path / "record.jsonl")
+    assert Record.shared(tmp_path / "record.jsonl") is record
+    record.append("grant", 1.0, {"lease": "parent"})
+    with record.locked():  # the parent holds the lock while the child tries to take it
+        child = mp.get_context("fork").Process(target=_lock_in_child, args=(record,))
+        child.start()
+        child.join()
+    assert child.exitcode == 0  # the child's own file found the lock taken
+    record.append("grant", 3.0, {"lease": "parent-again"})
+    assert verify(record.path).entries == 2
+
+
+def _lock_in_child(record: Record) -> None:
+    fd, _ = record._open()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os._exit(0)
+    os._exit(1)  # it took a lock the parent holds: it was sharing the parent's file

@@ -217,7 +217,7 @@ def default_governance() -> Governance | None:
     path = find_policy()
     policy = load_policy(path) if path is not None else None
     where = os.environ.get("AICONTRACT_RECORD")
-    record = None if where in ("off", "0", "false") else Record(record_path())
+    record = None if where in ("off", "0", "false") else Record.shared(record_path())
     if policy is None and record is None:
         return None
     return Governance(policy=policy, record=record)

@@ -59,6 +59,7 @@ class Record:
     path: Path = attrs.field(converter=Path)
     _fd: int | None = attrs.field(default=None, init=False, repr=False)
     _head_fd: int | None = attrs.field(default=None, init=False, repr=False)
+    _pid: int = attrs.field(default=0, init=False, repr=False)
     _known: tuple[int, str, int] | None = attrs.field(default=None, init=False, repr=False)
     """(seq, hash, size) after this process's last append: no re-reading the head if unchanged."""
 
@@ -72,7 +73,21 @@ class Record:
         """Where the last entry's number, hash and the record's length are kept."""
         return self.path.with_suffix(".head")
 
+    @classmethod
+    def shared(cls, path: str | Path) -> Record:
+        """One :class:`Record` per path in this process, so negotiators share its files."""
+        key = Path(path).absolute()
+        record = _SHARED.get(key)
+        if record is None:
+            record = _SHARED[key] = cls(key)
+        return record
+
     def _open(self) -> tuple[int, int]:
+        if self._pid != os.getpid():
+            # A forked child shares its parent's open files, and with them the flock:
+            # it must open its own, or parent and child would both "hold" the lock.
+            self.close()
+            self._pid = os.getpid()
         if self._fd is None or self._head_fd is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +209,9 @@ class Record:
                 os.close(fd)
         self._fd = self._head_fd = None
         self._known = None
+
+
+_SHARED: dict[Path, Record] = {}
 
 
 @attrs.frozen

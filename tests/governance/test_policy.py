@@ -406,3 +406,38 @@ def test_over_quota_is_refused_across_processes(tmp_path: Path, private_state: P
     lease = ac.acquire_sync(ac.Contract(name="me", tenant="team-a", gpus=1))  # freed now
     ac.release_sync(lease)
     assert ac.governance.verify(private_state / "record.jsonl").ok
+
+
+@pytest.mark.anyio
+async def test_ended_leases_count_what_they_used_until_the_day_turns(tmp_path: Path) -> None:
+    policy = {"tenants": {"t": {"quotas": {"gpu_hours_per_day": 40, "gpu_hours_per_month": 60}}}}
+    negotiator, fake = _negotiator(tmp_path, policy)
+    clock = fake.clock
+    await clock.advance(86400 - clock.time() % 86400 + 3600)  # 01:00 UTC on some day
+
+    def contract(gpus: int, hours: int) -> ac.Contract:
+        return ac.Contract(name="x", tenant="t", gpus=gpus, duration=f"{hours}h")
+
+    fake.ttl = 100 * 3600
+    lease = await negotiator.acquire(contract(2, 10))
+    await clock.advance(5 * 3600)
+    await lease.release()  # 2 GPUs x 5h = 10 GPU-hours used, not the 20 planned
+    with pytest.raises(ac.PolicyViolation) as info:
+        await negotiator.acquire(contract(4, 8))  # 10 + 32 > 40
+    assert info.value.refusals[0].used == "10 + 32"
+    fits = await negotiator.acquire(contract(4, 7))  # 10 + 28 <= 40
+    await fits.release()  # at once: 0 more
+    await clock.advance(24 * 3600)  # the next day: the day's quota is fresh, the month's is not
+    if (
+        ac.governance.policy.windows(clock.time())[1]
+        != ac.governance.policy.windows(clock.time() - 24 * 3600)[1]
+    ):
+        return  # the month turned too; nothing left to tell apart
+    with pytest.raises(ac.PolicyViolation) as info:
+        await negotiator.acquire(contract(4, 13))  # 52 > 40 a day
+    assert {r.rule for r in info.value.refusals} == {
+        "tenants.t.quotas.gpu_hours_per_day",
+        "tenants.t.quotas.gpu_hours_per_month",  # 10 + 52 > 60
+    }
+    ok = await negotiator.acquire(contract(4, 10))  # 40 a day; 10 + 40 <= 60 a month
+    await ok.release()

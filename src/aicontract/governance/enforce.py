@@ -99,12 +99,40 @@ class _Held:
 
 
 @attrs.define
+class _Sums:
+    """One tenant's use, within one pair of windows (UTC day, calendar month)."""
+
+    hours_day: float = 0.0
+    hours_month: float = 0.0
+    spend_day: dict[str, Decimal] = attrs.field(factory=dict)
+    spend_month: dict[str, Decimal] = attrs.field(factory=dict)
+
+    def add(self, held: _Held, stop: float, day: float, month: float) -> None:
+        for since, spend, is_day in ((day, self.spend_day, True), (month, self.spend_month, False)):
+            hours = max(0.0, stop - max(held.start, since)) / 3600
+            if is_day:
+                self.hours_day += held.gpus * hours
+            else:
+                self.hours_month += held.gpus * hours
+            if held.price:
+                cost = held.price * Decimal(str(round(hours, 6)))
+                spend[held.currency] = spend.get(held.currency, Decimal(0)) + cost
+
+
+@attrs.define
 class UsageIndex:
-    """Per-tenant usage, built from the record and kept current by reading only what is new."""
+    """Per-tenant usage, built from the record and kept current by reading only what is new.
+
+    Leases that ended are folded into per-tenant sums for the current windows as they
+    end, so a check costs what is active now, not everything granted this month.
+    """
 
     record: Record
     _offset: int = 0
-    _leases: dict[str, _Held] = attrs.field(factory=dict)
+    _active: dict[str, _Held] = attrs.field(factory=dict)
+    _ended: dict[str, list[_Held]] = attrs.field(factory=dict)
+    _sums: dict[str, _Sums] = attrs.field(factory=dict)
+    _windows: tuple[float, float] | None = None
     _pending: dict[str, tuple[str, int, float]] = attrs.field(factory=dict)
     _spent: dict[tuple[str, str], Decimal] = attrs.field(factory=dict)
     """(contract digest, currency) -> spend of its leases that ended."""
@@ -124,7 +152,7 @@ class UsageIndex:
             self._pending.pop(entry.get("ticket") or "", None)
             price, _, currency = (entry.get("price") or "0 USD/h").partition(" ")
             duration = entry.get("duration")
-            self._leases[entry["lease"]] = _Held(
+            self._active[entry["lease"]] = _Held(
                 tenant=entry["tenant"],
                 gpus=entry["gpus"],
                 start=entry["at"],
@@ -137,13 +165,17 @@ class UsageIndex:
         elif kind == "commit-failed":
             self._pending.pop(entry.get("ticket") or "", None)
         elif kind == "renew":
-            held = self._leases.get(entry["lease"])
+            held = self._active.get(entry["lease"])
             if held is not None:
                 held.expires_at = entry["expires_at"]
         elif kind == "end":
-            held = self._leases.get(entry["lease"])
-            if held is not None and held.end is None:
+            held = self._active.pop(entry["lease"], None)
+            if held is not None:
                 held.end = entry["at"]
+                self._ended.setdefault(held.tenant, []).append(held)
+                if self._windows is not None:
+                    day, month = self._windows
+                    self._sums.setdefault(held.tenant, _Sums()).add(held, held.end, day, month)
                 if held.price and held.digest:
                     key = (held.digest, held.currency)
                     self._spent[key] = self._spent.get(key, Decimal(0)) + held.spend(held.end)
@@ -151,46 +183,58 @@ class UsageIndex:
     def budget_spent(self, digest: str, currency: str, now: float) -> Decimal:
         """What every lease of one contract (by digest) has cost so far, in ``currency``."""
         total = self._spent.get((digest, currency), Decimal(0))
-        for held in self._leases.values():
-            if held.end is None and held.digest == digest and held.currency == currency:
+        for held in self._active.values():
+            if held.digest == digest and held.currency == currency:
                 total += held.spend(now)
         return total
 
+    def _roll(self, now: float) -> tuple[float, float]:
+        """Sums for the windows ``now`` is in, rebuilt (and pruned) when a window turned."""
+        current = windows(now)
+        if current != self._windows:
+            day, month = current
+            self._windows, self._sums = current, {}
+            for tenant, ended in self._ended.items():
+                kept = [h for h in ended if h.end is not None and h.end >= month]
+                self._ended[tenant] = kept
+                sums = self._sums[tenant] = _Sums()
+                for held in kept:
+                    sums.add(held, held.end or held.start, day, month)
+        return current
+
     def usage(self, tenant: str, now: float) -> Usage:
         """What ``tenant`` holds now and has used (or is committed to use) this day and month."""
-        day, month = windows(now)
+        day, month = self._roll(now)
+        sums = self._sums.get(tenant, _Sums())
+        live = _Sums(
+            hours_day=sums.hours_day,
+            hours_month=sums.hours_month,
+            spend_day=dict(sums.spend_day),
+            spend_month=dict(sums.spend_month),
+        )
         out = Usage()
         for ticket, (who, gpus, at) in list(self._pending.items()):
             if at + _PENDING_TTL < now:
                 del self._pending[ticket]
             elif who == tenant:
                 out.gpus += gpus
-        for lease_id, held in list(self._leases.items()):
+        for lease_id, held in list(self._active.items()):
             stop = self._stop(held, now)
-            if stop < month:
-                del self._leases[lease_id]  # nothing of it counts any more
+            if held.expires_at < now and stop < month:
+                del self._active[lease_id]  # a vanished holder's lease, from before this month
                 continue
             if held.tenant != tenant:
                 continue
-            if held.end is None and held.expires_at > now:
+            if held.expires_at > now:
                 out.gpus += held.gpus
-            for since, attr, spend in (
-                (day, "gpu_hours_day", out.spend_day),
-                (month, "gpu_hours_month", out.spend_month),
-            ):
-                hours = max(0.0, stop - max(held.start, since)) / 3600
-                setattr(out, attr, getattr(out, attr) + held.gpus * hours)
-                if held.price:
-                    spend[held.currency] = spend.get(
-                        held.currency, Decimal(0)
-                    ) + held.price * Decimal(str(round(hours, 6)))
+            live.add(held, stop, day, month)
+        out.gpu_hours_day, out.gpu_hours_month = live.hours_day, live.hours_month
+        out.spend_day, out.spend_month = live.spend_day, live.spend_month
         return out
 
     @staticmethod
     def _stop(held: _Held, now: float) -> float:
-        """Until when a lease counts: its end, else its planned end (or now), within its expiry."""
-        if held.end is not None:
-            return held.end
+        """Until when an active lease counts: its planned end (or now), within its expiry."""
         stop = held.planned_end if held.planned_end is not None else now
         if held.expires_at < now:  # its holder vanished: it counted until it expired
             stop = min(stop, held.expires_at)

@@ -24,7 +24,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import attrs
 import msgspec
@@ -60,6 +60,7 @@ class Record:
     _fd: int | None = attrs.field(default=None, init=False, repr=False)
     _head_fd: int | None = attrs.field(default=None, init=False, repr=False)
     _pid: int = attrs.field(default=0, init=False, repr=False)
+    _reader: BinaryIO | None = attrs.field(default=None, init=False, repr=False)
     _known: tuple[int, str, int] | None = attrs.field(default=None, init=False, repr=False)
     """(seq, hash, size) after this process's last append: no re-reading the head if unchanged."""
 
@@ -178,18 +179,19 @@ class Record:
         Streams line by line, so catching up on a large record needs no more memory
         than one entry; a line still being written (no newline yet) is left for later.
         """
-        try:
-            file = self.path.open("rb")
-        except FileNotFoundError:
+        fd, _ = self._open()
+        if os.fstat(fd).st_size <= offset:  # the common case in a loop: nothing new
             return
-        with file:
-            file.seek(offset)
-            for line in file:
-                if not line.endswith(b"\n"):
-                    return
-                offset += len(line)
-                if line.strip():
-                    yield msgspec.json.decode(line), offset
+        if self._reader is None:
+            self._reader = self.path.open("rb")
+        reader = self._reader
+        reader.seek(offset)
+        for line in reader:
+            if not line.endswith(b"\n"):
+                return
+            offset += len(line)
+            if line.strip():
+                yield msgspec.json.decode(line), offset
 
     def entries(self) -> Iterator[dict[str, Any]]:
         """Every entry, oldest first."""
@@ -209,6 +211,9 @@ class Record:
                 os.close(fd)
         self._fd = self._head_fd = None
         self._known = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 _SHARED: dict[Path, Record] = {}

@@ -220,3 +220,13 @@ def _lock_in_child(record: Record) -> None:
     except BlockingIOError:
         os._exit(0)
     os._exit(1)  # it took a lock the parent holds: it was sharing the parent's file
+
+
+def test_cli_audit_show_on_a_damaged_record_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "record.jsonl"
+    _filled(path, 2)
+    path.write_bytes(path.read_bytes() + b"{not json\n")
+    result = CliRunner().invoke(main, ["audit", "show", "--record", str(path)])
+    assert result.exit_code == 1
+    assert "damaged" in result.output
+    assert "Traceback" not in result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,22 +181,24 @@ def _describe(entry: dict[str, Any]) -> str:
     return " ".join(parts) + (f": {detail}" if detail else "")
 
 
-def _select(path: Path | None, lease: str | None, tenant: str | None) -> list[dict[str, Any]]:
+def _select(path: Path | None, lease: str | None, tenant: str | None) -> Iterator[dict[str, Any]]:
+    """The record's entries that match, streamed (a record may hold millions)."""
     record = Record(path or record_path())
-    out = []
-    try:
-        entries = list(record.entries())
-    except msgspec.DecodeError as exc:
-        raise click.ClickException(
-            f"{record.path}: damaged ({exc}); run `aicontract audit verify`"
-        ) from None
-    for entry in entries:
+    entries = record.entries()
+    while True:
+        try:
+            entry = next(entries)
+        except StopIteration:
+            return
+        except msgspec.DecodeError as exc:
+            raise click.ClickException(
+                f"{record.path}: damaged ({exc}); run `aicontract audit verify`"
+            ) from None
         if lease and entry.get("lease") != lease:
             continue
         if tenant and entry.get("tenant") != tenant:
             continue
-        out.append(entry)
-    return out
+        yield entry
 
 
 @audit.command("show")

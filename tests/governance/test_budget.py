@@ -79,3 +79,40 @@ def test_budget_is_validated() -> None:
         ac.Contract(terms={"budget": "lots"})
     with pytest.raises(ac.ContractError, match="on_budget"):
         ac.Contract(terms={"on_budget": "panic"})
+
+
+@pytest.mark.anyio
+async def test_violations_and_renegotiations_are_recorded_once(tmp_path: Path) -> None:
+    from aicontract.monitor.objectives import Violation
+
+    negotiator, fake, record = _setup(tmp_path)
+    first = await negotiator.acquire(ac.Contract(name="svc", gpus=1))
+
+    def violation(lease: ac.Lease) -> Violation:
+        now = fake.clock.time()
+        return Violation(
+            lease_id=lease.id,
+            objective=None,
+            observed=None,
+            window=60.0,
+            since=now,
+            at=now,
+            severity="critical",
+            reason="node lost",
+        )
+
+    first.deliver_violation(violation(first))
+    second = await find_replacement(negotiator, first)
+    first.hand_over(second)
+    await first.release()
+    second.deliver_violation(violation(second))
+    entries = list(record.entries())
+    kinds = [(e["kind"], e.get("lease")) for e in entries if e["kind"] != "grant"]
+    assert kinds == [
+        ("violation", first.id),
+        ("renegotiation", first.id),
+        ("end", first.id),
+        ("violation", second.id),
+    ]
+    assert next(e for e in entries if e["kind"] == "end")["replaced_by"] == second.id
+    await second.release()

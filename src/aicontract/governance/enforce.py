@@ -44,6 +44,7 @@ from .record import Record
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
+    from ..monitor.objectives import Violation
 
 __all__ = [
     "Governance",
@@ -542,3 +543,25 @@ class Governance:
                 log.exception("cannot record lease %s in %s", lease.id, record.path)
 
         lease.on_state_change(follow)
+
+        def violated(violation: Violation) -> None:
+            if violation.lease_id != lease.id:  # a successor's: its own listener records it
+                return
+            self._append(
+                "violation",
+                {
+                    "lease": lease.id,
+                    "tenant": tenant,
+                    "severity": violation.severity,
+                    "reason": violation.describe(),
+                },
+            )
+
+        def replaced(old: Lease, new: Lease) -> None:
+            if old.id == lease.id:
+                self._append(
+                    "renegotiation", {"lease": old.id, "tenant": tenant, "replaced_by": new.id}
+                )
+
+        lease.on_violation(violated)
+        lease.on_replaced(replaced)

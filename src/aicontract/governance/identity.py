@@ -61,5 +61,9 @@ def _os_identity(uid: int, gids: tuple[int, ...]) -> Identity:
 
 def local_identity() -> Identity:
     """This process's OS user and groups (primary group first), as the local backend sees it."""
+    if not hasattr(os, "getuid"):  # pragma: no cover - Windows: the login name, no groups
+        import getpass
+
+        return Identity(kind="user", name=getpass.getuser(), source="local")
     gid = os.getgid()
     return _os_identity(os.getuid(), (gid, *(g for g in os.getgroups() if g != gid)))

@@ -19,7 +19,6 @@ tenant and template, never its environment or labels.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 from collections.abc import Iterator
@@ -31,6 +30,11 @@ import msgspec
 
 from ..errors import ConfigError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: one process per record (no flock there)
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = ["GENESIS", "Record", "Verification", "verify"]
 
 GENESIS = "0" * 64
@@ -40,6 +44,12 @@ _HASH_KEY = b',"hash":"'
 _SUFFIX = len(_HASH_KEY) + 64 + 2  # ,"hash":"<64 hex>"}
 _HEAD_SIZE = 20 + 1 + 20 + 1 + 64 + 1  # "<seq> <size> <hash>\n", fixed width for pwrite
 _encoder = msgspec.json.Encoder()
+
+
+def _flock(fd: int, *, exclusive: bool) -> None:
+    """Take or drop the record's lock (where there is no flock, one process per record)."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_UN)
 
 
 class _Link(msgspec.Struct):
@@ -109,11 +119,11 @@ class Record:
         check of the record and the entry that acts on it happen as one step.
         """
         fd, _ = self._open()
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _flock(fd, exclusive=True)
         try:
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            _flock(fd, exclusive=False)
 
     def append(
         self, kind: str, at: float, fields: dict[str, Any], *, locked: bool = False
@@ -123,8 +133,8 @@ class Record:
         ``locked``: the caller already holds :meth:`locked`.
         """
         fd, head_fd = self._open()
-        if not locked:  # inline rather than `with self.locked()`: this is the hot path
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        if not locked:  # not `with self.locked()`: this is the hot path
+            _flock(fd, exclusive=True)
         try:
             size = os.fstat(fd).st_size
             known = self._known
@@ -142,7 +152,7 @@ class Record:
             self._known = (seq + 1, digest, size + len(line))
         finally:
             if not locked:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                _flock(fd, exclusive=False)
         entry["hash"] = digest
         return entry
 

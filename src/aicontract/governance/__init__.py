@@ -7,20 +7,31 @@
 * :mod:`~aicontract.governance.enforce` — the negotiator's hook that ties them together.
 """
 
+from .enforce import Governance, default_governance, record_path
 from .identity import Identity, local_identity
 from .policy import Policy, Quotas, Refusal, Rules, load_policy, loads_policy
 from .record import Record, Verification, verify
+from .templates import Parameter, Template, catalog, find_template, load_template, render
 
 __all__ = [
+    "Governance",
     "Identity",
+    "Parameter",
     "Policy",
     "Quotas",
     "Record",
     "Refusal",
     "Rules",
+    "Template",
     "Verification",
+    "catalog",
+    "default_governance",
+    "find_template",
     "load_policy",
+    "load_template",
     "loads_policy",
     "local_identity",
+    "record_path",
+    "render",
     "verify",
 ]

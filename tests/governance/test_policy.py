@@ -441,3 +441,15 @@ async def test_ended_leases_count_what_they_used_until_the_day_turns(tmp_path: P
     }
     ok = await negotiator.acquire(contract(4, 10))  # 40 a day; 10 + 40 <= 60 a month
     await ok.release()
+
+
+@pytest.mark.anyio
+async def test_a_refusal_is_a_kind_of_no_offer(tmp_path: Path) -> None:
+    """Code that copes with NoOffer (a renegotiation keeping its lease) copes with refusals."""
+    negotiator, _ = _negotiator(tmp_path)
+    with pytest.raises(ac.NoOffer) as info:
+        await negotiator.acquire(ac.Contract(name="x", tenant="ml", gpus=1))
+    assert isinstance(info.value, ac.PolicyViolation)
+    assert info.value.contract_name == "x"
+    assert info.value.rejections[0].requirement == "identities"
+    assert str(info.value).startswith("refused by policy: identities [tenant ml]")

@@ -378,7 +378,7 @@ class Governance:
             },
             locked=locked,
         )
-        raise PolicyViolation(refusals)
+        raise PolicyViolation(refusals, offer.contract.name)
 
     def _admit(self, offer: Offer, identity: Identity, base: dict[str, Any], ticket: str) -> None:
         # Check and admit under the record's lock, so two processes cannot both take

@@ -41,6 +41,7 @@ from .errors import (
     LeaseStateError,
     NegotiationError,
     NoOffer,
+    PolicyViolation,
     QuotaExceeded,
     TransientBackendError,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "Observation",
     "Offer",
     "Placement",
+    "PolicyViolation",
     "Preferences",
     "Probe",
     "QuotaExceeded",

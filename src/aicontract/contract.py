@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from typing import Any, ClassVar, Literal, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 import msgspec
 
@@ -58,6 +58,17 @@ WorkloadKind = Literal["training", "inference", "notebook", "batch"]
 Interconnect = Literal["pcie", "nvlink", "infiniband"]
 RankKey = Literal["cost", "start_time", "locality", "guarantee"]
 ViolationPolicy = Literal["notify", "renegotiate", "release"]
+BudgetPolicy = Literal["notify", "release"]
+Amount = Annotated[str, msgspec.Meta(examples=["500 USD", "20000 EUR"])]
+"""A sum of money, ``500 USD`` (prices per hour are :class:`~aicontract.units.Money`)."""
+_AMOUNT = re.compile(r"^\s*\d{1,12}(\.\d{1,6})?\s*[A-Z]{3}\s*$")
+
+
+def check_amount(field: str, value: str | None) -> None:
+    """Refuse text that is not a sum of money like ``500 USD`` (raised as field's error)."""
+    if value is not None and not _AMOUNT.match(value):
+        raise _Invalid(field, f"{value!r} is not a sum of money", "an amount like 500 USD")
+
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 _JURISDICTION = re.compile(r"^[A-Z]{2,3}$")
@@ -498,8 +509,13 @@ class Terms(_Model, frozen=True):
     min_guarantee: GuaranteeLevel = "best-effort"
     on_violation: ViolationPolicy = "notify"
     max_renegotiations_per_hour: int = 3
+    budget: Amount | None = None
+    """What the contract may spend over its whole life: every lease, extension, renegotiation."""
+    on_budget: BudgetPolicy = "notify"
+    """When the budget runs out: ``notify`` (at 50/80/100%), or ``release`` the lease."""
 
     def __post_init__(self) -> None:
+        check_amount("budget", self.budget)
         if self.duration is not None and not self.duration:
             raise _Invalid(
                 "duration", "the duration must be longer than zero", "a duration like 4h or 30m"
@@ -662,6 +678,16 @@ class Contract(_Model, frozen=True):
                 "a probe needs at least one published port",
                 "a probe together with ports, or no probe",
             )
+
+    @classmethod
+    def from_template(cls, ref: str, **values: Any) -> Contract:
+        """A contract from template ``ref`` (``train-eu@1.2``): parameters and unlocked overrides.
+
+        See :mod:`aicontract.governance.templates`; overriding a locked field is refused.
+        """
+        from .governance.templates import from_template
+
+        return from_template(ref, **values)
 
     def with_(self, **changes: Any) -> Contract:
         """A copy with some top-level fields (or shortcuts) changed, validated again."""

@@ -160,6 +160,10 @@ def loads(text: str | bytes, format: Format = "yaml") -> Contract:
             value=data if isinstance(data, (int, float, str, bool)) else None,
             allowed="a mapping with the contract's keys",
         )
+    if "template" in data:  # `template: train-eu@1.2` with `params:` and overrides
+        from .governance.templates import render_document
+
+        return render_document(data)
     result: Contract = convert(data, Contract)
     return result
 

@@ -6,6 +6,7 @@
     │   └── BackendNotFound      no backend registered under that name
     ├── NegotiationError
     │   └── NoOffer              no backend could satisfy the contract (says why, per backend)
+    │       └── PolicyViolation  the policy forbids it: names the rule, the tenant and the numbers
     ├── BackendError             a backend failed; carries the backend's name
     │   ├── CapacityUnavailable  the offer's capacity went away before commit: try the next offer
     │   ├── TransientBackendError  retry may help (timeouts, 5xx, rate limits)
@@ -42,6 +43,7 @@ __all__ = [
     "LeaseStateError",
     "NegotiationError",
     "NoOffer",
+    "PolicyViolation",
     "QuotaExceeded",
     "TransientBackendError",
 ]
@@ -128,6 +130,37 @@ class NoOffer(NegotiationError):
             lines.append("  - no backend answered")
         lines.extend(f"  counter-offer: {o.summary()}" for o in self.counter_offers)
         super().__init__("\n".join(lines))
+
+
+class PolicyViolation(NoOffer):
+    """The governing policy refuses a request; retrying will not help until usage drops.
+
+    ``refusals`` are :class:`~aicontract.governance.Refusal` records, each naming the
+    policy ``rule``, the ``tenant`` and the numbers (``used`` / ``limit``). It is a
+    :class:`NoOffer` (no offer may be committed), so code that copes with no offer —
+    keep the old lease, back off, report — copes with a refusal too; ``rejections``
+    carry the refusals in that form.
+    """
+
+    def __init__(self, refusals: Sequence[Any], contract_name: str = "") -> None:
+        from .offer import Rejection
+
+        self.refusals = tuple(refusals)
+        first = self.refusals[0] if self.refusals else None
+        self.rule: str = getattr(first, "rule", "policy")
+        self.tenant: str = getattr(first, "tenant", "")
+        rejections = [
+            Rejection(
+                backend="policy",
+                requirement=getattr(r, "rule", "policy"),
+                wanted=f"at most {r.limit}" if getattr(r, "limit", None) else "allowed",
+                available=getattr(r, "message", str(r)),
+            )
+            for r in self.refusals
+        ]
+        super().__init__(contract_name, rejections, reason="refused by policy")
+        lines = [f"refused by policy: {r}" for r in self.refusals] or ["refused by policy"]
+        self.args = ("\n".join(lines),)
 
 
 class BackendError(AIContractError):

@@ -37,9 +37,11 @@ from .errors import (
     CapacityUnavailable,
     ConfigError,
     NoOffer,
+    PolicyViolation,
     QuotaExceeded,
     TransientBackendError,
 )
+from .governance.enforce import Governance, default_governance
 from .leases import Lease
 from .offer import Offer, Quote, Rejection, check_offer
 
@@ -144,6 +146,8 @@ class Negotiator:
     commit_attempts: int = 4
     retry_wait_max: float = 2.0
     requote_wait_max: float = 5.0
+    governance: Governance | None = attrs.field(factory=default_governance)
+    """Policy enforced before every commit, and the record kept (``None``: neither)."""
 
     async def quote(self, contract: Contract, *, start_within: float | None = None) -> Negotiation:
         """One round: every backend's offers, filtered by the contract and ranked."""
@@ -201,6 +205,8 @@ class Negotiator:
                 else:
                     accepted.append(offer)
         accepted.sort(key=lambda o: rank_key(o, contract))
+        if self.governance is not None:
+            self.governance.quoted(contract, tuple(accepted), tuple(rejections))
         return Negotiation(tuple(accepted), tuple(rejections), tuple(counter))
 
     async def commit(self, offer: Offer, idempotency_key: str | None = None) -> Lease:
@@ -212,6 +218,12 @@ class Negotiator:
         if problems:
             raise NoOffer(offer.contract.name, problems, reason="the offer breaks its contract")
         key = idempotency_key or uuid.uuid4().hex[:20]
+        if self.governance is not None:  # policy before any commit, then the record
+            return await self.governance.commit(offer, backend, lambda: self._commit(offer, key))
+        return await self._commit(offer, key)
+
+    async def _commit(self, offer: Offer, key: str) -> Lease:
+        backend = self._backend(offer.backend)
         try:  # the common case pays nothing for the retry machinery
             return await backend.commit(offer, key)
         except TransientBackendError as exc:
@@ -256,9 +268,13 @@ class Negotiator:
             left = deadline - self.clock.monotonic() if start_by else None
             round_ = await self.quote(contract, start_within=left)
             failures: list[Rejection] = []
+            refused: PolicyViolation | None = None
             for offer in round_.offers:
                 try:
                     lease = await self.commit(offer)
+                except PolicyViolation as exc:  # another offer may be allowed; counts for nothing
+                    refused = refused or exc
+                    continue
                 except (CapacityUnavailable, TransientBackendError) as exc:
                     failures.append(self._failure(offer, "capacity at commit", exc))
                     continue
@@ -267,14 +283,19 @@ class Negotiator:
                     continue
                 log.info("contract %s: leased %s", contract.name, lease)
                 return lease
+            if refused is not None:
+                raise refused
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0:
-                raise NoOffer(
+                error = NoOffer(
                     contract.name,
                     _dedupe([*round_.rejections, *failures]),
                     round_.counter_offers,
                     reason="start_by deadline passed" if start_by else None,
                 )
+                if self.governance is not None:
+                    self.governance.no_offer(contract, error)
+                raise error
             wait = min(remaining, random.uniform(backoff / 2, backoff))
             log.debug("contract %s: no capacity yet; re-quoting in %.2fs", contract.name, wait)
             await self.clock.sleep(wait)

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from ..contract import Contract
+from ..governance.identity import Identity, local_identity
 from ..leases import Lease
 from ..observation import Observation
 from ..offer import Offer, Quote
@@ -67,6 +68,14 @@ class Backend(ABC):
     async def observe(self, lease: Lease) -> Observation:
         """Samples and faults for ``lease`` right now (none, unless the backend can see any)."""
         return Observation()
+
+    async def identity(self) -> Identity:
+        """Who this backend acts as for the caller (default: this process's OS user and groups).
+
+        Kubernetes backends answer with the namespace and service account, cloud
+        backends with the account; a policy maps identities to tenants.
+        """
+        return local_identity()
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to close by default
         """Close connections and files the backend holds (safe to repeat)."""

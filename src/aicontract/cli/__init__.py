@@ -14,9 +14,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import contracts, gc, leases, metrics, watch
+    from . import contracts, gc, governance, leases, metrics, watch
 
-    for module in (contracts, leases, metrics, watch, gc):
+    for module in (contracts, leases, metrics, watch, gc, governance):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -1,0 +1,567 @@
+"""Governance in the request path: the negotiator's one hook before every commit.
+
+:class:`Governance` holds the policy (if any) and the record (if kept). The
+negotiator hands it each commit (:meth:`Governance.commit`): it asks the
+offer's backend who is asking, judges the offer against the policy with usage
+read from the record (so quotas hold across processes), records the decision,
+runs the commit, records the grant and follows the lease to its end (renewals,
+release, expiry, revocation). A refusal raises
+:class:`~aicontract.PolicyViolation` before the backend is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import msgspec
+
+from ..clock import Clock, system_clock
+from ..contract import Contract, encode_quantity
+from ..errors import AIContractError, ConfigError, LeaseLost, PolicyViolation
+from ..leases import Lease, LeaseState
+from ..offer import Offer, Rejection
+from .identity import Identity
+from .policy import (
+    Policy,
+    Refusal,
+    Usage,
+    amount,
+    check,
+    find_policy,
+    load_policy,
+    template_of,
+    windows,
+)
+from .record import Record
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+    from ..monitor.objectives import Violation
+
+__all__ = [
+    "Governance",
+    "UsageIndex",
+    "contract_digest",
+    "default_governance",
+    "record_path",
+]
+
+log = logging.getLogger("aicontract.governance")
+
+_PENDING_TTL = 120.0  # an admitted commit that never reports back stops counting after this
+
+
+def contract_digest(contract: Contract) -> str:
+    """SHA-256 of the contract's canonical JSON: names it in the record without its content."""
+    data = msgspec.to_builtins(contract, enc_hook=encode_quantity)
+    return hashlib.sha256(msgspec.json.encode(data, order="sorted")).hexdigest()
+
+
+_last_digest: tuple[Contract | None, str] = (None, "")
+
+
+def _contract_fields(contract: Contract) -> dict[str, Any]:
+    # Name, tenant, template and digest only: env values and labels may hold secrets.
+    global _last_digest
+    if _last_digest[0] is not contract:  # a loop re-acquires one contract: hash it once
+        _last_digest = (contract, contract_digest(contract))
+    return {
+        "contract": contract.name,
+        "digest": _last_digest[1],
+        "tenant": contract.tenant,
+        "template": template_of(contract),
+    }
+
+
+@attrs.define
+class _Held:
+    tenant: str
+    gpus: int
+    start: float
+    planned_end: float | None
+    expires_at: float
+    price: Decimal
+    currency: str
+    digest: str = ""
+    end: float | None = None
+
+    def spend(self, until: float) -> Decimal:
+        """Price x time held up to ``until`` (the whole-run budget's charge)."""
+        stop = min(until, self.end if self.end is not None else until, max(self.expires_at, 0))
+        return self.price * Decimal(str(round(max(0.0, stop - self.start) / 3600, 6)))
+
+
+@attrs.define
+class _Sums:
+    """One tenant's use, within one pair of windows (UTC day, calendar month)."""
+
+    hours_day: float = 0.0
+    hours_month: float = 0.0
+    spend_day: dict[str, Decimal] = attrs.field(factory=dict)
+    spend_month: dict[str, Decimal] = attrs.field(factory=dict)
+
+    def add(self, held: _Held, stop: float, day: float, month: float) -> None:
+        for since, spend, is_day in ((day, self.spend_day, True), (month, self.spend_month, False)):
+            hours = max(0.0, stop - max(held.start, since)) / 3600
+            if is_day:
+                self.hours_day += held.gpus * hours
+            else:
+                self.hours_month += held.gpus * hours
+            if held.price:
+                cost = held.price * Decimal(str(round(hours, 6)))
+                spend[held.currency] = spend.get(held.currency, Decimal(0)) + cost
+
+
+@attrs.define
+class UsageIndex:
+    """Per-tenant usage, built from the record and kept current by reading only what is new.
+
+    Leases that ended are folded into per-tenant sums for the current windows as they
+    end, so a check costs what is active now, not everything granted this month.
+    """
+
+    record: Record
+    _offset: int = 0
+    _active: dict[str, _Held] = attrs.field(factory=dict)
+    _ended: dict[str, list[_Held]] = attrs.field(factory=dict)
+    _sums: dict[str, _Sums] = attrs.field(factory=dict)
+    _windows: tuple[float, float] | None = None
+    _pending: dict[str, tuple[str, int, float]] = attrs.field(factory=dict)
+    _spent: dict[tuple[str, str], Decimal] = attrs.field(factory=dict)
+    """(contract digest, currency) -> spend of its leases that ended."""
+
+    def refresh(self) -> None:
+        """Read the entries appended since the last call (by any process)."""
+        for entry, offset in self.record.scan(self._offset):
+            self.apply(entry)
+            self._offset = offset
+
+    def apply(self, entry: dict[str, Any]) -> None:
+        """Fold one record entry into the usage."""
+        kind = entry.get("kind")
+        if kind == "admit":
+            self._pending[entry["ticket"]] = (entry["tenant"], entry["gpus"], entry["at"])
+        elif kind == "grant":
+            self._pending.pop(entry.get("ticket") or "", None)
+            price, _, currency = (entry.get("price") or "0 USD/h").partition(" ")
+            duration = entry.get("duration")
+            self._active[entry["lease"]] = _Held(
+                tenant=entry["tenant"],
+                gpus=entry["gpus"],
+                start=entry["at"],
+                planned_end=entry["at"] + duration if duration else None,
+                expires_at=entry["expires_at"],
+                price=Decimal(price),
+                currency=currency.partition("/")[0],
+                digest=entry.get("digest") or "",
+            )
+        elif kind == "commit-failed":
+            self._pending.pop(entry.get("ticket") or "", None)
+        elif kind == "renew":
+            held = self._active.get(entry["lease"])
+            if held is not None:
+                held.expires_at = entry["expires_at"]
+        elif kind == "end":
+            held = self._active.pop(entry["lease"], None)
+            if held is not None:
+                held.end = entry["at"]
+                self._ended.setdefault(held.tenant, []).append(held)
+                if self._windows is not None:
+                    day, month = self._windows
+                    self._sums.setdefault(held.tenant, _Sums()).add(held, held.end, day, month)
+                if held.price and held.digest:
+                    key = (held.digest, held.currency)
+                    self._spent[key] = self._spent.get(key, Decimal(0)) + held.spend(held.end)
+
+    def budget_spent(self, digest: str, currency: str, now: float) -> Decimal:
+        """What every lease of one contract (by digest) has cost so far, in ``currency``."""
+        total = self._spent.get((digest, currency), Decimal(0))
+        for held in self._active.values():
+            if held.digest == digest and held.currency == currency:
+                total += held.spend(now)
+        return total
+
+    def _roll(self, now: float) -> tuple[float, float]:
+        """Sums for the windows ``now`` is in, rebuilt (and pruned) when a window turned."""
+        current = windows(now)
+        if current != self._windows:
+            day, month = current
+            self._windows, self._sums = current, {}
+            for tenant, ended in self._ended.items():
+                kept = [h for h in ended if h.end is not None and h.end >= month]
+                self._ended[tenant] = kept
+                sums = self._sums[tenant] = _Sums()
+                for held in kept:
+                    sums.add(held, held.end or held.start, day, month)
+        return current
+
+    def usage(self, tenant: str, now: float) -> Usage:
+        """What ``tenant`` holds now and has used (or is committed to use) this day and month."""
+        day, month = self._roll(now)
+        sums = self._sums.get(tenant, _Sums())
+        live = _Sums(
+            hours_day=sums.hours_day,
+            hours_month=sums.hours_month,
+            spend_day=dict(sums.spend_day),
+            spend_month=dict(sums.spend_month),
+        )
+        out = Usage()
+        for ticket, (who, gpus, at) in list(self._pending.items()):
+            if at + _PENDING_TTL < now:
+                del self._pending[ticket]
+            elif who == tenant:
+                out.gpus += gpus
+        for lease_id, held in list(self._active.items()):
+            stop = self._stop(held, now)
+            if held.expires_at < now and stop < month:
+                del self._active[lease_id]  # a vanished holder's lease, from before this month
+                continue
+            if held.tenant != tenant:
+                continue
+            if held.expires_at > now:
+                out.gpus += held.gpus
+            live.add(held, stop, day, month)
+        out.gpu_hours_day, out.gpu_hours_month = live.hours_day, live.hours_month
+        out.spend_day, out.spend_month = live.spend_day, live.spend_month
+        return out
+
+    @staticmethod
+    def _stop(held: _Held, now: float) -> float:
+        """Until when an active lease counts: its planned end (or now), within its expiry."""
+        stop = held.planned_end if held.planned_end is not None else now
+        if held.expires_at < now:  # its holder vanished: it counted until it expired
+            stop = min(stop, held.expires_at)
+        return max(stop, held.start)
+
+
+def _state_dir() -> Path:
+    from ..backends.local.backend import default_state_dir
+
+    return default_state_dir()
+
+
+def record_path() -> Path:
+    """The record in use: ``AICONTRACT_RECORD``, else ``record.jsonl`` in the state dir."""
+    where = os.environ.get("AICONTRACT_RECORD")
+    if where and where not in ("off", "0", "false"):
+        return Path(where)
+    return Record.in_dir(_state_dir()).path
+
+
+def default_governance() -> Governance | None:
+    """Governance from the environment: ``AICONTRACT_POLICY`` (or the system policy) and the
+    record in the state dir (``AICONTRACT_RECORD`` names another file; ``off`` keeps none)."""
+    path = find_policy()
+    policy = load_policy(path) if path is not None else None
+    where = os.environ.get("AICONTRACT_RECORD")
+    record = None if where in ("off", "0", "false") else Record.shared(record_path())
+    if policy is None and record is None:
+        return None
+    return Governance(policy=policy, record=record)
+
+
+@attrs.define
+class Governance:
+    """A policy to enforce and a record to keep, for one negotiator (either may be ``None``)."""
+
+    policy: Policy | None = None
+    record: Record | None = None
+    clock: Clock = system_clock
+    _index: UsageIndex | None = attrs.field(default=None, init=False, repr=False)
+    _identities: dict[str, Identity] = attrs.field(factory=dict, init=False, repr=False)
+    _crossed: dict[str, set[int]] = attrs.field(factory=dict, init=False, repr=False)
+    _round: tuple[Contract, tuple[Offer, ...], tuple[Rejection, ...]] | None = attrs.field(
+        default=None, init=False, repr=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.policy is not None and self.policy.counts_usage() and self.record is None:
+            raise ConfigError(
+                "the policy sets quotas but no record is kept to count usage;"
+                " unset AICONTRACT_RECORD=off or give Governance(record=...)"
+            )
+        if self.record is not None:
+            self._index = UsageIndex(self.record)
+
+    def _counts(self, contract: Contract) -> bool:
+        """True when committing ``contract`` needs usage from the record (quotas, a budget)."""
+        if self._index is None:
+            return False
+        return contract.terms.budget is not None or (
+            self.policy is not None and self.policy.counts_usage()
+        )
+
+    async def identity(self, backend: Backend) -> Identity:
+        """Who ``backend`` acts as (asked once per backend)."""
+        known = self._identities.get(backend.name)
+        if known is None:
+            known = self._identities[backend.name] = await backend.identity()
+        return known
+
+    def quoted(
+        self, contract: Contract, offers: tuple[Offer, ...], rejections: tuple[Rejection, ...]
+    ) -> None:
+        """Remember a round of quotes, to record with the commit or refusal that follows."""
+        self._round = (contract, offers, rejections)
+
+    def _round_fields(self, contract: Contract) -> dict[str, Any]:
+        if self._round is None or self._round[0] is not contract:
+            return {}
+        _, offers, rejections = self._round
+        return {
+            "offers": [o.summary() for o in offers],
+            "rejections": [str(r) for r in rejections],
+        }
+
+    def _append(self, kind: str, fields: dict[str, Any], *, locked: bool = False) -> None:
+        if self.record is not None:
+            self.record.append(kind, self.clock.time(), fields, locked=locked)
+
+    def no_offer(self, contract: Contract, error: AIContractError) -> None:
+        """Record a negotiation that ended without a lease, and why."""
+        rejections = [str(r) for r in getattr(error, "rejections", ())]
+        fields = {**_contract_fields(contract), "reason": str(error).splitlines()[0]}
+        fields["rejections"] = rejections
+        self._append("no-offer", fields)
+
+    async def commit(
+        self, offer: Offer, backend: Backend, inner: Callable[[], Awaitable[Lease]]
+    ) -> Lease:
+        """Judge ``offer``, record the decision, run ``inner`` (the commit) and record the grant."""
+        contract = offer.contract
+        identity = await self.identity(backend)
+        base = {**_contract_fields(contract), "identity": str(identity), "backend": offer.backend}
+        ticket: str | None = None
+        if self._counts(contract):
+            ticket = uuid.uuid4().hex[:16]
+            self._admit(offer, identity, base, ticket)
+        elif self.policy is not None:
+            refusals = check(self.policy, identity, offer)
+            if refusals:
+                self._refuse(offer, base, refusals)
+        try:
+            lease = await inner()
+        except BaseException as exc:
+            if self.record is not None and (ticket is not None or isinstance(exc, AIContractError)):
+                self._append(
+                    "commit-failed",
+                    {
+                        **base,
+                        "ticket": ticket,
+                        "offer": offer.summary(),
+                        "reason": f"{type(exc).__name__}: {exc}"[:500],
+                    },
+                )
+            raise
+        self._granted(offer, lease, base, ticket)
+        return lease
+
+    def _refuse(
+        self, offer: Offer, base: dict[str, Any], refusals: list[Refusal], *, locked: bool = False
+    ) -> None:
+        self._append(
+            "refuse",
+            {
+                **base,
+                **self._round_fields(offer.contract),
+                "offer": offer.summary(),
+                "jurisdiction": offer.jurisdiction,
+                "refusals": [str(r) for r in refusals],
+            },
+            locked=locked,
+        )
+        raise PolicyViolation(refusals, offer.contract.name)
+
+    def _admit(self, offer: Offer, identity: Identity, base: dict[str, Any], ticket: str) -> None:
+        # Check and admit under the record's lock, so two processes cannot both take
+        # the last of a quota; the admission counts as held until its grant or failure.
+        assert self.record is not None
+        assert self._index is not None
+        record, index = self.record, self._index
+        with record.locked():
+            index.refresh()
+            now = self.clock.time()
+            refusals: list[Refusal] = []
+            if self.policy is not None:
+                usage = index.usage(offer.contract.tenant, now)
+                refusals.extend(check(self.policy, identity, offer, usage))
+            refusals.extend(self._budget_refusals(offer, base["digest"], now))
+            if refusals:
+                self._refuse(offer, base, refusals, locked=True)
+            duration = offer.contract.terms.duration
+            fields = {
+                **base,
+                "ticket": ticket,
+                "gpus": offer.grant.gpus,
+                "duration": duration.seconds if duration else None,
+                "price": str(offer.price) if offer.price is not None else None,
+            }
+            record.append("admit", now, fields, locked=True)
+
+    def _budget_refusals(self, offer: Offer, digest: str, now: float) -> list[Refusal]:
+        """Refuse an offer that cannot run the contract's duration within what is left."""
+        terms = offer.contract.terms
+        if terms.budget is None or self._index is None:
+            return []
+        limit, currency = amount(terms.budget)
+        spent = self._index.budget_spent(digest, currency, now)
+        price = offer.price
+
+        def refuse(message: str, used: str) -> list[Refusal]:
+            return [
+                Refusal(
+                    rule="terms.budget",
+                    tenant=offer.contract.tenant,
+                    message=message,
+                    used=used,
+                    limit=terms.budget.strip() if terms.budget else None,
+                )
+            ]
+
+        if price is None or (price.currency != currency and price.amount):
+            return refuse(
+                f"the offer is priced {price or 'unpriced'}; the budget is in {currency}",
+                f"{spent:.2f} {currency}",
+            )
+        hours = terms.duration.seconds / 3600 if terms.duration is not None else None
+        if hours is None:
+            if spent >= limit and price.amount:
+                return refuse("the budget is spent", f"{spent:.2f} {currency}")
+            return []
+        cost = price.amount * Decimal(str(hours))
+        if spent + cost > limit:
+            left = max(Decimal(0), limit - spent)
+            return refuse(
+                f"{price} x {hours:g}h = {cost:.2f} {currency}, but only {left:.2f} {currency}"
+                " of the budget is left",
+                f"{spent:.2f} + {cost:.2f} {currency}",
+            )
+        return []
+
+    def budget(self, lease: Lease) -> tuple[Decimal, Decimal, str] | None:
+        """(spent, budget, currency) of the contract behind ``lease``, or ``None`` without one."""
+        budget = lease.contract.terms.budget
+        if budget is None or self._index is None:
+            return None
+        limit, currency = amount(budget)
+        self._index.refresh()
+        digest = _contract_fields(lease.contract)["digest"]
+        return self._index.budget_spent(digest, currency, self.clock.time()), limit, currency
+
+    def _watch_budget(self, lease: Lease, crossed: set[int]) -> None:
+        """At each renewal: note 50/80/100% of the budget; at 100% release if the terms say so."""
+        status = self.budget(lease)
+        if status is None:
+            return
+        spent, limit, currency = status
+        share = int(spent * 100 / limit) if limit else 100
+        for threshold in (50, 80, 100):
+            if share >= threshold and threshold not in crossed:
+                crossed.add(threshold)
+                log.warning(
+                    "lease %s: %d%% of the budget spent (%.2f of %s %s)",
+                    lease.id,
+                    threshold,
+                    spent,
+                    limit,
+                    currency,
+                )
+                self._append(
+                    "budget",
+                    {
+                        "lease": lease.id,
+                        "tenant": lease.contract.tenant,
+                        "spent": f"{spent:.2f} {currency}",
+                        "budget": f"{limit} {currency}",
+                        "threshold": threshold,
+                    },
+                )
+        if share >= 100 and lease.contract.terms.on_budget == "release":
+            reason = f"budget spent: {spent:.2f} of {limit} {currency}"
+            lease.revoke(reason)
+            # Raised out of renew(): the heartbeat treats it as a lost lease and releases it.
+            raise LeaseLost(lease.id, reason)
+
+    def _granted(
+        self, offer: Offer, lease: Lease, base: dict[str, Any], ticket: str | None
+    ) -> None:
+        if self.record is None:
+            return
+        duration = offer.contract.terms.duration
+        self._append(
+            "grant",
+            {
+                **base,
+                **self._round_fields(offer.contract),
+                "ticket": ticket,
+                "lease": lease.id,
+                "offer": offer.summary(),
+                "gpus": lease.grant.gpus,
+                "grant": lease.grant.describe(),
+                "guarantee": lease.guarantee,
+                "region": lease.region,
+                "jurisdiction": lease.jurisdiction,
+                "price": str(offer.price) if offer.price is not None else None,
+                "duration": duration.seconds if duration else None,
+                "expires_at": lease.expires_at,
+            },
+        )
+        record = self.record
+        tenant = offer.contract.tenant
+        crossed = self._crossed.setdefault(base["digest"], set())  # one budget per contract
+
+        def follow(lease: Lease, old: LeaseState, new: LeaseState) -> None:
+            try:
+                if old == LeaseState.RENEWING and new == LeaseState.ACTIVE:
+                    self._append(
+                        "renew",
+                        {"lease": lease.id, "tenant": tenant, "expires_at": lease.expires_at},
+                    )
+                    self._watch_budget(lease, crossed)
+                elif new.is_final:
+                    self._append(
+                        "end",
+                        {
+                            "lease": lease.id,
+                            "tenant": tenant,
+                            "state": new.value,
+                            "reason": lease.reason,
+                            "replaced_by": lease.replaced_by.id if lease.replaced_by else None,
+                        },
+                    )
+            except LeaseLost:
+                raise  # the budget ran out: renew() must fail so the heartbeat releases
+            except AIContractError:  # a record that cannot be written must not break the lease
+                log.exception("cannot record lease %s in %s", lease.id, record.path)
+
+        lease.on_state_change(follow)
+
+        def violated(violation: Violation) -> None:
+            if violation.lease_id != lease.id:  # a successor's: its own listener records it
+                return
+            self._append(
+                "violation",
+                {
+                    "lease": lease.id,
+                    "tenant": tenant,
+                    "severity": violation.severity,
+                    "reason": violation.describe(),
+                },
+            )
+
+        def replaced(old: Lease, new: Lease) -> None:
+            if old.id == lease.id:
+                self._append(
+                    "renegotiation", {"lease": old.id, "tenant": tenant, "replaced_by": new.id}
+                )
+
+        lease.on_violation(violated)
+        lease.on_replaced(replaced)

@@ -1,0 +1,69 @@
+"""Who is asking: the identity a backend acts as, never what a contract claims.
+
+A contract's ``tenant`` is a claim; an :class:`Identity` is what the backend
+that would grant the lease knows about the caller — the OS user and groups of
+this process on a host, the namespace and service account on Kubernetes, the
+account or credential profile on a cloud. A policy maps identities to the
+tenants they may act for (see :mod:`aicontract.governance.policy`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import msgspec
+
+__all__ = ["Identity", "local_identity"]
+
+
+class Identity(msgspec.Struct, frozen=True, kw_only=True):
+    """The caller as a backend sees it.
+
+    ``kind`` says what ``name`` is (``user`` for an OS user, ``serviceaccount``
+    for ``namespace/name`` on Kubernetes, ``account`` for a cloud account);
+    ``groups`` are the groups (or namespaces, or organisations) it belongs to;
+    ``source`` names the backend that said so.
+    """
+
+    kind: str
+    name: str
+    groups: tuple[str, ...] = ()
+    source: str = "local"
+
+    def principals(self) -> tuple[str, ...]:
+        """Every name a policy may match this identity by: ``user:alice``, ``group:ml``, …."""
+        return (f"{self.kind}:{self.name}", *(f"group:{g}" for g in self.groups))
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+@functools.lru_cache(maxsize=1)
+def _os_identity(uid: int, gids: tuple[int, ...]) -> Identity:
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid with no passwd entry (containers): the number is the name
+        user = str(uid)
+    groups: list[str] = []
+    for gid in gids:
+        try:
+            name = grp.getgrgid(gid).gr_name
+        except KeyError:
+            name = str(gid)
+        if name not in groups:
+            groups.append(name)
+    return Identity(kind="user", name=user, groups=tuple(groups), source="local")
+
+
+def local_identity() -> Identity:
+    """This process's OS user and groups (primary group first), as the local backend sees it."""
+    if not hasattr(os, "getuid"):  # pragma: no cover - Windows: the login name, no groups
+        import getpass
+
+        return Identity(kind="user", name=getpass.getuser(), source="local")
+    gid = os.getgid()
+    return _os_identity(os.getuid(), (gid, *(g for g in os.getgroups() if g != gid)))

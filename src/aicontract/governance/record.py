@@ -1,0 +1,319 @@
+"""The record: an append-only, hash-chained log of every negotiation step.
+
+Each entry is one JSON line whose ``hash`` is the SHA-256 of the entry's own
+bytes (everything before ``"hash"``), and which names the hash of the entry
+before it (``prev``) and its sequence number (``seq``). Changing any byte of
+an entry breaks its hash; removing or reordering entries breaks the chain of
+``prev`` and ``seq``; cutting entries off the end is caught by the head file
+beside the record, which always names the last entry's number, hash and the
+record's length. :func:`verify` checks all of it and names the first entry
+that was changed, removed or reordered.
+
+Many processes append to one record (every process on a host that
+negotiates): each append holds an exclusive ``flock`` on the record, so the
+chain stays one line. Entries carry what was asked, offered, refused and
+granted, and why — never secrets: a contract enters as its digest, name,
+tenant and template, never its environment or labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import attrs
+import msgspec
+
+from ..errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: one process per record (no flock there)
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["GENESIS", "Record", "Verification", "verify"]
+
+GENESIS = "0" * 64
+"""The ``prev`` of the first entry."""
+
+_HASH_KEY = b',"hash":"'
+_SUFFIX = len(_HASH_KEY) + 64 + 2  # ,"hash":"<64 hex>"}
+_HEAD_SIZE = 20 + 1 + 20 + 1 + 64 + 1  # "<seq> <size> <hash>\n", fixed width for pwrite
+_encoder = msgspec.json.Encoder()
+
+
+def _flock(fd: int, *, exclusive: bool) -> None:
+    """Take or drop the record's lock (where there is no flock, one process per record)."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_UN)
+
+
+class _Link(msgspec.Struct):
+    """The two fields :func:`verify` needs from each entry (the rest is skipped unparsed)."""
+
+    seq: int
+    prev: str
+
+
+_link_decoder = msgspec.json.Decoder(_Link)
+
+
+@attrs.define
+class Record:
+    """One record file (``record.jsonl``) and its head (``record.head``)."""
+
+    path: Path = attrs.field(converter=Path)
+    _fd: int | None = attrs.field(default=None, init=False, repr=False)
+    _head_fd: int | None = attrs.field(default=None, init=False, repr=False)
+    _pid: int = attrs.field(default=0, init=False, repr=False)
+    _reader: BinaryIO | None = attrs.field(default=None, init=False, repr=False)
+    _known: tuple[int, str, int] | None = attrs.field(default=None, init=False, repr=False)
+    """(seq, hash, size) after this process's last append: no re-reading the head if unchanged."""
+
+    @classmethod
+    def in_dir(cls, directory: str | Path) -> Record:
+        """The record kept in a state dir, beside the local ledger."""
+        return cls(Path(directory) / "record.jsonl")
+
+    @property
+    def head_path(self) -> Path:
+        """Where the last entry's number, hash and the record's length are kept."""
+        return self.path.with_suffix(".head")
+
+    @classmethod
+    def shared(cls, path: str | Path) -> Record:
+        """One :class:`Record` per path in this process, so negotiators share its files."""
+        key = Path(path).absolute()
+        record = _SHARED.get(key)
+        if record is None:
+            record = _SHARED[key] = cls(key)
+        return record
+
+    def _open(self) -> tuple[int, int]:
+        if self._pid != os.getpid():
+            # A forked child shares its parent's open files, and with them the flock:
+            # it must open its own, or parent and child would both "hold" the lock.
+            self.close()
+            self._pid = os.getpid()
+        if self._fd is None or self._head_fd is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                head = os.open(self.head_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot open the record {str(self.path)!r}: {exc.strerror}"
+                ) from None
+            self._fd, self._head_fd = fd, head
+        return self._fd, self._head_fd
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the record's lock: no other process appends until the block ends.
+
+        Appends inside the block (``append(..., locked=True)``) join it, so a
+        check of the record and the entry that acts on it happen as one step.
+        """
+        fd, _ = self._open()
+        _flock(fd, exclusive=True)
+        try:
+            yield
+        finally:
+            _flock(fd, exclusive=False)
+
+    def append(
+        self, kind: str, at: float, fields: dict[str, Any], *, locked: bool = False
+    ) -> dict[str, Any]:
+        """Append one entry (``kind`` at time ``at`` with ``fields``); return it with its hash.
+
+        ``locked``: the caller already holds :meth:`locked`.
+        """
+        fd, head_fd = self._open()
+        if not locked:  # not `with self.locked()`: this is the hot path
+            _flock(fd, exclusive=True)
+        try:
+            size = os.fstat(fd).st_size
+            known = self._known
+            if known is not None and known[2] == size:  # nobody appended since we did
+                seq, prev = known[0], known[1]
+            else:
+                seq, prev, size = self._last(fd, head_fd, size)
+            entry: dict[str, Any] = {"seq": seq + 1, "prev": prev, "at": at, "kind": kind, **fields}
+            body = _encoder.encode(entry)
+            digest = hashlib.sha256(body).hexdigest()
+            line = body[:-1] + _HASH_KEY + digest.encode() + b'"}\n'
+            os.write(fd, line)
+            head = f"{seq + 1:020d} {size + len(line):020d} {digest}\n"
+            os.pwrite(head_fd, head.encode(), 0)
+            self._known = (seq + 1, digest, size + len(line))
+        finally:
+            if not locked:
+                _flock(fd, exclusive=False)
+        entry["hash"] = digest
+        return entry
+
+    @staticmethod
+    def _last(fd: int, head_fd: int, size: int) -> tuple[int, str, int]:
+        """The last entry's number and hash, and the record's size: from the head, or the
+        record's last line.
+
+        The head lags the record only when a writer died between its two writes;
+        then the record's own last line is the truth (it was written first). A
+        record *shorter* than its head says lost entries: the chain goes on from
+        the head, so the gap stays visible to :func:`verify` instead of being papered over.
+        """
+        head = os.pread(head_fd, _HEAD_SIZE, 0)
+        if len(head) == _HEAD_SIZE:
+            seq_text, size_text, digest = head.decode("ascii", "replace").split(" ", 2)
+            if seq_text.isdigit() and size_text.isdigit() and int(size_text) >= size:
+                return int(seq_text), digest.strip(), size
+        if size == 0:
+            return 0, GENESIS, 0
+        tail = os.pread(fd, min(size, 1 << 16), max(0, size - (1 << 16)))
+        last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        try:
+            link = _link_decoder.decode(last[:-_SUFFIX] + b"}")
+        except msgspec.DecodeError:
+            raise ConfigError(
+                "the record ends in a damaged entry; run `aicontract audit verify`"
+            ) from None
+        return link.seq, last[-_SUFFIX + len(_HASH_KEY) : -2].decode(), size
+
+    def scan(self, offset: int = 0) -> Iterator[tuple[dict[str, Any], int]]:
+        """Each whole entry from byte ``offset`` on, with the offset just after it.
+
+        Streams line by line, so catching up on a large record needs no more memory
+        than one entry; a line still being written (no newline yet) is left for later.
+        """
+        fd, _ = self._open()
+        if os.fstat(fd).st_size <= offset:  # the common case in a loop: nothing new
+            return
+        if self._reader is None:
+            self._reader = self.path.open("rb")
+        reader = self._reader
+        reader.seek(offset)
+        for line in reader:
+            if not line.endswith(b"\n"):
+                return
+            offset += len(line)
+            if line.strip():
+                yield msgspec.json.decode(line), offset
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        """Every entry, oldest first."""
+        try:
+            file = self.path.open("rb")
+        except FileNotFoundError:
+            return
+        with file:
+            for line in file:
+                if line.strip():
+                    yield msgspec.json.decode(line)
+
+    def close(self) -> None:
+        """Close the record's files (safe to repeat)."""
+        for fd in (self._fd, self._head_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._head_fd = None
+        self._known = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+_SHARED: dict[Path, Record] = {}
+
+
+@attrs.frozen
+class Verification:
+    """The outcome of :func:`verify`: how many entries were checked and the first problem."""
+
+    entries: int
+    problem: str | None = None
+    line: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every entry is intact, in order, and none is missing."""
+        return self.problem is None
+
+
+def verify(path: str | Path) -> Verification:
+    """Check a record: every hash, the chain of ``prev``/``seq``, and the head file.
+
+    Names the first entry that was changed, removed or reordered (by its line).
+    """
+    record = Record(Path(path))
+    prev, expected, count = GENESIS, 1, 0
+    sha256 = hashlib.sha256
+    decode = _link_decoder.decode
+    try:
+        file = record.path.open("rb")
+    except FileNotFoundError:
+        return Verification(0)
+    with file:
+        for number, line in enumerate(file, 1):
+            line = line.rstrip(b"\n")
+            body = line[:-_SUFFIX] + b"}"
+            stored = line[-_SUFFIX + len(_HASH_KEY) : -2]
+            if line[-_SUFFIX : -_SUFFIX + len(_HASH_KEY)] != _HASH_KEY or not line.endswith(b'"}'):
+                return Verification(count, f"line {number} is not a record entry", number)
+            try:
+                link = decode(body)
+            except msgspec.DecodeError:
+                return Verification(count, f"line {number} is not a record entry", number)
+            if sha256(body).hexdigest().encode() != stored:
+                return Verification(
+                    count,
+                    f"entry {link.seq} (line {number}) was changed: its hash does not"
+                    " match its content",
+                    number,
+                )
+            if link.seq != expected:
+                if link.seq > expected:
+                    what = (
+                        f"entry {expected} is missing (removed, or moved later)"
+                        if link.seq == expected + 1
+                        else f"entries {expected}..{link.seq - 1} are missing (removed or moved)"
+                    )
+                else:
+                    what = f"entry {link.seq} is out of order"
+                return Verification(
+                    count,
+                    f"{what}: line {number} holds entry {link.seq}, expected {expected}",
+                    number,
+                )
+            if link.prev != prev:
+                return Verification(
+                    count,
+                    f"entry {link.seq} (line {number}) does not follow the entry before"
+                    " it: an entry before it was changed or replaced",
+                    number,
+                )
+            prev, expected, count = stored.decode(), expected + 1, count + 1
+    try:
+        head = record.head_path.read_bytes()
+    except FileNotFoundError:
+        head = b""
+    if count and head:
+        seq_text, _, rest = head.decode("ascii", "replace").partition(" ")
+        digest = rest.partition(" ")[2].strip()
+        if seq_text.isdigit() and int(seq_text) > count:
+            return Verification(
+                count,
+                f"entries {count + 1}..{int(seq_text)} were removed from the end"
+                f" (the head names entry {int(seq_text)})",
+                count + 1,
+            )
+        if seq_text.isdigit() and int(seq_text) == count and digest != prev:
+            return Verification(count, f"entry {count} (the last) was replaced", count)
+    elif not count and head.strip():
+        seq_text = head.decode("ascii", "replace").partition(" ")[0]
+        if seq_text.isdigit() and int(seq_text) > 0:
+            return Verification(0, f"all {int(seq_text)} entries were removed", 1)
+    return Verification(count)

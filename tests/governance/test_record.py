@@ -1,0 +1,232 @@
+"""The record: every entry hash-chained; any edit, removal or reordering is caught."""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import json
+import multiprocessing as mp
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aicontract.cli import main
+from aicontract.governance.record import Record, verify
+
+
+def _filled(path: Path, count: int = 10) -> Record:
+    record = Record(path)
+    for i in range(count):
+        record.append("grant", 1000.0 + i, {"lease": f"l{i}", "tenant": "team-a", "gpus": i % 3})
+    return record
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def test_intact_record_verifies(tmp_path: Path) -> None:
+    record = _filled(tmp_path / "record.jsonl")
+    result = verify(record.path)
+    assert result.ok
+    assert result.entries == 10
+    entries = list(record.entries())
+    assert [e["seq"] for e in entries] == list(range(1, 11))
+    assert all(b["prev"] == a["hash"] for a, b in itertools.pairwise(entries))
+
+
+def test_an_empty_or_missing_record_verifies(tmp_path: Path) -> None:
+    assert verify(tmp_path / "none.jsonl").ok
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(index=st.integers(0, 9), data=st.data())
+def test_an_edited_entry_is_caught(tmp_path: Path, index: int, data: st.DataObject) -> None:
+    """Change one value of any entry (even keeping the JSON valid): verify names that entry."""
+    path = tmp_path / f"edit-{uuid.uuid4().hex}.jsonl"
+    _filled(path)
+    lines = _lines(path)
+    entry = json.loads(lines[index])
+    key = data.draw(st.sampled_from(["lease", "tenant", "gpus", "at", "kind"]))
+    entry[key] = data.draw(
+        st.one_of(st.integers(), st.text(max_size=8)).filter(lambda v: v != entry[key])
+    )
+    lines[index] = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+    path.write_bytes(b"".join(lines))
+    result = verify(path)
+    assert not result.ok
+    assert result.line == index + 1
+    assert "changed" in (result.problem or "")
+
+
+def test_an_edit_with_a_recomputed_hash_is_caught(tmp_path: Path) -> None:
+    """Recomputing the edited entry's own hash does not help: the next entry names the old one."""
+    import hashlib
+
+    path = tmp_path / "record.jsonl"
+    _filled(path)
+    lines = _lines(path)
+    body = lines[3][: -len(b',"hash":"') - 64 - 3] + b"}"
+    body = body.replace(b'"gpus":0', b'"gpus":7')
+    digest = hashlib.sha256(body).hexdigest().encode()
+    lines[3] = body[:-1] + b',"hash":"' + digest + b'"}\n'
+    path.write_bytes(b"".join(lines))
+    result = verify(path)
+    assert not result.ok
+    assert result.line == 5
+    assert "does not follow" in (result.problem or "")
+
+
+@pytest.mark.parametrize("index", [0, 4, 9])
+def test_a_deleted_entry_is_caught(tmp_path: Path, index: int) -> None:
+    path = tmp_path / "record.jsonl"
+    _filled(path)
+    lines = _lines(path)
+    del lines[index]
+    path.write_bytes(b"".join(lines))
+    result = verify(path)
+    assert not result.ok
+    assert f"entry {index + 1} is missing" in (result.problem or "") or (
+        index == 9 and "removed from the end" in (result.problem or "")
+    )
+
+
+def test_all_entries_deleted_is_caught(tmp_path: Path) -> None:
+    path = tmp_path / "record.jsonl"
+    _filled(path)
+    path.write_bytes(b"")
+    result = verify(path)
+    assert not result.ok
+    assert "removed" in (result.problem or "")
+
+
+@pytest.mark.parametrize(("a", "b"), [(0, 1), (3, 7), (8, 9)])
+def test_reordered_entries_are_caught(tmp_path: Path, a: int, b: int) -> None:
+    path = tmp_path / "record.jsonl"
+    _filled(path)
+    lines = _lines(path)
+    lines[a], lines[b] = lines[b], lines[a]
+    path.write_bytes(b"".join(lines))
+    result = verify(path)
+    assert not result.ok
+    assert result.line == a + 1
+    assert f"line {a + 1} holds entry {b + 1}, expected {a + 1}" in (result.problem or "")
+
+
+def test_replaced_last_entry_is_caught(tmp_path: Path) -> None:
+    """A forged last entry with a valid hash and chain still disagrees with the head."""
+    path = tmp_path / "record.jsonl"
+    _filled(path)
+    lines = _lines(path)
+    head = (path.with_suffix(".head")).read_bytes()
+    path.write_bytes(b"".join(lines[:-1]))
+    (path.with_suffix(".head")).unlink()
+    forged = Record(path)
+    forged.append("grant", 5000.0, {"lease": "forged", "tenant": "team-a", "gpus": 0})
+    forged.close()
+    path.with_suffix(".head").write_bytes(head)  # the real head survived
+    result = verify(path)
+    assert not result.ok
+    assert "replaced" in (result.problem or "")
+
+
+def _appender(path: str, tag: int, count: int) -> None:
+    record = Record(Path(path))
+    for i in range(count):
+        record.append("grant", float(i), {"lease": f"p{tag}-{i}", "tenant": "t", "gpus": 1})
+
+
+def test_processes_appending_at_once_keep_one_chain(tmp_path: Path) -> None:
+    path = tmp_path / "record.jsonl"
+    ctx = mp.get_context("spawn")
+    workers = [ctx.Process(target=_appender, args=(str(path), i, 150)) for i in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+        assert worker.exitcode == 0
+    result = verify(path)
+    assert result.ok, result.problem
+    assert result.entries == 450
+
+
+def test_cli_audit_verify_exits_1_naming_the_entry(tmp_path: Path) -> None:
+    path = tmp_path / "record.jsonl"
+    _filled(path)
+    runner = CliRunner()
+    ok = runner.invoke(main, ["audit", "verify", "--record", str(path)])
+    assert ok.exit_code == 0
+    assert "10 entries" in ok.output
+    lines = _lines(path)
+    lines[2] = lines[2].replace(b'"team-a"', b'"team-b"')
+    path.write_bytes(b"".join(lines))
+    bad = runner.invoke(main, ["audit", "verify", "--record", str(path)])
+    assert bad.exit_code == 1
+    assert "entry 3 (line 3) was changed" in bad.output
+
+
+def test_cli_audit_show_and_export_filter(tmp_path: Path) -> None:
+    path = tmp_path / "record.jsonl"
+    _filled(path)
+    runner = CliRunner()
+    shown = runner.invoke(main, ["audit", "show", "--record", str(path), "--lease", "l4"])
+    assert shown.exit_code == 0
+    assert shown.output.count("\n") == 1
+    assert "lease=l4" in shown.output
+    exported = runner.invoke(main, ["audit", "export", "--record", str(path), "--tenant", "team-a"])
+    assert [json.loads(x)["seq"] for x in exported.output.splitlines()] == list(range(1, 11))
+    otel = runner.invoke(main, ["audit", "export", "--record", str(path), "--format", "otel"])
+    first = json.loads(otel.output.splitlines()[0])
+    assert first["timeUnixNano"] == str(10**12)
+    assert first["attributes"]
+
+
+def test_appending_after_a_cut_keeps_the_cut_visible(tmp_path: Path) -> None:
+    """Entries cut off the end stay detected after more are appended (no laundering)."""
+    path = tmp_path / "record.jsonl"
+    record = _filled(path)
+    record.close()
+    lines = _lines(path)
+    path.write_bytes(b"".join(lines[:-2]))
+    _filled(path, 3)
+    result = verify(path)
+    assert not result.ok
+    assert result.line == 9
+
+
+def test_a_forked_child_opens_its_own_files(tmp_path: Path) -> None:
+    """flock belongs to an open file: a child must not share its parent's, or both hold it."""
+    record = Record.shared(tmp_path / "record.jsonl")
+    assert Record.shared(tmp_path / "record.jsonl") is record
+    record.append("grant", 1.0, {"lease": "parent"})
+    with record.locked():  # the parent holds the lock while the child tries to take it
+        child = mp.get_context("fork").Process(target=_lock_in_child, args=(record,))
+        child.start()
+        child.join()
+    assert child.exitcode == 0  # the child's own file found the lock taken
+    record.append("grant", 3.0, {"lease": "parent-again"})
+    assert verify(record.path).entries == 2
+
+
+def _lock_in_child(record: Record) -> None:
+    fd, _ = record._open()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os._exit(0)
+    os._exit(1)  # it took a lock the parent holds: it was sharing the parent's file
+
+
+def test_cli_audit_show_on_a_damaged_record_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "record.jsonl"
+    _filled(path, 2)
+    path.write_bytes(path.read_bytes() + b"{not json\n")
+    result = CliRunner().invoke(main, ["audit", "show", "--record", str(path)])
+    assert result.exit_code == 1
+    assert "damaged" in result.output
+    assert "Traceback" not in result.output

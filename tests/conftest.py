@@ -14,6 +14,9 @@ pyproject.toml's ``[tool.pytest.ini_options]``; no conftest patches ``sys.path``
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
 
 from aicontract import VirtualClock
@@ -36,3 +39,19 @@ def anyio_backend() -> str:
 @pytest.fixture
 def clock() -> VirtualClock:
     return VirtualClock()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test writes into the machine's own state (ledger, record): a session-wide
+    private state dir, which a test may still override with its own."""
+    state = tmp_path_factory.mktemp("state-home")
+    saved = {k: os.environ.get(k) for k in ("AICONTRACT_STATE_DIR", "XDG_STATE_HOME")}
+    os.environ["AICONTRACT_STATE_DIR"] = str(state / "aicontract")
+    os.environ["XDG_STATE_HOME"] = str(state)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

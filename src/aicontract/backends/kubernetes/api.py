@@ -200,8 +200,13 @@ class KubeAPI:
         propagation: str = "Background",
         grace_seconds: int | None = None,
         params: Mapping[str, str] | None = None,
+        uid: str | None = None,
     ) -> bool:
-        """DELETE one object (or a collection with a ``labelSelector``); False when already gone."""
+        """DELETE one object (or a collection with a ``labelSelector``); False when already gone.
+
+        With ``uid`` only that very object is deleted: one of the same name made
+        since (another incarnation, someone else's) is left alone, and counts as gone.
+        """
         options: Obj = {
             "apiVersion": "v1",
             "kind": "DeleteOptions",
@@ -209,10 +214,16 @@ class KubeAPI:
         }
         if grace_seconds is not None:
             options["gracePeriodSeconds"] = grace_seconds
+        if uid is not None:
+            options["preconditions"] = {"uid": uid}
         try:
             await self.request("DELETE", path, body=options, params=params)
         except NotFound:
             return False
+        except Conflict:
+            if uid is None:
+                raise
+            return False  # the precondition failed: that object is gone, another has the name
         return True
 
     async def watch(

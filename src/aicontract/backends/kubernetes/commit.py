@@ -6,14 +6,17 @@ Also renewing, since both write the Lease object's heartbeat.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import anyio
+import attrs
 import msgspec
 
 from ...errors import (
     BackendError,
     CapacityUnavailable,
+    IdempotencyConflict,
     LeaseLost,
     TransientBackendError,
 )
@@ -28,11 +31,13 @@ from .core import (
     PODS,
     SERVICES,
     Obj,
+    log,
 )
 from .discovery import Features
 from .objects import (
     ANNOTATION_ENDS_AT,
     ANNOTATION_KEY,
+    ANNOTATION_OFFER_DIGEST,
     LABEL_LEASE,
     claim_manifest,
     claim_models,
@@ -41,6 +46,7 @@ from .objects import (
     lease_manifest,
     lease_name,
     micro_time,
+    offer_digest,
     owner_reference,
     parse_time,
     pod_manifest,
@@ -48,7 +54,9 @@ from .objects import (
     service_manifest,
 )
 from .quote import node_views
-from .teardown import TeardownMixin
+from .teardown import TeardownMixin, format_uids, parse_uids
+
+_T = TypeVar("_T")
 
 __all__ = ["CommitMixin"]
 
@@ -59,7 +67,13 @@ class CommitMixin(TeardownMixin):
     # -- committing ----------------------------------------------------------------------
 
     async def commit(self, offer: Offer, idempotency_key: str) -> Lease:
-        """Write the lease's objects and wait (a watch) until the scheduler binds its pod."""
+        """Write the lease's objects and wait (a watch) until the scheduler binds its pod.
+
+        The Lease object is renewed from the moment it exists (a committing lease is
+        alive, and ``aicontract gc`` leaves it alone); transient API errors are
+        retried until the contract's ``start_by``; on failure only what this call
+        created is deleted, and the failure itself is what is raised.
+        """
         if offer.backend != self.name:
             raise CapacityUnavailable(self.name, f"offer {offer.id} is not a {self.name} offer")
         contract = offer.contract
@@ -68,43 +82,150 @@ class CommitMixin(TeardownMixin):
         start_by = contract.terms.start_by
         wait_for_capacity = start_by is not None
         deadline = anyio.current_time() + (start_by.seconds if start_by else self.schedule_timeout)
-        now = self.clock.time()
-        ends_at = now + contract.terms.duration.seconds if contract.terms.duration else None
-        await self._ensure_namespace(namespace)
-        lease_obj = await self._create_or_adopt(
-            resource_path(*LEASES, namespace),
-            lease_manifest(
-                name,
-                namespace,
-                offer=offer,
-                idempotency_key=idempotency_key,
-                holder=self.holder,
-                ttl=self.ttl,
-                now=now,
-                ends_at=ends_at,
-            ),
-        )
-        meta = lease_obj["metadata"]
-        if (meta.get("annotations") or {}).get(ANNOTATION_KEY) != idempotency_key:
-            raise BackendError(self.name, f"lease object {namespace}/{name} belongs to another key")
-        if meta.get("deletionTimestamp"):
-            raise TransientBackendError(self.name, f"lease {name} is still being deleted")
-        objects: list[str] = []
+        made: list[tuple[str, str]] = []  # (path, uid) of what this very call created
         try:
-            pod = await self._place(
-                offer, name, namespace, lease_obj, objects, deadline, wait_for_capacity
+            await self._retrying(deadline, self._ensure_namespace, namespace)
+            lease_obj = await self._lease_object(offer, name, namespace, idempotency_key, deadline)
+            if lease_obj.created:
+                made.append((lease_obj.path, lease_obj.uid))
+            beat = _Beat(
+                renewed=parse_time(lease_obj.obj["spec"].get("renewTime")) or self.clock.time()
             )
-            # Until the lease is handed back, nobody holds what was bound: a failure (or a
-            # cancel) while reading the claim or the node must not leave it running.
-            if "claim" in objects:
-                offer = await self._granted_by_claim(offer, namespace, name)
-            return await self._lease(
-                offer, name, namespace, lease_obj, pod, objects, idempotency_key
-            )
-        except BaseException:
+            work = anyio.CancelScope()
+            # The heartbeat's task group is left by hand (as Lease.__aexit__ does) so an
+            # error of the commit itself propagates as itself, not in an ExceptionGroup.
+            heart = anyio.create_task_group()
+            await heart.__aenter__()
+            try:
+                heart.start_soon(self._keep_alive, namespace, name, lease_obj.uid, beat, work)
+                lease: Lease | None = None
+                with work:
+                    lease = await self._bind(
+                        offer, lease_obj, made, deadline, wait_for_capacity, idempotency_key, beat
+                    )
+            finally:
+                heart.cancel_scope.cancel()
+                await heart.__aexit__(None, None, None)
+            if lease is None:
+                raise CapacityUnavailable(self.name, f"lease {name}: {beat.lost}")
+            return lease
+        except BaseException as exc:
+            # Until the lease is handed back, nobody holds what was made: a failure (or a
+            # cancel) must not leave it. Only this call's objects go (a retry of another
+            # process's key must not destroy that process's pod), and a failure to delete
+            # never hides why the commit failed.
             with anyio.CancelScope(shield=True):
-                await self._teardown(namespace, name, ("claim", "service", "job", "pod"))
+                await self._undo(made, exc)
             raise
+
+    async def _bind(
+        self,
+        offer: Offer,
+        lease_obj: _Owned,
+        made: list[tuple[str, str]],
+        deadline: float,
+        wait_for_capacity: bool,
+        key: str,
+        beat: _Beat,
+    ) -> Lease:
+        """Place the workload, wait for binding, and build the lease from what was bound."""
+        name, namespace = lease_obj.name, lease_obj.namespace
+        objects: dict[str, str] = {"lease": lease_obj.uid}
+        pod = await self._place(
+            offer, name, namespace, lease_obj.obj, objects, made, deadline, wait_for_capacity
+        )
+        if "claim" in objects:
+            offer = await self._retrying(deadline, self._granted_by_claim, offer, namespace, name)
+        return await self._lease(offer, name, namespace, lease_obj.obj, pod, objects, key, beat)
+
+    async def _retrying(
+        self, deadline: float, call: Callable[..., Awaitable[_T]], *args: Any
+    ) -> _T:
+        """``call(*args)``, again after a transient API error, until ``deadline``.
+
+        An API server restarting (upgrades, crashes) refuses connections for
+        seconds; a commit allowed to wait a minute for capacity may wait that out.
+        """
+        wait = 0.1
+        while True:
+            try:
+                return await call(*args)
+            except TransientBackendError as exc:
+                if anyio.current_time() + wait >= deadline:
+                    raise
+                log.info("kubernetes: %s; retrying in %.1fs", exc, wait)
+                await anyio.sleep(wait)
+                wait = min(2.0, wait * 2)
+
+    async def _keep_alive(
+        self, namespace: str, name: str, uid: str, beat: _Beat, work: anyio.CancelScope
+    ) -> None:
+        """Renew the Lease object while the commit waits; cancel ``work`` if it is gone.
+
+        Never raises: a transient failure waits for the next beat.
+        """
+        interval = max(0.2, min(self.ttl / 3, 5.0))
+        path = resource_path(*LEASES, namespace, name)
+        while True:
+            await anyio.sleep(interval)
+            now = self.clock.time()
+            try:
+                obj = await self.api.merge_patch(path, {"spec": {"renewTime": micro_time(now)}})
+            except NotFound:
+                obj = {}
+            except BackendError as exc:
+                log.info("kubernetes: could not renew committing lease %s: %s", name, exc)
+                continue
+            meta = obj.get("metadata") or {}
+            if meta.get("uid") != uid or meta.get("deletionTimestamp"):
+                beat.lost = (
+                    f"its Lease object {namespace}/{name} was deleted while the commit waited"
+                    " (released or collected by someone else)"
+                )
+                work.cancel()
+                return
+            beat.renewed = now
+
+    async def _lease_object(
+        self, offer: Offer, name: str, namespace: str, key: str, deadline: float
+    ) -> _Owned:
+        """Create the Lease object, or adopt the one a retry of this commit made.
+
+        Adopted only when it is live and records the same key and the same offer;
+        one being deleted is waited out, then made anew.
+        """
+        digest = offer_digest(offer)
+        now = self.clock.time()
+        ends_at = (
+            now + offer.contract.terms.duration.seconds if offer.contract.terms.duration else None
+        )
+        body = lease_manifest(
+            name,
+            namespace,
+            offer=offer,
+            idempotency_key=key,
+            holder=self.holder,
+            ttl=self.ttl,
+            now=now,
+            ends_at=ends_at,
+        )
+
+        def adoptable(obj: Obj) -> bool:
+            annotations = obj["metadata"].get("annotations") or {}
+            if annotations.get(ANNOTATION_KEY) != key:
+                raise BackendError(self.name, f"lease object {namespace}/{name} is another key's")
+            theirs = annotations.get(ANNOTATION_OFFER_DIGEST)
+            if theirs is not None and theirs != digest:
+                raise IdempotencyConflict(
+                    self.name,
+                    f"idempotency key {key!r} was used for another offer (lease {namespace}/"
+                    f"{name}); a retry must send the same offer, a new commit a new key",
+                )
+            return True
+
+        return await self._create_or_adopt(
+            resource_path(*LEASES, namespace), body, deadline, adoptable
+        )
 
     async def _granted_by_claim(self, offer: Offer, namespace: str, name: str) -> Offer:
         """The offer with the model the scheduler allocated from the claim's ``firstAvailable``.
@@ -126,20 +247,46 @@ class CommitMixin(TeardownMixin):
                 return msgspec.structs.replace(offer, grant=grant)
         return offer
 
-    async def _create_or_adopt(self, collection: str, body: Obj) -> Obj:
-        """Create ``body``; when it exists (a retried commit), return the existing object."""
-        for _ in range(50):
+    async def _create_or_adopt(
+        self, collection: str, body: Obj, deadline: float, mine: Callable[[Obj], bool]
+    ) -> _Owned:
+        """Create ``body``; when its name is taken, adopt the object only if it is ours.
+
+        Ours means live (no ``deletionTimestamp``) and ``mine(obj)`` (owned by this
+        lease's Lease object, or for the Lease itself: this key and offer). One being
+        deleted is waited out; a live one left by an earlier incarnation of this lease
+        (its owner is gone) is deleted, by uid, and made anew. Transient errors, a lost
+        reply included, are retried until ``deadline``: the retry finds what the lost
+        request made and adopts it.
+        """
+        name = body["metadata"]["name"]
+        path = f"{collection}/{name}"
+        wait = 0.1
+        while True:
             try:
-                return await self.api.create(collection, body)
-            except Conflict:
-                existing = await self.api.get_or_none(f"{collection}/{body['metadata']['name']}")
+                try:
+                    return _Owned(await self.api.create(collection, body), path, created=True)
+                except Conflict:
+                    existing = await self.api.get_or_none(path)
                 if existing is not None:
-                    return existing
+                    meta = existing["metadata"]
+                    if not meta.get("deletionTimestamp"):
+                        if mine(existing):
+                            return _Owned(existing, path, created=False)
+                        if (meta.get("labels") or {}).get(LABEL_LEASE) != name:
+                            raise BackendError(
+                                self.name, f"{path} exists and is no aicontract lease's object"
+                            )
+                        await self.api.delete(path, uid=str(meta["uid"]))
+                    why = f"{path} is still being deleted (left by an earlier attempt)"
+                else:
+                    continue  # gone between the POST and the GET: create it now
             except TransientBackendError as exc:
-                if "serviceaccount" not in str(exc).replace(" ", "").lower():
-                    raise
-                await anyio.sleep(0.2)  # a new namespace's default service account is on its way
-        raise TransientBackendError(self.name, f"could not create {body['metadata']['name']}")
+                why = str(exc)
+            if anyio.current_time() + wait >= deadline:
+                raise TransientBackendError(self.name, f"could not create {path}: {why}")
+            await anyio.sleep(wait)
+            wait = min(1.0, wait * 2)
 
     async def _place(
         self,
@@ -147,25 +294,39 @@ class CommitMixin(TeardownMixin):
         name: str,
         namespace: str,
         lease_obj: Obj,
-        objects: list[str],
+        objects: dict[str, str],
+        made: list[tuple[str, str]],
         deadline: float,
         wait_for_capacity: bool,
     ) -> Obj:
         contract = offer.contract
         owner = owner_reference(lease_obj)
+        owner_uid = str(lease_obj["metadata"]["uid"])
         labels = labels_for(name, contract)
-        features = await self.features()
+        features = await self._retrying(deadline, self.features)
         gpus = contract.resources.gpus
+
+        def owned(obj: Obj) -> bool:
+            refs = obj["metadata"].get("ownerReferences") or []
+            return any(ref.get("uid") == owner_uid for ref in refs)
+
+        async def make(kind: str, collection: str, body: Obj) -> Obj:
+            got = await self._create_or_adopt(collection, body, deadline, owned)
+            if got.created:
+                made.append((got.path, got.uid))
+            objects[kind] = got.uid
+            return got.obj
+
         claim = None
         if gpus is not None and offer.grant.gpus and self.dra == "auto" and features.dra:
             models = claim_models(offer.grant.gpu_model, gpus.models)
-            await self._create_or_adopt(
+            await make(
+                "claim",
                 resource_path(*CLAIMS, namespace),
                 claim_manifest(
                     name, namespace, labels, owner, count=offer.grant.gpus, models=models
                 ),
             )
-            objects.append("claim")
             claim = name
         workload = contract.workload
         env = {
@@ -185,25 +346,26 @@ class CommitMixin(TeardownMixin):
         queue = self.queue if (as_job and self.queue and features.kueue) else None
         job: Obj | None = None
         if as_job:
-            job = await self._create_or_adopt(
+            job = await make(
+                "job",
                 resource_path(*JOBS, namespace),
                 job_manifest(name, namespace, labels, owner, spec, queue=queue),
             )
-            objects.append("job")
         else:
-            await self._create_or_adopt(
-                resource_path(*PODS, namespace), pod_manifest(name, namespace, labels, owner, spec)
+            await make(
+                "pod",
+                resource_path(*PODS, namespace),
+                pod_manifest(name, namespace, labels, owner, spec),
             )
-            objects.append("pod")
         if workload is not None and workload.ports:
-            await self._create_or_adopt(
+            await make(
+                "service",
                 resource_path(*SERVICES, namespace),
                 service_manifest(name, namespace, labels, owner, workload.ports),
             )
-            objects.append("service")
         if queue is not None and job is not None:
             await self._wait_admitted(namespace, job, deadline, features)
-        return await self._wait_bound(namespace, name, deadline, wait_for_capacity)
+        return await self._wait_bound(namespace, name, objects, deadline, wait_for_capacity)
 
     async def _lease(
         self,
@@ -212,8 +374,9 @@ class CommitMixin(TeardownMixin):
         namespace: str,
         lease_obj: Obj,
         pod: Obj,
-        objects: Sequence[str],
+        objects: Mapping[str, str],
         key: str,
+        beat: _Beat,
     ) -> Lease:
         contract = offer.contract
         node_name = str(pod["spec"]["nodeName"])
@@ -223,8 +386,10 @@ class CommitMixin(TeardownMixin):
             view = node_views([node], [], region_jurisdictions=self.region_jurisdictions)[0]
             region, jurisdiction = view.region, view.jurisdiction
         created = parse_time(lease_obj["spec"].get("acquireTime")) or self.clock.time()
-        renewed = parse_time(lease_obj["spec"].get("renewTime")) or created
-        expires_at = renewed + float(lease_obj["spec"].get("leaseDurationSeconds") or self.ttl)
+        # One TTL from the last renewal: the heartbeat kept it alive while commit waited.
+        expires_at = max(beat.renewed, created) + float(
+            lease_obj["spec"].get("leaseDurationSeconds") or self.ttl
+        )
         ends_at = parse_time(
             (lease_obj["metadata"].get("annotations") or {}).get(ANNOTATION_ENDS_AT)
         )
@@ -252,7 +417,9 @@ class CommitMixin(TeardownMixin):
                 "namespace": namespace,
                 "node": node_name,
                 "pod": str(pod["metadata"]["name"]),
-                "objects": ",".join(objects),
+                "pod_uid": str(pod["metadata"]["uid"]),
+                "objects": ",".join(k for k in objects if k != "lease"),
+                "uids": format_uids(objects),
                 "idempotency_key": key,
             },
             clock=self.clock,
@@ -260,15 +427,40 @@ class CommitMixin(TeardownMixin):
         )
 
     async def _wait_bound(
-        self, namespace: str, name: str, deadline: float, wait_for_capacity: bool
+        self,
+        namespace: str,
+        name: str,
+        objects: Mapping[str, str],
+        deadline: float,
+        wait_for_capacity: bool,
     ) -> Obj:
-        """Watch the lease's pods until one is bound to a node; CapacityUnavailable if none is."""
+        """Watch the lease's own pod until it is bound to a node; CapacityUnavailable if not.
+
+        Only this lease's pod counts (its uid, or owned by its Job): a pod left by
+        an earlier incarnation under the same label is not it. Its deletion while
+        the commit waits (its Lease object released or collected) ends the wait.
+        """
         path = resource_path(*PODS, namespace)
         selector = {"labelSelector": f"{LABEL_LEASE}={name}"}
         last = "no word from the scheduler yet"
+        owners = {objects.get("job"), objects.get("pod")} - {None}
 
-        def verdict(pod: Obj) -> Obj | None:
+        def ours(pod: Obj) -> bool:
+            meta = pod["metadata"]
+            refs = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
+            return meta.get("uid") in owners or bool(refs & owners)
+
+        def verdict(kind: str, pod: Obj) -> Obj | None:
             nonlocal last
+            if not ours(pod):
+                return None
+            if kind == "DELETED" and "pod" in objects:
+                raise CapacityUnavailable(
+                    self.name,
+                    f"pod {pod['metadata']['name']} was deleted while the commit waited",
+                )
+            if pod["metadata"].get("deletionTimestamp"):
+                return None
             if (pod.get("spec") or {}).get("nodeName"):
                 return pod
             status = pod.get("status") or {}
@@ -310,7 +502,7 @@ class CommitMixin(TeardownMixin):
             path,
             selector,
             deadline,
-            lambda obj: obj if admitted(obj) else None,
+            lambda kind, obj: obj if kind != "DELETED" and admitted(obj) else None,
             lambda: f"Kueue did not admit job {job['metadata']['name']} in time",
         )
 
@@ -319,41 +511,48 @@ class CommitMixin(TeardownMixin):
         path: str,
         selector: Mapping[str, str],
         deadline: float,
-        found: Callable[[Obj], Obj | None],
+        found: Callable[[str, Obj], Obj | None],
         too_late: Callable[[], str],
     ) -> Obj:
         """List, then watch from the list's version, until ``found`` returns an object.
 
         A watch, not a polling loop: the API server tells us of each change. An
-        expired version (410 Gone) lists again; the deadline raises
-        CapacityUnavailable with ``too_late()``.
+        expired version (410 Gone) lists again; so does a transient error (the API
+        server restarting), after a pause; the deadline raises CapacityUnavailable
+        with ``too_late()``.
         """
+        pause = 0.1
         while True:
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
                 raise CapacityUnavailable(self.name, too_late())
             with anyio.move_on_after(remaining):
-                listing = await self.api.get(path, selector)
-                for obj in listing.get("items") or []:
-                    result: Obj | None = found(obj)
-                    if result is not None:
-                        return result
-                version = str(listing["metadata"].get("resourceVersion", ""))
                 try:
+                    listing = await self.api.get(path, selector)
+                    for obj in listing.get("items") or []:
+                        result: Obj | None = found("ADDED", obj)
+                        if result is not None:
+                            return result
+                    version = str(listing["metadata"].get("resourceVersion", ""))
                     async for kind, obj in self.api.watch(
                         path,
                         {**selector, "resourceVersion": version},
                         timeout_seconds=max(1, min(300, math.ceil(remaining))),
                     ):
-                        if kind in ("ADDED", "MODIFIED"):
-                            result = found(obj)
+                        if kind in ("ADDED", "MODIFIED", "DELETED"):
+                            result = found(kind, obj)
                             if result is not None:
                                 return result
+                    pause = 0.1
+                except TransientBackendError as exc:
+                    log.info("kubernetes: watch of %s interrupted (%s); listing again", path, exc)
+                    await anyio.sleep(pause)
+                    pause = min(2.0, pause * 2)
                 except ApiError as exc:
                     if exc.status != 410:
                         raise
 
-    # -- renewing, releasing -------------------------------------------------------------
+    # -- renewing ------------------------------------------------------------------------
 
     async def renew(self, lease: Lease) -> float:
         """Move the Lease object's ``renewTime`` to now; the new expiry is one TTL ahead."""
@@ -366,8 +565,75 @@ class CommitMixin(TeardownMixin):
             obj = await self.api.merge_patch(resource_path(*LEASES, namespace, lease.id), patch)
         except NotFound:
             raise LeaseLost(lease.id, "its Lease object is gone (released or collected)") from None
-        if obj.get("metadata", {}).get("deletionTimestamp"):
+        meta = obj.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
             raise LeaseLost(lease.id, "its Lease object is being deleted")
+        uid = parse_uids(lease.details.get("uids", "")).get("lease")
+        if uid is not None and meta.get("uid") != uid:
+            raise LeaseLost(
+                lease.id, "its Lease object was deleted and made anew by another commit"
+            )
         expires_at = now + self.ttl
         ends_at = lease.ends_at
         return expires_at if ends_at is None else min(expires_at, ends_at)
+
+    async def _undo(self, made: Sequence[tuple[str, str]], cause: BaseException) -> None:
+        """Delete, newest first and by uid, what a failed commit created; never raise.
+
+        Retried for a while (the API server may be restarting); what is left then is
+        for ``abandon`` or ``aicontract gc``. Deleting the Lease object alone would
+        do (the cluster deletes what it owns) but takes the garbage collector's time.
+        """
+        left = list(reversed(made))
+        with anyio.move_on_after(min(10.0, self.release_timeout)):
+            wait = 0.1
+            while left:
+                path, uid = left[0]
+                try:
+                    await self.api.delete(path, uid=uid)
+                    left.pop(0)
+                    continue
+                except TransientBackendError as exc:
+                    log.info("kubernetes: undoing %s: %s; retrying", path, exc)
+                except BackendError as exc:
+                    log.warning("kubernetes: could not delete %s after %r: %s", path, cause, exc)
+                    left.pop(0)
+                    continue
+                await anyio.sleep(wait)
+                wait = min(1.0, wait * 2)
+        for path, _ in left:
+            log.warning(
+                "kubernetes: %s outlived a failed commit (%r); gc will take it", path, cause
+            )
+
+
+@attrs.define
+class _Beat:
+    """When a committing lease's Lease object was last renewed; why it was lost, if it was."""
+
+    renewed: float
+    lost: str | None = None
+
+
+@attrs.frozen
+class _Owned:
+    """An object a commit made (``created``) or adopted (a retry finding its own)."""
+
+    obj: Obj
+    path: str
+    created: bool
+
+    @property
+    def uid(self) -> str:
+        """The object's uid."""
+        return str(self.obj["metadata"]["uid"])
+
+    @property
+    def name(self) -> str:
+        """The object's name."""
+        return str(self.obj["metadata"]["name"])
+
+    @property
+    def namespace(self) -> str:
+        """The object's namespace."""
+        return str(self.obj["metadata"]["namespace"])

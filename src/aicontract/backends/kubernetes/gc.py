@@ -58,7 +58,7 @@ class GcMixin(TeardownMixin):
             if now > limit or (ends_at is not None and now > ends_at + grace):
                 expired.append(f"{ns}/{name}")
                 if not dry_run:
-                    await self._teardown(ns, name, ("claim", "service", "job", "pod"))
+                    await self._teardown(ns, name, str(meta["uid"]))
             else:
                 alive.add((ns, name))
                 kept += 1
@@ -75,10 +75,17 @@ class GcMixin(TeardownMixin):
                     continue
                 if f"{ns}/{lease_label}" in expired:
                     continue
+                # A commit may have made its Lease object since the list above: an object
+                # whose Lease exists now is no orphan (it is a commit in progress).
+                owner = await api.get_or_none(resource_path(*LEASES, ns, lease_label))
+                if owner is not None:
+                    continue
                 orphans.append(f"{kind[1]}/{ns}/{meta['name']}")
                 if not dry_run:
                     grace_now = 0 if kind == PODS and meta.get("deletionTimestamp") else None
                     await api.delete(
-                        resource_path(*kind, ns, meta["name"]), grace_seconds=grace_now
+                        resource_path(*kind, ns, meta["name"]),
+                        grace_seconds=grace_now,
+                        uid=str(meta["uid"]),
                     )
         return GarbageReport(expired=tuple(expired), orphans=tuple(orphans), kept=kept)

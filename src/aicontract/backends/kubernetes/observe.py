@@ -24,7 +24,8 @@ class ObserveMixin(KubeCore):
     # -- observing -----------------------------------------------------------------------
 
     async def observe(self, lease: Lease) -> Observation:
-        """Faults from the pod (phase, restarts, eviction, deletion) and its node (NotReady)."""
+        """Faults from the lease's own pod (phase, restarts, eviction, deletion, a
+        replacement) and its node (NotReady, gone, relabelled out of the contract)."""
         namespace = lease.details.get("namespace") or self.namespace_for(lease.contract)
         now = self.clock.time()
         pods = (
@@ -33,17 +34,36 @@ class ObserveMixin(KubeCore):
             )
         ).get("items") or []
         faults: list[Fault] = []
-        if not pods:
+        # The lease is bound to one pod (its uid): another pod under the lease's label,
+        # a Job controller's replacement or an eviction's, is not what was granted.
+        wanted_uid = lease.details.get("pod_uid")
+        wanted_name = lease.details.get("pod")
+        pod = next(
+            (
+                p
+                for p in pods
+                if (p["metadata"].get("uid") == wanted_uid if wanted_uid else True)
+                and (p["metadata"].get("name") == wanted_name if wanted_name else True)
+            ),
+            None,
+        )
+        if pod is None:
             if lease.is_active:
+                others = [
+                    f"{p['metadata']['name']} on "
+                    + str((p.get("spec") or {}).get("nodeName") or "no node")
+                    for p in pods
+                ]
+                replaced = f"; replaced by {', '.join(others)}" if others else ""
                 faults.append(
                     Fault(
                         kind="capacity-revoked",
                         at=now,
-                        reason=f"pod of lease {lease.id} was deleted",
+                        reason=f"pod {wanted_name or lease.id} of lease {lease.id} was deleted"
+                        + replaced,
                     )
                 )
             return Observation(faults=tuple(faults))
-        pod = pods[0]
         faults.extend(self._pod_faults(pod, now))
         workload = _workload_state(pod)
         node_name = (pod.get("spec") or {}).get("nodeName")
@@ -58,7 +78,7 @@ class ObserveMixin(KubeCore):
                     )
                 )
             else:
-                view = node_views([node], [])[0]
+                view = node_views([node], [], region_jurisdictions=self.region_jurisdictions)[0]
                 ready: Obj = next(
                     (
                         c
@@ -74,6 +94,19 @@ class ObserveMixin(KubeCore):
                             at=now,
                             reason=f"node {node_name} is NotReady (Ready={ready.get('status')}, "
                             f"{ready.get('reason') or view.why_not}: {ready.get('message', '')})",
+                        )
+                    )
+                misfits = lease.contract.placement.misfits(
+                    region=view.region, jurisdiction=view.jurisdiction, provider=self.provider
+                )
+                if misfits:
+                    requirement, wanted, has = misfits[0]
+                    faults.append(
+                        Fault(
+                            kind="capacity-revoked",
+                            at=now,
+                            reason=f"placement of node {node_name} changed: {requirement} wants "
+                            f"{wanted}, the node is now {has}",
                         )
                     )
         return Observation(faults=tuple(faults), workload=workload)

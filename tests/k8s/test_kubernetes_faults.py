@@ -25,6 +25,7 @@ from aicontract import (
     AuthenticationError,
     Contract,
     IdempotencyConflict,
+    QuotaExceeded,
     Workload,
 )
 from aicontract.backends.kubernetes import KubernetesBackend
@@ -555,3 +556,51 @@ async def test_a_relabelled_node_that_leaves_the_contract_is_a_fault(
                 headers={"Content-Type": "application/merge-patch+json"},
             )
         await lease.release()
+
+
+# -- minor: quotas and counter-offers -------------------------------------------------------
+
+
+async def test_quotes_never_offer_what_the_namespace_quota_forbids(
+    k8s_cluster: Any, backend: KubernetesBackend
+) -> None:
+    c = contract(gpus=GPU(count=2, models=("H100",)))
+    ns = backend.namespace_for(c)
+    k8s_cluster.create_namespace(ns)
+    before = (await backend.quote(c)).offers[0]  # quoted before the quota came
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "gpus", "namespace": ns},
+        "spec": {"hard": {"requests.nvidia.com/gpu": "1"}},
+    }
+    with k8s_cluster.client() as admin:
+        r = admin.post(f"/api/v1/namespaces/{ns}/resourcequotas", json=quota)
+        assert r.status_code == 201, r.text
+        with anyio.fail_after(30):  # the quota controller fills in what is used
+            while "used" not in admin.get(
+                f"/api/v1/namespaces/{ns}/resourcequotas/gpus"
+            ).json().get("status", {}):
+                await anyio.sleep(0.1)
+    quote = await backend.quote(c)
+    assert not quote.offers
+    assert [r.requirement for r in quote.rejections] == ["quota"]
+    assert "used 0 of limit 1" in quote.rejections[0].available
+    assert [o.grant.gpus for o in quote.counter_offers] == [1, 1]  # EU and US, 1 GPU each
+    one = (await backend.quote(contract(tenant=c.tenant))).offers
+    assert one
+    assert all(o.grant.gpus == 1 for o in one)
+    # Committing an offer the quota now forbids: refused as quota, not as credentials.
+    with pytest.raises(QuotaExceeded, match="quota") as caught:
+        await backend.commit(before, uuid.uuid4().hex[:16])
+    assert "limited" in str(caught.value)
+    with k8s_cluster.client() as admin:
+        leases = admin.get(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases").json()
+    assert leases["items"] == []
+
+
+async def test_too_many_gpus_get_a_counter_offer(backend: KubernetesBackend) -> None:
+    quote = await backend.quote(contract(gpus=GPU(count=5, models=("H100",))))
+    assert not quote.offers
+    assert {o.grant.gpus for o in quote.counter_offers} == {4}
+    assert all(o.contract.resources.gpus is not None for o in quote.counter_offers)

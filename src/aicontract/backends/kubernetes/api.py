@@ -28,6 +28,7 @@ from ...errors import (
     AuthenticationError,
     BackendError,
     ConfigError,
+    QuotaExceeded,
     TransientBackendError,
 )
 
@@ -168,6 +169,10 @@ class KubeAPI:
         if status == 403 and "serviceaccount" in message.replace(" ", "").lower():
             # A fresh namespace's default service account appears a moment later.
             return TransientBackendError(self.backend, f"HTTP 403: {text}")
+        if status == 403 and "exceeded quota" in message:
+            # A ResourceQuota refused it: the message names what was requested, used
+            # and limited. Not a credentials problem.
+            return QuotaExceeded(self.backend, f"HTTP 403 (quota): {text}")
         if status == 403:
             return AuthenticationError(self.backend, f"HTTP 403 (not allowed): {text}")
         if status == 429 or status >= 500:

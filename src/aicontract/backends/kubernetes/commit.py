@@ -5,9 +5,7 @@ Also renewing, since both write the Lease object's heartbeat.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping
 
 import anyio
 import attrs
@@ -18,11 +16,12 @@ from ...errors import (
     CapacityUnavailable,
     IdempotencyConflict,
     LeaseLost,
-    TransientBackendError,
 )
 from ...leases import Lease
 from ...offer import Offer
-from .api import ApiError, Conflict, NotFound, resource_path
+from .adopt import AdoptMixin, _Owned
+from .api import NotFound, resource_path
+from .binding import BindingMixin
 from .core import (
     CLAIMS,
     JOB_KINDS,
@@ -33,12 +32,10 @@ from .core import (
     Obj,
     log,
 )
-from .discovery import Features
 from .objects import (
     ANNOTATION_ENDS_AT,
     ANNOTATION_KEY,
     ANNOTATION_OFFER_DIGEST,
-    LABEL_LEASE,
     claim_manifest,
     claim_models,
     job_manifest,
@@ -56,12 +53,10 @@ from .objects import (
 from .quote import node_views
 from .teardown import TeardownMixin, format_uids, parse_uids
 
-_T = TypeVar("_T")
-
 __all__ = ["CommitMixin"]
 
 
-class CommitMixin(TeardownMixin):
+class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
     """Commit (create or adopt, then wait for binding) and renew."""
 
     # -- committing ----------------------------------------------------------------------
@@ -137,25 +132,6 @@ class CommitMixin(TeardownMixin):
         if "claim" in objects:
             offer = await self._retrying(deadline, self._granted_by_claim, offer, namespace, name)
         return await self._lease(offer, name, namespace, lease_obj.obj, pod, objects, key, beat)
-
-    async def _retrying(
-        self, deadline: float, call: Callable[..., Awaitable[_T]], *args: Any
-    ) -> _T:
-        """``call(*args)``, again after a transient API error, until ``deadline``.
-
-        An API server restarting (upgrades, crashes) refuses connections for
-        seconds; a commit allowed to wait a minute for capacity may wait that out.
-        """
-        wait = 0.1
-        while True:
-            try:
-                return await call(*args)
-            except TransientBackendError as exc:
-                if anyio.current_time() + wait >= deadline:
-                    raise
-                log.info("kubernetes: %s; retrying in %.1fs", exc, wait)
-                await anyio.sleep(wait)
-                wait = min(2.0, wait * 2)
 
     async def _keep_alive(
         self, namespace: str, name: str, uid: str, beat: _Beat, work: anyio.CancelScope
@@ -246,47 +222,6 @@ class CommitMixin(TeardownMixin):
                 grant = msgspec.structs.replace(offer.grant, gpu_model=model)
                 return msgspec.structs.replace(offer, grant=grant)
         return offer
-
-    async def _create_or_adopt(
-        self, collection: str, body: Obj, deadline: float, mine: Callable[[Obj], bool]
-    ) -> _Owned:
-        """Create ``body``; when its name is taken, adopt the object only if it is ours.
-
-        Ours means live (no ``deletionTimestamp``) and ``mine(obj)`` (owned by this
-        lease's Lease object, or for the Lease itself: this key and offer). One being
-        deleted is waited out; a live one left by an earlier incarnation of this lease
-        (its owner is gone) is deleted, by uid, and made anew. Transient errors, a lost
-        reply included, are retried until ``deadline``: the retry finds what the lost
-        request made and adopts it.
-        """
-        name = body["metadata"]["name"]
-        path = f"{collection}/{name}"
-        wait = 0.1
-        while True:
-            try:
-                try:
-                    return _Owned(await self.api.create(collection, body), path, created=True)
-                except Conflict:
-                    existing = await self.api.get_or_none(path)
-                if existing is not None:
-                    meta = existing["metadata"]
-                    if not meta.get("deletionTimestamp"):
-                        if mine(existing):
-                            return _Owned(existing, path, created=False)
-                        if (meta.get("labels") or {}).get(LABEL_LEASE) != name:
-                            raise BackendError(
-                                self.name, f"{path} exists and is no aicontract lease's object"
-                            )
-                        await self.api.delete(path, uid=str(meta["uid"]))
-                    why = f"{path} is still being deleted (left by an earlier attempt)"
-                else:
-                    continue  # gone between the POST and the GET: create it now
-            except TransientBackendError as exc:
-                why = str(exc)
-            if anyio.current_time() + wait >= deadline:
-                raise TransientBackendError(self.name, f"could not create {path}: {why}")
-            await anyio.sleep(wait)
-            wait = min(1.0, wait * 2)
 
     async def _place(
         self,
@@ -426,132 +361,6 @@ class CommitMixin(TeardownMixin):
             created_at=created,
         )
 
-    async def _wait_bound(
-        self,
-        namespace: str,
-        name: str,
-        objects: Mapping[str, str],
-        deadline: float,
-        wait_for_capacity: bool,
-    ) -> Obj:
-        """Watch the lease's own pod until it is bound to a node; CapacityUnavailable if not.
-
-        Only this lease's pod counts (its uid, or owned by its Job): a pod left by
-        an earlier incarnation under the same label is not it. Its deletion while
-        the commit waits (its Lease object released or collected) ends the wait.
-        """
-        path = resource_path(*PODS, namespace)
-        selector = {"labelSelector": f"{LABEL_LEASE}={name}"}
-        last = "no word from the scheduler yet"
-        owners = {objects.get("job"), objects.get("pod")} - {None}
-
-        def ours(pod: Obj) -> bool:
-            meta = pod["metadata"]
-            refs = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
-            return meta.get("uid") in owners or bool(refs & owners)
-
-        def verdict(kind: str, pod: Obj) -> Obj | None:
-            nonlocal last
-            if not ours(pod):
-                return None
-            if kind == "DELETED" and "pod" in objects:
-                raise CapacityUnavailable(
-                    self.name,
-                    f"pod {pod['metadata']['name']} was deleted while the commit waited",
-                )
-            if pod["metadata"].get("deletionTimestamp"):
-                return None
-            if (pod.get("spec") or {}).get("nodeName"):
-                return pod
-            status = pod.get("status") or {}
-            if status.get("phase") == "Failed":
-                raise CapacityUnavailable(
-                    self.name, f"pod {name} failed: {status.get('reason')} {status.get('message')}"
-                )
-            for cond in status.get("conditions") or []:
-                if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                    last = str(cond.get("message") or cond.get("reason"))
-                    if not wait_for_capacity and cond.get("reason") == "Unschedulable":
-                        raise CapacityUnavailable(
-                            self.name, f"the scheduler cannot place {name} now: {last}"
-                        )
-            return None
-
-        return await self._watch_until(
-            path,
-            selector,
-            deadline,
-            verdict,
-            lambda: f"{name} was not bound to a node before the deadline: {last}",
-        )
-
-    async def _wait_admitted(
-        self, namespace: str, job: Obj, deadline: float, features: Features
-    ) -> None:
-        """Watch Kueue's Workload for the Job until its ``Admitted`` condition is True."""
-        path = resource_path(features.kueue_version, "workloads", namespace)
-        selector = {"labelSelector": f"kueue.x-k8s.io/job-uid={job['metadata']['uid']}"}
-
-        def admitted(obj: Obj) -> bool:
-            return any(
-                c.get("type") == "Admitted" and c.get("status") == "True"
-                for c in (obj.get("status") or {}).get("conditions") or []
-            )
-
-        await self._watch_until(
-            path,
-            selector,
-            deadline,
-            lambda kind, obj: obj if kind != "DELETED" and admitted(obj) else None,
-            lambda: f"Kueue did not admit job {job['metadata']['name']} in time",
-        )
-
-    async def _watch_until(
-        self,
-        path: str,
-        selector: Mapping[str, str],
-        deadline: float,
-        found: Callable[[str, Obj], Obj | None],
-        too_late: Callable[[], str],
-    ) -> Obj:
-        """List, then watch from the list's version, until ``found`` returns an object.
-
-        A watch, not a polling loop: the API server tells us of each change. An
-        expired version (410 Gone) lists again; so does a transient error (the API
-        server restarting), after a pause; the deadline raises CapacityUnavailable
-        with ``too_late()``.
-        """
-        pause = 0.1
-        while True:
-            remaining = deadline - anyio.current_time()
-            if remaining <= 0:
-                raise CapacityUnavailable(self.name, too_late())
-            with anyio.move_on_after(remaining):
-                try:
-                    listing = await self.api.get(path, selector)
-                    for obj in listing.get("items") or []:
-                        result: Obj | None = found("ADDED", obj)
-                        if result is not None:
-                            return result
-                    version = str(listing["metadata"].get("resourceVersion", ""))
-                    async for kind, obj in self.api.watch(
-                        path,
-                        {**selector, "resourceVersion": version},
-                        timeout_seconds=max(1, min(300, math.ceil(remaining))),
-                    ):
-                        if kind in ("ADDED", "MODIFIED", "DELETED"):
-                            result = found(kind, obj)
-                            if result is not None:
-                                return result
-                    pause = 0.1
-                except TransientBackendError as exc:
-                    log.info("kubernetes: watch of %s interrupted (%s); listing again", path, exc)
-                    await anyio.sleep(pause)
-                    pause = min(2.0, pause * 2)
-                except ApiError as exc:
-                    if exc.status != 410:
-                        raise
-
     # -- renewing ------------------------------------------------------------------------
 
     async def renew(self, lease: Lease) -> float:
@@ -577,35 +386,6 @@ class CommitMixin(TeardownMixin):
         ends_at = lease.ends_at
         return expires_at if ends_at is None else min(expires_at, ends_at)
 
-    async def _undo(self, made: Sequence[tuple[str, str]], cause: BaseException) -> None:
-        """Delete, newest first and by uid, what a failed commit created; never raise.
-
-        Retried for a while (the API server may be restarting); what is left then is
-        for ``abandon`` or ``aicontract gc``. Deleting the Lease object alone would
-        do (the cluster deletes what it owns) but takes the garbage collector's time.
-        """
-        left = list(reversed(made))
-        with anyio.move_on_after(min(10.0, self.release_timeout)):
-            wait = 0.1
-            while left:
-                path, uid = left[0]
-                try:
-                    await self.api.delete(path, uid=uid)
-                    left.pop(0)
-                    continue
-                except TransientBackendError as exc:
-                    log.info("kubernetes: undoing %s: %s; retrying", path, exc)
-                except BackendError as exc:
-                    log.warning("kubernetes: could not delete %s after %r: %s", path, cause, exc)
-                    left.pop(0)
-                    continue
-                await anyio.sleep(wait)
-                wait = min(1.0, wait * 2)
-        for path, _ in left:
-            log.warning(
-                "kubernetes: %s outlived a failed commit (%r); gc will take it", path, cause
-            )
-
 
 @attrs.define
 class _Beat:
@@ -613,27 +393,3 @@ class _Beat:
 
     renewed: float
     lost: str | None = None
-
-
-@attrs.frozen
-class _Owned:
-    """An object a commit made (``created``) or adopted (a retry finding its own)."""
-
-    obj: Obj
-    path: str
-    created: bool
-
-    @property
-    def uid(self) -> str:
-        """The object's uid."""
-        return str(self.obj["metadata"]["uid"])
-
-    @property
-    def name(self) -> str:
-        """The object's name."""
-        return str(self.obj["metadata"]["name"])
-
-    @property
-    def namespace(self) -> str:
-        """The object's namespace."""
-        return str(self.obj["metadata"]["namespace"])

@@ -8,24 +8,41 @@ isolation) make one offer, sized by the best of them.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
 import attrs
+import msgspec
 
 from ...contract import Contract
+from ...errors import AuthenticationError
 from ...gpu_models import capability
 from ...offer import Grant, Offer, Quote, Rejection
-from ...units import Bytes, Money
-from .api import resource_path
+from ...units import Bytes, CountRange, Money
+from .api import NotFound, resource_path
 from .core import (
     OFFER_TTL,
     PODS,
     KubeCore,
 )
-from .quote import GPU_PRODUCT_LABELS, NodeView, gpu_resource, node_views
+from .quote import GPU_PRODUCT_LABELS, NodeView, gpu_resource, node_views, parse_quantity
 
 __all__ = ["FitMixin"]
+
+
+@attrs.frozen
+class _Room:
+    """What one ResourceQuota still allows of one resource, and what it has used."""
+
+    free: Decimal
+    used: Decimal
+    hard: Decimal
+    quota: str
+    key: str
+
+    def says(self) -> str:
+        """``requests.nvidia.com/gpu: used 4 of limit 4 (ResourceQuota gpus)``."""
+        return f"{self.key}: used {self.used} of limit {self.hard} (ResourceQuota {self.quota})"
 
 
 @attrs.frozen
@@ -55,28 +72,15 @@ class FitMixin(KubeCore):
         return node_views(nodes, pods, region_jurisdictions=self.region_jurisdictions)
 
     async def quote(self, contract: Contract) -> Quote:
-        """Offers for what could be placed now: per GPU model and location, the best node's fit."""
+        """Offers for what could be placed now: per GPU model and location, the best node's fit.
+
+        Within the namespace's ResourceQuotas: what a quota forbids is never offered,
+        and is refused as ``quota`` with what is used of what limit. With nothing to
+        offer for want of GPUs, a counter-offer says how many one node has now.
+        """
         views = await self.nodes()
-        problems: dict[str, list[tuple[str, str, str]]] = {}
-        groups: dict[
-            tuple[str | None, str, str | None, str, str], list[tuple[NodeView, Grant]]
-        ] = {}
-        for view in views:
-            fit = self._fit(view, contract)
-            if isinstance(fit, _Misfit):
-                problems.setdefault(fit.requirement, []).append(
-                    (view.name, fit.wanted, fit.available)
-                )
-                continue
-            grant, isolation = fit
-            source = "label" if view.jurisdiction_from_label else "region"
-            key = (grant.gpu_model, view.region, view.jurisdiction, source, isolation)
-            groups.setdefault(key, []).append((view, grant))
-        now = self.clock.time()
-        offers = [
-            self._offer(contract, key, members, now)
-            for key, members in sorted(groups.items(), key=lambda kv: (kv[0][1], str(kv[0][0])))
-        ]
+        room = await self.quota_room(self.namespace_for(contract))
+        offers, problems = self._assess(contract, views, room)
         if offers:
             return Quote(offers=tuple(offers))
         rejections = [
@@ -98,7 +102,128 @@ class FitMixin(KubeCore):
                     available="the cluster has no nodes",
                 )
             )
-        return Quote(rejections=tuple(rejections))
+        return Quote(
+            rejections=tuple(rejections), counter_offers=tuple(self._counter(contract, views, room))
+        )
+
+    def _assess(
+        self, contract: Contract, views: Sequence[NodeView], room: Mapping[str, _Room]
+    ) -> tuple[list[Offer], dict[str, list[tuple[str, str, str]]]]:
+        """The offers ``views`` make for ``contract``; per requirement, the nodes missing it."""
+        problems: dict[str, list[tuple[str, str, str]]] = {}
+        groups: dict[
+            tuple[str | None, str, str | None, str, str], list[tuple[NodeView, Grant]]
+        ] = {}
+        for view in views:
+            fit = self._fit_within(view, contract, room)
+            if isinstance(fit, _Misfit):
+                problems.setdefault(fit.requirement, []).append(
+                    (view.name, fit.wanted, fit.available)
+                )
+                continue
+            grant, isolation = fit
+            source = "label" if view.jurisdiction_from_label else "region"
+            key = (grant.gpu_model, view.region, view.jurisdiction, source, isolation)
+            groups.setdefault(key, []).append((view, grant))
+        now = self.clock.time()
+        offers = [
+            self._offer(contract, key, members, now)
+            for key, members in sorted(groups.items(), key=lambda kv: (kv[0][1], str(kv[0][0])))
+        ]
+        return offers, problems
+
+    def _counter(
+        self, contract: Contract, views: Sequence[NodeView], room: Mapping[str, _Room]
+    ) -> list[Offer]:
+        """Offers for fewer GPUs: the most one node (within quota) can give now.
+
+        Like the local backend's: only the GPU count is relaxed, and only when that
+        is what stands in the way; they are never committed unless a caller asks.
+        """
+        res = contract.resources
+        gpus = res.gpus
+        if gpus is None or gpus.count.min is None:
+            return []
+        resource = gpu_resource(gpus)
+        cap = room[resource].free if resource in room else None
+        best = 0
+        for view in views:
+            free = view.free_of(resource)
+            best = max(best, int(free if cap is None else min(free, cap)))
+        if not 0 < best < gpus.count.min:
+            return []
+        relaxed = contract.with_(
+            resources=msgspec.structs.replace(
+                res, gpus=msgspec.structs.replace(gpus, count=CountRange(best))
+            )
+        )
+        return self._assess(relaxed, views, room)[0]
+
+    async def quota_room(self, namespace: str) -> dict[str, _Room]:
+        """Per resource, what the namespace's tightest ResourceQuota still allows.
+
+        Pods are Guaranteed QoS (requests = limits), so ``requests.X``, ``limits.X``
+        and plain ``X`` all bound ``X``; ``pods``/``count/pods`` bound the pod count.
+        No quota, no namespace yet, or no right to read quotas: no bound.
+        """
+        try:
+            listing = await self.api.get(resource_path("v1", "resourcequotas", namespace))
+        except (NotFound, AuthenticationError):
+            return {}
+        room: dict[str, _Room] = {}
+        for quota in listing.get("items") or []:
+            status = quota.get("status") or {}
+            hard = status.get("hard") or (quota.get("spec") or {}).get("hard") or {}
+            used = status.get("used") or {}
+            for key, value in hard.items():
+                if key in ("pods", "count/pods"):
+                    resource = "pods"
+                elif key.startswith(("requests.", "limits.")):
+                    resource = key.split(".", 1)[1]
+                elif key in ("cpu", "memory", "ephemeral-storage"):
+                    resource = key
+                else:
+                    continue
+                try:
+                    limit, taken = parse_quantity(value), parse_quantity(used.get(key, "0"))
+                except ValueError:
+                    continue
+                bound = _Room(
+                    free=max(Decimal(0), limit - taken),
+                    used=taken,
+                    hard=limit,
+                    quota=str(quota["metadata"]["name"]),
+                    key=key,
+                )
+                if resource not in room or bound.free < room[resource].free:
+                    room[resource] = bound
+        return room
+
+    def _fit_within(
+        self, view: NodeView, contract: Contract, room: Mapping[str, _Room]
+    ) -> tuple[Grant, str] | _Misfit:
+        """:meth:`_fit` on what the node has free *and* the quota allows; a shortfall
+        that only the quota causes is refused as ``quota``."""
+        if not room:
+            return self._fit(view, contract)
+        pods = room.get("pods")
+        if pods is not None and pods.free < 1:
+            return _Misfit("quota", "1 pod", pods.says())
+        capped = attrs.evolve(
+            view,
+            free={k: min(v, room[k].free) if k in room else v for k, v in view.free.items()},
+        )
+        fit = self._fit(capped, contract)
+        if isinstance(fit, _Misfit) and not isinstance(self._fit(view, contract), _Misfit):
+            resource = {
+                "resources.gpus.count": gpu_resource(contract.resources.gpus),
+                "resources.cpus": "cpu",
+                "resources.memory": "memory",
+                "resources.disk": "ephemeral-storage",
+            }.get(fit.requirement)
+            if resource is not None and resource in room:
+                return _Misfit("quota", fit.wanted, room[resource].says())
+        return fit
 
     def _fit(self, view: NodeView, contract: Contract) -> tuple[Grant, str] | _Misfit:
         """The grant one node could give now (and its isolation), or why it cannot."""

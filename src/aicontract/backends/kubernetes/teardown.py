@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
@@ -86,7 +87,8 @@ class TeardownMixin(KubeCore):
                 return
             uids = {"lease": str(obj["metadata"]["uid"])}
         await self._persist(
-            lambda: self._teardown(namespace, lease.id, uids["lease"], uids), self.release_timeout
+            lambda: self._teardown(namespace, lease.id, uids["lease"], uids, cascade=True),
+            self.release_timeout,
         )
         owners = {uid for kind, uid in uids.items() if kind in ("lease", "job", "pod")}
         await self._persist(
@@ -115,6 +117,8 @@ class TeardownMixin(KubeCore):
         name: str,
         lease_uid: str | None,
         known: Mapping[str, str] | None = None,
+        *,
+        cascade: bool = False,
     ) -> None:
         """Delete what the Lease object ``lease_uid`` owns, then that Lease object.
 
@@ -123,6 +127,8 @@ class TeardownMixin(KubeCore):
         (``lease_uid`` None: those whose Lease object is gone). Every delete is by
         uid, so a newer incarnation under the same name is never touched. Each
         delete is tried even if an earlier one failed; the first failure is raised.
+        With ``cascade`` (and ``known``) only the Lease object is deleted: the
+        cluster's garbage collector deletes what it owns (one write, not one per kind).
         """
         api = self.api
         errors: list[BaseException] = []
@@ -157,7 +163,9 @@ class TeardownMixin(KubeCore):
             return deleted
 
         dra = "claim" in (known or {}) or (known is None and (await self.features()).dra)
-        if known is not None and lease_uid is not None:
+        if known is not None and lease_uid is not None and cascade:
+            pass  # the Lease object's deletion below takes its dependents with it
+        elif known is not None and lease_uid is not None:
             for kind in KINDS:
                 uid = known.get(kind)
                 if uid is None:
@@ -195,6 +203,8 @@ class TeardownMixin(KubeCore):
 
         A pod of the lease is one with its uid, or owned by its Lease object or Job
         (``owners``); another incarnation's pods under the same label do not count.
+        A pod the garbage collector has not marked for deletion within a couple of
+        seconds (its owner's deletion cascades) is deleted directly, by uid.
         """
         path = resource_path(*PODS, namespace)
         selector = {"labelSelector": f"{LABEL_LEASE}={name}"}
@@ -203,6 +213,18 @@ class TeardownMixin(KubeCore):
         def ours(pod: Obj) -> bool:
             return str(pod["metadata"].get("uid")) in owners or bool(_owners(pod) & owners)
 
+        nudge_at = anyio.current_time() + 2.0
+
+        async def nudge(pod: Obj) -> None:
+            meta = pod["metadata"]
+            if meta.get("deletionTimestamp") or meta["name"] in forced:
+                return
+            if anyio.current_time() >= nudge_at:
+                forced.add(meta["name"])
+                await self.api.delete(
+                    resource_path(*PODS, namespace, meta["name"]), uid=str(meta["uid"])
+                )
+
         with anyio.move_on_after(timeout) as scope:
             while True:
                 listing = await self.api.get(path, selector)
@@ -210,12 +232,16 @@ class TeardownMixin(KubeCore):
                 if not pods:
                     break
                 for pod in pods:
+                    await nudge(pod)
                     await self._force_if_node_lost(namespace, pod, forced)
                 left = {p["metadata"]["uid"] for p in pods}
                 version = str(listing["metadata"].get("resourceVersion", ""))
                 try:
+                    timeout_seconds = max(1, math.ceil(nudge_at - anyio.current_time()))
                     async for kind, pod in self.api.watch(
-                        path, {**selector, "resourceVersion": version}, timeout_seconds=10
+                        path,
+                        {**selector, "resourceVersion": version},
+                        timeout_seconds=min(10, timeout_seconds),
                     ):
                         if not ours(pod):
                             continue
@@ -225,6 +251,7 @@ class TeardownMixin(KubeCore):
                                 break
                         elif kind in ("ADDED", "MODIFIED"):
                             left.add(pod["metadata"]["uid"])
+                            await nudge(pod)
                             await self._force_if_node_lost(namespace, pod, forced)
                 except ApiError as exc:
                     if exc.status != 410:

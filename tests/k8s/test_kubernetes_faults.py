@@ -604,3 +604,54 @@ async def test_too_many_gpus_get_a_counter_offer(backend: KubernetesBackend) -> 
     assert not quote.offers
     assert {o.grant.gpus for o in quote.counter_offers} == {4}
     assert all(o.contract.resources.gpus is not None for o in quote.counter_offers)
+
+
+async def test_quotes_keep_within_a_limit_range(
+    k8s_cluster: Any, backend: KubernetesBackend
+) -> None:
+    c = contract(cpus=4)
+    ns = backend.namespace_for(c)
+    k8s_cluster.create_namespace(ns)
+    limits = {
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": {"name": "small", "namespace": ns},
+        "spec": {"limits": [{"type": "Container", "max": {"cpu": "2"}}]},
+    }
+    with k8s_cluster.client() as admin:
+        r = admin.post(f"/api/v1/namespaces/{ns}/limitranges", json=limits)
+        assert r.status_code == 201, r.text
+    quote = await backend.quote(c)
+    assert not quote.offers
+    assert [r.requirement for r in quote.rejections] == ["quota"]
+    assert "LimitRange small" in quote.rejections[0].available
+    ranged = (await backend.quote(contract(tenant=c.tenant, cpus="1..8"))).offers
+    assert ranged
+    assert {o.grant.cpus for o in ranged} == {2}
+
+
+# -- two processes, one key: one pod -------------------------------------------------------
+
+
+async def test_two_processes_with_one_key_make_one_pod(k8s_cluster: Any) -> None:
+    first = KubernetesBackend(kubeconfig=k8s_cluster.kubeconfig, holder="host-a/1")
+    second = KubernetesBackend(kubeconfig=k8s_cluster.kubeconfig, holder="host-b/2")
+    try:
+        c = contract()
+        offer = (await first.quote(c)).offers[0]
+        key = uuid.uuid4().hex[:16]
+        leases: list[Lease] = []
+
+        async def commit(kb: KubernetesBackend) -> None:
+            leases.append(await kb.commit(offer, key))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(commit, first)
+            tg.start_soon(commit, second)
+        assert len({lease.details["pod_uid"] for lease in leases}) == 1
+        pods = by_label(k8s_cluster, leases[0].details["namespace"], leases[0].id)["pods"]
+        assert len(pods) == 1
+        await leases[0].release()
+    finally:
+        await first.aclose()
+        await second.aclose()

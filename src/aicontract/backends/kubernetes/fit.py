@@ -32,17 +32,18 @@ __all__ = ["FitMixin"]
 
 @attrs.frozen
 class _Room:
-    """What one ResourceQuota still allows of one resource, and what it has used."""
+    """What one ResourceQuota (or LimitRange) still allows of one resource."""
 
     free: Decimal
     used: Decimal
     hard: Decimal
     quota: str
     key: str
+    kind: str = "ResourceQuota"
 
     def says(self) -> str:
         """``requests.nvidia.com/gpu: used 4 of limit 4 (ResourceQuota gpus)``."""
-        return f"{self.key}: used {self.used} of limit {self.hard} (ResourceQuota {self.quota})"
+        return f"{self.key}: used {self.used} of limit {self.hard} ({self.kind} {self.quota})"
 
 
 @attrs.frozen
@@ -160,17 +161,42 @@ class FitMixin(KubeCore):
         return self._assess(relaxed, views, room)[0]
 
     async def quota_room(self, namespace: str) -> dict[str, _Room]:
-        """Per resource, what the namespace's tightest ResourceQuota still allows.
+        """Per resource, what the namespace's tightest ResourceQuota or LimitRange allows.
 
         Pods are Guaranteed QoS (requests = limits), so ``requests.X``, ``limits.X``
-        and plain ``X`` all bound ``X``; ``pods``/``count/pods`` bound the pod count.
-        No quota, no namespace yet, or no right to read quotas: no bound.
+        and plain ``X`` all bound ``X``; ``pods``/``count/pods`` bound the pod count;
+        a LimitRange's ``max`` per Pod or Container bounds one lease's pod. No quota,
+        no namespace yet, or no right to read them: no bound.
         """
+        room: dict[str, _Room] = {}
+
+        def tighten(resource: str, bound: _Room) -> None:
+            if resource not in room or bound.free < room[resource].free:
+                room[resource] = bound
+
         try:
             listing = await self.api.get(resource_path("v1", "resourcequotas", namespace))
+            ranges = await self.api.get(resource_path("v1", "limitranges", namespace))
         except (NotFound, AuthenticationError):
-            return {}
-        room: dict[str, _Room] = {}
+            return room
+        for limit_range in ranges.get("items") or []:
+            for item in (limit_range.get("spec") or {}).get("limits") or []:
+                if item.get("type") not in ("Pod", "Container"):
+                    continue
+                for resource, value in (item.get("max") or {}).items():
+                    try:
+                        most = parse_quantity(value)
+                    except ValueError:
+                        continue
+                    bound = _Room(
+                        free=most,
+                        used=Decimal(0),
+                        hard=most,
+                        quota=str(limit_range["metadata"]["name"]),
+                        key=f"max {resource} per {item['type']}",
+                        kind="LimitRange",
+                    )
+                    tighten(resource, bound)
         for quota in listing.get("items") or []:
             status = quota.get("status") or {}
             hard = status.get("hard") or (quota.get("spec") or {}).get("hard") or {}
@@ -195,8 +221,7 @@ class FitMixin(KubeCore):
                     quota=str(quota["metadata"]["name"]),
                     key=key,
                 )
-                if resource not in room or bound.free < room[resource].free:
-                    room[resource] = bound
+                tighten(resource, bound)
         return room
 
     def _fit_within(

@@ -24,6 +24,7 @@ from .core import (
     OFFER_TTL,
     PODS,
     KubeCore,
+    gather,
 )
 from .quote import GPU_PRODUCT_LABELS, NodeView, gpu_resource, node_views, parse_quantity
 
@@ -63,14 +64,16 @@ class FitMixin(KubeCore):
     async def nodes(self) -> list[NodeView]:
         """Every node with what is free on it now."""
         api = self.api
-        nodes = (await api.get(resource_path("v1", "nodes")))["items"]
-        pods = (
-            await api.get(
+        nodes, pods = await gather(
+            lambda: api.get(resource_path("v1", "nodes")),
+            lambda: api.get(
                 resource_path(*PODS),
                 {"fieldSelector": "status.phase!=Succeeded,status.phase!=Failed"},
-            )
-        )["items"]
-        return node_views(nodes, pods, region_jurisdictions=self.region_jurisdictions)
+            ),
+        )
+        return node_views(
+            nodes["items"], pods["items"], region_jurisdictions=self.region_jurisdictions
+        )
 
     async def quote(self, contract: Contract) -> Quote:
         """Offers for what could be placed now: per GPU model and location, the best node's fit.
@@ -79,8 +82,8 @@ class FitMixin(KubeCore):
         and is refused as ``quota`` with what is used of what limit. With nothing to
         offer for want of GPUs, a counter-offer says how many one node has now.
         """
-        views = await self.nodes()
-        room = await self.quota_room(self.namespace_for(contract))
+        namespace = self.namespace_for(contract)
+        views, room = await gather(self.nodes, lambda: self.quota_room(namespace))
         offers, problems = self._assess(contract, views, room)
         if offers:
             return Quote(offers=tuple(offers))
@@ -175,8 +178,10 @@ class FitMixin(KubeCore):
                 room[resource] = bound
 
         try:
-            listing = await self.api.get(resource_path("v1", "resourcequotas", namespace))
-            ranges = await self.api.get(resource_path("v1", "limitranges", namespace))
+            listing, ranges = await gather(
+                lambda: self.api.get(resource_path("v1", "resourcequotas", namespace)),
+                lambda: self.api.get(resource_path("v1", "limitranges", namespace)),
+            )
         except (NotFound, AuthenticationError):
             return room
         for limit_range in ranges.get("items") or []:

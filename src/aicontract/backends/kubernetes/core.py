@@ -11,11 +11,10 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import anyio
 import httpx
 
 from ...clock import Clock
@@ -38,29 +37,6 @@ CLAIMS = ("resource.k8s.io/v1", "resourceclaims")
 JOB_KINDS = frozenset({"batch", "training"})
 
 Obj = dict[str, Any]
-
-
-async def gather(*calls: Callable[[], Awaitable[Any]]) -> list[Any]:
-    """Run ``calls`` at once (reads the API server can answer in parallel).
-
-    Their results in order; the first failure is raised as itself, not in an
-    ExceptionGroup, so callers catch the errors they know.
-    """
-    results: list[Any] = [None] * len(calls)
-    failures: list[Exception] = []
-
-    async def one(index: int, call: Callable[[], Awaitable[Any]]) -> None:
-        try:
-            results[index] = await call()
-        except Exception as exc:
-            failures.append(exc)
-
-    async with anyio.create_task_group() as tg:
-        for index, call in enumerate(calls):
-            tg.start_soon(one, index, call)
-    if failures:
-        raise failures[0]
-    return results
 
 
 def _default_holder() -> str:

@@ -24,7 +24,6 @@ from .core import (
     OFFER_TTL,
     PODS,
     KubeCore,
-    gather,
 )
 from .quote import GPU_PRODUCT_LABELS, NodeView, gpu_resource, node_views, parse_quantity
 
@@ -64,12 +63,10 @@ class FitMixin(KubeCore):
     async def nodes(self) -> list[NodeView]:
         """Every node with what is free on it now."""
         api = self.api
-        nodes, pods = await gather(
-            lambda: api.get(resource_path("v1", "nodes")),
-            lambda: api.get(
-                resource_path(*PODS),
-                {"fieldSelector": "status.phase!=Succeeded,status.phase!=Failed"},
-            ),
+        nodes = await api.get(resource_path("v1", "nodes"))
+        pods = await api.get(
+            resource_path(*PODS),
+            {"fieldSelector": "status.phase!=Succeeded,status.phase!=Failed"},
         )
         return node_views(
             nodes["items"], pods["items"], region_jurisdictions=self.region_jurisdictions
@@ -83,7 +80,8 @@ class FitMixin(KubeCore):
         offer for want of GPUs, a counter-offer says how many one node has now.
         """
         namespace = self.namespace_for(contract)
-        views, room = await gather(self.nodes, lambda: self.quota_room(namespace))
+        views = await self.nodes()
+        room = await self.quota_room(namespace)
         offers, problems = self._assess(contract, views, room)
         if offers:
             return Quote(offers=tuple(offers))
@@ -169,7 +167,8 @@ class FitMixin(KubeCore):
         Pods are Guaranteed QoS (requests = limits), so ``requests.X``, ``limits.X``
         and plain ``X`` all bound ``X``; ``pods``/``count/pods`` bound the pod count;
         a LimitRange's ``max`` per Pod or Container bounds one lease's pod. No quota,
-        no namespace yet, or no right to read them: no bound.
+        no namespace yet, or no right to read them: no bound. Read afresh for every
+        quote: what a quota has used changes with every lease.
         """
         room: dict[str, _Room] = {}
 
@@ -178,10 +177,8 @@ class FitMixin(KubeCore):
                 room[resource] = bound
 
         try:
-            listing, ranges = await gather(
-                lambda: self.api.get(resource_path("v1", "resourcequotas", namespace)),
-                lambda: self.api.get(resource_path("v1", "limitranges", namespace)),
-            )
+            listing = await self.api.get(resource_path("v1", "resourcequotas", namespace))
+            ranges = await self.api.get(resource_path("v1", "limitranges", namespace))
         except (NotFound, AuthenticationError):
             return room
         for limit_range in ranges.get("items") or []:

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 
-from ...errors import AuthenticationError, BackendError, TransientBackendError
+from ...errors import BackendError, TransientBackendError
 from ...leases import Lease
 from ...offer import Offer
 from .api import ApiError, resource_path
@@ -87,7 +87,7 @@ class TeardownMixin(KubeCore):
                 return
             uids = {"lease": str(obj["metadata"]["uid"])}
         await self._persist(
-            lambda: self._teardown(namespace, lease.id, uids["lease"], uids, cascade=True),
+            lambda: self._teardown(namespace, lease.id, uids["lease"], uids),
             self.release_timeout,
         )
         owners = {uid for kind, uid in uids.items() if kind in ("lease", "job", "pod")}
@@ -117,18 +117,16 @@ class TeardownMixin(KubeCore):
         name: str,
         lease_uid: str | None,
         known: Mapping[str, str] | None = None,
-        *,
-        cascade: bool = False,
     ) -> None:
         """Delete what the Lease object ``lease_uid`` owns, then that Lease object.
 
-        ``known`` (kind -> uid, from the lease) names the objects; without it they
-        are listed by label and only those owned by ``lease_uid`` are deleted
-        (``lease_uid`` None: those whose Lease object is gone). Every delete is by
-        uid, so a newer incarnation under the same name is never touched. Each
-        delete is tried even if an earlier one failed; the first failure is raised.
-        With ``cascade`` (and ``known``) only the Lease object is deleted: the
-        cluster's garbage collector deletes what it owns (one write, not one per kind).
+        With ``known`` (kind -> uid, from the lease) only the Lease object is
+        deleted: the cluster's garbage collector deletes what it owns (one write,
+        not one per kind). Without it the objects are listed by label and those
+        owned by ``lease_uid`` are deleted (``lease_uid`` None: those whose Lease
+        object is gone). Every delete is by uid, so a newer incarnation under the
+        same name is never touched. Each delete is tried even if an earlier one
+        failed; the first failure is raised.
         """
         api = self.api
         errors: list[BaseException] = []
@@ -136,7 +134,7 @@ class TeardownMixin(KubeCore):
         async def attempt(call: Callable[[], Awaitable[object]]) -> None:
             try:
                 await call()
-            except (TransientBackendError, AuthenticationError, ApiError, BackendError) as exc:
+            except BackendError as exc:
                 errors.append(exc)
 
         async def delete_owned(kind: str, owners: set[str]) -> set[str]:
@@ -162,19 +160,8 @@ class TeardownMixin(KubeCore):
                 deleted.add(uid)
             return deleted
 
-        dra = "claim" in (known or {}) or (known is None and (await self.features()).dra)
-        if known is not None and lease_uid is not None and cascade:
-            pass  # the Lease object's deletion below takes its dependents with it
-        elif known is not None and lease_uid is not None:
-            for kind in KINDS:
-                uid = known.get(kind)
-                if uid is None:
-                    continue
-                path = resource_path(*KINDS[kind], namespace, name)
-                await attempt(lambda path=path, uid=uid: api.delete(path, uid=uid))  # type: ignore[misc]
-                if kind == "job":  # its pods now, not when the garbage collector gets to them
-                    await attempt(lambda uid=uid: delete_owned("pod", {uid}))  # type: ignore[misc]
-        else:
+        if known is None:
+            dra = (await self.features()).dra
             owners = {lease_uid} if lease_uid is not None else set()
             jobs: set[str] = set()
             for kind in KINDS:
@@ -188,6 +175,7 @@ class TeardownMixin(KubeCore):
                         jobs.update(deleted)
 
                 await attempt(one)
+        # else: the Lease object's deletion below takes its dependents with it.
         if lease_uid is not None:
             path = resource_path(*LEASES, namespace, name)
             await attempt(lambda: api.delete(path, uid=lease_uid))

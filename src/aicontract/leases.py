@@ -72,8 +72,6 @@ class WorkloadState(str, enum.Enum):
     COMPLETED = "completed"
 
 
-_WORKLOAD_ORDER = {WorkloadState.NOT_READY: 0, WorkloadState.READY: 1, WorkloadState.COMPLETED: 2}
-
 _FINAL = frozenset({LeaseState.RELEASED, LeaseState.EXPIRED, LeaseState.REVOKED, LeaseState.FAILED})
 _ALLOWED: dict[LeaseState, frozenset[LeaseState]] = {
     LeaseState.PENDING: frozenset({LeaseState.ACTIVE, LeaseState.FAILED, LeaseState.RELEASED}),
@@ -187,10 +185,12 @@ class Lease:
             self._close_violation_streams()
 
     def set_workload_state(self, new: WorkloadState | str) -> None:
-        """Move the workload forward (not-ready → ready → completed); never back."""
+        """Move the workload: ready and not-ready may alternate; completed is final."""
         state = WorkloadState(new)
         old = self.workload_state
-        if old is not None and _WORKLOAD_ORDER[state] < _WORKLOAD_ORDER[old]:
+        # A running workload can become unready (a failing probe, a lost node); only a
+        # completed one never comes back.
+        if old is WorkloadState.COMPLETED and state is not old:
             raise LeaseStateError(
                 self.id, f"the workload cannot go from {old.value} back to {state.value}"
             )

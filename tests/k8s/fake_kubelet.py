@@ -88,6 +88,9 @@ class NodeSpec:
     memory: str = "512Gi"
     pods: int = 110
     labels: dict[str, str] = field(default_factory=dict)
+    # Older clusters (and some providers) still label nodes with the beta key only.
+    region_label: str = LABEL_REGION
+    zone_label: str = LABEL_ZONE
     annotations: dict[str, str] = field(default_factory=dict)
     taints: list[dict[str, Any]] = field(default_factory=list)
     extra_capacity: dict[str, str] = field(default_factory=dict)
@@ -99,8 +102,8 @@ class NodeSpec:
             "kubernetes.io/arch": "amd64",
             "beta.kubernetes.io/os": "linux",
             "beta.kubernetes.io/arch": "amd64",
-            LABEL_REGION: self.region,
-            LABEL_ZONE: self.zone or f"{self.region}a",
+            self.region_label: self.region,
+            self.zone_label: self.zone or f"{self.region}a",
             "type": "fake-kubelet",
         }
         if self.gpus:
@@ -164,6 +167,7 @@ class FakeKubelet:
         nodes: Iterable[NodeSpec] | None = None,
         *,
         heartbeat_interval: float = 5.0,
+        deletion_delay: float = 0.0,
         lease_duration_seconds: int = 40,
         watch_timeout_seconds: int = 5,
         request_timeout: float = 15.0,
@@ -174,6 +178,10 @@ class FakeKubelet:
         self.token = token
         self.ca_path = str(ca_path)
         self.heartbeat_interval = heartbeat_interval
+        # Seconds a real kubelet takes to stop containers before it finalises a
+        # deletion; tests set it to see terminating pods linger.
+        self.deletion_delay = deletion_delay
+        self._deletions: dict[str, tuple[float, str, str]] = {}  # uid -> (due, ns, name)
         self.lease_duration_seconds = lease_duration_seconds
         self.watch_timeout_seconds = watch_timeout_seconds
         self.request_timeout = request_timeout
@@ -569,6 +577,7 @@ class FakeKubelet:
                         if st.alive and now - st.last_beat >= self.heartbeat_interval
                     ]
                     completions = [(uid, v) for uid, v in self._completions.items() if v[0] <= now]
+                    deletions = [(uid, v) for uid, v in self._deletions.items() if v[0] <= now]
                 for st in due:
                     if self._stop.is_set():
                         break
@@ -582,6 +591,13 @@ class FakeKubelet:
                                 st.last_beat = time.monotonic()
                     except Exception as e:
                         self._record_error(f"heartbeat {st.spec.name}: {e!r}")
+                for uid, (_, ns, name) in deletions:
+                    with self._lock:
+                        self._deletions.pop(uid, None)
+                    try:
+                        self._finalise_deletion(client, ns, name, uid)
+                    except Exception as e:
+                        self._record_error(f"finalise deletion {ns}/{name}: {e!r}")
                 for uid, (_, ns, name, code) in completions:
                     with self._lock:
                         self._completions.pop(uid, None)
@@ -673,21 +689,31 @@ class FakeKubelet:
         meta = pod["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         if meta.get("deletionTimestamp"):
-            body = {
-                "apiVersion": "v1",
-                "kind": "DeleteOptions",
-                "gracePeriodSeconds": 0,
-                "preconditions": {"uid": uid},
-            }
-            r = client.request("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}", json=body)
-            self._check(r, f"delete pod {ns}/{name}", ok=(404, 409))
-            if r.status_code < 400:
-                self.pods_deleted += 1
+            if self.deletion_delay > 0:
+                with self._lock:
+                    self._deletions.setdefault(
+                        uid, (time.monotonic() + self.deletion_delay, ns, name)
+                    )
+                return
+            self._finalise_deletion(client, ns, name, uid)
             return
         status = pod.get("status") or {}
         if status.get("phase") not in (None, "", "Pending") or status.get("podIP"):
             return
         self._set_running(client, st, pod)
+
+    def _finalise_deletion(self, client: httpx.Client, ns: str, name: str, uid: str) -> None:
+        """What a kubelet does once the containers are gone: remove the pod for good."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": uid},
+        }
+        r = client.request("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}", json=body)
+        self._check(r, f"delete pod {ns}/{name}", ok=(404, 409))
+        if r.status_code < 400:
+            self.pods_deleted += 1
 
     def _alloc_ip(self, st: _NodeState) -> str:
         with self._lock:
@@ -763,6 +789,22 @@ class FakeKubelet:
                 return
             with self._lock:
                 self._completions[meta["uid"]] = (time.monotonic() + after, ns, name, code)
+
+    def set_pod_ready(self, namespace: str, name: str, ready: bool) -> None:
+        """Flip a running pod's Ready/ContainersReady conditions, as a readiness probe
+        that starts (or stops) failing does; the pod keeps running."""
+        now = _now()
+        value = "True" if ready else "False"
+        conditions = [
+            {"type": t, "status": value, "lastProbeTime": None, "lastTransitionTime": now}
+            for t in ("Ready", "ContainersReady")
+        ]
+        r = self._http.patch(
+            f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+            content=json.dumps({"status": {"conditions": conditions}}),
+            headers=_SMP,
+        )
+        self._check(r, f"set pod {namespace}/{name} ready={ready}")
 
     def complete_pod(
         self,

@@ -52,6 +52,7 @@ ENV_CACHE = "AICONTRACT_K8S_CACHE"
 ENV_KEEP = "AICONTRACT_K8S_KEEP_WORKDIR"
 
 ADMIN_USER = "aicontract-test-admin"
+LIMITED_USER = "aicontract-test-limited"
 
 
 def default_cache_dir() -> Path:
@@ -184,6 +185,8 @@ class Cluster:
     # runtime state
     server: str = field(default="", init=False)
     token: str = field(default="", init=False)
+    limited_token: str = field(default="", init=False)
+    limited_kubeconfig: Path = field(default=None, init=False)  # type: ignore[assignment]
     ca_path: Path = field(default=None, init=False)  # type: ignore[assignment]
     kubeconfig: Path = field(default=None, init=False)  # type: ignore[assignment]
     etcd_url: str = field(default="", init=False)
@@ -194,6 +197,7 @@ class Cluster:
     _bins: dict[str, Path] = field(default_factory=dict, init=False)
     _component_tokens: dict[str, str] = field(default_factory=dict, init=False)
     _atexit: bool = field(default=False, init=False)
+    _apiserver_args: list[str] = field(default_factory=list, init=False)
 
     # ------------------------------------------------------------------ api
     @staticmethod
@@ -378,7 +382,12 @@ class Cluster:
             "kube-scheduler": secrets.token_hex(24),
             "kube-controller-manager": secrets.token_hex(24),
         }
-        lines = [f'{self.token},{ADMIN_USER},{ADMIN_USER},"system:masters"']
+        # A second identity with no rights at all: tests grant it what they need (RBAC).
+        self.limited_token = secrets.token_hex(24)
+        lines = [
+            f'{self.token},{ADMIN_USER},{ADMIN_USER},"system:masters"',
+            f"{self.limited_token},{LIMITED_USER},{LIMITED_USER}",
+        ]
         lines.append(
             f"{self._component_tokens['kube-scheduler']},system:kube-scheduler,system:kube-scheduler"
         )
@@ -543,6 +552,7 @@ class Cluster:
             f"--v={self.verbosity}",
             *self.extra_apiserver_args,
         ]
+        self._apiserver_args = args
         proc = self._spawn("kube-apiserver", args)
         self._wait_http(
             proc,
@@ -553,6 +563,40 @@ class Cluster:
         self.kubeconfig = self._write_kubeconfig(
             self.workdir / "kubeconfig", ADMIN_USER, self.token
         )  # type: ignore[operator]
+        self.limited_kubeconfig = self._write_kubeconfig(
+            self.workdir / "kubeconfig-limited", LIMITED_USER, self.limited_token
+        )  # type: ignore[operator]
+
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver by its PID (SIGTERM, then SIGKILL); etcd keeps the state."""
+        proc = self.processes.pop("kube-apiserver", None)
+        if proc is not None:
+            _terminate(proc)
+
+    def start_apiserver(self) -> None:
+        """Start kube-apiserver again on the same port, and wait until it is ready.
+
+        Call it from the thread that runs the tests, not a worker thread: the child
+        is killed when the thread that started it ends (``PR_SET_PDEATHSIG``).
+        """
+        if "kube-apiserver" in self.processes:
+            raise ClusterError("kube-apiserver is already running")
+        proc = self._spawn("kube-apiserver", self._apiserver_args)
+        self._wait_http(
+            proc,
+            f"{self.server}/readyz",
+            verify=self.ssl_context(),
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+
+    def restart_apiserver(self, down_for: float = 0.0) -> None:
+        """Restart kube-apiserver by PID (as an upgrade or a crash does), down ``down_for`` s.
+
+        From the tests' own thread (see :meth:`start_apiserver`).
+        """
+        self.stop_apiserver()
+        time.sleep(down_for)
+        self.start_apiserver()
 
     def _feature_gate_args(self) -> list[str]:
         if not self.feature_gates:

@@ -107,7 +107,14 @@ class FakeServer:
 def bound_pod(name: str) -> dict[str, Any]:
     return {
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": {LABEL_LEASE: name}},
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": {LABEL_LEASE: name},
+            # The lease's own pod: the one created (a bare pod), or its Job's.
+            "uid": "uid-pod",
+            "ownerReferences": [{"kind": "Job", "uid": "uid-job"}],
+        },
         "spec": {"nodeName": "gpu-eu-1"},
         "status": {"phase": "Pending"},
     }

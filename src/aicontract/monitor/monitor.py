@@ -432,13 +432,15 @@ class Monitor:
             except Exception as exc:  # a backend's bug must not stop the other leases' loops
                 log.warning("lease %s: observe failed: %s", lease.id, exc)
                 continue
+            # Faults first: a lost node also makes its workload unready, and the lease
+            # must end with the fault as its reason whatever the workload says.
+            if observation.faults and lease.is_active and watch.lease is lease:
+                self._fault(watch, lease, observation.faults[0])
+                return
             if observation.workload is not None and watch.lease is lease:
                 lease.set_workload_state(observation.workload)
             for sample in observation.samples:
                 self._ingest(watch, lease, sample)
-            if observation.faults and lease.is_active and watch.lease is lease:
-                self._fault(watch, lease, observation.faults[0])
-                return
 
     async def _probe_loop(self, watch: LeaseWatch, lease: Lease, prober: EndpointProbe) -> None:
         interval = self.probe_interval or prober.interval

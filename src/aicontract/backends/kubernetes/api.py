@@ -28,6 +28,7 @@ from ...errors import (
     AuthenticationError,
     BackendError,
     ConfigError,
+    QuotaExceeded,
     TransientBackendError,
 )
 
@@ -168,6 +169,10 @@ class KubeAPI:
         if status == 403 and "serviceaccount" in message.replace(" ", "").lower():
             # A fresh namespace's default service account appears a moment later.
             return TransientBackendError(self.backend, f"HTTP 403: {text}")
+        if status == 403 and "exceeded quota" in message:
+            # A ResourceQuota refused it: the message names what was requested, used
+            # and limited. Not a credentials problem.
+            return QuotaExceeded(self.backend, f"HTTP 403 (quota): {text}")
         if status == 403:
             return AuthenticationError(self.backend, f"HTTP 403 (not allowed): {text}")
         if status == 429 or status >= 500:
@@ -200,8 +205,13 @@ class KubeAPI:
         propagation: str = "Background",
         grace_seconds: int | None = None,
         params: Mapping[str, str] | None = None,
+        uid: str | None = None,
     ) -> bool:
-        """DELETE one object (or a collection with a ``labelSelector``); False when already gone."""
+        """DELETE one object (or a collection with a ``labelSelector``); False when already gone.
+
+        With ``uid`` only that very object is deleted: one of the same name made
+        since (another incarnation, someone else's) is left alone, and counts as gone.
+        """
         options: Obj = {
             "apiVersion": "v1",
             "kind": "DeleteOptions",
@@ -209,10 +219,16 @@ class KubeAPI:
         }
         if grace_seconds is not None:
             options["gracePeriodSeconds"] = grace_seconds
+        if uid is not None:
+            options["preconditions"] = {"uid": uid}
         try:
             await self.request("DELETE", path, body=options, params=params)
         except NotFound:
             return False
+        except Conflict:
+            if uid is None:
+                raise
+            return False  # the precondition failed: that object is gone, another has the name
         return True
 
     async def watch(

@@ -33,6 +33,7 @@ from .quote import (
     LABEL_HOSTNAME,
     LABEL_JURISDICTION,
     LABEL_REGION,
+    LABEL_REGION_BETA,
     gpu_resource,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "lease_manifest",
     "lease_name",
     "micro_time",
+    "offer_digest",
     "parse_time",
     "pod_manifest",
     "pod_spec",
@@ -62,6 +64,7 @@ ANNOTATION_GRANT = "aicontract.io/grant"
 ANNOTATION_CONTRACT = "aicontract.io/contract"
 ANNOTATION_OFFER = "aicontract.io/offer"
 ANNOTATION_ENDS_AT = "aicontract.io/ends-at"
+ANNOTATION_OFFER_DIGEST = "aicontract.io/offer-digest"
 MANAGER = "aicontract"
 CONTAINER = "main"
 DRA_DEVICE_CLASS = "gpu.nvidia.com"
@@ -83,6 +86,27 @@ def lease_name(idempotency_key: str, prefix: str = "aic") -> str:
         digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
         name = f"{prefix}-{clean[:30]}-{digest}".replace("--", "-")
     return name
+
+
+def offer_digest(offer: Offer) -> str:
+    """A digest of what an offer promises (contract, grant, where, how isolated).
+
+    An idempotency key is bound to it: a retry sends the same offer and matches;
+    the key reused for another offer does not. The offer's id, price and expiry
+    are left out, so two processes quoting the same capacity agree.
+    """
+    promised = {
+        "backend": offer.backend,
+        "contract": offer.contract,
+        "grant": offer.grant,
+        "region": offer.region,
+        "jurisdiction": offer.jurisdiction,
+        "provider": offer.provider,
+        "isolation": offer.isolation,
+        "guarantee": offer.guarantee,
+    }
+    encoded = msgspec.json.encode(promised, enc_hook=encode_quantity, order="sorted")
+    return hashlib.sha256(encoded).hexdigest()[:32]
 
 
 def micro_time(epoch: float) -> str:
@@ -139,6 +163,7 @@ def lease_manifest(
     annotations = {
         ANNOTATION_KEY: idempotency_key,
         ANNOTATION_OFFER: offer.id,
+        ANNOTATION_OFFER_DIGEST: offer_digest(offer),
         ANNOTATION_GRANT: msgspec.json.encode(offer.grant, enc_hook=encode_quantity).decode(),
         ANNOTATION_CONTRACT: msgspec.json.encode(offer.contract, enc_hook=encode_quantity).decode(),
     }
@@ -182,20 +207,25 @@ def _node_affinity(offer: Offer, *, products_from_labels: bool = True) -> dict[s
     """
     contract, details = offer.contract, offer.details
     place = contract.placement
-    common: list[dict[str, Any]] = [
-        {"key": LABEL_REGION, "operator": "In", "values": [offer.region]},
-    ]
-    if place.deny_regions:
-        common.append(
-            {"key": LABEL_REGION, "operator": "NotIn", "values": list(place.deny_regions)}
-        )
+    # The region as quotes read it: the GA label, else the beta one (older clusters).
+    # Node-selector terms are ORed, so each label gets its own term.
+    regions: list[list[dict[str, Any]]] = []
+    for key, absent in ((LABEL_REGION, None), (LABEL_REGION_BETA, LABEL_REGION)):
+        term: list[dict[str, Any]] = []
+        if absent is not None:
+            term.append({"key": absent, "operator": "DoesNotExist"})
+        term.append({"key": key, "operator": "In", "values": [offer.region]})
+        if place.deny_regions:
+            term.append({"key": key, "operator": "NotIn", "values": list(place.deny_regions)})
+        regions.append(term)
+    common: list[dict[str, Any]] = []
     products = [p for p in details.get("products", "").split("|") if p]
     if offer.grant.gpus and products and products_from_labels:
         key = details.get("product_label", GPU_PRODUCT_LABELS[0])
         common.append({"key": key, "operator": "In", "values": products})
     if offer.isolation == "dedicated-node":
         common.append({"key": LABEL_DEDICATED, "operator": "Exists"})
-    terms: list[list[dict[str, Any]]] = [common]
+    wheres: list[list[dict[str, Any]]] = [[]]
     if place.jurisdictions:
         # The node must carry the offer's own jurisdiction, and only if that lies inside
         # what the contract allows (DE inside EU); "-" matches no real label.
@@ -203,12 +233,13 @@ def _node_affinity(offer: Offer, *, products_from_labels: bool = True) -> dict[s
         allowed = [offer.jurisdiction] if inside and offer.jurisdiction else ["-"]
         labelled = {"key": LABEL_JURISDICTION, "operator": "In", "values": allowed}
         if details.get("jurisdiction_source") == "label":
-            terms = [[*common, labelled]]
+            wheres = [[labelled]]
         else:
             # The jurisdiction came from the backend's region table: a node of that region
             # without a jurisdiction label, or one labelled with an allowed jurisdiction.
             unlabelled = {"key": LABEL_JURISDICTION, "operator": "DoesNotExist"}
-            terms = [[*common, unlabelled], [*common, labelled]]
+            wheres = [[unlabelled], [labelled]]
+    terms = [[*region, *common, *where] for region in regions for where in wheres]
     return {
         "requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchExpressions": t} for t in terms]

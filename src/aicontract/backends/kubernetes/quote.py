@@ -24,6 +24,7 @@ __all__ = [
     "LABEL_DEDICATED",
     "LABEL_JURISDICTION",
     "LABEL_REGION",
+    "LABEL_REGION_BETA",
     "NodeView",
     "gpu_resource",
     "node_views",
@@ -35,6 +36,7 @@ __all__ = [
 LABEL_REGION = "topology.kubernetes.io/region"
 LABEL_ZONE = "topology.kubernetes.io/zone"
 LABEL_REGION_BETA = "failure-domain.beta.kubernetes.io/region"
+LABEL_ZONE_BETA = "failure-domain.beta.kubernetes.io/zone"
 LABEL_JURISDICTION = "aicontract.io/jurisdiction"
 LABEL_DEDICATED = "aicontract.io/dedicated"
 LABEL_HOSTNAME = "kubernetes.io/hostname"
@@ -233,7 +235,7 @@ def node_views(
                 name=name,
                 labels=labels,
                 region=region,
-                zone=labels.get(LABEL_ZONE),
+                zone=labels.get(LABEL_ZONE) or labels.get(LABEL_ZONE_BETA),
                 jurisdiction=jurisdiction,
                 jurisdiction_from_label=from_label,
                 product=product,

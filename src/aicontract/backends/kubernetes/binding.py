@@ -1,0 +1,159 @@
+"""Waiting for binding: watch a lease's pod (or Kueue's Workload) until it is placed.
+
+A list, then a watch from the list's ``resourceVersion``; never a polling loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import anyio
+
+from ...errors import (
+    CapacityUnavailable,
+    TransientBackendError,
+)
+from .api import ApiError, resource_path
+from .core import (
+    PODS,
+    KubeCore,
+    Obj,
+    log,
+)
+from .discovery import Features
+from .objects import (
+    LABEL_LEASE,
+)
+
+__all__ = ["BindingMixin"]
+
+
+class BindingMixin(KubeCore):
+    """Watch until the scheduler binds the lease's own pod (or Kueue admits its Job)."""
+
+    async def _wait_bound(
+        self,
+        namespace: str,
+        name: str,
+        objects: Mapping[str, str],
+        deadline: float,
+        wait_for_capacity: bool,
+    ) -> Obj:
+        """Watch the lease's own pod until it is bound to a node; CapacityUnavailable if not.
+
+        Only this lease's pod counts (its uid, or owned by its Job): a pod left by
+        an earlier incarnation under the same label is not it. Its deletion while
+        the commit waits (its Lease object released or collected) ends the wait.
+        """
+        path = resource_path(*PODS, namespace)
+        selector = {"labelSelector": f"{LABEL_LEASE}={name}"}
+        last = "no word from the scheduler yet"
+        owners = {objects.get("job"), objects.get("pod")} - {None}
+
+        def ours(pod: Obj) -> bool:
+            meta = pod["metadata"]
+            refs = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
+            return meta.get("uid") in owners or bool(refs & owners)
+
+        def verdict(kind: str, pod: Obj) -> Obj | None:
+            nonlocal last
+            if not ours(pod):
+                return None
+            if kind == "DELETED" and "pod" in objects:
+                raise CapacityUnavailable(
+                    self.name,
+                    f"pod {pod['metadata']['name']} was deleted while the commit waited",
+                )
+            if pod["metadata"].get("deletionTimestamp"):
+                return None
+            if (pod.get("spec") or {}).get("nodeName"):
+                return pod
+            status = pod.get("status") or {}
+            if status.get("phase") == "Failed":
+                raise CapacityUnavailable(
+                    self.name, f"pod {name} failed: {status.get('reason')} {status.get('message')}"
+                )
+            for cond in status.get("conditions") or []:
+                if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                    last = str(cond.get("message") or cond.get("reason"))
+                    if not wait_for_capacity and cond.get("reason") == "Unschedulable":
+                        raise CapacityUnavailable(
+                            self.name, f"the scheduler cannot place {name} now: {last}"
+                        )
+            return None
+
+        return await self._watch_until(
+            path,
+            selector,
+            deadline,
+            verdict,
+            lambda: f"{name} was not bound to a node before the deadline: {last}",
+        )
+
+    async def _wait_admitted(
+        self, namespace: str, job: Obj, deadline: float, features: Features
+    ) -> None:
+        """Watch Kueue's Workload for the Job until its ``Admitted`` condition is True."""
+        path = resource_path(features.kueue_version, "workloads", namespace)
+        selector = {"labelSelector": f"kueue.x-k8s.io/job-uid={job['metadata']['uid']}"}
+
+        def admitted(obj: Obj) -> bool:
+            return any(
+                c.get("type") == "Admitted" and c.get("status") == "True"
+                for c in (obj.get("status") or {}).get("conditions") or []
+            )
+
+        await self._watch_until(
+            path,
+            selector,
+            deadline,
+            lambda kind, obj: obj if kind != "DELETED" and admitted(obj) else None,
+            lambda: f"Kueue did not admit job {job['metadata']['name']} in time",
+        )
+
+    async def _watch_until(
+        self,
+        path: str,
+        selector: Mapping[str, str],
+        deadline: float,
+        found: Callable[[str, Obj], Obj | None],
+        too_late: Callable[[], str],
+    ) -> Obj:
+        """List, then watch from the list's version, until ``found`` returns an object.
+
+        A watch, not a polling loop: the API server tells us of each change. An
+        expired version (410 Gone) lists again; so does a transient error (the API
+        server restarting), after a pause; the deadline raises CapacityUnavailable
+        with ``too_late()``.
+        """
+        pause = 0.1
+        while True:
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                raise CapacityUnavailable(self.name, too_late())
+            with anyio.move_on_after(remaining):
+                try:
+                    listing = await self.api.get(path, selector)
+                    for obj in listing.get("items") or []:
+                        result: Obj | None = found("ADDED", obj)
+                        if result is not None:
+                            return result
+                    version = str(listing["metadata"].get("resourceVersion", ""))
+                    async for kind, obj in self.api.watch(
+                        path,
+                        {**selector, "resourceVersion": version},
+                        timeout_seconds=max(1, min(300, math.ceil(remaining))),
+                    ):
+                        if kind in ("ADDED", "MODIFIED", "DELETED"):
+                            result = found(kind, obj)
+                            if result is not None:
+                                return result
+                    pause = 0.1
+                except TransientBackendError as exc:
+                    log.info("kubernetes: watch of %s interrupted (%s); listing again", path, exc)
+                    await anyio.sleep(pause)
+                    pause = min(2.0, pause * 2)
+                except ApiError as exc:
+                    if exc.status != 410:
+                        raise

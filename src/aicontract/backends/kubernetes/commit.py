@@ -1,0 +1,395 @@
+"""Committing: write a lease's objects and watch until the scheduler binds its pod.
+
+Also renewing, since both write the Lease object's heartbeat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import anyio
+import attrs
+import msgspec
+
+from ...errors import (
+    BackendError,
+    CapacityUnavailable,
+    IdempotencyConflict,
+    LeaseLost,
+)
+from ...leases import Lease
+from ...offer import Offer
+from .adopt import AdoptMixin, _Owned
+from .api import NotFound, resource_path
+from .binding import BindingMixin
+from .core import (
+    CLAIMS,
+    JOB_KINDS,
+    JOBS,
+    LEASES,
+    PODS,
+    SERVICES,
+    Obj,
+    log,
+)
+from .objects import (
+    ANNOTATION_ENDS_AT,
+    ANNOTATION_KEY,
+    ANNOTATION_OFFER_DIGEST,
+    claim_manifest,
+    claim_models,
+    job_manifest,
+    labels_for,
+    lease_manifest,
+    lease_name,
+    micro_time,
+    offer_digest,
+    owner_reference,
+    parse_time,
+    pod_manifest,
+    pod_spec,
+    service_manifest,
+)
+from .quote import node_views
+from .teardown import TeardownMixin, format_uids, parse_uids
+
+__all__ = ["CommitMixin"]
+
+
+class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
+    """Commit (create or adopt, then wait for binding) and renew."""
+
+    # -- committing ----------------------------------------------------------------------
+
+    async def commit(self, offer: Offer, idempotency_key: str) -> Lease:
+        """Write the lease's objects and wait (a watch) until the scheduler binds its pod.
+
+        The Lease object is renewed from the moment it exists (a committing lease is
+        alive, and ``aicontract gc`` leaves it alone); transient API errors are
+        retried until the contract's ``start_by``; on failure only what this call
+        created is deleted, and the failure itself is what is raised.
+        """
+        if offer.backend != self.name:
+            raise CapacityUnavailable(self.name, f"offer {offer.id} is not a {self.name} offer")
+        contract = offer.contract
+        name = lease_name(idempotency_key)
+        namespace = offer.details.get("namespace") or self.namespace_for(contract)
+        start_by = contract.terms.start_by
+        wait_for_capacity = start_by is not None
+        deadline = anyio.current_time() + (start_by.seconds if start_by else self.schedule_timeout)
+        made: list[tuple[str, str]] = []  # (path, uid) of what this very call created
+        try:
+            await self._retrying(deadline, self._ensure_namespace, namespace)
+            lease_obj = await self._lease_object(offer, name, namespace, idempotency_key, deadline)
+            if lease_obj.created:
+                made.append((lease_obj.path, lease_obj.uid))
+            beat = _Beat(
+                renewed=parse_time(lease_obj.obj["spec"].get("renewTime")) or self.clock.time()
+            )
+            work = anyio.CancelScope()
+            # The heartbeat's task group is left by hand (as Lease.__aexit__ does) so an
+            # error of the commit itself propagates as itself, not in an ExceptionGroup.
+            heart = anyio.create_task_group()
+            await heart.__aenter__()
+            try:
+                heart.start_soon(self._keep_alive, namespace, name, lease_obj.uid, beat, work)
+                lease: Lease | None = None
+                with work:
+                    lease = await self._bind(
+                        offer, lease_obj, made, deadline, wait_for_capacity, idempotency_key, beat
+                    )
+            finally:
+                heart.cancel_scope.cancel()
+                await heart.__aexit__(None, None, None)
+            if lease is None:
+                raise CapacityUnavailable(self.name, f"lease {name}: {beat.lost}")
+            return lease
+        except BaseException as exc:
+            # Until the lease is handed back, nobody holds what was made: a failure (or a
+            # cancel) must not leave it. Only this call's objects go (a retry of another
+            # process's key must not destroy that process's pod), and a failure to delete
+            # never hides why the commit failed.
+            with anyio.CancelScope(shield=True):
+                await self._undo(made, exc)
+            raise
+
+    async def _bind(
+        self,
+        offer: Offer,
+        lease_obj: _Owned,
+        made: list[tuple[str, str]],
+        deadline: float,
+        wait_for_capacity: bool,
+        key: str,
+        beat: _Beat,
+    ) -> Lease:
+        """Place the workload, wait for binding, and build the lease from what was bound."""
+        name, namespace = lease_obj.name, lease_obj.namespace
+        objects: dict[str, str] = {"lease": lease_obj.uid}
+        pod = await self._place(
+            offer, name, namespace, lease_obj.obj, objects, made, deadline, wait_for_capacity
+        )
+        if "claim" in objects:
+            offer = await self._retrying(deadline, self._granted_by_claim, offer, namespace, name)
+        return await self._lease(offer, name, namespace, lease_obj.obj, pod, objects, key, beat)
+
+    async def _keep_alive(
+        self, namespace: str, name: str, uid: str, beat: _Beat, work: anyio.CancelScope
+    ) -> None:
+        """Renew the Lease object while the commit waits; cancel ``work`` if it is gone.
+
+        Never raises: a transient failure waits for the next beat.
+        """
+        interval = max(0.2, min(self.ttl / 3, 5.0))
+        path = resource_path(*LEASES, namespace, name)
+        while True:
+            await anyio.sleep(interval)
+            now = self.clock.time()
+            try:
+                obj = await self.api.merge_patch(path, {"spec": {"renewTime": micro_time(now)}})
+            except NotFound:
+                obj = {}
+            except BackendError as exc:
+                log.info("kubernetes: could not renew committing lease %s: %s", name, exc)
+                continue
+            meta = obj.get("metadata") or {}
+            if meta.get("uid") != uid or meta.get("deletionTimestamp"):
+                beat.lost = (
+                    f"its Lease object {namespace}/{name} was deleted while the commit waited"
+                    " (released or collected by someone else)"
+                )
+                work.cancel()
+                return
+            beat.renewed = now
+
+    async def _lease_object(
+        self, offer: Offer, name: str, namespace: str, key: str, deadline: float
+    ) -> _Owned:
+        """Create the Lease object, or adopt the one a retry of this commit made.
+
+        Adopted only when it is live and records the same key and the same offer;
+        one being deleted is waited out, then made anew.
+        """
+        digest = offer_digest(offer)
+        now = self.clock.time()
+        ends_at = (
+            now + offer.contract.terms.duration.seconds if offer.contract.terms.duration else None
+        )
+        body = lease_manifest(
+            name,
+            namespace,
+            offer=offer,
+            idempotency_key=key,
+            holder=self.holder,
+            ttl=self.ttl,
+            now=now,
+            ends_at=ends_at,
+        )
+
+        def adoptable(obj: Obj) -> bool:
+            annotations = obj["metadata"].get("annotations") or {}
+            if annotations.get(ANNOTATION_KEY) != key:
+                raise BackendError(self.name, f"lease object {namespace}/{name} is another key's")
+            theirs = annotations.get(ANNOTATION_OFFER_DIGEST)
+            if theirs is not None and theirs != digest:
+                raise IdempotencyConflict(
+                    self.name,
+                    f"idempotency key {key!r} was used for another offer (lease {namespace}/"
+                    f"{name}); a retry must send the same offer, a new commit a new key",
+                )
+            return True
+
+        return await self._create_or_adopt(
+            resource_path(*LEASES, namespace), body, deadline, adoptable
+        )
+
+    async def _granted_by_claim(self, offer: Offer, namespace: str, name: str) -> Offer:
+        """The offer with the model the scheduler allocated from the claim's ``firstAvailable``.
+
+        The lease records exactly what was granted (guarantee 3): a fallback
+        model is the grant's model, not the one first offered.
+        """
+        gpus = offer.contract.resources.gpus
+        claim = await self.api.get_or_none(resource_path(*CLAIMS, namespace, name))
+        if claim is None or gpus is None:
+            return offer
+        models = claim_models(offer.grant.gpu_model, gpus.models)
+        allocation = (claim.get("status") or {}).get("allocation") or {}
+        for result in (allocation.get("devices") or {}).get("results") or []:
+            _, _, sub = str(result.get("request", "")).partition("/")
+            if sub.startswith("m") and sub[1:].isdigit() and int(sub[1:]) < len(models):
+                model = models[int(sub[1:])]
+                grant = msgspec.structs.replace(offer.grant, gpu_model=model)
+                return msgspec.structs.replace(offer, grant=grant)
+        return offer
+
+    async def _place(
+        self,
+        offer: Offer,
+        name: str,
+        namespace: str,
+        lease_obj: Obj,
+        objects: dict[str, str],
+        made: list[tuple[str, str]],
+        deadline: float,
+        wait_for_capacity: bool,
+    ) -> Obj:
+        contract = offer.contract
+        owner = owner_reference(lease_obj)
+        owner_uid = str(lease_obj["metadata"]["uid"])
+        labels = labels_for(name, contract)
+        features = await self._retrying(deadline, self.features)
+        gpus = contract.resources.gpus
+
+        def owned(obj: Obj) -> bool:
+            refs = obj["metadata"].get("ownerReferences") or []
+            return any(ref.get("uid") == owner_uid for ref in refs)
+
+        async def make(kind: str, collection: str, body: Obj) -> Obj:
+            got = await self._create_or_adopt(collection, body, deadline, owned)
+            if got.created:
+                made.append((got.path, got.uid))
+            objects[kind] = got.uid
+            return got.obj
+
+        claim = None
+        if gpus is not None and offer.grant.gpus and self.dra == "auto" and features.dra:
+            models = claim_models(offer.grant.gpu_model, gpus.models)
+            await make(
+                "claim",
+                resource_path(*CLAIMS, namespace),
+                claim_manifest(
+                    name, namespace, labels, owner, count=offer.grant.gpus, models=models
+                ),
+            )
+            claim = name
+        workload = contract.workload
+        env = {
+            **(dict(workload.env) if workload is not None else {}),
+            "AICONTRACT_LEASE_ID": name,
+        }
+        as_job = workload is not None and workload.kind in JOB_KINDS and bool(workload.command)
+        spec = pod_spec(
+            name,
+            offer,
+            image=self.image,
+            restart_policy="Never" if as_job else "Always",
+            grace_seconds=self.grace_seconds,
+            env=env,
+            claim=claim,
+        )
+        queue = self.queue if (as_job and self.queue and features.kueue) else None
+        job: Obj | None = None
+        if as_job:
+            job = await make(
+                "job",
+                resource_path(*JOBS, namespace),
+                job_manifest(name, namespace, labels, owner, spec, queue=queue),
+            )
+        else:
+            await make(
+                "pod",
+                resource_path(*PODS, namespace),
+                pod_manifest(name, namespace, labels, owner, spec),
+            )
+        if workload is not None and workload.ports:
+            await make(
+                "service",
+                resource_path(*SERVICES, namespace),
+                service_manifest(name, namespace, labels, owner, workload.ports),
+            )
+        if queue is not None and job is not None:
+            await self._wait_admitted(namespace, job, deadline, features)
+        return await self._wait_bound(namespace, name, objects, deadline, wait_for_capacity)
+
+    async def _lease(
+        self,
+        offer: Offer,
+        name: str,
+        namespace: str,
+        lease_obj: Obj,
+        pod: Obj,
+        objects: Mapping[str, str],
+        key: str,
+        beat: _Beat,
+    ) -> Lease:
+        contract = offer.contract
+        node_name = str(pod["spec"]["nodeName"])
+        region, jurisdiction = offer.region, offer.jurisdiction
+        node = await self.api.get_or_none(resource_path("v1", "nodes", name=node_name))
+        if node is not None:
+            view = node_views([node], [], region_jurisdictions=self.region_jurisdictions)[0]
+            region, jurisdiction = view.region, view.jurisdiction
+        created = parse_time(lease_obj["spec"].get("acquireTime")) or self.clock.time()
+        # One TTL from the last renewal: the heartbeat kept it alive while commit waited.
+        expires_at = max(beat.renewed, created) + float(
+            lease_obj["spec"].get("leaseDurationSeconds") or self.ttl
+        )
+        ends_at = parse_time(
+            (lease_obj["metadata"].get("annotations") or {}).get(ANNOTATION_ENDS_AT)
+        )
+        if ends_at is not None:
+            expires_at = min(expires_at, ends_at)
+        endpoints: dict[str, str] = {}
+        workload = contract.workload
+        if workload is not None:
+            for port_label, port in sorted(workload.ports.items()):
+                scheme = "http://" if port_label.startswith("http") else ""
+                endpoints[port_label] = f"{scheme}{name}.{namespace}.svc:{port}"
+        env = {**(dict(workload.env) if workload is not None else {}), "AICONTRACT_LEASE_ID": name}
+        return Lease(
+            id=name,
+            contract=contract,
+            grant=offer.grant,
+            backend=self,
+            guarantee="allocated",
+            expires_at=expires_at,
+            region=region,
+            jurisdiction=jurisdiction,
+            endpoints=endpoints,
+            env=env,
+            details={
+                "namespace": namespace,
+                "node": node_name,
+                "pod": str(pod["metadata"]["name"]),
+                "pod_uid": str(pod["metadata"]["uid"]),
+                "objects": ",".join(k for k in objects if k != "lease"),
+                "uids": format_uids(objects),
+                "idempotency_key": key,
+            },
+            clock=self.clock,
+            created_at=created,
+        )
+
+    # -- renewing ------------------------------------------------------------------------
+
+    async def renew(self, lease: Lease) -> float:
+        """Move the Lease object's ``renewTime`` to now; the new expiry is one TTL ahead."""
+        namespace = lease.details.get("namespace") or self.namespace_for(lease.contract)
+        now = self.clock.time()
+        patch = {
+            "spec": {"renewTime": micro_time(now), "leaseDurationSeconds": max(1, round(self.ttl))}
+        }
+        try:
+            obj = await self.api.merge_patch(resource_path(*LEASES, namespace, lease.id), patch)
+        except NotFound:
+            raise LeaseLost(lease.id, "its Lease object is gone (released or collected)") from None
+        meta = obj.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            raise LeaseLost(lease.id, "its Lease object is being deleted")
+        uid = parse_uids(lease.details.get("uids", "")).get("lease")
+        if uid is not None and meta.get("uid") != uid:
+            raise LeaseLost(
+                lease.id, "its Lease object was deleted and made anew by another commit"
+            )
+        expires_at = now + self.ttl
+        ends_at = lease.ends_at
+        return expires_at if ends_at is None else min(expires_at, ends_at)
+
+
+@attrs.define
+class _Beat:
+    """When a committing lease's Lease object was last renewed; why it was lost, if it was."""
+
+    renewed: float
+    lost: str | None = None

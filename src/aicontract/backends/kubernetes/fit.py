@@ -1,0 +1,394 @@
+"""Quoting: which node could take a contract now, and the offers that makes.
+
+Each node's fit (:meth:`FitMixin._fit`) is the grant it could give, or the
+first requirement it misses; nodes that fit alike (model, region, jurisdiction,
+isolation) make one offer, sized by the best of them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+
+import attrs
+import msgspec
+
+from ...contract import Contract
+from ...errors import AuthenticationError
+from ...gpu_models import capability
+from ...offer import Grant, Offer, Quote, Rejection
+from ...units import Bytes, CountRange, Money
+from .api import NotFound, resource_path
+from .core import (
+    OFFER_TTL,
+    PODS,
+    KubeCore,
+)
+from .quote import GPU_PRODUCT_LABELS, NodeView, gpu_resource, node_views, parse_quantity
+
+__all__ = ["FitMixin"]
+
+
+@attrs.frozen
+class _Room:
+    """What one ResourceQuota (or LimitRange) still allows of one resource."""
+
+    free: Decimal
+    used: Decimal
+    hard: Decimal
+    quota: str
+    key: str
+    kind: str = "ResourceQuota"
+
+    def says(self) -> str:
+        """``requests.nvidia.com/gpu: used 4 of limit 4 (ResourceQuota gpus)``."""
+        return f"{self.key}: used {self.used} of limit {self.hard} ({self.kind} {self.quota})"
+
+
+@attrs.frozen
+class _Misfit:
+    """Why one node cannot take a contract: the requirement, what it wants, what it has."""
+
+    requirement: str
+    wanted: str
+    available: str
+
+
+class FitMixin(KubeCore):
+    """Quotes from Nodes and the pods bound to them."""
+
+    # -- quoting -------------------------------------------------------------------------
+
+    async def nodes(self) -> list[NodeView]:
+        """Every node with what is free on it now."""
+        api = self.api
+        nodes = await api.get(resource_path("v1", "nodes"))
+        pods = await api.get(
+            resource_path(*PODS),
+            {"fieldSelector": "status.phase!=Succeeded,status.phase!=Failed"},
+        )
+        return node_views(
+            nodes["items"], pods["items"], region_jurisdictions=self.region_jurisdictions
+        )
+
+    async def quote(self, contract: Contract) -> Quote:
+        """Offers for what could be placed now: per GPU model and location, the best node's fit.
+
+        Within the namespace's ResourceQuotas: what a quota forbids is never offered,
+        and is refused as ``quota`` with what is used of what limit. With nothing to
+        offer for want of GPUs, a counter-offer says how many one node has now.
+        """
+        namespace = self.namespace_for(contract)
+        views = await self.nodes()
+        room = await self.quota_room(namespace)
+        offers, problems = self._assess(contract, views, room)
+        if offers:
+            return Quote(offers=tuple(offers))
+        rejections = [
+            Rejection(
+                backend=self.name,
+                requirement=requirement,
+                wanted=entries[0][1],
+                available="; ".join(f"{node}: {have}" for node, _, have in entries[:6])
+                + (f"; and {len(entries) - 6} more nodes" if len(entries) > 6 else ""),
+            )
+            for requirement, entries in problems.items()
+        ]
+        if not views:
+            rejections.append(
+                Rejection(
+                    backend=self.name,
+                    requirement="nodes",
+                    wanted="a node",
+                    available="the cluster has no nodes",
+                )
+            )
+        return Quote(
+            rejections=tuple(rejections), counter_offers=tuple(self._counter(contract, views, room))
+        )
+
+    def _assess(
+        self, contract: Contract, views: Sequence[NodeView], room: Mapping[str, _Room]
+    ) -> tuple[list[Offer], dict[str, list[tuple[str, str, str]]]]:
+        """The offers ``views`` make for ``contract``; per requirement, the nodes missing it."""
+        problems: dict[str, list[tuple[str, str, str]]] = {}
+        groups: dict[
+            tuple[str | None, str, str | None, str, str], list[tuple[NodeView, Grant]]
+        ] = {}
+        for view in views:
+            fit = self._fit_within(view, contract, room)
+            if isinstance(fit, _Misfit):
+                problems.setdefault(fit.requirement, []).append(
+                    (view.name, fit.wanted, fit.available)
+                )
+                continue
+            grant, isolation = fit
+            source = "label" if view.jurisdiction_from_label else "region"
+            key = (grant.gpu_model, view.region, view.jurisdiction, source, isolation)
+            groups.setdefault(key, []).append((view, grant))
+        now = self.clock.time()
+        offers = [
+            self._offer(contract, key, members, now)
+            for key, members in sorted(groups.items(), key=lambda kv: (kv[0][1], str(kv[0][0])))
+        ]
+        return offers, problems
+
+    def _counter(
+        self, contract: Contract, views: Sequence[NodeView], room: Mapping[str, _Room]
+    ) -> list[Offer]:
+        """Offers for fewer GPUs: the most one node (within quota) can give now.
+
+        Like the local backend's: only the GPU count is relaxed, and only when that
+        is what stands in the way; they are never committed unless a caller asks.
+        """
+        res = contract.resources
+        gpus = res.gpus
+        if gpus is None or gpus.count.min is None:
+            return []
+        resource = gpu_resource(gpus)
+        cap = room[resource].free if resource in room else None
+        best = 0
+        for view in views:
+            free = view.free_of(resource)
+            best = max(best, int(free if cap is None else min(free, cap)))
+        if not 0 < best < gpus.count.min:
+            return []
+        relaxed = contract.with_(
+            resources=msgspec.structs.replace(
+                res, gpus=msgspec.structs.replace(gpus, count=CountRange(best))
+            )
+        )
+        return self._assess(relaxed, views, room)[0]
+
+    async def quota_room(self, namespace: str) -> dict[str, _Room]:
+        """Per resource, what the namespace's tightest ResourceQuota or LimitRange allows.
+
+        Pods are Guaranteed QoS (requests = limits), so ``requests.X``, ``limits.X``
+        and plain ``X`` all bound ``X``; ``pods``/``count/pods`` bound the pod count;
+        a LimitRange's ``max`` per Pod or Container bounds one lease's pod. No quota,
+        no namespace yet, or no right to read them: no bound. Read afresh for every
+        quote: what a quota has used changes with every lease.
+        """
+        room: dict[str, _Room] = {}
+
+        def tighten(resource: str, bound: _Room) -> None:
+            if resource not in room or bound.free < room[resource].free:
+                room[resource] = bound
+
+        try:
+            listing = await self.api.get(resource_path("v1", "resourcequotas", namespace))
+            ranges = await self.api.get(resource_path("v1", "limitranges", namespace))
+        except (NotFound, AuthenticationError):
+            return room
+        for limit_range in ranges.get("items") or []:
+            for item in (limit_range.get("spec") or {}).get("limits") or []:
+                if item.get("type") not in ("Pod", "Container"):
+                    continue
+                for resource, value in (item.get("max") or {}).items():
+                    try:
+                        most = parse_quantity(value)
+                    except ValueError:
+                        continue
+                    bound = _Room(
+                        free=most,
+                        used=Decimal(0),
+                        hard=most,
+                        quota=str(limit_range["metadata"]["name"]),
+                        key=f"max {resource} per {item['type']}",
+                        kind="LimitRange",
+                    )
+                    tighten(resource, bound)
+        for quota in listing.get("items") or []:
+            status = quota.get("status") or {}
+            hard = status.get("hard") or (quota.get("spec") or {}).get("hard") or {}
+            used = status.get("used") or {}
+            for key, value in hard.items():
+                if key in ("pods", "count/pods"):
+                    resource = "pods"
+                elif key.startswith(("requests.", "limits.")):
+                    resource = key.split(".", 1)[1]
+                elif key in ("cpu", "memory", "ephemeral-storage"):
+                    resource = key
+                else:
+                    continue
+                try:
+                    limit, taken = parse_quantity(value), parse_quantity(used.get(key, "0"))
+                except ValueError:
+                    continue
+                bound = _Room(
+                    free=max(Decimal(0), limit - taken),
+                    used=taken,
+                    hard=limit,
+                    quota=str(quota["metadata"]["name"]),
+                    key=key,
+                )
+                tighten(resource, bound)
+        return room
+
+    def _fit_within(
+        self, view: NodeView, contract: Contract, room: Mapping[str, _Room]
+    ) -> tuple[Grant, str] | _Misfit:
+        """:meth:`_fit` on what the node has free *and* the quota allows; a shortfall
+        that only the quota causes is refused as ``quota``."""
+        if not room:
+            return self._fit(view, contract)
+        pods = room.get("pods")
+        if pods is not None and pods.free < 1:
+            return _Misfit("quota", "1 pod", pods.says())
+        capped = attrs.evolve(
+            view,
+            free={k: min(v, room[k].free) if k in room else v for k, v in view.free.items()},
+        )
+        fit = self._fit(capped, contract)
+        if isinstance(fit, _Misfit) and not isinstance(self._fit(view, contract), _Misfit):
+            resource = {
+                "resources.gpus.count": gpu_resource(contract.resources.gpus),
+                "resources.cpus": "cpu",
+                "resources.memory": "memory",
+                "resources.disk": "ephemeral-storage",
+            }.get(fit.requirement)
+            if resource is not None and resource in room:
+                return _Misfit("quota", fit.wanted, room[resource].says())
+        return fit
+
+    def _fit(self, view: NodeView, contract: Contract) -> tuple[Grant, str] | _Misfit:
+        """The grant one node could give now (and its isolation), or why it cannot."""
+        place, res = contract.placement, contract.resources
+        if not view.schedulable:
+            return _Misfit("node", "a Ready, schedulable node", view.why_not or "not schedulable")
+        if place.isolation == "dedicated-host":
+            return _Misfit("placement.isolation", "dedicated-host", "nodes, not dedicated hosts")
+        if place.isolation == "dedicated-node":
+            if not view.dedicated:
+                return _Misfit(
+                    "placement.isolation",
+                    "dedicated-node",
+                    f"not tainted {'aicontract.io/dedicated'}",
+                )
+            if view.leased:
+                return _Misfit(
+                    "placement.isolation", "dedicated-node", f"{view.leased} leases on it"
+                )
+        elif view.dedicated:
+            return _Misfit("placement.isolation", place.isolation, "kept for dedicated-node leases")
+        misfits = place.misfits(
+            region=view.region, jurisdiction=view.jurisdiction, provider=self.provider
+        )
+        if misfits:
+            return _Misfit(*misfits[0])
+        gpus_granted, model, memory = 0, None, None
+        if res.gpus is not None:
+            gpus = res.gpus
+            resource = gpu_resource(gpus)
+            if not view.allocatable.get(resource):
+                return _Misfit("resources.gpus", f"{gpus.count} x {resource}", "none on this node")
+            model = view.model_for(gpus)
+            if model is None:
+                return _Misfit(
+                    "resources.gpus.models",
+                    "/".join(gpus.models),
+                    view.product or "unlabelled",
+                )
+            memory = view.gpu_memory
+            if gpus.memory is not None and (memory is None or memory not in gpus.memory):
+                return _Misfit("resources.gpus.memory", str(gpus.memory), str(memory or "unknown"))
+            if gpus.compute_capability:
+                wanted_cc = capability(gpus.compute_capability)
+                if view.compute_capability is None or view.compute_capability < wanted_cc:
+                    have = ".".join(map(str, view.compute_capability or ())) or "unknown"
+                    return _Misfit(
+                        "resources.gpus.compute_capability", f">= {gpus.compute_capability}", have
+                    )
+            if gpus.interconnect is not None:
+                return _Misfit("resources.gpus.interconnect", gpus.interconnect, "not labelled")
+            free = int(view.free_of(resource))
+            granted = gpus.count.grant(free)
+            if granted is None:
+                total = int(view.allocatable.get(resource, Decimal(0)))
+                return _Misfit(
+                    "resources.gpus.count", f"{gpus.count} x {model}", f"{free} free of {total}"
+                )
+            gpus_granted = granted
+        free_cpus = int(view.free_of("cpu"))
+        if res.cpus is not None:
+            cpus = res.cpus.grant(free_cpus)
+            if cpus is None:
+                return _Misfit("resources.cpus", str(res.cpus), f"{free_cpus} free")
+        elif self.default_cpus <= free_cpus:
+            cpus = self.default_cpus
+        else:
+            return _Misfit("resources.cpus", f"{self.default_cpus} (default)", f"{free_cpus} free")
+        free_memory = Bytes(int(view.free_of("memory")))
+        if res.memory is not None:
+            granted_memory = res.memory.grant(free_memory)
+            if granted_memory is None:
+                return _Misfit("resources.memory", str(res.memory), f"{free_memory} free")
+        elif self.default_memory <= free_memory:
+            granted_memory = self.default_memory
+        else:
+            return _Misfit(
+                "resources.memory", f"{self.default_memory} (default)", f"{free_memory} free"
+            )
+        disk = None
+        if res.disk is not None:
+            free_disk = Bytes(int(view.free_of("ephemeral-storage")))
+            disk = res.disk.grant(free_disk)
+            if disk is None:
+                return _Misfit("resources.disk", str(res.disk), f"{free_disk} free")
+        granted_cc = view.compute_capability if gpus_granted else None
+        grant = Grant(
+            gpus=gpus_granted,
+            gpu_model=model,
+            gpu_memory=memory if gpus_granted else None,
+            gpu_compute_capability=".".join(map(str, granted_cc)) if granted_cc else None,
+            gpu_mig=res.gpus.mig if gpus_granted and res.gpus is not None else None,
+            cpus=cpus,
+            memory=granted_memory,
+            disk=disk,
+        )
+        return grant, ("dedicated-node" if place.isolation == "dedicated-node" else "shared")
+
+    def _offer(
+        self,
+        contract: Contract,
+        key: tuple[str | None, str, str | None, str, str],
+        members: Sequence[tuple[NodeView, Grant]],
+        now: float,
+    ) -> Offer:
+        _, region, jurisdiction, source, isolation = key
+
+        def size(item: tuple[NodeView, Grant]) -> tuple[int, int, int]:
+            g = item[1]
+            return (g.gpus, g.cpus, g.memory.bytes if g.memory is not None else 0)
+
+        best = max(members, key=size)[1]
+        products = sorted({v.product for v, _ in members if v.product})
+        label = next(
+            (k for k in GPU_PRODUCT_LABELS if all(v.labels.get(k) for v, _ in members)),
+            GPU_PRODUCT_LABELS[0],
+        )
+        currency = contract.terms.max_price.currency if contract.terms.max_price else "USD"
+        return Offer(
+            id=f"k8s-{uuid.uuid4().hex[:12]}",
+            backend=self.name,
+            contract=contract,
+            grant=best,
+            # The lease this offer turns into is bound before commit returns (or there is
+            # none): see docs/backends/kubernetes.md, "Guarantee level".
+            guarantee="allocated",
+            region=region,
+            jurisdiction=jurisdiction,
+            provider=self.provider,
+            isolation=isolation,  # type: ignore[arg-type]
+            price=Money.per_hour(0, currency),
+            expires_at=now + OFFER_TTL,
+            details={
+                "namespace": self.namespace_for(contract),
+                "products": "|".join(products),
+                "product_label": label,
+                "jurisdiction_source": source,
+                "nodes": ",".join(v.name for v, _ in members),
+                "basis": "node-arithmetic",
+            },
+        )

@@ -10,7 +10,9 @@
     │   ├── CapacityUnavailable  the offer's capacity went away before commit: try the next offer
     │   ├── TransientBackendError  retry may help (timeouts, 5xx, rate limits)
     │   ├── QuotaExceeded        final: the account may not have more
-    │   └── AuthenticationError  final: credentials missing or refused
+    │   ├── AuthenticationError  final: credentials missing or refused
+    │   ├── IdempotencyConflict  an idempotency key was reused for a different offer
+    │   └── LedgerError          the local ledger is damaged, unreadable, read-only, full or locked
     └── LeaseError               something about one lease; carries its id
         ├── LeaseNotFound
         ├── LeaseStateError      an operation the lease's state does not allow
@@ -36,10 +38,12 @@ __all__ = [
     "CapacityUnavailable",
     "ConfigError",
     "ContractError",
+    "IdempotencyConflict",
     "LeaseError",
     "LeaseLost",
     "LeaseNotFound",
     "LeaseStateError",
+    "LedgerError",
     "NegotiationError",
     "NoOffer",
     "QuotaExceeded",
@@ -152,6 +156,24 @@ class QuotaExceeded(BackendError):
 
 class AuthenticationError(BackendError):
     """Credentials are missing or were refused; retrying will not help."""
+
+
+class IdempotencyConflict(BackendError):
+    """An idempotency key was reused with a different offer: a retry must repeat its request."""
+
+
+class LedgerError(BackendError):
+    """The local ledger cannot be used or trusted: damaged, unreadable, read-only, full, locked.
+
+    ``path`` is the ledger file, ``problem`` what is wrong with it and
+    ``remedy`` what to do about it.
+    """
+
+    def __init__(self, path: str, problem: str, remedy: str) -> None:
+        self.path = path
+        self.problem = problem
+        self.remedy = remedy
+        super().__init__("local", f"ledger {path}: {problem}; {remedy}")
 
 
 class LeaseError(AIContractError):

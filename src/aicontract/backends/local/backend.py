@@ -9,14 +9,12 @@ commit binds specific devices, and the lease's env pins the workload to them.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -27,27 +25,73 @@ from msgspec.structs import replace
 
 from ...clock import Clock, system_clock
 from ...contract import GPU, Contract
-from ...errors import BackendError, CapacityUnavailable, LeaseLost
+from ...errors import (
+    BackendError,
+    CapacityUnavailable,
+    IdempotencyConflict,
+    LeaseLost,
+    LedgerError,
+    TransientBackendError,
+)
 from ...gpu_models import capability, pick_model
 from ...leases import Lease, LeaseRecord, LeaseState, WorkloadState
 from ...observation import Fault, Observation, Sample
 from ...offer import Grant, Offer, Quote, Rejection
-from ...units import Bytes, CountRange, Money
+from ...units import Bytes, CountRange, Duration, Money
+from ...workload import DEFAULT_GRACE, Supervised, spawn
 from ..base import Backend
 from .inventory import GPUDevice, Inventory, host_inventory
-from .ledger import Demand, Ledger
+from .ledger import Demand, Ledger, lock_name
 
-__all__ = ["LocalBackend", "default_state_dir"]
+__all__ = ["SYSTEM_STATE_DIR", "LocalBackend", "default_state_dir", "state_dir_scope"]
 
 log = logging.getLogger("aicontract.local")
 
 OFFER_TTL = 10.0
 
 
+SYSTEM_STATE_DIR = Path("/var/lib/aicontract")
+"""The host's one ledger, shared by every user and container that mounts it."""
+
+
+def state_dir_scope() -> str:
+    """Which ledger :func:`default_state_dir` picks: ``env``, ``user`` or ``host``."""
+    if os.environ.get("AICONTRACT_STATE_DIR"):
+        return "env"
+    if os.environ.get("AICONTRACT_LEDGER_SCOPE", "").lower() == "user":
+        return "user"
+    return "host"
+
+
 def default_state_dir() -> Path:
-    """``AICONTRACT_STATE_DIR``, else the per-user state dir (``~/.local/state/aicontract``)."""
-    env = os.environ.get("AICONTRACT_STATE_DIR")
-    return Path(env) if env else Path(platformdirs.user_state_dir("aicontract"))
+    """Where the ledger lives: one per host unless asked otherwise.
+
+    ``AICONTRACT_STATE_DIR`` when set; else the per-user state dir
+    (``~/.local/state/aicontract``) when ``AICONTRACT_LEDGER_SCOPE=user`` — then
+    other users' leases are invisible, so the CLI says so; else
+    ``/var/lib/aicontract``, shared by every user (its group) and container.
+    """
+    scope = state_dir_scope()
+    if scope == "env":
+        return Path(os.environ["AICONTRACT_STATE_DIR"])
+    if scope == "user":
+        return Path(platformdirs.user_state_dir("aicontract"))
+    return SYSTEM_STATE_DIR
+
+
+def _stored_record(record: LeaseRecord) -> LeaseRecord:
+    """What the ledger keeps of a lease: no value of the contract's own env.
+
+    The ledger is readable by every user of the host's ledger group; the env a
+    contract passes to its workload may hold tokens. The holder keeps them in
+    memory only.
+    """
+    workload = record.contract.workload
+    granted = {k: v for k, v in record.env.items() if k.startswith(("AICONTRACT_", "CUDA_"))}
+    if workload is None or not workload.env:
+        return replace(record, env=granted)
+    redacted = replace(workload, env=dict.fromkeys(workload.env, "<redacted>"))
+    return replace(record, env=granted, contract=record.contract.with_(workload=redacted))
 
 
 def _weakest_capability(devices: Sequence[GPUDevice]) -> str | None:
@@ -93,7 +137,7 @@ class LocalBackend(Backend):
     clock: Clock = system_clock
     _inventory: Inventory | None = attrs.field(default=None, alias="inventory")
     _ledger: Ledger | None = attrs.field(default=None, init=False, repr=False)
-    _processes: dict[str, anyio.abc.Process] = attrs.field(factory=dict, init=False, repr=False)
+    _processes: dict[str, Supervised] = attrs.field(factory=dict, init=False, repr=False)
     _fitting: dict[GPU, list[tuple[str, GPUDevice]]] = attrs.field(
         factory=dict, init=False, repr=False
     )
@@ -117,7 +161,7 @@ class LocalBackend(Backend):
     async def quote(self, contract: Contract) -> Quote:
         """What this host could grant now, from its inventory minus the ledger."""
         inv = self.inventory
-        used_gpus, used_cpus, used_memory, used_disk = self.ledger.usage(self.clock.time())
+        used_gpus, used_cpus, used_memory, used_disk = await self.ledger.ausage(self.clock.time())
         rejections: list[Rejection] = []
         res = contract.resources
 
@@ -326,30 +370,63 @@ class LocalBackend(Backend):
             disk=grant.disk.bytes if grant.disk is not None else 0,
             disk_total=inv.disk.bytes if inv.disk is not None else None,
         )
-        allocation = self.ledger.grant(lease_id, make_record, demand, now)
-        record = allocation.existing or make_record(allocation.gpus, allocation.cpus)
-        lease = Lease(
-            id=lease_id,
-            contract=contract,
-            grant=grant,
-            backend=self,
-            guarantee="allocated",
-            expires_at=record.expires_at,
-            region=self.region,
-            jurisdiction=self.jurisdiction,
-            env=dict(record.env),
-            details=dict(record.details),
-            clock=self.clock,
-            created_at=record.created_at,
-        )
-        workload = contract.workload
-        if workload is not None and workload.command and lease_id not in self._processes:
-            try:
-                await self._launch(lease, allocation.cpus)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self.release(lease)
-                raise
+        start_by = contract.terms.start_by
+        # A commit never outlives what its contract allows for starting.
+        try:
+            return await self._commit(lease_id, contract, grant, demand, make_record, now, start_by)
+        except TimeoutError:
+            raise CapacityUnavailable(
+                self.name, f"the commit did not finish within start_by ({start_by})"
+            ) from None
+
+    async def _commit(
+        self,
+        lease_id: str,
+        contract: Contract,
+        grant: Grant,
+        demand: Demand,
+        make_record: Callable[[tuple[str, ...], tuple[int, ...]], LeaseRecord],
+        now: float,
+        start_by: Duration | None,
+    ) -> Lease:
+        with anyio.fail_after(start_by.seconds if start_by else None):
+            allocation = await self.ledger.agrant(
+                lease_id, lambda g, c: _stored_record(make_record(g, c)), demand, now
+            )
+            if allocation.existing is not None and (
+                allocation.existing.grant != grant
+                or allocation.existing.contract.name != contract.name
+            ):
+                first = allocation.existing
+                raise IdempotencyConflict(
+                    self.name,
+                    f"key {lease_id} was first committed for {first.grant.describe()}"
+                    f" ({first.contract.name!r}), not {grant.describe()} ({contract.name!r});"
+                    " use a new key for a new offer",
+                )
+            record = allocation.existing or make_record(allocation.gpus, allocation.cpus)
+            lease = Lease(
+                id=lease_id,
+                contract=contract,
+                grant=grant,
+                backend=self,
+                guarantee="allocated",
+                expires_at=record.expires_at,
+                region=self.region,
+                jurisdiction=self.jurisdiction,
+                env=self._env(lease_id, contract, allocation.gpus, allocation.cpus),
+                details=dict(record.details),
+                clock=self.clock,
+                created_at=record.created_at,
+            )
+            workload = contract.workload
+            if workload is not None and workload.command and lease_id not in self._processes:
+                try:
+                    await self._launch(lease, allocation.cpus)
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await self.release(lease)
+                    raise
         return lease
 
     @staticmethod
@@ -373,28 +450,39 @@ class LocalBackend(Backend):
         )
         return env
 
+    async def run(
+        self, lease: Lease, command: Sequence[str], *, stdin: int | None = subprocess.DEVNULL
+    ) -> Supervised:
+        """Start ``command`` bound to ``lease``: its env, CPUs, group, cgroup and lock.
+
+        The ledger records it, so a reclaimer stops it before the lease's devices
+        go to anyone else; releasing the lease (for any reason) stops it.
+        """
+        grace = lease.contract.terms.stop_grace
+        cpus = [int(c) for c in lease.details.get("cpus", "").split(",") if c]
+        supervised = await spawn(
+            command,
+            {**os.environ, **lease.env},
+            cpus=cpus,
+            grace=grace.seconds if grace is not None else DEFAULT_GRACE,
+            lock=self.ledger.workload_lock(lease.id),
+            name=lock_name(lease.id),
+            stdin=stdin,
+        )
+        self._processes[lease.id] = supervised
+        lease.details["pid"] = str(supervised.pid)
+        if not await self.ledger.set_workload(lease.id, supervised.ref):
+            # Lost between the grant and now (a reclaimer saw it expire): nothing may run.
+            await supervised.stop()
+            self._processes.pop(lease.id, None)
+            raise LeaseLost(lease.id, "it was no longer in the ledger when its workload started")
+        return supervised
+
     async def _launch(self, lease: Lease, cpu_ids: tuple[int, ...]) -> None:
         workload = lease.contract.workload
         assert workload is not None
-        env = {**os.environ, **lease.env}
-        # Output goes where ours goes: nobody would read a pipe, and a full one blocks the
-        # workload.
-        process = await anyio.open_process(
-            list(workload.command),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=None,
-            stderr=None,
-            start_new_session=True,
-        )
-        self._processes[lease.id] = process
+        process = await self.run(lease, workload.command)
         lease.set_workload_state(WorkloadState.NOT_READY)
-        if cpu_ids and hasattr(os, "sched_setaffinity"):
-            try:
-                os.sched_setaffinity(process.pid, cpu_ids)
-            except OSError as exc:  # the process may already have exited
-                log.debug("could not pin pid %s: %s", process.pid, exc)
-        lease.details["pid"] = str(process.pid)
         start_by = lease.contract.terms.start_by
         limit = start_by.seconds if start_by else 60.0
         for name, port in workload.ports.items():
@@ -405,7 +493,7 @@ class LocalBackend(Backend):
         lease.set_workload_state(WorkloadState.READY)
 
     async def _wait_for_port(
-        self, lease: Lease, process: anyio.abc.Process, port: int, limit: float
+        self, lease: Lease, process: Supervised, port: int, limit: float
     ) -> None:
         deadline = time.monotonic() + limit
         while True:
@@ -430,29 +518,48 @@ class LocalBackend(Backend):
     # -- renewing, releasing, observing --------------------------------------------------
 
     async def renew(self, lease: Lease) -> float:
-        """Push the lease's expiry one TTL ahead (never past the contract's duration)."""
+        """Push the lease's expiry one TTL ahead (never past the contract's duration).
+
+        The lease is lost when the ledger is no longer the file it was granted in
+        (deleted, replaced, truncated) or cannot be read: nobody else can see the
+        grant any more, so its work must stop.
+        """
         now = self.clock.time()
         expires_at = now + self.ttl
         ends_at = lease.ends_at
         if ends_at is not None:
             expires_at = min(expires_at, ends_at)
-        if not self.ledger.renew(lease.id, expires_at, now):
+        changed = self.ledger.check_identity()
+        if changed is not None:
+            raise LeaseLost(lease.id, changed)
+        try:
+            renewed = await self.ledger.arenew(lease.id, expires_at, now)
+        except LedgerError as exc:
+            if "write lock" in exc.problem:
+                raise TransientBackendError(self.name, str(exc)) from None
+            raise LeaseLost(lease.id, str(exc)) from None
+        if not renewed:
             raise LeaseLost(lease.id, "it is no longer in the ledger (expired or released)")
         return expires_at
 
     async def release(self, lease: Lease) -> None:
-        """End the workload (if launched) and free the lease's devices."""
+        """Stop the workload (if launched), then free the lease's devices."""
         process = self._processes.pop(lease.id, None)
         if process is not None:
-            await _terminate(process)
-        self.ledger.release(lease.id)
+            await process.stop()
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.ledger.arelease(lease.id)
+            except LedgerError as exc:
+                # The ledger is gone or broken: nothing to free in it, and the work is stopped.
+                log.warning("lease %s: %s", lease.id, exc)
 
     async def abandon(self, offer: Offer, idempotency_key: str) -> None:
         """Free whatever a commit under ``idempotency_key`` bound (the key is the lease id)."""
         process = self._processes.pop(idempotency_key, None)
         if process is not None:
-            await _terminate(process)
-        self.ledger.release(idempotency_key)
+            await process.stop()
+        await self.ledger.arelease(idempotency_key)
 
     async def observe(self, lease: Lease) -> Observation:
         """Liveness of the launched workload and of the ledger entry; NVML figures."""
@@ -462,18 +569,19 @@ class LocalBackend(Backend):
         workload: str | None = None
         if process is not None:
             workload = (lease.workload_state or WorkloadState.NOT_READY).value
-            if process.returncode is not None:
+            code = process.returncode
+            if code is not None:
                 # Exiting is how a batch job completes; only a failure is a fault.
                 workload = WorkloadState.COMPLETED.value
-                if process.returncode != 0:
+                if code != 0:
                     faults.append(
                         Fault(
                             kind="workload-exited",
                             at=now,
-                            reason=f"workload exited with status {process.returncode}",
+                            reason=f"workload exited with status {code}",
                         )
                     )
-        if self.ledger.get(lease.id) is None and lease.is_active:
+        if await self.ledger.aget(lease.id) is None and lease.is_active:
             faults.append(
                 Fault(
                     kind="capacity-revoked", at=now, reason="the lease was removed from the ledger"
@@ -484,25 +592,11 @@ class LocalBackend(Backend):
         return Observation(samples=samples, faults=tuple(faults), workload=workload)
 
     async def aclose(self) -> None:
-        """End launched workloads and close the ledger connection."""
+        """Stop launched workloads and close the ledger connection."""
         for lease_id in list(self._processes):
-            await _terminate(self._processes.pop(lease_id))
+            await self._processes.pop(lease_id).stop()
         if self._ledger is not None:
             self._ledger.close()
-
-
-async def _terminate(process: anyio.abc.Process, grace: float = 5.0) -> None:
-    with anyio.CancelScope(shield=True):
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            with anyio.move_on_after(grace):
-                await process.wait()
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
-        await process.aclose()
 
 
 def _nvml_samples(gpu_ids: Sequence[str], now: float) -> list[Sample]:

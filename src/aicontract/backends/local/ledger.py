@@ -7,9 +7,10 @@ grant runs check-and-insert inside one immediate transaction, and each device
 (a GPU, a CPU core) is a row whose primary key is the device, so the database
 itself refuses to hand one out twice.
 
-Liveness is a kernel lock, not a pid: each lease's holder keeps an ``flock`` on
-``locks/<lease>.holder`` in the state dir, which the kernel drops when the
-holder dies, in whatever PID namespace it ran. A lease whose holder is gone, or
+Liveness is a kernel lock, not a pid: each holder process keeps an exclusive
+``flock`` on its own ``locks/<epoch>-<holder>.holder`` file in the state dir
+while it holds leases (a shared one while it holds none), which the kernel
+drops when the holder dies, in whatever PID namespace it ran. A lease whose holder is gone, or
 whose expiry passed, is reclaimed — but its workload (recorded as a
 :class:`~aicontract.workload.WorkloadRef`) is stopped first, and only once it is
 gone are the devices freed (guarantee 4).
@@ -27,6 +28,7 @@ import fcntl
 import hashlib
 import itertools
 import os
+import random
 import secrets
 import signal
 import sqlite3
@@ -71,6 +73,7 @@ CREATE TABLE IF NOT EXISTS leases (
     stopping_since REAL,
     record BLOB NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS devices (
     kind TEXT NOT NULL,
     device TEXT NOT NULL,
@@ -182,7 +185,9 @@ class Ledger:
     _pid: int = attrs.field(factory=os.getpid, repr=False)
     _token: str = attrs.field(factory=lambda: secrets.token_hex(8), repr=False)
     _mutex: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
-    _holder_locks: dict[str, int] = attrs.field(factory=dict, repr=False)
+    _epoch: str = attrs.field(default="", repr=False)
+    _holder_fd: int | None = attrs.field(default=None, repr=False)
+    _held: set[str] = attrs.field(factory=set, repr=False)
     _liveness: dict[str, tuple[bool, float]] = attrs.field(factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -236,12 +241,29 @@ class Ledger:
         """The connections (reopened after a fork: SQLite connections must not cross one)."""
         if self._fast is None or self._patient is None or self._pid != os.getpid():
             if self._pid != os.getpid():
-                self._holder_locks.clear()  # the parent's locks are the parent's
+                # The parent's connections, lock and leases are the parent's.
+                self._fast = self._patient = None
+                if self._holder_fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(self._holder_fd)
+                self._holder_fd = None
+                self._held.clear()
                 self._token = secrets.token_hex(8)
                 self._mutex = threading.Lock()
             self._pid = os.getpid()
             self._fast = self._open(0)
             self._patient = self._open(int(self.lock_wait * 1000))
+            try:
+                with self._write(self._patient) as conn:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
+                        (secrets.token_hex(8),),
+                    )
+                    (self._epoch,) = conn.execute(
+                        "SELECT value FROM meta WHERE key = 'epoch'"
+                    ).fetchone()
+            except sqlite3.Error as exc:
+                raise _ledger_error(self.path, exc) from None
             try:
                 st = os.stat(self.path)
             except OSError as exc:
@@ -264,24 +286,33 @@ class Ledger:
                 raise _ledger_error(self.path, exc) from None
 
     async def arun(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` without blocking the event loop on another's lock.
+        """Run ``fn(conn, *args)`` without ever blocking the event loop on another's lock.
 
-        First on the loop with no wait at all (the common, uncontended case costs
-        no thread hop); if another process holds the write lock, in a worker
-        thread that waits for it, at most ``lock_wait`` seconds.
+        Each try takes SQLite's write lock without waiting; when another process
+        holds it, the task sleeps a little (jittered, growing to 5 ms) and tries
+        again, at most ``lock_wait`` seconds in all. The uncontended case costs
+        one try, and a contended one no thread: renewals keep their deadline.
         """
         fast, _ = self._connections()
-        if self._mutex.acquire(blocking=False):
-            try:
-                return fn(fast, *args)
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+        deadline = time.monotonic() + self.lock_wait
+        pause = 0.0002
+        while True:
+            if self._mutex.acquire(blocking=False):
+                try:
+                    return fn(fast, *args)
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise _ledger_error(self.path, exc) from None
+                    if time.monotonic() > deadline:
+                        raise _ledger_error(self.path, exc) from None
+                except sqlite3.Error as exc:
                     raise _ledger_error(self.path, exc) from None
-            except sqlite3.Error as exc:
-                raise _ledger_error(self.path, exc) from None
-            finally:
-                self._mutex.release()
-        return await anyio.to_thread.run_sync(self.run, fn, *args)
+                finally:
+                    self._mutex.release()
+            elif time.monotonic() > deadline:
+                raise _ledger_error(self.path, sqlite3.OperationalError("database is locked"))
+            await anyio.sleep(random.uniform(pause / 2, pause))
+            pause = min(0.005, pause * 2)
 
     @contextmanager
     def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
@@ -295,15 +326,17 @@ class Ledger:
         conn.execute("COMMIT")
 
     def close(self) -> None:
-        """Close this process's connections and drop its holder locks."""
+        """Close this process's connections and drop its holder lock."""
         if self._pid == os.getpid():
             for conn in (self._fast, self._patient):
                 if conn is not None:
                     conn.close()
-            for fd in self._holder_locks.values():
+            if self._holder_fd is not None:
                 with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._holder_locks.clear()
+                    os.unlink(self._holder_path(self._token))
+                os.close(self._holder_fd)
+        self._holder_fd = None
+        self._held.clear()
         self._fast = self._patient = None
 
     def check_identity(self) -> str | None:
@@ -333,57 +366,71 @@ class Ledger:
 
     # -- holder locks --------------------------------------------------------------------
 
-    def _lock_path(self, lease_id: str, suffix: str) -> Path:
-        return self.lock_dir / f"{lock_name(lease_id)}.{suffix}"
-
     def workload_lock(self, lease_id: str) -> str:
         """Where a lease's workload lock lives (see :mod:`aicontract.workload`)."""
-        return str(self._lock_path(lease_id, "work"))
+        return str(self.lock_dir / f"{lock_name(lease_id)}.work")
 
-    def _take_holder_lock(self, lease_id: str) -> tuple[int, Path]:
-        pending = self.lock_dir / f".pending-{self._token}-{lock_name(lease_id)}"
-        try:
-            fd = os.open(pending, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
-        except OSError as exc:
-            raise _ledger_error(pending, exc) from None
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd, pending
+    def _holder_path(self, token: str) -> Path:
+        return self.lock_dir / f"{self._epoch}-{token}.holder"
 
-    def _drop_files(self, lease_id: str) -> None:
-        for suffix in ("holder", "work"):
-            with contextlib.suppress(OSError):
-                os.unlink(self._lock_path(lease_id, suffix))
+    def _hold(self) -> None:
+        """Hold this process's holder lock exclusively (before a grant)."""
+        if self._holder_fd is None:
+            path = self._holder_path(self._token)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+            except OSError as exc:
+                raise _ledger_error(path, exc) from None
+            self._holder_fd = fd
+        # Exclusive while holding leases: that is what a reclaimer's probe looks for.
+        fcntl.flock(self._holder_fd, fcntl.LOCK_EX)
 
-    def _holder_alive(self, lease_id: str, clock: float) -> bool:
-        cached = self._liveness.get(lease_id)
+    def _unhold(self) -> None:
+        """Back to a shared lock once this process holds no lease."""
+        if not self._held and self._holder_fd is not None:
+            fcntl.flock(self._holder_fd, fcntl.LOCK_SH)
+
+    def _holder_alive(self, token: str, clock: float) -> bool:
+        cached = self._liveness.get(token)
         if cached is None or clock - cached[1] > LIVENESS_CACHE:
-            held = lock_held(self._lock_path(lease_id, "holder"))
+            held = lock_held(self._holder_path(token))
             # A lock we may not read is someone else's: judge it alive (its expiry still ends it).
             cached = (held is not False, clock)
-            self._liveness[lease_id] = cached
+            self._liveness[token] = cached
         return cached[0]
 
-    def _unknown_holders(self, conn: sqlite3.Connection) -> int:
-        """Running holders whose lease the ledger has no row for (it was deleted or replaced)."""
+    def _drop_holder(self, token: str) -> None:
+        """Remove a dead holder's lock file (only if truly nobody holds it)."""
+        path = self._holder_path(token)
         try:
-            names = [n for n in os.listdir(self.lock_dir) if n.endswith(".holder")]
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def _unknown_holders(self) -> int:
+        """Running holders of leases in another ledger at this path (it was deleted or replaced).
+
+        Their lock files carry another epoch. Until they notice (at their next
+        renewal) and stop their work, their devices may be in use.
+        """
+        try:
+            names = os.listdir(self.lock_dir)
         except OSError:
             return 0
-        (rows,) = conn.execute("SELECT COUNT(*) FROM leases").fetchone()
-        if len(names) <= rows:
-            return 0
-        known = {
-            f"{lock_name(lease_id)}.holder" for (lease_id,) in conn.execute("SELECT id FROM leases")
-        }
+        mine = f"{self._epoch}-"
         unknown = 0
         for name in names:
-            if name in known:
+            if not name.endswith(".holder") or name.startswith(mine):
                 continue
-            held = lock_held(self.lock_dir / name)
-            if held is False:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.lock_dir / name)  # a holder that died without cleaning up
-            else:
+            held = lock_held(self.lock_dir / name)  # exclusive: it holds leases
+            if held is not False:
                 unknown += 1
         return unknown
 
@@ -406,7 +453,7 @@ class Ledger:
             if (
                 expires_at >= now
                 and stopping_since is None
-                and (holder == self._token or self._holder_alive(lease_id, clock))
+                and (holder == self._token or self._holder_alive(holder, clock))
             ):
                 continue
             if workload is not None:
@@ -421,9 +468,10 @@ class Ledger:
                         signal_ref(ref, signal.SIGKILL)
                     continue
             conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
-            self._liveness.pop(lease_id, None)
-            if holder != self._token:
-                self._drop_files(lease_id)
+            with contextlib.suppress(OSError):
+                os.unlink(self.workload_lock(lease_id))
+            if holder != self._token and not self._holder_alive(holder, clock):
+                self._drop_holder(holder)
             freed += 1
         return freed
 
@@ -453,25 +501,34 @@ class Ledger:
         nothing. This process holds the lease's holder lock from then on.
         """
         now = time.time() if now is None else now
-        if lease_id in self._holder_locks:
-            existing = await self.arun(self._existing, lease_id)
-            if existing is not None:
-                return existing
-        fd, pending = self._take_holder_lock(lease_id)
+        self._connections()
+        self._check_still_same()
+        self._hold()
         try:
-            allocation = await self.arun(self._grant, lease_id, make_record, demand, now, pending)
+            allocation = await self.arun(self._grant, lease_id, make_record, demand, now)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(pending)
-            os.close(fd)
+            self._unhold()
             raise
-        if allocation.existing is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(pending)
-            os.close(fd)
-        else:
-            self._holder_locks[lease_id] = fd
+        self._held.add(lease_id)
         return allocation
+
+    def _check_still_same(self) -> None:
+        """Before a grant: is the ledger still the file we opened? Reopen it if we may."""
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._identity
+        except OSError:
+            same = False
+        if same:
+            return
+        if self._held:
+            raise LedgerError(
+                str(self.path),
+                "was deleted or replaced while this process held leases in it",
+                "those leases are lost (their work stops at their next renewal); retry then",
+            )
+        self.close()
+        self._connections()
 
     def _grant(
         self,
@@ -480,7 +537,6 @@ class Ledger:
         make_record: Callable[[tuple[str, ...], tuple[int, ...]], LeaseRecord],
         demand: Demand,
         now: float,
-        pending: Path,
     ) -> Allocation:
         with self._write(conn):
             existing = self._existing(conn, lease_id)
@@ -498,7 +554,7 @@ class Ledger:
                 return existing
             # Expired leases' devices are free only once their workloads are stopped.
             self._reclaim(conn, now, check_holders=False)
-            unknown = self._unknown_holders(conn)
+            unknown = self._unknown_holders()
             if unknown:
                 raise CapacityUnavailable(
                     "local",
@@ -530,12 +586,6 @@ class Ledger:
                 [("gpu", g, lease_id) for g in gpu_ids]
                 + [("cpu", str(c), lease_id) for c in cpu_ids],
             )
-            # Named in the same transaction as the row: no other writer ever sees the
-            # row without its lock, or the lock without its row.
-            try:
-                os.rename(pending, self._lock_path(lease_id, "holder"))
-            except OSError as exc:
-                raise _ledger_error(self.lock_dir, exc) from None
             return Allocation(lease_id, gpu_ids, cpu_ids)
 
     def _existing(self, conn: sqlite3.Connection, lease_id: str) -> Allocation | None:
@@ -614,7 +664,7 @@ class Ledger:
         ):
             if holder == self._token and expires_at >= now:
                 continue
-            if expires_at >= now and self._holder_alive(lease_id, clock):
+            if expires_at >= now and self._holder_alive(holder, clock):
                 continue
             if workload is None or not workload_alive(
                 msgspec.json.decode(workload, type=WorkloadRef)
@@ -713,13 +763,11 @@ class Ledger:
 
     def _release(self, conn: sqlite3.Connection, lease_id: str, uid: int | None) -> bool:
         with self._write(conn):
-            row = conn.execute(
-                "SELECT owner_uid, holder FROM leases WHERE id = ?", (lease_id,)
-            ).fetchone()
+            row = conn.execute("SELECT owner_uid FROM leases WHERE id = ?", (lease_id,)).fetchone()
             if row is None:
                 gone = False
             else:
-                owner, holder = row
+                (owner,) = row
                 if uid is not None and uid not in (0, owner):
                     raise LeaseStateError(
                         lease_id,
@@ -727,15 +775,12 @@ class Ledger:
                     )
                 # The devices go with it (ON DELETE CASCADE), in the same transaction.
                 conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
-                if holder != self._token:
-                    self._drop_files(lease_id)
-                gone = True
-            if lease_id in self._holder_locks:
                 with contextlib.suppress(OSError):
-                    os.unlink(self._lock_path(lease_id, "holder"))
-        fd = self._holder_locks.pop(lease_id, None)
-        if fd is not None:
-            os.close(fd)
+                    os.unlink(self.workload_lock(lease_id))
+                gone = True
+        if lease_id in self._held:
+            self._held.discard(lease_id)
+            self._unhold()
         return gone
 
     async def arelease(self, lease_id: str) -> bool:

@@ -59,7 +59,7 @@ def test_override_in_json_and_toml(tmp_path: Path, suffix: str) -> None:
         ("cpus: 2\nmemory: 1GiB\ngpus: [{id: '0,1', model: L4, memory: 1GiB}]\n", "device id"),
         ("cpus: 2\nmemory: 1GiB\ngpus: [{id: '-1', model: L4, memory: 1GiB}]\n", "device id"),
         ("cpus: '٣'\nmemory: 1GiB\n", "cpus"),
-        ("cpus: 2\nmemory: ８０GiB\n", "memory"),
+        ("cpus: 2\nmemory: \uff18\uff10GiB\n", "memory"),  # fullwidth 80
     ],
 )
 def test_bad_override_is_a_config_error(tmp_path: Path, text: str, says: str) -> None:

@@ -90,11 +90,12 @@ def _stop_all(pgid: int, me: int, cgroup: str | None, grace: float) -> None:
         time.sleep(0.02)
     _signal_all(pgid, me, cgroup, signal.SIGKILL)
     if cgroup is not None:
-        try:
-            with open(os.path.join(cgroup, "cgroup.kill"), "w") as kill:
-                kill.write("1")
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), open(os.path.join(cgroup, "cgroup.kill"), "w") as kill:
+            kill.write("1")
+    # SIGKILL lands when the target is next scheduled: hold the workload lock until it has.
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and (_others_in_group(pgid, me) or _cgroup_procs(cgroup, me)):
+        time.sleep(0.01)
 
 
 def main(argv: list[str]) -> int:

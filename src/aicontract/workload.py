@@ -178,13 +178,12 @@ def _group_is_ours(ref: WorkloadRef) -> bool:
 def workload_alive(ref: WorkloadRef) -> bool:
     """Is any process of the workload still running?
 
-    The workload lock answers across PID namespaces; the process group and the
-    cgroup answer where the lock cannot be read.
+    Alive when any of its marks says so: the workload lock is held (that
+    answers across PID namespaces), its cgroup has processes, or its process
+    group does (where that group is ours to see).
     """
-    if ref.lock is not None:
-        held = lock_held(ref.lock)
-        if held is not None:
-            return held
+    if ref.lock is not None and lock_held(ref.lock) is not False:
+        return True
     if _cgroup_pids(ref.cgroup):
         return True
     if not _group_is_ours(ref):
@@ -195,7 +194,26 @@ def workload_alive(ref: WorkloadRef) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # Only zombies left (their parent is gone or frozen) is a group that runs nothing.
+    return _group_has_live_member(ref.pgid)
+
+
+def _group_has_live_member(pgid: int) -> bool:
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
+            return True
+    return False
 
 
 def signal_ref(ref: WorkloadRef, sig: int) -> bool:

@@ -111,6 +111,8 @@ def quote(file: Path, backend_names: tuple[str, ...], as_json: bool) -> None:
     negotiator = Negotiator(_backends(backend_names))
     result = anyio.run(negotiator.quote, contract)
     anyio.run(negotiator.aclose)
+    # A backend that could not answer at all (a broken ledger) is a failure, not a "no".
+    broken = [r for r in result.rejections if r.requirement == "quote"]
     if as_json:
         import msgspec
 
@@ -123,6 +125,8 @@ def quote(file: Path, backend_names: tuple[str, ...], as_json: bool) -> None:
         for offer in data["offers"]:
             offer.pop("contract", None)
         out.print_json(json.dumps(data))
+        if broken and not result.offers:
+            sys.exit(2)
         return
     table = Table("#", "backend", "grant", "where", "guarantee", "price", title="offers")
     for rank, offer in enumerate(result.offers, 1):
@@ -146,6 +150,8 @@ def quote(file: Path, backend_names: tuple[str, ...], as_json: bool) -> None:
         out.print(why)
     for offer in result.counter_offers:
         out.print(f"counter-offer: {escape(offer.summary())}", highlight=False)
+    if broken and not result.offers:
+        sys.exit(2)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -284,6 +290,9 @@ async def _run(held: Lease, command: tuple[str, ...]) -> int:
         status = await workload.stop()
     if got:
         return 128 + got[0]
+    if isinstance(held.backend, LocalBackend) and not await held.backend.still_held(held):
+        # Released or reclaimed by someone else: that, not the command, ended the work.
+        held.revoke("released by another process, or its ledger was lost")
     if not held.is_active:
         console.print(
             f"lease {held.id} {held.state.value}: {held.reason or ''}; its command was stopped",

@@ -121,15 +121,16 @@ def _fits(device: GPUDevice, gpus: GPU) -> bool:
 class LocalBackend(Backend):
     """Leases on this host, exclusive across all its processes.
 
-    ``ttl`` is how long a lease lives without a heartbeat; a holder that dies is
-    noticed sooner, by its pid. ``jurisdiction`` is where this host is (for
-    contracts that require one; default ``AICONTRACT_JURISDICTION``).
+    ``ttl`` is how long a lease lives without a heartbeat (``AICONTRACT_LOCAL_TTL``,
+    default 30 s); a holder that dies is noticed sooner, by its lock.
+    ``jurisdiction`` is where this host is (for contracts that require one;
+    default ``AICONTRACT_JURISDICTION``).
     """
 
     name = "local"
 
     state_dir: Path = attrs.field(factory=default_state_dir, converter=Path)
-    ttl: float = 30.0
+    ttl: float = attrs.field(factory=lambda: float(os.environ.get("AICONTRACT_LOCAL_TTL") or 30.0))
     jurisdiction: str | None = attrs.field(
         factory=lambda: os.environ.get("AICONTRACT_JURISDICTION") or None
     )
@@ -541,6 +542,15 @@ class LocalBackend(Backend):
         if not renewed:
             raise LeaseLost(lease.id, "it is no longer in the ledger (expired or released)")
         return expires_at
+
+    async def still_held(self, lease: Lease) -> bool:
+        """Does the ledger still give ``lease`` to this process (not revoked, not lost)?"""
+        if self.ledger.check_identity() is not None:
+            return False
+        try:
+            return await self.ledger.still_held(lease.id)
+        except LedgerError:
+            return False
 
     async def release(self, lease: Lease) -> None:
         """Stop the workload (if launched), then free the lease's devices."""

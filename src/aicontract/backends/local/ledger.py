@@ -478,11 +478,7 @@ class Ledger:
     def reclaim(self, now: float | None = None) -> int:
         """Stop dead or expired leases' workloads and free their devices; return how many."""
 
-        def op(conn: sqlite3.Connection) -> int:
-            with self._write(conn):
-                return self._reclaim(conn, time.time() if now is None else now, check_holders=True)
-
-        return self.run(op)
+        return self.run(self._reclaim_op, time.time() if now is None else now)
 
     # -- granting ------------------------------------------------------------------------
 
@@ -643,7 +639,12 @@ class Ledger:
 
     def usage(self, now: float | None = None) -> tuple[set[str], set[int], int, int]:
         """:meth:`ausage`, blocking."""
-        return self.run(self._usage, time.time() if now is None else now)
+        now = time.time() if now is None else now
+        held, stoppable = self.run(self._usage, now)
+        if stoppable:
+            self.run(self._reclaim_op, now)
+            held, _ = self.run(self._usage, now)
+        return held
 
     async def ausage(self, now: float | None = None) -> tuple[set[str], set[int], int, int]:
         """What leases hold now: GPU ids, CPU ids, memory bytes, disk bytes.
@@ -651,25 +652,41 @@ class Ledger:
         Plain reads, no transaction: a quote may be a moment stale, and the
         commit re-checks everything inside its own transaction anyway. Leases
         that a commit would reclaim at once (holder gone or expired, workload
-        gone) do not count.
+        gone) do not count; when a dead or expired lease's workload still runs,
+        it is told to stop first (its devices still count until it has).
         """
         now = time.time() if now is None else now
-        return await self.arun(self._usage, now)
+        held, stoppable = await self.arun(self._usage, now)
+        if stoppable:
+            await self.arun(self._reclaim_op, now)
+            held, _ = await self.arun(self._usage, now)
+        return held
 
-    def _usage(self, conn: sqlite3.Connection, now: float) -> tuple[set[str], set[int], int, int]:
+    def _reclaim_op(self, conn: sqlite3.Connection, now: float) -> int:
+        with self._write(conn):
+            return self._reclaim(conn, now, check_holders=True)
+
+    def _usage(
+        self, conn: sqlite3.Connection, now: float
+    ) -> tuple[tuple[set[str], set[int], int, int], bool]:
         clock = time.monotonic()
         gone: set[str] = set()
-        for lease_id, holder, expires_at, workload in conn.execute(
-            "SELECT id, holder, expires_at, workload FROM leases"
+        stoppable = False
+        for lease_id, holder, expires_at, workload, stopping_since in conn.execute(
+            "SELECT id, holder, expires_at, workload, stopping_since FROM leases"
         ):
-            if holder == self._token and expires_at >= now:
+            if holder == self._token and expires_at >= now and stopping_since is None:
                 continue
-            if expires_at >= now and self._holder_alive(holder, clock):
+            if expires_at >= now and stopping_since is None and self._holder_alive(holder, clock):
                 continue
-            if workload is None or not workload_alive(
-                msgspec.json.decode(workload, type=WorkloadRef)
-            ):
+            if workload is None:
                 gone.add(lease_id)
+                continue
+            ref = msgspec.json.decode(workload, type=WorkloadRef)
+            if not workload_alive(ref):
+                gone.add(lease_id)
+            elif stopping_since is None or now - stopping_since > ref.grace:
+                stoppable = True  # its workload must be told (SIGTERM, later SIGKILL)
         memory = disk = 0
         if gone:
             for lease_id, lease_memory, lease_disk in conn.execute(
@@ -688,7 +705,7 @@ class Ledger:
                 gpus.add(device)
             else:
                 cpus.add(int(device))
-        return gpus, cpus, int(memory), int(disk)
+        return (gpus, cpus, int(memory), int(disk)), stoppable
 
     def records(self, now: float | None = None, uid: int | None = None) -> list[LeaseRecord]:
         """Every live lease on this host, oldest first (reclaiming dead ones first).
@@ -736,6 +753,18 @@ class Ledger:
             if row is None:
                 return None
             return msgspec.structs.replace(LeaseRecord.from_json(row[0]), expires_at=row[1])
+
+        return await self.arun(op)
+
+    async def still_held(self, lease_id: str) -> bool:
+        """Is the lease still this process's, and not being stopped by someone else?"""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM leases WHERE id = ? AND holder = ? AND stopping_since IS NULL",
+                (lease_id, self._token),
+            ).fetchone()
+            return row is not None
 
         return await self.arun(op)
 
@@ -831,6 +860,7 @@ class Ledger:
                             time.sleep(0.02)
                     if workload_alive(ref):
                         return True  # out of our reach: reclaimed once its own holder stops it
-            return self._release(conn, lease_id, uid)
+            self._release(conn, lease_id, uid)
+            return True  # gone now, whether we or its holder (seeing its work stop) freed it
 
         return self.run(op)

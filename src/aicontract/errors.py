@@ -24,6 +24,7 @@ escaping it is a bug.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,18 @@ __all__ = [
     "QuotaExceeded",
     "TransientBackendError",
 ]
+
+
+_LONG_QUOTED = re.compile(r"""(['"])([^'"]{81,})\1""")
+_LONG_WORD = re.compile(r"\S{121,}")
+
+
+def _clip_quoted(text: str) -> str:
+    """Quote at most ~80 characters of any value a message echoes (a value may be 1 MB)."""
+    if len(text) <= 200:
+        return text
+    text = _LONG_QUOTED.sub(lambda m: f"{m[1]}{m[2][:77]}...{m[1]} ({len(m[2])} chars)", text)
+    return _LONG_WORD.sub(lambda m: f"{m[0][:77]}... ({len(m[0])} chars)", text)
 
 
 class AIContractError(Exception):
@@ -77,7 +90,7 @@ class ContractError(AIContractError, ValueError):
         text = self.message if self.path == "$" else f"{self.path}: {self.message}"
         if self.allowed and self.allowed not in self.message:
             text += f" (allowed: {self.allowed})"
-        return text
+        return _clip_quoted(text)
 
     def at(self, prefix: str) -> ContractError:
         """Return the same error located under ``prefix`` (``$.resources`` + ``$.gpus``)."""

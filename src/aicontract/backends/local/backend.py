@@ -532,6 +532,9 @@ class LocalBackend(Backend):
             expires_at = min(expires_at, ends_at)
         changed = self.ledger.check_identity()
         if changed is not None:
+            # Every lease this process holds in that file is lost with it: let go of the
+            # file, so the next grant opens the ledger that is there now.
+            self.ledger.close()
             raise LeaseLost(lease.id, changed)
         try:
             renewed = await self.ledger.arenew(lease.id, expires_at, now)

@@ -217,7 +217,20 @@ class Ledger:
             raise LedgerError(
                 str(self.path), "is a directory", "move it aside or set AICONTRACT_STATE_DIR"
             )
-        fresh = not self.path.exists()
+        if not self.path.exists():
+            # Created here, group-shared and never readable by everyone, before SQLite
+            # opens it: SQLite gives its -wal and -shm files the database's mode.
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o660)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise _ledger_error(self.path, exc) from None
+            else:
+                try:
+                    os.fchmod(fd, 0o660)  # whatever the umask took away
+                finally:
+                    os.close(fd)
         try:
             conn = sqlite3.connect(
                 self.path, timeout=busy_ms / 1000, isolation_level=None, check_same_thread=False
@@ -230,11 +243,6 @@ class Ledger:
             conn.execute(_SCHEMA_PROBE)
         except (sqlite3.Error, OSError) as exc:
             raise _ledger_error(self.path, exc) from None
-        if fresh:
-            # Shared by the ledger's group, never readable by everyone (SQLite gives the
-            # -wal and -shm files the same mode).
-            with contextlib.suppress(OSError):
-                os.chmod(self.path, 0o660)
         return conn
 
     def _connections(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:

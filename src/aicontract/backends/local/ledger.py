@@ -95,6 +95,24 @@ def lock_name(lease_id: str) -> str:
     return hashlib.sha256(lease_id.encode()).hexdigest()[:32]
 
 
+def _share(directory: Path) -> None:
+    """Make a new state directory group-shared (setgid), never open to everyone.
+
+    Its group is ``aicontract`` where an admin made one (every user who leases
+    belongs to it), else whatever the parent directory gives.
+    """
+    try:
+        import grp
+
+        gid = grp.getgrnam("aicontract").gr_gid
+    except (ImportError, KeyError):
+        gid = -1
+    with contextlib.suppress(OSError):
+        if gid != -1:
+            os.chown(directory, -1, gid)
+        os.chmod(directory, 0o2770)  # mkdir's mode is cut by the umask; this is not
+
+
 def _ledger_error(path: Path, exc: BaseException) -> LedgerError:
     """One clear error for whatever SQLite or the OS said about the ledger."""
     text = str(exc).lower()
@@ -200,8 +218,10 @@ class Ledger:
         directory = Path(state_dir)
         locks = directory / "locks"
         try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o2770)
-            locks.mkdir(exist_ok=True, mode=0o2770)
+            for path in (directory, locks):
+                if not path.is_dir():
+                    path.mkdir(parents=True, exist_ok=True)
+                    _share(path)
         except OSError as exc:
             raise LedgerError(
                 str(directory / LEDGER_FILE),

@@ -315,3 +315,28 @@ async def test_the_ledger_never_stores_secret_env_values(
     finally:
         await lease.release()
         await negotiator.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("end", ["revoke", "expire"])
+async def test_a_lease_that_ends_stops_its_work_before_release(
+    backend: LocalBackend, tmp_path: Path, end: str
+) -> None:
+    """Revoked or expired, the work stops at once; nobody has to call release() first."""
+    marker = f"{tmp_path}#{end}"
+    negotiator = Negotiator([backend])
+    lease = await negotiator.acquire(_served(marker))
+    try:
+        assert len(_running(marker)) == 1
+        if end == "revoke":
+            lease.revoke("the device reported an Xid error")
+        else:
+            lease.expires_at = lease.clock.time() - 1
+            with pytest.raises(LeaseLost):
+                await lease.renew()
+        with anyio.fail_after(30):  # a bound, not a timing claim
+            while _running(marker):
+                await anyio.sleep(0.02)
+    finally:
+        await lease.release()
+        await negotiator.aclose()

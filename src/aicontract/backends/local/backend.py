@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -420,6 +421,7 @@ class LocalBackend(Backend):
                 clock=self.clock,
                 created_at=record.created_at,
             )
+            lease.on_state_change(self._on_lease_state)
             workload = contract.workload
             if workload is not None and workload.command and lease_id not in self._processes:
                 try:
@@ -429,6 +431,18 @@ class LocalBackend(Backend):
                         await self.release(lease)
                     raise
         return lease
+
+    def _on_lease_state(self, lease: Lease, old: LeaseState, new: LeaseState) -> None:
+        """A lease that ended otherwise than by release (revoked, expired, failed): stop
+        its work now, not whenever its holder gets round to releasing it.
+
+        SIGTERM reaches the whole group, the supervisor included, which escalates to
+        SIGKILL after the grace period on its own; release() then reaps it.
+        """
+        if new.is_final and new != LeaseState.RELEASED:
+            process = self._processes.get(lease.id)
+            if process is not None and process.returncode is None:
+                process.send_signal(signal.SIGTERM)
 
     @staticmethod
     def _env(

@@ -9,6 +9,7 @@ commit binds specific devices, and the lease's env pins the workload to them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -391,7 +392,8 @@ class LocalBackend(Backend):
         now: float,
         start_by: Duration | None,
     ) -> Lease:
-        with anyio.fail_after(start_by.seconds if start_by else None):
+        # No deadline, no cancel scope: the common case pays nothing for it.
+        with anyio.fail_after(start_by.seconds) if start_by else contextlib.nullcontext():
             allocation = await self.ledger.agrant(
                 lease_id, lambda g, c: _stored_record(make_record(g, c)), demand, now
             )

@@ -206,6 +206,8 @@ class Ledger:
     _epoch: str = attrs.field(default="", repr=False)
     _holder_fd: int | None = attrs.field(default=None, repr=False)
     _held: set[str] = attrs.field(factory=set, repr=False)
+    _working: set[str] = attrs.field(factory=set, repr=False)
+    _clean_locks: tuple[int, int, str] | None = attrs.field(default=None, repr=False)
     _liveness: dict[str, tuple[bool, float]] = attrs.field(factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -449,6 +451,15 @@ class Ledger:
         renewal) and stop their work, their devices may be in use.
         """
         try:
+            st = os.stat(self.lock_dir)
+        except OSError:
+            return 0
+        # Holders come and go by creating and removing files, which moves the dir's
+        # mtime: an unchanged dir was clean at the last look and still is.
+        seen = (st.st_mtime_ns, st.st_ino, self._epoch)
+        if seen == self._clean_locks:
+            return 0
+        try:
             names = os.listdir(self.lock_dir)
         except OSError:
             return 0
@@ -460,6 +471,7 @@ class Ledger:
             held = lock_held(self.lock_dir / name)  # exclusive: it holds leases
             if held is not False:
                 unknown += 1
+        self._clean_locks = seen if not unknown else None
         return unknown
 
     # -- reclaiming ----------------------------------------------------------------------
@@ -563,19 +575,6 @@ class Ledger:
         now: float,
     ) -> Allocation:
         with self._write(conn):
-            existing = self._existing(conn, lease_id)
-            if existing is not None and not existing.mine:
-                # Its holder may be gone (a crashed first attempt): reclaim, then look again.
-                self._reclaim(conn, now, check_holders=True)
-                existing = self._existing(conn, lease_id)
-            if existing is not None:
-                if not existing.mine:
-                    raise IdempotencyConflict(
-                        "local",
-                        f"lease {lease_id} is held by another process; an idempotency key"
-                        " belongs to one holder",
-                    )
-                return existing
             # Expired leases' devices are free only once their workloads are stopped.
             self._reclaim(conn, now, check_holders=False)
             unknown = self._unknown_holders()
@@ -585,32 +584,70 @@ class Ledger:
                     f"{unknown} running lease holder(s) are missing from the ledger {self.path}"
                     " (deleted or replaced?); they stop their work at their next renewal",
                 )
-            try:
-                gpu_ids, cpu_ids = self._choose(conn, demand)
-            except CapacityUnavailable:
-                if not self._reclaim(conn, now, check_holders=True):
-                    raise
-                gpu_ids, cpu_ids = self._choose(conn, demand)
-            record = make_record(gpu_ids, cpu_ids)
-            conn.execute(
-                "INSERT INTO leases (id, holder, owner_uid, expires_at, memory, disk, record)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    lease_id,
-                    self._token,
-                    os.geteuid(),
-                    record.expires_at,
-                    demand.memory,
-                    demand.disk,
-                    record.to_json(),
-                ),
+            for _ in range(2):
+                try:
+                    gpu_ids, cpu_ids = self._choose(conn, demand)
+                except CapacityUnavailable:
+                    # A retried commit finds its own first grant holding the capacity.
+                    existing = self._existing(conn, lease_id)
+                    if existing is not None:
+                        kept = self._keep_or_refuse(conn, existing, now)
+                        if kept is not None:
+                            return kept
+                        continue  # its dead holder's row is gone: grant afresh
+                    if not self._reclaim(conn, now, check_holders=True):
+                        raise
+                    gpu_ids, cpu_ids = self._choose(conn, demand)
+                record = make_record(gpu_ids, cpu_ids)
+                try:
+                    conn.execute(
+                        "INSERT INTO leases (id, holder, owner_uid, expires_at, memory, disk,"
+                        " record) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            lease_id,
+                            self._token,
+                            os.geteuid(),
+                            record.expires_at,
+                            demand.memory,
+                            demand.disk,
+                            record.to_json(),
+                        ),
+                    )
+                except sqlite3.IntegrityError:
+                    existing = self._existing(conn, lease_id)
+                    if existing is None:  # pragma: no cover - the insert failed for its key
+                        raise
+                    kept = self._keep_or_refuse(conn, existing, now)
+                    if kept is None:
+                        continue  # its dead holder's row is gone: grant afresh
+                    return kept
+                conn.executemany(
+                    "INSERT INTO devices (kind, device, lease_id) VALUES (?, ?, ?)",
+                    [("gpu", g, lease_id) for g in gpu_ids]
+                    + [("cpu", str(c), lease_id) for c in cpu_ids],
+                )
+                return Allocation(lease_id, gpu_ids, cpu_ids)
+            raise IdempotencyConflict(  # pragma: no cover - a key reclaimed twice in one go
+                "local", f"lease {lease_id} kept changing hands; retry"
             )
-            conn.executemany(
-                "INSERT INTO devices (kind, device, lease_id) VALUES (?, ?, ?)",
-                [("gpu", g, lease_id) for g in gpu_ids]
-                + [("cpu", str(c), lease_id) for c in cpu_ids],
-            )
-            return Allocation(lease_id, gpu_ids, cpu_ids)
+
+    def _keep_or_refuse(
+        self, conn: sqlite3.Connection, existing: Allocation, now: float
+    ) -> Allocation | None:
+        """A key already granted: ours is a retry; a live other holder's is a conflict.
+
+        ``None`` when the other holder was dead and its lease is reclaimed now.
+        """
+        if existing.mine:
+            return existing
+        self._reclaim(conn, now, check_holders=True)
+        if self._existing(conn, existing.lease_id) is None:
+            return None
+        raise IdempotencyConflict(
+            "local",
+            f"lease {existing.lease_id} is held by another process; an idempotency key"
+            " belongs to one holder",
+        )
 
     def _existing(self, conn: sqlite3.Connection, lease_id: str) -> Allocation | None:
         row = conn.execute("SELECT record, holder FROM leases WHERE id = ?", (lease_id,)).fetchone()
@@ -653,6 +690,7 @@ class Ledger:
     async def set_workload(self, lease_id: str, ref: WorkloadRef | None) -> bool:
         """Record (or clear) the workload a lease runs; ``False`` when the lease is gone."""
         blob = msgspec.json.encode(ref) if ref is not None else None
+        self._working.add(lease_id)
 
         def op(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
@@ -842,7 +880,27 @@ class Ledger:
 
     async def arelease(self, lease_id: str) -> bool:
         """Free a lease this process holds; ``False`` when it was already gone."""
-        return await self.arun(self._release, lease_id, None)
+        return await self.arun(self._release_own, lease_id)
+
+    def _release_own(self, conn: sqlite3.Connection, lease_id: str) -> bool:
+        # One statement is one transaction (the devices go with it, ON DELETE CASCADE);
+        # only this holder's row: another holder's lease is never ours to drop.
+        try:
+            gone = (
+                conn.execute(
+                    "DELETE FROM leases WHERE id = ? AND holder = ?", (lease_id, self._token)
+                ).rowcount
+                == 1
+            )
+        finally:
+            if lease_id in self._held:
+                self._held.discard(lease_id)
+                self._unhold()
+        if lease_id in self._working:
+            self._working.discard(lease_id)
+            with contextlib.suppress(OSError):
+                os.unlink(self.workload_lock(lease_id))
+        return gone
 
     def release(self, lease_id: str) -> bool:
         """Free a lease as its owner or root may (``aicontract release``): ``release_as``."""

@@ -377,7 +377,11 @@ class LocalBackend(Backend):
         # A commit never outlives what its contract allows for starting.
         try:
             return await self._commit(lease_id, contract, grant, demand, make_record, now, start_by)
-        except TimeoutError:
+        except (TimeoutError, LedgerError) as exc:
+            if isinstance(exc, LedgerError) and (
+                start_by is None or "write lock" not in exc.problem
+            ):
+                raise
             raise CapacityUnavailable(
                 self.name, f"the commit did not finish within start_by ({start_by})"
             ) from None
@@ -395,7 +399,13 @@ class LocalBackend(Backend):
         # No deadline, no cancel scope: the common case pays nothing for it.
         with anyio.fail_after(start_by.seconds) if start_by else contextlib.nullcontext():
             allocation = await self.ledger.agrant(
-                lease_id, lambda g, c: _stored_record(make_record(g, c)), demand, now
+                lease_id,
+                lambda g, c: _stored_record(make_record(g, c)),
+                demand,
+                now,
+                # The wait for another writer's lock happens in a thread that a deadline
+                # cannot interrupt: bound the wait itself.
+                wait=start_by.seconds if start_by else None,
             )
             if allocation.existing is not None and (
                 allocation.existing.grant != grant

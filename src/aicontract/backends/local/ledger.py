@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import itertools
 import os
-import random
 import secrets
 import signal
 import sqlite3
@@ -113,14 +113,14 @@ def _share(directory: Path) -> None:
         os.chmod(directory, 0o2770)  # mkdir's mode is cut by the umask; this is not
 
 
-def _ledger_error(path: Path, exc: BaseException) -> LedgerError:
+def _ledger_error(path: Path, exc: BaseException, waited: float = LOCK_WAIT) -> LedgerError:
     """One clear error for whatever SQLite or the OS said about the ledger."""
     text = str(exc).lower()
     where = str(path)
     if "locked" in text or "busy" in text:
         return LedgerError(
             where,
-            f"another process has held its write lock for more than {LOCK_WAIT:g}s",
+            f"another process has held its write lock for more than {waited:g}s",
             f"find it with `fuser {where}` and stop it, then retry",
         )
     if "readonly" in text or "read-only" in text:
@@ -208,7 +208,7 @@ class Ledger:
     _held: set[str] = attrs.field(factory=set, repr=False)
     _working: set[str] = attrs.field(factory=set, repr=False)
     _clean_locks: tuple[int, int, str] | None = attrs.field(default=None, repr=False)
-    _liveness: dict[str, tuple[bool, float]] = attrs.field(factory=dict, repr=False)
+    _liveness: dict[str, float] = attrs.field(factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.lock_dir is None:
@@ -306,43 +306,39 @@ class Ledger:
         """The (patient) connection, for reads outside a transaction."""
         return self._connections()[1]
 
-    def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` here, waiting up to ``lock_wait`` for other writers."""
+    def run(self, fn: Callable[..., T], *args: Any, wait: float | None = None) -> T:
+        """Run ``fn(conn, *args)`` here, waiting up to ``wait`` (default ``lock_wait``)
+        seconds for other writers."""
         _, patient = self._connections()
+        wait = self.lock_wait if wait is None else min(wait, self.lock_wait)
         with self._mutex:
             try:
+                patient.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
                 return fn(patient, *args)
             except sqlite3.Error as exc:
-                raise _ledger_error(self.path, exc) from None
+                raise _ledger_error(self.path, exc, wait) from None
 
-    async def arun(self, fn: Callable[..., T], *args: Any) -> T:
+    async def arun(self, fn: Callable[..., T], *args: Any, wait: float | None = None) -> T:
         """Run ``fn(conn, *args)`` without ever blocking the event loop on another's lock.
 
-        Each try takes SQLite's write lock without waiting; when another process
-        holds it, the task sleeps a little (jittered, growing to 5 ms) and tries
-        again, at most ``lock_wait`` seconds in all. The uncontended case costs
-        one try, and a contended one no thread: renewals keep their deadline.
+        First on the loop, taking SQLite's write lock without waiting (the
+        uncontended case costs no thread hop); when another process holds it,
+        in a worker thread that waits for it (SQLite's own sleeping busy
+        handler, no polling), at most ``wait`` (default ``lock_wait``) seconds.
+        The loop runs on meanwhile: renewals keep their deadline.
         """
         fast, _ = self._connections()
-        deadline = time.monotonic() + self.lock_wait
-        pause = 0.0002
-        while True:
-            if self._mutex.acquire(blocking=False):
-                try:
-                    return fn(fast, *args)
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) and "busy" not in str(exc):
-                        raise _ledger_error(self.path, exc) from None
-                    if time.monotonic() > deadline:
-                        raise _ledger_error(self.path, exc) from None
-                except sqlite3.Error as exc:
+        if self._mutex.acquire(blocking=False):
+            try:
+                return fn(fast, *args)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
                     raise _ledger_error(self.path, exc) from None
-                finally:
-                    self._mutex.release()
-            elif time.monotonic() > deadline:
-                raise _ledger_error(self.path, sqlite3.OperationalError("database is locked"))
-            await anyio.sleep(random.uniform(pause / 2, pause))
-            pause = min(0.005, pause * 2)
+            except sqlite3.Error as exc:
+                raise _ledger_error(self.path, exc) from None
+            finally:
+                self._mutex.release()
+        return await anyio.to_thread.run_sync(functools.partial(self.run, fn, *args, wait=wait))
 
     @contextmanager
     def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
@@ -421,13 +417,22 @@ class Ledger:
             fcntl.flock(self._holder_fd, fcntl.LOCK_SH)
 
     def _holder_alive(self, token: str, clock: float) -> bool:
+        """Does the holder ``token`` still hold its lock?
+
+        Only "alive" is remembered (briefly): a holder judged dead once may be
+        a holder that had just let go of its last lease and takes a new one a
+        moment later, so "dead" is always asked afresh.
+        """
         cached = self._liveness.get(token)
-        if cached is None or clock - cached[1] > LIVENESS_CACHE:
-            held = lock_held(self._holder_path(token))
-            # A lock we may not read is someone else's: judge it alive (its expiry still ends it).
-            cached = (held is not False, clock)
-            self._liveness[token] = cached
-        return cached[0]
+        if cached is not None and clock - cached < LIVENESS_CACHE:
+            return True
+        held = lock_held(self._holder_path(token))
+        # A lock we may not read is someone else's: judge it alive (its expiry still ends it).
+        if held is False:
+            self._liveness.pop(token, None)
+            return False
+        self._liveness[token] = clock
+        return True
 
     def _drop_holder(self, token: str) -> None:
         """Remove a dead holder's lock file (only if truly nobody holds it)."""
@@ -528,6 +533,7 @@ class Ledger:
         make_record: Callable[[tuple[str, ...], tuple[int, ...]], LeaseRecord],
         demand: Demand,
         now: float | None = None,
+        wait: float | None = None,
     ) -> Allocation:
         """Bind devices and amounts to a new lease, atomically, or raise CapacityUnavailable.
 
@@ -541,7 +547,7 @@ class Ledger:
         self._check_still_same()
         self._hold()
         try:
-            allocation = await self.arun(self._grant, lease_id, make_record, demand, now)
+            allocation = await self.arun(self._grant, lease_id, make_record, demand, now, wait=wait)
         except BaseException:
             self._unhold()
             raise

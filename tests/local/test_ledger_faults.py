@@ -340,3 +340,27 @@ async def test_a_lease_that_ends_stops_its_work_before_release(
     finally:
         await lease.release()
         await negotiator.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_holder_seen_idle_is_not_reclaimed_once_it_holds_again(local_env: Path) -> None:
+    """A holder between leases holds no exclusive lock; seen then, it must not be judged
+    dead a moment later, when it holds a lease again (a rival would drop that lease)."""
+    holder, rival = LocalBackend(), LocalBackend()
+    both = Contract(name="both", gpus=GPU(count=2, models=["H100"]))
+    first = await Negotiator([holder]).acquire(both)
+    await first.release()
+    token = holder.ledger._token
+    assert not rival.ledger._holder_alive(token, 0.0)  # idle now: nothing to hold
+    again = await Negotiator([holder]).acquire(both)
+    try:
+        (offer,) = (await rival.quote(Contract(gpus=GPU(count=1, models=["H100"])))).offers
+    except ValueError:  # no offer at all: the quote saw the lease, as it should
+        offer = None
+    if offer is not None:
+        with pytest.raises(CapacityUnavailable):
+            await rival.commit(offer, "rival")
+    assert holder.ledger.get(again.id) is not None
+    await again.release()
+    await holder.aclose()
+    await rival.aclose()

@@ -515,6 +515,11 @@ class Ledger:
             conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
             with contextlib.suppress(OSError):
                 os.unlink(self.workload_lock(lease_id))
+            if workload is not None:
+                cgroup = msgspec.json.decode(workload, type=WorkloadRef).cgroup
+                if cgroup is not None:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(cgroup)  # empty now; its holder died before removing it
             if holder != self._token and not self._holder_alive(holder, clock):
                 self._drop_holder(holder)
             freed += 1

@@ -58,7 +58,8 @@ class WorkloadRef(msgspec.Struct, frozen=True, kw_only=True):
     """Enough about a running workload for any process on the host to judge and stop it.
 
     ``pgid`` and ``start`` (the group leader's start time, in clock ticks since
-    boot) are meaningful only in PID namespace ``pidns``; ``cgroup`` (a path
+    boot) are meaningful only in PID namespace ``pidns`` (``pgid`` 0: not started
+    yet); ``cgroup`` (a path
     under the cgroup v2 mount) and ``lock`` (the workload lock file) hold in
     every namespace that shares them.
     """
@@ -167,6 +168,8 @@ def _cgroup_pids(cgroup: str | None) -> list[int]:
 
 def _group_is_ours(ref: WorkloadRef) -> bool:
     """May ``ref.pgid`` be signalled from here (same PID namespace, not a recycled pid)?"""
+    if ref.pgid <= 0:  # not started yet (only its lock is known): never our own group
+        return False
     if ref.pidns is not None and ref.pidns != pid_namespace():
         return False
     leader_start = process_start_time(ref.pgid)

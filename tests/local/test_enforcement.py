@@ -355,3 +355,62 @@ def test_host_holder_is_alive_to_a_contained_process(
     finally:
         holder.terminate()
         holder.communicate(timeout=60)
+
+
+ESCAPE = """\
+import os, sys, time
+marker = sys.argv[1]
+pids = marker.removesuffix("#work")
+if os.fork() == 0:
+    os.setsid()  # leaves the process group: only the cgroup still holds it
+    for fd in range(3, 64):  # and lets go of the workload lock it inherited
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)", marker])
+open(pids, "w").write("started")
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.mark.skipif(
+    __import__("aicontract.workload", fromlist=["cgroup_parent"]).cgroup_parent() is None,
+    reason="no writable cgroup v2 hierarchy here",
+)
+def test_a_descendant_that_leaves_the_group_is_still_stopped(
+    cli_env: dict[str, str], both_h100s: Path, tmp_path: Path
+) -> None:
+    """Where the host allows a cgroup leaf, setsid() does not take work out of the lease."""
+    escape = tmp_path / "escape.py"
+    escape.write_text(ESCAPE)
+    pids = tmp_path / "pids"
+    holder = _cli(
+        cli_env, "acquire", str(both_h100s), "--", sys.executable, str(escape), f"{pids}#work"
+    )
+    _wait_for(lambda: pids.exists() or holder.poll() is not None, "the workload to start")
+    _wait_for(lambda: len(_running(pids)) == 3, "the escaped process")
+    holder.kill()
+    holder.communicate(timeout=60)
+    _, check = tmp_path / "unused", tmp_path / "check.py"
+    check.write_text(CHECK)
+    _rival_sees_work_gone(cli_env, both_h100s, check, pids, tmp_path)
+
+
+def test_a_per_user_ledger_is_only_used_when_asked_and_said(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {k: v for k, v in cli_env.items() if k != "AICONTRACT_STATE_DIR"}
+    env.update(AICONTRACT_LEDGER_SCOPE="user", XDG_STATE_HOME=str(tmp_path / "xdg"))
+    contract = tmp_path / "one.yaml"
+    contract.write_text("name: one\nresources:\n  gpus: {count: 1}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "aicontract", "acquire", str(contract), "--", "true"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "per-user ledger" in result.stderr
+    assert "other users on this host do not see these leases" in result.stderr

@@ -40,7 +40,7 @@ from ...leases import Lease, LeaseRecord, LeaseState, WorkloadState
 from ...observation import Fault, Observation, Sample
 from ...offer import Grant, Offer, Quote, Rejection
 from ...units import Bytes, CountRange, Duration, Money
-from ...workload import DEFAULT_GRACE, Supervised, spawn
+from ...workload import DEFAULT_GRACE, Supervised, WorkloadRef, pid_namespace, spawn
 from ..base import Backend
 from .inventory import GPUDevice, Inventory, host_inventory
 from .ledger import Demand, Ledger, lock_name
@@ -485,14 +485,28 @@ class LocalBackend(Backend):
         The ledger records it, so a reclaimer stops it before the lease's devices
         go to anyone else; releasing the lease (for any reason) stops it.
         """
+        if lease.id in self._processes:
+            raise BackendError(
+                self.name,
+                f"lease {lease.id} already runs a workload (its contract's workload.command);"
+                " a lease runs one",
+            )
         grace = lease.contract.terms.stop_grace
+        grace_s = grace.seconds if grace is not None else DEFAULT_GRACE
         cpus = [int(c) for c in lease.details.get("cpus", "").split(",") if c]
+        lock = self.ledger.workload_lock(lease.id)
+        # Its lock is in the ledger before it starts: if this holder dies between the
+        # start and the full record, a reclaimer still waits for the work to be gone.
+        if not await self.ledger.set_workload(
+            lease.id, WorkloadRef(pgid=0, pidns=pid_namespace(), lock=lock, grace=grace_s)
+        ):
+            raise LeaseLost(lease.id, "it was no longer in the ledger when its workload started")
         supervised = await spawn(
             command,
             {**os.environ, **lease.env},
             cpus=cpus,
-            grace=grace.seconds if grace is not None else DEFAULT_GRACE,
-            lock=self.ledger.workload_lock(lease.id),
+            grace=grace_s,
+            lock=lock,
             name=lock_name(lease.id),
             stdin=stdin,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -22,9 +23,10 @@ from typing import Any
 import anyio
 import pytest
 
-from aicontract import GPU, Contract, Negotiator, NoOffer
+from aicontract import GPU, Bytes, Contract, Negotiator, NoOffer
 from aicontract.backends.local import LocalBackend
 from aicontract.backends.local.backend import SYSTEM_STATE_DIR, default_state_dir
+from aicontract.backends.local.inventory import Inventory
 from aicontract.errors import LeaseStateError, LedgerError
 
 NOBODY = 65534
@@ -44,6 +46,9 @@ can_switch_uid = pytest.mark.skipif(
 
 def as_nobody(work: Callable[[], Any]) -> Any:
     """Run ``work()`` in a child process as uid/gid 65534; its JSON-able result."""
+    # Load the event loop's modules first: the child, as nobody, may not be able to read
+    # this interpreter's standard library.
+    anyio.run(anyio.to_thread.run_sync, lambda: None)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
@@ -82,12 +87,7 @@ def shared(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("AICONTRACT_STATE_DIR", str(state))
     monkeypatch.delenv("AICONTRACT_JURISDICTION", raising=False)
     yield state
-    for root, dirs, files in os.walk(top, topdown=False):
-        for name in files:
-            os.unlink(os.path.join(root, name))
-        for name in dirs:
-            os.rmdir(os.path.join(root, name))
-    os.rmdir(top)
+    shutil.rmtree(top, ignore_errors=True)
 
 
 def test_every_user_gets_the_host_ledger_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,24 +160,24 @@ def test_a_ledger_nobody_may_not_write_is_a_ledger_error(tmp_path: Path) -> None
     state = Path(tempfile.mkdtemp(prefix="aicontract-ro-", dir="/tmp"))
     try:
         os.chmod(state, 0o755)
-        LocalBackend(state_dir=state).ledger.records()  # root creates it
+        made = LocalBackend(state_dir=state)
+        made.ledger.records()  # root creates it
+        made.ledger.close()
         for path in state.rglob("*"):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
-        def nobody_reads() -> str:
+        host = Inventory(cpus=2, memory=Bytes("1GiB"))  # read here: nobody may not read /proc
+
+        def nobody_leases() -> str:
+            backend = LocalBackend(state_dir=state, inventory=host)
             try:
-                LocalBackend(state_dir=state).ledger.records()
-            except LedgerError as exc:
+                anyio.run(Negotiator([backend]).acquire, Contract(name="ro", cpus=1))
+            except (LedgerError, NoOffer) as exc:  # NoOffer: the quote already could not
                 return str(exc)
             return "no error"
 
-        said = as_nobody(nobody_reads)
-        assert said.startswith(f"[local] ledger {state}")
+        said = as_nobody(nobody_leases)
+        assert f"[local] ledger {state}" in said
         assert "read-only" in said or "permission" in said
     finally:
-        for root, dirs, files in os.walk(state, topdown=False):
-            for name in files:
-                os.unlink(os.path.join(root, name))
-            for name in dirs:
-                os.rmdir(os.path.join(root, name))
-        os.rmdir(state)
+        shutil.rmtree(state, ignore_errors=True)

@@ -234,7 +234,7 @@ class Ledger:
 
     # -- connections ---------------------------------------------------------------------
 
-    def _open(self, busy_ms: int) -> sqlite3.Connection:
+    def _open(self, busy_ms: int, *, setup: bool = False) -> sqlite3.Connection:
         if self.path.is_dir():
             raise LedgerError(
                 str(self.path), "is a directory", "move it aside or set AICONTRACT_STATE_DIR"
@@ -258,10 +258,11 @@ class Ledger:
                 self.path, timeout=busy_ms / 1000, isolation_level=None, check_same_thread=False
             )
             conn.execute(f"PRAGMA busy_timeout={busy_ms}")
-            conn.execute("PRAGMA journal_mode=WAL")
+            if setup:  # the journal mode is kept in the file, the schema too: once is enough
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(_SCHEMA)
             conn.execute(_SCHEMA_PROBE)
         except (sqlite3.Error, OSError) as exc:
             raise _ledger_error(self.path, exc) from None
@@ -281,17 +282,20 @@ class Ledger:
                 self._token = secrets.token_hex(8)
                 self._mutex = threading.Lock()
             self._pid = os.getpid()
+            self._patient = self._open(int(self.lock_wait * 1000), setup=True)
             self._fast = self._open(0)
-            self._patient = self._open(int(self.lock_wait * 1000))
             try:
-                with self._write(self._patient) as conn:
-                    conn.execute(
-                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
-                        (secrets.token_hex(8),),
-                    )
-                    (self._epoch,) = conn.execute(
-                        "SELECT value FROM meta WHERE key = 'epoch'"
-                    ).fetchone()
+                # The epoch names this ledger file's generation (see _unknown_holders);
+                # only a new file needs a write to get one.
+                row = self._patient.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+                if row is None:
+                    with self._write(self._patient) as conn:
+                        conn.execute(
+                            "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
+                            (secrets.token_hex(8),),
+                        )
+                        row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+                (self._epoch,) = row
             except sqlite3.Error as exc:
                 raise _ledger_error(self.path, exc) from None
             try:
@@ -349,7 +353,13 @@ class Ledger:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            # Never leave a transaction open on a connection that is used again.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         """Close this process's connections and drop its holder lock."""

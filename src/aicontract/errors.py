@@ -163,16 +163,19 @@ class TransientBackendError(BackendError):
     """A failure that a retry may cure: timeouts, connection resets, 5xx, rate limits."""
 
 
+class IdempotencyConflict(BackendError):
+    """An idempotency key was reused with a different offer; retrying will not help.
+
+    A key names one commit of one offer: a retry must send the same offer again.
+    """
+
+
 class QuotaExceeded(BackendError):
     """The account's quota forbids more; retrying will not help."""
 
 
 class AuthenticationError(BackendError):
     """Credentials are missing or were refused; retrying will not help."""
-
-
-class IdempotencyConflict(BackendError):
-    """An idempotency key was reused with a different offer: a retry must repeat its request."""
 
 
 class LedgerError(BackendError):

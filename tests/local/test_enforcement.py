@@ -414,3 +414,44 @@ def test_a_per_user_ledger_is_only_used_when_asked_and_said(
     assert result.returncode == 0, result.stderr
     assert "per-user ledger" in result.stderr
     assert "other users on this host do not see these leases" in result.stderr
+
+
+API_HOLDER = """\
+import json, sys, time
+import aicontract
+from aicontract import GPU, Contract, Terms, Workload
+work, marker, ready = sys.argv[1:4]
+contract = Contract(
+    name="api",
+    gpus=GPU(count=2, models=["H100"]),
+    terms=Terms(start_by="90s", stop_grace="2s"),
+    workload=Workload(command=(sys.executable, work, marker)),
+)
+with aicontract.lease(contract) as lease:  # the blocking face: a portal thread runs it
+    open(ready, "w").write(lease.env["CUDA_VISIBLE_DEVICES"])
+    while True:
+        time.sleep(1)
+"""
+
+
+def test_workload_dies_with_its_killed_api_holder(
+    cli_env: dict[str, str], scripts: tuple[Path, Path], both_h100s: Path, tmp_path: Path
+) -> None:
+    """The same through the Python API (the blocking face, whose loop runs in a thread)."""
+    work, check = scripts
+    pids = tmp_path / "pids"
+    ready = tmp_path / "ready"
+    holder_script = tmp_path / "holder.py"
+    holder_script.write_text(API_HOLDER)
+    holder = subprocess.Popen(
+        [sys.executable, str(holder_script), str(work), f"{pids}#work", str(ready)],
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _wait_for(lambda: (pids.exists() and ready.exists()) or holder.poll() is not None, "work")
+    assert holder.poll() is None, holder.communicate()[1].decode()
+    assert ready.read_text() == "0,1"
+    holder.kill()
+    holder.communicate(timeout=60)
+    _rival_sees_work_gone(cli_env, both_h100s, check, pids, tmp_path)

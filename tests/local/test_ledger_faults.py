@@ -364,3 +364,23 @@ async def test_a_holder_seen_idle_is_not_reclaimed_once_it_holds_again(local_env
     await again.release()
     await holder.aclose()
     await rival.aclose()
+
+
+@pytest.mark.anyio
+async def test_releasing_the_last_lease_keeps_the_lock_while_a_grant_is_in_flight(
+    backend: LocalBackend,
+) -> None:
+    """One task releasing its lease must not drop the holder lock under another task's
+    grant, which may be inserting its row in a thread at that moment."""
+    from aicontract.workload import lock_held
+
+    negotiator = Negotiator([backend])
+    lease = await negotiator.acquire(Contract(gpus=1))
+    ledger = backend.ledger
+    holder_lock = ledger._holder_path(ledger._token)
+    ledger._hold()  # another task's grant has begun
+    await lease.release()
+    assert lock_held(holder_lock) is True  # still exclusive: that grant may bind a lease
+    ledger._granted(None)  # it bound nothing after all
+    assert lock_held(holder_lock) is False
+    await negotiator.aclose()

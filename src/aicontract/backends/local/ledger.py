@@ -206,6 +206,8 @@ class Ledger:
     _epoch: str = attrs.field(default="", repr=False)
     _holder_fd: int | None = attrs.field(default=None, repr=False)
     _held: set[str] = attrs.field(factory=set, repr=False)
+    _granting: int = attrs.field(default=0, repr=False)
+    _hold_mutex: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
     _working: set[str] = attrs.field(factory=set, repr=False)
     _clean_locks: tuple[int, int, str] | None = attrs.field(default=None, repr=False)
     _liveness: dict[str, float] = attrs.field(factory=dict, repr=False)
@@ -281,6 +283,8 @@ class Ledger:
                 self._held.clear()
                 self._token = secrets.token_hex(8)
                 self._mutex = threading.Lock()
+                self._hold_mutex = threading.Lock()
+                self._granting = 0
             self._pid = os.getpid()
             self._patient = self._open(int(self.lock_wait * 1000), setup=True)
             self._fast = self._open(0)
@@ -410,20 +414,37 @@ class Ledger:
         return self.lock_dir / f"{self._epoch}-{token}.holder"
 
     def _hold(self) -> None:
-        """Hold this process's holder lock exclusively (before a grant)."""
-        if self._holder_fd is None:
-            path = self._holder_path(self._token)
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
-            except OSError as exc:
-                raise _ledger_error(path, exc) from None
-            self._holder_fd = fd
-        # Exclusive while holding leases: that is what a reclaimer's probe looks for.
-        fcntl.flock(self._holder_fd, fcntl.LOCK_EX)
+        """Hold this process's holder lock exclusively (before a grant) and count the grant."""
+        with self._hold_mutex:
+            if self._holder_fd is None:
+                path = self._holder_path(self._token)
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+                except OSError as exc:
+                    raise _ledger_error(path, exc) from None
+                self._holder_fd = fd
+            # Exclusive while holding leases: that is what a reclaimer's probe looks for.
+            fcntl.flock(self._holder_fd, fcntl.LOCK_EX)
+            self._granting += 1
 
-    def _unhold(self) -> None:
-        """Back to a shared lock once this process holds no lease."""
-        if not self._held and self._holder_fd is not None:
+    def _granted(self, lease_id: str | None) -> None:
+        """A grant that :meth:`_hold` counted is over (``None``: it bound nothing)."""
+        with self._hold_mutex:
+            self._granting -= 1
+            if lease_id is not None:
+                self._held.add(lease_id)
+            self._unhold_if_idle()
+
+    def _let_go(self, lease_id: str) -> None:
+        """A lease this process held is gone."""
+        with self._hold_mutex:
+            self._held.discard(lease_id)
+            self._unhold_if_idle()
+
+    def _unhold_if_idle(self) -> None:
+        # Back to a shared lock only with no lease held and no grant in flight (another
+        # task's grant may be inserting its row right now, in a thread).
+        if not self._held and not self._granting and self._holder_fd is not None:
             fcntl.flock(self._holder_fd, fcntl.LOCK_SH)
 
     def _holder_alive(self, token: str, clock: float) -> bool:
@@ -564,9 +585,9 @@ class Ledger:
         try:
             allocation = await self.arun(self._grant, lease_id, make_record, demand, now, wait=wait)
         except BaseException:
-            self._unhold()
+            self._granted(None)
             raise
-        self._held.add(lease_id)
+        self._granted(lease_id)
         return allocation
 
     def _check_still_same(self) -> None:
@@ -578,7 +599,7 @@ class Ledger:
             same = False
         if same:
             return
-        if self._held:
+        if self._held or self._granting:
             raise LedgerError(
                 str(self.path),
                 "was deleted or replaced while this process held leases in it",
@@ -895,8 +916,7 @@ class Ledger:
                     os.unlink(self.workload_lock(lease_id))
                 gone = True
         if lease_id in self._held:
-            self._held.discard(lease_id)
-            self._unhold()
+            self._let_go(lease_id)
         return gone
 
     async def arelease(self, lease_id: str) -> bool:
@@ -915,8 +935,7 @@ class Ledger:
             )
         finally:
             if lease_id in self._held:
-                self._held.discard(lease_id)
-                self._unhold()
+                self._let_go(lease_id)
         if lease_id in self._working:
             self._working.discard(lease_id)
             with contextlib.suppress(OSError):

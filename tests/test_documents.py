@@ -516,11 +516,16 @@ def test_documented_refusals(
         assert str(error).startswith(f"{path}: ")
 
 
-def test_large_documents_are_refused_before_parsing() -> None:
-    error = _refusal("#" * ((1 << 20) + 1))
-    assert "larger than 1 MiB" in error.message
+def test_large_documents_are_refused_before_parsing(tmp_path: Path) -> None:
+    error = _refusal("#" * ((256 << 10) + 1))
+    assert "larger than 256 KiB" in error.message
     error = _refusal(b"#" * ((1 << 20) + 1))
-    assert "larger than 1 MiB" in error.message
+    assert "larger than 256 KiB" in error.message
+    # A 1 MiB YAML list is refused by its size: no parser ever sees it.
+    big = tmp_path / "big.yaml"
+    big.write_text("- 1\n" * (1 << 18))
+    with pytest.raises(ContractError, match="larger than 256 KiB"):
+        load(big)
 
 
 def test_huge_integers_are_refused_not_crashed() -> None:

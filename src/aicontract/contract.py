@@ -76,6 +76,17 @@ _COMPUTE_CAPABILITY = re.compile(r"^\d{1,2}\.\d$")
 _MIG_PROFILE = re.compile(r"^\d+g\.\d+gb(\+me)?$")
 _LATENCY_SLI = re.compile(r"^(latency|ttft|tpot)_(p\d{1,3}(\.\d+)?|mean|max)$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What a grant sets in the workload's env: a contract must not widen or fake its devices.
+_GRANT_ENV = frozenset(
+    {
+        "CUDA_VISIBLE_DEVICES",
+        "CUDA_DEVICE_ORDER",
+        "NVIDIA_VISIBLE_DEVICES",
+        "HIP_VISIBLE_DEVICES",
+        "ROCR_VISIBLE_DEVICES",
+        "GPU_DEVICE_ORDINAL",
+    }
+)
 _RATE_SLIS = frozenset({"throughput"})
 _RATIO_SLIS = frozenset({"availability", "error_rate", "gpu_utilization", "gpu_memory_utilization"})
 _MODELS_FORM = "distinct, non-empty model names like H100 or A100-80GB"
@@ -513,9 +524,15 @@ class Terms(_Model, frozen=True):
     """What the contract may spend over its whole life: every lease, extension, renegotiation."""
     on_budget: BudgetPolicy = "notify"
     """When the budget runs out: ``notify`` (at 50/80/100%), or ``release`` the lease."""
+    stop_grace: Duration | None = None
+    """How long a workload has between SIGTERM and SIGKILL when its lease ends (10s if unset)."""
 
     def __post_init__(self) -> None:
         check_amount("budget", self.budget)
+        if self.stop_grace is not None and self.stop_grace.seconds > 3600:
+            raise _Invalid(
+                "stop_grace", f"{self.stop_grace} is longer than 1h", "a duration up to 1h"
+            )
         if self.duration is not None and not self.duration:
             raise _Invalid(
                 "duration", "the duration must be longer than zero", "a duration like 4h or 30m"
@@ -580,8 +597,14 @@ class Workload(_Model, frozen=True):
             if not _ENV_NAME.match(key) or "\x00" in value:
                 raise _Invalid(
                     "env",
-                    f"{key!r} is not a usable environment variable",
+                    f"{key[:80]!r} is not a usable environment variable",
                     "letters, digits and '_', not starting with a digit; values without NUL",
+                )
+            if key.upper().startswith("AICONTRACT_") or key.upper() in _GRANT_ENV:
+                raise _Invalid(
+                    f"env.{key}",
+                    f"{key} is set by the grant, not by the contract",
+                    "any variable but AICONTRACT_* and " + ", ".join(sorted(_GRANT_ENV)),
                 )
         if self.probe and self.probe.endpoint and self.probe.endpoint not in self.ports:
             raise _Invalid(

@@ -11,6 +11,7 @@ Norway, not ``False``).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -27,11 +28,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["Format", "dump", "dumps", "load", "loads", "to_builtins"]
+__all__ = ["Format", "dump", "dumps", "load", "loads", "read_limited", "to_builtins"]
 
 Format = Literal["yaml", "toml", "json"]
 _SUFFIXES: dict[str, Format] = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
-_MAX_DOCUMENT = 1 << 20  # a contract is a page, not a megabyte
+# A contract (or an inventory) is a page, not a megabyte: anything larger is refused by
+# its size, before any parser spends time on it.
+_MAX_DOCUMENT = 256 << 10
+_MAX_TEXT = "256 KiB"
 _TOP: dict[str, str] = {"yaml": "a YAML mapping", "toml": "a TOML table", "json": "a JSON object"}
 
 
@@ -39,15 +43,25 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans and no duplicate keys."""
 
 
-_StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    __import__("re").compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
+# The same rules over libyaml's parser when PyYAML was built with it (ten times faster);
+# resolving and constructing stay in Python, so both loaders give the same builtins.
+_FastBase: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictCLoader(_FastBase):  # type: ignore[misc]
+    """CSafeLoader (when present) with YAML 1.2 booleans and no duplicate keys."""
+
+
+for _loader in (_StrictLoader, _StrictCLoader):
+    _loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    _loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool",
+        __import__("re").compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+        list("tTfF"),
+    )
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -72,6 +86,7 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictCLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -108,7 +123,9 @@ def parse(text: str | bytes, format: Format) -> Any:
     """Parse a document to builtins (no contract validation yet)."""
     if isinstance(text, bytes):
         if len(text) > _MAX_DOCUMENT:
-            raise ContractError("the document is larger than 1 MiB", allowed="a contract file")
+            raise ContractError(
+                f"the document is larger than {_MAX_TEXT}", allowed=f"a file under {_MAX_TEXT}"
+            )
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -116,12 +133,14 @@ def parse(text: str | bytes, format: Format) -> Any:
                 f"the document is not UTF-8 text (byte {exc.start})", allowed="UTF-8 text"
             ) from None
     if len(text) > _MAX_DOCUMENT:
-        raise ContractError("the document is larger than 1 MiB", allowed="a contract file")
+        raise ContractError(
+            f"the document is larger than {_MAX_TEXT}", allowed=f"a file under {_MAX_TEXT}"
+        )
     if "\x00" in text:
         raise ContractError("the document contains NUL bytes", allowed="text")
     try:
         if format == "yaml":
-            return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+            return yaml.load(text, Loader=_StrictCLoader)  # a (C)SafeLoader subclass
         if format == "toml":
             return tomllib.loads(text)
         if format == "json":
@@ -131,7 +150,11 @@ def parse(text: str | bytes, format: Format) -> Any:
     except ContractError:
         raise
     except yaml.YAMLError as exc:
-        raise ContractError(f"not valid YAML: {_one_line(exc)}", allowed="a YAML mapping") from None
+        if "nesting depth" in str(exc):  # libyaml's own limit, worded its own way
+            raise ContractError("not valid YAML: nested too deeply", allowed=_TOP[format]) from None
+        raise ContractError(
+            f"not valid YAML: {_one_line(exc)[:200]}", allowed="a YAML mapping"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ContractError(f"not valid TOML: {exc}", allowed="a TOML table") from None
     except json.JSONDecodeError as exc:
@@ -180,11 +203,22 @@ def format_of(path: str | Path) -> Format:
     return _SUFFIXES[suffix]
 
 
+def read_limited(path: str | os.PathLike[str]) -> bytes:
+    """A document's bytes, refused by its size before it is read whole (``OSError`` passes)."""
+    with open(path, "rb") as file:
+        raw = file.read(_MAX_DOCUMENT + 1)  # a FIFO or /dev/zero has no honest size
+    if len(raw) > _MAX_DOCUMENT:
+        raise ContractError(
+            f"{str(path)[:80]!r} is larger than {_MAX_TEXT}", allowed=f"a file under {_MAX_TEXT}"
+        )
+    return raw
+
+
 def load(path: str | Path, format: Format | None = None) -> Contract:
     """Load a contract file; the format comes from the suffix unless given."""
     fmt = format or format_of(path)
     try:
-        raw = Path(path).read_bytes()
+        raw = read_limited(path)
     except OSError as exc:
         raise ContractError(f"cannot read {str(path)!r}: {exc.strerror}", value=str(path)) from None
     return loads(raw, fmt)

@@ -11,7 +11,9 @@
     │   ├── CapacityUnavailable  the offer's capacity went away before commit: try the next offer
     │   ├── TransientBackendError  retry may help (timeouts, 5xx, rate limits)
     │   ├── QuotaExceeded        final: the account may not have more
-    │   └── AuthenticationError  final: credentials missing or refused
+    │   ├── AuthenticationError  final: credentials missing or refused
+    │   ├── IdempotencyConflict  an idempotency key was reused for a different offer
+    │   └── LedgerError          the local ledger is damaged, unreadable, read-only, full or locked
     └── LeaseError               something about one lease; carries its id
         ├── LeaseNotFound
         ├── LeaseStateError      an operation the lease's state does not allow
@@ -23,6 +25,7 @@ escaping it is a bug.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,16 +40,30 @@ __all__ = [
     "CapacityUnavailable",
     "ConfigError",
     "ContractError",
+    "IdempotencyConflict",
     "LeaseError",
     "LeaseLost",
     "LeaseNotFound",
     "LeaseStateError",
+    "LedgerError",
     "NegotiationError",
     "NoOffer",
     "PolicyViolation",
     "QuotaExceeded",
     "TransientBackendError",
 ]
+
+
+_LONG_QUOTED = re.compile(r"""(['"])([^'"]{81,})\1""")
+_LONG_WORD = re.compile(r"\S{121,}")
+
+
+def _clip_quoted(text: str) -> str:
+    """Quote at most ~80 characters of any value a message echoes (a value may be 1 MB)."""
+    if len(text) <= 200:
+        return text
+    text = _LONG_QUOTED.sub(lambda m: f"{m[1]}{m[2][:77]}...{m[1]} ({len(m[2])} chars)", text)
+    return _LONG_WORD.sub(lambda m: f"{m[0][:77]}... ({len(m[0])} chars)", text)
 
 
 class AIContractError(Exception):
@@ -75,7 +92,7 @@ class ContractError(AIContractError, ValueError):
         text = self.message if self.path == "$" else f"{self.path}: {self.message}"
         if self.allowed and self.allowed not in self.message:
             text += f" (allowed: {self.allowed})"
-        return text
+        return _clip_quoted(text)
 
     def at(self, prefix: str) -> ContractError:
         """Return the same error located under ``prefix`` (``$.resources`` + ``$.gpus``)."""
@@ -192,6 +209,20 @@ class QuotaExceeded(BackendError):
 
 class AuthenticationError(BackendError):
     """Credentials are missing or were refused; retrying will not help."""
+
+
+class LedgerError(BackendError):
+    """The local ledger cannot be used or trusted: damaged, unreadable, read-only, full, locked.
+
+    ``path`` is the ledger file, ``problem`` what is wrong with it and
+    ``remedy`` what to do about it.
+    """
+
+    def __init__(self, path: str, problem: str, remedy: str) -> None:
+        self.path = path
+        self.problem = problem
+        self.remedy = remedy
+        super().__init__("local", f"ledger {path}: {problem}; {remedy}")
 
 
 class LeaseError(AIContractError):

@@ -294,7 +294,12 @@ class Negotiator:
                     reason="start_by deadline passed" if start_by else None,
                 )
                 if self.governance is not None:
-                    self.governance.no_offer(contract, error)
+                    try:
+                        self.governance.no_offer(contract, error)
+                    except AIContractError as unrecorded:
+                        # The refusal is the answer; a record that cannot take it is noted
+                        # beside it, never in its place.
+                        raise error from unrecorded
                 raise error
             wait = min(remaining, random.uniform(backoff / 2, backoff))
             log.debug("contract %s: no capacity yet; re-quoting in %.2fs", contract.name, wait)

@@ -32,7 +32,7 @@ __all__ = [
     "parse_target",
 ]
 
-_NUMBER = r"(?P<num>\d+(?:\.\d+)?|\.\d+)"
+_NUMBER = r"(?P<num>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)"
 # Bigger than any machine we can imagine leasing, small enough to catch typos and 1e400.
 _MAX_BYTES = 2**70  # 1 ZiB
 _MAX_NS = 100 * 366 * 86400 * 10**9  # a century
@@ -274,8 +274,8 @@ class Duration(Quantity):
     }
     _PART: ClassVar[re.Pattern[str]] = re.compile(rf"{_NUMBER}(?P<unit>ns|us|µs|ms|min|s|m|h|d|w)")
     _ISO: ClassVar[re.Pattern[str]] = re.compile(
-        r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?"
-        r"(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
+        r"^P(?:(?P<d>[0-9]+(?:\.[0-9]+)?)D)?(?:T(?:(?P<h>[0-9]+(?:\.[0-9]+)?)H)?"
+        r"(?:(?P<m>[0-9]+(?:\.[0-9]+)?)M)?(?:(?P<s>[0-9]+(?:\.[0-9]+)?)S)?)?$"
     )
     _magnitude: int
 
@@ -750,7 +750,7 @@ def _count(raw: Any) -> int:
         raise ContractError("expected a count, got a boolean", value=raw, allowed=allowed)
     if isinstance(raw, str):
         text = raw.strip()
-        if not re.fullmatch(r"\d+", text):
+        if not re.fullmatch(r"[0-9]+", text):
             raise ContractError(f"{raw!r} is not a whole number", value=raw, allowed=allowed)
         if len(text) > 12:
             raise ContractError(f"{raw!r} is absurdly large", value=raw, allowed=allowed)

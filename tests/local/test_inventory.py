@@ -39,7 +39,7 @@ def test_override_in_json_and_toml(tmp_path: Path, suffix: str) -> None:
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ("cpus: 0\nmemory: 1GiB\n", "at least one CPU"),
+        ("cpus: 0\nmemory: 1GiB\n", "0 is outside 1..65536"),
         ("cpus: 2\nmemory: lots\n", "memory"),
         ("cpus: 2\n", "memory"),
         ("cpus: 2\nmemory: 1GiB\ngpu: []\n", "gpu"),
@@ -47,6 +47,19 @@ def test_override_in_json_and_toml(tmp_path: Path, suffix: str) -> None:
         ("cpus: 2\nmemory: 1GiB\ncpu_ids: [0]\n", "cpu_ids"),
         ("- just\n- a list\n", "must be a mapping"),
         ("cpus: [unclosed\n", "inventory"),
+        # hostile inventories: each was once accepted, then broke a quote or the ledger
+        ("cpus: 100000000\nmemory: 1GiB\n", "outside 1..65536"),
+        ("cpus: 2\nmemory: 1GiB\ncpu_ids: [1, 1]\n", "listed twice"),
+        ("cpus: 2\nmemory: 1GiB\ncpu_ids: [-1, 0]\n", "cpu_ids"),
+        (
+            "cpus: 2\nmemory: 1GiB\ngpus: [{id: '0', model: L4, memory: 1GiB},"
+            " {id: '0', model: L4, memory: 1GiB}]\n",
+            "listed twice",
+        ),
+        ("cpus: 2\nmemory: 1GiB\ngpus: [{id: '0,1', model: L4, memory: 1GiB}]\n", "device id"),
+        ("cpus: 2\nmemory: 1GiB\ngpus: [{id: '-1', model: L4, memory: 1GiB}]\n", "device id"),
+        ("cpus: '٣'\nmemory: 1GiB\n", "cpus"),
+        ("cpus: 2\nmemory: \uff18\uff10GiB\n", "memory"),  # fullwidth 80
     ],
 )
 def test_bad_override_is_a_config_error(tmp_path: Path, text: str, says: str) -> None:

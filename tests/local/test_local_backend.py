@@ -22,6 +22,7 @@ from aicontract import (
     BackendError,
     Bytes,
     Contract,
+    ContractError,
     LeaseLost,
     LeaseState,
     Negotiator,
@@ -95,12 +96,17 @@ async def test_no_gpus_granted_means_empty_cuda_visible_devices(backend: LocalBa
         await lease.release()
 
 
-async def test_workload_env_cannot_widen_the_devices(backend: LocalBackend) -> None:
-    """The contract's own env must not override the pinning the ledger granted."""
+@pytest.mark.parametrize("name", ["CUDA_VISIBLE_DEVICES", "AICONTRACT_CPUS", "aicontract_x"])
+def test_workload_env_cannot_set_what_the_grant_sets(name: str) -> None:
+    """The contract's own env must not override (or fake) the pinning the ledger grants."""
+    with pytest.raises(ContractError) as caught:
+        Workload(env={name: "0,1,2,3", "HF_HOME": "/data"})
+    assert caught.value.path.endswith(f"env.{name}")
+
+
+async def test_workload_env_passes_through(backend: LocalBackend) -> None:
     contract = Contract(
-        gpus=GPU(count=1, models=["L4"]),
-        cpus=1,
-        workload=Workload(env={"CUDA_VISIBLE_DEVICES": "0,1,2,3", "HF_HOME": "/data"}),
+        gpus=GPU(count=1, models=["L4"]), cpus=1, workload=Workload(env={"HF_HOME": "/data"})
     )
     lease = await acquire(backend, contract)
     try:

@@ -17,7 +17,7 @@ import msgspec
 from rich.markup import escape
 from rich.table import Column, Table
 
-from ..backends.local import LocalBackend
+from ..backends.local.backend import LocalBackend, default_state_dir, state_dir_scope
 from ..contract import encode_quantity
 from ..documents import load
 from ..errors import NoOffer
@@ -25,6 +25,7 @@ from ..leases import Lease
 from ..negotiate import Negotiator, close_backends, default_backends
 from ..negotiate import acquire as acquire_lease
 from ..offer import Offer
+from ..workload import DEFAULT_GRACE, spawn
 from .output import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -233,6 +234,7 @@ async def _acquire_and_run(
     except BaseException:
         await close_backends(negotiator.backends)
         raise
+    _say_ledger_scope(negotiator)
     try:
         async with held:
             _print_lease(held, as_json)
@@ -241,6 +243,15 @@ async def _acquire_and_run(
             return await _run(held, command)
     finally:
         await negotiator.aclose()
+
+
+def _say_ledger_scope(negotiator: Negotiator) -> None:
+    if any(b.name == "local" for b in negotiator.backends) and state_dir_scope() == "user":
+        console.print(
+            f"note: per-user ledger {default_state_dir()} (AICONTRACT_LEDGER_SCOPE=user):"
+            " other users on this host do not see these leases",
+            highlight=False,
+        )
 
 
 def _print_lease(held: Lease, as_json: bool) -> None:
@@ -267,31 +278,84 @@ def _print_lease(held: Lease, as_json: bool) -> None:
             console.print(f"  {key}={held.env[key]}", highlight=False)
 
 
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 async def _hold(held: Lease) -> int:
     console.print("holding the lease; Ctrl-C to release", highlight=False)
-    while held.is_active:
-        await anyio.sleep(0.5)
+    got: list[int] = []
+    async with anyio.create_task_group() as tg:
+
+        async def on_signals() -> None:
+            with anyio.open_signal_receiver(*_FORWARDED) as signals:
+                async for signum in signals:
+                    got.append(signum)
+                    tg.cancel_scope.cancel()
+
+        tg.start_soon(on_signals)
+        while held.is_active:
+            await anyio.sleep(0.2)
+        tg.cancel_scope.cancel()
+    if got:
+        await held.release()
+        console.print(f"{signal.Signals(got[0]).name}; lease released", highlight=False)
+        return 128 + got[0]
     console.print(f"lease {held.id} is {held.state.value}: {held.reason or ''}", highlight=False)
     return 0 if held.state.value == "released" else 3
 
 
 async def _run(held: Lease, command: tuple[str, ...]) -> int:
-    env = {**os.environ, **held.env}
-    cpus = [int(c) for c in held.env.get("AICONTRACT_CPUS", "").split(",") if c]
-    process = await anyio.open_process(list(command), env=env, stdin=None, stdout=None, stderr=None)
-    if cpus and hasattr(os, "sched_setaffinity"):
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(process.pid, cpus)
+    """Run ``command`` bound to the lease; stop it when the lease ends, whatever ends it.
+
+    SIGINT, SIGTERM and SIGHUP go to the whole workload; once it has exited (or
+    its grace period is over) the lease is released.
+    """
+    grace = held.contract.terms.stop_grace
+    grace_s = grace.seconds if grace is not None else DEFAULT_GRACE
+    if isinstance(held.backend, LocalBackend):
+        workload = await held.backend.run(held, command, stdin=None)
+    else:
+        cpus = [int(c) for c in held.env.get("AICONTRACT_CPUS", "").split(",") if c]
+        workload = await spawn(
+            command, {**os.environ, **held.env}, cpus=cpus, grace=grace_s, stdin=None
+        )
+    got: list[int] = []
     try:
-        return await process.wait()
+        async with anyio.create_task_group() as tg:
+
+            async def on_signals() -> None:
+                with anyio.open_signal_receiver(*_FORWARDED) as signals:
+                    async for signum in signals:
+                        got.append(signum)
+                        workload.send_signal(signum)
+                        # Then release: the workload has its grace period to finish.
+                        with anyio.move_on_after(grace_s):
+                            await workload.wait()
+                        tg.cancel_scope.cancel()
+
+            async def watch_lease() -> None:
+                while held.is_active and workload.returncode is None:
+                    await anyio.sleep(0.1)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_signals)
+            tg.start_soon(watch_lease)
+            await workload.wait()
+            tg.cancel_scope.cancel()
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            with anyio.move_on_after(5, shield=True):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-        await process.aclose()
+        status = await workload.stop()
+    if got:
+        return 128 + got[0]
+    if isinstance(held.backend, LocalBackend) and not await held.backend.still_held(held):
+        # Released or reclaimed by someone else: that, not the command, ended the work.
+        held.revoke("released by another process, or its ledger was lost")
+    if not held.is_active:
+        console.print(
+            f"lease {held.id} {held.state.value}: {held.reason or ''}; its command was stopped",
+            highlight=False,
+        )
+        return 3
+    return status
 
 
 @click.command()

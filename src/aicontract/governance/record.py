@@ -146,9 +146,17 @@ class Record:
             body = _encoder.encode(entry)
             digest = hashlib.sha256(body).hexdigest()
             line = body[:-1] + _HASH_KEY + digest.encode() + b'"}\n'
-            os.write(fd, line)
             head = f"{seq + 1:020d} {size + len(line):020d} {digest}\n"
-            os.pwrite(head_fd, head.encode(), 0)
+            try:
+                os.write(fd, line)
+                os.pwrite(head_fd, head.encode(), 0)
+            except OSError as exc:
+                # A record that cannot be written (disk full, read-only) refuses the work
+                # it would have recorded, with a clear error rather than a traceback.
+                raise ConfigError(
+                    f"cannot write the record {str(self.path)!r}: {exc.strerror};"
+                    " free space, or move it with AICONTRACT_RECORD"
+                ) from None
             self._known = (seq + 1, digest, size + len(line))
         finally:
             if not locked:

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -27,27 +27,73 @@ from msgspec.structs import replace
 
 from ...clock import Clock, system_clock
 from ...contract import GPU, Contract
-from ...errors import BackendError, CapacityUnavailable, LeaseLost
+from ...errors import (
+    BackendError,
+    CapacityUnavailable,
+    IdempotencyConflict,
+    LeaseLost,
+    LedgerError,
+    TransientBackendError,
+)
 from ...gpu_models import capability, pick_model
 from ...leases import Lease, LeaseRecord, LeaseState, WorkloadState
 from ...observation import Fault, Observation, Sample
 from ...offer import Grant, Offer, Quote, Rejection
-from ...units import Bytes, CountRange, Money
+from ...units import Bytes, CountRange, Duration, Money
+from ...workload import DEFAULT_GRACE, Supervised, WorkloadRef, pid_namespace, spawn
 from ..base import Backend
 from .inventory import GPUDevice, Inventory, host_inventory
-from .ledger import Demand, Ledger
+from .ledger import Demand, Ledger, lock_name
 
-__all__ = ["LocalBackend", "default_state_dir"]
+__all__ = ["SYSTEM_STATE_DIR", "LocalBackend", "default_state_dir", "state_dir_scope"]
 
 log = logging.getLogger("aicontract.local")
 
 OFFER_TTL = 10.0
 
 
+SYSTEM_STATE_DIR = Path("/var/lib/aicontract")
+"""The host's one ledger, shared by every user and container that mounts it."""
+
+
+def state_dir_scope() -> str:
+    """Which ledger :func:`default_state_dir` picks: ``env``, ``user`` or ``host``."""
+    if os.environ.get("AICONTRACT_STATE_DIR"):
+        return "env"
+    if os.environ.get("AICONTRACT_LEDGER_SCOPE", "").lower() == "user":
+        return "user"
+    return "host"
+
+
 def default_state_dir() -> Path:
-    """``AICONTRACT_STATE_DIR``, else the per-user state dir (``~/.local/state/aicontract``)."""
-    env = os.environ.get("AICONTRACT_STATE_DIR")
-    return Path(env) if env else Path(platformdirs.user_state_dir("aicontract"))
+    """Where the ledger lives: one per host unless asked otherwise.
+
+    ``AICONTRACT_STATE_DIR`` when set; else the per-user state dir
+    (``~/.local/state/aicontract``) when ``AICONTRACT_LEDGER_SCOPE=user`` — then
+    other users' leases are invisible, so the CLI says so; else
+    ``/var/lib/aicontract``, shared by every user (its group) and container.
+    """
+    scope = state_dir_scope()
+    if scope == "env":
+        return Path(os.environ["AICONTRACT_STATE_DIR"])
+    if scope == "user":
+        return Path(platformdirs.user_state_dir("aicontract"))
+    return SYSTEM_STATE_DIR
+
+
+def _stored_record(record: LeaseRecord) -> LeaseRecord:
+    """What the ledger keeps of a lease: no value of the contract's own env.
+
+    The ledger is readable by every user of the host's ledger group; the env a
+    contract passes to its workload may hold tokens. The holder keeps them in
+    memory only.
+    """
+    workload = record.contract.workload
+    granted = {k: v for k, v in record.env.items() if k.startswith(("AICONTRACT_", "CUDA_"))}
+    if workload is None or not workload.env:
+        return replace(record, env=granted)
+    redacted = replace(workload, env=dict.fromkeys(workload.env, "<redacted>"))
+    return replace(record, env=granted, contract=record.contract.with_(workload=redacted))
 
 
 def _weakest_capability(devices: Sequence[GPUDevice]) -> str | None:
@@ -77,15 +123,16 @@ def _fits(device: GPUDevice, gpus: GPU) -> bool:
 class LocalBackend(Backend):
     """Leases on this host, exclusive across all its processes.
 
-    ``ttl`` is how long a lease lives without a heartbeat; a holder that dies is
-    noticed sooner, by its pid. ``jurisdiction`` is where this host is (for
-    contracts that require one; default ``AICONTRACT_JURISDICTION``).
+    ``ttl`` is how long a lease lives without a heartbeat (``AICONTRACT_LOCAL_TTL``,
+    default 30 s); a holder that dies is noticed sooner, by its lock.
+    ``jurisdiction`` is where this host is (for contracts that require one;
+    default ``AICONTRACT_JURISDICTION``).
     """
 
     name = "local"
 
     state_dir: Path = attrs.field(factory=default_state_dir, converter=Path)
-    ttl: float = 30.0
+    ttl: float = attrs.field(factory=lambda: float(os.environ.get("AICONTRACT_LOCAL_TTL") or 30.0))
     jurisdiction: str | None = attrs.field(
         factory=lambda: os.environ.get("AICONTRACT_JURISDICTION") or None
     )
@@ -93,7 +140,7 @@ class LocalBackend(Backend):
     clock: Clock = system_clock
     _inventory: Inventory | None = attrs.field(default=None, alias="inventory")
     _ledger: Ledger | None = attrs.field(default=None, init=False, repr=False)
-    _processes: dict[str, anyio.abc.Process] = attrs.field(factory=dict, init=False, repr=False)
+    _processes: dict[str, Supervised] = attrs.field(factory=dict, init=False, repr=False)
     _fitting: dict[GPU, list[tuple[str, GPUDevice]]] = attrs.field(
         factory=dict, init=False, repr=False
     )
@@ -125,7 +172,7 @@ class LocalBackend(Backend):
     async def quote(self, contract: Contract) -> Quote:
         """What this host could grant now, from its inventory minus the ledger."""
         inv = self.inventory
-        used_gpus, used_cpus, used_memory, used_disk = self.ledger.usage(self.clock.time())
+        used_gpus, used_cpus, used_memory, used_disk = await self.ledger.ausage(self.clock.time())
         rejections: list[Rejection] = []
         res = contract.resources
 
@@ -334,31 +381,88 @@ class LocalBackend(Backend):
             disk=grant.disk.bytes if grant.disk is not None else 0,
             disk_total=inv.disk.bytes if inv.disk is not None else None,
         )
-        allocation = self.ledger.grant(lease_id, make_record, demand, now)
-        record = allocation.existing or make_record(allocation.gpus, allocation.cpus)
-        lease = Lease(
-            id=lease_id,
-            contract=contract,
-            grant=grant,
-            backend=self,
-            guarantee="allocated",
-            expires_at=record.expires_at,
-            region=self.region,
-            jurisdiction=self.jurisdiction,
-            env=dict(record.env),
-            details=dict(record.details),
-            clock=self.clock,
-            created_at=record.created_at,
-        )
-        workload = contract.workload
-        if workload is not None and workload.command and lease_id not in self._processes:
-            try:
-                await self._launch(lease, allocation.cpus)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self.release(lease)
+        start_by = contract.terms.start_by
+        # A commit never outlives what its contract allows for starting.
+        try:
+            return await self._commit(lease_id, contract, grant, demand, make_record, now, start_by)
+        except (TimeoutError, LedgerError) as exc:
+            if isinstance(exc, LedgerError) and (
+                start_by is None or "write lock" not in exc.problem
+            ):
                 raise
+            raise CapacityUnavailable(
+                self.name, f"the commit did not finish within start_by ({start_by})"
+            ) from None
+
+    async def _commit(
+        self,
+        lease_id: str,
+        contract: Contract,
+        grant: Grant,
+        demand: Demand,
+        make_record: Callable[[tuple[str, ...], tuple[int, ...]], LeaseRecord],
+        now: float,
+        start_by: Duration | None,
+    ) -> Lease:
+        # No deadline, no cancel scope: the common case pays nothing for it.
+        with anyio.fail_after(start_by.seconds) if start_by else contextlib.nullcontext():
+            allocation = await self.ledger.agrant(
+                lease_id,
+                lambda g, c: _stored_record(make_record(g, c)),
+                demand,
+                now,
+                # The wait for another writer's lock happens in a thread that a deadline
+                # cannot interrupt: bound the wait itself.
+                wait=start_by.seconds if start_by else None,
+            )
+            if allocation.existing is not None and (
+                allocation.existing.grant != grant
+                or allocation.existing.contract.name != contract.name
+            ):
+                first = allocation.existing
+                raise IdempotencyConflict(
+                    self.name,
+                    f"key {lease_id} was first committed for {first.grant.describe()}"
+                    f" ({first.contract.name!r}), not {grant.describe()} ({contract.name!r});"
+                    " use a new key for a new offer",
+                )
+            record = allocation.existing or make_record(allocation.gpus, allocation.cpus)
+            lease = Lease(
+                id=lease_id,
+                contract=contract,
+                grant=grant,
+                backend=self,
+                guarantee="allocated",
+                expires_at=record.expires_at,
+                region=self.region,
+                jurisdiction=self.jurisdiction,
+                env=self._env(lease_id, contract, allocation.gpus, allocation.cpus),
+                details=dict(record.details),
+                clock=self.clock,
+                created_at=record.created_at,
+            )
+            lease.on_state_change(self._on_lease_state)
+            workload = contract.workload
+            if workload is not None and workload.command and lease_id not in self._processes:
+                try:
+                    await self._launch(lease, allocation.cpus)
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await self.release(lease)
+                    raise
         return lease
+
+    def _on_lease_state(self, lease: Lease, old: LeaseState, new: LeaseState) -> None:
+        """A lease that ended otherwise than by release (revoked, expired, failed): stop
+        its work now, not whenever its holder gets round to releasing it.
+
+        SIGTERM reaches the whole group, the supervisor included, which escalates to
+        SIGKILL after the grace period on its own; release() then reaps it.
+        """
+        if new.is_final and new != LeaseState.RELEASED:
+            process = self._processes.get(lease.id)
+            if process is not None and process.returncode is None:
+                process.send_signal(signal.SIGTERM)
 
     @staticmethod
     def _env(
@@ -381,28 +485,53 @@ class LocalBackend(Backend):
         )
         return env
 
+    async def run(
+        self, lease: Lease, command: Sequence[str], *, stdin: int | None = subprocess.DEVNULL
+    ) -> Supervised:
+        """Start ``command`` bound to ``lease``: its env, CPUs, group, cgroup and lock.
+
+        The ledger records it, so a reclaimer stops it before the lease's devices
+        go to anyone else; releasing the lease (for any reason) stops it.
+        """
+        if lease.id in self._processes:
+            raise BackendError(
+                self.name,
+                f"lease {lease.id} already runs a workload (its contract's workload.command);"
+                " a lease runs one",
+            )
+        grace = lease.contract.terms.stop_grace
+        grace_s = grace.seconds if grace is not None else DEFAULT_GRACE
+        cpus = [int(c) for c in lease.details.get("cpus", "").split(",") if c]
+        lock = self.ledger.workload_lock(lease.id)
+        # Its lock is in the ledger before it starts: if this holder dies between the
+        # start and the full record, a reclaimer still waits for the work to be gone.
+        if not await self.ledger.set_workload(
+            lease.id, WorkloadRef(pgid=0, pidns=pid_namespace(), lock=lock, grace=grace_s)
+        ):
+            raise LeaseLost(lease.id, "it was no longer in the ledger when its workload started")
+        supervised = await spawn(
+            command,
+            {**os.environ, **lease.env},
+            cpus=cpus,
+            grace=grace_s,
+            lock=lock,
+            name=lock_name(lease.id),
+            stdin=stdin,
+        )
+        self._processes[lease.id] = supervised
+        lease.details["pid"] = str(supervised.pid)
+        if not await self.ledger.set_workload(lease.id, supervised.ref):
+            # Lost between the grant and now (a reclaimer saw it expire): nothing may run.
+            await supervised.stop()
+            self._processes.pop(lease.id, None)
+            raise LeaseLost(lease.id, "it was no longer in the ledger when its workload started")
+        return supervised
+
     async def _launch(self, lease: Lease, cpu_ids: tuple[int, ...]) -> None:
         workload = lease.contract.workload
         assert workload is not None
-        env = {**os.environ, **lease.env}
-        # Output goes where ours goes: nobody would read a pipe, and a full one blocks the
-        # workload.
-        process = await anyio.open_process(
-            list(workload.command),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=None,
-            stderr=None,
-            start_new_session=True,
-        )
-        self._processes[lease.id] = process
+        process = await self.run(lease, workload.command)
         lease.set_workload_state(WorkloadState.NOT_READY)
-        if cpu_ids and hasattr(os, "sched_setaffinity"):
-            try:
-                os.sched_setaffinity(process.pid, cpu_ids)
-            except OSError as exc:  # the process may already have exited
-                log.debug("could not pin pid %s: %s", process.pid, exc)
-        lease.details["pid"] = str(process.pid)
         start_by = lease.contract.terms.start_by
         limit = start_by.seconds if start_by else 60.0
         for name, port in workload.ports.items():
@@ -413,7 +542,7 @@ class LocalBackend(Backend):
         lease.set_workload_state(WorkloadState.READY)
 
     async def _wait_for_port(
-        self, lease: Lease, process: anyio.abc.Process, port: int, limit: float
+        self, lease: Lease, process: Supervised, port: int, limit: float
     ) -> None:
         deadline = time.monotonic() + limit
         while True:
@@ -438,29 +567,60 @@ class LocalBackend(Backend):
     # -- renewing, releasing, observing --------------------------------------------------
 
     async def renew(self, lease: Lease) -> float:
-        """Push the lease's expiry one TTL ahead (never past the contract's duration)."""
+        """Push the lease's expiry one TTL ahead (never past the contract's duration).
+
+        The lease is lost when the ledger is no longer the file it was granted in
+        (deleted, replaced, truncated) or cannot be read: nobody else can see the
+        grant any more, so its work must stop.
+        """
         now = self.clock.time()
         expires_at = now + self.ttl
         ends_at = lease.ends_at
         if ends_at is not None:
             expires_at = min(expires_at, ends_at)
-        if not self.ledger.renew(lease.id, expires_at, now):
+        changed = self.ledger.check_identity()
+        if changed is not None:
+            # Every lease this process holds in that file is lost with it: let go of the
+            # file, so the next grant opens the ledger that is there now.
+            self.ledger.close()
+            raise LeaseLost(lease.id, changed)
+        try:
+            renewed = await self.ledger.arenew(lease.id, expires_at, now)
+        except LedgerError as exc:
+            if "write lock" in exc.problem:
+                raise TransientBackendError(self.name, str(exc)) from None
+            raise LeaseLost(lease.id, str(exc)) from None
+        if not renewed:
             raise LeaseLost(lease.id, "it is no longer in the ledger (expired or released)")
         return expires_at
 
+    async def still_held(self, lease: Lease) -> bool:
+        """Does the ledger still give ``lease`` to this process (not revoked, not lost)?"""
+        if self.ledger.check_identity() is not None:
+            return False
+        try:
+            return await self.ledger.still_held(lease.id)
+        except LedgerError:
+            return False
+
     async def release(self, lease: Lease) -> None:
-        """End the workload (if launched) and free the lease's devices."""
+        """Stop the workload (if launched), then free the lease's devices."""
         process = self._processes.pop(lease.id, None)
         if process is not None:
-            await _terminate(process)
-        self.ledger.release(lease.id)
+            await process.stop()
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.ledger.arelease(lease.id)
+            except LedgerError as exc:
+                # The ledger is gone or broken: nothing to free in it, and the work is stopped.
+                log.warning("lease %s: %s", lease.id, exc)
 
     async def abandon(self, offer: Offer, idempotency_key: str) -> None:
         """Free whatever a commit under ``idempotency_key`` bound (the key is the lease id)."""
         process = self._processes.pop(idempotency_key, None)
         if process is not None:
-            await _terminate(process)
-        self.ledger.release(idempotency_key)
+            await process.stop()
+        await self.ledger.arelease(idempotency_key)
 
     async def observe(self, lease: Lease) -> Observation:
         """Liveness of the launched workload and of the ledger entry; NVML figures."""
@@ -470,18 +630,19 @@ class LocalBackend(Backend):
         workload: str | None = None
         if process is not None:
             workload = (lease.workload_state or WorkloadState.NOT_READY).value
-            if process.returncode is not None:
+            code = process.returncode
+            if code is not None:
                 # Exiting is how a batch job completes; only a failure is a fault.
                 workload = WorkloadState.COMPLETED.value
-                if process.returncode != 0:
+                if code != 0:
                     faults.append(
                         Fault(
                             kind="workload-exited",
                             at=now,
-                            reason=f"workload exited with status {process.returncode}",
+                            reason=f"workload exited with status {code}",
                         )
                     )
-        if self.ledger.get(lease.id) is None and lease.is_active:
+        if await self.ledger.aget(lease.id) is None and lease.is_active:
             faults.append(
                 Fault(
                     kind="capacity-revoked", at=now, reason="the lease was removed from the ledger"
@@ -492,25 +653,11 @@ class LocalBackend(Backend):
         return Observation(samples=samples, faults=tuple(faults), workload=workload)
 
     async def aclose(self) -> None:
-        """End launched workloads and close the ledger connection."""
+        """Stop launched workloads and close the ledger connection."""
         for lease_id in list(self._processes):
-            await _terminate(self._processes.pop(lease_id))
+            await self._processes.pop(lease_id).stop()
         if self._ledger is not None:
             self._ledger.close()
-
-
-async def _terminate(process: anyio.abc.Process, grace: float = 5.0) -> None:
-    with anyio.CancelScope(shield=True):
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            with anyio.move_on_after(grace):
-                await process.wait()
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
-        await process.aclose()
 
 
 def _nvml_samples(gpu_ids: Sequence[str], now: float) -> list[Sample]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,19 @@ from typing import Any
 import msgspec
 
 from ...contract import decode_quantity, encode_quantity
-from ...documents import parse
+from ...documents import parse, read_limited
 from ...errors import ConfigError, ContractError
 from ...units import Bytes
 
 __all__ = ["GPUDevice", "Inventory", "host_inventory", "load_inventory"]
 
 log = logging.getLogger("aicontract.inventory")
+
+# Plausible bounds: a host with more is a typo (or an attack on the quote's time).
+MAX_CPUS = 65536
+MAX_GPUS = 4096
+# What CUDA_VISIBLE_DEVICES takes for one device: an index or a (MIG-)GPU UUID.
+_GPU_ID = re.compile(r"^(?:[0-9]{1,4}|(?:MIG-|GPU-)?[A-Za-z0-9][A-Za-z0-9/_.-]{0,127})$")
 
 
 class GPUDevice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -57,10 +64,26 @@ class Inventory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     source: str = "host"
 
     def __post_init__(self) -> None:
-        if self.cpus < 1:
-            raise ValueError("@cpus: an inventory needs at least one CPU")
+        if not 1 <= self.cpus <= MAX_CPUS:
+            raise ValueError(f"@cpus: {self.cpus} is outside 1..{MAX_CPUS}")
         if self.cpu_ids and len(self.cpu_ids) != self.cpus:
             raise ValueError("@cpu_ids: must list exactly `cpus` ids")
+        if any(not 0 <= c < 4 * MAX_CPUS for c in self.cpu_ids):
+            raise ValueError(f"@cpu_ids: ids must be in 0..{4 * MAX_CPUS - 1}")
+        if len(set(self.cpu_ids)) != len(self.cpu_ids):
+            raise ValueError("@cpu_ids: an id is listed twice")
+        if len(self.gpus) > MAX_GPUS:
+            raise ValueError(f"@gpus: {len(self.gpus)} GPUs is more than {MAX_GPUS}")
+        seen: set[str] = set()
+        for index, gpu in enumerate(self.gpus):
+            if not _GPU_ID.match(gpu.id) or "," in gpu.id:
+                raise ValueError(
+                    f"@gpus[{index}].id: {gpu.id[:80]!r} is not a device id"
+                    " (an index 0..9999 or a GPU/MIG UUID)"
+                )
+            if gpu.id in seen:
+                raise ValueError(f"@gpus[{index}].id: {gpu.id[:80]!r} is listed twice")
+            seen.add(gpu.id)
 
     @property
     def cpu_list(self) -> tuple[int, ...]:
@@ -79,7 +102,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     suffix = file.suffix.lower()
     fmt = {".json": "json", ".toml": "toml"}.get(suffix, "yaml")
     try:
-        data = parse(file.read_bytes(), fmt)  # type: ignore[arg-type]
+        data = parse(read_limited(file), fmt)  # type: ignore[arg-type]
     except OSError as exc:
         raise ConfigError(f"cannot read inventory {str(file)!r}: {exc.strerror}") from None
     except ContractError as exc:
@@ -95,8 +118,8 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     data.setdefault("source", f"file:{file}")
     try:
         result: Inventory = msgspec.convert(data, Inventory, dec_hook=decode_quantity)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"inventory {str(file)!r}: {exc}") from None
+    except (msgspec.ValidationError, ContractError) as exc:
+        raise ConfigError(f"inventory {str(file)!r}: {str(exc)[:300]}") from None
     return result
 
 

@@ -7,47 +7,73 @@ grant runs check-and-insert inside one immediate transaction, and each device
 (a GPU, a CPU core) is a row whose primary key is the device, so the database
 itself refuses to hand one out twice.
 
-A lease row carries its holder's pid (and the process's start time, so a
-recycled pid is not mistaken for the holder) and an expiry that heartbeats
-push forward. Expired leases, and leases whose holder process is gone, are
-reclaimed (guarantee 4).
+Liveness is a kernel lock, not a pid: each holder process keeps an exclusive
+``flock`` on its own ``locks/<epoch>-<holder>.holder`` file in the state dir
+while it holds leases (a shared one while it holds none), which the kernel
+drops when the holder dies, in whatever PID namespace it ran. A lease whose holder is gone, or
+whose expiry passed, is reclaimed — but its workload (recorded as a
+:class:`~aicontract.workload.WorkloadRef`) is stopped first, and only once it is
+gone are the devices freed (guarantee 4).
+
+The ledger is trusted only while it is the file this process opened: a holder
+checks the file's identity on every renewal, and a grant refuses while running
+holders hold locks that the ledger has no row for (it was deleted or replaced
+under them). Every SQLite failure becomes one :class:`~aicontract.errors.LedgerError`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
+import hashlib
 import itertools
 import os
+import secrets
+import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
+import anyio
 import attrs
 import msgspec
 
-from ...errors import CapacityUnavailable, ConfigError
+from ...errors import CapacityUnavailable, IdempotencyConflict, LeaseStateError, LedgerError
 from ...leases import LeaseRecord
+from ...workload import WorkloadRef, lock_held, signal_ref, workload_alive
 
-__all__ = ["Allocation", "Demand", "Ledger", "process_start_time"]
+__all__ = ["Allocation", "Demand", "Ledger", "lock_name"]
+
+T = TypeVar("T")
 
 # The schema's version is in the name: a ledger only describes live processes, so a
 # new schema simply starts a new file rather than migrating an old one.
-LEDGER_FILE = "ledger-v2.sqlite3"
+LEDGER_FILE = "ledger-v3.sqlite3"
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
-# How long a holder seen alive is trusted before its pid is checked again.
+# How long a holder seen alive is trusted before its lock is checked again.
 LIVENESS_CACHE = 0.5
+# How long a write waits for another process's transaction (off the event loop).
+LOCK_WAIT = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
     id TEXT PRIMARY KEY,
-    holder_pid INTEGER NOT NULL,
-    holder_start INTEGER,
+    holder TEXT NOT NULL,
+    owner_uid INTEGER NOT NULL,
     expires_at REAL NOT NULL,
     memory INTEGER NOT NULL DEFAULT 0,
     disk INTEGER NOT NULL DEFAULT 0,
+    workload BLOB,
+    stopping_since REAL,
     record BLOB NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS devices (
     kind TEXT NOT NULL,
     device TEXT NOT NULL,
@@ -55,42 +81,84 @@ CREATE TABLE IF NOT EXISTS devices (
     PRIMARY KEY (kind, device)
 ) WITHOUT ROWID;
 """
+_SCHEMA_PROBE = (
+    "SELECT id, holder, owner_uid, expires_at, memory, disk, workload, stopping_since, record"
+    " FROM leases LIMIT 0"
+)
+
+_HELD_DEVICES = "SELECT kind, device FROM devices"
+_HELD_AMOUNTS = "SELECT COALESCE(SUM(memory), 0), COALESCE(SUM(disk), 0) FROM leases"
 
 
-def process_start_time(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot), or ``None`` if it is gone."""
+def lock_name(lease_id: str) -> str:
+    """The lock file's name for a lease (a hash: a lease id is caller-chosen text)."""
+    return hashlib.sha256(lease_id.encode()).hexdigest()[:32]
+
+
+def _share(directory: Path) -> None:
+    """Make a new state directory group-shared (setgid), never open to everyone.
+
+    Its group is ``aicontract`` where an admin made one (every user who leases
+    belongs to it), else whatever the parent directory gives.
+    """
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-        return int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
+        import grp
+
+        gid = grp.getgrnam("aicontract").gr_gid
+    except (ImportError, KeyError):
+        gid = -1
+    with contextlib.suppress(OSError):
+        if gid != -1:
+            os.chown(directory, -1, gid)
+        os.chmod(directory, 0o2770)  # mkdir's mode is cut by the umask; this is not
 
 
-def _alive(pid: int, started: int | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    if started is None:
-        return True
-    now_started = process_start_time(pid)
-    return now_started is None or now_started == started
+def _ledger_error(path: Path, exc: BaseException, waited: float = LOCK_WAIT) -> LedgerError:
+    """One clear error for whatever SQLite or the OS said about the ledger."""
+    text = str(exc).lower()
+    where = str(path)
+    if "locked" in text or "busy" in text:
+        return LedgerError(
+            where,
+            f"another process has held its write lock for more than {waited:g}s",
+            f"find it with `fuser {where}` and stop it, then retry",
+        )
+    if "readonly" in text or "read-only" in text:
+        return LedgerError(
+            where, "is read-only", "make it (and its -wal and -shm files) writable, then retry"
+        )
+    if "full" in text:
+        return LedgerError(where, "the disk is full", "free space on its file system, then retry")
+    if isinstance(exc, PermissionError) or "permission" in text or "access" in text:
+        return LedgerError(
+            where,
+            "permission denied",
+            "ask an admin to add you to the ledger's group, or set AICONTRACT_STATE_DIR",
+        )
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return LedgerError(
+            where,
+            "is damaged (not a readable SQLite ledger)",
+            "move it aside (its leases are lost; their holders stop their work when they"
+            " next renew) or set AICONTRACT_STATE_DIR",
+        )
+    if "no such column" in text or "no such table" in text or "schema" in text:
+        return LedgerError(
+            where,
+            "has a foreign schema (not an aicontract ledger of this version)",
+            "move it aside or set AICONTRACT_STATE_DIR",
+        )
+    if "unable to open" in text or isinstance(exc, OSError):
+        return LedgerError(
+            where,
+            f"cannot be opened ({str(exc)[:80]})",
+            "check that it is a file in a writable directory, or set AICONTRACT_STATE_DIR",
+        )
+    return LedgerError(where, f"failed: {str(exc)[:80]}", "retry; if it persists, move it aside")
 
 
-_HELD_DEVICES = (
-    "SELECT d.kind, d.device FROM devices d JOIN leases l ON l.id = d.lease_id"
-    " WHERE l.expires_at >= ?"
-)
-_HELD_DEVICES_BY_LEASE = (
-    "SELECT d.kind, d.device, d.lease_id FROM devices d JOIN leases l ON l.id = d.lease_id"
-    " WHERE l.expires_at >= ?"
-)
-_HELD_AMOUNTS = (
-    "SELECT COALESCE(SUM(memory), 0), COALESCE(SUM(disk), 0) FROM leases WHERE expires_at >= ?"
-)
+class _Busy(Exception):
+    """The fast path met another process's lock: retry off the event loop, patiently."""
 
 
 @attrs.frozen
@@ -109,177 +177,538 @@ class Demand:
 
 @attrs.frozen
 class Allocation:
-    """The devices one grant bound: GPU ids (for ``CUDA_VISIBLE_DEVICES``) and CPU ids."""
+    """The devices one grant bound: GPU ids (for ``CUDA_VISIBLE_DEVICES``) and CPU ids.
+
+    ``existing`` is set when the lease id was already granted (a retried
+    commit); ``mine`` says whether that grant belongs to this process.
+    """
 
     lease_id: str
     gpus: tuple[str, ...]
     cpus: tuple[int, ...]
     existing: LeaseRecord | None = None
+    mine: bool = True
 
 
 @attrs.define
 class Ledger:
-    """A SQLite ledger in ``state_dir``; one connection per process, opened lazily."""
+    """A SQLite ledger file and its lock dir; one pair of connections per process."""
 
     path: Path
-    _conn: sqlite3.Connection | None = attrs.field(default=None, repr=False)
+    lock_dir: Path = attrs.field(default=None)
+    lock_wait: float = LOCK_WAIT
+    _fast: sqlite3.Connection | None = attrs.field(default=None, repr=False)
+    _patient: sqlite3.Connection | None = attrs.field(default=None, repr=False)
+    _identity: tuple[int, int] | None = attrs.field(default=None, repr=False)
     _pid: int = attrs.field(factory=os.getpid, repr=False)
-    _my_start: int | None = attrs.field(default=None, repr=False)
-    _liveness: dict[tuple[int, int | None], tuple[bool, float]] = attrs.field(
-        factory=dict, repr=False
-    )
+    _token: str = attrs.field(factory=lambda: secrets.token_hex(8), repr=False)
+    _mutex: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
+    _epoch: str = attrs.field(default="", repr=False)
+    _holder_fd: int | None = attrs.field(default=None, repr=False)
+    _held: set[str] = attrs.field(factory=set, repr=False)
+    _granting: int = attrs.field(default=0, repr=False)
+    _hold_mutex: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
+    _working: set[str] = attrs.field(factory=set, repr=False)
+    _clean_locks: tuple[int, int, str] | None = attrs.field(default=None, repr=False)
+    _liveness: dict[str, float] = attrs.field(factory=dict, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.lock_dir is None:
+            self.lock_dir = self.path.parent / "locks"
 
     @classmethod
     def in_dir(cls, state_dir: str | os.PathLike[str]) -> Ledger:
         """The ledger file inside ``state_dir`` (created if missing)."""
         directory = Path(state_dir)
+        locks = directory / "locks"
         try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for path in (directory, locks):
+                if not path.is_dir():
+                    path.mkdir(parents=True, exist_ok=True)
+                    _share(path)
         except OSError as exc:
-            raise ConfigError(f"cannot create state dir {str(directory)!r}: {exc}") from None
-        return cls(directory / LEDGER_FILE)
+            raise LedgerError(
+                str(directory / LEDGER_FILE),
+                f"its directory cannot be created ({exc.strerror})",
+                "create it (group-writable for every user who leases) or set AICONTRACT_STATE_DIR",
+            ) from None
+        return cls(directory / LEDGER_FILE, locks)
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _open(self, busy_ms: int, *, setup: bool = False) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise LedgerError(
+                str(self.path), "is a directory", "move it aside or set AICONTRACT_STATE_DIR"
+            )
+        if not self.path.exists():
+            # Created here, group-shared and never readable by everyone, before SQLite
+            # opens it: SQLite gives its -wal and -shm files the database's mode.
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o660)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise _ledger_error(self.path, exc) from None
+            else:
+                try:
+                    os.fchmod(fd, 0o660)  # whatever the umask took away
+                finally:
+                    os.close(fd)
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=busy_ms / 1000, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+            if setup:  # the journal mode is kept in the file, the schema too: once is enough
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(_SCHEMA_PROBE)
+        except (sqlite3.Error, OSError) as exc:
+            raise _ledger_error(self.path, exc) from None
+        return conn
+
+    def _connections(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        """The connections (reopened after a fork: SQLite connections must not cross one)."""
+        if self._fast is None or self._patient is None or self._pid != os.getpid():
+            if self._pid != os.getpid():
+                # The parent's connections, lock and leases are the parent's.
+                self._fast = self._patient = None
+                if self._holder_fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(self._holder_fd)
+                self._holder_fd = None
+                self._held.clear()
+                self._token = secrets.token_hex(8)
+                self._mutex = threading.Lock()
+                self._hold_mutex = threading.Lock()
+                self._granting = 0
+            self._pid = os.getpid()
+            self._patient = self._open(int(self.lock_wait * 1000), setup=True)
+            self._fast = self._open(0)
+            try:
+                # The epoch names this ledger file's generation (see _unknown_holders);
+                # only a new file needs a write to get one.
+                row = self._patient.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+                if row is None:
+                    with self._write(self._patient) as conn:
+                        conn.execute(
+                            "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
+                            (secrets.token_hex(8),),
+                        )
+                        row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+                (self._epoch,) = row
+            except sqlite3.Error as exc:
+                raise _ledger_error(self.path, exc) from None
+            try:
+                st = os.stat(self.path)
+            except OSError as exc:
+                raise _ledger_error(self.path, exc) from None
+            self._identity = (st.st_dev, st.st_ino)
+        return self._fast, self._patient
 
     @property
     def conn(self) -> sqlite3.Connection:
-        """The connection (reopened after a fork: SQLite connections must not cross one)."""
-        if self._conn is None or self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._my_start = process_start_time(self._pid)
-            conn = sqlite3.connect(
-                self.path, timeout=60, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=60000")
-            conn.executescript(_SCHEMA)
-            self._conn = conn
-        return self._conn
+        """The (patient) connection, for reads outside a transaction."""
+        return self._connections()[1]
+
+    def run(self, fn: Callable[..., T], *args: Any, wait: float | None = None) -> T:
+        """Run ``fn(conn, *args)`` here, waiting up to ``wait`` (default ``lock_wait``)
+        seconds for other writers."""
+        _, patient = self._connections()
+        wait = self.lock_wait if wait is None else min(wait, self.lock_wait)
+        with self._mutex:
+            try:
+                patient.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
+                return fn(patient, *args)
+            except sqlite3.Error as exc:
+                raise _ledger_error(self.path, exc, wait) from None
+
+    async def arun(self, fn: Callable[..., T], *args: Any, wait: float | None = None) -> T:
+        """Run ``fn(conn, *args)`` without ever blocking the event loop on another's lock.
+
+        First on the loop, taking SQLite's write lock without waiting (the
+        uncontended case costs no thread hop); when another process holds it,
+        in a worker thread that waits for it (SQLite's own sleeping busy
+        handler, no polling), at most ``wait`` (default ``lock_wait``) seconds.
+        The loop runs on meanwhile: renewals keep their deadline.
+        """
+        fast, _ = self._connections()
+        if self._mutex.acquire(blocking=False):
+            try:
+                return fn(fast, *args)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise _ledger_error(self.path, exc) from None
+            except sqlite3.Error as exc:
+                raise _ledger_error(self.path, exc) from None
+            finally:
+                self._mutex.release()
+        return await anyio.to_thread.run_sync(functools.partial(self.run, fn, *args, wait=wait))
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self.conn
+    def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            # Never leave a transaction open on a connection that is used again.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
-        """Close this process's connection."""
-        if self._conn is not None and self._pid == os.getpid():
-            self._conn.close()
-        self._conn = None
+        """Close this process's connections and drop its holder lock."""
+        if self._pid == os.getpid():
+            for conn in (self._fast, self._patient):
+                if conn is not None:
+                    conn.close()
+            if self._holder_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._holder_path(self._token))
+                os.close(self._holder_fd)
+        self._holder_fd = None
+        self._held.clear()
+        self._fast = self._patient = None
+
+    def check_identity(self) -> str | None:
+        """Why the ledger file is no longer the one this process opened, or ``None``.
+
+        Deleted, replaced (another inode at the path) or truncated (no SQLite
+        header): the leases this process holds in it can no longer be trusted.
+        """
+        if self._identity is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return f"the ledger {self.path} was deleted"
+        except OSError as exc:
+            return f"the ledger {self.path} cannot be read ({exc.strerror})"
+        if (st.st_dev, st.st_ino) != self._identity:
+            return f"the ledger {self.path} was replaced by another file"
+        try:
+            with open(self.path, "rb") as ledger:
+                header = ledger.read(len(SQLITE_MAGIC))
+        except OSError as exc:
+            return f"the ledger {self.path} cannot be read ({exc.strerror})"
+        if header != SQLITE_MAGIC:
+            return f"the ledger {self.path} was truncated or overwritten"
+        return None
+
+    # -- holder locks --------------------------------------------------------------------
+
+    def workload_lock(self, lease_id: str) -> str:
+        """Where a lease's workload lock lives (see :mod:`aicontract.workload`)."""
+        return str(self.lock_dir / f"{lock_name(lease_id)}.work")
+
+    def _holder_path(self, token: str) -> Path:
+        return self.lock_dir / f"{self._epoch}-{token}.holder"
+
+    def _hold(self) -> None:
+        """Hold this process's holder lock exclusively (before a grant) and count the grant."""
+        with self._hold_mutex:
+            if self._holder_fd is None:
+                path = self._holder_path(self._token)
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+                except OSError as exc:
+                    raise _ledger_error(path, exc) from None
+                self._holder_fd = fd
+            # Exclusive while holding leases: that is what a reclaimer's probe looks for.
+            fcntl.flock(self._holder_fd, fcntl.LOCK_EX)
+            self._granting += 1
+
+    def _granted(self, lease_id: str | None) -> None:
+        """A grant that :meth:`_hold` counted is over (``None``: it bound nothing)."""
+        with self._hold_mutex:
+            self._granting -= 1
+            if lease_id is not None:
+                self._held.add(lease_id)
+            self._unhold_if_idle()
+
+    def _let_go(self, lease_id: str) -> None:
+        """A lease this process held is gone."""
+        with self._hold_mutex:
+            self._held.discard(lease_id)
+            self._unhold_if_idle()
+
+    def _unhold_if_idle(self) -> None:
+        # Back to a shared lock only with no lease held and no grant in flight (another
+        # task's grant may be inserting its row right now, in a thread).
+        if not self._held and not self._granting and self._holder_fd is not None:
+            fcntl.flock(self._holder_fd, fcntl.LOCK_SH)
+
+    def _holder_alive(self, token: str, clock: float) -> bool:
+        """Does the holder ``token`` still hold its lock?
+
+        Only "alive" is remembered (briefly): a holder judged dead once may be
+        a holder that had just let go of its last lease and takes a new one a
+        moment later, so "dead" is always asked afresh.
+        """
+        cached = self._liveness.get(token)
+        if cached is not None and clock - cached < LIVENESS_CACHE:
+            return True
+        held = lock_held(self._holder_path(token))
+        # A lock we may not read is someone else's: judge it alive (its expiry still ends it).
+        if held is False:
+            self._liveness.pop(token, None)
+            return False
+        self._liveness[token] = clock
+        return True
+
+    def _drop_holder(self, token: str) -> None:
+        """Remove a dead holder's lock file (only if truly nobody holds it)."""
+        path = self._holder_path(token)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def _unknown_holders(self) -> int:
+        """Running holders of leases in another ledger at this path (it was deleted or replaced).
+
+        Their lock files carry another epoch. Until they notice (at their next
+        renewal) and stop their work, their devices may be in use.
+        """
+        try:
+            st = os.stat(self.lock_dir)
+        except OSError:
+            return 0
+        # Holders come and go by creating and removing files, which moves the dir's
+        # mtime: an unchanged dir was clean at the last look and still is.
+        seen = (st.st_mtime_ns, st.st_ino, self._epoch)
+        if seen == self._clean_locks:
+            return 0
+        try:
+            names = os.listdir(self.lock_dir)
+        except OSError:
+            return 0
+        mine = f"{self._epoch}-"
+        unknown = 0
+        for name in names:
+            if not name.endswith(".holder") or name.startswith(mine):
+                continue
+            held = lock_held(self.lock_dir / name)  # exclusive: it holds leases
+            if held is not False:
+                unknown += 1
+        self._clean_locks = seen if not unknown else None
+        return unknown
 
     # -- reclaiming ----------------------------------------------------------------------
 
     def _reclaim(self, conn: sqlite3.Connection, now: float, *, check_holders: bool) -> int:
-        removed = conn.execute("DELETE FROM leases WHERE expires_at < ?", (now,)).rowcount
-        if not check_holders:
-            return removed
-        dead = [(lease_id,) for lease_id in self._orphans(conn)]
-        if dead:
-            conn.executemany("DELETE FROM leases WHERE id = ?", dead)
-        return removed + len(dead)
+        """Stop the workloads of expired and dead-holder leases; free those whose work is gone.
 
-    def _orphans(self, conn: sqlite3.Connection) -> list[str]:
-        """Leases whose holder process is gone (liveness cached briefly per process)."""
+        A lease whose workload still runs keeps its devices: it is sent SIGTERM
+        (once; ``stopping_since`` remembers when), SIGKILL after its grace, and
+        freed by a later reclaim once its workload lock is free.
+        """
         clock = time.monotonic()
-        orphans = []
-        for lease_id, pid, started in conn.execute(
-            "SELECT id, holder_pid, holder_start FROM leases WHERE holder_pid != ?", (self._pid,)
-        ):
-            cached = self._liveness.get((pid, started))
-            if cached is None or clock - cached[1] > LIVENESS_CACHE:
-                cached = (_alive(pid, started), clock)
-                self._liveness[(pid, started)] = cached
-            if not cached[0]:
-                orphans.append(lease_id)
-        return orphans
+        query = "SELECT id, holder, expires_at, workload, stopping_since FROM leases"
+        if not check_holders:
+            query += " WHERE expires_at < ? OR stopping_since IS NOT NULL"
+        rows = conn.execute(query, (now,) if not check_holders else ()).fetchall()
+        freed = 0
+        for lease_id, holder, expires_at, workload, stopping_since in rows:
+            if (
+                expires_at >= now
+                and stopping_since is None
+                and (holder == self._token or self._holder_alive(holder, clock))
+            ):
+                continue
+            if workload is not None:
+                ref = msgspec.json.decode(workload, type=WorkloadRef)
+                if workload_alive(ref):
+                    if stopping_since is None:
+                        signal_ref(ref, signal.SIGTERM)
+                        conn.execute(
+                            "UPDATE leases SET stopping_since = ? WHERE id = ?", (now, lease_id)
+                        )
+                    elif now - stopping_since > ref.grace:
+                        signal_ref(ref, signal.SIGKILL)
+                    continue
+            conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+            with contextlib.suppress(OSError):
+                os.unlink(self.workload_lock(lease_id))
+            if workload is not None:
+                cgroup = msgspec.json.decode(workload, type=WorkloadRef).cgroup
+                if cgroup is not None:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(cgroup)  # empty now; its holder died before removing it
+            if holder != self._token and not self._holder_alive(holder, clock):
+                self._drop_holder(holder)
+            freed += 1
+        return freed
 
     def reclaim(self, now: float | None = None) -> int:
-        """Drop expired leases and leases whose holder died; return how many."""
-        with self._write() as conn:
-            return self._reclaim(conn, time.time() if now is None else now, check_holders=True)
+        """Stop dead or expired leases' workloads and free their devices; return how many."""
+
+        return self.run(self._reclaim_op, time.time() if now is None else now)
 
     # -- granting ------------------------------------------------------------------------
 
-    def grant(
+    async def agrant(
         self,
         lease_id: str,
         make_record: Callable[[tuple[str, ...], tuple[int, ...]], LeaseRecord],
         demand: Demand,
         now: float | None = None,
+        wait: float | None = None,
     ) -> Allocation:
         """Bind devices and amounts to a new lease, atomically, or raise CapacityUnavailable.
 
         ``make_record(gpu_ids, cpu_ids)`` builds the record stored for the lease once
         its devices are chosen. The lease id is the idempotency key: a second call
         with the same id returns the first grant (with ``existing`` set) and binds
-        nothing.
+        nothing. This process holds the lease's holder lock from then on.
         """
         now = time.time() if now is None else now
-        with self._write() as conn:
-            # _choose ignores expired leases, but their device rows still hold the devices'
-            # keys: drop them first, or the INSERT below trips over them (and a retried
-            # commit would be handed back an expired grant whose devices are free again).
-            self._reclaim(conn, now, check_holders=False)
-            try:
-                gpu_ids, cpu_ids = self._choose(conn, demand, now)
-            except CapacityUnavailable:
-                # A retried commit finds its own first grant holding the capacity.
-                existing = self._existing(conn, lease_id)
-                if existing is not None:
-                    return existing
-                if not self._reclaim(conn, now, check_holders=True):
-                    raise
-                gpu_ids, cpu_ids = self._choose(conn, demand, now)
-            record = make_record(gpu_ids, cpu_ids)
-            try:
-                conn.execute(
-                    "INSERT INTO leases (id, holder_pid, holder_start, expires_at, memory, disk,"
-                    " record) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        lease_id,
-                        self._pid,
-                        self._my_start,
-                        record.expires_at,
-                        demand.memory,
-                        demand.disk,
-                        record.to_json(),
-                    ),
-                )
-            except sqlite3.IntegrityError:
-                existing = self._existing(conn, lease_id)
-                if existing is None:  # pragma: no cover - the insert failed for its key
-                    raise
-                return existing
-            conn.executemany(
-                "INSERT INTO devices (kind, device, lease_id) VALUES (?, ?, ?)",
-                [("gpu", g, lease_id) for g in gpu_ids]
-                + [("cpu", str(c), lease_id) for c in cpu_ids],
+        self._connections()
+        self._check_still_same()
+        self._hold()
+        try:
+            allocation = await self.arun(self._grant, lease_id, make_record, demand, now, wait=wait)
+        except BaseException:
+            self._granted(None)
+            raise
+        self._granted(lease_id)
+        return allocation
+
+    def _check_still_same(self) -> None:
+        """Before a grant: is the ledger still the file we opened? Reopen it if we may."""
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._identity
+        except OSError:
+            same = False
+        if same:
+            return
+        if self._held or self._granting:
+            raise LedgerError(
+                str(self.path),
+                "was deleted or replaced while this process held leases in it",
+                "those leases are lost (their work stops at their next renewal); retry then",
             )
-            return Allocation(lease_id, gpu_ids, cpu_ids)
+        self.close()
+        self._connections()
+
+    def _grant(
+        self,
+        conn: sqlite3.Connection,
+        lease_id: str,
+        make_record: Callable[[tuple[str, ...], tuple[int, ...]], LeaseRecord],
+        demand: Demand,
+        now: float,
+    ) -> Allocation:
+        with self._write(conn):
+            # Expired leases' devices are free only once their workloads are stopped.
+            self._reclaim(conn, now, check_holders=False)
+            unknown = self._unknown_holders()
+            if unknown:
+                raise CapacityUnavailable(
+                    "local",
+                    f"{unknown} running lease holder(s) are missing from the ledger {self.path}"
+                    " (deleted or replaced?); they stop their work at their next renewal",
+                )
+            for _ in range(2):
+                try:
+                    gpu_ids, cpu_ids = self._choose(conn, demand)
+                except CapacityUnavailable:
+                    # A retried commit finds its own first grant holding the capacity.
+                    existing = self._existing(conn, lease_id)
+                    if existing is not None:
+                        kept = self._keep_or_refuse(conn, existing, now)
+                        if kept is not None:
+                            return kept
+                        continue  # its dead holder's row is gone: grant afresh
+                    if not self._reclaim(conn, now, check_holders=True):
+                        raise
+                    gpu_ids, cpu_ids = self._choose(conn, demand)
+                record = make_record(gpu_ids, cpu_ids)
+                try:
+                    conn.execute(
+                        "INSERT INTO leases (id, holder, owner_uid, expires_at, memory, disk,"
+                        " record) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            lease_id,
+                            self._token,
+                            os.geteuid(),
+                            record.expires_at,
+                            demand.memory,
+                            demand.disk,
+                            record.to_json(),
+                        ),
+                    )
+                except sqlite3.IntegrityError:
+                    existing = self._existing(conn, lease_id)
+                    if existing is None:  # pragma: no cover - the insert failed for its key
+                        raise
+                    kept = self._keep_or_refuse(conn, existing, now)
+                    if kept is None:
+                        continue  # its dead holder's row is gone: grant afresh
+                    return kept
+                conn.executemany(
+                    "INSERT INTO devices (kind, device, lease_id) VALUES (?, ?, ?)",
+                    [("gpu", g, lease_id) for g in gpu_ids]
+                    + [("cpu", str(c), lease_id) for c in cpu_ids],
+                )
+                return Allocation(lease_id, gpu_ids, cpu_ids)
+            raise IdempotencyConflict(  # pragma: no cover - a key reclaimed twice in one go
+                "local", f"lease {lease_id} kept changing hands; retry"
+            )
+
+    def _keep_or_refuse(
+        self, conn: sqlite3.Connection, existing: Allocation, now: float
+    ) -> Allocation | None:
+        """A key already granted: ours is a retry; a live other holder's is a conflict.
+
+        ``None`` when the other holder was dead and its lease is reclaimed now.
+        """
+        if existing.mine:
+            return existing
+        self._reclaim(conn, now, check_holders=True)
+        if self._existing(conn, existing.lease_id) is None:
+            return None
+        raise IdempotencyConflict(
+            "local",
+            f"lease {existing.lease_id} is held by another process; an idempotency key"
+            " belongs to one holder",
+        )
 
     def _existing(self, conn: sqlite3.Connection, lease_id: str) -> Allocation | None:
-        row = conn.execute("SELECT record FROM leases WHERE id = ?", (lease_id,)).fetchone()
+        row = conn.execute("SELECT record, holder FROM leases WHERE id = ?", (lease_id,)).fetchone()
         if row is None:
             return None
         record = LeaseRecord.from_json(row[0])
         gpus = tuple(g for g in record.details.get("gpus", "").split(",") if g)
         cpus = tuple(int(c) for c in record.details.get("cpus", "").split(",") if c)
-        return Allocation(lease_id, gpus, cpus, existing=record)
+        return Allocation(lease_id, gpus, cpus, existing=record, mine=row[1] == self._token)
 
     def _choose(
-        self, conn: sqlite3.Connection, demand: Demand, now: float
+        self, conn: sqlite3.Connection, demand: Demand
     ) -> tuple[tuple[str, ...], tuple[int, ...]]:
         used_gpus: set[str] = set()
         used_cpus: set[str] = set()
-        if demand.gpus or demand.cpus:
-            for kind, device in conn.execute(_HELD_DEVICES, (now,)):
-                (used_gpus if kind == "gpu" else used_cpus).add(device)
+        # Every row counts, expired or not: a lease's devices are free only once its row
+        # is gone, which is only once its workload is.
+        for kind, device in conn.execute(_HELD_DEVICES):
+            (used_gpus if kind == "gpu" else used_cpus).add(device)
         free_gpus = (g for g in demand.gpu_candidates if g not in used_gpus)
         gpu_ids = tuple(itertools.islice(free_gpus, demand.gpus))
         if len(gpu_ids) < demand.gpus:
@@ -291,75 +720,273 @@ class Ledger:
         if len(cpu_ids) < demand.cpus:
             raise CapacityUnavailable("local", f"{demand.cpus} CPUs wanted, {len(cpu_ids)} free")
         if demand.memory or demand.disk:
-            used_memory, used_disk = conn.execute(_HELD_AMOUNTS, (now,)).fetchone()
+            used_memory, used_disk = conn.execute(_HELD_AMOUNTS).fetchone()
             if used_memory + demand.memory > demand.memory_total:
                 raise CapacityUnavailable("local", "memory was granted meanwhile")
             if demand.disk_total is not None and used_disk + demand.disk > demand.disk_total:
                 raise CapacityUnavailable("local", "disk was granted meanwhile")
         return gpu_ids, cpu_ids
 
+    # -- workloads -----------------------------------------------------------------------
+
+    async def set_workload(self, lease_id: str, ref: WorkloadRef | None) -> bool:
+        """Record (or clear) the workload a lease runs; ``False`` when the lease is gone."""
+        blob = msgspec.json.encode(ref) if ref is not None else None
+        self._working.add(lease_id)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE leases SET workload = ? WHERE id = ? AND holder = ?",
+                (blob, lease_id, self._token),
+            )
+            return cursor.rowcount == 1
+
+        return await self.arun(op)
+
     # -- reading -------------------------------------------------------------------------
 
     def usage(self, now: float | None = None) -> tuple[set[str], set[int], int, int]:
-        """What live holders hold now: GPU ids, CPU ids, memory bytes, disk bytes.
+        """:meth:`ausage`, blocking."""
+        now = time.time() if now is None else now
+        held, stoppable = self.run(self._usage, now)
+        if stoppable:
+            self.run(self._reclaim_op, now)
+            held, _ = self.run(self._usage, now)
+        return held
 
-        Two plain reads, no transaction: a quote may be a moment stale, and the
-        commit re-checks everything inside its own transaction anyway.
+    async def ausage(self, now: float | None = None) -> tuple[set[str], set[int], int, int]:
+        """What leases hold now: GPU ids, CPU ids, memory bytes, disk bytes.
+
+        Plain reads, no transaction: a quote may be a moment stale, and the
+        commit re-checks everything inside its own transaction anyway. Leases
+        that a commit would reclaim at once (holder gone or expired, workload
+        gone) do not count; when a dead or expired lease's workload still runs,
+        it is told to stop first (its devices still count until it has).
         """
         now = time.time() if now is None else now
-        conn = self.conn
-        orphans = set(self._orphans(conn))
+        held, stoppable = await self.arun(self._usage, now)
+        if stoppable:
+            await self.arun(self._reclaim_op, now)
+            held, _ = await self.arun(self._usage, now)
+        return held
+
+    def _reclaim_op(self, conn: sqlite3.Connection, now: float) -> int:
+        with self._write(conn):
+            return self._reclaim(conn, now, check_holders=True)
+
+    def _usage(
+        self, conn: sqlite3.Connection, now: float
+    ) -> tuple[tuple[set[str], set[int], int, int], bool]:
+        clock = time.monotonic()
+        gone: set[str] = set()
+        stoppable = False
+        for lease_id, holder, expires_at, workload, stopping_since in conn.execute(
+            "SELECT id, holder, expires_at, workload, stopping_since FROM leases"
+        ):
+            if holder == self._token and expires_at >= now and stopping_since is None:
+                continue
+            if expires_at >= now and stopping_since is None and self._holder_alive(holder, clock):
+                continue
+            if workload is None:
+                gone.add(lease_id)
+                continue
+            ref = msgspec.json.decode(workload, type=WorkloadRef)
+            if not workload_alive(ref):
+                gone.add(lease_id)
+            elif stopping_since is None or now - stopping_since > ref.grace:
+                stoppable = True  # its workload must be told (SIGTERM, later SIGKILL)
         memory = disk = 0
-        if orphans:
+        if gone:
             for lease_id, lease_memory, lease_disk in conn.execute(
-                "SELECT id, memory, disk FROM leases WHERE expires_at >= ?", (now,)
+                "SELECT id, memory, disk FROM leases"
             ):
-                if lease_id not in orphans:
+                if lease_id not in gone:
                     memory, disk = memory + lease_memory, disk + lease_disk
         else:
-            memory, disk = conn.execute(_HELD_AMOUNTS, (now,)).fetchone()
+            memory, disk = conn.execute(_HELD_AMOUNTS).fetchone()
         gpus: set[str] = set()
         cpus: set[int] = set()
-        for kind, device, lease_id in conn.execute(_HELD_DEVICES_BY_LEASE, (now,)):
-            if lease_id in orphans:
+        for kind, device, lease_id in conn.execute("SELECT kind, device, lease_id FROM devices"):
+            if lease_id in gone:
                 continue
             if kind == "gpu":
                 gpus.add(device)
             else:
                 cpus.add(int(device))
-        return gpus, cpus, int(memory), int(disk)
+        return (gpus, cpus, int(memory), int(disk)), stoppable
 
-    def records(self, now: float | None = None) -> list[LeaseRecord]:
-        """Every live lease on this host, oldest first (reclaiming dead ones first)."""
+    def records(self, now: float | None = None, uid: int | None = None) -> list[LeaseRecord]:
+        """Every live lease on this host, oldest first (reclaiming dead ones first).
+
+        Leases owned by another user than ``uid`` (default: ours; root sees all)
+        come without their env.
+        """
         self.reclaim(now)
-        out = [
-            msgspec.structs.replace(LeaseRecord.from_json(record), expires_at=expires_at)
-            for record, expires_at in self.conn.execute("SELECT record, expires_at FROM leases")
-        ]
-        return sorted(out, key=lambda r: r.created_at)
+        uid = os.geteuid() if uid is None else uid
+
+        def op(conn: sqlite3.Connection) -> list[LeaseRecord]:
+            out = []
+            for record, expires_at, owner in conn.execute(
+                "SELECT record, expires_at, owner_uid FROM leases"
+            ):
+                lease = LeaseRecord.from_json(record)
+                changes: dict[str, Any] = {"expires_at": expires_at}
+                if uid not in (0, owner):
+                    changes["env"] = {}
+                out.append(msgspec.structs.replace(lease, **changes))
+            return out
+
+        return sorted(self.run(op), key=lambda r: r.created_at)
 
     def get(self, lease_id: str) -> LeaseRecord | None:
         """One lease's record, or ``None``."""
-        row = self.conn.execute(
-            "SELECT record, expires_at FROM leases WHERE id = ?", (lease_id,)
-        ).fetchone()
-        if row is None:
-            return None
-        return msgspec.structs.replace(LeaseRecord.from_json(row[0]), expires_at=row[1])
+
+        def op(conn: sqlite3.Connection) -> LeaseRecord | None:
+            row = conn.execute(
+                "SELECT record, expires_at FROM leases WHERE id = ?", (lease_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            return msgspec.structs.replace(LeaseRecord.from_json(row[0]), expires_at=row[1])
+
+        return self.run(op)
+
+    async def aget(self, lease_id: str) -> LeaseRecord | None:
+        """:meth:`get` without blocking the event loop."""
+
+        def op(conn: sqlite3.Connection) -> LeaseRecord | None:
+            row = conn.execute(
+                "SELECT record, expires_at FROM leases WHERE id = ?", (lease_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            return msgspec.structs.replace(LeaseRecord.from_json(row[0]), expires_at=row[1])
+
+        return await self.arun(op)
+
+    async def still_held(self, lease_id: str) -> bool:
+        """Is the lease still this process's, and not being stopped by someone else?"""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM leases WHERE id = ? AND holder = ? AND stopping_since IS NULL",
+                (lease_id, self._token),
+            ).fetchone()
+            return row is not None
+
+        return await self.arun(op)
 
     # -- renewing and releasing ----------------------------------------------------------
 
-    def renew(self, lease_id: str, expires_at: float, now: float | None = None) -> bool:
-        """Push a lease's expiry; ``False`` when the lease is gone (expired or released)."""
+    async def arenew(self, lease_id: str, expires_at: float, now: float | None = None) -> bool:
+        """Push a lease's expiry; ``False`` when the lease is gone (expired, released, lost).
+
+        A lease being stopped by a reclaimer is gone too, even if its row is still there.
+        """
         now = time.time() if now is None else now
-        # One statement is one transaction in autocommit mode: no BEGIN needed.
-        updated = self.conn.execute(
-            "UPDATE leases SET expires_at = ? WHERE id = ? AND expires_at >= ?",
-            (expires_at, lease_id, now),
-        ).rowcount
-        return updated == 1
+
+        def op(conn: sqlite3.Connection) -> bool:
+            # One statement is one transaction in autocommit mode: no BEGIN needed.
+            return (
+                conn.execute(
+                    "UPDATE leases SET expires_at = ? WHERE id = ? AND holder = ?"
+                    " AND expires_at >= ? AND stopping_since IS NULL",
+                    (expires_at, lease_id, self._token, now),
+                ).rowcount
+                == 1
+            )
+
+        return await self.arun(op)
+
+    def _release(self, conn: sqlite3.Connection, lease_id: str, uid: int | None) -> bool:
+        with self._write(conn):
+            row = conn.execute("SELECT owner_uid FROM leases WHERE id = ?", (lease_id,)).fetchone()
+            if row is None:
+                gone = False
+            else:
+                (owner,) = row
+                if uid is not None and uid not in (0, owner):
+                    raise LeaseStateError(
+                        lease_id,
+                        f"it belongs to uid {owner}; only its owner or root may release it",
+                    )
+                # The devices go with it (ON DELETE CASCADE), in the same transaction.
+                conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+                with contextlib.suppress(OSError):
+                    os.unlink(self.workload_lock(lease_id))
+                gone = True
+        if lease_id in self._held:
+            self._let_go(lease_id)
+        return gone
+
+    async def arelease(self, lease_id: str) -> bool:
+        """Free a lease this process holds; ``False`` when it was already gone."""
+        return await self.arun(self._release_own, lease_id)
+
+    def _release_own(self, conn: sqlite3.Connection, lease_id: str) -> bool:
+        # One statement is one transaction (the devices go with it, ON DELETE CASCADE);
+        # only this holder's row: another holder's lease is never ours to drop.
+        try:
+            gone = (
+                conn.execute(
+                    "DELETE FROM leases WHERE id = ? AND holder = ?", (lease_id, self._token)
+                ).rowcount
+                == 1
+            )
+        finally:
+            if lease_id in self._held:
+                self._let_go(lease_id)
+        if lease_id in self._working:
+            self._working.discard(lease_id)
+            with contextlib.suppress(OSError):
+                os.unlink(self.workload_lock(lease_id))
+        return gone
 
     def release(self, lease_id: str) -> bool:
-        """Free a lease's devices and amounts; ``False`` when it was already gone."""
-        # The devices go with it (ON DELETE CASCADE), in the same implicit transaction.
-        return self.conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,)).rowcount == 1
+        """Free a lease as its owner or root may (``aicontract release``): ``release_as``."""
+        return self.release_as(lease_id)
+
+    def release_as(self, lease_id: str, uid: int | None = None) -> bool:
+        """Free any lease on the host as user ``uid`` (default: ours): its owner or root only.
+
+        Its holder sees the lease revoked at its next renewal and stops its workload;
+        a workload whose holder is gone is stopped here first.
+        """
+        uid = os.geteuid() if uid is None else uid
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT owner_uid, holder, workload FROM leases WHERE id = ?", (lease_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            owner, holder, workload = row
+            if uid not in (0, owner):
+                raise LeaseStateError(
+                    lease_id, f"it belongs to uid {owner}; only its owner or root may release it"
+                )
+            if workload is not None and holder != self._token:
+                # Stop it here rather than trust a holder that may be frozen or gone; its
+                # devices stay held until it is gone (a holder sees the lease lost).
+                ref = msgspec.json.decode(workload, type=WorkloadRef)
+                if workload_alive(ref):
+                    with self._write(conn):
+                        conn.execute(
+                            "UPDATE leases SET stopping_since = ? WHERE id = ?",
+                            (time.time(), lease_id),
+                        )
+                    signal_ref(ref, signal.SIGTERM)
+                    deadline = time.monotonic() + ref.grace
+                    while workload_alive(ref) and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    if workload_alive(ref):
+                        signal_ref(ref, signal.SIGKILL)
+                        deadline = time.monotonic() + 1.0
+                        while workload_alive(ref) and time.monotonic() < deadline:
+                            time.sleep(0.02)
+                    if workload_alive(ref):
+                        return True  # out of our reach: reclaimed once its own holder stops it
+            self._release(conn, lease_id, uid)
+            return True  # gone now, whether we or its holder (seeing its work stop) freed it
+
+        return self.run(op)

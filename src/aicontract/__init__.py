@@ -48,10 +48,9 @@ from .errors import (
 )
 from .leases import Lease, LeaseRecord, LeaseState, WorkloadState
 from .monitor import Monitor
-from .monitor.objectives import ObjectiveState, Violation
 from .monitor.policies import Notify, Release, Renegotiate, RenegotiationBudget
 from .negotiate import Negotiation, Negotiator, acquire, quote
-from .observation import Fault, Observation, Sample
+from .observation import Fault, ObjectiveState, Observation, Sample, Violation
 from .offer import Grant, Offer, Quote, Rejection
 from .schema import json_schema
 from .sync import acquire_sync, lease, quote_sync, release_sync, renew_sync

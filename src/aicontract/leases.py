@@ -28,7 +28,7 @@ import msgspec
 from .clock import Clock, system_clock
 from .contract import Contract, GuaranteeLevel, encode_quantity
 from .errors import LeaseLost, LeaseStateError, TransientBackendError
-from .observation import Sample
+from .observation import ObjectiveState, Sample, Violation
 from .offer import Grant
 from .units import Duration
 
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
 
     from .backends.base import Backend
-    from .monitor.objectives import ObjectiveState, Violation
 
 __all__ = ["Lease", "LeaseRecord", "LeaseState", "WorkloadState"]
 

@@ -1,10 +1,30 @@
-"""What a backend observes about a lease: SLI samples and provider faults."""
+"""What is observed about a lease: SLI samples, provider faults, objective states, violations.
+
+Both the lease and the monitor speak these words, so they live here, below
+both: the lease delivers violations without importing the monitor.
+"""
 
 from __future__ import annotations
 
+import enum
+from typing import Literal
+
 import msgspec
 
-__all__ = ["Fault", "Observation", "Sample"]
+from .contract import Objective
+from .units import Duration, Rate, Ratio
+
+__all__ = [
+    "Fault",
+    "ObjectiveState",
+    "Observation",
+    "Sample",
+    "Severity",
+    "Violation",
+    "format_seconds",
+    "format_value",
+    "objective_key",
+]
 
 
 class Sample(msgspec.Struct, frozen=True, kw_only=True):
@@ -43,3 +63,94 @@ class Observation(msgspec.Struct, frozen=True, kw_only=True):
     samples: tuple[Sample, ...] = ()
     faults: tuple[Fault, ...] = ()
     workload: str | None = None
+
+
+Severity = Literal["warning", "critical", "fatal"]
+"""``warning``: the budget is spent over the window; ``critical``: it burns fast;
+``fatal``: the lease itself is broken (a provider fault)."""
+
+
+class ObjectiveState(str, enum.Enum):
+    """Where one objective stands, apart from its lease's state."""
+
+    UNDETERMINED = "undetermined"
+    MET = "met"
+    VIOLATED = "violated"
+
+
+class Violation(msgspec.Struct, frozen=True, kw_only=True):
+    """An objective not met over its window — or, with ``objective=None``, a broken lease.
+
+    ``observed`` is the SLI's value over ``window`` seconds in base units
+    (seconds, events per second, a fraction of one); ``since`` is when the run
+    of bad samples that led here began; ``at`` when it was detected.
+    ``burn_rate`` is how many times faster than allowed the error budget burns
+    (event objectives only).
+    """
+
+    lease_id: str
+    objective: Objective | None
+    observed: float | None
+    window: float
+    since: float
+    at: float
+    severity: Severity
+    burn_rate: float | None = None
+    reason: str = ""
+
+    @property
+    def key(self) -> str:
+        """The objective's key (``latency_p99<=200ms/5m``), or ``lease`` for a broken lease."""
+        return "lease" if self.objective is None else objective_key(self.objective)
+
+    def describe(self) -> str:
+        """One line for logs and tables."""
+        if self.objective is None:
+            broken = " broken" if self.severity == "fatal" else ""
+            return f"lease {self.lease_id}{broken}: {self.reason}"
+        obj = self.objective
+        value = "no data" if self.observed is None else format_value(obj, self.observed)
+        burn = f", budget burning {self.burn_rate:.1f}x" if self.burn_rate is not None else ""
+        return (
+            f"lease {self.lease_id}: {obj.sli} {obj.op} {obj.target} violated"
+            f" ({self.severity}): {value} over {format_seconds(self.window)}{burn}"
+        )
+
+
+def objective_key(objective: Objective) -> str:
+    """A short stable name for an objective: ``latency_p99<=200ms/5m``."""
+    return f"{objective.sli}{objective.op}{objective.target}/{objective.window}"
+
+
+def format_seconds(seconds: float) -> str:
+    """A span of time for people, as a :class:`~aicontract.units.Duration` writes it.
+
+    Rounded to three significant figures first, so 0.41666 s reads ``417ms``
+    rather than ``416666667ns``, and 90 s reads ``90s``.
+    """
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1e-6:
+        return f"{seconds * 1e9:.3g}ns"
+    for unit, size in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= size:
+            if unit == "s" and seconds >= 100:
+                return str(Duration.of_seconds(round(seconds)))
+            shown = float(f"{seconds / size:.3g}")
+            if shown.is_integer():
+                return str(Duration.of_seconds(shown * size))
+            return f"{shown:g}{unit}"
+    return f"{seconds:.3g}s"  # pragma: no cover - every positive span matches a unit
+
+
+def format_value(objective: Objective, value: float) -> str:
+    """``value`` (in base units) written in the unit of the objective's target."""
+    target = objective.target
+    if isinstance(target, Duration):
+        return format_seconds(value)
+    if isinstance(target, Ratio):
+        return f"{value * 100:.3g}%"
+    if isinstance(target, Rate):
+        unit = f" {target.unit}" if target.unit else ""
+        return f"{value:.4g}{unit}/s"
+    return f"{value:.4g}"  # pragma: no cover - validated by Objective

@@ -23,7 +23,6 @@ Memory per tracker is fixed (see :mod:`aicontract.monitor.sli`).
 
 from __future__ import annotations
 
-import enum
 import math
 import re
 from abc import ABC, abstractmethod
@@ -31,10 +30,19 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import attrs
-import msgspec
 
 from ..contract import Objective, percentile_of
-from ..observation import Sample
+
+# ObjectiveState, Violation and their formatting live in aicontract.observation (the
+# lease needs them without importing the monitor); re-exported here for old imports.
+from ..observation import (
+    ObjectiveState,
+    Sample,
+    Severity,
+    Violation,
+    format_value,
+    objective_key,
+)
 from ..units import Duration, Rate, Ratio
 from .sli import SlidingSketch, SlidingSums
 
@@ -48,61 +56,11 @@ __all__ = [
     "Severity",
     "Tracker",
     "Violation",
+    "format_value",
     "objective_key",
     "sample_sli",
     "tracker_for",
 ]
-
-Severity = Literal["warning", "critical", "fatal"]
-"""``warning``: the budget is spent over the window; ``critical``: it burns fast;
-``fatal``: the lease itself is broken (a provider fault)."""
-
-
-class ObjectiveState(str, enum.Enum):
-    """Where one objective stands, apart from its lease's state."""
-
-    UNDETERMINED = "undetermined"
-    MET = "met"
-    VIOLATED = "violated"
-
-
-class Violation(msgspec.Struct, frozen=True, kw_only=True):
-    """An objective not met over its window — or, with ``objective=None``, a broken lease.
-
-    ``observed`` is the SLI's value over ``window`` seconds in base units
-    (seconds, events per second, a fraction of one); ``since`` is when the run
-    of bad samples that led here began; ``at`` when it was detected.
-    ``burn_rate`` is how many times faster than allowed the error budget burns
-    (event objectives only).
-    """
-
-    lease_id: str
-    objective: Objective | None
-    observed: float | None
-    window: float
-    since: float
-    at: float
-    severity: Severity
-    burn_rate: float | None = None
-    reason: str = ""
-
-    @property
-    def key(self) -> str:
-        """The objective's key (``latency_p99<=200ms/5m``), or ``lease`` for a broken lease."""
-        return "lease" if self.objective is None else objective_key(self.objective)
-
-    def describe(self) -> str:
-        """One line for logs and tables."""
-        if self.objective is None:
-            broken = " broken" if self.severity == "fatal" else ""
-            return f"lease {self.lease_id}{broken}: {self.reason}"
-        obj = self.objective
-        value = "no data" if self.observed is None else format_value(obj, self.observed)
-        burn = f", budget burning {self.burn_rate:.1f}x" if self.burn_rate is not None else ""
-        return (
-            f"lease {self.lease_id}: {obj.sli} {obj.op} {obj.target} violated"
-            f" ({self.severity}): {value} over {Duration.of_seconds(self.window)}{burn}"
-        )
 
 
 @attrs.frozen
@@ -142,11 +100,6 @@ _PERCENTILE = re.compile(r"^(?P<base>[a-z]+)_p(?P<q>\d{1,5}(\.\d+)?)$")
 _STAT = re.compile(r"^(?P<base>[a-z]+)_(?P<stat>mean|max)$")
 
 
-def objective_key(objective: Objective) -> str:
-    """A short stable name for an objective: ``latency_p99<=200ms/5m``."""
-    return f"{objective.sli}{objective.op}{objective.target}/{objective.window}"
-
-
 def sample_sli(objective_sli: str) -> str:
     """The sample SLI an objective reads: ``latency_p99`` reads ``latency`` samples."""
     match = _PERCENTILE.match(objective_sli) or _STAT.match(objective_sli)
@@ -163,19 +116,6 @@ def target_value(objective: Objective) -> float:
     if isinstance(target, Ratio):
         return target.fraction
     raise TypeError(f"unsupported target {target!r}")  # pragma: no cover - validated by Objective
-
-
-def format_value(objective: Objective, value: float) -> str:
-    """``value`` in the unit of the objective's target."""
-    target = objective.target
-    if isinstance(target, Duration):
-        return f"{value * 1000:.1f}ms" if value < 10 else f"{value:.1f}s"
-    if isinstance(target, Ratio):
-        return f"{value * 100:.3g}%"
-    if isinstance(target, Rate):
-        unit = f" {target.unit}" if target.unit else ""
-        return f"{value:.4g}{unit}/s"
-    return f"{value:.4g}"  # pragma: no cover
 
 
 def _compare(op: str) -> Callable[[float, float], bool]:

@@ -33,8 +33,8 @@ from ..errors import (
     TransientBackendError,
 )
 from ..leases import Lease
+from ..observation import Violation
 from ..offer import Offer, Rejection
-from .objectives import Violation
 
 if TYPE_CHECKING:
     from ..negotiate import Negotiator

@@ -27,8 +27,7 @@ import attrs
 
 if TYPE_CHECKING:
     from ..leases import Lease, LeaseState
-    from ..observation import Sample
-    from .objectives import ObjectiveState, Violation
+    from ..observation import ObjectiveState, Sample, Violation
 
 __all__ = [
     "MultiTelemetry",

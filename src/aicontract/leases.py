@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import attrs
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from .backends.base import Backend
 
-__all__ = ["Lease", "LeaseRecord", "LeaseState", "WorkloadState"]
+__all__ = ["Lease", "LeaseObserver", "LeaseRecord", "LeaseState", "WorkloadState"]
 
 log = logging.getLogger("aicontract.lease")
 
@@ -111,6 +111,37 @@ class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
         return msgspec.json.decode(data, type=cls, dec_hook=decode_quantity)
 
 
+class LeaseObserver(Protocol):
+    """What watches a lease — a monitor — through the lease's one public hook.
+
+    :meth:`Lease.attach` it; the lease hands it every sample reported for it
+    (:meth:`take`), and runs :meth:`hold` beside its own renewal loop for as
+    long as a holder holds the lease (``async with lease``, the blocking face,
+    the CLI). The lease renews itself; an observer never does.
+    """
+
+    def take(self, lease: Lease, sample: Sample) -> None:
+        """Take one sample reported for ``lease`` (the lease now serving the holder)."""
+        ...
+
+    async def hold(self, lease: Lease) -> None:
+        """Run the observer's own loops for ``lease`` while it is held; return when done."""
+        ...
+
+
+@attrs.define(eq=False)
+class _SinkObserver:
+    """A plain function as an observer (what :meth:`Lease.attach_sink` attaches)."""
+
+    sink: Callable[[Sample], None]
+
+    def take(self, lease: Lease, sample: Sample) -> None:
+        self.sink(sample)
+
+    async def hold(self, lease: Lease) -> None:
+        return None
+
+
 StateListener = Callable[["Lease", LeaseState, LeaseState], None]
 ViolationListener = Callable[["Violation"], None]
 ReplacementListener = Callable[["Lease", "Lease"], None]
@@ -149,7 +180,10 @@ class Lease:
     """The lease that took over from this one after a renegotiation (see :attr:`current`)."""
     objective_states: dict[str, ObjectiveState] = attrs.field(factory=dict, repr=False)
     """Each objective's state (``undetermined``/``met``/``violated``), kept by a monitor."""
-    _sample_sink: Callable[[Sample], None] | None = attrs.field(default=None, repr=False)
+    _observers: list[LeaseObserver] = attrs.field(factory=list, repr=False)
+    _keeper: anyio.Event | None = attrs.field(default=None, repr=False)
+    _holds: int = attrs.field(default=0, repr=False)
+    _let_go: bool = attrs.field(default=False, repr=False)
     _violation_listeners: list[ViolationListener] = attrs.field(factory=list, repr=False)
     _violation_streams: list[MemoryObjectSendStream[Violation]] = attrs.field(
         factory=list, repr=False
@@ -238,23 +272,36 @@ class Lease:
         if self.state == LeaseState.RENEWING:
             self.transition(LeaseState.ACTIVE)
 
-    async def release(self) -> None:
-        """Give the resources back. Safe to call twice, and on a lost lease.
+    async def release(self, *, successors: bool = True) -> None:
+        """Give the resources back — this lease's and every replacement's. Safe to call twice.
 
-        A revoked or expired lease is still released with its backend, so what
-        it started (a local workload, a pod, an instance) does not outlive it.
+        The handle you hold owns the whole renegotiation chain: releasing it
+        releases every lease that replaced it, so no replacement outlives its
+        holder. A revoked or expired lease is still released with its backend,
+        so what it started (a local workload, a pod, an instance) does not
+        outlive it. ``successors=False`` releases this lease alone (a monitor
+        retiring a replaced lease does that).
         """
-        if self._backend_released:
-            return
+        if successors:
+            self._let_go = True  # a renegotiation still under way must not switch to a new lease
         with anyio.CancelScope(shield=True):
-            await self.backend.release(self)
-            self._backend_released = True
-            await self._after_released()
-        if not self.state.is_final:
-            self.transition(LeaseState.RELEASED)
+            if not self._backend_released:
+                await self.backend.release(self)
+                self._backend_released = True
+            await self._after_released()  # also those registered since (see on_released)
+            if not self.state.is_final:
+                self.transition(LeaseState.RELEASED)
+            if successors and self.replaced_by is not None:
+                await self.replaced_by.release()
+
+    @property
+    def released_by_holder(self) -> bool:
+        """True once the holder released this lease's chain (no replacement may take over)."""
+        return self._let_go
 
     def on_released(self, callback: Callable[[], Awaitable[object]]) -> None:
-        """Await ``callback()`` once, after the backend has released this lease.
+        """Await ``callback()`` once, after the backend has released this lease (or, when
+        registered after that, at the next :meth:`release` call).
 
         :func:`aicontract.acquire` closes the backends it built this way.
         """
@@ -326,9 +373,26 @@ class Lease:
             lease = lease.replaced_by
         return lease
 
+    def attach(self, observer: LeaseObserver) -> None:
+        """Let ``observer`` (a monitor) watch this lease: the one hook the monitor uses."""
+        if observer not in self._observers:
+            self._observers.append(observer)
+
+    def detach(self, observer: LeaseObserver) -> None:
+        """Stop ``observer`` watching this lease (no-op when it does not)."""
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    @property
+    def watched(self) -> bool:
+        """True when a monitor watches the lease now serving the holder."""
+        return bool(self.current._observers)
+
     def attach_sink(self, sink: Callable[[Sample], None] | None) -> None:
-        """Send :meth:`report` and :meth:`measure` samples to ``sink`` (a monitor does this)."""
-        self._sample_sink = sink
+        """Send :meth:`report` and :meth:`measure` samples to ``sink`` (``None``: stop)."""
+        self._observers = [o for o in self._observers if not isinstance(o, _SinkObserver)]
+        if sink is not None:
+            self._observers.append(_SinkObserver(sink))
 
     def report(
         self,
@@ -345,7 +409,9 @@ class Lease:
         base units: a rate (``"tokens/s"``, ``"req/min"``), a time (``"ms"``,
         ``"s"``) or ``"%"``; without it values are in base units (seconds,
         events per second, fractions). Samples go to the lease's monitor; on a
-        lease that no monitor watches they are dropped.
+        live lease that no monitor watches this raises
+        :class:`~aicontract.LeaseStateError` rather than dropping them (on an
+        ended lease they are dropped: nothing is left to evaluate).
         """
         if sli is not None:
             if value is None:
@@ -382,12 +448,21 @@ class Lease:
                 self.ingest(Sample(sli="availability", value=float(ok), at=at, source="user"))
 
     def ingest(self, sample: Sample) -> None:
-        """Hand one sample to the monitor watching this lease (dropped when none does)."""
-        sink = self.current._sample_sink
-        if sink is None:
-            log.debug("lease %s: no monitor; dropping %s sample", self.id, sample.sli)
+        """Hand one sample to the monitor watching this lease (raises when none does)."""
+        current = self.current
+        if current.state.is_final:
+            # Nothing is left to evaluate: an ended lease has no objectives to keep.
+            log.debug("lease %s has ended; dropping %s sample", current.id, sample.sli)
             return
-        sink(sample)
+        if not current._observers:
+            raise LeaseStateError(
+                current.id,
+                f"no monitor watches it, so its {sample.sli!r} sample would be lost; leases"
+                " whose contract has objectives are watched when acquired through"
+                " aicontract.acquire/lease/acquire_sync, others through Monitor.watch(lease)",
+            )
+        for observer in list(current._observers):
+            observer.take(current, sample)
 
     def on_violation(self, listener: ViolationListener) -> None:
         """Call ``listener(violation)`` for every violation of this lease (and its successors)."""
@@ -441,10 +516,12 @@ class Lease:
         """Make ``new`` this lease's successor: listeners, iterators and :attr:`current` move.
 
         Call only once ``new`` is active; release this lease afterwards
-        (make-before-break).
+        (make-before-break). Refused once the holder released the chain.
         """
         if not new.is_active:
             raise LeaseStateError(new.id, f"cannot replace {self.id} while {new.state.value}")
+        if self._let_go:
+            raise LeaseStateError(self.id, "its holder released it; nothing may replace it")
         new._violation_listeners.extend(self._violation_listeners)
         new._violation_streams.extend(self._violation_streams)
         new._replacement_listeners.extend(self._replacement_listeners)
@@ -467,8 +544,46 @@ class Lease:
         """How often the heartbeat renews: a third of the time left, at most a minute."""
         return max(0.05, min(60.0, (self.expires_at - self.clock.time()) / 3))
 
+    @property
+    def held(self) -> bool:
+        """True while :meth:`hold` runs (``async with lease``, the blocking face, the CLI)."""
+        return self._holds > 0
+
+    async def hold(self) -> None:
+        """Keep the lease renewed, and its monitor's loops running, until it ends.
+
+        This is what ``async with lease`` runs in the background; it returns
+        once the lease (and any replacement a monitor switched to) has ended,
+        or when cancelled. It does not release the lease.
+        """
+        self._holds += 1
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.keep_alive, name=f"aicontract-heartbeat-{self.id}")
+                for observer in list(self._observers):
+                    tg.start_soon(observer.hold, self, name=f"aicontract-watch-{self.id}")
+        finally:
+            self._holds -= 1
+
     async def keep_alive(self) -> None:
-        """Renew the lease until it ends or the surrounding scope is cancelled."""
+        """Renew the lease until it ends or the surrounding scope is cancelled.
+
+        This is the lease's one renewal loop. Called twice (a holder and a
+        monitor), the second call waits and takes over only if the first stops
+        while the lease is still active, so a lease is never renewed twice over.
+        """
+        while self._keeper is not None:
+            await self._keeper.wait()
+        if not self.is_active:
+            return
+        self._keeper = keeper = anyio.Event()
+        try:
+            await self._heartbeat()
+        finally:
+            self._keeper = None
+            keeper.set()
+
+    async def _heartbeat(self) -> None:
         while self.is_active:
             wait = self.renew_interval()
             ends_at = self.ends_at
@@ -481,14 +596,15 @@ class Lease:
             ends_at = self.ends_at  # again: extend() may have moved it while we slept
             if ends_at is not None and self.clock.time() >= ends_at:
                 log.info("lease %s: contract duration reached; releasing", self.id)
-                await self.release()
+                await self.release(successors=False)
                 return
             try:
                 await self.renew()
             except LeaseLost:
                 log.error("lease %s lost: %s", self.id, self.reason)
-                # Whatever the lease started must not outlive it (guarantee 4).
-                await self.release()
+                # Whatever the lease started must not outlive it (guarantee 4). Only this
+                # lease: a monitor may still replace it (the holder has not let go).
+                await self.release(successors=False)
                 return
             except TransientBackendError as exc:
                 # One 503 must not end the heartbeat: the next try comes sooner (a
@@ -498,7 +614,7 @@ class Lease:
     async def __aenter__(self) -> Lease:
         self._holding = anyio.create_task_group()
         await self._holding.__aenter__()
-        self._holding.start_soon(self.keep_alive, name=f"aicontract-heartbeat-{self.id}")
+        self._holding.start_soon(self.hold, name=f"aicontract-hold-{self.id}")
         return self
 
     async def __aexit__(
@@ -508,16 +624,18 @@ class Lease:
         tb: TracebackType | None,
     ) -> bool | None:
         holding, self._holding = self._holding, None
+        self._let_go = True  # from here no renegotiation may switch to a new lease
         try:
-            await self.release()
-        finally:
             if holding is not None:
-                # Stop the heartbeat, but keep the block's own exception out of its task
-                # group: the group would wrap an error in an ExceptionGroup, and would
-                # swallow a cancellation (Ctrl-C, an outer deadline) as if it were the
-                # heartbeat's own. Returning None lets it propagate as itself.
+                # Stop the heartbeat and the monitor's loops (a renegotiation too) first,
+                # so nothing replaces the lease while it is being released. Keep the
+                # block's own exception out of the task group: the group would wrap an
+                # error in an ExceptionGroup, and would swallow a cancellation (Ctrl-C, an
+                # outer deadline) as if it were its own. Returning None lets it propagate.
                 holding.cancel_scope.cancel()
                 await holding.__aexit__(None, None, None)
+        finally:
+            await self.release()  # the whole chain: this lease and every replacement
         return None
 
     def __repr__(self) -> str:

@@ -42,7 +42,7 @@ from .errors import (
     TransientBackendError,
 )
 from .governance.enforce import Governance, default_governance
-from .leases import Lease
+from .leases import Lease, LeaseState
 from .offer import Offer, Quote, Rejection, check_offer
 
 __all__ = [
@@ -344,7 +344,12 @@ async def acquire(
 
     Uses ``negotiator`` if given, else one over ``backends`` (default: the
     ``AICONTRACT_BACKENDS`` list, else ``local``). Use the lease as
-    ``async with`` to keep it renewed while you work and released after.
+    ``async with`` to keep it renewed (and watched) while you work and
+    released after — with every lease that replaced it.
+
+    A contract with objectives (or a violation policy other than ``notify``)
+    is watched by the process's monitor from here on: ``lease.report()``
+    reaches it, and its policy applies while the lease is held.
 
     The backends this call builds from the environment are its to close: at once
     when no lease comes of it, else when the lease is released — or, when a
@@ -363,6 +368,9 @@ async def acquire(
         raise
     if owned:
         _close_with_chain(lease, owned)
+    from .monitor.monitor import watch_by_default  # the monitor sits above negotiation
+
+    watch_by_default(lease, negotiator)
     return lease
 
 
@@ -373,6 +381,10 @@ def _close_with_chain(lease: Lease, backends: Sequence[Backend]) -> None:
         successor = lease.current
         if successor is not lease and not successor.state.is_final:
             _close_with_chain(successor, backends)  # the chain lives on: wait for its end
+        elif lease.state != LeaseState.RELEASED and lease.watched and not lease.released_by_holder:
+            # Broken (revoked, expired), not let go: its monitor may still replace it with
+            # these very backends. Close when the holder lets go of the chain.
+            lease.on_released(on_released)
         else:
             await close_backends(backends)
 

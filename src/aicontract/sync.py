@@ -58,7 +58,9 @@ def _shutdown() -> None:
             async def release_all() -> None:
                 with anyio.move_on_after(30):
                     for held in list(_held_leases):
-                        if held.is_active:
+                        # The whole chain: a handle replaced by renegotiation is no
+                        # longer active, but its replacement is, and must not leak.
+                        if not held.released_by_holder:
                             await held.release()
 
             try:
@@ -81,8 +83,9 @@ def acquire_sync(
     negotiator: Negotiator | None = None,
     keep_alive: bool = True,
 ) -> Lease:
-    """Blocking :func:`aicontract.acquire`. The lease renews itself in the background
-    (unless ``keep_alive=False``) until you call :func:`release_sync` or it ends."""
+    """Blocking :func:`aicontract.acquire`. The lease renews itself — and its monitor
+    watches it, when its contract has objectives — in the background (unless
+    ``keep_alive=False``) until you call :func:`release_sync` or it ends."""
 
     async def run() -> Lease:
         return await _acquire(contract, backends=backends, negotiator=negotiator)
@@ -90,12 +93,12 @@ def acquire_sync(
     acquired = _call(run)
     _held_leases.add(acquired)
     if keep_alive:
-        portal().start_task_soon(acquired.keep_alive, name=f"aicontract-heartbeat-{acquired.id}")
+        portal().start_task_soon(acquired.hold, name=f"aicontract-hold-{acquired.id}")
     return acquired
 
 
 def release_sync(held: Lease) -> None:
-    """Blocking :meth:`Lease.release`."""
+    """Blocking :meth:`Lease.release`: the lease and every lease that replaced it."""
     _call(held.release)
 
 
@@ -132,5 +135,8 @@ def lease(
     backends: Sequence[Backend] | None = None,
     negotiator: Negotiator | None = None,
 ) -> AbstractContextManager[Lease]:
-    """``with aicontract.lease(contract) as l:`` — acquire, keep renewed, release on exit."""
+    """``with aicontract.lease(contract) as l:`` — acquire, keep renewed and watched, release.
+
+    Leaving the block releases the lease and every lease that replaced it.
+    """
     return _held(contract, backends, negotiator)

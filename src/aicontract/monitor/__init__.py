@@ -1,5 +1,5 @@
 """Watching a lease against its contract: objectives, SLIs, policies, probes, telemetry."""
 
-from .monitor import Monitor
+from .monitor import Monitor, process_monitor, watch_by_default
 
-__all__ = ["Monitor"]
+__all__ = ["Monitor", "process_monitor", "watch_by_default"]

@@ -8,13 +8,22 @@
              violations ─▶ lease.violations() · callbacks · log · metrics ─▶ policy
                                                       (notify · renegotiate · release)
 
-Use it as an async context manager; it runs every lease's loops (observe,
-probe, renew ahead of expiry) in one anyio task group::
+Every lease acquired through ``aicontract.acquire``, ``aicontract.lease``,
+``acquire_sync`` or ``aicontract acquire`` whose contract has objectives (or a
+policy other than ``notify``) is watched by the process's monitor
+(:func:`process_monitor`): started on first need, its loops run inside each
+lease's holder (``async with lease``), and it is dropped when its last lease
+ends. An explicit monitor runs every lease's loops in its own task group::
 
     async with Monitor(negotiator) as monitor:
         lease = await monitor.acquire(contract)
         async for violation in lease.violations():
             ...
+
+The monitor attaches to a lease through the lease's one public hook
+(:meth:`~aicontract.leases.Lease.attach`); the lease renews itself (a monitor
+only runs :meth:`~aicontract.leases.Lease.keep_alive` for a replacement that no
+holder holds).
 
 All timing goes through :attr:`Monitor.clock`, so tests run in virtual time.
 Memory per lease is constant: fixed windows (:mod:`aicontract.monitor.sli`) and
@@ -37,22 +46,17 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import anyio.from_thread
+import anyio.lowlevel
 import attrs
 import httpx
 
 from ..clock import Clock, system_clock
 from ..contract import Contract
-from ..errors import AIContractError, ConfigError, LeaseLost, NoOffer
+from ..errors import AIContractError, ConfigError, LeaseLost, LeaseStateError, NoOffer
 from ..leases import Lease, LeaseState
-from ..observation import Fault, Sample
-from .objectives import (
-    Change,
-    ObjectiveState,
-    Tracker,
-    Violation,
-    format_value,
-    tracker_for,
-)
+from ..observation import Fault, ObjectiveState, Sample, Violation, format_value
+from .objectives import Change, Tracker, tracker_for
 from .policies import Policy, PolicyContext, RenegotiationBudget, policy_for
 from .probes import EndpointProbe, probe_targets
 from .snapshot import (
@@ -68,7 +72,7 @@ from .telemetry import Telemetry, default_telemetry
 if TYPE_CHECKING:
     from ..negotiate import Negotiator
 
-__all__ = ["LeaseWatch", "Monitor"]
+__all__ = ["LeaseWatch", "Monitor", "process_monitor", "watch_by_default"]
 
 log = logging.getLogger("aicontract.monitor")
 
@@ -102,6 +106,20 @@ class LeaseWatch:
     scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
     listeners: list[Callable[[Sample], None]] = attrs.field(factory=list)
     """Called with every sample this watch takes in (``aicontract watch`` in-process, tests)."""
+    negotiator: Negotiator | None = None
+    """Who renegotiates this lease (default: the monitor's negotiator)."""
+    host: anyio.abc.TaskGroup | None = None
+    """Where the loops run when the monitor has no task group: the holder's (see hold)."""
+    token: Any = None
+    """The host's event loop, so samples reported from another thread are taken there."""
+    thread: int | None = None
+    done: anyio.Event | None = None
+    """Set once the lease and every replacement have ended."""
+    fault: Fault | None = None
+    """The provider fault behind the lease's revocation, if one was observed."""
+    ended: bool = False
+    clock: Clock = system_clock
+    """The clock this watch's loops read (the monitor's, or the lease's for the process's)."""
 
     @property
     def objectives(self) -> dict[str, ObjectiveState]:
@@ -140,6 +158,10 @@ class Monitor:
     publish_interval: float = 5.0
     renegotiate_ahead: float = 120.0
     tracker_options: dict[str, Any] = attrs.field(factory=dict)
+    on_idle: Callable[[Monitor], None] | None = None
+    leases_clock: bool = False
+    """Time each lease by its own clock (the process's monitor watches leases of any clock)."""
+    """Called when a monitor without its own task group watches no lease any more."""
     _watches: dict[str, LeaseWatch] = attrs.field(factory=dict, init=False)
     _finished: deque[LeaseSnapshot] = attrs.field(factory=lambda: deque(maxlen=32), init=False)
     _tg: anyio.abc.TaskGroup | None = attrs.field(default=None, init=False)
@@ -148,6 +170,7 @@ class Monitor:
     _publish_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _snapshot_seq: Iterator[int] = attrs.field(factory=itertools.count, init=False)
     _written_seq: int = attrs.field(default=-1, init=False)
+    _publisher: LeaseWatch | None = attrs.field(default=None, init=False)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -199,13 +222,17 @@ class Monitor:
         probe: bool = True,
         observe: bool = True,
         renew: bool = True,
+        negotiator: Negotiator | None = None,
     ) -> LeaseWatch:
         """Start watching ``lease``: its samples, objectives, faults and expiry.
 
-        ``policy`` overrides the contract's ``terms.on_violation``. Without
-        ``probe``/``observe``/``renew`` the monitor does not probe endpoints,
-        ask the backend, or renew ahead of expiry (samples still arrive
-        through :meth:`ingest` and :meth:`~aicontract.leases.Lease.report`).
+        ``policy`` overrides the contract's ``terms.on_violation``;
+        ``negotiator`` (default: the monitor's) is who renegotiates it. Without
+        ``probe``/``observe`` the monitor does not probe endpoints or ask the
+        backend; without ``renew`` it does not keep a lease no holder holds
+        alive (samples still arrive through :meth:`ingest` and
+        :meth:`~aicontract.leases.Lease.report`). A monitor without a task
+        group of its own runs a lease's loops while its holder holds it.
         """
         if lease.id in self._watches:
             return self._watches[lease.id]
@@ -219,15 +246,20 @@ class Monitor:
             probe=probe,
             observe=observe,
             renew=renew,
+            negotiator=negotiator,
+            clock=lease.clock if self.leases_clock else self.clock,
         )
+        with contextlib.suppress(RuntimeError):  # not in an event loop: samples are taken here
+            watch.token = anyio.lowlevel.current_token()
+            watch.thread = threading.get_ident()
         self._attach(watch, lease)
         return watch
 
     def unwatch(self, lease: Lease) -> None:
         """Stop watching ``lease`` (its objectives' states stay on the lease)."""
-        watch = self._watches.pop(lease.current.id, None)
+        watch = self._watches.get(lease.current.id)
         if watch is not None:
-            self._stop(watch)
+            self._finish(watch)
 
     def ingest(self, lease: Lease | str, sample: Sample) -> None:
         """Feed one sample to a watched lease (by object or id)."""
@@ -269,19 +301,74 @@ class Monitor:
         lease.objective_states.update(watch.objectives)
         watch.scope = anyio.CancelScope()
         self._watches[lease.id] = watch
-        lease.attach_sink(lambda sample: self._ingest(watch, lease, sample))
+        lease.attach(self)
         lease.on_state_change(self._lease_changed)
-        if self._tg is not None:
-            self._tg.start_soon(self._run_lease, watch, lease, name=f"aicontract-watch-{lease.id}")
-        elif watch.probe or watch.observe or watch.renew:
-            log.debug(
-                "lease %s: monitor not started; only reported samples are evaluated", lease.id
-            )
+        host = self._tg or watch.host
+        if host is not None:
+            host.start_soon(self._run_lease, watch, lease, name=f"aicontract-watch-{lease.id}")
+        else:
+            log.debug("lease %s: loops start when it is held; reports are evaluated", lease.id)
 
     def _stop(self, watch: LeaseWatch) -> None:
         watch.scope.cancel()
-        if watch.lease._sample_sink is not None:
-            watch.lease.attach_sink(None)
+        watch.lease.detach(self)
+
+    def _finish(self, watch: LeaseWatch) -> None:
+        """The lease and its chain are over: forget the watch; idle when it was the last."""
+        if watch.ended:
+            return
+        watch.ended = True
+        if self._watches.get(watch.lease.id) is watch:
+            del self._watches[watch.lease.id]
+            self._finished.append(self._lease_snapshot(watch))
+        self._stop(watch)
+        if watch.done is not None:
+            watch.done.set()
+        if not self._watches and self._tg is None and self.on_idle is not None:
+            self.on_idle(self)
+
+    # -- the lease's hook (LeaseObserver) ------------------------------------------------
+
+    def take(self, lease: Lease, sample: Sample) -> None:
+        """Take one sample reported for ``lease`` (what :meth:`Lease.report` calls).
+
+        Taken on the event loop that runs the lease's loops: a sample reported
+        from another thread (a notebook's, with the blocking face) is handed
+        to that loop, so trackers and policies only ever run on one thread.
+        """
+        watch = self._watches.get(lease.id)
+        if watch is None:
+            raise LeaseLost(lease.id, "the monitor no longer watches it (it has ended)")
+        if watch.token is not None and watch.thread != threading.get_ident():
+            try:
+                anyio.from_thread.run_sync(self._ingest, watch, lease, sample, token=watch.token)
+                return
+            except RuntimeError:  # that loop is gone: take it here
+                pass
+        self._ingest(watch, lease, sample)
+
+    async def hold(self, lease: Lease) -> None:
+        """Run ``lease``'s loops (and its replacements') while its holder holds it.
+
+        A monitor with its own task group runs them there and returns at once.
+        """
+        watch = self._watches.get(lease.current.id)
+        if watch is None or self._tg is not None or watch.host is not None:
+            return
+        if watch.done is None:
+            watch.done = anyio.Event()
+        try:
+            async with anyio.create_task_group() as host:
+                watch.host = host
+                watch.token = anyio.lowlevel.current_token()
+                watch.thread = threading.get_ident()
+                host.start_soon(self._run_lease, watch, watch.lease)
+                if self.publish:
+                    host.start_soon(self._publish_turn, watch)
+                await watch.done.wait()
+                host.cancel_scope.cancel()
+        finally:
+            watch.host = None
 
     # -- samples -------------------------------------------------------------------------
 
@@ -326,31 +413,27 @@ class Monitor:
         lease.deliver_violation(violation)
         if watch.busy or lease.replaced_by is not None:
             return
-        if self._tg is None:
+        host = self._tg or watch.host
+        if host is None:
             log.warning(
-                "lease %s: monitor not running; policy %s not applied", lease.id, watch.policy.name
+                "lease %s: not held, so policy %s not applied (hold it: async with lease)",
+                lease.id,
+                watch.policy.name,
             )
             return
         watch.busy = True
-        self._tg.start_soon(
+        host.start_soon(
             self._apply_policy, watch, lease, violation, name=f"aicontract-policy-{lease.id}"
         )
 
     def _fault(self, watch: LeaseWatch, lease: Lease, fault: Fault) -> None:
-        """A provider fault: not SLO burn; the lease is revoked at once, with the reason."""
-        reason = f"{fault.kind}: {fault.reason}"
-        violation = Violation(
-            lease_id=lease.id,
-            objective=None,
-            observed=None,
-            window=0.0,
-            since=fault.at,
-            at=self.clock.time(),
-            severity="fatal",
-            reason=reason,
-        )
-        self._violated(watch, lease, violation)
-        lease.revoke(reason)
+        """A provider fault: not SLO burn; the lease is revoked at once, with the reason.
+
+        The violation is raised by the revocation itself (see :meth:`_lease_changed`),
+        like any other way a lease can break.
+        """
+        watch.fault = fault
+        lease.revoke(f"{fault.kind}: {fault.reason}")
 
     async def _apply_policy(self, watch: LeaseWatch, lease: Lease, violation: Violation) -> None:
         switched: list[Lease] = []
@@ -362,8 +445,8 @@ class Monitor:
         context = PolicyContext(
             lease=lease,
             budget=watch.budget,
-            negotiator=self.negotiator,
-            now=self.clock.time,
+            negotiator=watch.negotiator or self.negotiator,
+            now=watch.clock.time,
             switch=switch,
         )
         try:
@@ -378,6 +461,9 @@ class Monitor:
             log.warning("lease %s: policy %s failed: %s", lease.id, watch.policy.name, exc)
         finally:
             watch.busy = False
+            current = watch.lease
+            if current.state.is_final and current.replaced_by is None:
+                self._finish(watch)  # broken, and nothing replaced it: the chain is over
         if watch.policy.name == "renegotiate" and self.telemetry.enabled:
             self.telemetry.renegotiation(lease.id, "replaced" if switched else "kept")
 
@@ -385,17 +471,21 @@ class Monitor:
         """Make-before-break: ``new`` is active; watch it, switch to it, then release ``old``."""
         if not new.is_active:
             raise LeaseLost(new.id, "the replacement is not active; keeping the old lease")
+        if old.released_by_holder:
+            raise LeaseStateError(old.id, "its holder released it; nothing may replace it")
         watch.renegotiations_total += 1
         old_scope = watch.scope
         self._watches.pop(old.id, None)
         self._attach(watch, new)  # from here on, samples for old are dropped
         old.hand_over(new)  # the switch of lease.current: one assignment
         old_scope.cancel()
-        log.info("lease %s replaced by %s; endpoints now %s", old.id, new.id, new.endpoints)
+        how = "" if old.is_active else f" after it was {old.state.value} (no make-before-break)"
+        log.info("lease %s replaced by %s%s; endpoints now %s", old.id, new.id, how, new.endpoints)
         if self.telemetry.enabled:
             self.telemetry.commit(new)
-        old.reason = f"replaced by {new.id}"
-        await old.release()
+        if old.is_active:
+            old.reason = f"replaced by {new.id}"
+        await old.release(successors=False)
 
     def _lease_changed(self, lease: Lease, old: LeaseState, new: LeaseState) -> None:
         if self.telemetry.enabled:
@@ -403,10 +493,27 @@ class Monitor:
         watch = self._watches.get(lease.id)
         if watch is None or watch.lease is not lease or not new.is_final:
             return
-        if lease.replaced_by is None:
-            self._finished.append(self._lease_snapshot(watch))
-            del self._watches[lease.id]
-            self._stop(watch)
+        if lease.replaced_by is not None:
+            return
+        if new != LeaseState.RELEASED and not lease.released_by_holder:
+            # Revoked, expired or failed: a broken lease, not SLO burn. Tell the program,
+            # and let the policy act (``renegotiate`` acquires a replacement).
+            fault, watch.fault = watch.fault, None
+            now = watch.clock.time()
+            violation = Violation(
+                lease_id=lease.id,
+                objective=None,
+                observed=None,
+                window=0.0,
+                since=fault.at if fault is not None else now,
+                at=now,
+                severity="fatal",
+                reason=lease.reason or new.value,
+            )
+            self._violated(watch, lease, violation)
+            if watch.busy and watch.policy.name == "renegotiate":
+                return  # the policy finishes the watch if nothing replaces the lease
+        self._finish(watch)
 
     # -- loops ---------------------------------------------------------------------------
 
@@ -419,12 +526,18 @@ class Monitor:
                     for name, url, probe in probe_targets(lease):
                         prober = EndpointProbe(name, url, probe, self.http)
                         tg.start_soon(self._probe_loop, watch, lease, prober)
-                if watch.renew:
-                    tg.start_soon(self._renew_loop, watch, lease)
+                if watch.renew and not lease.held:
+                    # Nobody holds this lease (a replacement, or a lease acquired through
+                    # Monitor.acquire): run its own renewal loop, or, when it cannot be
+                    # renewed, act before it expires.
+                    if lease.contract.terms.renewable:
+                        tg.start_soon(lease.keep_alive)
+                    else:
+                        tg.start_soon(self._expiry_loop, watch, lease)
 
     async def _observe_loop(self, watch: LeaseWatch, lease: Lease, interval: float) -> None:
         while lease.is_active:
-            await self.clock.sleep(interval)
+            await watch.clock.sleep(interval)
             if not lease.is_active or watch.lease is not lease:
                 return
             try:
@@ -445,57 +558,37 @@ class Monitor:
     async def _probe_loop(self, watch: LeaseWatch, lease: Lease, prober: EndpointProbe) -> None:
         interval = self.probe_interval or prober.interval
         while lease.is_active:
-            await self.clock.sleep(interval)
+            await watch.clock.sleep(interval)
             if not lease.is_active or watch.lease is not lease:
                 return
-            for sample in await prober.once(self.clock.time()):
+            for sample in await prober.once(watch.clock.time()):
                 self._ingest(watch, lease, sample)
 
-    async def _renew_loop(self, watch: LeaseWatch, lease: Lease) -> None:
-        """Renew ahead of expiry; when renewal is not possible, act (the policy) before it."""
+    async def _expiry_loop(self, watch: LeaseWatch, lease: Lease) -> None:
+        """A lease that cannot be renewed: warn (the policy acts) ahead of its expiry."""
         ahead = min(self.renegotiate_ahead, (lease.expires_at - lease.created_at) / 3)
-        warned = False
-        while lease.is_active and watch.lease is lease:
-            renewable = lease.contract.terms.renewable
-            if renewable or lease._holding is not None:
-                wait = lease.renew_interval()
-            else:
-                wait = max(0.05, lease.remaining - ahead)
-            await self.clock.sleep(wait)
-            if not lease.is_active or watch.lease is not lease:
-                return
-            now = self.clock.time()
-            ends_at = lease.ends_at
-            if ends_at is not None and now >= ends_at:
-                return  # the contract ran its course: nothing to renew
-            if lease._holding is not None:
-                continue  # `async with lease` renews it already
-            if renewable:
-                try:
-                    await lease.renew()
-                    continue
-                except LeaseLost as exc:
-                    fault = Fault(kind="capacity-revoked", reason=str(exc), at=now)
-                    self._fault(watch, lease, fault)
-                    return
-                except AIContractError as exc:
-                    log.warning("lease %s: renewal failed: %s", lease.id, exc)
-            if lease.remaining <= 0:
-                lease.transition(LeaseState.EXPIRED, "not renewed in time")
-                return
-            if lease.remaining <= ahead and not warned and not watch.busy:
-                warned = True
-                violation = Violation(
-                    lease_id=lease.id,
-                    objective=None,
-                    observed=lease.remaining,
-                    window=0.0,
-                    since=now,
-                    at=now,
-                    severity="warning",
-                    reason=f"expires in {lease.remaining:.0f}s and cannot be renewed",
-                )
-                self._violated(watch, lease, violation)
+        await watch.clock.sleep(max(0.05, lease.remaining - ahead))
+        if not lease.is_active or watch.lease is not lease or lease.held:
+            return
+        ends_at = lease.ends_at
+        if ends_at is not None and watch.clock.time() >= ends_at:
+            return  # the contract ran its course
+        if not watch.busy:
+            now = watch.clock.time()
+            violation = Violation(
+                lease_id=lease.id,
+                objective=None,
+                observed=lease.remaining,
+                window=0.0,
+                since=now,
+                at=now,
+                severity="warning",
+                reason=f"expires in {lease.remaining:.0f}s and cannot be renewed",
+            )
+            self._violated(watch, lease, violation)
+        await watch.clock.sleep(max(0.0, lease.remaining))
+        if lease.is_active and watch.lease is lease and not lease.held:
+            lease.transition(LeaseState.EXPIRED, "not renewed in time")
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -528,6 +621,24 @@ class Monitor:
                 log.warning("cannot publish monitor snapshot to %s: %s", path, exc)
             await self.clock.sleep(self.publish_interval)
 
+    async def _publish_turn(self, watch: LeaseWatch) -> None:
+        """Publish while holding a lease; one holder at a time does it for the monitor."""
+        path = self._snapshot_path()
+        try:
+            while True:
+                if self._publisher is None or self._publisher.ended:
+                    self._publisher = watch
+                if self._publisher is watch:
+                    seq, snapshot = next(self._snapshot_seq), self.snapshot()
+                    try:
+                        await anyio.to_thread.run_sync(self._write, path, seq, snapshot)
+                    except OSError as exc:
+                        log.warning("cannot publish monitor snapshot to %s: %s", path, exc)
+                await watch.clock.sleep(self.publish_interval)
+        finally:
+            if self._publisher is watch:
+                self._publisher = None
+
     def snapshot(self) -> MonitorSnapshot:
         """Every watched (and recently finished) lease as data."""
         leases = [self._lease_snapshot(w) for w in self._watches.values()]
@@ -536,7 +647,7 @@ class Monitor:
         )
 
     def _lease_snapshot(self, watch: LeaseWatch) -> LeaseSnapshot:
-        lease, now = watch.lease, self.clock.time()
+        lease, now = watch.lease, watch.clock.time()
         objectives = []
         for tracker in watch.trackers:
             obj = tracker.objective
@@ -584,3 +695,47 @@ class Monitor:
             replaced_by=lease.replaced_by.id if lease.replaced_by is not None else None,
             reason=lease.reason,
         )
+
+
+# -- the process's monitor ---------------------------------------------------------------
+
+_process: Monitor | None = None
+_process_lock = threading.Lock()
+
+
+def _forget(monitor: Monitor) -> None:
+    """The process monitor's last lease ended: drop it (a new one starts on next need)."""
+    global _process
+    with _process_lock:
+        if _process is monitor:
+            _process = None
+    if monitor.publish:
+        with contextlib.suppress(OSError):
+            monitor._snapshot_path().unlink()
+
+
+def process_monitor() -> Monitor:
+    """This process's monitor: started on first need, dropped when its last lease ends.
+
+    It has no task group of its own: each lease's loops run in the task that
+    holds the lease (``async with lease``, the blocking face's event loop, the
+    CLI), so nothing outlives its holder.
+    """
+    global _process
+    with _process_lock:
+        if _process is None:
+            _process = Monitor(on_idle=_forget, leases_clock=True)
+        return _process
+
+
+def watch_by_default(lease: Lease, negotiator: Negotiator | None = None) -> LeaseWatch | None:
+    """Watch ``lease`` with the process's monitor when its contract asks for watching.
+
+    That is when it has objectives, or a violation policy other than
+    ``notify`` (a revoked lease is then replaced or released). Returns the
+    watch, or ``None`` for a lease there is nothing to watch for.
+    """
+    contract = lease.contract
+    if not contract.objectives and contract.terms.on_violation == "notify":
+        return None
+    return process_monitor().watch(lease, negotiator=negotiator)

@@ -32,7 +32,7 @@ from ..errors import (
     QuotaExceeded,
     TransientBackendError,
 )
-from ..leases import Lease
+from ..leases import Lease, LeaseState
 from ..observation import Violation
 from ..offer import Offer, Rejection
 
@@ -142,6 +142,9 @@ class Release:
 class Renegotiate:
     """Replace the lease make-before-break, within the renegotiation budget.
 
+    A lease that was revoked, expired or failed is replaced too — there is
+    nothing left to make before breaking, so the replacement takes over at once.
+
     ``prefer_elsewhere`` ranks offers from another backend or region first —
     capacity in the same place is likely to miss the objective the same way.
     """
@@ -173,11 +176,20 @@ class Renegotiate:
         except NoOffer as exc:
             log.warning("lease %s: no replacement; keeping it: %s", old.id, exc)
             return
-        if not old.is_active:
-            # The holder let go (or lost it) while we looked: nobody wants the replacement.
+        if old.released_by_holder or old.state == LeaseState.RELEASED:
+            # The holder let go while we looked: nobody wants the replacement.
             log.info("lease %s ended during renegotiation; releasing %s", old.id, new.id)
             await new.release()
             return
+        if not old.is_active:
+            # Revoked, expired or failed: there is nothing to make before breaking; the
+            # replacement takes over at once (the log and the violation say so).
+            log.warning(
+                "lease %s was %s; switching to %s without make-before-break",
+                old.id,
+                old.state.value,
+                new.id,
+            )
         try:
             await context.switch(old, new)
         except BaseException:

@@ -309,3 +309,62 @@ async def test_workload_state_moves_forward_only(clock: VirtualClock) -> None:
     assert lease.record().workload_state == "completed"
     with pytest.raises(LeaseStateError, match="cannot go from completed back to ready"):
         lease.set_workload_state("ready")
+
+
+async def test_two_keep_alives_renew_once_and_the_second_takes_over(clock: VirtualClock) -> None:
+    # A holder and a monitor may both start the lease's renewal loop: it must run once.
+    backend = FakeBackend(clock=clock, ttl=30)
+    lease = new_lease(clock, backend)
+    async with anyio.create_task_group() as tg:
+        first = anyio.CancelScope()
+
+        async def run_first() -> None:
+            with first:
+                await lease.keep_alive()
+
+        tg.start_soon(run_first)
+        tg.start_soon(lease.keep_alive)
+        await clock.advance(100, step=1)
+        alone = len(backend.renewals)
+        assert 3 <= alone <= 10  # ttl 30 s, every third of what is left: 10 s apart
+        first.cancel()  # the first stops; the second carries on
+        await clock.advance(100, step=1)
+        assert len(backend.renewals) > alone
+        tg.cancel_scope.cancel()
+    assert lease.is_active
+
+
+# -- the monitor's hook --------------------------------------------------------------------
+
+
+async def test_a_report_reaches_the_attached_observer_and_hold_runs_it(
+    clock: VirtualClock,
+) -> None:
+    from aicontract import Sample
+
+    backend = FakeBackend(clock=clock, ttl=30)
+    lease = new_lease(clock, backend)
+    taken: list[tuple[str, str, float]] = []
+    held: list[str] = []
+
+    class Observer:
+        def take(self, lease: Lease, sample: Sample) -> None:
+            taken.append((lease.id, sample.sli, sample.value))
+
+        async def hold(self, lease: Lease) -> None:
+            held.append(lease.id)
+
+    observer = Observer()
+    with pytest.raises(LeaseStateError, match="no monitor watches it"):
+        lease.report(latency=5, unit="ms")
+    lease.attach(observer)
+    assert lease.watched
+    lease.report(latency=5, unit="ms")
+    async with lease:
+        await clock.advance(1)
+        assert lease.held
+    assert not lease.held
+    assert taken == [("l-1", "latency", 0.005)]
+    assert held == ["l-1"]
+    lease.detach(observer)
+    lease.report(latency=1)  # ended: nothing left to evaluate, so dropped, not raised

@@ -636,7 +636,8 @@ class Contract(_Model, frozen=True):
     Build it in code — ``Contract(gpus=GPU(count=8, models=["H100"]), duration="4h")``
     — or load it from a file with :func:`aicontract.load`. The shortcuts
     ``gpus``, ``cpus``, ``memory``, ``disk`` (resources), ``duration``,
-    ``start_by``, ``max_price``, ``preemptible``, ``min_guarantee`` (terms) and
+    ``start_by``, ``max_price``, ``preemptible``, ``min_guarantee``, ``renewable``,
+    ``on_violation`` (terms) and
     ``regions``, ``jurisdictions``, ``isolation`` (placement) fill the nested
     sections; ``gpus=2`` means ``GPU(count=2)``.
     """
@@ -662,6 +663,7 @@ class Contract(_Model, frozen=True):
         "preemptible": "terms",
         "min_guarantee": "terms",
         "renewable": "terms",
+        "on_violation": "terms",
         "regions": "placement",
         "jurisdictions": "placement",
         "isolation": "placement",

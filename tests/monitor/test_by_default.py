@@ -197,3 +197,14 @@ async def test_a_revoked_lease_under_notify_is_not_replaced(
         assert handle.state == LeaseState.REVOKED
         assert handle.current is handle
     no_leak(fake)
+
+
+# -- on_violation as a shortcut -----------------------------------------------------------
+
+
+def test_on_violation_is_a_contract_shortcut() -> None:
+    contract = Contract(gpus=1, duration="1h", on_violation="renegotiate", objectives=[P90])
+    assert contract.terms.on_violation == "renegotiate"
+    assert str(contract.terms.duration) == "1h"
+    with pytest.raises(aicontract.ContractError, match="on_violation"):
+        Contract(gpus=1, on_violation="panic")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from anyio.abc import TaskStatus
 
 from aicontract import (
     GPU,
@@ -351,8 +352,14 @@ async def test_a_report_reaches_the_attached_observer_and_hold_runs_it(
         def take(self, lease: Lease, sample: Sample) -> None:
             taken.append((lease.id, sample.sli, sample.value))
 
-        async def hold(self, lease: Lease) -> None:
+        async def hold(
+            self,
+            lease: Lease,
+            *,
+            task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        ) -> None:
             held.append(lease.id)
+            task_status.started()
 
     observer = Observer()
     with pytest.raises(LeaseStateError, match="no monitor watches it"):

@@ -52,6 +52,7 @@ from .monitor.policies import Notify, Release, Renegotiate, RenegotiationBudget
 from .negotiate import Negotiation, Negotiator, acquire, quote
 from .observation import Fault, ObjectiveState, Observation, Sample, Violation
 from .offer import Grant, Offer, Quote, Rejection
+from .reporting import measure, report
 from .schema import json_schema
 from .sync import acquire_sync, lease, quote_sync, release_sync, renew_sync
 from .units import Bytes, BytesRange, CountRange, Duration, Money, Rate, Ratio
@@ -127,10 +128,12 @@ __all__ = [
     "lease",
     "load",
     "loads",
+    "measure",
     "quote",
     "quote_sync",
     "register_backend",
     "release_sync",
     "renew_sync",
+    "report",
     "unregister_backend",
 ]

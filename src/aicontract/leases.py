@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
+import anyio.abc
 import attrs
 import msgspec
 
@@ -124,8 +125,14 @@ class LeaseObserver(Protocol):
         """Take one sample reported for ``lease`` (the lease now serving the holder)."""
         ...
 
-    async def hold(self, lease: Lease) -> None:
-        """Run the observer's own loops for ``lease`` while it is held; return when done."""
+    async def hold(
+        self, lease: Lease, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the observer's own loops for ``lease`` while it is held; return when done.
+
+        Call ``task_status.started()`` once ready (say, once a socket is bound):
+        ``async with lease`` returns only after every observer has started.
+        """
         ...
 
 
@@ -138,8 +145,10 @@ class _SinkObserver:
     def take(self, lease: Lease, sample: Sample) -> None:
         self.sink(sample)
 
-    async def hold(self, lease: Lease) -> None:
-        return None
+    async def hold(
+        self, lease: Lease, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
 
 
 StateListener = Callable[["Lease", LeaseState, LeaseState], None]
@@ -549,19 +558,23 @@ class Lease:
         """True while :meth:`hold` runs (``async with lease``, the blocking face, the CLI)."""
         return self._holds > 0
 
-    async def hold(self) -> None:
+    async def hold(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Keep the lease renewed, and its monitor's loops running, until it ends.
 
-        This is what ``async with lease`` runs in the background; it returns
-        once the lease (and any replacement a monitor switched to) has ended,
-        or when cancelled. It does not release the lease.
+        This is what ``async with lease`` runs in the background (started once
+        every observer is ready: the report socket is bound); it returns once
+        the lease (and any replacement a monitor switched to) has ended, or
+        when cancelled. It does not release the lease.
         """
         self._holds += 1
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.keep_alive, name=f"aicontract-heartbeat-{self.id}")
                 for observer in list(self._observers):
-                    tg.start_soon(observer.hold, self, name=f"aicontract-watch-{self.id}")
+                    await tg.start(observer.hold, self, name=f"aicontract-watch-{self.id}")
+                task_status.started()
         finally:
             self._holds -= 1
 
@@ -612,9 +625,18 @@ class Lease:
                 log.warning("lease %s: renewal failed, will retry: %s", self.id, exc)
 
     async def __aenter__(self) -> Lease:
-        self._holding = anyio.create_task_group()
-        await self._holding.__aenter__()
-        self._holding.start_soon(self.hold, name=f"aicontract-hold-{self.id}")
+        self._holding = holding = anyio.create_task_group()
+        await holding.__aenter__()
+        try:
+            await holding.start(self.hold, name=f"aicontract-hold-{self.id}")
+        except BaseException:
+            self._holding = None
+            holding.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(BaseException):
+                    await holding.__aexit__(None, None, None)
+                await self.release()
+            raise
         return self
 
     async def __aexit__(

@@ -93,7 +93,8 @@ def acquire_sync(
     acquired = _call(run)
     _held_leases.add(acquired)
     if keep_alive:
-        portal().start_task_soon(acquired.hold, name=f"aicontract-hold-{acquired.id}")
+        # Wait until it is held (its report socket bound), so lease.env is complete.
+        portal().start_task(acquired.hold, name=f"aicontract-hold-{acquired.id}")
     return acquired
 
 

@@ -33,6 +33,7 @@ bounded recent-sample and violation rings.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -56,6 +57,7 @@ from ..contract import Contract
 from ..errors import AIContractError, ConfigError, LeaseLost, LeaseStateError, NoOffer
 from ..leases import Lease, LeaseState
 from ..observation import Fault, ObjectiveState, Sample, Violation, format_value
+from ..reporting import REPORT_SOCKET_ENV, ReportSocket
 from .objectives import Change, Tracker, tracker_for
 from .policies import Policy, PolicyContext, RenegotiationBudget, policy_for
 from .probes import EndpointProbe, probe_targets
@@ -118,6 +120,8 @@ class LeaseWatch:
     fault: Fault | None = None
     """The provider fault behind the lease's revocation, if one was observed."""
     ended: bool = False
+    reports: ReportSocket | None = None
+    """The socket workloads report to while the lease is held."""
     clock: Clock = system_clock
     """The clock this watch's loops read (the monitor's, or the lease's for the process's)."""
 
@@ -303,6 +307,8 @@ class Monitor:
         self._watches[lease.id] = watch
         lease.attach(self)
         lease.on_state_change(self._lease_changed)
+        if watch.reports is not None:  # a replacement: its workloads report to the same socket
+            lease.env[REPORT_SOCKET_ENV] = watch.reports.path
         host = self._tg or watch.host
         if host is not None:
             host.start_soon(self._run_lease, watch, lease, name=f"aicontract-watch-{lease.id}")
@@ -347,28 +353,60 @@ class Monitor:
                 pass
         self._ingest(watch, lease, sample)
 
-    async def hold(self, lease: Lease) -> None:
-        """Run ``lease``'s loops (and its replacements') while its holder holds it.
+    async def hold(
+        self, lease: Lease, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve ``lease``'s report socket and run its loops while its holder holds it.
 
-        A monitor with its own task group runs them there and returns at once.
+        The socket (``AICONTRACT_REPORT_SOCKET`` in ``lease.env``) is bound
+        before this reports itself started, so a process started with the
+        lease's env right after ``async with lease`` can report at once. A
+        monitor with its own task group runs the loops there; a monitor
+        without one (the process's) runs them here, and its replacements'
+        too, until the chain ends.
         """
         watch = self._watches.get(lease.current.id)
-        if watch is None or self._tg is not None or watch.host is not None:
+        if watch is None or watch.reports is not None:
+            task_status.started()
             return
         if watch.done is None:
             watch.done = anyio.Event()
+        hosting = self._tg is None and watch.host is None
+        with ReportSocket(lease.id) as reports:
+            watch.reports = reports
+            lease.env[REPORT_SOCKET_ENV] = reports.path
+            if lease is not watch.lease:
+                watch.lease.env[REPORT_SOCKET_ENV] = reports.path
+            try:
+                async with anyio.create_task_group() as host:
+                    host.start_soon(reports.serve, functools.partial(self._reported, watch))
+                    if hosting:
+                        watch.host = host
+                        watch.token = anyio.lowlevel.current_token()
+                        watch.thread = threading.get_ident()
+                        host.start_soon(self._run_lease, watch, watch.lease)
+                        if self.publish:
+                            host.start_soon(self._publish_turn, watch)
+                    task_status.started()
+                    await watch.done.wait()
+                    host.cancel_scope.cancel()
+            finally:
+                watch.reports = None
+                if hosting:
+                    watch.host = None
+                lease.env.pop(REPORT_SOCKET_ENV, None)
+
+    def _reported(
+        self, watch: LeaseWatch, sli: str, value: float, unit: str | None, labels: Any
+    ) -> None:
+        """A figure a workload sent to the report socket: as if the holder reported it."""
+        lease = watch.lease
+        if not lease.is_active:
+            return
         try:
-            async with anyio.create_task_group() as host:
-                watch.host = host
-                watch.token = anyio.lowlevel.current_token()
-                watch.thread = threading.get_ident()
-                host.start_soon(self._run_lease, watch, watch.lease)
-                if self.publish:
-                    host.start_soon(self._publish_turn, watch)
-                await watch.done.wait()
-                host.cancel_scope.cancel()
-        finally:
-            watch.host = None
+            lease.report(sli, value, unit=unit, labels=labels)
+        except (AIContractError, TypeError, ValueError) as exc:
+            log.debug("lease %s: bad report from the workload: %s", lease.id, exc)
 
     # -- samples -------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ __all__ = [
     "Sample",
     "Severity",
     "Violation",
+    "format_as",
+    "format_sample",
     "format_seconds",
     "format_value",
     "objective_key",
@@ -145,7 +147,34 @@ def format_seconds(seconds: float) -> str:
 
 def format_value(objective: Objective, value: float) -> str:
     """``value`` (in base units) written in the unit of the objective's target."""
-    target = objective.target
+    return format_as(objective.target, value)
+
+
+_SECONDS_WORDS = ("latency", "duration", "seconds", "time", "ttft", "tpot", "delay", "wait")
+_RATIO_WORDS = ("utilization", "utilisation", "availability", "ratio", "error_rate", "fraction")
+_RATE_WORDS = ("throughput", "per_second", "qps", "rps")
+
+
+def format_sample(sli: str, value: float, labels: dict[str, str] | None = None) -> str:
+    """A sample's ``value`` (base units) for people, its unit read from its name and labels.
+
+    ``latency`` and other times print as durations (``2.11ms``), utilisations
+    and availability as percentages, rates (a ``unit`` label or a
+    throughput-like name) per second; anything else as a plain number.
+    """
+    name = sli.lower()
+    unit = (labels or {}).get("unit")
+    if unit is not None or any(word in name for word in _RATE_WORDS):
+        return f"{value:.4g}{f' {unit}' if unit else ''}/s"
+    if any(word in name for word in _SECONDS_WORDS):
+        return format_seconds(value)
+    if any(word in name for word in _RATIO_WORDS):
+        return f"{value * 100:.3g}%"
+    return f"{value:.4g}"
+
+
+def format_as(target: object, value: float) -> str:
+    """``value`` (in base units) written in the unit of ``target``'s kind."""
     if isinstance(target, Duration):
         return format_seconds(value)
     if isinstance(target, Ratio):
@@ -153,4 +182,4 @@ def format_value(objective: Objective, value: float) -> str:
     if isinstance(target, Rate):
         unit = f" {target.unit}" if target.unit else ""
         return f"{value:.4g}{unit}/s"
-    return f"{value:.4g}"  # pragma: no cover - validated by Objective
+    return f"{value:.4g}"

@@ -51,6 +51,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import attrs
 import httpx
+import msgspec
 
 from ..clock import Clock, system_clock
 from ..contract import Contract
@@ -332,6 +333,8 @@ class Monitor:
             watch.done.set()
         if not self._watches and self._tg is None and self.on_idle is not None:
             self.on_idle(self)
+        else:
+            self._publish_soon()
 
     # -- the lease's hook (LeaseObserver) ------------------------------------------------
 
@@ -513,10 +516,13 @@ class Monitor:
             raise LeaseStateError(old.id, "its holder released it; nothing may replace it")
         watch.renegotiations_total += 1
         old_scope = watch.scope
+        before = self._lease_snapshot(watch)  # what readers of the old id will find
         self._watches.pop(old.id, None)
         self._attach(watch, new)  # from here on, samples for old are dropped
         old.hand_over(new)  # the switch of lease.current: one assignment
         old_scope.cancel()
+        self._finished.append(msgspec.structs.replace(before, replaced_by=new.id))
+        self._publish_soon()  # `aicontract watch` follows the switch now, not in a few seconds
         how = "" if old.is_active else f" after it was {old.state.value} (no make-before-break)"
         log.info("lease %s replaced by %s%s; endpoints now %s", old.id, new.id, how, new.endpoints)
         if self.telemetry.enabled:
@@ -634,6 +640,15 @@ class Monitor:
         directory = self.publish_dir if self.publish_dir is not None else monitor_dir()
         return directory / f"{os.getpid()}-{self._name}.json"
 
+    def _publish_soon(self) -> None:
+        """Publish at once after a switch or an end, when this monitor publishes at all."""
+        if not self.publish or (self._tg is None and self._publisher is None):
+            return
+        try:
+            self.publish_now()
+        except OSError as exc:
+            log.warning("cannot publish monitor snapshot: %s", exc)
+
     def publish_now(self) -> Path:
         """Write the snapshot now (the monitor also does so every ``publish_interval``)."""
         path = self._snapshot_path()
@@ -748,8 +763,10 @@ def _forget(monitor: Monitor) -> None:
         if _process is monitor:
             _process = None
     if monitor.publish:
+        # Leave the final states for `aicontract watch` (readers drop the file with
+        # the process); the next process monitor writes to the same file.
         with contextlib.suppress(OSError):
-            monitor._snapshot_path().unlink()
+            monitor.publish_now()
 
 
 def process_monitor() -> Monitor:
@@ -762,7 +779,8 @@ def process_monitor() -> Monitor:
     global _process
     with _process_lock:
         if _process is None:
-            _process = Monitor(on_idle=_forget, leases_clock=True)
+            _process = Monitor(on_idle=_forget, leases_clock=True, publish_interval=1.0)
+            _process._name = "process"  # one file per process, whichever monitor is current
         return _process
 
 

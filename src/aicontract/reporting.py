@@ -91,10 +91,7 @@ def _socket() -> _Client | None:
     return client
 
 
-def _send(message: _Report) -> None:
-    client = _socket()
-    if client is None:
-        return
+def _send(client: _Client, message: _Report) -> None:
     try:
         client.sock.sendto(_encode(message), client.path)
     except OSError as exc:
@@ -125,9 +122,11 @@ def report(
         values = {sli: value, **values}
     if not values:
         raise TypeError("report() needs at least one figure, e.g. report(throughput=512)")
-    if _socket() is None:
+    client = _socket()
+    if client is None:
         return
-    _send(_Report(values={k: float(v) for k, v in values.items()}, unit=unit, labels=labels))
+    figures = {k: float(v) for k, v in values.items()}
+    _send(client, _Report(values=figures, unit=unit, labels=labels))
 
 
 @contextlib.contextmanager
@@ -145,8 +144,9 @@ def measure(sli: str = "latency", *, errors: bool = False) -> Iterator[None]:
     finally:
         elapsed = time.perf_counter() - started
         figures = {sli: elapsed, "availability": float(ok)} if errors else {sli: elapsed}
-        if _socket() is not None:
-            _send(_Report(values=figures))
+        client = _socket()
+        if client is not None:
+            _send(client, _Report(values=figures))
 
 
 def dropped() -> int:

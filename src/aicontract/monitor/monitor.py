@@ -406,6 +406,11 @@ class Monitor:
         lease = watch.lease
         if not lease.is_active:
             return
+        if unit is None and labels is None:  # the common case, in base units: no conversion
+            self._ingest(
+                watch, lease, Sample(sli=sli, value=value, at=watch.clock.time(), source="workload")
+            )
+            return
         try:
             lease.report(sli, value, unit=unit, labels=labels)
         except (AIContractError, TypeError, ValueError) as exc:

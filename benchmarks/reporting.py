@@ -1,0 +1,120 @@
+"""Benchmark reporting from a workload process: samples/s the client accepts without blocking.
+
+    .venv/bin/python benchmarks/reporting.py [--samples 200000]
+
+A holder (this process) binds a report socket and feeds what arrives to a
+real process monitor watching a lease; a workload (a child process started
+with the lease's env) calls ``aicontract.report(latency=...)`` in a tight
+loop. Printed: the child's rate of accepted calls, how many it dropped
+(the holder fell behind: dropped, never blocked), and how many the monitor
+took in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import anyio
+
+import aicontract
+from aicontract import Contract, Negotiator, Objective
+from aicontract.backends.base import Backend
+from aicontract.clock import system_clock
+from aicontract.leases import Lease
+from aicontract.monitor import process_monitor
+from aicontract.observation import Observation
+from aicontract.offer import Grant, Offer, Quote
+
+WORKLOAD = """
+import json, sys, time
+import aicontract
+from aicontract.reporting import dropped
+n = int(sys.argv[1])
+started = time.perf_counter()
+for i in range(n):
+    aicontract.report(latency=0.001 * (i % 50))
+elapsed = time.perf_counter() - started
+print(json.dumps({"rate": n / elapsed, "dropped": dropped()}))
+"""
+
+
+class OneLease(Backend):
+    """Grants every contract at once (nothing is reserved: this measures reporting)."""
+
+    name = "bench"
+
+    async def quote(self, contract: Contract) -> Quote:
+        offer = Offer(
+            id="o-1",
+            backend=self.name,
+            contract=contract,
+            grant=Grant(cpus=1),
+            guarantee="best-effort",
+            region="local",
+            jurisdiction=None,
+            provider="bench",
+            isolation="shared",
+            price=None,
+            expires_at=system_clock.time() + 60,
+        )
+        return Quote(offers=(offer,))
+
+    async def commit(self, offer: Offer, idempotency_key: str) -> Lease:
+        return Lease(
+            id="bench-1",
+            contract=offer.contract,
+            grant=offer.grant,
+            backend=self,
+            guarantee="best-effort",
+            expires_at=system_clock.time() + 3600,
+        )
+
+    async def renew(self, lease: Lease) -> float:
+        return system_clock.time() + 3600
+
+    async def release(self, lease: Lease) -> None:
+        return None
+
+    async def observe(self, lease: Lease) -> Observation:
+        return Observation()
+
+
+async def run(samples: int) -> None:
+    contract = Contract(
+        name="bench",
+        cpus=1,
+        objectives=[Objective(sli="latency_p99", op="<=", target="100ms", window="5m")],
+    )
+    src = str(Path(aicontract.__file__).resolve().parent.parent)
+    async with await aicontract.acquire(contract, negotiator=Negotiator([OneLease()])) as lease:
+        watch = process_monitor().watches[lease.id]
+        env = {**os.environ, **lease.env, "PYTHONPATH": src}
+        done = await anyio.run_process(
+            [sys.executable, "-c", WORKLOAD, str(samples)], env=env, check=True
+        )
+        result = json.loads(done.stdout)
+        with anyio.move_on_after(10):
+            while watch.samples_total < samples - result["dropped"]:
+                await anyio.sleep(0.01)
+        print(f"workload: {samples:,} reports at {result['rate']:,.0f}/s accepted (never blocked)")
+        print(f"          {result['dropped']:,} dropped because the holder fell behind")
+        print(f"holder:   {watch.samples_total:,} samples taken in by the monitor")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=200_000)
+    args = parser.parse_args()
+    os.environ.setdefault("AICONTRACT_STATE_DIR", str(Path(os.environ.get("TMPDIR", "/tmp"))))
+    started = time.perf_counter()
+    anyio.run(run, args.samples)
+    print(f"({time.perf_counter() - started:.1f}s in all)")
+
+
+if __name__ == "__main__":
+    main()

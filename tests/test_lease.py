@@ -298,12 +298,17 @@ def test_record_round_trips_through_json(clock: VirtualClock) -> None:
     assert lease.to_dict()["contract"]["resources"]["gpus"]["memory"] == ">=80GiB"
 
 
-async def test_workload_state_moves_forward_only(clock: VirtualClock) -> None:
-    """The workload has its own machine (not-ready -> ready -> completed), apart from the
+async def test_workload_state_may_lose_readiness_but_never_leaves_completed(
+    clock: VirtualClock,
+) -> None:
+    """The workload has its own machine (not-ready <-> ready -> completed), apart from the
     lease's."""
     lease = new_lease(clock, FakeBackend(clock=clock))
     assert lease.workload_state is None
     lease.set_workload_state("not-ready")
+    lease.set_workload_state(WorkloadState.READY)
+    lease.set_workload_state("not-ready")  # a readiness probe failed; it may come back
+    assert lease.workload_state is WorkloadState.NOT_READY
     lease.set_workload_state(WorkloadState.READY)
     lease.set_workload_state("completed")
     assert lease.state == S.ACTIVE  # a completed job does not end the lease by itself

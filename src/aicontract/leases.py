@@ -227,12 +227,14 @@ class Lease:
             self._close_violation_streams()
 
     def set_workload_state(self, new: WorkloadState | str) -> None:
-        """Move the workload: ready and not-ready may alternate; completed is final."""
+        """Record the workload's state: not-ready ⇄ ready → completed.
+
+        A ready workload may stop answering (a pod's readiness probe fails) and
+        come back; a completed one never runs again.
+        """
         state = WorkloadState(new)
         old = self.workload_state
-        # A running workload can become unready (a failing probe, a lost node); only a
-        # completed one never comes back.
-        if old is WorkloadState.COMPLETED and state is not old:
+        if old == WorkloadState.COMPLETED and state != old:
             raise LeaseStateError(
                 self.id, f"the workload cannot go from {old.value} back to {state.value}"
             )

@@ -18,6 +18,7 @@ from aicontract import (
     Sample,
     Violation,
     VirtualClock,
+    WorkloadState,
 )
 from aicontract.monitor.telemetry import Telemetry
 from fakes import FakeBackend
@@ -148,3 +149,30 @@ async def test_unrenewable_lease_is_renegotiated_ahead_of_expiry(clock: VirtualC
         commits = [at for kind, _, at in fake.events if kind == "commit"]
         assert commits[1] < expires_at  # replaced before it expired
         assert fake.max_in_use <= fake.capacity
+
+
+async def test_a_fault_is_applied_before_the_workload_state_of_the_same_observation(
+    negotiator: Negotiator, fake: FakeBackend, clock: VirtualClock
+) -> None:
+    async with monitor_for(negotiator) as monitor:
+        lease = await monitor.acquire(service_contract(P90))
+        await clock.advance(0)  # the monitor's loops start
+        fake.observations.append(Observation(workload="ready"))
+        await clock.advance(2, step=1)
+        assert lease.workload_state == WorkloadState.READY
+        fake.observations.append(Observation(workload="not-ready"))  # readiness may be lost
+        await clock.advance(2, step=1)
+        assert lease.workload_state == WorkloadState.NOT_READY
+        fake.observations.append(Observation(workload="ready"))
+        await clock.advance(2, step=1)
+        fake.observations.append(
+            Observation(
+                workload="not-ready",
+                faults=(Fault(kind="node-lost", reason="node n1 gone", at=clock.time()),),
+            )
+        )
+        await clock.advance(2, step=1)
+        assert lease.state == LeaseState.REVOKED
+        assert lease.reason == "node-lost: node n1 gone"
+        assert lease.workload_state == WorkloadState.READY  # the fault came first
+        await lease.release()

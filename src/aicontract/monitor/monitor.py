@@ -80,6 +80,8 @@ __all__ = ["LeaseWatch", "Monitor", "process_monitor", "watch_by_default"]
 log = logging.getLogger("aicontract.monitor")
 
 _MAX_SLI_NAMES = 32
+_OBSERVE_WORKERS = 16
+"""How many leases' observations may be in flight at once (a running monitor's)."""
 
 
 @attrs.define(eq=False)
@@ -176,6 +178,7 @@ class Monitor:
     _snapshot_seq: Iterator[int] = attrs.field(factory=itertools.count, init=False)
     _written_seq: int = attrs.field(default=-1, init=False)
     _publisher: LeaseWatch | None = attrs.field(default=None, init=False)
+    _observed: dict[str, tuple[LeaseWatch, Lease]] = attrs.field(factory=dict, init=False)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -187,6 +190,10 @@ class Monitor:
         await self._tg.__aenter__()
         if self.publish:
             self._tg.start_soon(self._publish_loop, name="aicontract-monitor-publish")
+        if self.observe_interval:
+            self._tg.start_soon(
+                self._observe_ticker, self.observe_interval, name="aicontract-monitor-observe"
+            )
         return self
 
     async def __aexit__(
@@ -567,10 +574,18 @@ class Monitor:
     # -- loops ---------------------------------------------------------------------------
 
     async def _run_lease(self, watch: LeaseWatch, lease: Lease) -> None:
+        ticked = False
         with watch.scope:
             async with anyio.create_task_group() as tg:
                 if watch.observe and self.observe_interval:
-                    tg.start_soon(self._observe_loop, watch, lease, self.observe_interval)
+                    if self._tg is not None:
+                        # One ticker observes every lease of a running monitor: a thousand
+                        # leases cost one wake-up a second, not a thousand.
+                        self._observed[lease.id] = (watch, lease)
+                        ticked = True
+                        tg.start_soon(anyio.sleep_forever)  # keeps the scope (and entry) alive
+                    else:
+                        tg.start_soon(self._observe_loop, watch, lease, self.observe_interval)
                 if watch.probe and self.http is not None:
                     for name, url, probe in probe_targets(lease):
                         prober = EndpointProbe(name, url, probe, self.http)
@@ -583,26 +598,62 @@ class Monitor:
                         tg.start_soon(lease.keep_alive)
                     else:
                         tg.start_soon(self._expiry_loop, watch, lease)
+        if ticked and self._observed.get(lease.id, (None, None))[1] is lease:
+            del self._observed[lease.id]
+
+    async def _observe_ticker(self, interval: float) -> None:
+        """Every ``interval``, observe every registered lease.
+
+        Observations are handed to a few workers through a queue: a backend that
+        answers at once (in memory, a local process table) costs no task switch at
+        all; one that waits on the network is observed for several leases at a time.
+        """
+        queue: deque[tuple[LeaseWatch, Lease]] = deque()
+        ready = anyio.Event()
+
+        async def worker() -> None:
+            nonlocal ready
+            while True:
+                while queue:
+                    watch, lease = queue.popleft()
+                    if lease.is_active and watch.lease is lease:
+                        await self._observe_once(watch, lease)
+                await ready.wait()
+
+        async with anyio.create_task_group() as workers:
+            for n in range(_OBSERVE_WORKERS):
+                workers.start_soon(worker, name=f"aicontract-observe-{n}")
+            while True:
+                await self.clock.sleep(interval)
+                queue.extend(self._observed.values())
+                ready.set()
+                ready = anyio.Event()
 
     async def _observe_loop(self, watch: LeaseWatch, lease: Lease, interval: float) -> None:
         while lease.is_active:
             await watch.clock.sleep(interval)
             if not lease.is_active or watch.lease is not lease:
                 return
-            try:
-                observation = await lease.backend.observe(lease)
-            except Exception as exc:  # a backend's bug must not stop the other leases' loops
-                log.warning("lease %s: observe failed: %s", lease.id, exc)
-                continue
-            # Faults first: a lost node also makes its workload unready, and the lease
-            # must end with the fault as its reason whatever the workload says.
-            if observation.faults and lease.is_active and watch.lease is lease:
-                self._fault(watch, lease, observation.faults[0])
-                return
-            if observation.workload is not None and watch.lease is lease:
-                lease.set_workload_state(observation.workload)
-            for sample in observation.samples:
-                self._ingest(watch, lease, sample)
+            await self._observe_once(watch, lease)
+
+    async def _observe_once(self, watch: LeaseWatch, lease: Lease) -> None:
+        """Ask the backend once; faults first, then the workload's state, then samples."""
+        try:
+            observation = await lease.backend.observe(lease)
+        except Exception as exc:  # a backend's bug must not stop the other leases' loops
+            log.warning("lease %s: observe failed: %s", lease.id, exc)
+            return
+        if watch.lease is not lease:
+            return
+        if observation.faults and lease.is_active:
+            # A fault breaks the lease: whatever the workload looked like in the same
+            # observation (it is often "not ready" for the same reason) comes second.
+            self._fault(watch, lease, observation.faults[0])
+            return
+        if observation.workload is not None:
+            lease.set_workload_state(observation.workload)
+        for sample in observation.samples:
+            self._ingest(watch, lease, sample)
 
     async def _probe_loop(self, watch: LeaseWatch, lease: Lease, prober: EndpointProbe) -> None:
         interval = self.probe_interval or prober.interval

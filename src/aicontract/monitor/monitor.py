@@ -56,7 +56,7 @@ import msgspec
 from ..clock import Clock, system_clock
 from ..contract import Contract
 from ..errors import AIContractError, ConfigError, LeaseLost, LeaseStateError, NoOffer
-from ..leases import Lease, LeaseState
+from ..leases import Lease, LeaseState, WorkloadState
 from ..observation import Fault, ObjectiveState, Sample, Violation, format_value
 from ..reporting import REPORT_SOCKET_ENV, ReportSocket
 from .objectives import Change, Tracker, tracker_for
@@ -124,6 +124,8 @@ class LeaseWatch:
     """The provider fault behind the lease's revocation, if one was observed."""
     ended: bool = False
     reports: ReportSocket | None = None
+    http: httpx.AsyncClient | None = None
+    """The holder's HTTP client for probes, when the monitor has none of its own."""
     """The socket workloads report to while the lease is held."""
     clock: Clock = system_clock
     """The clock this watch's loops read (the monitor's, or the lease's for the process's)."""
@@ -166,6 +168,10 @@ class Monitor:
     renegotiate_ahead: float = 120.0
     tracker_options: dict[str, Any] = attrs.field(factory=dict)
     on_idle: Callable[[Monitor], None] | None = None
+    ready_timeout: float = 120.0
+    """How long a replacement may take to become ready (``terms.start_by`` overrides)."""
+    drain: float = 0.0
+    """Seconds the old lease keeps serving after a switch, so requests in flight finish."""
     leases_clock: bool = False
     """Time each lease by its own clock (the process's monitor watches leases of any clock)."""
     """Called when a monitor without its own task group watches no lease any more."""
@@ -391,6 +397,8 @@ class Monitor:
                 async with anyio.create_task_group() as host:
                     host.start_soon(reports.serve, functools.partial(self._reported, watch))
                     if hosting:
+                        if self.http is None and probe_targets(watch.lease):
+                            watch.http = httpx.AsyncClient()  # only when there is a probe
                         watch.host = host
                         watch.token = anyio.lowlevel.current_token()
                         watch.thread = threading.get_ident()
@@ -404,6 +412,10 @@ class Monitor:
                 watch.reports = None
                 if hosting:
                     watch.host = None
+                    http, watch.http = watch.http, None
+                    if http is not None:
+                        with anyio.CancelScope(shield=True):
+                            await http.aclose()
                 lease.env.pop(REPORT_SOCKET_ENV, None)
 
     def _reported(
@@ -521,7 +533,13 @@ class Monitor:
             self.telemetry.renegotiation(lease.id, "replaced" if switched else "kept")
 
     async def _switch(self, watch: LeaseWatch, old: Lease, new: Lease) -> None:
-        """Make-before-break: ``new`` is active; watch it, switch to it, then release ``old``."""
+        """Make-before-break: once ``new`` is ready, watch it, switch to it, drain, release ``old``.
+
+        Raises (and the policy releases ``new``) when the replacement does not
+        become ready in time; the old lease is kept.
+        """
+        if old.is_active:
+            await self._until_ready(watch, old, new)
         if not new.is_active:
             raise LeaseLost(new.id, "the replacement is not active; keeping the old lease")
         if old.released_by_holder:
@@ -539,6 +557,9 @@ class Monitor:
         log.info("lease %s replaced by %s%s; endpoints now %s", old.id, new.id, how, new.endpoints)
         if self.telemetry.enabled:
             self.telemetry.commit(new)
+        if self.drain > 0 and old.is_active:
+            # Requests already sent to the old endpoints finish before it goes away.
+            await watch.clock.sleep(self.drain)
         if old.is_active:
             old.reason = f"replaced by {new.id}"
         await old.release(successors=False)
@@ -586,9 +607,10 @@ class Monitor:
                         tg.start_soon(anyio.sleep_forever)  # keeps the scope (and entry) alive
                     else:
                         tg.start_soon(self._observe_loop, watch, lease, self.observe_interval)
-                if watch.probe and self.http is not None:
+                http = self.http or watch.http
+                if watch.probe and http is not None:
                     for name, url, probe in probe_targets(lease):
-                        prober = EndpointProbe(name, url, probe, self.http)
+                        prober = EndpointProbe(name, url, probe, http)
                         tg.start_soon(self._probe_loop, watch, lease, prober)
                 if watch.renew and not lease.held:
                     # Nobody holds this lease (a replacement, or a lease acquired through
@@ -663,6 +685,68 @@ class Monitor:
                 return
             for sample in await prober.once(watch.clock.time()):
                 self._ingest(watch, lease, sample)
+
+    async def _until_ready(self, watch: LeaseWatch, old: Lease, new: Lease) -> None:
+        """Wait until the replacement's *own* workload is ready and answers its probe.
+
+        Ready means: the workload its backend started (if any) reports ``ready``,
+        and each endpoint the contract's ``workload.probe`` names answers it. An
+        endpoint at the very address the old lease serves cannot prove anything
+        (the old workload would answer), so it is not counted — its backend's
+        word is all there is (give ports as ``auto`` to avoid that).
+        """
+        workload = new.contract.workload
+        probe = workload.probe if workload is not None else None
+        targets = []
+        http = self.http or watch.http
+        if probe is not None and http is not None:
+            theirs = set(old.endpoints.values())
+            for name, url, how in probe_targets(new):
+                if new.endpoints.get(name) in theirs:
+                    log.warning(
+                        "lease %s: replacement %s serves %s at the same address as the lease it"
+                        " replaces; its readiness cannot be probed there",
+                        old.id,
+                        new.id,
+                        url,
+                    )
+                    continue
+                targets.append(EndpointProbe(name, url, how, http))
+        if new.workload_state is None and not targets:
+            return  # nothing runs on it that could be not ready yet
+        start_by = new.contract.terms.start_by
+        limit = start_by.seconds if start_by else self.ready_timeout
+        deadline = watch.clock.monotonic() + limit
+        wait = 0.05
+        while True:
+            if not new.is_active:
+                raise LeaseLost(new.id, "the replacement ended before it was ready")
+            if new.workload_state is not None:
+                try:
+                    seen = await new.backend.observe(new)
+                except Exception as exc:
+                    log.debug("lease %s: observe failed while starting: %s", new.id, exc)
+                else:
+                    if seen.faults:
+                        fault = seen.faults[0]
+                        raise LeaseLost(new.id, f"{fault.kind}: {fault.reason}")
+                    if seen.workload is not None:
+                        new.set_workload_state(seen.workload)
+            ready = new.workload_state in (None, WorkloadState.READY)
+            if ready:
+                for target in targets:
+                    samples = await target.once(watch.clock.time())
+                    if not any(s.sli == "availability" and s.value == 1.0 for s in samples):
+                        ready = False
+                        break
+            if ready:
+                return
+            if watch.clock.monotonic() >= deadline:
+                raise LeaseLost(
+                    new.id, f"the replacement was not ready within {limit:g}s; keeping {old.id}"
+                )
+            await watch.clock.sleep(wait)
+            wait = min(1.0, wait * 2)
 
     async def _expiry_loop(self, watch: LeaseWatch, lease: Lease) -> None:
         """A lease that cannot be renewed: warn (the policy acts) ahead of its expiry."""

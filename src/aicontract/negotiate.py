@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import anyio.abc
 import attrs
 from tenacity import (
     AsyncRetrying,
@@ -138,6 +139,12 @@ class Negotiator:
     retries of transient commit failures (jittered exponential backoff); the
     contract's ``terms.start_by`` bounds how long :meth:`acquire` waits for
     capacity, re-quoting with backoff.
+
+    ``hedge`` (seconds, default off) stops waiting for slow backends once that
+    long has passed *and* at least one acceptable offer is in hand: a quote
+    then takes about ``hedge`` instead of as long as the slowest backend, at
+    the price of never seeing what the slow ones would have offered (they are
+    listed as rejections: "not waited for").
     """
 
     backends: Sequence[Backend] = attrs.field(factory=default_backends)
@@ -146,6 +153,7 @@ class Negotiator:
     commit_attempts: int = 4
     retry_wait_max: float = 2.0
     requote_wait_max: float = 5.0
+    hedge: float | None = None
     governance: Governance | None = attrs.field(factory=default_governance)
     """Policy enforced before every commit, and the record kept (``None``: neither)."""
 
@@ -187,9 +195,37 @@ class Negotiator:
         if len(self.backends) == 1:  # nothing to overlap; skip the task group's cost
             await ask(self.backends[0])
         else:
+            answered: set[str] = set()
+            hedging = anyio.CancelScope()
+
+            async def ask_and_count(backend: Backend) -> None:
+                await ask(backend)  # a backend cut off by the hedge never gets past this
+                answered.add(backend.name)
+                if len(answered) == len(self.backends):
+                    hedging.cancel()  # everyone answered: nothing left to hedge
+
+            async def hedge(after: float, tg: anyio.abc.TaskGroup) -> None:
+                with hedging:
+                    await self.clock.sleep(after)
+                    while not self._any_acceptable(quotes, contract, start_within):
+                        await self.clock.sleep(min(0.01, after))
+                    tg.cancel_scope.cancel()
+
             async with anyio.create_task_group() as tg:
                 for backend in self.backends:
-                    tg.start_soon(ask, backend, name=f"aicontract-quote-{backend.name}")
+                    tg.start_soon(ask_and_count, backend, name=f"aicontract-quote-{backend.name}")
+                if self.hedge is not None:
+                    tg.start_soon(hedge, self.hedge, tg, name="aicontract-quote-hedge")
+            for backend in self.backends:
+                if backend.name not in answered:
+                    rejections.append(
+                        Rejection(
+                            backend=backend.name,
+                            requirement="quote",
+                            wanted=f"an answer within the hedge ({self.hedge:g}s)",
+                            available="not waited for: other offers were in hand",
+                        )
+                    )
 
         now = self.clock.time()
         accepted: list[Offer] = []
@@ -208,6 +244,16 @@ class Negotiator:
         if self.governance is not None:
             self.governance.quoted(contract, tuple(accepted), tuple(rejections))
         return Negotiation(tuple(accepted), tuple(rejections), tuple(counter))
+
+    def _any_acceptable(
+        self, quotes: list[Quote], contract: Contract, start_within: float | None
+    ) -> bool:
+        now = self.clock.time()
+        return any(
+            not check_offer(offer, contract, now, start_within=start_within)
+            for quote in quotes
+            for offer in quote.offers
+        )
 
     async def commit(self, offer: Offer, idempotency_key: str | None = None) -> Lease:
         """Commit one offer, retrying transient failures with the same idempotency key."""

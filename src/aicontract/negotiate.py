@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import attrs
+import msgspec
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -44,6 +45,9 @@ from .errors import (
 )
 from .governance.enforce import Governance, default_governance
 from .leases import Lease, LeaseState
+from .monitor.objectives import target_value
+from .monitor.record import PerformanceRecord, performance_record, placement_of
+from .observation import format_value
 from .offer import Offer, Quote, Rejection, check_offer
 
 __all__ = [
@@ -145,6 +149,13 @@ class Negotiator:
     then takes about ``hedge`` instead of as long as the slowest backend, at
     the price of never seeing what the slow ones would have offered (they are
     listed as rejections: "not waited for").
+
+    With a ``record`` (a :class:`~aicontract.monitor.record.PerformanceRecord`;
+    :func:`acquire` uses the process's), offers carry the value their placement
+    is predicted to deliver on each objective (``offer.details["predicted.<sli>"]``);
+    an offer predicted to break an objective is dropped (a rejection with the
+    evidence); the rest rank by predicted margin, a placement that violated an
+    objective within the record's horizon last.
     """
 
     backends: Sequence[Backend] = attrs.field(factory=default_backends)
@@ -154,6 +165,7 @@ class Negotiator:
     retry_wait_max: float = 2.0
     requote_wait_max: float = 5.0
     hedge: float | None = None
+    record: PerformanceRecord | None = None
     governance: Governance | None = attrs.field(factory=default_governance)
     """Policy enforced before every commit, and the record kept (``None``: neither)."""
 
@@ -240,10 +252,62 @@ class Negotiator:
                     rejections.extend(problems)
                 else:
                     accepted.append(offer)
-        accepted.sort(key=lambda o: rank_key(o, contract))
+        if self.record is not None and contract.objectives:
+            result = self._rank_by_record(self.record, accepted, rejections, counter, contract, now)
+        else:
+            accepted.sort(key=lambda o: rank_key(o, contract))
+            result = Negotiation(tuple(accepted), tuple(rejections), tuple(counter))
         if self.governance is not None:
-            self.governance.quoted(contract, tuple(accepted), tuple(rejections))
-        return Negotiation(tuple(accepted), tuple(rejections), tuple(counter))
+            self.governance.quoted(contract, result.offers, result.rejections)
+        return result
+
+    @staticmethod
+    def _rank_by_record(
+        record: PerformanceRecord,
+        accepted: list[Offer],
+        rejections: list[Rejection],
+        counter: list[Offer],
+        contract: Contract,
+        now: float,
+    ) -> Negotiation:
+        """Predict each offer's objectives from the record: drop predicted breaches, rank."""
+        keyed: list[tuple[tuple[Any, ...], Offer]] = []
+        for offer in accepted:
+            placement = placement_of(offer.backend, offer.region, offer.grant, contract)
+            predicted: dict[str, str] = {}
+            margin = 0.0
+            breach: Rejection | None = None
+            for objective in contract.objectives:
+                value = record.predict(placement, objective, now)
+                if value is None:
+                    continue  # no evidence: no prediction, no penalty
+                target = target_value(objective)
+                shown = format_value(objective, value)
+                predicted[f"predicted.{objective.sli}"] = shown
+                lower_is_better = objective.op in ("<=", "<")
+                gap = (target - value) if lower_is_better else (value - target)
+                if gap < 0 or (gap == 0 and objective.op in ("<", ">")):
+                    evidence = record.evidence(placement, objective.sli)
+                    count = evidence.count if evidence is not None else 0
+                    breach = Rejection(
+                        backend=offer.backend,
+                        requirement=f"objectives.{objective.sli}",
+                        wanted=f"{objective.op} {objective.target}",
+                        available=f"predicted {shown} at {placement} ({count} measurements)",
+                    )
+                    break
+                margin += gap / target if target else gap
+            if breach is not None:
+                log.debug("dropping offer %s: %s", offer.id, breach)
+                rejections.append(breach)
+                continue
+            if predicted:
+                offer = msgspec.structs.replace(offer, details={**offer.details, **predicted})
+            marked = record.recently_violated(placement, contract, now)
+            keyed.append(((marked, *rank_key(offer, contract), -margin), offer))
+        keyed.sort(key=lambda pair: pair[0])
+        offers = tuple(offer for _, offer in keyed)
+        return Negotiation(offers, tuple(rejections), tuple(counter))
 
     def _any_acceptable(
         self, quotes: list[Quote], contract: Contract, start_within: float | None
@@ -406,7 +470,8 @@ async def acquire(
     if negotiator is None:
         if backends is None:
             backends = owned = default_backends()
-        negotiator = Negotiator(backends)
+        # Ours: it learns from what the monitors saw (a negotiator you pass keeps its own).
+        negotiator = Negotiator(backends, record=performance_record())
     try:
         lease = await negotiator.acquire(contract)
     except BaseException:

@@ -62,6 +62,7 @@ from ..reporting import REPORT_SOCKET_ENV, ReportSocket
 from .objectives import Change, Tracker, tracker_for
 from .policies import Policy, PolicyContext, RenegotiationBudget, policy_for
 from .probes import EndpointProbe, probe_targets
+from .record import PerformanceRecord, placement_of
 from .snapshot import (
     LeaseSnapshot,
     MonitorSnapshot,
@@ -333,11 +334,28 @@ class Monitor:
         watch.scope.cancel()
         watch.lease.detach(self)
 
+    def _record_of(self, watch: LeaseWatch) -> PerformanceRecord | None:
+        negotiator = watch.negotiator or self.negotiator
+        return negotiator.record if negotiator is not None else None
+
+    def _learn(self, watch: LeaseWatch, lease: Lease) -> None:
+        """Tell the performance record what ``lease``'s placement delivered, before leaving it."""
+        record = self._record_of(watch)
+        if record is None:
+            return
+        now, placement = watch.clock.time(), _placement(lease)
+        for tracker in watch.trackers:
+            value = tracker.value(now)
+            if value is not None and tracker.state != ObjectiveState.UNDETERMINED:
+                record.observe(placement, tracker.objective, value, now)
+        record.save()
+
     def _finish(self, watch: LeaseWatch) -> None:
         """The lease and its chain are over: forget the watch; idle when it was the last."""
         if watch.ended:
             return
         watch.ended = True
+        self._learn(watch, watch.lease)
         if self._watches.get(watch.lease.id) is watch:
             del self._watches[watch.lease.id]
             self._finished.append(self._lease_snapshot(watch))
@@ -458,6 +476,14 @@ class Monitor:
         lease.objective_states[tracker.key] = change.new
         if self.telemetry.enabled:
             self.telemetry.objective_state(lease.id, tracker.key, change.new)
+        record = self._record_of(watch)
+        if record is not None and change.new != ObjectiveState.UNDETERMINED:
+            placement = _placement(lease)
+            value = tracker.value(change.at)
+            if value is not None:
+                record.observe(placement, tracker.objective, value, change.at)
+            if change.violation is not None:
+                record.violated(placement, tracker.objective, change.at)
         if change.violation is not None:
             self._violated(watch, lease, change.violation)
         elif change.old == ObjectiveState.VIOLATED:
@@ -547,6 +573,7 @@ class Monitor:
         watch.renegotiations_total += 1
         old_scope = watch.scope
         before = self._lease_snapshot(watch)  # what readers of the old id will find
+        self._learn(watch, old)
         self._watches.pop(old.id, None)
         self._attach(watch, new)  # from here on, samples for old are dropped
         old.hand_over(new)  # the switch of lease.current: one assignment
@@ -888,6 +915,10 @@ class Monitor:
             replaced_by=lease.replaced_by.id if lease.replaced_by is not None else None,
             reason=lease.reason,
         )
+
+
+def _placement(lease: Lease) -> str:
+    return placement_of(lease.backend.name, lease.region, lease.grant, lease.contract)
 
 
 # -- the process's monitor ---------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from pathlib import Path
 
 import anyio
 import pytest
@@ -129,3 +130,39 @@ def test_sync_face_inside_anyio_run(backend: str) -> None:
     inside, after, renewals = anyio.run(kernel, backend=backend)
     assert (inside, after) == (LeaseState.ACTIVE, LeaseState.RELEASED)
     assert renewals >= 3
+
+
+# -- monitored by default, as in a notebook ------------------------------------------------
+
+
+def test_a_notebook_lease_with_objectives_is_watched_and_reports_reach_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AICONTRACT_STATE_DIR", str(tmp_path / "state"))
+    contract = Contract(
+        name="nb-slo",
+        gpus=1,
+        objectives=[aicontract.Objective(sli="throughput", op=">=", target="2000/s", window="1m")],
+    )
+
+    async def kernel() -> tuple[dict[str, str], dict[str, str]]:
+        asyncio.get_running_loop()  # a loop is running here, as in ipykernel
+        backend, negotiator, clock = fake_negotiator()
+        lease = acquire_sync(contract, negotiator=negotiator)
+        try:
+            for _ in range(70):
+                advance(clock, 1)
+                lease.report(throughput=7000)  # from the kernel's thread
+            good = {k: v.value for k, v in lease.objective_states.items()}
+            for _ in range(70):
+                advance(clock, 1)
+                lease.report(throughput=97)
+            bad = {k: v.value for k, v in lease.objective_states.items()}
+        finally:
+            release_sync(lease)
+        assert backend.releases == [lease.id]
+        return good, bad
+
+    good, bad = asyncio.run(kernel())
+    assert list(good.values()) == ["met"]
+    assert list(bad.values()) == ["violated"]

@@ -17,11 +17,6 @@ pytestmark = pytest.mark.anyio
 CONTRACT = Contract(name="hedged", gpus=1)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_a_hedged_quote_does_not_wait_for_a_hanging_backend() -> None:
     clock = VirtualClock()
     fast = FakeBackend(name="fast", clock=clock)

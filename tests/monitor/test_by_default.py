@@ -10,12 +10,13 @@ import functools
 from pathlib import Path
 
 import pytest
-from monitor_support import FakeBackend, service_contract, states
+from monitor_support import service_contract, states
 
 import aicontract
 from aicontract import (
     Contract,
     Fault,
+    LeaseLost,
     LeaseState,
     LeaseStateError,
     Negotiator,
@@ -25,6 +26,7 @@ from aicontract import (
 )
 from aicontract.monitor import process_monitor
 from aicontract.sync import portal
+from fakes import FakeBackend
 
 THROUGHPUT = Objective(sli="throughput", op=">=", target="2000/s", window="1m")
 P90 = Objective(sli="latency_p90", op="<=", target="200ms", window="1m")
@@ -132,7 +134,7 @@ async def test_release_of_the_handle_releases_the_chain(
 
 def test_leaving_the_sync_block_releases_the_replacement_too() -> None:
     clock = VirtualClock()
-    fake = FakeBackend(clock)
+    fake = FakeBackend(clock=clock, capacity=2, ttl=3600.0)
     negotiator = Negotiator(backends=[fake], clock=clock)
     contract = service_contract(P90, policy="renegotiate")
     with aicontract.lease(contract, negotiator=negotiator) as handle:
@@ -173,11 +175,12 @@ async def test_a_provider_fault_under_renegotiate_acquires_a_replacement(
 async def test_capacity_revoked_at_renewal_under_renegotiate_acquires_a_replacement(
     clock: VirtualClock,
 ) -> None:
-    fake = FakeBackend(clock, ttl=30)
+    fake = FakeBackend(clock=clock, capacity=2, ttl=30.0)
     negotiator = Negotiator(backends=[fake], clock=clock)
     contract = service_contract(P90, policy="renegotiate")
     async with await aicontract.acquire(contract, negotiator=negotiator) as handle:
-        fake.leases.pop(handle.id)  # the provider took it back: the next renewal is refused
+        # the provider took it back: the next renewal is refused
+        fake.renew_error = LeaseLost(handle.id, "capacity revoked")
         await clock.advance(30, step=1)
         assert handle.state == LeaseState.REVOKED
         assert handle.current.is_active

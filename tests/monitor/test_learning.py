@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from monitor_support import FakeBackend, service_contract
+from monitor_support import service_contract
 
 from aicontract import Contract, Objective, VirtualClock
 from aicontract.monitor import Monitor
 from aicontract.monitor.record import PerformanceRecord, placement_of
 from aicontract.monitor.telemetry import Telemetry
 from aicontract.negotiate import Negotiator
-from aicontract.offer import Grant
+from fakes import FakeBackend, make_offer
 
 P99 = Objective(sli="latency_p99", op="<=", target="200ms", window="5m")
 TPUT = Objective(sli="throughput", op=">=", target="100/s", window="5m")
@@ -22,7 +22,9 @@ CONTRACT = Contract(name="svc", gpus=1, objectives=[P99])
 
 
 def where(backend: str, contract: Contract = CONTRACT) -> str:
-    return placement_of(backend, "local", Grant(gpus=1, gpu_model="H100"), contract)
+    """The placement of the fake backend's offers (region and grant as it makes them)."""
+    offer = make_offer(backend, contract, 0.0)
+    return placement_of(backend, offer.region, offer.grant, contract)
 
 
 # -- the record never predicts what it has no evidence for ---------------------------------
@@ -76,14 +78,14 @@ async def test_an_offer_predicted_to_break_an_objective_is_dropped_with_the_evid
     for i in range(3):
         record.observe(where("slow"), P99, 0.5, at=clock.time() - 10 + i)
         record.observe(where("fast"), P99, 0.05, at=clock.time() - 10 + i)
-    slow, fast = FakeBackend(clock, name="slow"), FakeBackend(clock, name="fast")
+    slow, fast = FakeBackend(clock=clock, name="slow"), FakeBackend(clock=clock, name="fast")
     round_ = await Negotiator([slow, fast], clock=clock, record=record).quote(CONTRACT)
     assert [o.backend for o in round_.offers] == ["fast"]
     assert round_.offers[0].details["predicted.latency_p99"] == "50ms"
     [why] = [r for r in round_.rejections if r.backend == "slow"]
     assert why.requirement == "objectives.latency_p99"
     assert why.wanted == "<= 200ms"
-    assert why.available == "predicted 500ms at slow/local/H100/- (3 measurements)"
+    assert why.available == f"predicted 500ms at {where('slow')} (3 measurements)"
 
 
 @pytest.mark.anyio
@@ -93,7 +95,7 @@ async def test_offers_rank_by_predicted_margin_and_a_violated_placement_goes_las
     for i in range(3):
         record.observe(where("near"), P99, 0.19, at=clock.time() - 10 + i)
         record.observe(where("roomy"), P99, 0.02, at=clock.time() - 10 + i)
-    backends = [FakeBackend(clock, name=n) for n in ("near", "roomy", "unknown")]
+    backends = [FakeBackend(clock=clock, name=n) for n in ("near", "roomy", "unknown")]
     negotiator = Negotiator(backends, clock=clock, record=record)
     ranked = [o.backend for o in (await negotiator.quote(CONTRACT)).offers]
     assert ranked.index("roomy") < ranked.index("near")
@@ -105,7 +107,7 @@ async def test_offers_rank_by_predicted_margin_and_a_violated_placement_goes_las
 @pytest.mark.anyio
 async def test_without_a_record_offers_are_ranked_as_before() -> None:
     clock = VirtualClock()
-    backends = [FakeBackend(clock, name=n) for n in ("a", "b")]
+    backends = [FakeBackend(clock=clock, name=n) for n in ("a", "b")]
     plain = await Negotiator(backends, clock=clock).quote(CONTRACT)
     learned = await Negotiator(backends, clock=clock, record=PerformanceRecord()).quote(CONTRACT)
     assert [o.backend for o in plain.offers] == [o.backend for o in learned.offers]
@@ -117,7 +119,7 @@ async def test_without_a_record_offers_are_ranked_as_before() -> None:
 @pytest.mark.anyio
 async def test_a_violation_marks_its_placement_in_the_record(clock: VirtualClock) -> None:
     record = PerformanceRecord()
-    fake = FakeBackend(clock)
+    fake = FakeBackend(clock=clock, capacity=2, ttl=3600.0)
     negotiator = Negotiator(backends=[fake], clock=clock, record=record)
     contract = service_contract(Objective(sli="latency_p90", op="<=", target="200ms", window="1m"))
     async with Monitor(negotiator, publish=False, telemetry=Telemetry()) as monitor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from monitor_support import FakeBackend, service_contract
+from monitor_support import service_contract
 
 from aicontract import Lease, Objective, Probe, Workload
 from aicontract.clock import VirtualClock
@@ -18,30 +18,26 @@ from aicontract.monitor import Monitor
 from aicontract.monitor.telemetry import Telemetry
 from aicontract.negotiate import Negotiator
 from aicontract.observation import Observation
-from aicontract.offer import Offer
+from fakes import FakeBackend
 
 pytestmark = pytest.mark.anyio
 
 P90 = Objective(sli="latency_p90", op="<=", target="200ms", window="1m")
 
 
-class StartingBackend(FakeBackend):
-    """Each lease runs a workload that becomes ready after ``start_observations`` looks."""
+def starting_backend(clock: VirtualClock, *, not_ready_looks: int) -> FakeBackend:
+    """Each lease runs a workload, reported not ready for the first ``not_ready_looks`` looks.
 
-    def __init__(self, clock: VirtualClock, *, start_observations: int, **kw: object) -> None:
-        super().__init__(clock, **kw)  # type: ignore[arg-type]
-        self.start_observations = start_observations
-        self.looks: dict[str, int] = {}
-
-    async def commit(self, offer: Offer, idempotency_key: str) -> Lease:
-        lease = await super().commit(offer, idempotency_key)
-        lease.set_workload_state(WorkloadState.NOT_READY)
-        return lease
-
-    async def observe(self, lease: Lease) -> Observation:
-        self.looks[lease.id] = self.looks.get(lease.id, 0) + 1
-        ready = self.looks[lease.id] >= self.start_observations
-        return Observation(workload="ready" if ready else "not-ready")
+    Looks are shared by every lease (the fake hands out observations in order),
+    so a replacement is ready only once that many observations have been made.
+    """
+    fake = FakeBackend(clock=clock, capacity=2, ttl=3600.0)
+    fake.on_event.append(
+        lambda kind, lease: lease.set_workload_state("not-ready") if kind == "commit" else None
+    )
+    fake.observations.extend(Observation(workload="not-ready") for _ in range(not_ready_looks))
+    fake.observations.extend(Observation(workload="ready") for _ in range(10_000))
+    return fake
 
 
 async def _violate(lease: Lease, clock: VirtualClock, seconds: int) -> None:
@@ -51,7 +47,7 @@ async def _violate(lease: Lease, clock: VirtualClock, seconds: int) -> None:
 
 
 async def test_the_switch_waits_for_the_replacements_own_workload(clock: VirtualClock) -> None:
-    fake = StartingBackend(clock, start_observations=6)
+    fake = starting_backend(clock, not_ready_looks=40)
     switched_to: list[WorkloadState | None] = []
     async with Monitor(
         Negotiator(backends=[fake], clock=clock), publish=False, telemetry=Telemetry()
@@ -69,7 +65,7 @@ async def test_the_switch_waits_for_the_replacements_own_workload(clock: Virtual
 async def test_a_replacement_that_never_gets_ready_is_released_and_the_old_kept(
     clock: VirtualClock,
 ) -> None:
-    fake = StartingBackend(clock, start_observations=10**9)
+    fake = starting_backend(clock, not_ready_looks=10_000)
     contract = service_contract(P90, policy="renegotiate", per_hour=1, start_by="20s")
     async with Monitor(
         Negotiator(backends=[fake], clock=clock), publish=False, telemetry=Telemetry()
@@ -87,7 +83,7 @@ async def test_a_replacement_that_never_gets_ready_is_released_and_the_old_kept(
 async def test_readiness_is_the_probe_of_the_replacements_own_endpoint(
     clock: VirtualClock,
 ) -> None:
-    fake = FakeBackend(clock)
+    fake = FakeBackend(clock=clock, capacity=2, ttl=3600.0)
     serving: set[str] = set()  # the replacement's server starts later
 
     def answer(request: httpx.Request) -> httpx.Response:

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import anyio
 import pytest
-from monitor_support import FakeBackend, service_contract
+from monitor_support import service_contract
 
 import aicontract
 from aicontract import Negotiator, Objective, VirtualClock
 from aicontract.monitor import process_monitor
 from aicontract.reporting import REPORT_SOCKET_ENV, ReportSocket, dropped
+from fakes import FakeBackend
 
 P99 = Objective(sli="latency_p99", op="<=", target="100ms", window="1m")
 SRC = str(Path(aicontract.__file__).resolve().parent.parent)

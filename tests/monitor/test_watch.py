@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from monitor_support import FakeBackend, service_contract
+from monitor_support import service_contract
 
 from aicontract import Lease, Objective
 from aicontract.cli import main
@@ -15,6 +15,7 @@ from aicontract.monitor import Monitor
 from aicontract.monitor.snapshot import read_snapshots
 from aicontract.monitor.telemetry import Telemetry
 from aicontract.negotiate import Negotiator
+from fakes import FakeBackend
 
 pytestmark = pytest.mark.anyio
 

@@ -125,24 +125,32 @@ def objective_key(objective: Objective) -> str:
 
 
 def format_seconds(seconds: float) -> str:
-    """A span of time for people, as a :class:`~aicontract.units.Duration` writes it.
+    """A span of time for people, written as a :class:`~aicontract.units.Duration` is.
 
     Rounded to three significant figures first, so 0.41666 s reads ``417ms``
-    rather than ``416666667ns``, and 90 s reads ``90s``.
+    rather than ``416666667ns``, and 90 s reads ``90s``; whole spans use the
+    largest unit that divides them (``5m``, ``1h``).
     """
     if seconds <= 0:
         return "0s"
-    if seconds < 1e-6:
-        return f"{seconds * 1e9:.3g}ns"
-    for unit, size in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if seconds >= size:
-            if unit == "s" and seconds >= 100:
-                return str(Duration.of_seconds(round(seconds)))
+    seconds = float(f"{seconds:.3g}")  # first round, then pick the unit: 0.9999 is 1s
+    if seconds >= 100:
+        return _whole(round(seconds))
+    for unit, size in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if seconds >= size or unit == "ns":
             shown = float(f"{seconds / size:.3g}")
-            if shown.is_integer():
-                return str(Duration.of_seconds(shown * size))
+            if unit == "s" and shown >= 60 and shown.is_integer():
+                return _whole(int(shown))
             return f"{shown:g}{unit}"
-    return f"{seconds:.3g}s"  # pragma: no cover - every positive span matches a unit
+    return f"{seconds:.3g}s"  # pragma: no cover - the loop always returns
+
+
+def _whole(seconds: int) -> str:
+    # Duration's own form for a whole number of seconds: the largest unit that divides it.
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def format_value(objective: Objective, value: float) -> str:

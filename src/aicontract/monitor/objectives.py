@@ -23,6 +23,7 @@ Memory per tracker is fixed (see :mod:`aicontract.monitor.sli`).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from abc import ABC, abstractmethod
@@ -141,9 +142,9 @@ class Tracker(ABC):
     _onset: float | None = attrs.field(default=None, init=False)
     _last_at: float = attrs.field(default=-math.inf, init=False)
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        """The objective's key."""
+        """The objective's key (computed once: snapshots read it for every lease)."""
         return objective_key(self.objective)
 
     @property

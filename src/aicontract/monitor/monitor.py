@@ -377,8 +377,9 @@ class Monitor:
         to that loop, so trackers and policies only ever run on one thread.
         """
         watch = self._watches.get(lease.id)
-        if watch is None:
-            raise LeaseLost(lease.id, "the monitor no longer watches it (it has ended)")
+        if watch is None:  # it ended a moment ago: nothing is left to evaluate
+            log.debug("lease %s is no longer watched; dropping %s sample", lease.id, sample.sli)
+            return
         if watch.token is not None and watch.thread != threading.get_ident():
             try:
                 anyio.from_thread.run_sync(self._ingest, watch, lease, sample, token=watch.token)
@@ -406,14 +407,21 @@ class Monitor:
         if watch.done is None:
             watch.done = anyio.Event()
         hosting = self._tg is None and watch.host is None
-        with ReportSocket(lease.id) as reports:
-            watch.reports = reports
-            lease.env[REPORT_SOCKET_ENV] = reports.path
-            if lease is not watch.lease:
-                watch.lease.env[REPORT_SOCKET_ENV] = reports.path
+        try:
+            reports: ReportSocket | None = ReportSocket(lease.id)
+        except OSError as exc:  # workloads cannot report; the lease itself is fine
+            log.warning("lease %s: no report socket for its workload: %s", lease.id, exc)
+            reports = None
+        with reports or contextlib.nullcontext():
+            if reports is not None:
+                watch.reports = reports
+                lease.env[REPORT_SOCKET_ENV] = reports.path
+                if lease is not watch.lease:
+                    watch.lease.env[REPORT_SOCKET_ENV] = reports.path
             try:
                 async with anyio.create_task_group() as host:
-                    host.start_soon(reports.serve, functools.partial(self._reported, watch))
+                    if reports is not None:
+                        host.start_soon(reports.serve, functools.partial(self._reported, watch))
                     if hosting:
                         if self.http is None and probe_targets(watch.lease):
                             watch.http = httpx.AsyncClient()  # only when there is a probe

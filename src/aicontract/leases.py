@@ -223,7 +223,9 @@ class Lease:
         )
         for listener in list(self._listeners):
             listener(self, old, new)
-        if new.is_final and self.replaced_by is None:
+        if new.is_final and self.replaced_by is None and not self._observers:
+            # Ended for good. A watched lease may still be replaced (a revoked lease under
+            # ``renegotiate``): its monitor ends the iterators when it knows (end_violations).
             self._close_violation_streams()
 
     def set_workload_state(self, new: WorkloadState | str) -> None:
@@ -543,6 +545,11 @@ class Lease:
                 listener(self, new)
             except Exception:
                 log.exception("lease %s: a replacement listener failed", self.id)
+
+    def end_violations(self) -> None:
+        """End every ``violations()`` iterator of this lease (its monitor calls this when the
+        lease has ended for good and nothing replaced it)."""
+        self._close_violation_streams()
 
     def _close_violation_streams(self) -> None:
         for stream in self._violation_streams:

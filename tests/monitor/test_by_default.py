@@ -211,3 +211,34 @@ def test_on_violation_is_a_contract_shortcut() -> None:
     assert str(contract.terms.duration) == "1h"
     with pytest.raises(aicontract.ContractError, match="on_violation"):
         Contract(gpus=1, on_violation="panic")
+
+
+@pytest.mark.anyio
+async def test_violations_follow_a_revoked_lease_to_its_replacement(
+    negotiator: Negotiator, fake: FakeBackend, clock: VirtualClock
+) -> None:
+    import anyio
+
+    seen: list[str] = []
+    contract = service_contract(P90, policy="renegotiate")
+    async with await aicontract.acquire(contract, negotiator=negotiator) as handle:
+
+        async def read() -> None:
+            async for violation in handle.violations():
+                seen.append(violation.lease_id)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            fake.observations.append(
+                Observation(faults=(Fault(kind="node-lost", reason="gone", at=clock.time()),))
+            )
+            await clock.advance(3, step=1)
+            replacement = handle.current
+            assert replacement is not handle
+            await _violate_until_replaced(replacement, clock)
+            await handle.release()
+            await clock.advance(1)
+    # the reader heard both leases, and ended when the chain did
+    assert seen[0] == handle.id
+    assert replacement.id in seen
+    no_leak(fake)

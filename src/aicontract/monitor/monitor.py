@@ -356,6 +356,8 @@ class Monitor:
             return
         watch.ended = True
         self._learn(watch, watch.lease)
+        if watch.lease.state.is_final and watch.lease.replaced_by is None:
+            watch.lease.end_violations()
         if self._watches.get(watch.lease.id) is watch:
             del self._watches[watch.lease.id]
             self._finished.append(self._lease_snapshot(watch))

@@ -147,12 +147,12 @@ class Tracker(ABC):
         """The objective's key (computed once: snapshots read it for every lease)."""
         return objective_key(self.objective)
 
-    @property
+    @functools.cached_property
     def sli(self) -> str:
-        """The sample SLI this tracker reads."""
+        """The sample SLI this tracker reads (computed once: every sample asks)."""
         return sample_sli(self.objective.sli)
 
-    @property
+    @functools.cached_property
     def window(self) -> float:
         """The objective's window in seconds."""
         return self.objective.window.seconds

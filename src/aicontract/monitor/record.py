@@ -1,7 +1,7 @@
 """The performance record: what each placement actually delivered against each SLI.
 
 A *placement* is where a lease ran: backend, region, GPU model and workload
-kind (``local/local/H100/serving``). For each placement and objective SLI
+kind (``local/local/H100/inference``). For each placement and objective SLI
 (``latency_p99``, ``throughput``) the record keeps what monitors measured —
 how many measurements, their mean and worst, when last seen — and when the
 placement last violated an objective on that SLI.

@@ -293,15 +293,18 @@ async def _hold(held: Lease) -> int:
                     tg.cancel_scope.cancel()
 
         tg.start_soon(on_signals)
-        while held.is_active:
+        # Follow renegotiations: hold while the chain's current lease is active, or while
+        # its monitor may still replace a broken one (it stops watching once it is over).
+        while held.current.is_active or held.watched:
             await anyio.sleep(0.2)
         tg.cancel_scope.cancel()
     if got:
         await held.release()
         console.print(f"{signal.Signals(got[0]).name}; lease released", highlight=False)
         return 128 + got[0]
-    console.print(f"lease {held.id} is {held.state.value}: {held.reason or ''}", highlight=False)
-    return 0 if held.state.value == "released" else 3
+    last = held.current
+    console.print(f"lease {last.id} is {last.state.value}: {last.reason or ''}", highlight=False)
+    return 0 if last.state.value == "released" else 3
 
 
 async def _run(held: Lease, command: tuple[str, ...]) -> int:

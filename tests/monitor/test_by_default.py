@@ -242,3 +242,50 @@ async def test_violations_follow_a_revoked_lease_to_its_replacement(
     assert seen[0] == handle.id
     assert replacement.id in seen
     no_leak(fake)
+
+
+# -- backends acquire() built outlive a broken lease that may still be replaced ------------
+
+
+@pytest.mark.anyio
+async def test_backends_acquire_built_stay_open_until_a_revoked_chain_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import attrs
+
+    from aicontract import register_backend, unregister_backend
+    from aicontract.clock import system_clock
+
+    @attrs.define(eq=False)
+    class Closing(FakeBackend):
+        closed: int = 0
+
+        async def aclose(self) -> None:
+            self.closed += 1
+
+    made: list[Closing] = []
+
+    def factory() -> Closing:
+        made.append(Closing(name="closing", clock=system_clock, capacity=2, ttl=1.0))
+        return made[-1]
+
+    register_backend("closing", factory)
+    monkeypatch.setenv("AICONTRACT_BACKENDS", "closing")
+    try:
+        contract = service_contract(P90, policy="renegotiate")
+        async with await aicontract.acquire(contract) as handle:
+            [backend] = made
+            # The provider takes it back: the next renewal (within a second) is refused, and
+            # the lease's own heartbeat releases it with its backend — which must stay open.
+            backend.renew_error = LeaseLost(handle.id, "capacity revoked")
+            import anyio
+
+            with anyio.fail_after(10):
+                while handle.current is handle or not handle.current.is_active:
+                    await anyio.sleep(0.05)
+            assert handle.state == LeaseState.REVOKED
+            assert backend.closed == 0, "the replacement runs on it"
+        assert backend.closed == 1
+        no_leak(backend)
+    finally:
+        unregister_backend("closing")

@@ -960,7 +960,12 @@ def process_monitor() -> Monitor:
     global _process
     with _process_lock:
         if _process is None:
-            _process = Monitor(on_idle=_forget, leases_clock=True, publish_interval=1.0)
+            _process = Monitor(
+                on_idle=_forget,
+                leases_clock=True,
+                publish_interval=1.0,
+                publish_dir=monitor_dir(),  # where it started: env changes later do not move it
+            )
             _process._name = "process"  # one file per process, whichever monitor is current
         return _process
 

@@ -160,8 +160,11 @@ ReplacementListener = Callable[["Lease", "Lease"], None]
 class Lease:
     """Resources reserved for you: granted values, endpoints, env, expiry.
 
-    Use it as ``async with lease:`` (or ``with`` through :func:`aicontract.leases`)
-    to keep it renewed while the block runs and released when it ends.
+    Use it as ``async with lease:`` (or ``with`` through :func:`aicontract.lease`)
+    to keep it renewed — and watched, when a monitor is attached — while the
+    block runs, and released when it ends, with every lease that replaced it.
+    A monitor attaches through :meth:`attach` (a :class:`LeaseObserver`); the
+    lease renews itself (:meth:`keep_alive`).
     """
 
     id: str

@@ -22,6 +22,7 @@ from ..contract import encode_quantity
 from ..documents import load
 from ..errors import NoOffer
 from ..leases import Lease
+from ..monitor.record import performance_record
 from ..negotiate import Negotiator, close_backends, default_backends
 from ..negotiate import acquire as acquire_lease
 from ..offer import Offer
@@ -192,7 +193,8 @@ def acquire(
     """
     with reading(file):
         contract = load(file)
-        negotiator = Negotiator(default_backends(backend_names))
+        # It learns from what monitors saw on this host, as aicontract.acquire() does.
+        negotiator = Negotiator(default_backends(backend_names), record=performance_record())
         try:
             status = anyio.run(
                 _acquire_and_run, negotiator, contract, command, as_json, accept_counter

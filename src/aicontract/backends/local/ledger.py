@@ -230,7 +230,9 @@ class Ledger:
             raise LedgerError(
                 str(directory / LEDGER_FILE),
                 f"its directory cannot be created ({exc.strerror})",
-                "create it (group-writable for every user who leases) or set AICONTRACT_STATE_DIR",
+                "have root create it, group-writable for every user who leases"
+                " (install -d -m 2770 -g aicontract DIR), or keep a private ledger with"
+                " AICONTRACT_LEDGER_SCOPE=user, or name one with AICONTRACT_STATE_DIR",
             ) from None
         return cls(directory / LEDGER_FILE, locks)
 

@@ -27,7 +27,7 @@ import logging
 import math
 import re
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
@@ -54,7 +54,7 @@ from ...errors import (
 from ...gpu_models import compute_capability_of
 from ...leases import Lease
 from ...observation import Fault, Observation
-from ...offer import Grant, Offer, Quote, Rejection, check_offer
+from ...offer import Grant, Offer, Quote, Rejection, check_offer, summarise_rejections
 from ...units import Bytes, Money
 from ..base import Backend
 from .regions import jurisdiction_for
@@ -452,7 +452,11 @@ class CloudBackend(Backend):
                     available="none available now",
                 )
             ]
-        rejections = () if offers else tuple(_summarise(self.name, problems))
+        rejections = (
+            ()
+            if offers
+            else tuple(summarise_rejections(self.name, problems, most=8, sep=", ", last=" and "))
+        )
         return Quote(offers=tuple(offers), rejections=rejections)
 
     # -- commit ----------------------------------------------------------------------------
@@ -756,22 +760,6 @@ def _model_name(family: str | None, memory: Bytes | None, contract: Contract) ->
         if wanted.lower() in aliases:
             return wanted
     return family
-
-
-def _summarise(backend: str, problems: Mapping[str, list[Rejection]]) -> list[Rejection]:
-    """One rejection per requirement, listing what the catalog has instead."""
-    out = []
-    for requirement, found in problems.items():
-        available = sorted({r.available for r in found})
-        text = ", ".join(available[:8]) + (
-            f" and {len(available) - 8} more" if len(available) > 8 else ""
-        )
-        out.append(
-            Rejection(
-                backend=backend, requirement=requirement, wanted=found[0].wanted, available=text
-            )
-        )
-    return out
 
 
 def gib(value: float | int | Decimal) -> Bytes:

@@ -36,7 +36,7 @@ from ...errors import (
 from ...gpu_models import compute_capability_of, pick_model
 from ...leases import Lease, WorkloadState
 from ...observation import Fault, Observation
-from ...offer import Grant, Offer, Quote, Rejection, check_offer
+from ...offer import Grant, Offer, Quote, Rejection, check_offer, summarise_rejections
 from ...units import Bytes, Duration, Money
 from ..base import Backend
 from .api import SlurmAPI, SlurmError
@@ -199,6 +199,10 @@ class SlurmBackend(Backend):
 
     # -- quoting -------------------------------------------------------------------------
 
+    def _summarise(self, problems: Mapping[str, list[Rejection]]) -> list[Rejection]:
+        """One rejection per requirement, listing what the cluster has instead."""
+        return summarise_rejections(self.name, problems, most=6, sep="; ", last="; and ")
+
     async def quote(self, contract: Contract) -> Quote:
         """Offers per partition and GPU type: ``allocated`` when free now, else ``best-effort``
         with an estimated start; ``reserved`` inside a reservation the user may use."""
@@ -225,14 +229,14 @@ class SlurmBackend(Backend):
         if misfits:
             for requirement, wanted, found in misfits:
                 reject(requirement, wanted, found)
-            return Quote(rejections=tuple(_summarise(problems)))
+            return Quote(rejections=tuple(self._summarise(problems)))
         if contract.placement.isolation == "dedicated-host":
             reject(
                 "placement.isolation",
                 "dedicated-host",
                 "whole nodes (exclusive jobs), not hosts: slurmd nodes may share a host",
             )
-            return Quote(rejections=tuple(_summarise(problems)))
+            return Quote(rejections=tuple(self._summarise(problems)))
         wanted_parts = list(self.partitions) or [p.name for p in parts]
         by_name = {p.name: p for p in parts}
         for part_name in wanted_parts:
@@ -315,7 +319,7 @@ class SlurmBackend(Backend):
             return Quote(offers=tuple(offers), counter_offers=tuple(counter))
         if not problems:
             reject("partition", "a partition", "none configured or found")
-        return Quote(rejections=tuple(_summarise(problems)), counter_offers=tuple(counter))
+        return Quote(rejections=tuple(self._summarise(problems)), counter_offers=tuple(counter))
 
     def _minutes(self, contract: Contract, part: PartitionView) -> int | str:
         """The job's time limit in minutes, or why the partition does not allow it."""
@@ -863,22 +867,3 @@ def _relaxed(offer: Offer) -> Offer:
     contract = offer.contract
     terms = msgspec.structs.replace(contract.terms, start_by=None)
     return msgspec.structs.replace(offer, contract=contract.with_(terms=terms))
-
-
-def _summarise(problems: Mapping[str, list[Rejection]]) -> list[Rejection]:
-    """One rejection per requirement, listing what the cluster has instead."""
-    out = []
-    for requirement, found in problems.items():
-        available = sorted({r.available for r in found})
-        text = "; ".join(available[:6]) + (
-            f"; and {len(available) - 6} more" if len(available) > 6 else ""
-        )
-        out.append(
-            Rejection(
-                backend=found[0].backend,
-                requirement=requirement,
-                wanted=found[0].wanted,
-                available=text,
-            )
-        )
-    return out

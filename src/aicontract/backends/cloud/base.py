@@ -25,7 +25,6 @@ import enum
 import hashlib
 import logging
 import math
-import re
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
@@ -56,7 +55,7 @@ from ...leases import Lease
 from ...observation import Fault, Observation
 from ...offer import Grant, Offer, Quote, Rejection, check_offer, summarise_rejections
 from ...units import Bytes, Money
-from ..base import Backend
+from ..base import Backend, key_name, rank_env
 from .regions import jurisdiction_for
 
 __all__ = [
@@ -156,30 +155,17 @@ class RateLimiter:
                 await self.clock.sleep((1 - self._tokens) / self.rate)
 
 
-_TAG_SAFE = re.compile(r"[^a-z0-9-]+")
-
-
 def lease_tag(idempotency_key: str, *, prefix: str = "aicontract") -> str:
     """The name/tag a commit's instances carry: stable for a key, at most 56 characters.
 
     (Provider names allow 64; multi-node leases append ``-<rank>``.)
     """
-    clean = _TAG_SAFE.sub("-", idempotency_key.lower()).strip("-")
-    tag = f"{prefix}-{clean}"
-    if len(tag) > 56 or clean != idempotency_key:
-        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:20]
-        tag = f"{prefix}-{clean[:24]}-{digest}".replace("--", "-")
-    return tag
+    return key_name(idempotency_key, prefix=prefix, longest=56, keep=24, digest=20)
 
 
 def node_env(lease: Lease, rank: int) -> dict[str, str]:
     """The env for node ``rank`` of a multi-node cloud lease (``lease.env`` is rank 0's)."""
-    nodes = int(lease.details.get("nodes", "1"))
-    if not 0 <= rank < nodes:
-        raise ValueError(f"rank {rank} is outside 0..{nodes - 1}")
-    env = dict(lease.env)
-    env["NODE_RANK"] = str(rank)
-    return env
+    return rank_env(lease, rank, int(lease.details.get("nodes", "1")))
 
 
 class CloudBackend(Backend):

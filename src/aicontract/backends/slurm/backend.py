@@ -15,7 +15,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,7 +37,7 @@ from ...leases import Lease, WorkloadState
 from ...observation import Fault, Observation
 from ...offer import Grant, Offer, Quote, Rejection, check_offer, summarise_rejections
 from ...units import Bytes, Duration, Money
-from ..base import Backend
+from ..base import Backend, key_name, rank_env
 from .api import SlurmAPI, SlurmError
 from .quote import (
     BAD_NODE_STATES,
@@ -74,17 +73,11 @@ HOPELESS_REASONS = frozenset(
         "ReservationNotUsable",
     }
 )
-_SAFE = re.compile(r"[^a-z0-9-]+")
 
 
 def job_name(idempotency_key: str) -> str:
     """The job name (and lease id) a commit under ``idempotency_key`` uses: stable, short."""
-    clean = _SAFE.sub("-", idempotency_key.lower()).strip("-")
-    name = f"aic-{clean}"
-    if len(name) > 48 or clean != idempotency_key:
-        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
-        name = f"aic-{clean[:24]}-{digest}".replace("--", "-")
-    return name
+    return key_name(idempotency_key, prefix="aic", longest=48, keep=24, digest=16)
 
 
 def _comment(idempotency_key: str) -> str:
@@ -93,10 +86,7 @@ def _comment(idempotency_key: str) -> str:
 
 def node_env(lease: Lease, rank: int) -> dict[str, str]:
     """The env for node ``rank`` of a Slurm lease (``lease.env`` is rank 0's)."""
-    nodes = int(lease.env.get("NNODES", "1"))
-    if not 0 <= rank < nodes:
-        raise ValueError(f"rank {rank} is outside 0..{nodes - 1}")
-    return {**lease.env, "NODE_RANK": str(rank)}
+    return rank_env(lease, rank, int(lease.env.get("NNODES", "1")))
 
 
 @attrs.frozen

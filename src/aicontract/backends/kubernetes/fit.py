@@ -376,7 +376,6 @@ class FitMixin(KubeCore):
             (k for k in GPU_PRODUCT_LABELS if all(v.labels.get(k) for v, _ in members)),
             GPU_PRODUCT_LABELS[0],
         )
-        currency = contract.terms.max_price.currency if contract.terms.max_price else "USD"
         return Offer(
             id=f"k8s-{uuid.uuid4().hex[:12]}",
             backend=self.name,
@@ -389,7 +388,7 @@ class FitMixin(KubeCore):
             jurisdiction=jurisdiction,
             provider=self.provider,
             isolation=isolation,  # type: ignore[arg-type]
-            price=Money.per_hour(0, currency),
+            price=Money.per_hour(0, contract.terms.currency),
             expires_at=now + OFFER_TTL,
             details={
                 "namespace": self.namespace_for(contract),

@@ -182,8 +182,7 @@ class SlurmBackend(Backend):
         text = self.gpu_prices.get(kind or "") or self.price_per_gpu_hour
         if text is None:
             # A site that does not charge: free, in the currency the contract counts in.
-            currency = contract.terms.max_price.currency if contract.terms.max_price else "USD"
-            return Money.per_hour(0, currency)
+            return Money.per_hour(0, contract.terms.currency)
         per_gpu = Money(text)
         return Money.per_hour(per_gpu.amount * max(1, gpus), per_gpu.currency)
 

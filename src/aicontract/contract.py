@@ -548,6 +548,11 @@ class Terms(_Model, frozen=True):
                 "an integer in 0..3600",
             )
 
+    @property
+    def currency(self) -> str:
+        """The currency the contract counts money in: its ``max_price``'s, else USD."""
+        return self.max_price.currency if self.max_price is not None else "USD"
+
 
 class Probe(_Model, frozen=True):
     """How to probe a published endpoint for latency and availability."""

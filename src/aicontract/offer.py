@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import msgspec
 
 from .contract import GUARANTEE_ORDER, ISOLATION_ORDER, Contract, GuaranteeLevel, Isolation
 from .gpu_models import capability
 from .units import Bytes, Money
 
-__all__ = ["Grant", "Offer", "Quote", "Rejection", "check_offer"]
+__all__ = ["Grant", "Offer", "Quote", "Rejection", "check_offer", "summarise_rejections"]
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -99,6 +101,33 @@ class Quote(msgspec.Struct, frozen=True, kw_only=True):
     offers: tuple[Offer, ...] = ()
     rejections: tuple[Rejection, ...] = ()
     counter_offers: tuple[Offer, ...] = ()
+
+
+def summarise_rejections(
+    backend: str,
+    problems: Mapping[str, Sequence[Rejection]],
+    *,
+    most: int,
+    sep: str,
+    last: str,
+) -> list[Rejection]:
+    """One rejection per requirement, listing what the backend has instead.
+
+    ``wanted`` is the first rejection's; ``available`` lists up to ``most`` of the
+    distinct values found (sorted, joined by ``sep``), then ``{last}N more`` for the rest.
+    """
+    out = []
+    for requirement, found in problems.items():
+        available = sorted({r.available for r in found})
+        text = sep.join(available[:most]) + (
+            f"{last}{len(available) - most} more" if len(available) > most else ""
+        )
+        out.append(
+            Rejection(
+                backend=backend, requirement=requirement, wanted=found[0].wanted, available=text
+            )
+        )
+    return out
 
 
 def check_offer(

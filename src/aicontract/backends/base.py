@@ -8,6 +8,8 @@ small and honest about what it has.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import TypeVar
@@ -18,9 +20,33 @@ from ..leases import Lease
 from ..observation import Observation
 from ..offer import Offer, Quote
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "key_name", "rank_env"]
 
 _B = TypeVar("_B", bound="Backend")
+
+_NAME_UNSAFE = re.compile(r"[^a-z0-9-]+")
+
+
+def key_name(idempotency_key: str, *, prefix: str, longest: int, keep: int, digest: int) -> str:
+    """A provider-safe name for what a commit under ``idempotency_key`` makes: stable, short.
+
+    A key that is already safe keeps its text (``{prefix}-{key}``, at most ``longest``
+    characters); any other is cleaned, cut to ``keep`` characters and suffixed with
+    ``digest`` hex digits of its SHA-256, so two keys never share a name.
+    """
+    clean = _NAME_UNSAFE.sub("-", idempotency_key.lower()).strip("-")
+    name = f"{prefix}-{clean}"
+    if len(name) > longest or clean != idempotency_key:
+        hashed = hashlib.sha256(idempotency_key.encode()).hexdigest()[:digest]
+        name = f"{prefix}-{clean[:keep]}-{hashed}".replace("--", "-")
+    return name
+
+
+def rank_env(lease: Lease, rank: int, nodes: int) -> dict[str, str]:
+    """The env for node ``rank`` of a ``nodes``-node lease (``lease.env`` is rank 0's)."""
+    if not 0 <= rank < nodes:
+        raise ValueError(f"rank {rank} is outside 0..{nodes - 1}")
+    return {**lease.env, "NODE_RANK": str(rank)}
 
 
 class Backend(ABC):

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from ..documents import load
-from ..errors import ContractError
 from ..schema import json_schema
-from .output import EXIT_NO, friendly
+from .output import check_files, friendly
 
 
 @click.command()
@@ -20,19 +18,7 @@ from .output import EXIT_NO, friendly
 @friendly
 def validate(files: tuple[Path, ...], quiet: bool) -> None:
     """Check contract files (YAML, TOML or JSON); exit 1 if any is invalid."""
-    failed = 0
-    for path in files:
-        try:
-            contract = load(path)
-        except ContractError as exc:
-            failed += 1
-            click.echo(f"{path}: {exc}", err=True)
-        else:
-            if not quiet:
-                click.echo(f"{path}: ok ({contract.name})")
-    if failed:
-        click.echo(f"{failed} of {len(files)} file(s) invalid", err=True)
-        sys.exit(EXIT_NO)
+    check_files(files, load, lambda contract: contract.name, quiet=quiet)
 
 
 @click.command()

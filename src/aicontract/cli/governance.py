@@ -21,6 +21,7 @@ from ..governance.policy import Policy, find_policy, load_policy
 from ..governance.record import Record, verify
 from ..governance.templates import catalog, find_template, render
 from ..schema import _hook
+from .output import check_files
 
 
 @click.group()
@@ -39,22 +40,14 @@ def policy_validate(files: tuple[Path, ...], quiet: bool) -> None:
             click.echo("no policy in force (set AICONTRACT_POLICY or /etc/aicontract/policy.yaml)")
             return
         files = (found,)
-    failed = 0
-    for path in files:
-        try:
-            loaded = load_policy(path)
-        except ContractError as exc:
-            failed += 1
-            click.echo(f"{path}: {exc}", err=True)
-        else:
-            if not quiet:
-                click.echo(
-                    f"{path}: ok ({len(loaded.tenants)} tenant(s),"
-                    f" {len(loaded.identities)} identity rule(s))"
-                )
-    if failed:
-        click.echo(f"{failed} of {len(files)} file(s) invalid", err=True)
-        sys.exit(1)
+    check_files(
+        files,
+        load_policy,
+        lambda loaded: (
+            f"{len(loaded.tenants)} tenant(s), {len(loaded.identities)} identity rule(s)"
+        ),
+        quiet=quiet,
+    )
 
 
 def policy_json_schema() -> dict[str, Any]:

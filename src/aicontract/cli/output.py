@@ -25,13 +25,14 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import AIContractError, LeaseNotFound, NoOffer
+from ..errors import AIContractError, ContractError, LeaseNotFound, NoOffer
 
 __all__ = [
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
     "EXIT_LOST",
     "EXIT_NO",
+    "check_files",
     "exit_status",
     "friendly",
     "messages",
@@ -48,6 +49,7 @@ EXIT_LOST = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's way
 
 F = TypeVar("F", bound=Callable[..., Any])
+D = TypeVar("D")
 
 # Where an error keeps the file it came from (set by reading(), read by friendly()).
 _SOURCE = "_aicontract_cli_source"
@@ -117,3 +119,27 @@ def reading(file: Path) -> Iterator[None]:
         if getattr(exc, _SOURCE, None) is None:
             setattr(exc, _SOURCE, file)
         raise
+
+
+def check_files(
+    files: tuple[Path, ...],
+    load: Callable[[Path], D],
+    summary: Callable[[D], str],
+    *,
+    quiet: bool,
+) -> None:
+    """Load each of ``files`` with ``load``: ``PATH: ok (SUMMARY)`` for a good one (unless
+    ``quiet``), ``PATH: ERROR`` on stderr for a bad one; exit 1 if any is invalid."""
+    failed = 0
+    for path in files:
+        try:
+            loaded = load(path)
+        except ContractError as exc:
+            failed += 1
+            click.echo(f"{path}: {exc}", err=True)
+        else:
+            if not quiet:
+                click.echo(f"{path}: ok ({summary(loaded)})")
+    if failed:
+        click.echo(f"{failed} of {len(files)} file(s) invalid", err=True)
+        sys.exit(EXIT_NO)

@@ -25,9 +25,8 @@ import enum
 import hashlib
 import logging
 import math
-import re
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
@@ -54,9 +53,9 @@ from ...errors import (
 from ...gpu_models import compute_capability_of
 from ...leases import Lease
 from ...observation import Fault, Observation
-from ...offer import Grant, Offer, Quote, Rejection, check_offer
+from ...offer import Grant, Offer, Quote, Rejection, check_offer, summarise_rejections
 from ...units import Bytes, Money
-from ..base import Backend
+from ..base import Backend, key_name, rank_env
 from .regions import jurisdiction_for
 
 __all__ = [
@@ -156,30 +155,17 @@ class RateLimiter:
                 await self.clock.sleep((1 - self._tokens) / self.rate)
 
 
-_TAG_SAFE = re.compile(r"[^a-z0-9-]+")
-
-
 def lease_tag(idempotency_key: str, *, prefix: str = "aicontract") -> str:
     """The name/tag a commit's instances carry: stable for a key, at most 56 characters.
 
     (Provider names allow 64; multi-node leases append ``-<rank>``.)
     """
-    clean = _TAG_SAFE.sub("-", idempotency_key.lower()).strip("-")
-    tag = f"{prefix}-{clean}"
-    if len(tag) > 56 or clean != idempotency_key:
-        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:20]
-        tag = f"{prefix}-{clean[:24]}-{digest}".replace("--", "-")
-    return tag
+    return key_name(idempotency_key, prefix=prefix, longest=56, keep=24, digest=20)
 
 
 def node_env(lease: Lease, rank: int) -> dict[str, str]:
     """The env for node ``rank`` of a multi-node cloud lease (``lease.env`` is rank 0's)."""
-    nodes = int(lease.details.get("nodes", "1"))
-    if not 0 <= rank < nodes:
-        raise ValueError(f"rank {rank} is outside 0..{nodes - 1}")
-    env = dict(lease.env)
-    env["NODE_RANK"] = str(rank)
-    return env
+    return rank_env(lease, rank, int(lease.details.get("nodes", "1")))
 
 
 class CloudBackend(Backend):
@@ -452,7 +438,11 @@ class CloudBackend(Backend):
                     available="none available now",
                 )
             ]
-        rejections = () if offers else tuple(_summarise(self.name, problems))
+        rejections = (
+            ()
+            if offers
+            else tuple(summarise_rejections(self.name, problems, most=8, sep=", ", last=" and "))
+        )
         return Quote(offers=tuple(offers), rejections=rejections)
 
     # -- commit ----------------------------------------------------------------------------
@@ -756,22 +746,6 @@ def _model_name(family: str | None, memory: Bytes | None, contract: Contract) ->
         if wanted.lower() in aliases:
             return wanted
     return family
-
-
-def _summarise(backend: str, problems: Mapping[str, list[Rejection]]) -> list[Rejection]:
-    """One rejection per requirement, listing what the catalog has instead."""
-    out = []
-    for requirement, found in problems.items():
-        available = sorted({r.available for r in found})
-        text = ", ".join(available[:8]) + (
-            f" and {len(available) - 8} more" if len(available) > 8 else ""
-        )
-        out.append(
-            Rejection(
-                backend=backend, requirement=requirement, wanted=found[0].wanted, available=text
-            )
-        )
-    return out
 
 
 def gib(value: float | int | Decimal) -> Bytes:

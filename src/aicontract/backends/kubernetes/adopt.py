@@ -7,8 +7,7 @@ created is deleted by uid, never anything else.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
 
 import anyio
 import attrs
@@ -27,32 +26,11 @@ from .objects import (
     LABEL_LEASE,
 )
 
-_T = TypeVar("_T")
-
 __all__ = ["AdoptMixin"]
 
 
 class AdoptMixin(KubeCore):
-    """Create-or-adopt, transient retries until a deadline, and undo."""
-
-    async def _retrying(
-        self, deadline: float, call: Callable[..., Awaitable[_T]], *args: Any
-    ) -> _T:
-        """``call(*args)``, again after a transient API error, until ``deadline``.
-
-        An API server restarting (upgrades, crashes) refuses connections for
-        seconds; a commit allowed to wait a minute for capacity may wait that out.
-        """
-        wait = 0.1
-        while True:
-            try:
-                return await call(*args)
-            except TransientBackendError as exc:
-                if anyio.current_time() + wait >= deadline:
-                    raise
-                log.info("kubernetes: %s; retrying in %.1fs", exc, wait)
-                await anyio.sleep(wait)
-                wait = min(2.0, wait * 2)
+    """Create-or-adopt and undo."""
 
     async def _create_or_adopt(
         self, collection: str, body: Obj, deadline: float, mine: Callable[[Obj], bool]

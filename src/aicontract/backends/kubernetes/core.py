@@ -11,14 +11,16 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+import anyio
 import httpx
 
 from ...clock import Clock
 from ...contract import Contract
+from ...errors import TransientBackendError
 from ...units import Bytes
 from ..base import Backend
 from .api import Conflict, KubeAPI, client_from_config, resource_path
@@ -37,6 +39,7 @@ CLAIMS = ("resource.k8s.io/v1", "resourceclaims")
 JOB_KINDS = frozenset({"batch", "training"})
 
 Obj = dict[str, Any]
+_T = TypeVar("_T")
 
 
 def _default_holder() -> str:
@@ -71,6 +74,25 @@ class KubeCore(Backend):
     _ready_namespaces: set[str]
 
     # -- plumbing ------------------------------------------------------------------------
+
+    async def _retrying(
+        self, deadline: float, call: Callable[..., Awaitable[_T]], *args: Any
+    ) -> _T:
+        """``call(*args)``, again after a transient API error, until ``deadline``.
+
+        An API server restarting (upgrades, crashes) refuses connections for
+        seconds; a commit allowed to wait a minute for capacity may wait that out.
+        """
+        wait = 0.1
+        while True:
+            try:
+                return await call(*args)
+            except TransientBackendError as exc:
+                if anyio.current_time() + wait >= deadline:
+                    raise
+                log.info("kubernetes: %s; retrying in %.1fs", exc, wait)
+                await anyio.sleep(wait)
+                wait = min(2.0, wait * 2)
 
     @property
     def api(self) -> KubeAPI:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
+from typing import TypeVar
 
 import attrs
 import msgspec
@@ -18,7 +19,7 @@ from ...contract import Contract
 from ...errors import AuthenticationError
 from ...gpu_models import capability
 from ...offer import Grant, Offer, Quote, Rejection
-from ...units import Bytes, CountRange, Money
+from ...units import Bytes, CountRange, Money, Range
 from .api import NotFound, resource_path
 from .core import (
     OFFER_TTL,
@@ -28,6 +29,8 @@ from .core import (
 from .quote import GPU_PRODUCT_LABELS, NodeView, gpu_resource, node_views, parse_quantity
 
 __all__ = ["FitMixin"]
+
+_Q = TypeVar("_Q", int, Bytes)
 
 
 @attrs.frozen
@@ -53,6 +56,21 @@ class _Misfit:
     requirement: str
     wanted: str
     available: str
+
+
+def _grant_or_default(
+    requirement: str, wanted: Range[_Q] | None, default: _Q, free: _Q
+) -> _Q | _Misfit:
+    """What a node grants of ``wanted`` from ``free`` (``default`` where the contract
+    names no range), or why it cannot."""
+    if wanted is not None:
+        granted = wanted.grant(free)
+        if granted is None:
+            return _Misfit(requirement, str(wanted), f"{free} free")
+        return granted
+    if default <= free:
+        return default
+    return _Misfit(requirement, f"{default} (default)", f"{free} free")
 
 
 class FitMixin(KubeCore):
@@ -310,26 +328,16 @@ class FitMixin(KubeCore):
                     "resources.gpus.count", f"{gpus.count} x {model}", f"{free} free of {total}"
                 )
             gpus_granted = granted
-        free_cpus = int(view.free_of("cpu"))
-        if res.cpus is not None:
-            cpus = res.cpus.grant(free_cpus)
-            if cpus is None:
-                return _Misfit("resources.cpus", str(res.cpus), f"{free_cpus} free")
-        elif self.default_cpus <= free_cpus:
-            cpus = self.default_cpus
-        else:
-            return _Misfit("resources.cpus", f"{self.default_cpus} (default)", f"{free_cpus} free")
-        free_memory = Bytes(int(view.free_of("memory")))
-        if res.memory is not None:
-            granted_memory = res.memory.grant(free_memory)
-            if granted_memory is None:
-                return _Misfit("resources.memory", str(res.memory), f"{free_memory} free")
-        elif self.default_memory <= free_memory:
-            granted_memory = self.default_memory
-        else:
-            return _Misfit(
-                "resources.memory", f"{self.default_memory} (default)", f"{free_memory} free"
-            )
+        cpus = _grant_or_default(
+            "resources.cpus", res.cpus, self.default_cpus, int(view.free_of("cpu"))
+        )
+        if isinstance(cpus, _Misfit):
+            return cpus
+        granted_memory = _grant_or_default(
+            "resources.memory", res.memory, self.default_memory, Bytes(int(view.free_of("memory")))
+        )
+        if isinstance(granted_memory, _Misfit):
+            return granted_memory
         disk = None
         if res.disk is not None:
             free_disk = Bytes(int(view.free_of("ephemeral-storage")))
@@ -368,7 +376,6 @@ class FitMixin(KubeCore):
             (k for k in GPU_PRODUCT_LABELS if all(v.labels.get(k) for v, _ in members)),
             GPU_PRODUCT_LABELS[0],
         )
-        currency = contract.terms.max_price.currency if contract.terms.max_price else "USD"
         return Offer(
             id=f"k8s-{uuid.uuid4().hex[:12]}",
             backend=self.name,
@@ -381,7 +388,7 @@ class FitMixin(KubeCore):
             jurisdiction=jurisdiction,
             provider=self.provider,
             isolation=isolation,  # type: ignore[arg-type]
-            price=Money.per_hour(0, currency),
+            price=Money.per_hour(0, contract.terms.currency),
             expires_at=now + OFFER_TTL,
             details={
                 "namespace": self.namespace_for(contract),

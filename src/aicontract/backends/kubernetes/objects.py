@@ -26,6 +26,7 @@ import msgspec
 from ...contract import Contract, encode_quantity
 from ...jurisdictions import satisfies
 from ...offer import Grant, Offer
+from ..base import key_name
 from .quote import (
     GPU_PRODUCT_LABELS,
     GPU_RESOURCE,
@@ -70,7 +71,6 @@ CONTAINER = "main"
 DRA_DEVICE_CLASS = "gpu.nvidia.com"
 DRA_REQUEST = "gpus"
 
-_UNSAFE = re.compile(r"[^a-z0-9-]+")
 _PORT_UNSAFE = re.compile(r"[^a-z0-9-]+")
 
 
@@ -80,12 +80,7 @@ def lease_name(idempotency_key: str, prefix: str = "aic") -> str:
     Keys that are already safe keep their text (``aic-<key>``); others are
     cleaned and suffixed with a digest, so two keys never share a name.
     """
-    clean = _UNSAFE.sub("-", idempotency_key.lower()).strip("-")
-    name = f"{prefix}-{clean}"
-    if clean != idempotency_key or len(name) > 52:
-        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
-        name = f"{prefix}-{clean[:30]}-{digest}".replace("--", "-")
-    return name
+    return key_name(idempotency_key, prefix=prefix, longest=52, keep=30, digest=16)
 
 
 def offer_digest(offer: Offer) -> str:

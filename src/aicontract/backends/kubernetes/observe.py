@@ -115,32 +115,18 @@ class ObserveMixin(KubeCore):
         status, meta = pod.get("status") or {}, pod["metadata"]
         name = meta["name"]
         faults: list[Fault] = []
+
+        def fault(kind: str, reason: str) -> None:
+            faults.append(Fault(kind=kind, at=now, reason=reason))
+
         reason = status.get("reason")
         if reason == "Evicted" or reason == "Preempting":
-            faults.append(
-                Fault(
-                    kind="preempted",
-                    at=now,
-                    reason=f"pod {name} {reason.lower()}: {status.get('message', '')}",
-                )
-            )
+            fault("preempted", f"pod {name} {reason.lower()}: {status.get('message', '')}")
         for cond in status.get("conditions") or []:
             if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
-                faults.append(
-                    Fault(
-                        kind="preempted",
-                        at=now,
-                        reason=f"pod {name}: {cond.get('reason')}: {cond.get('message', '')}",
-                    )
-                )
+                fault("preempted", f"pod {name}: {cond.get('reason')}: {cond.get('message', '')}")
         if meta.get("deletionTimestamp") and not faults:
-            faults.append(
-                Fault(
-                    kind="capacity-revoked",
-                    at=now,
-                    reason=f"pod {name} is being deleted by the cluster",
-                )
-            )
+            fault("capacity-revoked", f"pod {name} is being deleted by the cluster")
         phase = status.get("phase")
         # Succeeding is how a batch or training Job completes (the workload's state
         # says so); only a failure is a fault.
@@ -149,24 +135,15 @@ class ObserveMixin(KubeCore):
                 str(((s.get("state") or {}).get("terminated") or {}).get("exitCode"))
                 for s in status.get("containerStatuses") or []
             ]
-            faults.append(
-                Fault(
-                    kind="workload-exited",
-                    at=now,
-                    reason=f"pod {name} {phase.lower()} (exit {', '.join(codes) or '?'})",
-                )
-            )
+            fault("workload-exited", f"pod {name} {phase.lower()} (exit {', '.join(codes) or '?'})")
         for container in status.get("containerStatuses") or []:
             restarts = int(container.get("restartCount") or 0)
             if restarts > self.max_restarts:
                 last = ((container.get("lastState") or {}).get("terminated") or {}).get("reason")
-                faults.append(
-                    Fault(
-                        kind="workload-exited",
-                        at=now,
-                        reason=f"container {container.get('name')} restarted {restarts} times"
-                        + (f" (last: {last})" if last else ""),
-                    )
+                fault(
+                    "workload-exited",
+                    f"container {container.get('name')} restarted {restarts} times"
+                    + (f" (last: {last})" if last else ""),
                 )
         return faults
 

@@ -98,18 +98,7 @@ class TeardownMixin(KubeCore):
 
     async def _persist(self, call: Callable[[], Awaitable[None]], timeout: float) -> None:
         """``call()``, again after transient errors, for up to ``timeout`` seconds."""
-        deadline = anyio.current_time() + timeout
-        wait = 0.1
-        while True:
-            try:
-                await call()
-                return
-            except TransientBackendError as exc:
-                if anyio.current_time() + wait >= deadline:
-                    raise
-                log.info("kubernetes: %s; retrying in %.1fs", exc, wait)
-                await anyio.sleep(wait)
-                wait = min(2.0, wait * 2)
+        await self._retrying(anyio.current_time() + timeout, call)
 
     async def _teardown(
         self,

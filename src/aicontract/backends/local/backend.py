@@ -325,7 +325,6 @@ class LocalBackend(Backend):
     def _offer(
         self, contract: Contract, grant: Grant, devices: Sequence[GPUDevice], now: float
     ) -> Offer:
-        currency = contract.terms.max_price.currency if contract.terms.max_price else "USD"
         return Offer(
             id=f"local-{uuid.uuid4().hex[:12]}",
             backend=self.name,
@@ -336,7 +335,7 @@ class LocalBackend(Backend):
             jurisdiction=self.jurisdiction,
             provider="local",
             isolation="shared",
-            price=Money.per_hour(0, currency),
+            price=Money.per_hour(0, contract.terms.currency),
             expires_at=now + OFFER_TTL,
             details={"gpu_candidates": ",".join(d.id for d in devices)},
         )

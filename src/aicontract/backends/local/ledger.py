@@ -113,6 +113,14 @@ def _share(directory: Path) -> None:
         os.chmod(directory, 0o2770)  # mkdir's mode is cut by the umask; this is not
 
 
+def _read_record(conn: sqlite3.Connection, lease_id: str) -> LeaseRecord | None:
+    """One lease's record as stored (its current ``expires_at``), or ``None``."""
+    row = conn.execute("SELECT record, expires_at FROM leases WHERE id = ?", (lease_id,)).fetchone()
+    if row is None:
+        return None
+    return msgspec.structs.replace(LeaseRecord.from_json(row[0]), expires_at=row[1])
+
+
 def _ledger_error(path: Path, exc: BaseException, waited: float = LOCK_WAIT) -> LedgerError:
     """One clear error for whatever SQLite or the OS said about the ledger."""
     text = str(exc).lower()
@@ -842,29 +850,11 @@ class Ledger:
 
     def get(self, lease_id: str) -> LeaseRecord | None:
         """One lease's record, or ``None``."""
-
-        def op(conn: sqlite3.Connection) -> LeaseRecord | None:
-            row = conn.execute(
-                "SELECT record, expires_at FROM leases WHERE id = ?", (lease_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            return msgspec.structs.replace(LeaseRecord.from_json(row[0]), expires_at=row[1])
-
-        return self.run(op)
+        return self.run(_read_record, lease_id)
 
     async def aget(self, lease_id: str) -> LeaseRecord | None:
         """:meth:`get` without blocking the event loop."""
-
-        def op(conn: sqlite3.Connection) -> LeaseRecord | None:
-            row = conn.execute(
-                "SELECT record, expires_at FROM leases WHERE id = ?", (lease_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            return msgspec.structs.replace(LeaseRecord.from_json(row[0]), expires_at=row[1])
-
-        return await self.arun(op)
+        return await self.arun(_read_record, lease_id)
 
     async def still_held(self, lease_id: str) -> bool:
         """Is the lease still this process's, and not being stopped by someone else?"""

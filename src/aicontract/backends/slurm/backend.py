@@ -15,7 +15,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,9 +35,9 @@ from ...errors import (
 from ...gpu_models import compute_capability_of, pick_model
 from ...leases import Lease, WorkloadState
 from ...observation import Fault, Observation
-from ...offer import Grant, Offer, Quote, Rejection, check_offer
+from ...offer import Grant, Offer, Quote, Rejection, check_offer, summarise_rejections
 from ...units import Bytes, Duration, Money
-from ..base import Backend
+from ..base import Backend, key_name, rank_env
 from .api import SlurmAPI, SlurmError
 from .quote import (
     BAD_NODE_STATES,
@@ -74,17 +73,11 @@ HOPELESS_REASONS = frozenset(
         "ReservationNotUsable",
     }
 )
-_SAFE = re.compile(r"[^a-z0-9-]+")
 
 
 def job_name(idempotency_key: str) -> str:
     """The job name (and lease id) a commit under ``idempotency_key`` uses: stable, short."""
-    clean = _SAFE.sub("-", idempotency_key.lower()).strip("-")
-    name = f"aic-{clean}"
-    if len(name) > 48 or clean != idempotency_key:
-        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
-        name = f"aic-{clean[:24]}-{digest}".replace("--", "-")
-    return name
+    return key_name(idempotency_key, prefix="aic", longest=48, keep=24, digest=16)
 
 
 def _comment(idempotency_key: str) -> str:
@@ -93,10 +86,7 @@ def _comment(idempotency_key: str) -> str:
 
 def node_env(lease: Lease, rank: int) -> dict[str, str]:
     """The env for node ``rank`` of a Slurm lease (``lease.env`` is rank 0's)."""
-    nodes = int(lease.env.get("NNODES", "1"))
-    if not 0 <= rank < nodes:
-        raise ValueError(f"rank {rank} is outside 0..{nodes - 1}")
-    return {**lease.env, "NODE_RANK": str(rank)}
+    return rank_env(lease, rank, int(lease.env.get("NNODES", "1")))
 
 
 @attrs.frozen
@@ -192,12 +182,15 @@ class SlurmBackend(Backend):
         text = self.gpu_prices.get(kind or "") or self.price_per_gpu_hour
         if text is None:
             # A site that does not charge: free, in the currency the contract counts in.
-            currency = contract.terms.max_price.currency if contract.terms.max_price else "USD"
-            return Money.per_hour(0, currency)
+            return Money.per_hour(0, contract.terms.currency)
         per_gpu = Money(text)
         return Money.per_hour(per_gpu.amount * max(1, gpus), per_gpu.currency)
 
     # -- quoting -------------------------------------------------------------------------
+
+    def _summarise(self, problems: Mapping[str, list[Rejection]]) -> list[Rejection]:
+        """One rejection per requirement, listing what the cluster has instead."""
+        return summarise_rejections(self.name, problems, most=6, sep="; ", last="; and ")
 
     async def quote(self, contract: Contract) -> Quote:
         """Offers per partition and GPU type: ``allocated`` when free now, else ``best-effort``
@@ -225,14 +218,14 @@ class SlurmBackend(Backend):
         if misfits:
             for requirement, wanted, found in misfits:
                 reject(requirement, wanted, found)
-            return Quote(rejections=tuple(_summarise(problems)))
+            return Quote(rejections=tuple(self._summarise(problems)))
         if contract.placement.isolation == "dedicated-host":
             reject(
                 "placement.isolation",
                 "dedicated-host",
                 "whole nodes (exclusive jobs), not hosts: slurmd nodes may share a host",
             )
-            return Quote(rejections=tuple(_summarise(problems)))
+            return Quote(rejections=tuple(self._summarise(problems)))
         wanted_parts = list(self.partitions) or [p.name for p in parts]
         by_name = {p.name: p for p in parts}
         for part_name in wanted_parts:
@@ -315,7 +308,7 @@ class SlurmBackend(Backend):
             return Quote(offers=tuple(offers), counter_offers=tuple(counter))
         if not problems:
             reject("partition", "a partition", "none configured or found")
-        return Quote(rejections=tuple(_summarise(problems)), counter_offers=tuple(counter))
+        return Quote(rejections=tuple(self._summarise(problems)), counter_offers=tuple(counter))
 
     def _minutes(self, contract: Contract, part: PartitionView) -> int | str:
         """The job's time limit in minutes, or why the partition does not allow it."""
@@ -863,22 +856,3 @@ def _relaxed(offer: Offer) -> Offer:
     contract = offer.contract
     terms = msgspec.structs.replace(contract.terms, start_by=None)
     return msgspec.structs.replace(offer, contract=contract.with_(terms=terms))
-
-
-def _summarise(problems: Mapping[str, list[Rejection]]) -> list[Rejection]:
-    """One rejection per requirement, listing what the cluster has instead."""
-    out = []
-    for requirement, found in problems.items():
-        available = sorted({r.available for r in found})
-        text = "; ".join(available[:6]) + (
-            f"; and {len(available) - 6} more" if len(available) > 6 else ""
-        )
-        out.append(
-            Rejection(
-                backend=found[0].backend,
-                requirement=requirement,
-                wanted=found[0].wanted,
-                available=text,
-            )
-        )
-    return out

@@ -495,7 +495,11 @@ async def test_a_node_with_only_the_beta_region_label_is_usable(
         labels = k8s_cluster.kubelet.get_node("gpu-beta-1")["metadata"]["labels"]
         assert LABEL_REGION not in labels
         assert labels[BETA_REGION] == "ap-south-1"
-        lease = await Negotiator([backend]).acquire(contract(regions=("ap-south-1",)))
+        # The scheduler learns of a new node from its own watch, a moment after the API
+        # server has it: a contract that may wait (start_by) rides that out, one that
+        # may not would be refused by the first "0/N nodes" verdict.
+        wanted = contract(regions=("ap-south-1",), start_by="60s")
+        lease = await Negotiator([backend]).acquire(wanted)
         assert lease.details["node"] == "gpu-beta-1"
         assert lease.region == "ap-south-1"
         await lease.release()

@@ -72,9 +72,9 @@ def rank_key(offer: Offer, contract: Contract) -> tuple[Any, ...]:
             key.append(-GUARANTEE_ORDER[offer.guarantee])
         elif name == "cost":
             # Amounts in different currencies do not compare: offers priced in the
-            # contract's currency (its max_price's, else USD) come first, by amount, then
-            # other currencies, then offers with no price (unknown is not free).
-            currency = terms.max_price.currency if terms.max_price is not None else "USD"
+            # contract's currency come first, by amount, then other currencies, then
+            # offers with no price (unknown is not free).
+            currency = terms.currency
             price = offer.price
             if price is None:
                 key.append((2, 0))

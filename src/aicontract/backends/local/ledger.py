@@ -167,27 +167,42 @@ def parse_ports(text: str) -> dict[str, int]:
     return {n: int(p) for n, _, p in (i.partition("=") for i in text.split(",") if i)}
 
 
+def candidate_port() -> int:
+    """A port nothing on 127.0.0.1 binds at this moment, as the kernel picks one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", 0))
+        except OSError as exc:
+            raise CapacityUnavailable(
+                "local", f"no port can be bound on 127.0.0.1 ({exc.strerror})"
+            ) from None
+        return int(probe.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    """Can 127.0.0.1:``port`` be bound now (by the workload, a moment later)?"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _free_ports(names: tuple[str, ...], used: set[int]) -> dict[str, int]:
     """One port per name that no live lease holds and that 127.0.0.1 can bind now.
 
-    The kernel picks a port that nothing binds at this moment (bind to port 0);
-    the ledger's rows rule out ports granted to leases whose workload has not
-    bound them yet. Both checks run inside the grant's transaction, so two
-    holders never get the same port.
+    The kernel proposes a port; the ledger's rows rule out ports granted to
+    leases whose workload has not bound them yet, and a bind rules out ports
+    someone outside the ledger serves on. Both checks run inside the grant's
+    transaction, so two live leases never get the same port.
     """
     granted: dict[str, int] = {}
     taken = set(used)
     for name in names:
         for _ in range(PORT_TRIES):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                try:
-                    probe.bind(("127.0.0.1", 0))
-                except OSError as exc:
-                    raise CapacityUnavailable(
-                        "local", f"no port can be bound on 127.0.0.1 ({exc.strerror})"
-                    ) from None
-                port = int(probe.getsockname()[1])
-            if port not in taken:
+            port = candidate_port()
+            if port not in taken and _bindable(port):
                 granted[name] = port
                 taken.add(port)
                 break

@@ -76,6 +76,7 @@ _COMPUTE_CAPABILITY = re.compile(r"^\d{1,2}\.\d$")
 _MIG_PROFILE = re.compile(r"^\d+g\.\d+gb(\+me)?$")
 _LATENCY_SLI = re.compile(r"^(latency|ttft|tpot)_(p\d{1,3}(\.\d+)?|mean|max)$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PORT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 # What a grant sets in the workload's env: a contract must not widen or fake its devices.
 _GRANT_ENV = frozenset(
     {
@@ -580,20 +581,46 @@ class Probe(_Model, frozen=True):
 
 
 class Workload(_Model, frozen=True):
-    """What runs on the lease: its kind, the command or image, the ports to publish."""
+    """What runs on the lease: its kind, the command or image, the ports to publish.
+
+    A port given as ``auto`` is capacity: the backend grants a free one and
+    hands it to the workload (the local backend as ``AICONTRACT_PORT_<NAME>``)
+    and in the lease's endpoints.
+    """
 
     kind: WorkloadKind = "batch"
     image: str | None = None
     command: tuple[str, ...] = ()
     env: dict[str, str] = msgspec.field(default_factory=dict)
-    ports: dict[str, int] = msgspec.field(default_factory=dict)
+    ports: dict[str, int | Literal["auto"]] = msgspec.field(default_factory=dict)
     probe: Probe | None = None
+
+    @property
+    def fixed_ports(self) -> dict[str, int]:
+        """The ports given as numbers."""
+        return {n: p for n, p in self.ports.items() if not isinstance(p, str)}
+
+    @property
+    def auto_ports(self) -> tuple[str, ...]:
+        """The names of the ports given as ``auto`` (granted by the backend)."""
+        return tuple(n for n, p in self.ports.items() if isinstance(p, str))
 
     def __post_init__(self) -> None:
         for name, port in self.ports.items():
+            if isinstance(port, str):
+                # Its name becomes part of an env var name (AICONTRACT_PORT_<NAME>).
+                if not _PORT_NAME.match(name):
+                    raise _Invalid(
+                        "ports",
+                        f"auto port name {name[:80]!r} cannot name AICONTRACT_PORT_<NAME>",
+                        "letters, digits, '_' and '-', starting with a letter",
+                    )
+                continue
             if not 1 <= port <= 65535:
                 raise _Invalid(
-                    "ports", f"port {name}={port} is outside 1..65535", "port numbers in 1..65535"
+                    "ports",
+                    f"port {name}={port} is outside 1..65535",
+                    "port numbers in 1..65535, or auto",
                 )
         for index, arg in enumerate(self.command):
             if "\x00" in arg:

@@ -296,7 +296,7 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
             await make(
                 "service",
                 resource_path(*SERVICES, namespace),
-                service_manifest(name, namespace, labels, owner, workload.ports),
+                service_manifest(name, namespace, labels, owner, workload.fixed_ports),
             )
         if queue is not None and job is not None:
             await self._wait_admitted(namespace, job, deadline, features)

@@ -43,9 +43,15 @@ from ...units import Bytes, CountRange, Duration, Money
 from ...workload import DEFAULT_GRACE, Supervised, WorkloadRef, pid_namespace, spawn
 from ..base import Backend
 from .inventory import GPUDevice, Inventory, host_inventory
-from .ledger import Demand, Ledger, lock_name
+from .ledger import Demand, Ledger, lock_name, parse_ports
 
-__all__ = ["SYSTEM_STATE_DIR", "LocalBackend", "default_state_dir", "state_dir_scope"]
+__all__ = [
+    "SYSTEM_STATE_DIR",
+    "LocalBackend",
+    "default_state_dir",
+    "port_env",
+    "state_dir_scope",
+]
 
 log = logging.getLogger("aicontract.local")
 
@@ -353,7 +359,12 @@ class LocalBackend(Backend):
         inv = self.inventory
         candidates = [c for c in offer.details.get("gpu_candidates", "").split(",") if c]
 
-        def make_record(gpu_ids: tuple[str, ...], cpu_ids: tuple[int, ...]) -> LeaseRecord:
+        def make_record(
+            gpu_ids: tuple[str, ...], cpu_ids: tuple[int, ...], ports: dict[str, int]
+        ) -> LeaseRecord:
+            details = {"gpus": ",".join(gpu_ids), "cpus": ",".join(map(str, cpu_ids))}
+            if ports:
+                details["ports"] = ",".join(f"{n}={p}" for n, p in ports.items())
             return LeaseRecord(
                 id=lease_id,
                 backend=self.name,
@@ -365,9 +376,9 @@ class LocalBackend(Backend):
                 expires_at=expires_at,
                 region=self.region,
                 jurisdiction=self.jurisdiction,
-                env=self._env(lease_id, contract, gpu_ids, cpu_ids),
+                env=self._env(lease_id, contract, gpu_ids, cpu_ids, ports),
                 holder_pid=os.getpid(),
-                details={"gpus": ",".join(gpu_ids), "cpus": ",".join(map(str, cpu_ids))},
+                details=details,
             )
 
         demand = Demand(
@@ -379,6 +390,7 @@ class LocalBackend(Backend):
             memory_total=inv.memory.bytes,
             disk=grant.disk.bytes if grant.disk is not None else 0,
             disk_total=inv.disk.bytes if inv.disk is not None else None,
+            ports=contract.workload.auto_ports if contract.workload is not None else (),
         )
         start_by = contract.terms.start_by
         # A commit never outlives what its contract allows for starting.
@@ -399,7 +411,7 @@ class LocalBackend(Backend):
         contract: Contract,
         grant: Grant,
         demand: Demand,
-        make_record: Callable[[tuple[str, ...], tuple[int, ...]], LeaseRecord],
+        make_record: Callable[[tuple[str, ...], tuple[int, ...], dict[str, int]], LeaseRecord],
         now: float,
         start_by: Duration | None,
     ) -> Lease:
@@ -407,7 +419,7 @@ class LocalBackend(Backend):
         with anyio.fail_after(start_by.seconds) if start_by else contextlib.nullcontext():
             allocation = await self.ledger.agrant(
                 lease_id,
-                lambda g, c: _stored_record(make_record(g, c)),
+                lambda g, c, p: _stored_record(make_record(g, c, p)),
                 demand,
                 now,
                 # The wait for another writer's lock happens in a thread that a deadline
@@ -425,7 +437,9 @@ class LocalBackend(Backend):
                     f" ({first.contract.name!r}), not {grant.describe()} ({contract.name!r});"
                     " use a new key for a new offer",
                 )
-            record = allocation.existing or make_record(allocation.gpus, allocation.cpus)
+            record = allocation.existing or make_record(
+                allocation.gpus, allocation.cpus, allocation.ports
+            )
             lease = Lease(
                 id=lease_id,
                 contract=contract,
@@ -435,13 +449,18 @@ class LocalBackend(Backend):
                 expires_at=record.expires_at,
                 region=self.region,
                 jurisdiction=self.jurisdiction,
-                env=self._env(lease_id, contract, allocation.gpus, allocation.cpus),
+                env=self._env(
+                    lease_id, contract, allocation.gpus, allocation.cpus, allocation.ports
+                ),
                 details=dict(record.details),
                 clock=self.clock,
                 created_at=record.created_at,
             )
             lease.on_state_change(self._on_lease_state)
             workload = contract.workload
+            if workload is not None and not workload.command:
+                # Nothing to wait for: the granted ports are the lease's at once.
+                lease.endpoints.update(_endpoints(allocation.ports))
             if workload is not None and workload.command and lease_id not in self._processes:
                 try:
                     await self._launch(lease, allocation.cpus)
@@ -465,7 +484,11 @@ class LocalBackend(Backend):
 
     @staticmethod
     def _env(
-        lease_id: str, contract: Contract, gpu_ids: tuple[str, ...], cpu_ids: tuple[int, ...]
+        lease_id: str,
+        contract: Contract,
+        gpu_ids: tuple[str, ...],
+        cpu_ids: tuple[int, ...],
+        ports: dict[str, int] | None = None,
     ) -> dict[str, str]:
         # The contract's own env comes first, so it can tune OMP_NUM_THREADS but never
         # widen the devices the ledger granted.
@@ -482,6 +505,8 @@ class LocalBackend(Backend):
                 "CUDA_VISIBLE_DEVICES": ",".join(gpu_ids),
             }
         )
+        for name, port in (ports or {}).items():
+            env[port_env(name)] = str(port)
         return env
 
     async def run(
@@ -533,10 +558,11 @@ class LocalBackend(Backend):
         lease.set_workload_state(WorkloadState.NOT_READY)
         start_by = lease.contract.terms.start_by
         limit = start_by.seconds if start_by else 60.0
-        for name, port in workload.ports.items():
+        granted = parse_ports(lease.details.get("ports", ""))
+        ports = {**workload.fixed_ports, **granted}
+        for port in ports.values():
             await self._wait_for_port(lease, process, port, limit)
-            scheme = "http://" if name.startswith("http") else ""
-            lease.endpoints[name] = f"{scheme}127.0.0.1:{port}"
+        lease.endpoints.update(_endpoints(ports))
         # Ready once every published port accepts connections (at once when it has none).
         lease.set_workload_state(WorkloadState.READY)
 
@@ -657,6 +683,19 @@ class LocalBackend(Backend):
             await self._processes.pop(lease_id).stop()
         if self._ledger is not None:
             self._ledger.close()
+
+
+def port_env(name: str) -> str:
+    """The env var that hands a granted port to the workload: ``AICONTRACT_PORT_<NAME>``."""
+    return "AICONTRACT_PORT_" + name.upper().replace("-", "_")
+
+
+def _endpoints(ports: dict[str, int]) -> dict[str, str]:
+    """Endpoints on this host for ``ports`` (``http*`` names as URLs)."""
+    return {
+        name: f"{'http://' if name.startswith('http') else ''}127.0.0.1:{port}"
+        for name, port in ports.items()
+    }
 
 
 def _nvml_samples(gpu_ids: Sequence[str], now: float) -> list[Sample]:

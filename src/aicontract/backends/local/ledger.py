@@ -31,6 +31,7 @@ import itertools
 import os
 import secrets
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -47,7 +48,7 @@ from ...errors import CapacityUnavailable, IdempotencyConflict, LeaseStateError,
 from ...leases import LeaseRecord
 from ...workload import WorkloadRef, lock_held, signal_ref, workload_alive
 
-__all__ = ["Allocation", "Demand", "Ledger", "lock_name"]
+__all__ = ["Allocation", "Demand", "Ledger", "lock_name", "parse_ports"]
 
 T = TypeVar("T")
 
@@ -165,6 +166,61 @@ def _ledger_error(path: Path, exc: BaseException, waited: float = LOCK_WAIT) -> 
     return LedgerError(where, f"failed: {str(exc)[:80]}", "retry; if it persists, move it aside")
 
 
+# How many kernel-chosen ports to try before saying none is free.
+PORT_TRIES = 64
+
+
+def parse_ports(text: str) -> dict[str, int]:
+    """``name=port,name=port`` (a record's ``details["ports"]``) as a dict."""
+    return {n: int(p) for n, _, p in (i.partition("=") for i in text.split(",") if i)}
+
+
+def candidate_port() -> int:
+    """A port nothing on 127.0.0.1 binds at this moment, as the kernel picks one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", 0))
+        except OSError as exc:
+            raise CapacityUnavailable(
+                "local", f"no port can be bound on 127.0.0.1 ({exc.strerror})"
+            ) from None
+        return int(probe.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    """Can 127.0.0.1:``port`` be bound now (by the workload, a moment later)?"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_ports(names: tuple[str, ...], used: set[int]) -> dict[str, int]:
+    """One port per name that no live lease holds and that 127.0.0.1 can bind now.
+
+    The kernel proposes a port; the ledger's rows rule out ports granted to
+    leases whose workload has not bound them yet, and a bind rules out ports
+    someone outside the ledger serves on. Both checks run inside the grant's
+    transaction, so two live leases never get the same port.
+    """
+    granted: dict[str, int] = {}
+    taken = set(used)
+    for name in names:
+        for _ in range(PORT_TRIES):
+            port = candidate_port()
+            if port not in taken and _bindable(port):
+                granted[name] = port
+                taken.add(port)
+                break
+        else:
+            raise CapacityUnavailable(
+                "local", f"no free port for workload.ports.{name} after {PORT_TRIES} tries"
+            )
+    return granted
+
+
 class _Busy(Exception):
     """The fast path met another process's lock: retry off the event loop, patiently."""
 
@@ -181,6 +237,8 @@ class Demand:
     memory_total: int
     disk: int = 0
     disk_total: int | None = None
+    # Names of the ports to grant (``workload.ports`` given as ``auto``).
+    ports: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -196,6 +254,7 @@ class Allocation:
     cpus: tuple[int, ...]
     existing: LeaseRecord | None = None
     mine: bool = True
+    ports: dict[str, int] = attrs.field(factory=dict)
 
 
 @attrs.define
@@ -576,17 +635,18 @@ class Ledger:
     async def agrant(
         self,
         lease_id: str,
-        make_record: Callable[[tuple[str, ...], tuple[int, ...]], LeaseRecord],
+        make_record: Callable[[tuple[str, ...], tuple[int, ...], dict[str, int]], LeaseRecord],
         demand: Demand,
         now: float | None = None,
         wait: float | None = None,
     ) -> Allocation:
         """Bind devices and amounts to a new lease, atomically, or raise CapacityUnavailable.
 
-        ``make_record(gpu_ids, cpu_ids)`` builds the record stored for the lease once
-        its devices are chosen. The lease id is the idempotency key: a second call
-        with the same id returns the first grant (with ``existing`` set) and binds
-        nothing. This process holds the lease's holder lock from then on.
+        ``make_record(gpu_ids, cpu_ids, ports)`` builds the record stored for the lease
+        once its devices (and its ``auto`` ports, by name) are chosen. The lease id is
+        the idempotency key: a second call with the same id returns the first grant
+        (with ``existing`` set) and binds nothing. This process holds the lease's
+        holder lock from then on.
         """
         now = time.time() if now is None else now
         self._connections()
@@ -622,7 +682,7 @@ class Ledger:
         self,
         conn: sqlite3.Connection,
         lease_id: str,
-        make_record: Callable[[tuple[str, ...], tuple[int, ...]], LeaseRecord],
+        make_record: Callable[[tuple[str, ...], tuple[int, ...], dict[str, int]], LeaseRecord],
         demand: Demand,
         now: float,
     ) -> Allocation:
@@ -638,7 +698,7 @@ class Ledger:
                 )
             for _ in range(2):
                 try:
-                    gpu_ids, cpu_ids = self._choose(conn, demand)
+                    gpu_ids, cpu_ids, ports = self._choose(conn, demand)
                 except CapacityUnavailable:
                     # A retried commit finds its own first grant holding the capacity.
                     existing = self._existing(conn, lease_id)
@@ -649,8 +709,8 @@ class Ledger:
                         continue  # its dead holder's row is gone: grant afresh
                     if not self._reclaim(conn, now, check_holders=True):
                         raise
-                    gpu_ids, cpu_ids = self._choose(conn, demand)
-                record = make_record(gpu_ids, cpu_ids)
+                    gpu_ids, cpu_ids, ports = self._choose(conn, demand)
+                record = make_record(gpu_ids, cpu_ids, ports)
                 try:
                     conn.execute(
                         "INSERT INTO leases (id, holder, owner_uid, expires_at, memory, disk,"
@@ -676,9 +736,10 @@ class Ledger:
                 conn.executemany(
                     "INSERT INTO devices (kind, device, lease_id) VALUES (?, ?, ?)",
                     [("gpu", g, lease_id) for g in gpu_ids]
-                    + [("cpu", str(c), lease_id) for c in cpu_ids],
+                    + [("cpu", str(c), lease_id) for c in cpu_ids]
+                    + [("port", str(p), lease_id) for p in ports.values()],
                 )
-                return Allocation(lease_id, gpu_ids, cpu_ids)
+                return Allocation(lease_id, gpu_ids, cpu_ids, ports=ports)
             raise IdempotencyConflict(  # pragma: no cover - a key reclaimed twice in one go
                 "local", f"lease {lease_id} kept changing hands; retry"
             )
@@ -708,16 +769,23 @@ class Ledger:
         record = LeaseRecord.from_json(row[0])
         gpus = tuple(g for g in record.details.get("gpus", "").split(",") if g)
         cpus = tuple(int(c) for c in record.details.get("cpus", "").split(",") if c)
-        return Allocation(lease_id, gpus, cpus, existing=record, mine=row[1] == self._token)
+        ports = parse_ports(record.details.get("ports", ""))
+        return Allocation(
+            lease_id, gpus, cpus, existing=record, mine=row[1] == self._token, ports=ports
+        )
 
     def _choose(
         self, conn: sqlite3.Connection, demand: Demand
-    ) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    ) -> tuple[tuple[str, ...], tuple[int, ...], dict[str, int]]:
         used_gpus: set[str] = set()
         used_cpus: set[str] = set()
+        used_ports: set[int] = set()
         # Every row counts, expired or not: a lease's devices are free only once its row
         # is gone, which is only once its workload is.
         for kind, device in conn.execute(_HELD_DEVICES):
+            if kind == "port":
+                used_ports.add(int(device))
+                continue
             (used_gpus if kind == "gpu" else used_cpus).add(device)
         free_gpus = (g for g in demand.gpu_candidates if g not in used_gpus)
         gpu_ids = tuple(itertools.islice(free_gpus, demand.gpus))
@@ -735,7 +803,7 @@ class Ledger:
                 raise CapacityUnavailable("local", "memory was granted meanwhile")
             if demand.disk_total is not None and used_disk + demand.disk > demand.disk_total:
                 raise CapacityUnavailable("local", "disk was granted meanwhile")
-        return gpu_ids, cpu_ids
+        return gpu_ids, cpu_ids, _free_ports(demand.ports, used_ports)
 
     # -- workloads -----------------------------------------------------------------------
 
@@ -821,7 +889,7 @@ class Ledger:
                 continue
             if kind == "gpu":
                 gpus.add(device)
-            else:
+            elif kind == "cpu":
                 cpus.add(int(device))
         return (gpus, cpus, int(memory), int(disk)), stoppable
 

@@ -18,13 +18,35 @@ from ..contract import Contract
 from ..governance.identity import Identity, local_identity
 from ..leases import Lease
 from ..observation import Observation
-from ..offer import Offer, Quote
+from ..offer import Offer, Quote, Rejection
 
-__all__ = ["Backend", "key_name", "rank_env"]
+__all__ = ["Backend", "fixed_ports_only", "key_name", "rank_env"]
 
 _B = TypeVar("_B", bound="Backend")
 
 _NAME_UNSAFE = re.compile(r"[^a-z0-9-]+")
+
+
+def fixed_ports_only(backend: str, contract: Contract) -> Quote | None:
+    """A refusal for a contract with ``auto`` ports, from a backend that cannot grant ports.
+
+    Only the local backend keeps ports as capacity; elsewhere a workload's ports
+    must be numbers, and saying so at quote time beats a bad pod spec or an
+    endpoint ending in ``:auto``.
+    """
+    workload = contract.workload
+    if workload is None or not workload.auto_ports:
+        return None
+    return Quote(
+        rejections=(
+            Rejection(
+                backend=backend,
+                requirement="workload.ports",
+                wanted=", ".join(f"{name}: auto" for name in workload.auto_ports),
+                available="fixed port numbers only",
+            ),
+        )
+    )
 
 
 def key_name(idempotency_key: str, *, prefix: str, longest: int, keep: int, digest: int) -> str:

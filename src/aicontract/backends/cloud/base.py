@@ -55,7 +55,7 @@ from ...leases import Lease
 from ...observation import Fault, Observation
 from ...offer import Grant, Offer, Quote, Rejection, check_offer, summarise_rejections
 from ...units import Bytes, Money
-from ..base import Backend, key_name, rank_env
+from ..base import Backend, fixed_ports_only, key_name, rank_env
 from .regions import jurisdiction_for
 
 __all__ = [
@@ -396,6 +396,9 @@ class CloudBackend(Backend):
 
     async def quote(self, contract: Contract) -> Quote:
         """Offers from the catalog that satisfy ``contract``, and why the rest do not."""
+        refused = fixed_ports_only(self.name, contract)
+        if refused is not None:
+            return refused
         self._check_ready_to_quote()
         entries = await self.catalog()
         entries += await self._contract_entries(contract)

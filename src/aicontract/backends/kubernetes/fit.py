@@ -20,6 +20,7 @@ from ...errors import AuthenticationError
 from ...gpu_models import capability
 from ...offer import Grant, Offer, Quote, Rejection
 from ...units import Bytes, CountRange, Money, Range
+from ..base import fixed_ports_only
 from .api import NotFound, resource_path
 from .core import (
     OFFER_TTL,
@@ -97,6 +98,9 @@ class FitMixin(KubeCore):
         and is refused as ``quota`` with what is used of what limit. With nothing to
         offer for want of GPUs, a counter-offer says how many one node has now.
         """
+        refused = fixed_ports_only(self.name, contract)
+        if refused is not None:
+            return refused
         namespace = self.namespace_for(contract)
         views = await self.nodes()
         room = await self.quota_room(namespace)

@@ -37,7 +37,7 @@ from ...leases import Lease, WorkloadState
 from ...observation import Fault, Observation
 from ...offer import Grant, Offer, Quote, Rejection, check_offer, summarise_rejections
 from ...units import Bytes, Duration, Money
-from ..base import Backend, key_name, rank_env
+from ..base import Backend, fixed_ports_only, key_name, rank_env
 from .api import SlurmAPI, SlurmError
 from .quote import (
     BAD_NODE_STATES,
@@ -195,6 +195,9 @@ class SlurmBackend(Backend):
     async def quote(self, contract: Contract) -> Quote:
         """Offers per partition and GPU type: ``allocated`` when free now, else ``best-effort``
         with an estimated start; ``reserved`` inside a reservation the user may use."""
+        refused = fixed_ports_only(self.name, contract)
+        if refused is not None:
+            return refused
         api = self.rest
         nodes = node_views(await api.nodes())
         parts = partition_views(await api.partitions())

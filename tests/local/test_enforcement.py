@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from procs import live_processes
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux processes")
 
 # The workload: it and a grandchild in its process group carry a marker (the pids
@@ -61,19 +63,7 @@ open(sys.argv[2], "w").write("gone" if not alive else f"alive: {alive}")
 
 def _running(pids: Path) -> list[int]:
     """Live processes of the workload that writes ``pids`` (any PID namespace)."""
-    marker = f"{pids}#work".encode()
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in args and b"acquire" not in args and state != b"Z":
-            found.append(int(pid))
-    return found
+    return live_processes(f"{pids}#work".encode(), unless=b"acquire")
 
 
 def _wait_for(predicate: object, what: str, bound: float = 60.0) -> None:

@@ -27,23 +27,13 @@ from aicontract.errors import (
     LedgerError,
     TransientBackendError,
 )
+from procs import live_processes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux processes")
 
 
 def _running(marker: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in args and state != b"Z":
-            found.append(int(pid))
-    return found
+    return live_processes(marker.encode())
 
 
 def _served(marker: str, **env: str) -> Contract:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ import httpx
 import pytest
 from fake_kubelet import FakeKubelet, NodeSpec, default_node_specs
 from harness import Cluster, wait_for_service_account
+
+from aicontract.backends.kubernetes import KubernetesBackend
 
 K8S_MARKER = "k8s"
 
@@ -142,3 +144,13 @@ def k8s_cluster(k8s_node_specs: list[NodeSpec]) -> Iterator[K8sTestCluster]:
         if os.environ.get("AICONTRACT_K8S_KEEP_WORKDIR"):
             print(f"\nk8s test cluster workdir kept: {cluster.workdir}", file=sys.stderr)
         cluster.stop()
+
+
+@pytest.fixture
+async def backend(k8s_cluster: Any) -> AsyncIterator[KubernetesBackend]:
+    """A backend on the session's cluster, closed after the test."""
+    kb = KubernetesBackend(kubeconfig=k8s_cluster.kubeconfig, ttl=30, release_timeout=60)
+    try:
+        yield kb
+    finally:
+        await kb.aclose()

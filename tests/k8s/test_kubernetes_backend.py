@@ -7,7 +7,6 @@ leases; capacity tests check the cluster is empty of leases before they start.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -36,15 +35,6 @@ US_NODES = {"gpu-us-1"}
 
 def tenant() -> str:
     return f"t-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def backend(k8s_cluster: Any) -> AsyncIterator[KubernetesBackend]:
-    kb = KubernetesBackend(kubeconfig=k8s_cluster.kubeconfig, ttl=30, release_timeout=60)
-    try:
-        yield kb
-    finally:
-        await kb.aclose()
 
 
 def contract(**kw: Any) -> Contract:

@@ -12,7 +12,7 @@ import re
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
@@ -40,11 +40,6 @@ BETA_REGION = "failure-domain.beta.kubernetes.io/region"
 BETA_ZONE = "failure-domain.beta.kubernetes.io/zone"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def tenant() -> str:
     return f"f-{uuid.uuid4().hex[:8]}"
 
@@ -53,15 +48,6 @@ def contract(**kw: Any) -> Contract:
     kw.setdefault("tenant", tenant())
     kw.setdefault("gpus", GPU(count=1, models=("H100",)))
     return Contract(name="k8s-fault", **kw)
-
-
-@pytest.fixture
-async def backend(k8s_cluster: Any) -> AsyncIterator[KubernetesBackend]:
-    kb = KubernetesBackend(kubeconfig=k8s_cluster.kubeconfig, ttl=30, release_timeout=60)
-    try:
-        yield kb
-    finally:
-        await kb.aclose()
 
 
 class LosingTransport(httpx.AsyncBaseTransport):

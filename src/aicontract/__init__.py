@@ -56,6 +56,7 @@ from .reporting import measure, report
 from .schema import json_schema
 from .sync import acquire_sync, lease, quote_sync, release_sync, renew_sync
 from .units import Bytes, BytesRange, CountRange, Duration, Money, Rate, Ratio
+from .world import World
 
 __all__ = [
     "GPU",
@@ -117,6 +118,7 @@ __all__ = [
     "VirtualClock",
     "Workload",
     "WorkloadState",
+    "World",
     "__version__",
     "acquire",
     "acquire_sync",

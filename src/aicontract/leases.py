@@ -32,6 +32,7 @@ from .errors import LeaseLost, LeaseStateError, TransientBackendError
 from .observation import ObjectiveState, Sample, Violation
 from .offer import Grant
 from .units import Duration
+from .world import World
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
@@ -99,6 +100,7 @@ class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
     workload_state: str | None = None
     details: dict[str, str] = msgspec.field(default_factory=dict)
+    world: World | None = None
 
     def to_json(self) -> bytes:
         """The record as JSON."""
@@ -178,6 +180,8 @@ class Lease:
     endpoints: dict[str, str] = attrs.field(factory=dict)
     env: dict[str, str] = attrs.field(factory=dict)
     details: dict[str, str] = attrs.field(factory=dict)
+    world: World | None = None
+    """The training world (nodes, processes per node, rendezvous), when the backend grants one."""
     clock: Clock = attrs.field(default=system_clock, repr=False)
     created_at: float = attrs.field(default=0.0)
     state: LeaseState = LeaseState.ACTIVE
@@ -372,6 +376,7 @@ class Lease:
             reason=self.reason,
             workload_state=self.workload_state.value if self.workload_state else None,
             details=dict(self.details),
+            world=self.world,
         )
 
     # -- monitoring (see aicontract.monitor) -----------------------------------------------

@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import re
-from abc import ABC, abstractmethod
+from abc import ABC
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation, localcontext
 from fractions import Fraction
 from typing import Any, ClassVar, Generic, TypeVar
@@ -597,6 +598,14 @@ class Range(ABC, Generic[Q]):
     min: Q | None
     max: Q | None
     _form: str  # how it was written, so it prints back the same way
+    _parse: ClassVar[Callable[[Any], Any]]  # parses one bound
+
+    def __init_subclass__(
+        cls, *, kind: str, allowed: str, parse: Callable[[Any], Any], **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.KIND, cls.ALLOWED = kind, allowed
+        cls._parse = staticmethod(parse)
 
     def __init__(self, value: Any) -> None:
         if isinstance(value, Range):
@@ -658,14 +667,10 @@ class Range(ABC, Generic[Q]):
 
     def _one(self, raw: Any) -> Q:
         try:
-            return self._parse(raw)
+            one: Q = type(self)._parse(raw)
+            return one
         except ContractError as exc:
             raise ContractError(exc.message, value=raw, allowed=self.ALLOWED) from None
-
-    @staticmethod
-    @abstractmethod
-    def _parse(raw: Any) -> Q:
-        """Parse one bound."""
 
     def _set(self, low: Q | None, high: Q | None, form: str, original: object) -> None:
         if low is not None and high is not None and low > high:
@@ -765,25 +770,23 @@ def _count(raw: Any) -> int:
     return int(exact)
 
 
-class CountRange(Range[int]):
+class CountRange(
+    Range[int],
+    kind="count",
+    allowed="a whole number like 8, or a range like 1..8, 2.. or >=2",
+    parse=_count,
+):
     """A range of whole numbers: ``8``, ``"1..8"``, ``">=2"``."""
 
     __slots__ = ()
-    KIND = "count"
-    ALLOWED = "a whole number like 8, or a range like 1..8, 2.. or >=2"
-
-    @staticmethod
-    def _parse(raw: Any) -> int:
-        return _count(raw)
 
 
-class BytesRange(Range[Bytes]):
+class BytesRange(
+    Range[Bytes],
+    kind="bytes",
+    allowed="a size like 80GiB, or a range like 40GiB..80GiB, 256GiB.. or >=24GiB",
+    parse=Bytes,
+):
     """A range of byte quantities: ``"40GiB..80GiB"``, ``">=24GiB"``, ``"256GiB.."``."""
 
     __slots__ = ()
-    KIND = "bytes"
-    ALLOWED = "a size like 80GiB, or a range like 40GiB..80GiB, 256GiB.. or >=24GiB"
-
-    @staticmethod
-    def _parse(raw: Any) -> Bytes:
-        return Bytes(raw)

@@ -691,7 +691,13 @@ class Contract(_Model, frozen=True):
     name: str = "unnamed"
     tenant: str = "default"
     resources: Resources = Resources()
-    alternatives: tuple[Resources, ...] = ()
+    alternatives: Annotated[
+        tuple[Resources, ...],
+        msgspec.Meta(
+            description=f"Fallbacks for resources, best first (at most {_MAX_ALTERNATIVES}).",
+            extra_json_schema={"maxItems": _MAX_ALTERNATIVES},
+        ),
+    ] = ()
     """Fallbacks for ``resources``, best first; a grant names the one it serves."""
     objectives: tuple[Objective, ...] = ()
     placement: Placement = Placement()

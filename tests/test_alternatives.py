@@ -250,8 +250,8 @@ async def test_rejections_name_the_choice_they_belong_to(clock: VirtualClock) ->
 async def test_a_rejection_outside_resources_says_which_choices_it_held_for(
     clock: VirtualClock,
 ) -> None:
-    """A price cap breaks the GPU choices only: those are named; a cap broken by every
-    choice would be listed once, plainly."""
+    """A price cap breaks the GPU choices only: those are named. A rejection every choice
+    met (a backend that does not answer) is listed once, plainly."""
     stock = Stock(clock=clock, gpus={"H100": 1, "A100": 2}, cpus=2)
     capped = FALLBACK.with_(max_price="1 USD/h")
     with pytest.raises(NoOffer) as caught:

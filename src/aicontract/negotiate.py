@@ -531,9 +531,8 @@ def _label_rejections(
     """Each choice's rejections, named in the whole contract.
 
     A requirement on resources names its choice by path (``alternatives[1].gpus.count``).
-    Any other (placement, terms, the quote itself) is listed once; when it did not hold
-    for every choice, the choices it held for follow it: ``terms.max_price (for
-    alternatives[0])``.
+    Any other (placement, terms, the quote itself) is listed once; unless every choice
+    met it, the choices that did follow it: ``terms.max_price (for alternatives[0])``.
     """
     found: dict[Rejection, list[str] | None] = {}
     for alternative, rejections in per_choice:

@@ -7,6 +7,7 @@ one on every machine. Governance is real: a policy file, the hash-chained record
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +228,19 @@ contract:
 """
 
 
-async def test_templates_carry_alternatives_and_lock_them(host: Any, tmp_path: Path) -> None:
+@pytest.fixture
+def fresh_catalog() -> Iterator[None]:
+    """The policy reads the template catalog once per process: read this test's, then forget it."""
+    from aicontract.governance import policy
+
+    policy._catalog.cache_clear()
+    yield
+    policy._catalog.cache_clear()
+
+
+async def test_templates_carry_alternatives_and_lock_them(
+    host: Any, tmp_path: Path, fresh_catalog: None
+) -> None:
     """The policy admits template contracts only; the locked choices are checked on the
     whole contract, so a granted fallback is not mistaken for a changed template."""
     host(NO_GPU)

@@ -419,3 +419,20 @@ def test_rank_key_puts_the_choice_first_unless_placed(clock: VirtualClock) -> No
     assert rank_key(cpu, placed)[1] == 1
     # A contract without alternatives ranks as before: the guarantee first.
     assert rank_key(offer, Contract(cpus=8))[0] == -GUARANTEE_ORDER["allocated"]
+
+
+async def test_choices_across_backends(clock: VirtualClock) -> None:
+    """Each choice asks every backend: the first choice from one, a fallback from another."""
+    cpus_only = Stock(name="cpus-only", clock=clock, cpus=64)
+    gpu_box = Stock(name="gpu-box", clock=clock, gpus={"A100": 2})
+    round_ = await _negotiator(clock, cpus_only, gpu_box).quote(FALLBACK)
+    assert [(o.backend, o.grant.alternative) for o in round_.offers] == [
+        ("gpu-box", 0),
+        ("cpus-only", 1),
+    ]
+    missing = {(r.backend, r.requirement) for r in round_.rejections}
+    assert ("gpu-box", "alternatives[1].cpus") in missing
+    assert ("cpus-only", "resources.gpus.count") in missing
+    gpu_box.gpus["H100"] = 1
+    lease = await _negotiator(clock, cpus_only, gpu_box).acquire(FALLBACK)
+    assert (lease.backend.name, lease.grant.alternative) == ("gpu-box", None)

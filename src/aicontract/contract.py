@@ -56,7 +56,7 @@ ISOLATION_ORDER: dict[str, int] = {"shared": 0, "dedicated-node": 1, "dedicated-
 Comparison = Literal["<=", "<", ">=", ">"]
 WorkloadKind = Literal["training", "inference", "notebook", "batch"]
 Interconnect = Literal["pcie", "nvlink", "infiniband"]
-RankKey = Literal["cost", "start_time", "locality", "guarantee"]
+RankKey = Literal["cost", "start_time", "locality", "guarantee", "alternative"]
 ViolationPolicy = Literal["notify", "renegotiate", "release"]
 BudgetPolicy = Literal["notify", "release"]
 Amount = Annotated[str, msgspec.Meta(examples=["500 USD", "20000 EUR"])]
@@ -401,6 +401,10 @@ class Resources(_Model, frozen=True):
             )
 
 
+_NOTHING = Resources()
+_MAX_ALTERNATIVES = 8
+
+
 class Objective(_Model, frozen=True):
     """A service-level objective: ``sli op target`` over a sliding ``window``."""
 
@@ -648,7 +652,12 @@ class Workload(_Model, frozen=True):
 
 
 class Preferences(_Model, frozen=True):
-    """How to rank acceptable offers: keys in order of importance, preferred regions."""
+    """How to rank acceptable offers: keys in order of importance, preferred regions.
+
+    ``alternative`` ranks offers by the contract's choice they serve (``resources``
+    first, then ``alternatives`` in order); left out of ``rank``, it ranks before
+    every other key, so an earlier choice wins whatever a later one costs.
+    """
 
     rank: tuple[RankKey, ...] = ("guarantee", "cost", "start_time", "locality")
     regions: tuple[str, ...] = ()
@@ -658,7 +667,7 @@ class Preferences(_Model, frozen=True):
             raise _Invalid(
                 "rank",
                 f"{list(self.rank)} names a key twice",
-                "each of cost, start_time, locality, guarantee at most once",
+                "each of cost, start_time, locality, guarantee, alternative at most once",
             )
 
 
@@ -672,11 +681,24 @@ class Contract(_Model, frozen=True):
     ``on_violation`` (terms) and
     ``regions``, ``jurisdictions``, ``isolation`` (placement) fill the nested
     sections; ``gpus=2`` means ``GPU(count=2)``.
+
+    ``alternatives`` are fallbacks for ``resources``, in order of preference:
+    ``Contract(gpus=GPU(models=["H100"]), alternatives=[Resources(cpus=8)])``
+    asks for an H100, else 8 CPUs, in one negotiation. Everything else
+    (placement, terms, objectives) holds for every choice.
     """
 
     name: str = "unnamed"
     tenant: str = "default"
     resources: Resources = Resources()
+    alternatives: Annotated[
+        tuple[Resources, ...],
+        msgspec.Meta(
+            description=f"Fallbacks for resources, best first (at most {_MAX_ALTERNATIVES}).",
+            extra_json_schema={"maxItems": _MAX_ALTERNATIVES},
+        ),
+    ] = ()
+    """Fallbacks for ``resources``, best first; a grant names the one it serves."""
     objectives: tuple[Objective, ...] = ()
     placement: Placement = Placement()
     terms: Terms = Terms()
@@ -727,6 +749,21 @@ class Contract(_Model, frozen=True):
                     "1-63 lowercase letters, digits, '-', '.' or '_',"
                     " starting and ending with a letter or digit",
                 )
+        if self.alternatives:
+            if len(self.alternatives) > _MAX_ALTERNATIVES:
+                # Each choice is quoted by every backend: the list bounds the fan-out.
+                raise _Invalid(
+                    "alternatives",
+                    f"{len(self.alternatives)} alternatives are too many",
+                    f"at most {_MAX_ALTERNATIVES} fallbacks, best first",
+                )
+            if self.resources == _NOTHING:
+                # Most likely every choice went into alternatives and the first was lost.
+                raise _Invalid(
+                    "alternatives",
+                    "alternatives are fallbacks for resources, which asks for nothing",
+                    "the first choice in resources and the fallbacks in alternatives",
+                )
         if self.workload is None:
             return
         if self.workload.probe and not self.workload.ports:
@@ -745,6 +782,69 @@ class Contract(_Model, frozen=True):
         from .governance.templates import from_template
 
         return from_template(ref, **values)
+
+    # -- alternatives ----------------------------------------------------------------
+
+    @property
+    def choices(self) -> tuple[Resources, ...]:
+        """Every acceptable set of resources, best first: ``resources``, then ``alternatives``."""
+        return (self.resources, *self.alternatives)
+
+    def resources_for(self, alternative: int | None) -> Resources:
+        """One choice's resources: ``None`` for ``resources``, ``i`` for ``alternatives[i]``."""
+        if alternative is None:
+            return self.resources
+        if not 0 <= alternative < len(self.alternatives):
+            raise ContractError(
+                f"the contract has no alternatives[{alternative}]",
+                path="$.alternatives",
+                value=alternative,
+                allowed=f"None (resources) or an index below {len(self.alternatives)}",
+            )
+        return self.alternatives[alternative]
+
+    def narrow(self, alternative: int | None) -> Contract:
+        """This contract asking for one choice alone: its resources, no alternatives.
+
+        What a backend is asked to quote, and what an offer for that choice is
+        checked against; :meth:`widen` puts the other choices back.
+        """
+        resources = self.resources_for(alternative)
+        if not self.alternatives:
+            return self
+        narrowed: Contract = msgspec.structs.replace(self, resources=resources, alternatives=())
+        return narrowed
+
+    def widen(self, narrowed: Contract, alternative: int | None) -> Contract:
+        """``narrowed`` (one choice of this contract, perhaps relaxed by a counter-offer)
+        with this contract's other choices around it again: the inverse of :meth:`narrow`."""
+        if not self.alternatives:
+            return narrowed
+        alternatives = list(self.alternatives)
+        resources = narrowed.resources
+        if alternative is not None:
+            self.resources_for(alternative)  # refuses an index it does not have
+            alternatives[alternative], resources = narrowed.resources, self.resources
+        try:
+            whole: Contract = msgspec.structs.replace(
+                narrowed, resources=resources, alternatives=tuple(alternatives)
+            )
+        except ValueError as exc:  # __post_init__'s refusal (say, resources relaxed to nothing)
+            raise _contract_error(str(exc), None, Contract, None) from None
+        return whole
+
+    @staticmethod
+    def choice_name(alternative: int | None) -> str:
+        """The contract path of a choice: ``resources`` or ``alternatives[i]``."""
+        return "resources" if alternative is None else f"alternatives[{alternative}]"
+
+    @staticmethod
+    def requirement_path(path: str, alternative: int | None) -> str:
+        """``path`` (a requirement found for a narrowed contract) named in the whole contract:
+        ``resources.gpus.count`` for ``alternatives[1]`` is ``alternatives[1].gpus.count``."""
+        if alternative is None or not (path == "resources" or path.startswith("resources.")):
+            return path
+        return f"alternatives[{alternative}]{path[len('resources') :]}"
 
     def with_(self, **changes: Any) -> Contract:
         """A copy with some top-level fields (or shortcuts) changed, validated again."""

@@ -38,6 +38,7 @@ from .errors import (
     BackendNotFound,
     CapacityUnavailable,
     ConfigError,
+    ContractError,
     NoOffer,
     PolicyViolation,
     QuotaExceeded,
@@ -67,8 +68,15 @@ def rank_key(offer: Offer, contract: Contract) -> tuple[Any, ...]:
     """Sort key for acceptable offers: the contract's preferences, then model order."""
     key: list[Any] = []
     terms = contract.terms
-    for name in contract.preferences.rank:
-        if name == "guarantee":
+    ranks = contract.preferences.rank
+    alternative = offer.grant.alternative
+    choice = -1 if alternative is None else alternative  # resources, then alternatives in order
+    if contract.alternatives and "alternative" not in ranks:
+        key.append(choice)  # unless the preferences place it, an earlier choice wins outright
+    for name in ranks:
+        if name == "alternative":
+            key.append(choice)
+        elif name == "guarantee":
             key.append(-GUARANTEE_ORDER[offer.guarantee])
         elif name == "cost":
             # Amounts in different currencies do not compare: offers priced in the
@@ -85,7 +93,7 @@ def rank_key(offer: Offer, contract: Contract) -> tuple[Any, ...]:
         elif name == "locality":
             regions = contract.preferences.regions
             key.append(regions.index(offer.region) if offer.region in regions else len(regions))
-    gpus = contract.resources.gpus
+    gpus = (contract.resources if alternative is None else contract.resources_for(alternative)).gpus
     if gpus is not None and gpus.models and offer.grant.gpu_model in gpus.models:
         key.append(gpus.models.index(offer.grant.gpu_model))
     key.append(-offer.grant.gpus)
@@ -170,7 +178,61 @@ class Negotiator:
     """Policy enforced before every commit, and the record kept (``None``: neither)."""
 
     async def quote(self, contract: Contract, *, start_within: float | None = None) -> Negotiation:
-        """One round: every backend's offers, filtered by the contract and ranked."""
+        """One round: every backend's offers, filtered by the contract and ranked.
+
+        A contract with ``alternatives`` is quoted once per choice, all at once:
+        each offer carries the whole contract and says in ``grant.alternative``
+        which choice it serves; rejections name the choice they were found for.
+        """
+        if contract.alternatives:
+            accepted, rejections, counter = await self._gather_choices(contract, start_within)
+        else:
+            accepted, rejections, counter = await self._gather(contract, start_within)
+        now = self.clock.time()
+        if self.record is not None and contract.objectives:
+            result = self._rank_by_record(self.record, accepted, rejections, counter, contract, now)
+        else:
+            accepted.sort(key=lambda o: rank_key(o, contract))
+            result = Negotiation(tuple(accepted), tuple(rejections), tuple(counter))
+        if self.governance is not None:
+            self.governance.quoted(contract, result.offers, result.rejections)
+        return result
+
+    async def _gather_choices(
+        self, contract: Contract, start_within: float | None
+    ) -> tuple[list[Offer], list[Rejection], list[Offer]]:
+        """:meth:`_gather` for each of the contract's choices at once, merged.
+
+        Backends (and the checks) see one choice at a time, as a contract narrowed
+        to it; the offers come back carrying the whole contract and their choice.
+        """
+        choices: list[int | None] = [None, *range(len(contract.alternatives))]
+        found: dict[int | None, tuple[list[Offer], list[Rejection], list[Offer]]] = {}
+
+        async def gather(alternative: int | None) -> None:
+            found[alternative] = await self._gather(contract.narrow(alternative), start_within)
+
+        async with anyio.create_task_group() as tg:
+            for alternative in choices:
+                tg.start_soon(gather, alternative, name=f"aicontract-quote-choice-{alternative}")
+        accepted: list[Offer] = []
+        counter: list[Offer] = []
+        per_choice: list[tuple[int | None, list[Rejection]]] = []
+        for alternative in choices:
+            offers, rejections, counters = found[alternative]
+            for offer in offers:
+                grant = msgspec.structs.replace(offer.grant, alternative=alternative)
+                accepted.append(msgspec.structs.replace(offer, contract=contract, grant=grant))
+            for offer in counters:
+                counter.append(_counter_for_choice(offer, contract, alternative))
+            per_choice.append((alternative, rejections))
+        return accepted, _label_rejections(per_choice), counter
+
+    async def _gather(
+        self, contract: Contract, start_within: float | None
+    ) -> tuple[list[Offer], list[Rejection], list[Offer]]:
+        """Ask every backend; the offers that satisfy ``contract``, why the rest fell, and
+        the counter-offers (unranked)."""
         quotes: list[Quote] = []
         rejections: list[Rejection] = []
 
@@ -252,14 +314,7 @@ class Negotiator:
                     rejections.extend(problems)
                 else:
                     accepted.append(offer)
-        if self.record is not None and contract.objectives:
-            result = self._rank_by_record(self.record, accepted, rejections, counter, contract, now)
-        else:
-            accepted.sort(key=lambda o: rank_key(o, contract))
-            result = Negotiation(tuple(accepted), tuple(rejections), tuple(counter))
-        if self.governance is not None:
-            self.governance.quoted(contract, result.offers, result.rejections)
-        return result
+        return accepted, rejections, counter
 
     @staticmethod
     def _rank_by_record(
@@ -320,7 +375,12 @@ class Negotiator:
         )
 
     async def commit(self, offer: Offer, idempotency_key: str | None = None) -> Lease:
-        """Commit one offer, retrying transient failures with the same idempotency key."""
+        """Commit one offer, retrying transient failures with the same idempotency key.
+
+        An offer for a contract with alternatives goes to its backend narrowed to the
+        choice it serves; the lease holds the whole contract (``lease.contract``) and
+        names the choice (``lease.grant.alternative``).
+        """
         backend = self._backend(offer.backend)
         # Guarantee 3 holds for offers committed directly (a counter-offer a caller
         # accepted) as much as for negotiated ones: the offer must satisfy its contract.
@@ -329,8 +389,25 @@ class Negotiator:
             raise NoOffer(offer.contract.name, problems, reason="the offer breaks its contract")
         key = idempotency_key or uuid.uuid4().hex[:20]
         if self.governance is not None:  # policy before any commit, then the record
-            return await self.governance.commit(offer, backend, lambda: self._commit(offer, key))
-        return await self._commit(offer, key)
+            return await self.governance.commit(
+                offer, backend, lambda: self._commit_choice(offer, key)
+            )
+        return await self._commit_choice(offer, key)
+
+    async def _commit_choice(self, offer: Offer, key: str) -> Lease:
+        """:meth:`_commit`, the backend seeing only the choice the offer serves."""
+        whole = offer.contract
+        if not whole.alternatives:
+            return await self._commit(offer, key)
+        alternative = offer.grant.alternative
+        narrowed = msgspec.structs.replace(offer, contract=whole.narrow(alternative))
+        lease = await self._commit(narrowed, key)
+        # The backend keeps the choice it was asked for; the holder's lease keeps the
+        # whole contract, so that a renegotiation quotes every choice again.
+        lease.contract = whole
+        if lease.grant.alternative != alternative:
+            lease.grant = msgspec.structs.replace(lease.grant, alternative=alternative)
+        return lease
 
     async def _commit(self, offer: Offer, key: str) -> Lease:
         backend = self._backend(offer.backend)
@@ -432,6 +509,50 @@ class Negotiator:
         """Close every backend."""
         for backend in self.backends:
             await backend.aclose()
+
+
+def _counter_for_choice(offer: Offer, contract: Contract, alternative: int | None) -> Offer:
+    """A backend's counter-offer for one choice, carrying the whole contract around it.
+
+    Committing it then leases the relaxed choice with the other choices intact, so a
+    renegotiation still quotes them all.
+    """
+    grant = msgspec.structs.replace(offer.grant, alternative=alternative)
+    try:
+        whole = contract.widen(offer.contract, alternative)
+    except ContractError:  # relaxed beyond what a contract with alternatives allows
+        return offer
+    return msgspec.structs.replace(offer, contract=whole, grant=grant)
+
+
+def _label_rejections(
+    per_choice: Sequence[tuple[int | None, Sequence[Rejection]]],
+) -> list[Rejection]:
+    """Each choice's rejections, named in the whole contract.
+
+    A requirement on resources names its choice by path (``alternatives[1].gpus.count``).
+    Any other (placement, terms, the quote itself) is listed once; unless every choice
+    met it, the choices that did follow it: ``terms.max_price (for alternatives[0])``.
+    """
+    found: dict[Rejection, list[str] | None] = {}
+    for alternative, rejections in per_choice:
+        for rejection in rejections:
+            requirement = rejection.requirement
+            if requirement == "resources" or requirement.startswith("resources."):
+                path = Contract.requirement_path(requirement, alternative)
+                found.setdefault(msgspec.structs.replace(rejection, requirement=path), None)
+                continue
+            names = found.setdefault(rejection, [])
+            name = Contract.choice_name(alternative)
+            if names is not None and name not in names:
+                names.append(name)
+    out = []
+    for rejection, names in found.items():
+        if names is not None and len(names) < len(per_choice):
+            requirement = f"{rejection.requirement} (for {', '.join(names)})"
+            rejection = msgspec.structs.replace(rejection, requirement=requirement)
+        out.append(rejection)
+    return out
 
 
 def _dedupe(rejections: Sequence[Rejection]) -> list[Rejection]:

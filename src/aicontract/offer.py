@@ -30,6 +30,9 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     cpus: int = 0
     memory: Bytes | None = None
     disk: Bytes | None = None
+    alternative: int | None = None
+    """Which of the contract's choices this serves: ``None`` for ``resources``, ``i`` for
+    ``alternatives[i]`` (set by the negotiator; backends quote one choice at a time)."""
 
     def describe(self) -> str:
         """One line: ``8 x H100 (80GiB), 32 CPUs, 256GiB``."""
@@ -43,7 +46,10 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             parts.append(f"{self.memory.human()} memory")
         if self.disk is not None:
             parts.append(f"{self.disk.human()} disk")
-        return ", ".join(parts) or "nothing"
+        described = ", ".join(parts) or "nothing"
+        if self.alternative is not None:
+            described += f" (alternatives[{self.alternative}])"
+        return described
 
 
 class Offer(msgspec.Struct, frozen=True, kw_only=True):
@@ -138,6 +144,29 @@ def check_offer(
     ``start_within`` is how long the contract can still wait for the work to start
     (by default its whole ``terms.start_by``; less once negotiation has waited).
     """
+    alternative = offer.grant.alternative
+    if alternative is not None:
+        # An offer for one of the contract's alternatives is judged by that choice alone,
+        # and what it breaks is named there (alternatives[1].gpus.count).
+        if not 0 <= alternative < len(contract.alternatives):
+            return [
+                Rejection(
+                    backend=offer.backend,
+                    requirement="alternatives",
+                    wanted=f"one of {len(contract.alternatives)} alternatives",
+                    available=f"an offer for alternatives[{alternative}]",
+                )
+            ]
+        plain = msgspec.structs.replace(
+            offer, grant=msgspec.structs.replace(offer.grant, alternative=None)
+        )
+        problems = check_offer(plain, contract.narrow(alternative), now, start_within=start_within)
+        return [
+            msgspec.structs.replace(
+                r, requirement=Contract.requirement_path(r.requirement, alternative)
+            )
+            for r in problems
+        ]
     out: list[Rejection] = []
 
     def reject(requirement: str, wanted: object, available: object) -> None:

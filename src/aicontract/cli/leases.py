@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from ..backends.local.backend import LocalBackend, default_state_dir, state_dir_scope
-from ..contract import encode_quantity
+from ..contract import Contract, encode_quantity
 from ..documents import load
 from ..errors import NoOffer
 from ..leases import Lease
@@ -138,12 +138,17 @@ def quote(file: Path, backend_names: tuple[str, ...], as_json: bool) -> None:
             sys.exit(EXIT_ERROR)
         return
     table = Table("#", "backend", "grant", "where", "guarantee", "price", title="offers")
+    if contract.alternatives:  # which of the contract's choices each offer serves
+        table.columns.insert(1, Column("for", no_wrap=True))
     for rank, offer in enumerate(result.offers, 1):
         where = offer.region + (f" ({offer.jurisdiction})" if offer.jurisdiction else "")
+        grant = msgspec.structs.replace(offer.grant, alternative=None).describe()
+        choice = [Contract.choice_name(offer.grant.alternative)] if contract.alternatives else []
         table.add_row(
             str(rank),
+            *choice,
             offer.backend,
-            offer.grant.describe(),
+            grant,
             where,
             offer.guarantee,
             str(offer.price) if offer.price is not None else "-",

@@ -339,6 +339,10 @@ class Governance:
         contract = offer.contract
         identity = await self.identity(backend)
         base = {**_contract_fields(contract), "identity": str(identity), "backend": offer.backend}
+        if contract.alternatives:
+            # Which choice is judged, refused or granted: the policy sees each on its own
+            # (an offer for a barred choice is refused; the negotiator tries the next).
+            base["alternative"] = Contract.choice_name(offer.grant.alternative)
         ticket: str | None = None
         if self._counts(contract):
             ticket = uuid.uuid4().hex[:16]

@@ -595,7 +595,7 @@ class Workload(_Model, frozen=True):
     ports: dict[str, int | Literal["auto"]] = msgspec.field(default_factory=dict)
     probe: Probe | None = None
     procs_per_node: int | None = None
-    """Training processes per node (the lease's world); default one per granted GPU, else 1."""
+    """Training processes per node on a CPU run (default 1); a GPU grant runs one per GPU."""
 
     @property
     def fixed_ports(self) -> dict[str, int]:

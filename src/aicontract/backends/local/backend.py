@@ -113,13 +113,13 @@ def _grants_world(contract: Contract) -> bool:
 def _world(contract: Contract, gpu_ids: Sequence[str], port: int) -> World:
     """This host's whole world: one node, meeting on 127.0.0.1 at the granted ``port``.
 
-    ``workload.procs_per_node`` when the contract says; else one process per
-    granted GPU; else one (a CPU run, whose granted CPUs are its threads).
+    One process per granted GPU; a CPU run (no GPU granted) runs
+    ``workload.procs_per_node`` processes, default one, which share the granted CPUs.
     """
     workload = contract.workload
-    procs = workload.procs_per_node if workload is not None else None
+    cpu_procs = (workload.procs_per_node if workload is not None else None) or 1
     return World(
-        master_addr="127.0.0.1", master_port=port, procs_per_node=procs or len(gpu_ids) or 1
+        master_addr="127.0.0.1", master_port=port, procs_per_node=len(gpu_ids) or cpu_procs
     )
 
 

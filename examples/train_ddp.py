@@ -1,6 +1,6 @@
 """A small data-parallel training run, started on a lease by torchrun.
 
-    aicontract acquire examples/contracts/train-ddp.yaml --torchrun -- examples/train_ddp.py
+    aicontract acquire examples/contracts/ddp-training.yaml --torchrun -- examples/train_ddp.py
 
 The lease decides the shape of the run: torchrun starts one process per granted
 GPU (NCCL), or ``workload.procs_per_node`` processes on the granted CPUs (gloo)

@@ -1,5 +1,5 @@
 """The training example runs as its docs say, on the CPU: through ``aicontract acquire
-examples/contracts/train-ddp.yaml --torchrun -- examples/train_ddp.py``.
+examples/contracts/ddp-training.yaml --torchrun -- examples/train_ddp.py``.
 
 It trains, reports its throughput to the lease's monitor (which records it for
 the host), finishes, and leaves no lease and no process behind.
@@ -26,7 +26,7 @@ pytestmark = [
 
 EXAMPLES = Path(__file__).parent.parent.parent / "examples"
 SCRIPT = EXAMPLES / "train_ddp.py"
-CONTRACT = EXAMPLES / "contracts" / "train-ddp.yaml"
+CONTRACT = EXAMPLES / "contracts" / "ddp-training.yaml"
 
 
 def test_the_ddp_example_trains_under_its_lease_and_leaves_nothing(local_env: Path) -> None:

@@ -52,6 +52,16 @@ def test_torchrun_needs_a_script(local_env: Path, contract: Path, torch_present:
     assert Ledger.in_dir(local_env).records() == []
 
 
+@pytest.mark.parametrize("interpreter", ["python", "python3", "/usr/bin/python3.11"])
+def test_torchrun_wants_the_script_not_the_interpreter(
+    local_env: Path, contract: Path, torch_present: None, interpreter: str
+) -> None:
+    result = run("acquire", str(contract), "--torchrun", "--", interpreter, "train.py")
+    assert result.exit_code == 2
+    assert "--torchrun runs a Python script itself" in result.stderr
+    assert Ledger.in_dir(local_env).records() == []
+
+
 def test_torchrun_refuses_a_contract_that_is_not_training(
     local_env: Path, tmp_path: Path, torch_present: None
 ) -> None:

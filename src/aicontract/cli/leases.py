@@ -275,6 +275,12 @@ def _for_torchrun(contract: Contract, command: tuple[str, ...]) -> Contract:
             "--torchrun needs a training script after --:"
             " aicontract acquire FILE --torchrun -- train.py ARGS"
         )
+    if Path(command[0]).name.startswith("python"):
+        # torchrun runs the script with its own interpreter: "python" would be the script.
+        raise ConfigError(
+            f"--torchrun runs a Python script itself: write `--torchrun -- SCRIPT ARGS`"
+            f" (or `-- -m MODULE ARGS`), without {command[0]!r} in front"
+        )
     if importlib.util.find_spec("torch") is None:
         raise ConfigError(
             f"--torchrun needs PyTorch in the interpreter that runs aicontract ({sys.executable});"

@@ -598,6 +598,8 @@ class Workload(_Model, frozen=True):
     env: dict[str, str] = msgspec.field(default_factory=dict)
     ports: dict[str, int | Literal["auto"]] = msgspec.field(default_factory=dict)
     probe: Probe | None = None
+    procs_per_node: int | None = None
+    """Training processes per node on a CPU run (default 1); a GPU grant runs one per GPU."""
 
     @property
     def fixed_ports(self) -> dict[str, int]:
@@ -626,6 +628,19 @@ class Workload(_Model, frozen=True):
                     f"port {name}={port} is outside 1..65535",
                     "port numbers in 1..65535, or auto",
                 )
+        if self.procs_per_node is not None and not 1 <= self.procs_per_node <= 1024:
+            raise _Invalid(
+                "procs_per_node",
+                f"{self.procs_per_node} processes per node is outside 1..1024",
+                "a count of processes per node in 1..1024",
+            )
+        if self.procs_per_node is not None and self.kind != "training":
+            # Only a training lease has a world for it to shape: never a silent no-op.
+            raise _Invalid(
+                "procs_per_node",
+                f"applies to training workloads only; this one's kind is {self.kind}",
+                "kind: training alongside procs_per_node",
+            )
         for index, arg in enumerate(self.command):
             if "\x00" in arg:
                 raise _Invalid(f"command[{index}]", "contains a NUL byte", "text without NUL")

@@ -8,6 +8,8 @@ granted by the backend like any other port, so two leases never share one.
 
 from __future__ import annotations
 
+import sys
+
 import msgspec
 
 __all__ = ["World"]
@@ -68,3 +70,11 @@ class World(msgspec.Struct, frozen=True, kw_only=True):
             f"--master-addr={self.master_addr}",
             f"--master-port={self.master_port}",
         ]
+
+    def torchrun_command(self, script: str, *args: str) -> list[str]:
+        """The command that runs ``script ARGS`` under ``torchrun`` on this node's share.
+
+        ``torchrun`` is started as ``python -m torch.distributed.run`` from this
+        interpreter, so it is the PyTorch installed beside aicontract.
+        """
+        return [sys.executable, "-m", "torch.distributed.run", *self.torchrun_args(), script, *args]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import sys
@@ -18,9 +19,9 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from ..backends.local.backend import LocalBackend, default_state_dir, state_dir_scope
-from ..contract import Contract, encode_quantity
+from ..contract import Contract, Workload, encode_quantity
 from ..documents import load
-from ..errors import NoOffer
+from ..errors import BackendError, ConfigError, ContractError, NoOffer
 from ..leases import Lease
 from ..monitor.record import performance_record
 from ..negotiate import Negotiator, close_backends, default_backends
@@ -179,6 +180,12 @@ def quote(file: Path, backend_names: tuple[str, ...], as_json: bool) -> None:
     is_flag=True,
     help="When nothing satisfies the contract, take the best counter-offer (it says which).",
 )
+@click.option(
+    "--torchrun",
+    is_flag=True,
+    help="Run COMMAND (a training script and its arguments) under torchrun, with the"
+    " lease's training world: rendezvous, nodes, processes per node.",
+)
 @friendly
 def acquire(
     file: Path,
@@ -186,6 +193,7 @@ def acquire(
     backend_names: tuple[str, ...],
     as_json: bool,
     accept_counter: bool,
+    torchrun: bool,
 ) -> None:
     """Lease what contract FILE asks for, run COMMAND under the lease's env, then release.
 
@@ -195,14 +203,21 @@ def acquire(
 
     With ``--accept-counter-offer``, a contract nothing satisfies takes the best
     counter-offer instead (fewer GPUs, another model) and says what it took.
+
+    With ``--torchrun``, COMMAND is a training script and its arguments:
+    ``aicontract acquire train.yaml --torchrun -- train.py --epochs 3`` runs it under
+    ``torchrun`` with the lease's world (one process per granted GPU, or
+    ``workload.procs_per_node``).
     """
     with reading(file):
         contract = load(file)
+        if torchrun:
+            contract = _for_torchrun(contract, command)
         # It learns from what monitors saw on this host, as aicontract.acquire() does.
         negotiator = Negotiator(default_backends(backend_names), record=performance_record())
         try:
             status = anyio.run(
-                _acquire_and_run, negotiator, contract, command, as_json, accept_counter
+                _acquire_and_run, negotiator, contract, command, as_json, accept_counter, torchrun
             )
         except KeyboardInterrupt:
             # The lease was released on the way out (shielded); say so the shell's way:
@@ -235,6 +250,7 @@ async def _acquire_and_run(
     command: tuple[str, ...],
     as_json: bool,
     accept_counter: bool = False,
+    torchrun: bool = False,
 ) -> int:
     try:
         held = await _negotiate(negotiator, contract, accept_counter)
@@ -247,9 +263,58 @@ async def _acquire_and_run(
             _print_lease(held, as_json)
             if not command:
                 return await _hold(held)
+            if torchrun:
+                command = tuple(_torchrun_command(held, command))
             return await _run(held, command)
     finally:
         await negotiator.aclose()
+
+
+def _for_torchrun(contract: Contract, command: tuple[str, ...]) -> Contract:
+    """``contract`` as a training run ``--torchrun`` can start, or why it cannot be one.
+
+    Checked before negotiating, so nothing is leased for a run that cannot start.
+    """
+    if not command:
+        raise ConfigError(
+            "--torchrun needs a training script after --:"
+            " aicontract acquire FILE --torchrun -- train.py ARGS"
+        )
+    if Path(command[0]).name.startswith("python"):
+        # torchrun runs the script with its own interpreter: "python" would be the script.
+        raise ConfigError(
+            f"--torchrun runs a Python script itself: write `--torchrun -- SCRIPT ARGS`"
+            f" (or `-- -m MODULE ARGS`), without {command[0]!r} in front"
+        )
+    if importlib.util.find_spec("torch") is None:
+        raise ConfigError(
+            f"--torchrun needs PyTorch in the interpreter that runs aicontract ({sys.executable});"
+            " install it there (pip install torch) or run torchrun yourself under"
+            " `aicontract acquire FILE -- ...`"
+        )
+    workload = contract.workload
+    if workload is None:
+        # A training run, said on the command line: its lease gets a world.
+        return contract.with_(workload=Workload(kind="training"))
+    if workload.kind != "training":
+        raise ContractError(
+            f"--torchrun starts a training run, and this contract's workload is {workload.kind}",
+            path="$.workload.kind",
+            value=workload.kind,
+            allowed="training, or no workload section",
+        )
+    return contract
+
+
+def _torchrun_command(held: Lease, command: tuple[str, ...]) -> list[str]:
+    """``torchrun`` running ``command`` (a script and its arguments) in ``held``'s world."""
+    if held.world is None:
+        raise BackendError(
+            held.backend.name,
+            f"lease {held.id} has no training world (MASTER_ADDR, MASTER_PORT) for --torchrun;"
+            " use a backend that grants one (local does, for workload.kind: training)",
+        )
+    return held.world.torchrun_command(*command)
 
 
 def _say_ledger_scope(negotiator: Negotiator) -> None:
@@ -283,6 +348,13 @@ def _print_lease(held: Lease, as_json: bool) -> None:
     for key in ("CUDA_VISIBLE_DEVICES", "AICONTRACT_CPUS"):
         if key in held.env:
             console.print(f"  {key}={held.env[key]}", highlight=False)
+    world = held.world
+    if world is not None:
+        console.print(
+            f"  world: {world.nodes} node(s) x {world.procs_per_node} process(es),"
+            f" rendezvous {world.master_addr}:{world.master_port}",
+            highlight=False,
+        )
 
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -41,9 +41,10 @@ from ...observation import Fault, Observation, Sample
 from ...offer import Grant, Offer, Quote, Rejection
 from ...units import Bytes, CountRange, Duration, Money
 from ...workload import DEFAULT_GRACE, Supervised, WorkloadRef, pid_namespace, spawn
+from ...world import World
 from ..base import Backend
 from .inventory import GPUDevice, Inventory, host_inventory
-from .ledger import Demand, Ledger, lock_name, parse_ports
+from .ledger import WORLD_PORT, Demand, Ledger, lock_name, parse_ports
 
 __all__ = [
     "SYSTEM_STATE_DIR",
@@ -100,6 +101,31 @@ def _stored_record(record: LeaseRecord) -> LeaseRecord:
         return replace(record, env=granted)
     redacted = replace(workload, env=dict.fromkeys(workload.env, "<redacted>"))
     return replace(record, env=granted, contract=record.contract.with_(workload=redacted))
+
+
+def _grants_world(contract: Contract) -> bool:
+    """Does a lease for ``contract`` get a training world? Only a training workload's does:
+    its rendezvous port is capacity, and other leases need not pay for one.
+    """
+    return contract.workload is not None and contract.workload.kind == "training"
+
+
+def _world(contract: Contract, gpu_ids: Sequence[str], port: int) -> World:
+    """This host's whole world: one node, meeting on 127.0.0.1 at the granted ``port``.
+
+    One process per granted GPU; a CPU run (no GPU granted) runs
+    ``workload.procs_per_node`` processes, default one, which share the granted CPUs.
+    """
+    workload = contract.workload
+    cpu_procs = (workload.procs_per_node if workload is not None else None) or 1
+    return World(
+        master_addr="127.0.0.1", master_port=port, procs_per_node=len(gpu_ids) or cpu_procs
+    )
+
+
+def _named_ports(ports: dict[str, int]) -> dict[str, int]:
+    """The workload's own granted ports: everything but the world's rendezvous."""
+    return {n: p for n, p in ports.items() if n != WORLD_PORT}
 
 
 def _weakest_capability(devices: Sequence[GPUDevice]) -> str | None:
@@ -363,6 +389,10 @@ class LocalBackend(Backend):
             gpu_ids: tuple[str, ...], cpu_ids: tuple[int, ...], ports: dict[str, int]
         ) -> LeaseRecord:
             details = {"gpus": ",".join(gpu_ids), "cpus": ",".join(map(str, cpu_ids))}
+            # The rendezvous port is held like any granted port but kept in the world,
+            # not among the workload's named ports (no endpoint, no readiness wait).
+            world = _world(contract, gpu_ids, ports[WORLD_PORT]) if WORLD_PORT in ports else None
+            ports = _named_ports(ports)
             if ports:
                 details["ports"] = ",".join(f"{n}={p}" for n, p in ports.items())
             return LeaseRecord(
@@ -376,9 +406,10 @@ class LocalBackend(Backend):
                 expires_at=expires_at,
                 region=self.region,
                 jurisdiction=self.jurisdiction,
-                env=self._env(lease_id, contract, gpu_ids, cpu_ids, ports),
+                env=self._env(lease_id, contract, gpu_ids, cpu_ids, ports, world),
                 holder_pid=os.getpid(),
                 details=details,
+                world=world,
             )
 
         demand = Demand(
@@ -390,7 +421,8 @@ class LocalBackend(Backend):
             memory_total=inv.memory.bytes,
             disk=grant.disk.bytes if grant.disk is not None else 0,
             disk_total=inv.disk.bytes if inv.disk is not None else None,
-            ports=contract.workload.auto_ports if contract.workload is not None else (),
+            ports=(contract.workload.auto_ports if contract.workload is not None else ())
+            + ((WORLD_PORT,) if _grants_world(contract) else ()),
         )
         start_by = contract.terms.start_by
         # A commit never outlives what its contract allows for starting.
@@ -440,6 +472,7 @@ class LocalBackend(Backend):
             record = allocation.existing or make_record(
                 allocation.gpus, allocation.cpus, allocation.ports
             )
+            ports = _named_ports(allocation.ports)
             lease = Lease(
                 id=lease_id,
                 contract=contract,
@@ -450,9 +483,10 @@ class LocalBackend(Backend):
                 region=self.region,
                 jurisdiction=self.jurisdiction,
                 env=self._env(
-                    lease_id, contract, allocation.gpus, allocation.cpus, allocation.ports
+                    lease_id, contract, allocation.gpus, allocation.cpus, ports, record.world
                 ),
                 details=dict(record.details),
+                world=record.world,
                 clock=self.clock,
                 created_at=record.created_at,
             )
@@ -460,7 +494,7 @@ class LocalBackend(Backend):
             workload = contract.workload
             if workload is not None and not workload.command:
                 # Nothing to wait for: the granted ports are the lease's at once.
-                lease.endpoints.update(_endpoints(allocation.ports))
+                lease.endpoints.update(_endpoints(ports))
             if workload is not None and workload.command and lease_id not in self._processes:
                 try:
                     await self._launch(lease, allocation.cpus)
@@ -489,13 +523,18 @@ class LocalBackend(Backend):
         gpu_ids: tuple[str, ...],
         cpu_ids: tuple[int, ...],
         ports: dict[str, int] | None = None,
+        world: World | None = None,
     ) -> dict[str, str]:
         # The contract's own env comes first, so it can tune OMP_NUM_THREADS but never
-        # widen the devices the ledger granted.
+        # widen the devices the ledger granted, nor move the world's rendezvous.
         env = dict(contract.workload.env) if contract.workload is not None else {}
         if cpu_ids:
-            env.setdefault("OMP_NUM_THREADS", str(len(cpu_ids)))
+            # The world's processes share the granted CPUs: threads enough for each, no more.
+            procs = world.procs_per_node if world is not None else 1
+            env.setdefault("OMP_NUM_THREADS", str(max(1, len(cpu_ids) // procs)))
             env["AICONTRACT_CPUS"] = ",".join(map(str, cpu_ids))
+        if world is not None:
+            env.update(world.env())
         env.update(
             {
                 "AICONTRACT_LEASE_ID": lease_id,

@@ -48,7 +48,7 @@ from ...errors import CapacityUnavailable, IdempotencyConflict, LeaseStateError,
 from ...leases import LeaseRecord
 from ...workload import WorkloadRef, lock_held, signal_ref, workload_alive
 
-__all__ = ["Allocation", "Demand", "Ledger", "lock_name", "parse_ports"]
+__all__ = ["WORLD_PORT", "Allocation", "Demand", "Ledger", "lock_name", "parse_ports"]
 
 T = TypeVar("T")
 
@@ -169,6 +169,13 @@ def _ledger_error(path: Path, exc: BaseException, waited: float = LOCK_WAIT) -> 
 # How many kernel-chosen ports to try before saying none is free.
 PORT_TRIES = 64
 
+WORLD_PORT = "_world"
+"""The port name a training lease's rendezvous (``MASTER_PORT``) is granted under.
+
+It starts with ``_``, which no ``workload.ports`` name may, so it never meets a
+workload's own port; it is granted, held and freed like an ``auto`` port.
+"""
+
 
 def parse_ports(text: str) -> dict[str, int]:
     """``name=port,name=port`` (a record's ``details["ports"]``) as a dict."""
@@ -215,9 +222,12 @@ def _free_ports(names: tuple[str, ...], used: set[int]) -> dict[str, int]:
                 taken.add(port)
                 break
         else:
-            raise CapacityUnavailable(
-                "local", f"no free port for workload.ports.{name} after {PORT_TRIES} tries"
+            what = (
+                "the training world's rendezvous (MASTER_PORT)"
+                if name == WORLD_PORT
+                else f"workload.ports.{name}"
             )
+            raise CapacityUnavailable("local", f"no free port for {what} after {PORT_TRIES} tries")
     return granted
 
 

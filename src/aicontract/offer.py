@@ -30,6 +30,8 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     cpus: int = 0
     memory: Bytes | None = None
     disk: Bytes | None = None
+    nodes: int = 1
+    """How many nodes the grant spans; the other values are what *each* node gets."""
 
     def describe(self) -> str:
         """One line: ``8 x H100 (80GiB), 32 CPUs, 256GiB``."""
@@ -43,7 +45,8 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             parts.append(f"{self.memory.human()} memory")
         if self.disk is not None:
             parts.append(f"{self.disk.human()} disk")
-        return ", ".join(parts) or "nothing"
+        each = ", ".join(parts) or "nothing"
+        return each if self.nodes == 1 else f"{self.nodes} nodes x ({each})"
 
 
 class Offer(msgspec.Struct, frozen=True, kw_only=True):
@@ -179,6 +182,8 @@ def check_offer(
             reject("resources.gpus.mig", gpus.mig, grant.gpu_mig or "a whole GPU")
     elif grant.gpus:
         reject("resources.gpus", "no GPUs", f"{grant.gpus} GPUs")
+    if grant.nodes != res.nodes:
+        reject("resources.nodes", f"{res.nodes} nodes", f"{grant.nodes} nodes")
     for name in ("cpus", "memory", "disk"):
         wanted = getattr(res, name)
         granted = getattr(grant, name)

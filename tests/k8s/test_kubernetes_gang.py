@@ -8,6 +8,7 @@ for their duration (``one_region``) and put it back afterwards.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from aicontract import (
     Monitor,
     Negotiator,
     NoOffer,
+    VirtualClock,
     World,
 )
 from aicontract.backends.kubernetes import KubernetesBackend
@@ -352,3 +354,24 @@ async def test_nvlink_is_offered_where_node_labels_say_so(
     finally:
         label_node(k8s_cluster, "gpu-eu-1", {"nvidia.com/gpu.clique": None})
         label_node(k8s_cluster, "gpu-eu-2", {"aicontract.io/gpu-interconnect": None})
+
+
+async def test_gc_collects_a_crashed_holders_gang_whole(
+    k8s_cluster: Any, backend: KubernetesBackend
+) -> None:
+    """The holder stopped renewing: gc deletes the Lease, every pod and the Service."""
+    await no_lease_pods(k8s_cluster)
+    lease = await Negotiator([backend]).acquire(gang(2, gpus=1))
+    ns = lease.details["namespace"]
+    counts = {k: len(v) for k, v in objects_of(k8s_cluster, ns, lease.id).items()}
+    assert counts == {"pods": 2, "services": 1, "leases": 1}
+    collector = KubernetesBackend(
+        kubeconfig=k8s_cluster.kubeconfig, clock=VirtualClock(now=time.time() + 600)
+    )
+    try:
+        report = await collector.collect_garbage(namespace=ns)
+        assert report.expired == (f"{ns}/{lease.id}",)
+        await gone(k8s_cluster, ns, lease.id)
+    finally:
+        await collector.aclose()
+    await lease.release()  # late, and harmless

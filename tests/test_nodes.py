@@ -64,6 +64,7 @@ def test_check_offer_wants_exactly_the_nodes_asked_for() -> None:
     single = Contract(gpus=4)
     assert [r.requirement for r in check_offer(two, single, 0.0)] == ["resources.nodes"]
     assert Grant(gpus=4, gpu_model="H100", nodes=2).describe() == "2 nodes x (4 x H100)"
+    assert Grant(gpus=4, nodes=2).total_gpus == 8
 
 
 @pytest.mark.anyio

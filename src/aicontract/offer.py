@@ -33,6 +33,11 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     nodes: int = 1
     """How many nodes the grant spans; the other values are what *each* node gets."""
 
+    @property
+    def total_gpus(self) -> int:
+        """GPUs over every node of the grant (``gpus`` is per node): what a quota counts."""
+        return self.gpus * self.nodes
+
     def describe(self) -> str:
         """One line: ``8 x H100 (80GiB), 32 CPUs, 256GiB``."""
         parts = []

@@ -195,7 +195,7 @@ class FitMixin(KubeCore):
                 if rejection.requirement == "resources.gpus.interconnect":
                     for view, _ in members:
                         have = rejection.available
-                        if have == "unknown":
+                        if key[5] is None:
                             have = f"not labelled ({LABEL_GPU_INTERCONNECT}, {GPU_CLIQUE_LABEL})"
                         problems.setdefault(rejection.requirement, []).append(
                             (view.name, rejection.wanted, have)

@@ -181,3 +181,28 @@ def test_kubernetes_gang_fits_on_enough_nodes_of_one_region_else_counters() -> N
     )
     [offer] = backend._assess(gang(3, count="1..8"), busy, {})[0]
     assert offer.grant.gpus == 2
+
+
+@pytest.mark.anyio
+async def test_a_cloud_refuses_a_per_node_gang() -> None:
+    """Clouds spread a contract's total GPUs over instances themselves; the shared fit
+    rule refuses ``resources.nodes`` above 1 (their grants are for one node's worth)."""
+    import respx
+    from cloud_support import API_KEY, instance_type
+    from fake_lambda import FakeLambda
+
+    from aicontract.backends.cloud import LambdaBackend
+
+    fake = FakeLambda(API_KEY)
+    with respx.mock(assert_all_called=False) as router:
+        fake.install(router)
+        fake.add_type(
+            instance_type("gpu_8x_h100_sxm5", "H100 (80 GB SXM5)", 8, 2392), ["us-east-1"]
+        )
+        cloud = LambdaBackend(
+            api_key=API_KEY, ssh_key_name="k", base_url=fake.base, requests_per_second=0, environ={}
+        )
+        quote = await cloud.quote(gang(2, count=8))
+        await cloud.aclose()
+    assert not quote.offers
+    assert [r.requirement for r in quote.rejections] == ["resources.nodes"]

@@ -5,7 +5,7 @@ Also renewing, since both write the Lease object's heartbeat.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 import attrs
@@ -247,21 +247,10 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
     ) -> Obj:
         contract = offer.contract
         owner = owner_reference(lease_obj)
-        owner_uid = str(lease_obj["metadata"]["uid"])
         labels = labels_for(name, contract)
         features = await self._retrying(deadline, self.features)
         gpus = contract.resources.gpus
-
-        def owned(obj: Obj) -> bool:
-            refs = obj["metadata"].get("ownerReferences") or []
-            return any(ref.get("uid") == owner_uid for ref in refs)
-
-        async def make(kind: str, collection: str, body: Obj) -> Obj:
-            got = await self._create_or_adopt(collection, body, deadline, owned)
-            if got.created:
-                made.append((got.path, got.uid))
-            objects[kind] = got.uid
-            return got.obj
+        make = self._maker(lease_obj, objects, made, deadline)
 
         claim = None
         if gpus is not None and offer.grant.gpus and self.dra == "auto" and features.dra:
@@ -313,6 +302,33 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
             await self._wait_admitted(namespace, job, deadline, features)
         return await self._wait_bound(namespace, name, objects, deadline, wait_for_capacity)
 
+    def _maker(
+        self,
+        lease_obj: Obj,
+        objects: dict[str, str],
+        made: list[tuple[str, str]],
+        deadline: float,
+    ) -> Callable[[str, str, Obj], Awaitable[Obj]]:
+        """``make(kind, collection, body)``: create or adopt one of the lease's objects.
+
+        Adopted only when owned by this Lease object; what is created is noted in
+        ``made`` (a failed commit deletes it), and every uid in ``objects`` by kind.
+        """
+        owner_uid = str(lease_obj["metadata"]["uid"])
+
+        def owned(obj: Obj) -> bool:
+            refs = obj["metadata"].get("ownerReferences") or []
+            return any(ref.get("uid") == owner_uid for ref in refs)
+
+        async def make(kind: str, collection: str, body: Obj) -> Obj:
+            got = await self._create_or_adopt(collection, body, deadline, owned)
+            if got.created:
+                made.append((got.path, got.uid))
+            objects[kind] = got.uid
+            return got.obj
+
+        return make
+
     async def _place_gang(
         self,
         offer: Offer,
@@ -332,20 +348,9 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
         """
         contract = offer.contract
         owner = owner_reference(lease_obj)
-        owner_uid = str(lease_obj["metadata"]["uid"])
         labels = labels_for(name, contract)
         workload = contract.workload
-
-        def owned(obj: Obj) -> bool:
-            refs = obj["metadata"].get("ownerReferences") or []
-            return any(ref.get("uid") == owner_uid for ref in refs)
-
-        async def make(kind: str, collection: str, body: Obj) -> Obj:
-            got = await self._create_or_adopt(collection, body, deadline, owned)
-            if got.created:
-                made.append((got.path, got.uid))
-            objects[kind] = got.uid
-            return got.obj
+        make = self._maker(lease_obj, objects, made, deadline)
 
         await make(
             "service",

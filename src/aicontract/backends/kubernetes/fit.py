@@ -2,7 +2,9 @@
 
 Each node's fit (:meth:`FitMixin._fit`) is the grant it could give, or the
 first requirement it misses; nodes that fit alike (model, region, jurisdiction,
-isolation) make one offer, sized by the best of them.
+isolation, GPU interconnect) make one offer, sized by the best of them. A gang
+(``resources.nodes`` N > 1) is offered only by a group where N nodes fit at once,
+each granted what the least of those N can give.
 """
 
 from __future__ import annotations

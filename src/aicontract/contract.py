@@ -385,15 +385,31 @@ class GPU(_Model, frozen=True):
             )
 
 
+# The most nodes one gang may ask for: a bound that catches typos (``nodes: 80000``), far
+# above the largest training gangs run today (a few thousand nodes).
+MAX_NODES = 4096
+
+
 class Resources(_Model, frozen=True):
-    """Hard requirements on hardware. Each may be an exact value or a range."""
+    """Hard requirements on hardware. Each may be an exact value or a range.
+
+    ``nodes`` asks for a gang of that many machines, bound all or nothing;
+    ``gpus``, ``cpus``, ``memory`` and ``disk`` are then what *each* node gets.
+    """
 
     gpus: GPU | None = None
     cpus: CountRange | None = None
     memory: BytesRange | None = None
     disk: BytesRange | None = None
+    nodes: int = 1
 
     def __post_init__(self) -> None:
+        if not 1 <= self.nodes <= MAX_NODES:
+            raise _Invalid(
+                "nodes",
+                f"{self.nodes} nodes is outside 1..{MAX_NODES}",
+                f"a whole number of nodes in 1..{MAX_NODES} (GPUs, CPUs and memory are per node)",
+            )
         if self.cpus is not None and (self.cpus.min is None or self.cpus.min < 1):
             # A lease with zero CPUs would pin its workload to nothing; omit cpus instead.
             raise _Invalid(

@@ -33,6 +33,13 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     alternative: int | None = None
     """Which of the contract's choices this serves: ``None`` for ``resources``, ``i`` for
     ``alternatives[i]`` (set by the negotiator; backends quote one choice at a time)."""
+    nodes: int = 1
+    """How many nodes the grant spans; the other values are what *each* node gets."""
+
+    @property
+    def total_gpus(self) -> int:
+        """GPUs over every node of the grant (``gpus`` is per node): what a quota counts."""
+        return self.gpus * self.nodes
 
     def describe(self) -> str:
         """One line: ``8 x H100 (80GiB), 32 CPUs, 256GiB``."""
@@ -47,6 +54,8 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         if self.disk is not None:
             parts.append(f"{self.disk.human()} disk")
         described = ", ".join(parts) or "nothing"
+        if self.nodes != 1:
+            described = f"{self.nodes} nodes x ({described})"
         if self.alternative is not None:
             described += f" (alternatives[{self.alternative}])"
         return described
@@ -208,6 +217,8 @@ def check_offer(
             reject("resources.gpus.mig", gpus.mig, grant.gpu_mig or "a whole GPU")
     elif grant.gpus:
         reject("resources.gpus", "no GPUs", f"{grant.gpus} GPUs")
+    if grant.nodes != res.nodes:
+        reject("resources.nodes", f"{res.nodes} nodes", f"{grant.nodes} nodes")
     for name in ("cpus", "memory", "disk"):
         wanted = getattr(res, name)
         granted = getattr(grant, name)

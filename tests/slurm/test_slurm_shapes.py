@@ -212,3 +212,14 @@ def test_configuration_errors_say_what_is_missing(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("PATH", "/nonexistent")  # no scontrol to mint a token
     with pytest.raises(ConfigError, match="needs a JWT"):
         SlurmAPI(URL)
+
+
+async def test_a_per_node_gang_is_refused() -> None:
+    """Slurm spreads a contract's total GPUs over nodes itself; ``resources.nodes`` is refused."""
+    with respx.mock(assert_all_called=False) as router:
+        serve_v40(router, [])
+        async with SlurmBackend(url=URL, token="t", user="alice") as backend:
+            gang = Contract(resources={"nodes": 2, "gpus": {"count": 8}}, duration="1h")
+            quote = await backend.quote(gang)
+    assert not quote.offers
+    assert [r.requirement for r in quote.rejections] == ["resources.nodes"]

@@ -6,7 +6,7 @@ A list, then a watch from the list's ``resourceVersion``; never a polling loop.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 
@@ -90,6 +90,75 @@ class BindingMixin(KubeCore):
             verdict,
             lambda: f"{name} was not bound to a node before the deadline: {last}",
         )
+
+    async def _wait_gang_bound(
+        self,
+        namespace: str,
+        name: str,
+        uids: Sequence[str],
+        deadline: float,
+        wait_for_capacity: bool,
+    ) -> list[Obj]:
+        """Watch a gang's pods (``uids``, in rank order) until every one is bound.
+
+        All or nothing: one pod the scheduler cannot place now (without ``start_by``),
+        one that fails or is deleted, or the deadline, raises CapacityUnavailable —
+        and the caller deletes the gang, the pods already bound with it.
+        """
+        path = resource_path(*PODS, namespace)
+        selector = {"labelSelector": f"{LABEL_LEASE}={name}"}
+        rank_of = {uid: rank for rank, uid in enumerate(uids)}
+        bound: dict[str, Obj] = {}
+        last = "no word from the scheduler yet"
+
+        def verdict(kind: str, pod: Obj) -> Obj | None:
+            nonlocal last
+            meta = pod["metadata"]
+            uid = str(meta.get("uid"))
+            if uid not in rank_of:
+                return None
+            pod_name = meta["name"]
+            if kind == "DELETED" or meta.get("deletionTimestamp"):
+                raise CapacityUnavailable(
+                    self.name, f"pod {pod_name} of gang {name} was deleted while the commit waited"
+                )
+            status = pod.get("status") or {}
+            if status.get("phase") == "Failed":
+                raise CapacityUnavailable(
+                    self.name,
+                    f"pod {pod_name} of gang {name} failed: {status.get('reason')}"
+                    f" {status.get('message')}",
+                )
+            if (pod.get("spec") or {}).get("nodeName"):
+                bound[uid] = pod
+            for cond in status.get("conditions") or []:
+                if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                    last = f"{pod_name}: {cond.get('message') or cond.get('reason')}"
+                    if not wait_for_capacity and cond.get("reason") == "Unschedulable":
+                        raise CapacityUnavailable(
+                            self.name,
+                            f"the scheduler cannot place gang {name} now ({len(bound)} of"
+                            f" {len(uids)} pods bound; all or nothing): {last}",
+                        )
+            if len(bound) == len(uids):
+                return {"items": [bound[u] for u in uids]}
+            return None
+
+        found = await self._watch_until(
+            path,
+            selector,
+            deadline,
+            verdict,
+            lambda: (
+                f"gang {name}: {len(bound)} of {len(uids)} pods bound before the"
+                f" deadline (all or nothing): {last}"
+            ),
+        )
+        pods: list[Obj] = found["items"]
+        nodes = [str(p["spec"]["nodeName"]) for p in pods]
+        if len(set(nodes)) != len(nodes):  # the pods' anti-affinity forbids it
+            raise CapacityUnavailable(self.name, f"gang {name} shares nodes: {nodes}")
+        return pods
 
     async def _wait_admitted(
         self, namespace: str, job: Obj, deadline: float, features: Features

@@ -5,7 +5,7 @@ Also renewing, since both write the Lease object's heartbeat.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 import attrs
@@ -19,6 +19,7 @@ from ...errors import (
 )
 from ...leases import Lease
 from ...offer import Offer
+from ...world import World
 from .adopt import AdoptMixin, _Owned
 from .api import NotFound, resource_path
 from .binding import BindingMixin
@@ -36,8 +37,11 @@ from .objects import (
     ANNOTATION_ENDS_AT,
     ANNOTATION_KEY,
     ANNOTATION_OFFER_DIGEST,
+    RENDEZVOUS_PORT,
     claim_manifest,
     claim_models,
+    gang_address,
+    headless_service_manifest,
     job_manifest,
     labels_for,
     lease_manifest,
@@ -126,6 +130,13 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
         """Place the workload, wait for binding, and build the lease from what was bound."""
         name, namespace = lease_obj.name, lease_obj.namespace
         objects: dict[str, str] = {"lease": lease_obj.uid}
+        if offer.grant.nodes > 1:
+            gang = await self._place_gang(
+                offer, name, namespace, lease_obj.obj, objects, made, deadline, wait_for_capacity
+            )
+            return await self._lease(
+                offer, name, namespace, lease_obj.obj, gang[0], objects, key, beat, gang=gang
+            )
         pod = await self._place(
             offer, name, namespace, lease_obj.obj, objects, made, deadline, wait_for_capacity
         )
@@ -236,21 +247,10 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
     ) -> Obj:
         contract = offer.contract
         owner = owner_reference(lease_obj)
-        owner_uid = str(lease_obj["metadata"]["uid"])
         labels = labels_for(name, contract)
         features = await self._retrying(deadline, self.features)
         gpus = contract.resources.gpus
-
-        def owned(obj: Obj) -> bool:
-            refs = obj["metadata"].get("ownerReferences") or []
-            return any(ref.get("uid") == owner_uid for ref in refs)
-
-        async def make(kind: str, collection: str, body: Obj) -> Obj:
-            got = await self._create_or_adopt(collection, body, deadline, owned)
-            if got.created:
-                made.append((got.path, got.uid))
-            objects[kind] = got.uid
-            return got.obj
+        make = self._maker(lease_obj, objects, made, deadline)
 
         claim = None
         if gpus is not None and offer.grant.gpus and self.dra == "auto" and features.dra:
@@ -302,6 +302,92 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
             await self._wait_admitted(namespace, job, deadline, features)
         return await self._wait_bound(namespace, name, objects, deadline, wait_for_capacity)
 
+    def _maker(
+        self,
+        lease_obj: Obj,
+        objects: dict[str, str],
+        made: list[tuple[str, str]],
+        deadline: float,
+    ) -> Callable[[str, str, Obj], Awaitable[Obj]]:
+        """``make(kind, collection, body)``: create or adopt one of the lease's objects.
+
+        Adopted only when owned by this Lease object; what is created is noted in
+        ``made`` (a failed commit deletes it), and every uid in ``objects`` by kind.
+        """
+        owner_uid = str(lease_obj["metadata"]["uid"])
+
+        def owned(obj: Obj) -> bool:
+            refs = obj["metadata"].get("ownerReferences") or []
+            return any(ref.get("uid") == owner_uid for ref in refs)
+
+        async def make(kind: str, collection: str, body: Obj) -> Obj:
+            got = await self._create_or_adopt(collection, body, deadline, owned)
+            if got.created:
+                made.append((got.path, got.uid))
+            objects[kind] = got.uid
+            return got.obj
+
+        return make
+
+    async def _place_gang(
+        self,
+        offer: Offer,
+        name: str,
+        namespace: str,
+        lease_obj: Obj,
+        objects: dict[str, str],
+        made: list[tuple[str, str]],
+        deadline: float,
+        wait_for_capacity: bool,
+    ) -> list[Obj]:
+        """Make a gang's headless Service and its N pods, and wait until all are bound.
+
+        All or nothing: a pod the scheduler cannot place (at once without ``start_by``,
+        else by then) fails the commit, whose undo deletes every pod this call made,
+        bound or not. Pods request ``nvidia.com/gpu`` (no DRA claim, no Kueue queue).
+        """
+        contract = offer.contract
+        owner = owner_reference(lease_obj)
+        labels = labels_for(name, contract)
+        workload = contract.workload
+        make = self._maker(lease_obj, objects, made, deadline)
+
+        await make(
+            "service",
+            resource_path(*SERVICES, namespace),
+            headless_service_manifest(
+                name,
+                namespace,
+                labels,
+                owner,
+                workload.fixed_ports if workload is not None else {},
+            ),
+        )
+        world = gang_world(offer, name, namespace)
+        as_batch = workload is not None and workload.kind in JOB_KINDS and bool(workload.command)
+        for rank in range(world.nodes):
+            env = {
+                **(dict(workload.env) if workload is not None else {}),
+                **world.for_node(rank).env(),
+                "AICONTRACT_LEASE_ID": name,
+            }
+            spec = pod_spec(
+                name,
+                offer,
+                image=self.image,
+                restart_policy="Never" if as_batch else "Always",
+                grace_seconds=self.grace_seconds,
+                env=env,
+                rank=rank,
+            )
+            await make(
+                f"pod-{rank}",
+                resource_path(*PODS, namespace),
+                pod_manifest(name, namespace, labels, owner, spec, rank=rank),
+            )
+        uids = [objects[f"pod-{rank}"] for rank in range(world.nodes)]
+        return await self._wait_gang_bound(namespace, name, uids, deadline, wait_for_capacity)
+
     async def _lease(
         self,
         offer: Offer,
@@ -312,6 +398,7 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
         objects: Mapping[str, str],
         key: str,
         beat: _Beat,
+        gang: list[Obj] | None = None,
     ) -> Lease:
         contract = offer.contract
         node_name = str(pod["spec"]["nodeName"])
@@ -337,6 +424,24 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
                 scheme = "http://" if port_label.startswith("http") else ""
                 endpoints[port_label] = f"{scheme}{name}.{namespace}.svc:{port}"
         env = {**(dict(workload.env) if workload is not None else {}), "AICONTRACT_LEASE_ID": name}
+        details = {
+            "namespace": namespace,
+            "node": node_name,
+            "pod": str(pod["metadata"]["name"]),
+            "pod_uid": str(pod["metadata"]["uid"]),
+            "objects": ",".join(dict.fromkeys(k.split("-")[0] for k in objects if k != "lease")),
+            "uids": format_uids(objects),
+            "idempotency_key": key,
+        }
+        world = None
+        if gang is not None:
+            # One lease for the gang: it speaks for rank 0; every pod's node and uid, in
+            # rank order, for observe (a lost node anywhere revokes the whole gang).
+            world = gang_world(offer, name, namespace)
+            details["nodes"] = ",".join(str(p["spec"]["nodeName"]) for p in gang)
+            details["pods"] = ",".join(str(p["metadata"]["name"]) for p in gang)
+            details["pod_uids"] = ",".join(str(p["metadata"]["uid"]) for p in gang)
+            env.update(world.env())
         return Lease(
             id=name,
             contract=contract,
@@ -348,17 +453,10 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
             jurisdiction=jurisdiction,
             endpoints=endpoints,
             env=env,
-            details={
-                "namespace": namespace,
-                "node": node_name,
-                "pod": str(pod["metadata"]["name"]),
-                "pod_uid": str(pod["metadata"]["uid"]),
-                "objects": ",".join(k for k in objects if k != "lease"),
-                "uids": format_uids(objects),
-                "idempotency_key": key,
-            },
+            details=details,
             clock=self.clock,
             created_at=created,
+            world=world,
         )
 
     # -- renewing ------------------------------------------------------------------------
@@ -385,6 +483,16 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
         expires_at = now + self.ttl
         ends_at = lease.ends_at
         return expires_at if ends_at is None else min(expires_at, ends_at)
+
+
+def gang_world(offer: Offer, name: str, namespace: str) -> World:
+    """A gang's training world, as rank 0 sees it: rank 0's pod is the rendezvous."""
+    return World(
+        master_addr=gang_address(name, namespace, 0),
+        master_port=RENDEZVOUS_PORT,
+        nodes=offer.grant.nodes,
+        procs_per_node=max(1, offer.grant.gpus),
+    )
 
 
 @attrs.define

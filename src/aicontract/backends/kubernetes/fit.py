@@ -2,7 +2,9 @@
 
 Each node's fit (:meth:`FitMixin._fit`) is the grant it could give, or the
 first requirement it misses; nodes that fit alike (model, region, jurisdiction,
-isolation) make one offer, sized by the best of them.
+isolation, GPU interconnect) make one offer, sized by the best of them. A gang
+(``resources.nodes`` N > 1) is offered only by a group where N nodes fit at once,
+each granted what the least of those N can give.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import msgspec
 from ...contract import Contract
 from ...errors import AuthenticationError
 from ...gpu_models import capability
-from ...offer import Grant, Offer, Quote, Rejection
+from ...offer import Grant, Offer, Quote, Rejection, check_offer
 from ...units import Bytes, CountRange, Money, Range
 from ..base import fixed_ports_only
 from .api import NotFound, resource_path
@@ -27,7 +29,16 @@ from .core import (
     PODS,
     KubeCore,
 )
-from .quote import GPU_PRODUCT_LABELS, NodeView, gpu_resource, node_views, parse_quantity
+from .quote import (
+    GPU_CLIQUE_LABEL,
+    GPU_PRODUCT_LABELS,
+    GPU_RESOURCE,
+    LABEL_GPU_INTERCONNECT,
+    NodeView,
+    gpu_resource,
+    node_views,
+    parse_quantity,
+)
 
 __all__ = ["FitMixin"]
 
@@ -74,6 +85,17 @@ def _grant_or_default(
     return _Misfit(requirement, f"{default} (default)", f"{free} free")
 
 
+# What nodes that fit alike share: GPU model, region, jurisdiction (and where it came from),
+# isolation, and how their GPUs connect. One offer per group.
+_GroupKey = tuple[str | None, str, str | None, str, str, str | None]
+
+
+def _size(item: tuple[NodeView, Grant]) -> tuple[int, int, int]:
+    """How much a node's grant gives, for picking the best (or the best N) of a group."""
+    g = item[1]
+    return (g.gpus, g.cpus, g.memory.bytes if g.memory is not None else 0)
+
+
 class FitMixin(KubeCore):
     """Quotes from Nodes and the pods bound to them."""
 
@@ -104,7 +126,7 @@ class FitMixin(KubeCore):
         namespace = self.namespace_for(contract)
         views = await self.nodes()
         room = await self.quota_room(namespace)
-        offers, problems = self._assess(contract, views, room)
+        offers, problems, most = self._assess(contract, views, room)
         if offers:
             return Quote(offers=tuple(offers))
         rejections = [
@@ -127,17 +149,17 @@ class FitMixin(KubeCore):
                 )
             )
         return Quote(
-            rejections=tuple(rejections), counter_offers=tuple(self._counter(contract, views, room))
+            rejections=tuple(rejections),
+            counter_offers=tuple(self._counter(contract, views, room, most)),
         )
 
     def _assess(
         self, contract: Contract, views: Sequence[NodeView], room: Mapping[str, _Room]
-    ) -> tuple[list[Offer], dict[str, list[tuple[str, str, str]]]]:
-        """The offers ``views`` make for ``contract``; per requirement, the nodes missing it."""
+    ) -> tuple[list[Offer], dict[str, list[tuple[str, str, str]]], int]:
+        """The offers ``views`` make for ``contract``; per requirement, the nodes missing it;
+        and the most nodes that fit together (in one group: a gang's nodes share one)."""
         problems: dict[str, list[tuple[str, str, str]]] = {}
-        groups: dict[
-            tuple[str | None, str, str | None, str, str], list[tuple[NodeView, Grant]]
-        ] = {}
+        groups: dict[_GroupKey, list[tuple[NodeView, Grant]]] = {}
         for view in views:
             fit = self._fit_within(view, contract, room)
             if isinstance(fit, _Misfit):
@@ -147,24 +169,109 @@ class FitMixin(KubeCore):
                 continue
             grant, isolation = fit
             source = "label" if view.jurisdiction_from_label else "region"
-            key = (grant.gpu_model, view.region, view.jurisdiction, source, isolation)
+            key = (
+                grant.gpu_model,
+                view.region,
+                view.jurisdiction,
+                source,
+                isolation,
+                grant.gpu_interconnect,
+            )
             groups.setdefault(key, []).append((view, grant))
         now = self.clock.time()
-        offers = [
-            self._offer(contract, key, members, now)
-            for key, members in sorted(groups.items(), key=lambda kv: (kv[0][1], str(kv[0][0])))
-        ]
-        return offers, problems
+        nodes = contract.resources.nodes
+        offers: list[Offer] = []
+        for key, members in sorted(groups.items(), key=lambda kv: (kv[0][1], str(kv[0][0]))):
+            if nodes > 1:
+                gang = self._gang(contract, key, members, room)
+                if isinstance(gang, _Misfit):
+                    problems.setdefault(gang.requirement, []).append(
+                        (key[1], gang.wanted, gang.available)
+                    )
+                    continue
+                members = gang
+            offer = self._offer(contract, key, members, now)
+            # The interconnect rule has one home (check_offer); the node's labels gave the
+            # grant its value, and a group whose value the contract does not accept is out.
+            for rejection in check_offer(offer, contract, now):
+                if rejection.requirement == "resources.gpus.interconnect":
+                    for view, _ in members:
+                        have = rejection.available
+                        if key[5] is None:
+                            have = f"not labelled ({LABEL_GPU_INTERCONNECT}, {GPU_CLIQUE_LABEL})"
+                        problems.setdefault(rejection.requirement, []).append(
+                            (view.name, rejection.wanted, have)
+                        )
+                    break
+            else:
+                offers.append(offer)
+        most = max((len(members) for members in groups.values()), default=0)
+        return offers, problems, most
+
+    def _gang(
+        self,
+        contract: Contract,
+        key: _GroupKey,
+        members: Sequence[tuple[NodeView, Grant]],
+        room: Mapping[str, _Room],
+    ) -> list[tuple[NodeView, Grant]] | _Misfit:
+        """``contract.resources.nodes`` members of one group, each granted what all can give.
+
+        A gang fits only on that many distinct nodes at once (its pods repel each other);
+        every node gets the same grant, the least of theirs (each lies in the contract's
+        ranges, so the least does too). Within a ResourceQuota, all of its pods must fit.
+        """
+        nodes = contract.resources.nodes
+        if len(members) < nodes:
+            names = ", ".join(sorted(v.name for v, _ in members))
+            return _Misfit(
+                "resources.nodes",
+                f"{nodes} nodes",
+                f"{len(members)} of them fit at once ({names})",
+            )
+        chosen = sorted(members, key=_size, reverse=True)[:nodes]
+        grants = [g for _, g in chosen]
+        memories = [g.memory for g in grants if g.memory is not None]
+        disks = [g.disk for g in grants if g.disk is not None]
+        least = msgspec.structs.replace(
+            grants[0],
+            gpus=min(g.gpus for g in grants),
+            cpus=min(g.cpus for g in grants),
+            memory=min(memories, key=lambda b: b.bytes) if memories else None,
+            disk=min(disks, key=lambda b: b.bytes) if disks else None,
+            nodes=nodes,
+        )
+        per_pod: dict[str, Decimal] = {
+            "pods": Decimal(1),
+            "cpu": Decimal(max(1, least.cpus)),
+            gpu_resource(contract.resources.gpus): Decimal(least.gpus),
+        }
+        if least.memory is not None:
+            per_pod["memory"] = Decimal(least.memory.bytes)
+        if least.disk is not None:
+            per_pod["ephemeral-storage"] = Decimal(least.disk.bytes)
+        for resource, amount in per_pod.items():
+            bound = room.get(resource)
+            # A LimitRange bounds each pod (already applied per node); a quota, all of them.
+            if bound is not None and bound.kind == "ResourceQuota" and amount * nodes > bound.free:
+                return _Misfit("quota", f"{nodes} x {amount} {resource}", bound.says())
+        return [(view, least) for view, _ in chosen]
 
     def _counter(
-        self, contract: Contract, views: Sequence[NodeView], room: Mapping[str, _Room]
+        self, contract: Contract, views: Sequence[NodeView], room: Mapping[str, _Room], most: int
     ) -> list[Offer]:
-        """Offers for fewer GPUs: the most one node (within quota) can give now.
+        """Offers for less: a gang on as many nodes as fit together (``most``), else fewer
+        GPUs, the most one node (within quota) can give now.
 
-        Like the local backend's: only the GPU count is relaxed, and only when that
-        is what stands in the way; they are never committed unless a caller asks.
+        Like the local backend's: only the node or GPU count is relaxed, and only when
+        that is what stands in the way; they are never committed unless a caller asks.
         """
         res = contract.resources
+        if 0 < most < res.nodes:
+            fewer = contract.with_(resources=msgspec.structs.replace(res, nodes=most))
+            offers = self._assess(fewer, views, room)[0]
+            if offers:
+                return offers
         gpus = res.gpus
         if gpus is None or gpus.count.min is None:
             return []
@@ -322,8 +429,12 @@ class FitMixin(KubeCore):
                     return _Misfit(
                         "resources.gpus.compute_capability", f">= {gpus.compute_capability}", have
                     )
-            if gpus.interconnect is not None:
-                return _Misfit("resources.gpus.interconnect", gpus.interconnect, "not labelled")
+            if view.shared_gpus is not None and resource == GPU_RESOURCE:
+                # Time-sliced or MPS replicas are one device handed to several pods: not a
+                # GPU of one's own, which is what a contract's count means.
+                return _Misfit(
+                    "resources.gpus", f"{gpus.count} x whole GPU", f"shared ({view.shared_gpus})"
+                )
             free = int(view.free_of(resource))
             granted = gpus.count.grant(free)
             if granted is None:
@@ -355,6 +466,8 @@ class FitMixin(KubeCore):
             gpu_memory=memory if gpus_granted else None,
             gpu_compute_capability=".".join(map(str, granted_cc)) if granted_cc else None,
             gpu_mig=res.gpus.mig if gpus_granted and res.gpus is not None else None,
+            # From the node's labels (see quote.node_views); None where they say nothing.
+            gpu_interconnect=view.interconnect if gpus_granted else None,
             cpus=cpus,
             memory=granted_memory,
             disk=disk,
@@ -364,17 +477,12 @@ class FitMixin(KubeCore):
     def _offer(
         self,
         contract: Contract,
-        key: tuple[str | None, str, str | None, str, str],
+        key: _GroupKey,
         members: Sequence[tuple[NodeView, Grant]],
         now: float,
     ) -> Offer:
-        _, region, jurisdiction, source, isolation = key
-
-        def size(item: tuple[NodeView, Grant]) -> tuple[int, int, int]:
-            g = item[1]
-            return (g.gpus, g.cpus, g.memory.bytes if g.memory is not None else 0)
-
-        best = max(members, key=size)[1]
+        _, region, jurisdiction, source, isolation, _ = key
+        best = max(members, key=_size)[1]
         products = sorted({v.product for v, _ in members if v.product})
         label = next(
             (k for k in GPU_PRODUCT_LABELS if all(v.labels.get(k) for v, _ in members)),

@@ -5,6 +5,12 @@
       ├── Service <name>            when the workload publishes ports
       └── ResourceClaim <name>      when the cluster serves resource.k8s.io/v1 (DRA)
 
+A gang (``resources.nodes`` > 1) is instead:
+
+    coordination.k8s.io/v1 Lease  <name>
+      ├── Pod <name>-<rank>         one per node, rank 0..N-1, on distinct nodes
+      └── Service <name>            headless: <name>-<rank>.<name>.<namespace>.svc per pod
+
 Every object carries the label ``aicontract.io/lease=<name>`` and an owner
 reference to the Lease object, so deleting the Lease deletes the rest (the
 cluster's garbage collector), and a lease's objects can always be listed by
@@ -28,9 +34,11 @@ from ...jurisdictions import satisfies
 from ...offer import Grant, Offer
 from ..base import key_name
 from .quote import (
+    GPU_CLIQUE_LABEL,
     GPU_PRODUCT_LABELS,
     GPU_RESOURCE,
     LABEL_DEDICATED,
+    LABEL_GPU_INTERCONNECT,
     LABEL_HOSTNAME,
     LABEL_JURISDICTION,
     LABEL_REGION,
@@ -42,8 +50,13 @@ __all__ = [
     "LABEL_LEASE",
     "LABEL_MANAGED_BY",
     "LABEL_QUEUE",
+    "LABEL_RANK",
+    "RENDEZVOUS_PORT",
     "claim_manifest",
     "claim_models",
+    "gang_address",
+    "gang_pod_name",
+    "headless_service_manifest",
     "job_manifest",
     "lease_manifest",
     "lease_name",
@@ -60,6 +73,7 @@ LABEL_TENANT = "aicontract.io/tenant"
 LABEL_CONTRACT = "aicontract.io/contract"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+LABEL_RANK = "aicontract.io/rank"
 ANNOTATION_KEY = "aicontract.io/idempotency-key"
 ANNOTATION_GRANT = "aicontract.io/grant"
 ANNOTATION_CONTRACT = "aicontract.io/contract"
@@ -72,6 +86,10 @@ DRA_DEVICE_CLASS = "gpu.nvidia.com"
 DRA_REQUEST = "gpus"
 
 _PORT_UNSAFE = re.compile(r"[^a-z0-9-]+")
+# The port a gang's rank 0 listens on for the rendezvous (torch.distributed's default).
+# Each pod has its own IP, so one fixed port never collides with another lease's.
+RENDEZVOUS_PORT = 29500
+RENDEZVOUS_PORT_NAME = "rendezvous"
 
 
 def lease_name(idempotency_key: str, prefix: str = "aic") -> str:
@@ -234,7 +252,23 @@ def _node_affinity(offer: Offer, *, products_from_labels: bool = True) -> dict[s
             # without a jurisdiction label, or one labelled with an allowed jurisdiction.
             unlabelled = {"key": LABEL_JURISDICTION, "operator": "DoesNotExist"}
             wheres = [[unlabelled], [labelled]]
-    terms = [[*region, *common, *where] for region in regions for where in wheres]
+    links: list[list[dict[str, Any]]] = [[]]
+    gpus = contract.resources.gpus
+    link = offer.grant.gpu_interconnect
+    if gpus is not None and gpus.interconnect is not None and offer.grant.gpus and link:
+        # The interconnect as quotes read it (quote.node_views): the operator's label,
+        # else, for NVLink, GPU feature discovery's clique on a node without that label.
+        said = {"key": LABEL_GPU_INTERCONNECT, "operator": "In", "values": [link]}
+        links = [[said]]
+        if link == "nvlink":
+            unsaid = {"key": LABEL_GPU_INTERCONNECT, "operator": "DoesNotExist"}
+            links.append([unsaid, {"key": GPU_CLIQUE_LABEL, "operator": "Exists"}])
+    terms = [
+        [*region, *common, *where, *linked]
+        for region in regions
+        for where in wheres
+        for linked in links
+    ]
     return {
         "requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchExpressions": t} for t in terms]
@@ -251,8 +285,14 @@ def pod_spec(
     grace_seconds: int,
     env: Mapping[str, str],
     claim: str | None = None,
+    rank: int | None = None,
 ) -> dict[str, Any]:
-    """The pod spec of a lease: Guaranteed QoS (requests = limits), affinity, tolerations."""
+    """The pod spec of a lease: Guaranteed QoS (requests = limits), affinity, tolerations.
+
+    ``rank`` makes it one pod of a gang: it listens on the rendezvous port, has the
+    DNS name ``<name>-<rank>.<name>`` (hostname and subdomain under the headless
+    Service ``name``) and repels its siblings, so each lands on a node of its own.
+    """
     contract, grant = offer.contract, offer.grant
     gpus = contract.resources.gpus
     amounts = _quantities(grant, gpu_resource(gpus), claim is not None)
@@ -265,11 +305,16 @@ def pod_spec(
     }
     if workload is not None and workload.command:
         container["command"] = list(workload.command)
-    if workload is not None and workload.ports:
-        container["ports"] = [
-            {"name": port_name(n), "containerPort": p, "protocol": "TCP"}
-            for n, p in sorted(workload.ports.items())
-        ]
+    ports = [
+        {"name": port_name(n), "containerPort": p, "protocol": "TCP"}
+        for n, p in sorted(workload.fixed_ports.items() if workload is not None else ())
+    ]
+    if rank is not None:
+        ports.append(
+            {"name": RENDEZVOUS_PORT_NAME, "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}
+        )
+    if ports:
+        container["ports"] = ports
     if claim is not None:
         container["resources"]["claims"] = [{"name": DRA_REQUEST}]
     tolerations: list[dict[str, Any]] = []
@@ -295,6 +340,16 @@ def pod_spec(
                 }
             ]
         }
+    if rank is not None:
+        # Required anti-affinity among the gang's own pods: one pod per node, or none binds.
+        siblings = {
+            "labelSelector": {"matchLabels": {LABEL_LEASE: name}},
+            "topologyKey": LABEL_HOSTNAME,
+        }
+        anti = affinity.setdefault(
+            "podAntiAffinity", {"requiredDuringSchedulingIgnoredDuringExecution": []}
+        )
+        anti["requiredDuringSchedulingIgnoredDuringExecution"].append(siblings)
     spec: dict[str, Any] = {
         "restartPolicy": restart_policy,
         "terminationGracePeriodSeconds": grace_seconds,
@@ -306,7 +361,20 @@ def pod_spec(
     }
     if claim is not None:
         spec["resourceClaims"] = [{"name": DRA_REQUEST, "resourceClaimName": claim}]
+    if rank is not None:
+        spec["hostname"] = gang_pod_name(name, rank)
+        spec["subdomain"] = name
     return spec
+
+
+def gang_pod_name(name: str, rank: int) -> str:
+    """The pod of rank ``rank`` in the gang ``name`` (also its hostname: at most 63 chars)."""
+    return f"{name}-{rank}"
+
+
+def gang_address(name: str, namespace: str, rank: int = 0) -> str:
+    """The DNS name of a gang's pod through its headless Service."""
+    return f"{gang_pod_name(name, rank)}.{name}.{namespace}.svc"
 
 
 def pod_manifest(
@@ -315,13 +383,17 @@ def pod_manifest(
     labels: Mapping[str, str],
     owner: Mapping[str, Any],
     spec: Mapping[str, Any],
+    *,
+    rank: int | None = None,
 ) -> dict[str, Any]:
-    """A bare Pod owned by the Lease object."""
+    """A bare Pod owned by the Lease object (with ``rank``: that pod of a gang)."""
+    if rank is not None:
+        labels = {**labels, LABEL_RANK: str(rank)}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": name,
+            "name": name if rank is None else gang_pod_name(name, rank),
             "namespace": namespace,
             "labels": dict(labels),
             "ownerReferences": [dict(owner)],
@@ -393,6 +465,40 @@ def service_manifest(
             "ports": [
                 {"name": port_name(n), "port": p, "targetPort": p, "protocol": "TCP"}
                 for n, p in sorted(ports.items())
+            ],
+        },
+    }
+
+
+def headless_service_manifest(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    owner: Mapping[str, Any],
+    ports: Mapping[str, int],
+) -> dict[str, Any]:
+    """A gang's headless Service: a DNS name per pod, published before the pods are Ready.
+
+    Rendezvous happens while the workload starts, so the names must resolve before
+    any readiness probe passes (``publishNotReadyAddresses``).
+    """
+    listed = {RENDEZVOUS_PORT_NAME: RENDEZVOUS_PORT, **{port_name(n): p for n, p in ports.items()}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": dict(labels),
+            "ownerReferences": [dict(owner)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_LEASE: name},
+            "ports": [
+                {"name": n, "port": p, "targetPort": p, "protocol": "TCP"}
+                for n, p in sorted(listed.items())
             ],
         },
     }

@@ -33,6 +33,8 @@ class ObserveMixin(KubeCore):
                 resource_path(*PODS, namespace), {"labelSelector": f"{LABEL_LEASE}={lease.id}"}
             )
         ).get("items") or []
+        if lease.details.get("pod_uids"):
+            return await self._observe_gang(lease, pods, now)
         faults: list[Fault] = []
         # The lease is bound to one pod (its uid): another pod under the lease's label,
         # a Job controller's replacement or an eviction's, is not what was granted.
@@ -68,48 +70,92 @@ class ObserveMixin(KubeCore):
         workload = _workload_state(pod)
         node_name = (pod.get("spec") or {}).get("nodeName")
         if node_name:
-            node = await self.api.get_or_none(resource_path("v1", "nodes", name=node_name))
-            if node is None:
-                faults.append(
-                    Fault(
-                        kind="node-lost",
-                        at=now,
-                        reason=f"node {node_name} was removed from the cluster",
-                    )
-                )
-            else:
-                view = node_views([node], [], region_jurisdictions=self.region_jurisdictions)[0]
-                ready: Obj = next(
-                    (
-                        c
-                        for c in (node.get("status") or {}).get("conditions") or []
-                        if c.get("type") == "Ready"
-                    ),
-                    {},
-                )
-                if ready.get("status") != "True":
-                    faults.append(
-                        Fault(
-                            kind="node-lost",
-                            at=now,
-                            reason=f"node {node_name} is NotReady (Ready={ready.get('status')}, "
-                            f"{ready.get('reason') or view.why_not}: {ready.get('message', '')})",
-                        )
-                    )
-                misfits = lease.contract.placement.misfits(
-                    region=view.region, jurisdiction=view.jurisdiction, provider=self.provider
-                )
-                if misfits:
-                    requirement, wanted, has = misfits[0]
+            faults.extend(await self._node_faults(lease, str(node_name), now))
+        return Observation(faults=tuple(faults), workload=workload)
+
+    async def _observe_gang(self, lease: Lease, pods: list[Obj], now: float) -> Observation:
+        """A gang is one lease: a fault of any of its pods or nodes is the whole gang's.
+
+        Training across nodes cannot lose one: a node lost, a pod evicted or deleted
+        revokes the lease (and its release deletes every pod and the Service).
+        """
+        uids = lease.details.get("pod_uids", "").split(",")
+        names = lease.details.get("pods", "").split(",")
+        by_uid = {str(p["metadata"].get("uid")): p for p in pods}
+        faults: list[Fault] = []
+        states: list[str] = []
+        for rank, uid in enumerate(uids):
+            pod = by_uid.get(uid)
+            pod_name = names[rank] if rank < len(names) else uid
+            if pod is None:
+                if lease.is_active:
                     faults.append(
                         Fault(
                             kind="capacity-revoked",
                             at=now,
-                            reason=f"placement of node {node_name} changed: {requirement} wants "
-                            f"{wanted}, the node is now {has}",
+                            reason=f"pod {pod_name} (rank {rank}) of gang {lease.id} was deleted",
                         )
                     )
+                states.append("not-ready")
+                continue
+            faults.extend(self._pod_faults(pod, now))
+            states.append(_workload_state(pod))
+            node_name = (pod.get("spec") or {}).get("nodeName")
+            if node_name:
+                faults.extend(await self._node_faults(lease, str(node_name), now))
+        if all(state == "completed" for state in states):
+            workload = "completed"
+        elif all(state in ("ready", "completed") for state in states):
+            workload = "ready"
+        else:
+            workload = "not-ready"
         return Observation(faults=tuple(faults), workload=workload)
+
+    async def _node_faults(self, lease: Lease, node_name: str, now: float) -> list[Fault]:
+        """A lease's node gone, not Ready, or relabelled out of the contract's placement."""
+        faults: list[Fault] = []
+        node = await self.api.get_or_none(resource_path("v1", "nodes", name=node_name))
+        if node is None:
+            faults.append(
+                Fault(
+                    kind="node-lost",
+                    at=now,
+                    reason=f"node {node_name} was removed from the cluster",
+                )
+            )
+            return faults
+        view = node_views([node], [], region_jurisdictions=self.region_jurisdictions)[0]
+        ready: Obj = next(
+            (
+                c
+                for c in (node.get("status") or {}).get("conditions") or []
+                if c.get("type") == "Ready"
+            ),
+            {},
+        )
+        if ready.get("status") != "True":
+            faults.append(
+                Fault(
+                    kind="node-lost",
+                    at=now,
+                    reason=f"node {node_name} is NotReady (Ready={ready.get('status')}, "
+                    f"{ready.get('reason') or view.why_not}: {ready.get('message', '')})",
+                )
+            )
+        misfits = lease.contract.placement.misfits(
+            region=view.region, jurisdiction=view.jurisdiction, provider=self.provider
+        )
+        if misfits:
+            requirement, wanted, has = misfits[0]
+            faults.append(
+                Fault(
+                    kind="capacity-revoked",
+                    at=now,
+                    reason=f"placement of node {node_name} changed: {requirement} wants "
+                    f"{wanted}, the node is now {has}",
+                )
+            )
+        return faults
 
     def _pod_faults(self, pod: Obj, now: float) -> list[Fault]:
         status, meta = pod.get("status") or {}, pod["metadata"]

@@ -22,6 +22,7 @@ from ...units import Bytes
 
 __all__ = [
     "LABEL_DEDICATED",
+    "LABEL_GPU_INTERCONNECT",
     "LABEL_JURISDICTION",
     "LABEL_REGION",
     "LABEL_REGION_BETA",
@@ -44,6 +45,15 @@ GPU_PRODUCT_LABELS = ("nvidia.com/gpu.product", "gpu.nvidia.com/class")
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB, from GPU feature discovery
 GPU_CC_MAJOR = "nvidia.com/gpu.compute.major"
 GPU_CC_MINOR = "nvidia.com/gpu.compute.minor"
+# GPU feature discovery (k8s-device-plugin >= 0.17) labels nodes whose GPUs joined an NVLink
+# fabric (NVSwitch trays, GB200 NVL72) with their clique, ``<cluster uuid>.<clique id>``.
+GPU_CLIQUE_LABEL = "nvidia.com/gpu.clique"
+GPU_SHARING_LABEL = "nvidia.com/gpu.sharing-strategy"  # none | time-slicing | mps
+GPU_REPLICAS_LABEL = "nvidia.com/gpu.replicas"
+# How a node's GPUs connect to each other, for nodes GPU feature discovery says nothing of
+# (it publishes no label for NVLink within a node): set by the operator or an NFD rule.
+LABEL_GPU_INTERCONNECT = "aicontract.io/gpu-interconnect"
+INTERCONNECTS = frozenset({"nvlink", "pcie", "infiniband"})
 GPU_RESOURCE = "nvidia.com/gpu"
 TOLERATED_TAINTS = frozenset({GPU_RESOURCE})
 
@@ -152,6 +162,9 @@ class NodeView:
     schedulable: bool
     why_not: str | None
     dedicated: bool
+    interconnect: str | None = None
+    clique: str | None = None
+    shared_gpus: str | None = None
 
     def free_of(self, resource: str) -> Decimal:
         """What is free of ``resource`` (0 when the node has none)."""
@@ -213,6 +226,16 @@ def node_views(
         capability = None
         if labels.get(GPU_CC_MAJOR, "").isdigit():
             capability = (int(labels[GPU_CC_MAJOR]), int(labels.get(GPU_CC_MINOR, "0") or 0))
+        clique = labels.get(GPU_CLIQUE_LABEL) or None
+        interconnect = labels.get(LABEL_GPU_INTERCONNECT, "").lower() or None
+        if interconnect not in INTERCONNECTS:
+            # The operator's own word first; else a node in an NVLink clique has its GPUs
+            # on NVLink; else nothing is known (and an nvlink contract is not offered).
+            interconnect = "nvlink" if clique else None
+        sharing = labels.get(GPU_SHARING_LABEL, "none")
+        shared_gpus = None
+        if sharing not in ("", "none"):
+            shared_gpus = f"{sharing}, {labels.get(GPU_REPLICAS_LABEL, '?')} replicas per GPU"
         allocatable = _amounts((node.get("status") or {}).get("allocatable"))
         taken = used.get(name, {})
         free = {k: max(Decimal(0), v - taken.get(k, Decimal(0))) for k, v in allocatable.items()}
@@ -248,6 +271,9 @@ def node_views(
                 schedulable=ready,
                 why_not=why,
                 dedicated=dedicated,
+                interconnect=interconnect,
+                clique=clique,
+                shared_gpus=shared_gpus,
             )
         )
     return views

@@ -218,6 +218,8 @@ class LocalBackend(Backend):
                 )
             )
 
+        if res.nodes > 1:  # one host; gangs of nodes are for cluster backends
+            reject("resources.nodes", f"{res.nodes} nodes", "1 node (this host)")
         cpus = 0
         if res.cpus is not None:
             free_cpus = sum(1 for c in inv.cpu_list if c not in used_cpus)

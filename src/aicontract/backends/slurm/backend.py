@@ -222,6 +222,10 @@ class SlurmBackend(Backend):
             for requirement, wanted, found in misfits:
                 reject(requirement, wanted, found)
             return Quote(rejections=tuple(self._summarise(problems)))
+        if contract.resources.nodes > 1:  # this backend splits a contract's totals over nodes
+            wanted_nodes = f"{contract.resources.nodes} nodes"
+            reject("resources.nodes", wanted_nodes, "no per-node gangs (ask for total GPUs)")
+            return Quote(rejections=tuple(self._summarise(problems)))
         if contract.placement.isolation == "dedicated-host":
             reject(
                 "placement.isolation",

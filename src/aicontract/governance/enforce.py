@@ -189,6 +189,15 @@ class UsageIndex:
                 total += held.spend(now)
         return total
 
+    def budget(self, contract: Contract, now: float) -> tuple[Decimal, Decimal, str] | None:
+        """(spent, budget, currency) of ``contract``'s whole-run budget, ``None`` without one."""
+        budget = contract.terms.budget
+        if budget is None:
+            return None
+        limit, currency = amount(budget)
+        digest = _contract_fields(contract)["digest"]
+        return self.budget_spent(digest, currency, now), limit, currency
+
     def _roll(self, now: float) -> tuple[float, float]:
         """Sums for the windows ``now`` is in, rebuilt (and pruned) when a window turned."""
         current = windows(now)
@@ -448,13 +457,10 @@ class Governance:
 
     def budget(self, lease: Lease) -> tuple[Decimal, Decimal, str] | None:
         """(spent, budget, currency) of the contract behind ``lease``, or ``None`` without one."""
-        budget = lease.contract.terms.budget
-        if budget is None or self._index is None:
+        if lease.contract.terms.budget is None or self._index is None:
             return None
-        limit, currency = amount(budget)
         self._index.refresh()
-        digest = _contract_fields(lease.contract)["digest"]
-        return self._index.budget_spent(digest, currency, self.clock.time()), limit, currency
+        return self._index.budget(lease.contract, self.clock.time())
 
     def _watch_budget(self, lease: Lease, crossed: set[int]) -> None:
         """At each renewal: note 50/80/100% of the budget; at 100% release if the terms say so."""

@@ -20,7 +20,7 @@ from ..governance.enforce import record_path
 from ..governance.policy import Policy, find_policy, load_policy
 from ..governance.record import Record, verify
 from ..governance.templates import catalog, find_template, render
-from ..schema import _hook
+from ..schema import _hook, template_json_schema
 from .output import check_files
 
 
@@ -109,6 +109,13 @@ def template_show(ref: str) -> None:
     click.echo(f"locked: {', '.join(found.locked) or 'nothing'}")
     click.echo("contract:")
     click.echo(yaml.safe_dump(found.contract, sort_keys=False, allow_unicode=True).rstrip())
+
+
+@template.command("schema")
+@click.option("--indent", default=2, show_default=True, help="JSON indentation.")
+def template_schema(indent: int) -> None:
+    """Print the JSON Schema of template files (for editors and CI)."""
+    click.echo(json.dumps(template_json_schema(), indent=indent, ensure_ascii=False))
 
 
 def _param(text: str) -> tuple[str, str]:

@@ -181,7 +181,8 @@ def test_cli_audit_show_and_export_filter(tmp_path: Path) -> None:
     exported = runner.invoke(main, ["audit", "export", "--record", str(path), "--tenant", "team-a"])
     assert [json.loads(x)["seq"] for x in exported.output.splitlines()] == list(range(1, 11))
     otel = runner.invoke(main, ["audit", "export", "--record", str(path), "--format", "otel"])
-    first = json.loads(otel.output.splitlines()[0])
+    (request,) = [json.loads(line) for line in otel.output.splitlines()]
+    first = request["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]
     assert first["timeUnixNano"] == str(10**12)
     assert first["attributes"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,7 @@ def audit() -> None:
     """Show, verify and export the record of every negotiation."""
 
 
-def _describe(entry: dict[str, Any]) -> str:
+def _describe(entry: Mapping[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.get("at", 0)))
     kind = entry.get("kind", "?")
     who = entry.get("identity")
@@ -235,34 +235,25 @@ def audit_verify(path: Path | None) -> None:
     type=click.Choice(["jsonl", "otel"]),
     default="jsonl",
     show_default=True,
-    help="JSON lines, or OpenTelemetry log records (JSON, OTLP-shaped).",
+    help="JSON lines, or OpenTelemetry log records as OTLP/JSON lines (needs the otel extra).",
 )
 @click.option("--lease", default=None, help="Only entries about this lease.")
 @click.option("--tenant", default=None, help="Only entries about this tenant.")
 def audit_export(path: Path | None, fmt: str, lease: str | None, tenant: str | None) -> None:
     """Write the record to stdout for another system to keep."""
-    for entry in _select(path, lease, tenant):
-        if fmt == "jsonl":
+    selected = _select(path, lease, tenant)
+    if fmt == "jsonl":
+        for entry in selected:
             click.echo(json.dumps(entry, ensure_ascii=False))
-            continue
-        attributes = [
-            {"key": f"aicontract.{k}", "value": {"stringValue": str(v)}}
-            for k, v in entry.items()
-            if v is not None and k not in ("at",)
-        ]
-        click.echo(
-            json.dumps(
-                {
-                    "timeUnixNano": str(int(entry.get("at", 0) * 1e9)),
-                    "severityText": "WARN"
-                    if entry.get("kind") in ("refuse", "no-offer")
-                    else "INFO",
-                    "body": {"stringValue": _describe(entry)},
-                    "attributes": attributes,
-                },
-                ensure_ascii=False,
-            )
-        )
+        return
+    from ..monitor.telemetry import export_record_otlp_json
+
+    try:  # the SDK is imported only now: it is in the otel extra
+        export_record_otlp_json(selected, sys.stdout, describe=_describe)
+    except ImportError:
+        raise click.ClickException(
+            "--format otel needs the OpenTelemetry SDK: pip install 'aicontract[otel]'"
+        ) from None
 
 
 COMMANDS = [policy, template, audit]

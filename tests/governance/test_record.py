@@ -231,3 +231,22 @@ def test_cli_audit_show_on_a_damaged_record_is_a_clear_error(tmp_path: Path) -> 
     assert result.exit_code == 1
     assert "damaged" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_head_not_yet_written_reads_as_none(tmp_path: Path) -> None:
+    """The head is mapped and pre-sized with zeros; a writer that died between the entry
+    and the head leaves zeros, and the chain goes on from the record's own last line."""
+    path = tmp_path / "record.jsonl"
+    record = _filled(path, 3)
+    record.close()
+    head = path.with_suffix(".head")
+    head.write_bytes(b"\0" * len(head.read_bytes()))
+    assert verify(path).ok
+    again = Record(path)
+    entry = again.append("grant", 2000.0, {"lease": "next", "tenant": "team-a"})
+    again.close()
+    assert entry["seq"] == 4
+    result = verify(path)
+    assert result.ok
+    assert result.entries == 4
+    assert head.read_bytes().startswith(b"00000000000000000004 ")

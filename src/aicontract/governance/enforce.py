@@ -321,13 +321,20 @@ class Governance:
         """Remember a round of quotes, to record with the commit or refusal that follows."""
         self._round = (contract, offers, rejections)
 
-    def _round_fields(self, contract: Contract) -> dict[str, Any]:
-        if self._round is None or self._round[0] is not contract:
-            return {}
+    def _round_fields(self, offer: Offer) -> dict[str, Any]:
+        """The round's offers and rejections, and ``offer``'s own summary (made once)."""
+        if self._round is None or self._round[0] is not offer.contract:
+            return {"offer": offer.summary()}
         _, offers, rejections = self._round
+        summaries, mine = [], None
+        for other in offers:
+            summaries.append(other.summary())
+            if other is offer:
+                mine = summaries[-1]
         return {
-            "offers": [o.summary() for o in offers],
+            "offers": summaries,
             "rejections": [str(r) for r in rejections],
+            "offer": mine if mine is not None else offer.summary(),
         }
 
     def _append(self, kind: str, fields: dict[str, Any], *, locked: bool = False) -> None:
@@ -380,8 +387,7 @@ class Governance:
             "refuse",
             {
                 **base,
-                **self._round_fields(offer.contract),
-                "offer": offer.summary(),
+                **self._round_fields(offer),
                 "jurisdiction": offer.jurisdiction,
                 "refusals": [str(r) for r in refusals],
             },
@@ -506,10 +512,9 @@ class Governance:
             "grant",
             {
                 **base,
-                **self._round_fields(offer.contract),
+                **self._round_fields(offer),
                 "ticket": ticket,
                 "lease": lease.id,
-                "offer": offer.summary(),
                 "gpus": lease.grant.gpus,
                 "grant": lease.grant.describe(),
                 "guarantee": lease.guarantee,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,19 @@ _HEAD_SIZE = 20 + 1 + 20 + 1 + 64 + 1  # "<seq> <size> <hash>\n", fixed width fo
 _encoder = msgspec.json.Encoder()
 
 
+_generation = 0
+"""Bumped in a forked child, so a Record knows to reopen its files without a getpid() call."""
+
+
+def _forked() -> None:
+    global _generation
+    _generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
 def _flock(fd: int, *, exclusive: bool) -> None:
     """Take or drop the record's lock (where there is no flock, one process per record)."""
     if fcntl is not None:
@@ -69,7 +83,11 @@ class Record:
     path: Path = attrs.field(converter=Path)
     _fd: int | None = attrs.field(default=None, init=False, repr=False)
     _head_fd: int | None = attrs.field(default=None, init=False, repr=False)
-    _pid: int = attrs.field(default=0, init=False, repr=False)
+    _head_map: mmap.mmap | None = attrs.field(default=None, init=False, repr=False)
+    """The head file mapped shared: updating it is a store into the page cache, like a
+    pwrite() without the system call (and as durable: neither is synced)."""
+    _pid: int = attrs.field(default=-1, init=False, repr=False)
+    """The fork generation the files were opened in."""
     _reader: BinaryIO | None = attrs.field(default=None, init=False, repr=False)
     _known: tuple[int, str, int] | None = attrs.field(default=None, init=False, repr=False)
     """(seq, hash, size) after this process's last append: no re-reading the head if unchanged."""
@@ -94,11 +112,11 @@ class Record:
         return record
 
     def _open(self) -> tuple[int, int]:
-        if self._pid != os.getpid():
+        if self._pid != _generation:
             # A forked child shares its parent's open files, and with them the flock:
             # it must open its own, or parent and child would both "hold" the lock.
             self.close()
-            self._pid = os.getpid()
+            self._pid = _generation
         if self._fd is None or self._head_fd is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +127,7 @@ class Record:
                     f"cannot open the record {str(self.path)!r}: {exc.strerror}"
                 ) from None
             self._fd, self._head_fd = fd, head
+            self._head_map = _map_head(head)
         return self._fd, self._head_fd
 
     @contextlib.contextmanager
@@ -132,7 +151,11 @@ class Record:
 
         ``locked``: the caller already holds :meth:`locked`.
         """
-        fd, head_fd = self._open()
+        fd, head_fd = (
+            (self._fd, self._head_fd)
+            if self._pid == _generation and self._fd is not None and self._head_fd is not None
+            else self._open()
+        )
         if not locked:  # not `with self.locked()`: this is the hot path
             _flock(fd, exclusive=True)
         try:
@@ -146,10 +169,13 @@ class Record:
             body = _encoder.encode(entry)
             digest = hashlib.sha256(body).hexdigest()
             line = body[:-1] + _HASH_KEY + digest.encode() + b'"}\n'
-            head = f"{seq + 1:020d} {size + len(line):020d} {digest}\n"
+            head = f"{seq + 1:020d} {size + len(line):020d} {digest}\n".encode()
             try:
-                os.write(fd, line)
-                os.pwrite(head_fd, head.encode(), 0)
+                os.write(fd, line)  # the entry first: a head never names a missing entry
+                if self._head_map is not None:
+                    self._head_map[:_HEAD_SIZE] = head
+                else:
+                    os.pwrite(head_fd, head, 0)
             except OSError as exc:
                 # A record that cannot be written (disk full, read-only) refuses the work
                 # it would have recorded, with a clear error rather than a traceback.
@@ -175,7 +201,7 @@ class Record:
         the head, so the gap stays visible to :func:`verify` instead of being papered over.
         """
         head = os.pread(head_fd, _HEAD_SIZE, 0)
-        if len(head) == _HEAD_SIZE:
+        if len(head) == _HEAD_SIZE and head[:1].isdigit():  # zeros: a new head, not written yet
             seq_text, size_text, digest = head.decode("ascii", "replace").split(" ", 2)
             if seq_text.isdigit() and size_text.isdigit() and int(size_text) >= size:
                 return int(seq_text), digest.strip(), size
@@ -224,6 +250,9 @@ class Record:
 
     def close(self) -> None:
         """Close the record's files (safe to repeat)."""
+        if self._head_map is not None:
+            self._head_map.close()
+            self._head_map = None
         for fd in (self._fd, self._head_fd):
             if fd is not None:
                 os.close(fd)
@@ -235,6 +264,20 @@ class Record:
 
 
 _SHARED: dict[Path, Record] = {}
+
+
+def _map_head(fd: int) -> mmap.mmap | None:
+    """The head file mapped for writing (``None`` where it cannot be: then pwrite is used).
+
+    A new head file is first extended to its fixed size with zeros, which read as
+    "no head yet" (as an empty file does) until the first entry writes it.
+    """
+    try:
+        if os.fstat(fd).st_size < _HEAD_SIZE:
+            os.ftruncate(fd, _HEAD_SIZE)  # only grows it: a racing opener writes no data
+        return mmap.mmap(fd, _HEAD_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except (OSError, ValueError, AttributeError):  # no mmap here (or no MAP_SHARED)
+        return None
 
 
 @attrs.frozen
@@ -305,7 +348,7 @@ def verify(path: str | Path) -> Verification:
                 )
             prev, expected, count = stored.decode(), expected + 1, count + 1
     try:
-        head = record.head_path.read_bytes()
+        head = record.head_path.read_bytes().rstrip(b"\0")  # zeros: a head not written yet
     except FileNotFoundError:
         head = b""
     if count and head:

@@ -250,3 +250,20 @@ def test_a_head_not_yet_written_reads_as_none(tmp_path: Path) -> None:
     assert result.ok
     assert result.entries == 4
     assert head.read_bytes().startswith(b"00000000000000000004 ")
+
+
+def test_sync_flushes_each_entry_before_its_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aicontract.governance import record as record_module
+
+    flushed: list[int] = []
+    monkeypatch.setattr(record_module, "_sync_file", lambda fd: flushed.append(fd))
+    plain = _filled(tmp_path / "plain.jsonl", 3)
+    assert not plain.sync
+    assert flushed == []
+    monkeypatch.setenv("AICONTRACT_RECORD_SYNC", "1")
+    synced = _filled(tmp_path / "synced.jsonl", 3)
+    assert synced.sync
+    assert len(flushed) == 3
+    assert verify(synced.path).ok

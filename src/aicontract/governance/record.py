@@ -60,6 +60,10 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forked)
 
 
+_sync_file = getattr(os, "fdatasync", os.fsync)
+"""Flush a file's data to the disk (fdatasync where there is one: macOS has fsync only)."""
+
+
 def _flock(fd: int, *, exclusive: bool) -> None:
     """Take or drop the record's lock (where there is no flock, one process per record)."""
     if fcntl is not None:
@@ -78,9 +82,20 @@ _link_decoder = msgspec.json.Decoder(_Link)
 
 @attrs.define
 class Record:
-    """One record file (``record.jsonl``) and its head (``record.head``)."""
+    """One record file (``record.jsonl``) and its head (``record.head``).
+
+    ``sync``: flush each entry to the disk (``fdatasync``) before the step it records
+    goes on, so it survives a power loss or a kernel crash too — at the cost of a disk
+    flush per entry. Off by default (``AICONTRACT_RECORD_SYNC=1`` turns it on): an
+    entry is then in the kernel's page cache when ``append`` returns, which survives
+    any crash of the process, as the local ledger's commits do (SQLite WAL,
+    ``synchronous=NORMAL``).
+    """
 
     path: Path = attrs.field(converter=Path)
+    sync: bool = attrs.field(
+        factory=lambda: os.environ.get("AICONTRACT_RECORD_SYNC", "").lower() in ("1", "true", "on")
+    )
     _fd: int | None = attrs.field(default=None, init=False, repr=False)
     _head_fd: int | None = attrs.field(default=None, init=False, repr=False)
     _head_map: mmap.mmap | None = attrs.field(default=None, init=False, repr=False)
@@ -172,6 +187,8 @@ class Record:
             head = f"{seq + 1:020d} {size + len(line):020d} {digest}\n".encode()
             try:
                 os.write(fd, line)  # the entry first: a head never names a missing entry
+                if self.sync:  # the entry on the disk before its head names it
+                    _sync_file(fd)
                 if self._head_map is not None:
                     self._head_map[:_HEAD_SIZE] = head
                 else:

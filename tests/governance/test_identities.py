@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -145,3 +146,33 @@ def test_a_policy_maps_a_namespace_of_service_accounts_by_its_group() -> None:
         "  - {match: 'serviceaccount:ml/trainer', tenants: [team-a]}\n"
     )
     assert policy.tenants_for(who) == ("ml-research", "team-a")
+
+
+@pytest.mark.anyio
+async def test_two_backends_of_one_name_each_answer_for_their_own_credentials(
+    tmp_path: Path,
+) -> None:
+    """One governance asks each backend object, not each backend name (two clusters)."""
+    from aicontract import Contract, Negotiator, PolicyViolation
+    from aicontract.governance import Governance, Record
+    from fakes import FakeBackend
+
+    class Cluster(FakeBackend):
+        who: Identity
+
+        async def identity(self) -> Identity:
+            return self.who
+
+    allowed, other = Cluster(ttl=3600), Cluster(ttl=3600)
+    allowed.who = Identity(kind="serviceaccount", name="ml/trainer", source="kubernetes")
+    other.who = Identity(kind="serviceaccount", name="web/frontend", source="kubernetes")
+    assert allowed.name == other.name
+    policy = loads_policy("identities:\n  - {match: 'serviceaccount:ml/trainer', tenants: [ml]}\n")
+    governance = Governance(policy=policy, record=Record(tmp_path / "record.jsonl"))
+    contract = Contract(name="x", tenant="ml", gpus=1)
+    first = Negotiator([allowed], clock=allowed.clock, governance=governance)
+    lease = await first.acquire(contract)
+    await lease.release()
+    second = Negotiator([other], clock=other.clock, governance=governance)
+    with pytest.raises(PolicyViolation, match="serviceaccount:web/frontend may not act"):
+        await second.acquire(contract)

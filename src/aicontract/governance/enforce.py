@@ -285,7 +285,9 @@ class Governance:
     record: Record | None = None
     clock: Clock = system_clock
     _index: UsageIndex | None = attrs.field(default=None, init=False, repr=False)
-    _identities: dict[str, Identity] = attrs.field(factory=dict, init=False, repr=False)
+    _identities: dict[int, tuple[Backend, Identity]] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
     _crossed: dict[str, set[int]] = attrs.field(factory=dict, init=False, repr=False)
     _round: tuple[Contract, tuple[Offer, ...], tuple[Rejection, ...]] | None = attrs.field(
         default=None, init=False, repr=False
@@ -309,11 +311,12 @@ class Governance:
         )
 
     async def identity(self, backend: Backend) -> Identity:
-        """Who ``backend`` acts as (asked once per backend)."""
-        known = self._identities.get(backend.name)
-        if known is None:
-            known = self._identities[backend.name] = await backend.identity()
-        return known
+        """Who ``backend`` acts as (asked once per backend object: two Kubernetes backends
+        with different credentials share a name, not an identity)."""
+        known = self._identities.get(id(backend))
+        if known is None or known[0] is not backend:
+            known = self._identities[id(backend)] = (backend, await backend.identity())
+        return known[1]
 
     def quoted(
         self, contract: Contract, offers: tuple[Offer, ...], rejections: tuple[Rejection, ...]

@@ -16,10 +16,18 @@ import httpx
 import pytest
 import respx
 
-from aicontract import AuthenticationError
+from aicontract import (
+    AuthenticationError,
+    Contract,
+    Negotiator,
+    NoOffer,
+    PolicyViolation,
+    TransientBackendError,
+)
 from aicontract.backends.kubernetes import KubernetesBackend
 from aicontract.backends.kubernetes.core import identity_of_user, token_claims
-from aicontract.governance import Identity, loads_policy
+from aicontract.governance import Governance, Identity, Record, loads_policy, local_identity
+from fakes import FakeBackend
 
 pytestmark = pytest.mark.anyio
 
@@ -153,7 +161,7 @@ async def test_two_backends_of_one_name_each_answer_for_their_own_credentials(
     tmp_path: Path,
 ) -> None:
     """One governance asks each backend object, not each backend name (two clusters)."""
-    from aicontract import Contract, Negotiator, PolicyViolation
+    from aicontract import Contract, Negotiator
     from aicontract.governance import Governance, Record
     from fakes import FakeBackend
 
@@ -176,3 +184,32 @@ async def test_two_backends_of_one_name_each_answer_for_their_own_credentials(
     second = Negotiator([other], clock=other.clock, governance=governance)
     with pytest.raises(PolicyViolation, match="serviceaccount:web/frontend may not act"):
         await second.acquire(contract)
+
+
+class _Mute(FakeBackend):
+    """A backend that cannot say who is asking (an unreachable STS, say)."""
+
+    async def identity(self) -> Identity:
+        raise TransientBackendError(self.name, "sts: EndpointConnectionError")
+
+
+@pytest.mark.anyio
+async def test_without_identity_rules_no_backend_is_asked(tmp_path: Path) -> None:
+    record = Record(tmp_path / "record.jsonl")
+    mute = _Mute(ttl=3600)
+    negotiator = Negotiator([mute], clock=mute.clock, governance=Governance(record=record))
+    lease = await negotiator.acquire(Contract(name="x", gpus=1))
+    await lease.release()
+    (grant,) = [e for e in record.entries() if e["kind"] == "grant"]
+    assert grant["identity"] == str(local_identity())
+
+
+@pytest.mark.anyio
+async def test_with_identity_rules_a_mute_backend_commits_nothing(tmp_path: Path) -> None:
+    policy = loads_policy("identities:\n  - {match: '*', tenants: [default]}\n")
+    mute = _Mute(ttl=3600)
+    governance = Governance(policy=policy, record=Record(tmp_path / "record.jsonl"))
+    negotiator = Negotiator([mute], clock=mute.clock, governance=governance)
+    with pytest.raises(NoOffer, match="EndpointConnectionError"):
+        await negotiator.acquire(Contract(name="x", gpus=1))
+    assert mute.commits == []

@@ -28,7 +28,7 @@ from ..contract import Contract, encode_quantity
 from ..errors import AIContractError, ConfigError, LeaseLost, PolicyViolation
 from ..leases import Lease, LeaseState
 from ..offer import Offer, Rejection
-from .identity import Identity
+from .identity import Identity, local_identity
 from .policy import (
     Policy,
     Refusal,
@@ -311,8 +311,16 @@ class Governance:
         )
 
     async def identity(self, backend: Backend) -> Identity:
-        """Who ``backend`` acts as (asked once per backend object: two Kubernetes backends
-        with different credentials share a name, not an identity)."""
+        """Who ``backend`` acts as, when the policy maps identities to tenants.
+
+        Asked once per backend object (two Kubernetes backends with different
+        credentials share a name, not an identity); a backend that cannot say refuses
+        the commit. Without identity rules nothing depends on it, and no backend is
+        asked (no STS or API-server call per negotiator): the record names the OS
+        user of the negotiating process, as it always has.
+        """
+        if self.policy is None or not self.policy.identities:
+            return local_identity()
         known = self._identities.get(id(backend))
         if known is None or known[0] is not backend:
             known = self._identities[id(backend)] = (backend, await backend.identity())

@@ -233,9 +233,9 @@ def test_cli_audit_show_on_a_damaged_record_is_a_clear_error(tmp_path: Path) -> 
     assert "Traceback" not in result.output
 
 
-def test_a_head_not_yet_written_reads_as_none(tmp_path: Path) -> None:
-    """The head is mapped and pre-sized with zeros; a writer that died between the entry
-    and the head leaves zeros, and the chain goes on from the record's own last line."""
+def test_a_zeroed_head_reads_as_none(tmp_path: Path) -> None:
+    """A head left as zeros (a block allocated but never written, after a power loss)
+    is no head: the chain goes on from the record's own last line."""
     path = tmp_path / "record.jsonl"
     record = _filled(path, 3)
     record.close()

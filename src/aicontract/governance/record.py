@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,9 +97,6 @@ class Record:
     )
     _fd: int | None = attrs.field(default=None, init=False, repr=False)
     _head_fd: int | None = attrs.field(default=None, init=False, repr=False)
-    _head_map: mmap.mmap | None = attrs.field(default=None, init=False, repr=False)
-    """The head file mapped shared: updating it is a store into the page cache, like a
-    pwrite() without the system call (and as durable: neither is synced)."""
     _pid: int = attrs.field(default=-1, init=False, repr=False)
     """The fork generation the files were opened in."""
     _reader: BinaryIO | None = attrs.field(default=None, init=False, repr=False)
@@ -142,7 +138,6 @@ class Record:
                     f"cannot open the record {str(self.path)!r}: {exc.strerror}"
                 ) from None
             self._fd, self._head_fd = fd, head
-            self._head_map = _map_head(head)
         return self._fd, self._head_fd
 
     @contextlib.contextmanager
@@ -189,10 +184,7 @@ class Record:
                 os.write(fd, line)  # the entry first: a head never names a missing entry
                 if self.sync:  # the entry on the disk before its head names it
                     _sync_file(fd)
-                if self._head_map is not None:
-                    self._head_map[:_HEAD_SIZE] = head
-                else:
-                    os.pwrite(head_fd, head, 0)
+                os.pwrite(head_fd, head, 0)
             except OSError as exc:
                 # A record that cannot be written (disk full, read-only) refuses the work
                 # it would have recorded, with a clear error rather than a traceback.
@@ -218,7 +210,8 @@ class Record:
         the head, so the gap stays visible to :func:`verify` instead of being papered over.
         """
         head = os.pread(head_fd, _HEAD_SIZE, 0)
-        if len(head) == _HEAD_SIZE and head[:1].isdigit():  # zeros: a new head, not written yet
+        # Zeros (a block allocated but never written, after a power loss): no head.
+        if len(head) == _HEAD_SIZE and head[:1].isdigit():
             seq_text, size_text, digest = head.decode("ascii", "replace").split(" ", 2)
             if seq_text.isdigit() and size_text.isdigit() and int(size_text) >= size:
                 return int(seq_text), digest.strip(), size
@@ -267,9 +260,6 @@ class Record:
 
     def close(self) -> None:
         """Close the record's files (safe to repeat)."""
-        if self._head_map is not None:
-            self._head_map.close()
-            self._head_map = None
         for fd in (self._fd, self._head_fd):
             if fd is not None:
                 os.close(fd)
@@ -281,20 +271,6 @@ class Record:
 
 
 _SHARED: dict[Path, Record] = {}
-
-
-def _map_head(fd: int) -> mmap.mmap | None:
-    """The head file mapped for writing (``None`` where it cannot be: then pwrite is used).
-
-    A new head file is first extended to its fixed size with zeros, which read as
-    "no head yet" (as an empty file does) until the first entry writes it.
-    """
-    try:
-        if os.fstat(fd).st_size < _HEAD_SIZE:
-            os.ftruncate(fd, _HEAD_SIZE)  # only grows it: a racing opener writes no data
-        return mmap.mmap(fd, _HEAD_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    except (OSError, ValueError, AttributeError):  # no mmap here (or no MAP_SHARED)
-        return None
 
 
 @attrs.frozen
@@ -365,7 +341,7 @@ def verify(path: str | Path) -> Verification:
                 )
             prev, expected, count = stored.decode(), expected + 1, count + 1
     try:
-        head = record.head_path.read_bytes().rstrip(b"\0")  # zeros: a head not written yet
+        head = record.head_path.read_bytes().rstrip(b"\0")  # zeros: never written (a crash)
     except FileNotFoundError:
         head = b""
     if count and head:

@@ -53,7 +53,7 @@ from .negotiate import Negotiation, Negotiator, acquire, quote
 from .observation import Fault, ObjectiveState, Observation, Sample, Violation
 from .offer import Grant, Offer, Quote, Rejection
 from .reporting import measure, report
-from .schema import json_schema
+from .schema import json_schema, template_json_schema
 from .sync import acquire_sync, lease, quote_sync, release_sync, renew_sync
 from .units import Bytes, BytesRange, CountRange, Duration, Money, Rate, Ratio
 from .world import World
@@ -137,5 +137,6 @@ __all__ = [
     "release_sync",
     "renew_sync",
     "report",
+    "template_json_schema",
     "unregister_backend",
 ]

@@ -11,7 +11,7 @@ from ._version import __version__
 from .contract import Contract
 from .units import Bytes, BytesRange, CountRange, Duration, Money, Quantity, Rate, Ratio
 
-__all__ = ["json_schema"]
+__all__ = ["json_schema", "template_json_schema"]
 
 # Patterns accept what the loader accepts (the loader stays the final judge: it also
 # refuses inverted ranges and absurd sizes, which a pattern cannot see).
@@ -101,4 +101,106 @@ def json_schema() -> dict[str, Any]:
     )
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = f"aicontract contract (aicontract {__version__})"
+    _add_template_use(schema)
     return schema
+
+
+# -- templates ---------------------------------------------------------------------------
+# A contract file may instead name a template (`template: train-eu@1.2`, `params:`, and
+# unlocked overrides, shortcuts allowed as in code); a template document's `contract:` is a
+# contract body in which any value may be a `${parameter}` placeholder.
+
+_TEMPLATE_REF = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?(@\d+(\.\d+){0,3})?$"
+_PLACEHOLDER = {
+    "type": "string",
+    "pattern": r"\$\{[A-Za-z_][A-Za-z0-9_]*\}",
+    "description": "a ${parameter} placeholder, filled when the template is rendered",
+}
+
+
+def _contract_body(defs: dict[str, Any]) -> dict[str, Any]:
+    """The contract's own keys plus the shortcuts (``gpus``, ``duration``…), as a template
+    or a file naming one may write them; the loader merges shortcuts into their sections."""
+    contract = defs["Contract"]
+    properties = dict(contract["properties"])
+    for key, section in Contract._SHORTCUTS.items():
+        inner = defs[section.capitalize()]["properties"][key]
+        if key == "gpus":  # `gpus: 4` is a count
+            inner = {"anyOf": [inner, _hook(CountRange)]}
+        properties[key] = inner
+    return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
+def _add_template_use(schema: dict[str, Any]) -> None:
+    """Let ``schema`` accept a contract file that names a template instead of a contract."""
+    defs = schema["$defs"]
+    use = _contract_body(defs)
+    use["title"] = "TemplateUse"
+    use["description"] = (
+        "A contract made from a template: its name and version, parameters, and overrides"
+        " of fields the template does not lock."
+    )
+    use["properties"] = {
+        "template": {
+            "type": "string",
+            "pattern": _TEMPLATE_REF,
+            "description": "NAME, NAME@MAJOR (newest MAJOR.x) or NAME@VERSION",
+            "examples": ["train-eu@1.2", "notebook"],
+        },
+        "params": {
+            "type": "object",
+            "additionalProperties": {"type": ["string", "number", "boolean"]},
+            "description": "values for the template's parameters",
+        },
+        **use["properties"],
+    }
+    use["required"] = ["template"]
+    defs["TemplateUse"] = use
+    schema["anyOf"] = [{"$ref": "#/$defs/Contract"}, {"$ref": "#/$defs/TemplateUse"}]
+    del schema["$ref"]
+
+
+def _placeholders_allowed(node: Any) -> Any:
+    """A copy of a schema in which every property value and item may be a placeholder."""
+    if isinstance(node, list):
+        return [_placeholders_allowed(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _placeholders_allowed(v) for k, v in node.items()}
+    if isinstance(node.get("properties"), dict):
+        out["properties"] = {
+            k: {"anyOf": [_placeholders_allowed(v), _PLACEHOLDER]}
+            for k, v in node["properties"].items()
+        }
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            out[key] = {"anyOf": [_placeholders_allowed(node[key]), _PLACEHOLDER]}
+    return out
+
+
+def template_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a template document (``aicontract template schema``).
+
+    Its ``contract`` is checked key by key like a contract (shortcuts allowed), any
+    value may be a ``${parameter}`` placeholder; the loader still checks the rest
+    (declared parameters, locks, that the defaults render).
+    """
+    from .governance.templates import Template
+
+    contract = json_schema()
+    template: dict[str, Any] = json.loads(
+        json.dumps(msgspec.json.schema(Template, schema_hook=_hook))
+    )
+    defs = {k: v for k, v in contract["$defs"].items() if k != "TemplateUse"}
+    body = _contract_body(defs)
+    defs = _placeholders_allowed(defs)
+    defs.update(template["$defs"])
+    defs["Template"]["properties"]["contract"] = _placeholders_allowed(body)
+    defs["Template"]["properties"]["name"]["pattern"] = _TEMPLATE_REF.split("(@")[0] + "$"
+    defs["Template"]["properties"]["version"]["pattern"] = r"^\d+(\.\d+){0,3}$"
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"aicontract template (aicontract {__version__})",
+        "$ref": "#/$defs/Template",
+        "$defs": defs,
+    }

@@ -181,7 +181,8 @@ def test_cli_audit_show_and_export_filter(tmp_path: Path) -> None:
     exported = runner.invoke(main, ["audit", "export", "--record", str(path), "--tenant", "team-a"])
     assert [json.loads(x)["seq"] for x in exported.output.splitlines()] == list(range(1, 11))
     otel = runner.invoke(main, ["audit", "export", "--record", str(path), "--format", "otel"])
-    first = json.loads(otel.output.splitlines()[0])
+    (request,) = [json.loads(line) for line in otel.output.splitlines()]
+    first = request["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]
     assert first["timeUnixNano"] == str(10**12)
     assert first["attributes"]
 
@@ -230,3 +231,39 @@ def test_cli_audit_show_on_a_damaged_record_is_a_clear_error(tmp_path: Path) -> 
     assert result.exit_code == 1
     assert "damaged" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_zeroed_head_reads_as_none(tmp_path: Path) -> None:
+    """A head left as zeros (a block allocated but never written, after a power loss)
+    is no head: the chain goes on from the record's own last line."""
+    path = tmp_path / "record.jsonl"
+    record = _filled(path, 3)
+    record.close()
+    head = path.with_suffix(".head")
+    head.write_bytes(b"\0" * len(head.read_bytes()))
+    assert verify(path).ok
+    again = Record(path)
+    entry = again.append("grant", 2000.0, {"lease": "next", "tenant": "team-a"})
+    again.close()
+    assert entry["seq"] == 4
+    result = verify(path)
+    assert result.ok
+    assert result.entries == 4
+    assert head.read_bytes().startswith(b"00000000000000000004 ")
+
+
+def test_sync_flushes_each_entry_before_its_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aicontract.governance import record as record_module
+
+    flushed: list[int] = []
+    monkeypatch.setattr(record_module, "_sync_file", lambda fd: flushed.append(fd))
+    plain = _filled(tmp_path / "plain.jsonl", 3)
+    assert not plain.sync
+    assert flushed == []
+    monkeypatch.setenv("AICONTRACT_RECORD_SYNC", "1")
+    synced = _filled(tmp_path / "synced.jsonl", 3)
+    assert synced.sync
+    assert len(flushed) == 3
+    assert verify(synced.path).ok

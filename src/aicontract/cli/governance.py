@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from ..governance.enforce import record_path
 from ..governance.policy import Policy, find_policy, load_policy
 from ..governance.record import Record, verify
 from ..governance.templates import catalog, find_template, render
-from ..schema import _hook
+from ..schema import _hook, template_json_schema
 from .output import check_files
 
 
@@ -111,6 +111,13 @@ def template_show(ref: str) -> None:
     click.echo(yaml.safe_dump(found.contract, sort_keys=False, allow_unicode=True).rstrip())
 
 
+@template.command("schema")
+@click.option("--indent", default=2, show_default=True, help="JSON indentation.")
+def template_schema(indent: int) -> None:
+    """Print the JSON Schema of template files (for editors and CI)."""
+    click.echo(json.dumps(template_json_schema(), indent=indent, ensure_ascii=False))
+
+
 def _param(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -152,7 +159,7 @@ def audit() -> None:
     """Show, verify and export the record of every negotiation."""
 
 
-def _describe(entry: dict[str, Any]) -> str:
+def _describe(entry: Mapping[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.get("at", 0)))
     kind = entry.get("kind", "?")
     who = entry.get("identity")
@@ -228,34 +235,25 @@ def audit_verify(path: Path | None) -> None:
     type=click.Choice(["jsonl", "otel"]),
     default="jsonl",
     show_default=True,
-    help="JSON lines, or OpenTelemetry log records (JSON, OTLP-shaped).",
+    help="JSON lines, or OpenTelemetry log records as OTLP/JSON lines (needs the otel extra).",
 )
 @click.option("--lease", default=None, help="Only entries about this lease.")
 @click.option("--tenant", default=None, help="Only entries about this tenant.")
 def audit_export(path: Path | None, fmt: str, lease: str | None, tenant: str | None) -> None:
     """Write the record to stdout for another system to keep."""
-    for entry in _select(path, lease, tenant):
-        if fmt == "jsonl":
+    selected = _select(path, lease, tenant)
+    if fmt == "jsonl":
+        for entry in selected:
             click.echo(json.dumps(entry, ensure_ascii=False))
-            continue
-        attributes = [
-            {"key": f"aicontract.{k}", "value": {"stringValue": str(v)}}
-            for k, v in entry.items()
-            if v is not None and k not in ("at",)
-        ]
-        click.echo(
-            json.dumps(
-                {
-                    "timeUnixNano": str(int(entry.get("at", 0) * 1e9)),
-                    "severityText": "WARN"
-                    if entry.get("kind") in ("refuse", "no-offer")
-                    else "INFO",
-                    "body": {"stringValue": _describe(entry)},
-                    "attributes": attributes,
-                },
-                ensure_ascii=False,
-            )
-        )
+        return
+    from ..monitor.telemetry import export_record_otlp_json
+
+    try:  # the SDK is imported only now: it is in the otel extra
+        export_record_otlp_json(selected, sys.stdout, describe=_describe)
+    except ImportError:
+        raise click.ClickException(
+            "--format otel needs the OpenTelemetry SDK: pip install 'aicontract[otel]'"
+        ) from None
 
 
 COMMANDS = [policy, template, audit]

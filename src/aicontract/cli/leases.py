@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from ..backends.local.backend import LocalBackend, default_state_dir, state_dir_
 from ..contract import Contract, Workload, encode_quantity
 from ..documents import load
 from ..errors import BackendError, ConfigError, ContractError, NoOffer
+from ..governance.enforce import UsageIndex, record_path
+from ..governance.policy import amount
+from ..governance.record import Record
 from ..leases import Lease
 from ..monitor.record import performance_record
 from ..negotiate import Negotiator, close_backends, default_backends
@@ -448,17 +452,29 @@ def leases(as_json: bool) -> None:
     out = results()
     with _this_host() as local:
         records = local.leases()
+    budgets = _budgets([r.contract for r in records])
     if as_json:
-        print_json(_builtins(records))
+        listed = _builtins(records)
+        for item, budget in zip(listed, budgets, strict=True):
+            item["budget"] = (
+                None
+                if budget is None
+                else {
+                    "spent": None if budget[0] is None else f"{budget[0]:.2f}",
+                    "limit": str(budget[1]),
+                    "currency": budget[2],
+                }
+            )
+        print_json(listed)
         return
     if not records:
         out.print("no leases held on this host")
         return
-    table = Table("contract", "tenant", "grant", "pid", "devices", "expires in")
+    table = Table("contract", "tenant", "grant", "pid", "devices", "expires in", "budget")
     # Never shorten an id: it is what `aicontract release ID` needs.
     table.columns.insert(0, Column("id", no_wrap=True, min_width=max(len(r.id) for r in records)))
     now = time.time()
-    for r in records:
+    for r, budget in zip(records, budgets, strict=True):
         devices = ", ".join(f"{k}={v}" for k, v in r.details.items() if v)
         table.add_row(
             r.id,
@@ -468,8 +484,34 @@ def leases(as_json: bool) -> None:
             str(r.holder_pid or "-"),
             devices,
             f"{r.expires_at - now:.0f}s",
+            _spend(budget),
         )
     out.print(table)
+
+
+def _budgets(contracts: list[Any]) -> list[tuple[Decimal | None, Decimal, str] | None]:
+    """Spend against each contract's ``terms.budget`` (``None`` without one), from the record.
+
+    The record is read (never created) only when some lease has a budget; with
+    none kept (``AICONTRACT_RECORD=off``) the spend is unknown: ``None``.
+    """
+    if not any(c.terms.budget for c in contracts):
+        return [None] * len(contracts)
+    if os.environ.get("AICONTRACT_RECORD") in ("off", "0", "false"):
+        return [(None, *amount(c.terms.budget)) if c.terms.budget else None for c in contracts]
+    record = Record(record_path())
+    index = UsageIndex(record)
+    for entry in record.entries():
+        index.apply(entry)
+    now = time.time()
+    return [index.budget(c, now) for c in contracts]
+
+
+def _spend(budget: tuple[Decimal | None, Decimal, str] | None) -> str:
+    if budget is None:
+        return "-"
+    spent, limit, currency = budget
+    return f"{'?' if spent is None else f'{spent:.2f}'}/{limit} {currency}"
 
 
 @click.command()

@@ -28,7 +28,7 @@ from ..contract import Contract, encode_quantity
 from ..errors import AIContractError, ConfigError, LeaseLost, PolicyViolation
 from ..leases import Lease, LeaseState
 from ..offer import Offer, Rejection
-from .identity import Identity
+from .identity import Identity, local_identity
 from .policy import (
     Policy,
     Refusal,
@@ -189,6 +189,15 @@ class UsageIndex:
                 total += held.spend(now)
         return total
 
+    def budget(self, contract: Contract, now: float) -> tuple[Decimal, Decimal, str] | None:
+        """(spent, budget, currency) of ``contract``'s whole-run budget, ``None`` without one."""
+        budget = contract.terms.budget
+        if budget is None:
+            return None
+        limit, currency = amount(budget)
+        digest = _contract_fields(contract)["digest"]
+        return self.budget_spent(digest, currency, now), limit, currency
+
     def _roll(self, now: float) -> tuple[float, float]:
         """Sums for the windows ``now`` is in, rebuilt (and pruned) when a window turned."""
         current = windows(now)
@@ -276,7 +285,9 @@ class Governance:
     record: Record | None = None
     clock: Clock = system_clock
     _index: UsageIndex | None = attrs.field(default=None, init=False, repr=False)
-    _identities: dict[str, Identity] = attrs.field(factory=dict, init=False, repr=False)
+    _identities: dict[int, tuple[Backend, Identity]] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
     _crossed: dict[str, set[int]] = attrs.field(factory=dict, init=False, repr=False)
     _round: tuple[Contract, tuple[Offer, ...], tuple[Rejection, ...]] | None = attrs.field(
         default=None, init=False, repr=False
@@ -300,11 +311,20 @@ class Governance:
         )
 
     async def identity(self, backend: Backend) -> Identity:
-        """Who ``backend`` acts as (asked once per backend)."""
-        known = self._identities.get(backend.name)
-        if known is None:
-            known = self._identities[backend.name] = await backend.identity()
-        return known
+        """Who ``backend`` acts as, when the policy maps identities to tenants.
+
+        Asked once per backend object (two Kubernetes backends with different
+        credentials share a name, not an identity); a backend that cannot say refuses
+        the commit. Without identity rules nothing depends on it, and no backend is
+        asked (no STS or API-server call per negotiator): the record names the OS
+        user of the negotiating process, as it always has.
+        """
+        if self.policy is None or not self.policy.identities:
+            return local_identity()
+        known = self._identities.get(id(backend))
+        if known is None or known[0] is not backend:
+            known = self._identities[id(backend)] = (backend, await backend.identity())
+        return known[1]
 
     def quoted(
         self, contract: Contract, offers: tuple[Offer, ...], rejections: tuple[Rejection, ...]
@@ -312,13 +332,20 @@ class Governance:
         """Remember a round of quotes, to record with the commit or refusal that follows."""
         self._round = (contract, offers, rejections)
 
-    def _round_fields(self, contract: Contract) -> dict[str, Any]:
-        if self._round is None or self._round[0] is not contract:
-            return {}
+    def _round_fields(self, offer: Offer) -> dict[str, Any]:
+        """The round's offers and rejections, and ``offer``'s own summary (made once)."""
+        if self._round is None or self._round[0] is not offer.contract:
+            return {"offer": offer.summary()}
         _, offers, rejections = self._round
+        summaries, mine = [], None
+        for other in offers:
+            summaries.append(other.summary())
+            if other is offer:
+                mine = summaries[-1]
         return {
-            "offers": [o.summary() for o in offers],
+            "offers": summaries,
             "rejections": [str(r) for r in rejections],
+            "offer": mine if mine is not None else offer.summary(),
         }
 
     def _append(self, kind: str, fields: dict[str, Any], *, locked: bool = False) -> None:
@@ -375,8 +402,7 @@ class Governance:
             "refuse",
             {
                 **base,
-                **self._round_fields(offer.contract),
-                "offer": offer.summary(),
+                **self._round_fields(offer),
                 "jurisdiction": offer.jurisdiction,
                 "refusals": [str(r) for r in refusals],
             },
@@ -452,13 +478,10 @@ class Governance:
 
     def budget(self, lease: Lease) -> tuple[Decimal, Decimal, str] | None:
         """(spent, budget, currency) of the contract behind ``lease``, or ``None`` without one."""
-        budget = lease.contract.terms.budget
-        if budget is None or self._index is None:
+        if lease.contract.terms.budget is None or self._index is None:
             return None
-        limit, currency = amount(budget)
         self._index.refresh()
-        digest = _contract_fields(lease.contract)["digest"]
-        return self._index.budget_spent(digest, currency, self.clock.time()), limit, currency
+        return self._index.budget(lease.contract, self.clock.time())
 
     def _watch_budget(self, lease: Lease, crossed: set[int]) -> None:
         """At each renewal: note 50/80/100% of the budget; at 100% release if the terms say so."""
@@ -504,10 +527,9 @@ class Governance:
             "grant",
             {
                 **base,
-                **self._round_fields(offer.contract),
+                **self._round_fields(offer),
                 "ticket": ticket,
                 "lease": lease.id,
-                "offer": offer.summary(),
                 "gpus": lease.grant.gpus,
                 "grant": lease.grant.describe(),
                 "guarantee": lease.guarantee,

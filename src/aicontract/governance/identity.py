@@ -20,20 +20,28 @@ __all__ = ["Identity", "local_identity"]
 class Identity(msgspec.Struct, frozen=True, kw_only=True):
     """The caller as a backend sees it.
 
-    ``kind`` says what ``name`` is (``user`` for an OS user, ``serviceaccount``
-    for ``namespace/name`` on Kubernetes, ``account`` for a cloud account);
-    ``groups`` are the groups (or namespaces, or organisations) it belongs to;
-    ``source`` names the backend that said so.
+    ``kind`` says what ``name`` is (``user`` for an OS or Kubernetes user,
+    ``serviceaccount`` for ``namespace/name`` on Kubernetes, ``account`` for a
+    cloud account, ``api-key`` for a key's fingerprint); ``groups`` are the groups
+    (or namespaces, or organisations) it belongs to; ``aliases`` are further
+    whole principals it is also known by (an AWS ARN, ``profile:NAME``);
+    ``source`` names the backend that said so, and how it knows
+    (``kubernetes (SelfSubjectReview)``, ``kubernetes (token claims)``…).
     """
 
     kind: str
     name: str
     groups: tuple[str, ...] = ()
     source: str = "local"
+    aliases: tuple[str, ...] = ()
 
     def principals(self) -> tuple[str, ...]:
         """Every name a policy may match this identity by: ``user:alice``, ``group:ml``, …."""
-        return (f"{self.kind}:{self.name}", *(f"group:{g}" for g in self.groups))
+        return (
+            f"{self.kind}:{self.name}",
+            *self.aliases,
+            *(f"group:{g}" for g in self.groups),
+        )
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}"

@@ -151,7 +151,8 @@ class IdentityRule(_Model, frozen=True):
             raise _Invalid(
                 "match",
                 f"{self.match!r} names no identity",
-                "user:NAME, group:NAME, serviceaccount:NS/NAME, account:ID or *",
+                "user:NAME, group:NAME, serviceaccount:NS/NAME, account:ID, arn:...,"
+                " api-key:FINGERPRINT or *",
             )
         if not self.tenants:
             raise _Invalid("tenants", "names no tenant", "one or more tenant names, or '*'")

@@ -46,6 +46,23 @@ _HEAD_SIZE = 20 + 1 + 20 + 1 + 64 + 1  # "<seq> <size> <hash>\n", fixed width fo
 _encoder = msgspec.json.Encoder()
 
 
+_generation = 0
+"""Bumped in a forked child, so a Record knows to reopen its files without a getpid() call."""
+
+
+def _forked() -> None:
+    global _generation
+    _generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
+_sync_file = getattr(os, "fdatasync", os.fsync)
+"""Flush a file's data to the disk (fdatasync where there is one: macOS has fsync only)."""
+
+
 def _flock(fd: int, *, exclusive: bool) -> None:
     """Take or drop the record's lock (where there is no flock, one process per record)."""
     if fcntl is not None:
@@ -64,12 +81,24 @@ _link_decoder = msgspec.json.Decoder(_Link)
 
 @attrs.define
 class Record:
-    """One record file (``record.jsonl``) and its head (``record.head``)."""
+    """One record file (``record.jsonl``) and its head (``record.head``).
+
+    ``sync``: flush each entry to the disk (``fdatasync``) before the step it records
+    goes on, so it survives a power loss or a kernel crash too — at the cost of a disk
+    flush per entry. Off by default (``AICONTRACT_RECORD_SYNC=1`` turns it on): an
+    entry is then in the kernel's page cache when ``append`` returns, which survives
+    any crash of the process, as the local ledger's commits do (SQLite WAL,
+    ``synchronous=NORMAL``).
+    """
 
     path: Path = attrs.field(converter=Path)
+    sync: bool = attrs.field(
+        factory=lambda: os.environ.get("AICONTRACT_RECORD_SYNC", "").lower() in ("1", "true", "on")
+    )
     _fd: int | None = attrs.field(default=None, init=False, repr=False)
     _head_fd: int | None = attrs.field(default=None, init=False, repr=False)
-    _pid: int = attrs.field(default=0, init=False, repr=False)
+    _pid: int = attrs.field(default=-1, init=False, repr=False)
+    """The fork generation the files were opened in."""
     _reader: BinaryIO | None = attrs.field(default=None, init=False, repr=False)
     _known: tuple[int, str, int] | None = attrs.field(default=None, init=False, repr=False)
     """(seq, hash, size) after this process's last append: no re-reading the head if unchanged."""
@@ -94,11 +123,11 @@ class Record:
         return record
 
     def _open(self) -> tuple[int, int]:
-        if self._pid != os.getpid():
+        if self._pid != _generation:
             # A forked child shares its parent's open files, and with them the flock:
             # it must open its own, or parent and child would both "hold" the lock.
             self.close()
-            self._pid = os.getpid()
+            self._pid = _generation
         if self._fd is None or self._head_fd is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +161,11 @@ class Record:
 
         ``locked``: the caller already holds :meth:`locked`.
         """
-        fd, head_fd = self._open()
+        fd, head_fd = (
+            (self._fd, self._head_fd)
+            if self._pid == _generation and self._fd is not None and self._head_fd is not None
+            else self._open()
+        )
         if not locked:  # not `with self.locked()`: this is the hot path
             _flock(fd, exclusive=True)
         try:
@@ -146,10 +179,12 @@ class Record:
             body = _encoder.encode(entry)
             digest = hashlib.sha256(body).hexdigest()
             line = body[:-1] + _HASH_KEY + digest.encode() + b'"}\n'
-            head = f"{seq + 1:020d} {size + len(line):020d} {digest}\n"
+            head = f"{seq + 1:020d} {size + len(line):020d} {digest}\n".encode()
             try:
-                os.write(fd, line)
-                os.pwrite(head_fd, head.encode(), 0)
+                os.write(fd, line)  # the entry first: a head never names a missing entry
+                if self.sync:  # the entry on the disk before its head names it
+                    _sync_file(fd)
+                os.pwrite(head_fd, head, 0)
             except OSError as exc:
                 # A record that cannot be written (disk full, read-only) refuses the work
                 # it would have recorded, with a clear error rather than a traceback.
@@ -175,7 +210,8 @@ class Record:
         the head, so the gap stays visible to :func:`verify` instead of being papered over.
         """
         head = os.pread(head_fd, _HEAD_SIZE, 0)
-        if len(head) == _HEAD_SIZE:
+        # Zeros (a block allocated but never written, after a power loss): no head.
+        if len(head) == _HEAD_SIZE and head[:1].isdigit():
             seq_text, size_text, digest = head.decode("ascii", "replace").split(" ", 2)
             if seq_text.isdigit() and size_text.isdigit() and int(size_text) >= size:
                 return int(seq_text), digest.strip(), size
@@ -305,7 +341,7 @@ def verify(path: str | Path) -> Verification:
                 )
             prev, expected, count = stored.decode(), expected + 1, count + 1
     try:
-        head = record.head_path.read_bytes()
+        head = record.head_path.read_bytes().rstrip(b"\0")  # zeros: never written (a crash)
     except FileNotFoundError:
         head = b""
     if count and head:

@@ -13,15 +13,22 @@ Two optional exporters, each used only when its package is installed:
 Without either, :func:`default_telemetry` returns a :class:`Telemetry` that
 does nothing; neither package is imported, and callers skip the work of
 building attributes (``telemetry.enabled`` is False).
+
+The record (:mod:`aicontract.governance.record`) leaves as OpenTelemetry log
+records: :func:`emit_record` hands entries to a logger from the Logs API (the
+global provider, or one you pass), and :func:`export_record_otlp_json` writes them,
+through the SDK, as OTLP/JSON lines a collector's ``otlpjsonfile`` receiver reads
+(``aicontract audit export --format otel``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import threading
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 import attrs
 
@@ -35,6 +42,9 @@ __all__ = [
     "PrometheusTelemetry",
     "Telemetry",
     "default_telemetry",
+    "emit_record",
+    "export_record_otlp_json",
+    "record_attributes",
 ]
 
 _OBJECTIVE_STATE_VALUE = {"undetermined": -1.0, "met": 0.0, "violated": 1.0}
@@ -321,3 +331,183 @@ def default_telemetry() -> Telemetry:
     if not parts:
         return Telemetry()
     return parts[0] if len(parts) == 1 else MultiTelemetry(parts)
+
+
+# -- the record as OpenTelemetry log records -------------------------------------------
+
+RECORD_LOGGER = "aicontract.record"
+_RECORD_SEVERITY = {
+    "refuse": "WARN",
+    "no-offer": "WARN",
+    "budget": "WARN",
+    "violation": "WARN",
+    "commit-failed": "ERROR",
+}
+
+
+def record_attributes(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A record entry as log attributes: ``aicontract.<key>``, values kept typed.
+
+    Numbers, text and booleans stay as they are, lists of text become arrays, and
+    anything else (rare: nested objects) its JSON text; empty values are left out.
+    """
+    out: dict[str, Any] = {}
+    for key, value in entry.items():
+        if value is None or key == "at":  # `at` is the record's timestamp
+            continue
+        if isinstance(value, (bool, int, float, str)):
+            out[f"aicontract.{key}"] = value
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            out[f"aicontract.{key}"] = tuple(value)
+        else:
+            out[f"aicontract.{key}"] = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return out
+
+
+def emit_record(
+    entries: Iterable[Mapping[str, Any]],
+    *,
+    logger_provider: Any = None,
+    describe: Callable[[Mapping[str, Any]], str] | None = None,
+) -> int:
+    """Emit record entries as OpenTelemetry log records; return how many.
+
+    Through the Logs API's logger ``aicontract.record`` from ``logger_provider``
+    (default: the global one your SDK configuration set, and nothing happens
+    without one). Each record's time is the entry's ``at``; its body the one-line
+    ``describe(entry)`` (default: its kind); refusals, budget warnings and
+    violations are ``WARN``, failed commits ``ERROR``, the rest ``INFO``.
+    """
+    from opentelemetry._logs import LogRecord, SeverityNumber, get_logger
+
+    from .._version import __version__
+
+    logger = get_logger(RECORD_LOGGER, __version__, logger_provider=logger_provider)
+    count = 0
+    for entry in entries:
+        level = _RECORD_SEVERITY.get(str(entry.get("kind")), "INFO")
+        logger.emit(
+            LogRecord(
+                timestamp=int(float(entry.get("at") or 0) * 1e9),
+                severity_text=level,
+                severity_number=getattr(SeverityNumber, level),
+                body=describe(entry) if describe else str(entry.get("kind")),
+                attributes=record_attributes(entry),
+            )
+        )
+        count += 1
+    return count
+
+
+def _any_value(value: Any) -> dict[str, Any]:
+    """One OTLP/JSON ``AnyValue`` (int64 as a string, as proto3 JSON writes it)."""
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, (list, tuple)):
+        return {"arrayValue": {"values": [_any_value(v) for v in value]}}
+    if isinstance(value, bytes):
+        import base64
+
+        return {"bytesValue": base64.b64encode(value).decode()}
+    return {"stringValue": str(value)}
+
+
+def _key_values(attributes: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    return [{"key": k, "value": _any_value(v)} for k, v in (attributes or {}).items()]
+
+
+def otlp_json(records: Sequence[Any]) -> dict[str, Any]:
+    """SDK log records as one OTLP/JSON ``ExportLogsServiceRequest``, by resource and scope."""
+    resources: dict[int, tuple[Any, dict[tuple[str, str], list[dict[str, Any]]]]] = {}
+    for readable in records:
+        record = readable.log_record
+        scope = readable.instrumentation_scope
+        key = (getattr(scope, "name", ""), getattr(scope, "version", None) or "")
+        # The SDK's ReadableLogRecord carries the resource; before 1.39 its LogData's record did.
+        resource = getattr(readable, "resource", None) or getattr(record, "resource", None)
+        _, scopes = resources.setdefault(id(resource), (resource, {}))
+        item: dict[str, Any] = {
+            "timeUnixNano": str(record.timestamp or 0),
+            "observedTimeUnixNano": str(record.observed_timestamp or 0),
+            "severityNumber": record.severity_number.value if record.severity_number else 0,
+            "severityText": record.severity_text or "",
+            "body": _any_value(record.body),
+            "attributes": _key_values(record.attributes),
+        }
+        if record.trace_id:
+            item["traceId"] = f"{record.trace_id:032x}"
+            item["spanId"] = f"{record.span_id:016x}"
+        scopes.setdefault(key, []).append(item)
+    return {
+        "resourceLogs": [
+            {
+                "resource": {"attributes": _key_values(getattr(resource, "attributes", None))},
+                "scopeLogs": [
+                    {"scope": {"name": name, "version": version}, "logRecords": items}
+                    for (name, version), items in scopes.items()
+                ],
+            }
+            for resource, scopes in resources.values()
+        ]
+    }
+
+
+def export_record_otlp_json(
+    entries: Iterable[Mapping[str, Any]],
+    out: IO[str],
+    *,
+    describe: Callable[[Mapping[str, Any]], str] | None = None,
+    batch: int = 512,
+) -> int:
+    """Write record entries to ``out`` as OTLP/JSON lines (one export request per line).
+
+    Built with the OpenTelemetry SDK — a ``LoggerProvider`` with the resource
+    ``service.name=aicontract``, the entries emitted through :func:`emit_record`,
+    and an exporter that writes each batch as the JSON a collector's
+    ``otlpjsonfile`` receiver reads. Synchronous: nothing is dropped, however
+    long the record. Needs ``opentelemetry-sdk`` (``pip install 'aicontract[otel]'``).
+    """
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    from opentelemetry.sdk.resources import Resource
+
+    try:  # renamed in SDK 1.39 (LogExportResult before)
+        from opentelemetry.sdk._logs.export import LogRecordExportResult as Result
+    except ImportError:  # pragma: no cover - older SDKs
+        from opentelemetry.sdk._logs.export import (  # type: ignore[assignment]
+            LogExportResult as Result,
+        )
+
+    pending: list[Any] = []
+
+    def flush() -> None:
+        if pending:
+            out.write(json.dumps(otlp_json(pending), ensure_ascii=False) + "\n")
+            pending.clear()
+
+    class _Collect:
+        """A synchronous exporter that batches records into lines here."""
+
+        def export(self, records: Sequence[Any]) -> Any:
+            pending.extend(records)
+            if len(pending) >= batch:
+                flush()
+            return Result.SUCCESS
+
+        def shutdown(self) -> None:
+            flush()
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            flush()
+            return True
+
+    provider = LoggerProvider(resource=Resource.create({"service.name": "aicontract"}))
+    provider.add_log_record_processor(SimpleLogRecordProcessor(_Collect()))  # type: ignore[arg-type]
+    try:
+        return emit_record(entries, logger_provider=provider, describe=describe)
+    finally:
+        provider.shutdown()

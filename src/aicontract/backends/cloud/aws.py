@@ -46,6 +46,7 @@ from ...errors import (
     QuotaExceeded,
     TransientBackendError,
 )
+from ...governance.identity import Identity
 from ...leases import Lease
 from ...offer import Offer
 from ...units import Money
@@ -151,7 +152,8 @@ class AWSBackend(CloudBackend):
         explicit credentials; otherwise boto3's own chain (env, ``~/.aws``,
         instance role). Never printed.
     ``endpoint_url``
-        ``AICONTRACT_AWS_ENDPOINT_URL``: another EC2 endpoint (a moto server).
+        ``AICONTRACT_AWS_ENDPOINT_URL``: another EC2 endpoint (a moto server);
+        ``AICONTRACT_AWS_STS_ENDPOINT_URL`` another STS endpoint (for :meth:`identity`).
     ``prices``, ``use_pricing_api``
         ``{"type@region": "x USD/h"}`` or ``AICONTRACT_AWS_PRICES_FILE``; the
         kept table otherwise.
@@ -209,6 +211,7 @@ class AWSBackend(CloudBackend):
             groups = [g for g in env.get("AICONTRACT_AWS_SECURITY_GROUP_IDS", "").split(",") if g]
         self.security_group_ids = list(groups)
         self.endpoint_url = endpoint_url or env.get("AICONTRACT_AWS_ENDPOINT_URL") or None
+        self.sts_endpoint_url = env.get("AICONTRACT_AWS_STS_ENDPOINT_URL") or None
         self.profile = profile
         self._access_key_id = load_secret(
             "aws", "access_key_id", env_vars=(), given=access_key_id, environ={}
@@ -258,7 +261,7 @@ class AWSBackend(CloudBackend):
                     user_agent_extra="aicontract",
                 )
                 self._register_found_credentials(session)
-                endpoint = self.endpoint_url if service == "ec2" else None
+                endpoint = {"ec2": self.endpoint_url, "sts": self.sts_endpoint_url}.get(service)
                 self._clients[key] = session.client(service, endpoint_url=endpoint, config=config)
         return self._clients[key]
 
@@ -664,6 +667,26 @@ class AWSBackend(CloudBackend):
             },
             details=details,
             clock=self.clock,
+        )
+
+    async def identity(self) -> Identity:
+        """The AWS account these credentials act as, from STS ``GetCallerIdentity``.
+
+        ``account:ID`` for policies, with the caller's ARN
+        (``arn:aws:iam::ID:user/NAME``, ``arn:aws:sts::ID:assumed-role/ROLE/SESSION``)
+        and ``profile:NAME`` (when a profile was given) as aliases. The call needs no
+        permission: STS answers it for any valid credentials.
+        """
+        region = self.regions[0] if self.regions else "us-east-1"
+        found = await self._call(region, "get_caller_identity", service="sts")
+        aliases = [str(found["Arn"])] if found.get("Arn") else []
+        if self.profile:
+            aliases.append(f"profile:{self.profile}")
+        return Identity(
+            kind="account",
+            name=str(found["Account"]),
+            aliases=tuple(aliases),
+            source=f"{self.name} (STS GetCallerIdentity)",
         )
 
     async def renew(self, lease: Lease) -> float:

@@ -28,7 +28,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["Secret", "credentials_file", "load_secret", "redact", "register_secret"]
+__all__ = [
+    "Secret",
+    "credentials_file",
+    "load_secret",
+    "load_setting",
+    "redact",
+    "register_secret",
+]
 
 _MASK = "***"
 _KNOWN: set[str] = set()
@@ -195,3 +202,17 @@ def load_secret(
                 secret = Secret(value)
     register_secret(secret)
     return secret
+
+
+def load_setting(provider: str, key: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """A plain (not secret) value under ``[provider]`` in the credentials file, or ``None``.
+
+    A file that cannot be read gives ``None``: :func:`load_secret` reports it.
+    """
+    path = credentials_file(environ)
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get(provider)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    value = table.get(key) if isinstance(table, dict) else None
+    return value if isinstance(value, str) and value else None

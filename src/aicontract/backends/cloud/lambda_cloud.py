@@ -26,6 +26,7 @@ how a retried launch finds the instance it already made.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -43,10 +44,11 @@ from ...errors import (
     QuotaExceeded,
     TransientBackendError,
 )
+from ...governance.identity import Identity
 from ...offer import Offer
 from ...units import Money
 from .base import CatalogEntry, CloudBackend, InstanceState, InstanceView, gib
-from .credentials import Secret, load_secret, redact, register_secret
+from .credentials import Secret, load_secret, load_setting, redact, register_secret
 from .regions import LAMBDA_REGIONS, region_country
 
 __all__ = ["LambdaBackend", "LambdaCloudError"]
@@ -126,6 +128,7 @@ class LambdaBackend(CloudBackend):
             **options,
         )
         env = os.environ if environ is None else environ
+        self._environ = env
         self._api_key = load_secret(
             "lambda", "api_key", env_vars=API_KEY_ENV, given=api_key, environ=env
         )
@@ -331,6 +334,31 @@ class LambdaBackend(CloudBackend):
     async def aclose(self) -> None:
         """Close the HTTP client."""
         await self._client.aclose()
+
+    async def identity(self) -> Identity:
+        """The API key in use, by fingerprint, and the account name it was configured under.
+
+        Lambda Cloud's documented API has no call that names the account a key belongs
+        to, so the key itself is the identity: ``api-key:`` the first 16 hex digits of
+        its SHA-256 (never the key). ``AICONTRACT_LAMBDA_ACCOUNT``, or ``account`` under
+        ``[lambda]`` in the credentials file, adds ``account:NAME`` — a name the
+        configuration gives, which the provider does not confirm.
+        """
+        self._check_ready_to_quote()
+        assert self._api_key is not None
+        fingerprint = hashlib.sha256(self._api_key.reveal().encode()).hexdigest()[:16]
+        account = self._account_name()
+        return Identity(
+            kind="api-key",
+            name=fingerprint,
+            aliases=(f"account:{account}",) if account else (),
+            source=f"{self.name} (the configured API key; the API names no account)",
+        )
+
+    def _account_name(self) -> str | None:
+        """``AICONTRACT_LAMBDA_ACCOUNT``, else ``account`` under ``[lambda]`` in the file."""
+        named = self._environ.get("AICONTRACT_LAMBDA_ACCOUNT")
+        return named or load_setting("lambda", "account", self._environ)
 
     def set_api_key(self, api_key: str | Secret) -> None:
         """Replace the API key (it is masked in logs from then on)."""

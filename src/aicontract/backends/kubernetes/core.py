@@ -7,7 +7,9 @@ client built from the config, API discovery, a contract's namespace.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -20,10 +22,11 @@ import httpx
 
 from ...clock import Clock
 from ...contract import Contract
-from ...errors import TransientBackendError
+from ...errors import ConfigError, TransientBackendError
+from ...governance.identity import Identity
 from ...units import Bytes
 from ..base import Backend
-from .api import Conflict, KubeAPI, client_from_config, resource_path
+from .api import Conflict, KubeAPI, _load_config, client_from_config, resource_path
 from .discovery import Features, discover
 
 __all__ = ["KubeCore"]
@@ -40,6 +43,41 @@ JOB_KINDS = frozenset({"batch", "training"})
 
 Obj = dict[str, Any]
 _T = TypeVar("_T")
+
+
+# SelfSubjectReview is GA in 1.28, beta in 1.27 and alpha (behind a gate) in 1.26.
+SELF_REVIEW_VERSIONS = ("v1", "v1beta1", "v1alpha1")
+_SA_PREFIX = "system:serviceaccount:"
+
+
+def identity_of_user(username: str, groups: Any, source: str) -> Identity:
+    """An :class:`Identity` from a Kubernetes user name and its groups.
+
+    ``system:serviceaccount:NS:NAME`` becomes ``serviceaccount:NS/NAME``; any
+    other name (a certificate's CN, an OIDC user) stays a ``user``.
+    """
+    names = tuple(str(g) for g in groups or () if g)
+    if username.startswith(_SA_PREFIX):
+        namespace, _, account = username[len(_SA_PREFIX) :].partition(":")
+        return Identity(
+            kind="serviceaccount", name=f"{namespace}/{account}", groups=names, source=source
+        )
+    return Identity(kind="user", name=username, groups=names, source=source)
+
+
+def token_claims(authorization: str | None) -> dict[str, Any]:
+    """The claims of a bearer JWT (unverified: the API server has just accepted it), or {}."""
+    if not authorization or not authorization.lower().startswith("bearer "):
+        return {}
+    parts = authorization[7:].strip().split(".")
+    if len(parts) != 3:  # an opaque token (static token file, webhook): no claims
+        return {}
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        claims = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 def _default_holder() -> str:
@@ -105,6 +143,71 @@ class KubeCore(Backend):
                 del default_ns
             self._api = KubeAPI(self.http, backend=self.name)
         return self._api
+
+    async def identity(self) -> Identity:
+        """The user or service account this backend's client acts as, as the API server says.
+
+        Asks the server itself (``SelfSubjectReview``, authentication.k8s.io v1,
+        v1beta1 or v1alpha1). A server without it (before 1.26, or with the gate
+        off) still authenticated the probe, so the service-account token it
+        accepted names who is asking (``sub: system:serviceaccount:NS:NAME``);
+        failing that (an opaque token, a client certificate) the kubeconfig's user
+        name is used, and ``source`` says it was not confirmed by the server.
+        """
+        api = self.api
+        sent: str | None = None
+        for version in SELF_REVIEW_VERSIONS:
+            path = f"/apis/authentication.k8s.io/{version}/selfsubjectreviews"
+            body = {"apiVersion": f"authentication.k8s.io/{version}", "kind": "SelfSubjectReview"}
+            try:
+                response = await api.http.post(
+                    path, json=body, headers={"Accept": "application/json"}
+                )
+            except httpx.TransportError as exc:
+                raise TransientBackendError(
+                    self.name, f"POST {path}: {type(exc).__name__}: {exc}"
+                ) from exc
+            sent = response.request.headers.get("authorization")
+            if response.status_code in (200, 201):
+                info = (response.json().get("status") or {}).get("userInfo") or {}
+                if info.get("username"):
+                    return identity_of_user(
+                        str(info["username"]),
+                        info.get("groups"),
+                        f"{self.name} (SelfSubjectReview {version})",
+                    )
+                break
+            if response.status_code in (404, 405):  # this version is not served: try the next
+                continue
+            if response.status_code == 403:  # may not review itself: fall back
+                break
+            raise api._error("POST", path, response)
+        claims = token_claims(sent)
+        subject = str(claims.get("sub") or "")
+        if subject.startswith(_SA_PREFIX):
+            namespace = subject[len(_SA_PREFIX) :].partition(":")[0]
+            log.info("%s: no SelfSubjectReview; identity from the service-account token", self.name)
+            return identity_of_user(
+                subject,
+                ("system:serviceaccounts", f"system:serviceaccounts:{namespace}"),
+                f"{self.name} (service-account token claims; no SelfSubjectReview)",
+            )
+        user = self._kubeconfig_user()
+        log.info("%s: no SelfSubjectReview; identity from the kubeconfig user %r", self.name, user)
+        return Identity(
+            kind="user",
+            name=user,
+            source=f"{self.name} (kubeconfig user name, not confirmed by the API server)",
+        )
+
+    def _kubeconfig_user(self) -> str:
+        """The user name the kubeconfig context names (``unknown`` without a config)."""
+        try:
+            single = _load_config(self.kubeconfig, self.context)
+        except ConfigError:  # no config at all (a client given directly): nothing to name
+            return "unknown"
+        context = getattr(single, "context", None)
+        return str(getattr(context, "user", None) or "unknown")
 
     async def features(self) -> Features:
         """What optional APIs the cluster serves (DRA, Kueue), discovered once."""

@@ -453,3 +453,23 @@ async def test_a_refusal_is_a_kind_of_no_offer(tmp_path: Path) -> None:
     assert info.value.contract_name == "x"
     assert info.value.rejections[0].requirement == "identities"
     assert str(info.value).startswith("refused by policy: identities [tenant ml]")
+
+
+@pytest.mark.anyio
+async def test_quota_counts_every_node_of_a_gang(tmp_path: Path) -> None:
+    # 2 nodes x 2 GPUs hold 4 GPUs, not 2: with 3 held already the gang breaks the quota of 4.
+    negotiator, _ = _negotiator(tmp_path, offers=[{"nodes": 2}])
+    terms = {"tenant": "team-a", "duration": "1h", "max_price": "1 USD/h"}
+    gang = ac.Contract(
+        name="gang", resources=ac.Resources(gpus=ac.GPU(count=2, models=["H100"]), nodes=2), **terms
+    )
+    with pytest.raises(ac.PolicyViolation) as info:
+        await negotiator.acquire(
+            gang.with_(name="big", resources={"gpus": {"count": 3, "models": ["H100"]}, "nodes": 2})
+        )
+    assert (info.value.refusals[0].used, info.value.refusals[0].limit) == ("0 + 6", "4")
+    held = await negotiator.acquire(gang)
+    with pytest.raises(ac.PolicyViolation) as info:
+        await negotiator.acquire(gang.with_(name="more"))
+    assert (info.value.refusals[0].used, info.value.refusals[0].limit) == ("4 + 4", "4")
+    await held.release()

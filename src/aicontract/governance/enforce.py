@@ -430,7 +430,7 @@ class Governance:
             fields = {
                 **base,
                 "ticket": ticket,
-                "gpus": offer.grant.gpus,
+                "gpus": offer.grant.total_gpus,
                 "duration": duration.seconds if duration else None,
                 "price": str(offer.price) if offer.price is not None else None,
             }
@@ -530,7 +530,7 @@ class Governance:
                 **self._round_fields(offer),
                 "ticket": ticket,
                 "lease": lease.id,
-                "gpus": lease.grant.gpus,
+                "gpus": lease.grant.total_gpus,
                 "grant": lease.grant.describe(),
                 "guarantee": lease.guarantee,
                 "region": lease.region,

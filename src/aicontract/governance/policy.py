@@ -440,13 +440,14 @@ def check(
 
 
 def _check_quotas(quotas: Quotas, offer: Offer, usage: Usage, refuse: Any) -> None:
-    grant = offer.grant
+    # A gang holds its per-node GPUs on every node: quotas count them all.
+    gpus = offer.grant.total_gpus
     duration = offer.contract.terms.duration
-    if quotas.gpus is not None and usage.gpus + grant.gpus > quotas.gpus:
+    if quotas.gpus is not None and usage.gpus + gpus > quotas.gpus:
         refuse(
             "quotas.gpus",
-            f"{grant.gpus} more GPUs would exceed the GPUs held at once",
-            used=f"{usage.gpus} + {grant.gpus}",
+            f"{gpus} more GPUs would exceed the GPUs held at once",
+            used=f"{usage.gpus} + {gpus}",
             limit=str(quotas.gpus),
         )
     hours = duration.seconds / 3600 if duration is not None else None
@@ -454,7 +455,7 @@ def _check_quotas(quotas: Quotas, offer: Offer, usage: Usage, refuse: Any) -> No
         ("gpu_hours_per_day", quotas.gpu_hours_per_day, usage.gpu_hours_day),
         ("gpu_hours_per_month", quotas.gpu_hours_per_month, usage.gpu_hours_month),
     ):
-        if limit is None or not grant.gpus:
+        if limit is None or not gpus:
             continue
         if hours is None:
             refuse(
@@ -463,12 +464,12 @@ def _check_quotas(quotas: Quotas, offer: Offer, usage: Usage, refuse: Any) -> No
                 used=_fmt(used),
                 limit=_fmt(limit),
             )
-        elif used + grant.gpus * hours > limit:
+        elif used + gpus * hours > limit:
             refuse(
                 f"quotas.{rule}",
-                f"{grant.gpus} GPUs x {_fmt(hours)}h = {_fmt(grant.gpus * hours)} GPU-hours more"
+                f"{gpus} GPUs x {_fmt(hours)}h = {_fmt(gpus * hours)} GPU-hours more"
                 " would exceed the quota",
-                used=f"{_fmt(used)} + {_fmt(grant.gpus * hours)}",
+                used=f"{_fmt(used)} + {_fmt(gpus * hours)}",
                 limit=_fmt(limit),
             )
     price = offer.price

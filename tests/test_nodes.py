@@ -206,3 +206,10 @@ async def test_a_cloud_refuses_a_per_node_gang() -> None:
         await cloud.aclose()
     assert not quote.offers
     assert [r.requirement for r in quote.rejections] == ["resources.nodes"]
+
+
+def test_nodes_is_a_contract_shortcut() -> None:
+    contract = Contract(gpus=4, nodes=2)
+    assert contract.resources.nodes == 2
+    assert contract.resources.gpus is not None
+    assert contract.resources.gpus.count.min == 4

@@ -707,7 +707,7 @@ class Contract(_Model, frozen=True):
 
     Build it in code — ``Contract(gpus=GPU(count=8, models=["H100"]), duration="4h")``
     — or load it from a file with :func:`aicontract.load`. The shortcuts
-    ``gpus``, ``cpus``, ``memory``, ``disk`` (resources), ``duration``,
+    ``gpus``, ``cpus``, ``memory``, ``disk``, ``nodes`` (resources), ``duration``,
     ``start_by``, ``max_price``, ``preemptible``, ``min_guarantee``, ``renewable``,
     ``on_violation`` (terms) and
     ``regions``, ``jurisdictions``, ``isolation`` (placement) fill the nested
@@ -742,6 +742,7 @@ class Contract(_Model, frozen=True):
         "cpus": "resources",
         "memory": "resources",
         "disk": "resources",
+        "nodes": "resources",
         "duration": "terms",
         "start_by": "terms",
         "max_price": "terms",

@@ -156,6 +156,7 @@ class _SinkObserver:
 StateListener = Callable[["Lease", LeaseState, LeaseState], None]
 ViolationListener = Callable[["Violation"], None]
 ReplacementListener = Callable[["Lease", "Lease"], None]
+ReplacementStarter = Callable[["Lease"], Awaitable[object]]
 
 
 @attrs.define(eq=False)
@@ -205,6 +206,7 @@ class Lease:
         factory=list, repr=False
     )
     _replacement_listeners: list[ReplacementListener] = attrs.field(factory=list, repr=False)
+    _replacement_starters: list[ReplacementStarter] = attrs.field(factory=list, repr=False)
     _after_release: list[Callable[[], Awaitable[object]]] = attrs.field(factory=list, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -493,6 +495,22 @@ class Lease:
         """Call ``listener(old, new)`` when a renegotiation replaces the lease."""
         self.current._replacement_listeners.append(listener)
 
+    def on_replacement(self, starter: ReplacementStarter) -> None:
+        """Await ``starter(new)`` for every replacement, once it is committed and before the
+        switch waits for it to be ready: start there what the holder runs on the lease.
+
+        This is how a holder that runs the work itself (``aicontract acquire FILE --
+        CMD``) makes before it breaks: the command starts on the replacement while the
+        old lease still serves, and the switch waits for it (the contract's probe). A
+        starter that raises refuses the replacement: it is released, the old lease kept.
+        """
+        self.current._replacement_starters.append(starter)
+
+    async def start_replacement(self, new: Lease) -> None:
+        """Run this lease's replacement starters for ``new`` (a monitor calls this)."""
+        for starter in list(self._replacement_starters):
+            await starter(new)
+
     async def violations(self, buffer: int = 64) -> AsyncIterator[Violation]:
         """Violations as they happen: ``async for v in lease.violations(): ...``.
 
@@ -546,6 +564,7 @@ class Lease:
         new._violation_listeners.extend(self._violation_listeners)
         new._violation_streams.extend(self._violation_streams)
         new._replacement_listeners.extend(self._replacement_listeners)
+        new._replacement_starters.extend(self._replacement_starters)
         self._violation_streams.clear()
         self.replaced_by = new  # the switch: one assignment
         for listener in list(new._replacement_listeners):

@@ -605,6 +605,14 @@ class Monitor:
         Raises (and the policy releases ``new``) when the replacement does not
         become ready in time; the old lease is kept.
         """
+        if watch.reports is not None:  # what starts on it reports to the same socket
+            new.env[REPORT_SOCKET_ENV] = watch.reports.path
+        try:
+            # What the holder runs on the lease itself (the CLI's command) starts on the
+            # replacement now, while the old lease still serves.
+            await old.start_replacement(new)
+        except Exception as exc:
+            raise LeaseLost(new.id, f"its workload could not be started: {exc}") from exc
         if old.is_active:
             await self._until_ready(watch, old, new)
         if not new.is_active:

@@ -128,9 +128,9 @@ class LeaseWatch:
     old lease): acted on once it is done, if its lease is still the one serving."""
     ended: bool = False
     reports: ReportSocket | None = None
+    """The socket workloads report to while the lease is held."""
     http: httpx.AsyncClient | None = None
     """The holder's HTTP client for probes, when the monitor has none of its own."""
-    """The socket workloads report to while the lease is held."""
     clock: Clock = system_clock
     """The clock this watch's loops read (the monitor's, or the lease's for the process's)."""
 
@@ -172,6 +172,7 @@ class Monitor:
     renegotiate_ahead: float = 120.0
     tracker_options: dict[str, Any] = attrs.field(factory=dict)
     on_idle: Callable[[Monitor], None] | None = None
+    """Called when a monitor without its own task group watches no lease any more."""
     ready_timeout: float = 120.0
     """How long a replacement may take to become ready (``terms.start_by`` overrides)."""
     drain: float | None = None
@@ -179,7 +180,6 @@ class Monitor:
     (``None``: each contract's ``terms.drain``, 2 s unless it says otherwise)."""
     leases_clock: bool = False
     """Time each lease by its own clock (the process's monitor watches leases of any clock)."""
-    """Called when a monitor without its own task group watches no lease any more."""
     _watches: dict[str, LeaseWatch] = attrs.field(factory=dict, init=False)
     _finished: deque[LeaseSnapshot] = attrs.field(factory=lambda: deque(maxlen=32), init=False)
     _tg: anyio.abc.TaskGroup | None = attrs.field(default=None, init=False)

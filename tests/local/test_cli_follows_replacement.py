@@ -113,3 +113,48 @@ def test_a_signal_after_a_replacement_stops_every_command_and_releases_every_lea
             os.killpg(holder.pid, signal.SIGKILL)
     assert LocalBackend().leases() == []
     _no_process_left(marker.encode())
+
+
+def test_a_lease_released_from_elsewhere_is_replaced_and_the_command_follows(
+    contract_file: Path, tmp_path: Path
+) -> None:
+    """Revocation under ``renegotiate``: the holder does not exit with the killed command;
+    a replacement is acquired (no make-before-break: the old one is gone) and runs it."""
+    contract_file.write_text(
+        "name: svc\nresources: {cpus: 1}\n"
+        "terms: {on_violation: renegotiate, drain: 500ms, max_renegotiations_per_hour: 1}\n"
+    )
+    log, marker = tmp_path / "leases.txt", f"aicontract-follow-{uuid.uuid4().hex}"
+    script = f"""
+import os, pathlib, sys, time
+log = pathlib.Path({str(log)!r})
+first = not log.exists()
+with log.open("a") as f:
+    f.write(os.environ["AICONTRACT_LEASE_ID"] + "\\n")
+time.sleep(120 if first else 0.5)
+sys.exit(5)
+"""
+    command = [sys.executable, "-c", script, marker]
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "aicontract", "acquire", str(contract_file), "--", *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not log.exists():
+            assert holder.poll() is None, "the holder exited before its command started"
+            assert time.monotonic() < deadline, "the command did not start within 60 s"
+            time.sleep(0.05)
+        [first] = log.read_text().split()
+        assert LocalBackend().release_by_id(first)  # as `aicontract release ID` would
+        assert holder.wait(timeout=60) == 5  # the command on the replacement ended it
+    finally:
+        if holder.poll() is None:
+            os.killpg(holder.pid, signal.SIGKILL)
+    first_again, second = log.read_text().split()
+    assert first_again == first
+    assert second != first
+    assert LocalBackend().leases() == []
+    _no_process_left(marker.encode())

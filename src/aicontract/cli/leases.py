@@ -319,6 +319,15 @@ async def _start(lease: Lease, command: tuple[str, ...], grace: float) -> Superv
     return workload
 
 
+async def _lost(lease: Lease) -> bool:
+    """True when a lease this process thinks active is no longer its own in the ledger."""
+    return (
+        lease.is_active
+        and isinstance(lease.backend, LocalBackend)
+        and not await lease.backend.still_held(lease)
+    )
+
+
 async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
@@ -388,6 +397,11 @@ async def _run(held: Lease, command: tuple[str, ...]) -> int:
                         inner.cancel_scope.cancel()
                     if held.current is not lease:
                         continue  # replaced meanwhile: the command on the new lease counts
+                    if await _lost(lease):
+                        # Released or reclaimed by someone else (who stopped its command):
+                        # that, not the command, ended the work. Its monitor hears it now
+                        # (and replaces it, under on_violation: renegotiate).
+                        lease.revoke("released by another process, or its ledger was lost")
                     if lease.is_active or not held.watched:
                         status = code
                         tg.cancel_scope.cancel()
@@ -422,7 +436,7 @@ async def _run(held: Lease, command: tuple[str, ...]) -> int:
         status = codes.get(current.id) or 0
     if got:
         return 128 + got[0]
-    if isinstance(current.backend, LocalBackend) and not await current.backend.still_held(current):
+    if await _lost(current):
         # Released or reclaimed by someone else: that, not the command, ended the work.
         current.revoke("released by another process, or its ledger was lost")
     if not current.is_active:

@@ -158,3 +158,42 @@ sys.exit(5)
     assert second != first
     assert LocalBackend().leases() == []
     _no_process_left(marker.encode())
+
+
+def test_holding_without_a_command_follows_the_replacement(contract_file: Path) -> None:
+    contract_file.write_text(
+        "name: svc\nresources: {cpus: 1}\n"
+        "terms: {on_violation: renegotiate, max_renegotiations_per_hour: 1}\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "aicontract", "acquire", str(contract_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+    def held() -> list[str]:
+        return [r.id for r in LocalBackend().leases()]
+
+    try:
+        deadline = time.monotonic() + 60
+        while not held():
+            assert holder.poll() is None, "the holder exited before holding"
+            assert time.monotonic() < deadline, "no lease within 60 s"
+            time.sleep(0.05)
+        [first] = held()
+        assert LocalBackend().release_by_id(first)
+        while held() in ([], [first]):
+            assert holder.poll() is None, "the holder exited instead of following"
+            assert time.monotonic() < deadline, "no replacement within 60 s"
+            time.sleep(0.05)
+        [second] = held()
+        os.killpg(holder.pid, signal.SIGINT)
+        _, said = holder.communicate(timeout=60)
+        assert holder.returncode == 130
+    finally:
+        if holder.poll() is None:
+            os.killpg(holder.pid, signal.SIGKILL)
+    assert f"lease {first} replaced by {second}" in said
+    assert LocalBackend().leases() == []

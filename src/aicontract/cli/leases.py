@@ -283,8 +283,17 @@ def _print_lease(held: Lease, as_json: bool) -> None:
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def _say_replaced(old: Lease, new: Lease) -> None:
+    console.print(
+        f"lease {old.id} replaced by {new.id}"
+        + "".join(f"; endpoint {k}: {v}" for k, v in new.endpoints.items()),
+        highlight=False,
+    )
+
+
 async def _hold(held: Lease) -> int:
     console.print("holding the lease; Ctrl-C to release", highlight=False)
+    held.on_replaced(_say_replaced)
     got: list[int] = []
     async with anyio.create_task_group() as tg:
 
@@ -358,11 +367,7 @@ async def _run(held: Lease, command: tuple[str, ...]) -> int:
 
     def on_replaced(old: Lease, new: Lease) -> None:
         nonlocal switched
-        console.print(
-            f"lease {old.id} replaced by {new.id}"
-            + "".join(f"; endpoint {k}: {v}" for k, v in new.endpoints.items()),
-            highlight=False,
-        )
+        _say_replaced(old, new)
         switched.set()
         switched = anyio.Event()
 

@@ -456,8 +456,12 @@ class Lease:
         """Time the block and report it as ``sli``: ``with lease.measure("latency"): ...``.
 
         With ``errors``, also report ``availability`` — 1 when the block
-        succeeds, 0 when it raises. Time is read from the lease's clock.
+        succeeds, 0 when it raises. Time is read from the lease's clock. The
+        figure belongs to the lease serving when the block began: when a
+        renegotiation replaced it meanwhile, the block used the old lease's
+        endpoints, which says nothing about the new one, so it is dropped.
         """
+        serving = self.current
         started = self.clock.monotonic()
         ok = False
         try:
@@ -466,9 +470,14 @@ class Lease:
         finally:
             elapsed = self.clock.monotonic() - started
             at = self.clock.time()
-            self.ingest(Sample(sli=sli, value=elapsed, at=at, source="user"))
-            if errors:
-                self.ingest(Sample(sli="availability", value=float(ok), at=at, source="user"))
+            if serving.replaced_by is not None:
+                log.debug("lease %s was replaced meanwhile; dropping its %s", serving.id, sli)
+            else:
+                serving.ingest(Sample(sli=sli, value=elapsed, at=at, source="user"))
+                if errors:
+                    serving.ingest(
+                        Sample(sli="availability", value=float(ok), at=at, source="user")
+                    )
 
     def ingest(self, sample: Sample) -> None:
         """Hand one sample to the monitor watching this lease (raises when none does)."""

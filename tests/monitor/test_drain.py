@@ -101,3 +101,24 @@ async def test_the_contract_drain_keeps_the_old_lease_that_long(
         assert DRAIN - 1 <= clock.time() - switched <= DRAIN + 1
         await handle.release()
     assert fake.leases == {}
+
+
+async def test_a_measurement_begun_on_the_old_lease_does_not_count_for_the_new(
+    negotiator: Negotiator, fake: FakeBackend, clock: VirtualClock
+) -> None:
+    """A request sent to the old lease's endpoint and finished after the switch says
+    nothing about the replacement: it must not count against its objectives."""
+    contract = service_contract(P90, policy="renegotiate", drain=f"{DRAIN}s")
+    async with Monitor(negotiator, publish=False, telemetry=Telemetry()) as monitor:
+        handle = await monitor.acquire(contract)
+        fed: list[object] = []
+        with handle.measure("latency"):  # a slow request to the old endpoint ...
+            first = await _slow_until_replaced(handle, handle, clock)
+            monitor.watches[first.id].listeners.append(fed.append)
+            await clock.advance(1)
+        assert fed == []  # ... finished after the switch: not the new lease's figure
+        with handle.measure("latency"):  # one that began on the new lease counts
+            await clock.advance(0.5)
+        assert [s.sli for s in fed] == ["latency"]  # type: ignore[attr-defined]
+        await handle.release()
+    assert fake.leases == {}

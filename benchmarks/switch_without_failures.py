@@ -1,14 +1,15 @@
 """Benchmark make-before-break on the local backend: failed requests across switches.
 
-    .venv/bin/python benchmarks/switch_without_failures.py [--switches 20] [--startup 2]
+    .venv/bin/python benchmarks/switch_without_failures.py [--switches 20] [--startup 2] [--drain S]
 
 A monitored lease runs tests/slow_http_server.py (it sleeps ``--startup``
 seconds, then serves) on a port granted as ``auto``. A client sends a request
 every 10 ms to whatever ``lease.current.endpoints["http"]`` names while the
 benchmark forces ``--switches`` renegotiations (latency reported far over a p99
 objective; the next breach once the previous old lease is drained), with the
-process's monitor (``aicontract.acquire``) or ``--drain S``, an explicit
-``Monitor(drain=S)`` that lets requests in flight to the old lease finish. Printed:
+process's monitor (``aicontract.acquire``) and the contract's ``terms.drain``
+(2 s unless ``--drain S`` says otherwise) letting requests in flight to the old
+lease finish. Printed:
 requests sent and failed (with the first errors), switch time p50/max, and a
 leak check (leases left in the ledger, workload processes left).
 """
@@ -16,7 +17,6 @@ leak check (leases left in the ledger, workload processes left).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -28,7 +28,7 @@ import anyio
 import httpx
 
 import aicontract
-from aicontract import Contract, Lease, Monitor, Negotiator, Objective, Probe, Terms, Workload
+from aicontract import Contract, Lease, Negotiator, Objective, Probe, Terms, Workload
 from aicontract.backends.local import LocalBackend
 
 SERVER = str(Path(__file__).resolve().parent.parent / "tests" / "slow_http_server.py")
@@ -52,7 +52,10 @@ async def run(switches: int, startup: float, drain: float | None) -> None:
             name="switch",
             objectives=[Objective(sli="latency_p99", op="<=", target="100ms", window="1m")],
             terms=Terms(
-                on_violation="renegotiate", max_renegotiations_per_hour=3600, start_by="60s"
+                on_violation="renegotiate",
+                max_renegotiations_per_hour=3600,
+                start_by="60s",
+                drain=None if drain is None else f"{drain:g}s",
             ),
             workload=Workload(
                 kind="inference",
@@ -68,14 +71,8 @@ async def run(switches: int, startup: float, drain: float | None) -> None:
         took: list[float] = []
 
         async with LocalBackend(state_dir=Path(tmp) / "state") as backend:
-            stack = contextlib.AsyncExitStack()
-            if drain is None:  # the process's monitor, as `aicontract.acquire` gives
-                handle = await aicontract.acquire(contract, negotiator=Negotiator([backend]))
-            else:
-                monitor = await stack.enter_async_context(
-                    Monitor(Negotiator([backend]), drain=drain)
-                )
-                handle = await monitor.acquire(contract)
+            # The process's monitor, as `aicontract.acquire` gives.
+            handle = await aicontract.acquire(contract, negotiator=Negotiator([backend]))
             handle.on_replaced(lambda old, new: retired.append(old))
             pids.add(int(handle.details["pid"]))
             async with handle, httpx.AsyncClient(timeout=10) as client:
@@ -106,13 +103,12 @@ async def run(switches: int, startup: float, drain: float | None) -> None:
                             await anyio.sleep(0.02)
                     await anyio.sleep(0.2)
                     done.set()
-            await stack.aclose()
             leases_left = len(backend.leases())
         deadline = time.monotonic() + 10
         while not all(gone(p) for p in pids) and time.monotonic() < deadline:
             await anyio.sleep(0.05)
         running = sum(not gone(p) for p in pids)
-    how = "the process monitor" if drain is None else f"Monitor(drain={drain:g})"
+    how = f"drain {contract.terms.drain_seconds:g} s"
     print(f"{switches} switches of a workload that starts in {startup:g} s (auto port, {how}):")
     print(f"   requests sent {sent}, failed {failed}")
     for error in errors[:5]:
@@ -126,7 +122,7 @@ def main() -> None:
     parser.add_argument("--switches", type=int, default=20)
     parser.add_argument("--startup", type=float, default=2.0)
     parser.add_argument(
-        "--drain", type=float, default=None, help="an explicit Monitor with this drain (s)"
+        "--drain", type=float, default=None, help="terms.drain in seconds (default: 2)"
     )
     args = parser.parse_args()
     anyio.run(run, args.switches, args.startup, args.drain)

@@ -156,6 +156,7 @@ class _SinkObserver:
 StateListener = Callable[["Lease", LeaseState, LeaseState], None]
 ViolationListener = Callable[["Violation"], None]
 ReplacementListener = Callable[["Lease", "Lease"], None]
+ReplacementStarter = Callable[["Lease"], Awaitable[object]]
 
 
 @attrs.define(eq=False)
@@ -205,6 +206,7 @@ class Lease:
         factory=list, repr=False
     )
     _replacement_listeners: list[ReplacementListener] = attrs.field(factory=list, repr=False)
+    _replacement_starters: list[ReplacementStarter] = attrs.field(factory=list, repr=False)
     _after_release: list[Callable[[], Awaitable[object]]] = attrs.field(factory=list, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -454,8 +456,12 @@ class Lease:
         """Time the block and report it as ``sli``: ``with lease.measure("latency"): ...``.
 
         With ``errors``, also report ``availability`` — 1 when the block
-        succeeds, 0 when it raises. Time is read from the lease's clock.
+        succeeds, 0 when it raises. Time is read from the lease's clock. The
+        figure belongs to the lease serving when the block began: when a
+        renegotiation replaced it meanwhile, the block used the old lease's
+        endpoints, which says nothing about the new one, so it is dropped.
         """
+        serving = self.current
         started = self.clock.monotonic()
         ok = False
         try:
@@ -464,9 +470,14 @@ class Lease:
         finally:
             elapsed = self.clock.monotonic() - started
             at = self.clock.time()
-            self.ingest(Sample(sli=sli, value=elapsed, at=at, source="user"))
-            if errors:
-                self.ingest(Sample(sli="availability", value=float(ok), at=at, source="user"))
+            if serving.replaced_by is not None:
+                log.debug("lease %s was replaced meanwhile; dropping its %s", serving.id, sli)
+            else:
+                serving.ingest(Sample(sli=sli, value=elapsed, at=at, source="user"))
+                if errors:
+                    serving.ingest(
+                        Sample(sli="availability", value=float(ok), at=at, source="user")
+                    )
 
     def ingest(self, sample: Sample) -> None:
         """Hand one sample to the monitor watching this lease (raises when none does)."""
@@ -492,6 +503,22 @@ class Lease:
     def on_replaced(self, listener: ReplacementListener) -> None:
         """Call ``listener(old, new)`` when a renegotiation replaces the lease."""
         self.current._replacement_listeners.append(listener)
+
+    def on_replacement(self, starter: ReplacementStarter) -> None:
+        """Await ``starter(new)`` for every replacement, once it is committed and before the
+        switch waits for it to be ready: start there what the holder runs on the lease.
+
+        This is how a holder that runs the work itself (``aicontract acquire FILE --
+        CMD``) makes before it breaks: the command starts on the replacement while the
+        old lease still serves, and the switch waits for it (the contract's probe). A
+        starter that raises refuses the replacement: it is released, the old lease kept.
+        """
+        self.current._replacement_starters.append(starter)
+
+    async def start_replacement(self, new: Lease) -> None:
+        """Run this lease's replacement starters for ``new`` (a monitor calls this)."""
+        for starter in list(self._replacement_starters):
+            await starter(new)
 
     async def violations(self, buffer: int = 64) -> AsyncIterator[Violation]:
         """Violations as they happen: ``async for v in lease.violations(): ...``.
@@ -546,6 +573,7 @@ class Lease:
         new._violation_listeners.extend(self._violation_listeners)
         new._violation_streams.extend(self._violation_streams)
         new._replacement_listeners.extend(self._replacement_listeners)
+        new._replacement_starters.extend(self._replacement_starters)
         self._violation_streams.clear()
         self.replaced_by = new  # the switch: one assignment
         for listener in list(new._replacement_listeners):

@@ -156,7 +156,8 @@ class Negotiator:
     long has passed *and* at least one acceptable offer is in hand: a quote
     then takes about ``hedge`` instead of as long as the slowest backend, at
     the price of never seeing what the slow ones would have offered (they are
-    listed as rejections: "not waited for").
+    listed as rejections: "not waited for"). A contract's ``preferences.hedge``
+    wins over this one; ``hedge`` is the default for contracts that do not say.
 
     With a ``record`` (a :class:`~aicontract.monitor.record.PerformanceRecord`;
     :func:`acquire` uses the process's), offers carry the value their placement
@@ -235,6 +236,10 @@ class Negotiator:
         the counter-offers (unranked)."""
         quotes: list[Quote] = []
         rejections: list[Rejection] = []
+        # The contract's own hedge wins: its author knows whether a fast answer is worth
+        # more than the best one. The negotiator's is the default for contracts silent on it.
+        wanted = contract.preferences.hedge
+        hedge_after = wanted.seconds if wanted is not None else self.hedge
 
         async def ask(backend: Backend) -> None:
             with anyio.move_on_after(self.quote_timeout) as scope:
@@ -288,15 +293,15 @@ class Negotiator:
             async with anyio.create_task_group() as tg:
                 for backend in self.backends:
                     tg.start_soon(ask_and_count, backend, name=f"aicontract-quote-{backend.name}")
-                if self.hedge is not None:
-                    tg.start_soon(hedge, self.hedge, tg, name="aicontract-quote-hedge")
+                if hedge_after is not None:
+                    tg.start_soon(hedge, hedge_after, tg, name="aicontract-quote-hedge")
             for backend in self.backends:
                 if backend.name not in answered:
                     rejections.append(
                         Rejection(
                             backend=backend.name,
                             requirement="quote",
-                            wanted=f"an answer within the hedge ({self.hedge:g}s)",
+                            wanted=f"an answer within the hedge ({hedge_after:g}s)",
                             available="not waited for: other offers were in hand",
                         )
                     )

@@ -27,9 +27,9 @@ pytestmark = pytest.mark.anyio
 SERVER = str(Path(__file__).parent.parent / "slow_http_server.py")
 STARTUP = "2"  # seconds the workload takes before it serves
 SWITCHES = 3
-# Requests already sent to the old lease's address get this long to finish. With none
-# (the process monitor's default), about 1 request in 1,000 sent across switches is
-# cut off by the old workload's stop (benchmarks/switch_without_failures.py).
+# Requests already sent to the old lease's address get this long to finish. With none,
+# about 1 request in 1,000 sent across switches is cut off by the old workload's stop
+# (benchmarks/switch_without_failures.py); terms.drain defaults to 2 s for that reason.
 DRAIN = 1.0
 
 
@@ -104,8 +104,8 @@ async def test_no_request_fails_across_switches(local_env: Path) -> None:
                         while not switched.is_set():
                             handle.report(latency=0.9)  # far over the 100 ms objective
                             await anyio.sleep(0.02)
-                        # The next breach once the old lease is drained and released: a
-                        # violation while a switch is still draining starts no other.
+                        # The next breach once the old lease is drained and released (one
+                        # during the drain would wait for it: it needs room for a third lease).
                         while not retired[-1].state.is_final:
                             await anyio.sleep(0.02)
                     await anyio.sleep(0.2)  # a few requests to the last replacement too

@@ -26,12 +26,12 @@ from ..errors import BackendError, ConfigError, ContractError, NoOffer
 from ..governance.enforce import UsageIndex, record_path
 from ..governance.policy import amount
 from ..governance.record import Record
-from ..leases import Lease
+from ..leases import Lease, LeaseState
 from ..monitor.record import performance_record
 from ..negotiate import Negotiator, close_backends, default_backends
 from ..negotiate import acquire as acquire_lease
 from ..offer import Offer
-from ..workload import DEFAULT_GRACE, spawn
+from ..workload import DEFAULT_GRACE, Supervised, spawn
 from .output import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -364,8 +364,17 @@ def _print_lease(held: Lease, as_json: bool) -> None:
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def _say_replaced(old: Lease, new: Lease) -> None:
+    console.print(
+        f"lease {old.id} replaced by {new.id}"
+        + "".join(f"; endpoint {k}: {v}" for k, v in new.endpoints.items()),
+        highlight=False,
+    )
+
+
 async def _hold(held: Lease) -> int:
     console.print("holding the lease; Ctrl-C to release", highlight=False)
+    held.on_replaced(_say_replaced)
     got: list[int] = []
     async with anyio.create_task_group() as tg:
 
@@ -390,22 +399,62 @@ async def _hold(held: Lease) -> int:
     return 0 if last.state.value == "released" else 3
 
 
+async def _start(lease: Lease, command: tuple[str, ...], grace: float) -> Supervised:
+    """Start ``command`` bound to ``lease``; stopped when the lease is released."""
+    if isinstance(lease.backend, LocalBackend):
+        return await lease.backend.run(lease, command, stdin=None)  # its release stops it
+    cpus = [int(c) for c in lease.env.get("AICONTRACT_CPUS", "").split(",") if c]
+    workload = await spawn(command, {**os.environ, **lease.env}, cpus=cpus, grace=grace, stdin=None)
+    lease.on_released(workload.stop)  # the lease it ran on went: so does it (a drained one)
+    return workload
+
+
+async def _lost(lease: Lease) -> bool:
+    """True when a lease this process thinks active is no longer its own in the ledger."""
+    return (
+        lease.is_active
+        and isinstance(lease.backend, LocalBackend)
+        and not await lease.backend.still_held(lease)
+    )
+
+
+async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
 async def _run(held: Lease, command: tuple[str, ...]) -> int:
     """Run ``command`` bound to the lease; stop it when the lease ends, whatever ends it.
 
-    SIGINT, SIGTERM and SIGHUP go to the whole workload; once it has exited (or
-    its grace period is over) the lease is released.
+    When a renegotiation replaces the lease, the command is started on the
+    replacement before the switch (make-before-break); the old lease's command is
+    stopped with it once drained. The exit status is that of the command on the
+    lease serving at the end. SIGINT, SIGTERM and SIGHUP go to every running
+    workload; once they have exited (or their grace period is over) every lease
+    of the chain is released.
     """
     grace = held.contract.terms.stop_grace
     grace_s = grace.seconds if grace is not None else DEFAULT_GRACE
-    if isinstance(held.backend, LocalBackend):
-        workload = await held.backend.run(held, command, stdin=None)
-    else:
-        cpus = [int(c) for c in held.env.get("AICONTRACT_CPUS", "").split(",") if c]
-        workload = await spawn(
-            command, {**os.environ, **held.env}, cpus=cpus, grace=grace_s, stdin=None
-        )
+    workloads = {held.id: await _start(held, command, grace_s)}
+    chain = {held.id: held}
+
+    async def start_on(new: Lease) -> None:
+        console.print(f"starting the command on replacement {new.id}", highlight=False)
+        chain[new.id] = new
+        workloads[new.id] = await _start(new, command, grace_s)
+
+    held.on_replacement(start_on)
+    switched = anyio.Event()
+
+    def on_replaced(old: Lease, new: Lease) -> None:
+        nonlocal switched
+        _say_replaced(old, new)
+        switched.set()
+        switched = anyio.Event()
+
+    held.on_replaced(on_replaced)
     got: list[int] = []
+    status: int | None = None
     try:
         async with anyio.create_task_group() as tg:
 
@@ -413,31 +462,73 @@ async def _run(held: Lease, command: tuple[str, ...]) -> int:
                 with anyio.open_signal_receiver(*_FORWARDED) as signals:
                     async for signum in signals:
                         got.append(signum)
-                        workload.send_signal(signum)
-                        # Then release: the workload has its grace period to finish.
+                        running = [w for w in workloads.values() if w.returncode is None]
+                        for workload in running:
+                            workload.send_signal(signum)
+                        # Then release: the workloads have their grace period to finish.
                         with anyio.move_on_after(grace_s):
-                            await workload.wait()
+                            for workload in running:
+                                await workload.wait()
                         tg.cancel_scope.cancel()
 
+            async def follow() -> None:
+                """Wait for the command on the lease now serving; follow replacements."""
+                nonlocal status
+                while True:
+                    lease, waiting_for_switch = held.current, switched
+                    workload = workloads[lease.id]
+                    async with anyio.create_task_group() as inner:
+                        inner.start_soon(_cancel_when, waiting_for_switch, inner.cancel_scope)
+                        code = await workload.wait()
+                        inner.cancel_scope.cancel()
+                    if held.current is not lease:
+                        continue  # replaced meanwhile: the command on the new lease counts
+                    if await _lost(lease):
+                        # Released or reclaimed by someone else (who stopped its command):
+                        # that, not the command, ended the work. Its monitor hears it now
+                        # (and replaces it, under on_violation: renegotiate).
+                        lease.revoke("released by another process, or its ledger was lost")
+                    if lease.is_active or not held.watched:
+                        status = code
+                        tg.cancel_scope.cancel()
+                        return
+                    # Broken (revoked, expired) with its monitor still on it: a
+                    # replacement may come (on_violation: renegotiate). Wait and see.
+                    while held.current is lease and held.watched:
+                        await anyio.sleep(0.1)
+                    if held.current is lease:
+                        status = code
+                        tg.cancel_scope.cancel()
+                        return
+
             async def watch_lease() -> None:
-                while held.is_active and workload.returncode is None:
+                # The lease serving ended, and nothing will replace it: stop.
+                while held.current.is_active or held.watched:
                     await anyio.sleep(0.1)
                 tg.cancel_scope.cancel()
 
             tg.start_soon(on_signals)
             tg.start_soon(watch_lease)
-            await workload.wait()
-            tg.cancel_scope.cancel()
+            tg.start_soon(follow)
     finally:
-        status = await workload.stop()
+        with anyio.CancelScope(shield=True):
+            codes: dict[str, int | None] = {}
+            for lease_id, workload in workloads.items():
+                # A released lease's command was stopped with it (a drained lease's).
+                released = chain[lease_id].state == LeaseState.RELEASED
+                codes[lease_id] = workload.returncode if released else await workload.stop()
+    current = held.current
+    if status is None:
+        status = codes.get(current.id) or 0
     if got:
         return 128 + got[0]
-    if isinstance(held.backend, LocalBackend) and not await held.backend.still_held(held):
+    if await _lost(current):
         # Released or reclaimed by someone else: that, not the command, ended the work.
-        held.revoke("released by another process, or its ledger was lost")
-    if not held.is_active:
+        current.revoke("released by another process, or its ledger was lost")
+    if not current.is_active:
         console.print(
-            f"lease {held.id} {held.state.value}: {held.reason or ''}; its command was stopped",
+            f"lease {current.id} {current.state.value}: {current.reason or ''};"
+            " its command was stopped",
             highlight=False,
         )
         return 3

@@ -164,15 +164,6 @@ class PlainFollower:
             self.echo(f"{_clock(time.time())} lease {lease.id} {lease.state}{reason}")
 
 
-monitor_dir_option = click.option(
-    "--dir",
-    "directory",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Where monitors publish (default: the state dir's monitor/).",
-)
-"""The ``--dir`` option of the commands that read what monitors publish."""
-
 _GONE_AFTER = 3
 """Polls without any snapshot of the lease before saying its monitor is gone."""
 

@@ -123,11 +123,14 @@ class LeaseWatch:
     """Set once the lease and every replacement have ended."""
     fault: Fault | None = None
     """The provider fault behind the lease's revocation, if one was observed."""
+    deferred: Violation | None = None
+    """A violation that came while the policy was busy (finding a replacement, draining the
+    old lease): acted on once it is done, if its lease is still the one serving."""
     ended: bool = False
     reports: ReportSocket | None = None
+    """The socket workloads report to while the lease is held."""
     http: httpx.AsyncClient | None = None
     """The holder's HTTP client for probes, when the monitor has none of its own."""
-    """The socket workloads report to while the lease is held."""
     clock: Clock = system_clock
     """The clock this watch's loops read (the monitor's, or the lease's for the process's)."""
 
@@ -169,13 +172,14 @@ class Monitor:
     renegotiate_ahead: float = 120.0
     tracker_options: dict[str, Any] = attrs.field(factory=dict)
     on_idle: Callable[[Monitor], None] | None = None
+    """Called when a monitor without its own task group watches no lease any more."""
     ready_timeout: float = 120.0
     """How long a replacement may take to become ready (``terms.start_by`` overrides)."""
-    drain: float = 0.0
-    """Seconds the old lease keeps serving after a switch, so requests in flight finish."""
+    drain: float | None = None
+    """Seconds the old lease keeps serving after a switch, so requests in flight finish
+    (``None``: each contract's ``terms.drain``, 2 s unless it says otherwise)."""
     leases_clock: bool = False
     """Time each lease by its own clock (the process's monitor watches leases of any clock)."""
-    """Called when a monitor without its own task group watches no lease any more."""
     _watches: dict[str, LeaseWatch] = attrs.field(factory=dict, init=False)
     _finished: deque[LeaseSnapshot] = attrs.field(factory=lambda: deque(maxlen=32), init=False)
     _tg: anyio.abc.TaskGroup | None = attrs.field(default=None, init=False)
@@ -186,6 +190,8 @@ class Monitor:
     _written_seq: int = attrs.field(default=-1, init=False)
     _publisher: LeaseWatch | None = attrs.field(default=None, init=False)
     _observed: dict[str, tuple[LeaseWatch, Lease]] = attrs.field(factory=dict, init=False)
+    _draining: dict[str, LeaseWatch] = attrs.field(factory=dict, init=False)
+    """Replaced leases still serving their drain, by id (what breaks them is recorded)."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -512,8 +518,16 @@ class Monitor:
         if self.telemetry.enabled:
             self.telemetry.violation(violation)
         lease.deliver_violation(violation)
-        if watch.busy or lease.replaced_by is not None:
+        if lease.replaced_by is not None:
             return
+        if watch.busy:
+            # Finding a replacement or draining the lease it replaced: acting now would race
+            # that (and need room for a third lease). Kept, and acted on once it is done.
+            watch.deferred = violation
+            return
+        self._start_policy(watch, lease, violation)
+
+    def _start_policy(self, watch: LeaseWatch, lease: Lease, violation: Violation) -> None:
         host = self._tg or watch.host
         if host is None:
             log.warning(
@@ -563,7 +577,24 @@ class Monitor:
         finally:
             watch.busy = False
             current = watch.lease
-            if current.state.is_final and current.replaced_by is None:
+            deferred, watch.deferred = watch.deferred, None
+            if (
+                deferred is not None
+                and deferred.lease_id == current.id
+                and current.replaced_by is None
+                and not current.released_by_holder
+                and not watch.ended
+                and (self._tg or watch.host) is not None
+            ):
+                # A breach of the lease now serving came while we were busy (the new lease
+                # violated during the drain, or the kept one broke): act on it now.
+                log.info(
+                    "lease %s: acting on a violation that came during the last policy run: %s",
+                    current.id,
+                    deferred.describe(),
+                )
+                self._start_policy(watch, current, deferred)
+            elif current.state.is_final and current.replaced_by is None:
                 self._finish(watch)  # broken, and nothing replaced it: the chain is over
         if watch.policy.name == "renegotiate" and self.telemetry.enabled:
             self.telemetry.renegotiation(lease.id, "replaced" if switched else "kept")
@@ -574,6 +605,14 @@ class Monitor:
         Raises (and the policy releases ``new``) when the replacement does not
         become ready in time; the old lease is kept.
         """
+        if watch.reports is not None:  # what starts on it reports to the same socket
+            new.env[REPORT_SOCKET_ENV] = watch.reports.path
+        try:
+            # What the holder runs on the lease itself (the CLI's command) starts on the
+            # replacement now, while the old lease still serves.
+            await old.start_replacement(new)
+        except Exception as exc:
+            raise LeaseLost(new.id, f"its workload could not be started: {exc}") from exc
         if old.is_active:
             await self._until_ready(watch, old, new)
         if not new.is_active:
@@ -594,9 +633,15 @@ class Monitor:
         log.info("lease %s replaced by %s%s; endpoints now %s", old.id, new.id, how, new.endpoints)
         if self.telemetry.enabled:
             self.telemetry.commit(new)
-        if self.drain > 0 and old.is_active:
-            # Requests already sent to the old endpoints finish before it goes away.
-            await watch.clock.sleep(self.drain)
+        drain = self.drain if self.drain is not None else old.contract.terms.drain_seconds
+        if drain > 0 and old.is_active:
+            # Requests already sent to the old endpoints finish before it goes away. A
+            # breach of the new lease meanwhile is kept (watch.deferred) and acted on after.
+            self._draining[old.id] = watch
+            try:
+                await watch.clock.sleep(drain)
+            finally:
+                self._draining.pop(old.id, None)
         if old.is_active:
             old.reason = f"replaced by {new.id}"
         await old.release(successors=False)
@@ -604,6 +649,10 @@ class Monitor:
     def _lease_changed(self, lease: Lease, old: LeaseState, new: LeaseState) -> None:
         if self.telemetry.enabled:
             self.telemetry.lease_state(lease, old, new)
+        draining = self._draining.get(lease.id)
+        if draining is not None and new.is_final and new != LeaseState.RELEASED:
+            self._broke_while_draining(draining, lease, new)
+            return
         watch = self._watches.get(lease.id)
         if watch is None or watch.lease is not lease or not new.is_final:
             return
@@ -628,6 +677,27 @@ class Monitor:
             if watch.busy and watch.policy.name == "renegotiate":
                 return  # the policy finishes the watch if nothing replaces the lease
         self._finish(watch)
+
+    def _broke_while_draining(self, watch: LeaseWatch, lease: Lease, state: LeaseState) -> None:
+        """A replaced lease broke during its drain: recorded for it (log, the watch's
+        violations, metrics); nothing to act on, its replacement already serves."""
+        now = watch.clock.time()
+        violation = Violation(
+            lease_id=lease.id,
+            objective=None,
+            observed=None,
+            window=0.0,
+            since=now,
+            at=now,
+            severity="fatal",
+            reason=f"{lease.reason or state.value} (while draining; replaced by"
+            f" {lease.replaced_by.id if lease.replaced_by is not None else '?'})",
+        )
+        watch.violations_total += 1
+        watch.violations.append(violation)
+        log.warning("%s", violation.describe())
+        if self.telemetry.enabled:
+            self.telemetry.violation(violation)
 
     # -- loops ---------------------------------------------------------------------------
 

@@ -276,6 +276,24 @@ class Topology:
                     break
         return best
 
+    def describe(self, gpus: Sequence[str], cpus: Sequence[int]) -> Choice:
+        """What a set of GPU and CPU ids is: their weakest link, their common NUMA nodes."""
+        members = [self.index[g] for g in gpus if g in self.index]
+        nodes = self.nodes_of(members) if members else None
+        if not members and cpus:
+            found = {self.cpu_node.get(c) for c in cpus}
+            only = next(iter(found)) if len(found) == 1 else None
+            nodes = (only,) if only is not None else None
+        local = nodes is not None and all(self.cpu_node.get(c) in nodes for c in cpus)
+        worst = self.worst(members)
+        return Choice(
+            gpus=tuple(gpus),
+            cpus=tuple(cpus),
+            interconnect=None if worst == 0 else ("nvlink" if worst == _NVLINK else "pcie"),
+            path=None if worst == 0 else LINK_KINDS[worst - 1],
+            numa_nodes=nodes if nodes is not None and local else (),
+        )
+
     # -- choosing ------------------------------------------------------------------------
 
     def choose(

@@ -37,6 +37,7 @@ from ...documents import parse, read_limited
 from ...errors import ConfigError, ContractError
 from ...units import Bytes
 from .topology import (
+    LINK_KINDS,
     MAX_NUMA_NODES,
     GPULink,
     NumaNode,
@@ -255,7 +256,10 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     try:
         result: Inventory = msgspec.convert(data, Inventory, dec_hook=decode_quantity)
     except (msgspec.ValidationError, ContractError) as exc:
-        raise ConfigError(f"inventory {str(file)!r}: {str(exc)[:300]}") from None
+        text = str(exc)[:300]
+        if text.startswith("Invalid enum value") and text.endswith(".link`"):
+            text += f"; expected one of {', '.join(LINK_KINDS)}"
+        raise ConfigError(f"inventory {str(file)!r}: {text}") from None
     return result
 
 

@@ -31,6 +31,7 @@ How a set is chosen (see :meth:`Topology.choose`):
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from typing import Literal
@@ -271,7 +272,7 @@ class Topology:
                 best = len(members)
                 continue
             for size in range(len(members), best, -1):
-                if self._clique(members, size) is not None:
+                if next(self._cliques(members, size), None) is not None:
                     best = size
                     break
         return best
@@ -338,7 +339,14 @@ class Topology:
             tier = 0 if size == 1 else (1 if free < size else 2)
             return (tier, free, size, position[i])
 
-        for members in self._options(cand, count, nvlink, island_free, key):
+        node_free: dict[int, int] | None = None
+        if local and count > 1:
+            node_free = {}
+            for c in free_cpus:
+                node = self.cpu_node.get(c)
+                if node is not None:
+                    node_free[node] = node_free.get(node, 0) + 1
+        for members in self._options(cand, count, nvlink, island_free, key, node_free):
             choice = self._with_cpus(members, free_cpus, cpus, local, memory)
             if choice is not None:
                 return choice
@@ -351,6 +359,7 @@ class Topology:
         nvlink: bool,
         island_free: list[int],
         key: Callable[[int], tuple[int, int, int, int]],
+        node_free: dict[int, int] | None,
     ) -> Iterator[list[int]]:
         """GPU sets to try, best first (lazily: the first usually fits)."""
         if count == 1:
@@ -377,7 +386,7 @@ class Topology:
         )
         if nvlink:
             for island in fitting:
-                yield from self._in_island(island, by_island[island], count)
+                yield from self._in_island(island, by_island[island], count, node_free)
             return
         ordered = sorted(cand, key=key)
         taken = [i for i in ordered if key(i)[0] < 2][:count]
@@ -403,8 +412,8 @@ class Topology:
             key=lambda n: (len(by_node[n]), n),
         ):
             yield by_node[node][:count]
-        for island in fitting:
-            yield from self._in_island(island, by_island[island], count)
+        if node_free is not None:
+            yield self._round_robin(ordered, node_free)[:count]
 
     def _by_island(self, members: Iterable[int]) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {}
@@ -412,12 +421,17 @@ class Topology:
             out.setdefault(self.island_of[i], []).append(i)
         return out
 
-    def _in_island(self, island: int, members: list[int], count: int) -> Iterator[list[int]]:
-        """Sets of ``count`` NVLink-linked GPUs from one domain's free ``members``."""
+    def _in_island(
+        self, island: int, members: list[int], count: int, node_free: dict[int, int] | None
+    ) -> Iterator[list[int]]:
+        """Sets of ``count`` NVLink-linked GPUs from one domain's free ``members``.
+
+        ``node_free`` (free CPUs per NUMA node) is given when the CPUs must be local:
+        then sets spread over the nodes with the most free CPUs are tried too.
+        """
         if not self.complete[island]:
-            found = self._clique(members, count)
-            if found is not None:
-                yield found
+            ordered = self._round_robin(members, node_free) if node_free is not None else members
+            yield from self._cliques(ordered, count)
             return
         by_node: dict[int | None, list[int]] = {}
         for i in members:
@@ -431,23 +445,41 @@ class Topology:
             yield by_node[node][:count]
         spread = [i for _, m in sorted(by_node.items(), key=lambda kv: -len(kv[1])) for i in m]
         yield spread[:count]
+        if node_free is not None:
+            yield self._round_robin(members, node_free)[:count]
 
-    def _clique(self, members: list[int], count: int) -> list[int] | None:
-        """``count`` of ``members`` all NVLink-linked to each other (bounded search)."""
+    def _round_robin(self, members: list[int], node_free: dict[int, int]) -> list[int]:
+        """``members`` one per NUMA node in turn, nodes with the most free CPUs first.
+
+        Its first ``k`` have the most local CPUs any ``k`` of ``members`` can have:
+        locality only grows with each node a set reaches.
+        """
+        by_node: dict[int | None, list[int]] = {}
+        for i in members:
+            by_node.setdefault(self.numa_of[i], []).append(i)
+        order = sorted(
+            by_node, key=lambda n: (-node_free.get(n, 0) if n is not None else 1, n or 0)
+        )
+        out: list[int] = []
+        for layer in itertools.zip_longest(*(by_node[n] for n in order)):
+            out += [i for i in layer if i is not None]
+        return out
+
+    def _cliques(self, members: list[int], count: int) -> Iterator[list[int]]:
+        """Sets of ``count`` of ``members`` all NVLink-linked to each other, in order
+        (a bounded search: a domain whose GPUs are not all linked is small)."""
         budget = [_SEARCH_BUDGET]
 
-        def extend(chosen: list[int], rest: list[int]) -> list[int] | None:
+        def extend(chosen: list[int], rest: list[int]) -> Iterator[list[int]]:
             if len(chosen) == count:
-                return chosen
-            if len(chosen) + len(rest) < count or budget[0] <= 0:
-                return None
+                yield chosen
+                return
             for x, i in enumerate(rest):
+                if len(chosen) + len(rest) - x < count or budget[0] <= 0:
+                    return
                 budget[0] -= 1
                 if all(self.rank(i, c) == _NVLINK for c in chosen):
-                    found = extend([*chosen, i], rest[x + 1 :])
-                    if found is not None:
-                        return found
-            return None
+                    yield from extend([*chosen, i], rest[x + 1 :])
 
         return extend([], members)
 

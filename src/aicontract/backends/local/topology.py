@@ -144,6 +144,7 @@ class Topology:
     island_of: tuple[int, ...] = attrs.field(init=False)
     islands: tuple[tuple[int, ...], ...] = attrs.field(init=False)
     complete: tuple[bool, ...] = attrs.field(init=False)
+    sizes: tuple[int, ...] = attrs.field(init=False)
     index: dict[str, int] = attrs.field(init=False)
     cpu_node: dict[int, int] = attrs.field(init=False)
 
@@ -176,6 +177,7 @@ class Topology:
             for i in members:
                 island_of[i] = number
         self.islands = tuple(islands)
+        self.sizes = tuple(len(m) for m in islands)
         self.island_of = tuple(island_of)
         self.complete = tuple(
             all(self.rank(a, b) == _NVLINK for x, a in enumerate(m) for b in m[x + 1 :])
@@ -320,14 +322,30 @@ class Topology:
         free_cpus = [c for c in cpu_pool if c not in used_cpus] if cpus or local else []
         if count == 0:
             return self._cpus_only(free_cpus, cpus, local, memory)
-        free_mask = [gpu not in used for gpu in self.ids]
         cand = [self.index[g] for g in candidates if g not in used]
         if len(cand) < count:
             return None
-        island_free = [0] * len(self.islands)
-        for i, is_free in enumerate(free_mask):
-            if is_free:
-                island_free[self.island_of[i]] += 1
+        island_free = list(self.sizes)
+        for gpu in used:
+            i = self.index.get(gpu)
+            if i is not None:
+                island_free[self.island_of[i]] -= 1
+        if count == 1:
+            # The common case, in one pass: the first candidate of the best island.
+            best, best_key = cand[0], (3, 0, 0)
+            seen: set[int] = set()
+            for i in cand:
+                island = self.island_of[i]
+                if island in seen:
+                    continue
+                seen.add(island)
+                size, free = self.sizes[island], island_free[island]
+                rank = (0 if size == 1 else (1 if free < size else 2), free, size)
+                if rank < best_key:
+                    best, best_key = i, rank
+            choice = self._with_cpus([best], free_cpus, cpus, local, memory)
+            if choice is not None or len(cand) == 1:
+                return choice
         position = {i: p for p, i in enumerate(cand)}
 
         def key(i: int) -> tuple[int, int, int, int]:
@@ -335,7 +353,7 @@ class Topology:
             # first), then whole free domains (smallest first): small grants never
             # break a free domain while a used one has room.
             island = self.island_of[i]
-            size, free = len(self.islands[island]), island_free[island]
+            size, free = self.sizes[island], island_free[island]
             tier = 0 if size == 1 else (1 if free < size else 2)
             return (tier, free, size, position[i])
 

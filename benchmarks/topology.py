@@ -92,14 +92,17 @@ def _raw(path: Path, seconds: float) -> None:
         ("8 GPUs, NVLink", {"count": 8, "nvlink": True}),
         ("4 GPUs, NVLink + 8 local CPUs", {"count": 4, "nvlink": True, "cpus": 8, "local": True}),
     ):
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / 4:
+        # The best of several rounds: on a shared machine the others are noise.
+        rounds = []
+        end = time.perf_counter() + seconds / 4
+        while time.perf_counter() < end or len(rounds) < 3:
+            start = time.perf_counter()
             for _ in range(200):
                 choice = topology.choose(ids, used, cpu_pool=inventory.cpu_list, **kwargs)
                 assert choice is not None
-            done += 200
-        elapsed = time.perf_counter() - start
-        print(f"  chooser, {name}: {done / elapsed:,.0f} choices/s ({elapsed / done * 1e6:.1f} µs)")
+            rounds.append((time.perf_counter() - start) / 200)
+        best = min(rounds)
+        print(f"  chooser, {name}: {1 / best:,.0f} choices/s ({best * 1e6:.1f} µs, best round)")
 
 
 def main() -> None:

@@ -475,3 +475,28 @@ async def test_pcie_box_states_pcie_and_refuses_nvlink(host: Any) -> None:
         assert "lists no NUMA nodes" in refused.rejections[0].available
     finally:
         await backend.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_lease_states_what_it_bound_and_a_retry_is_the_same_lease(host: Any) -> None:
+    backend = host(ISLANDS)
+    try:
+        offer = (await backend.quote(Contract(gpus=2))).offers[0]
+        assert offer.grant.gpu_interconnect == "nvlink"  # two GPUs of a free island, now
+        nvlink3 = Contract(gpus=GPU(count=3, interconnect="nvlink"))
+        others = [
+            await backend.commit((await backend.quote(nvlink3)).offers[0], f"other{i}")
+            for i in range(2)
+        ]
+        # One GPU is left in each island: the pair bound now spans both.
+        lease = await backend.commit(offer, "pair")
+        assert lease.details["gpus"] == "3,7"
+        assert lease.grant.gpu_interconnect == "pcie"
+        assert lease.grant.numa_nodes == (0, 1)
+        assert (await backend.commit(offer, "pair")).details["gpus"] == "3,7"  # a retry
+        (record,) = [r for r in backend.leases() if r.id == "pair"]
+        assert record.grant == lease.grant
+        for held in (*others, lease):
+            await held.release()
+    finally:
+        await backend.aclose()

@@ -528,7 +528,7 @@ class LocalBackend(Backend):
 
     def _granted(self, grant: Grant, gpu_ids: Sequence[str], cpu_ids: Sequence[int]) -> Grant:
         """The offer's grant, stating the link and NUMA nodes of the devices bound."""
-        if not gpu_ids and not self.inventory.numa:
+        if not gpu_ids and (not cpu_ids or not self.inventory.numa):
             return grant
         found = self.topology.describe(gpu_ids, cpu_ids)
         return replace(grant, gpu_interconnect=found.interconnect, numa_nodes=found.numa_nodes)

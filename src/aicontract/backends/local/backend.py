@@ -246,7 +246,7 @@ class LocalBackend(Backend):
             if res.gpus is not None:
                 count = res.gpus.count.grant(len(devices)) or 0
             choice: Choice | None = None
-            if devices or local:
+            if local or (devices and not self._flat_for(contract)):
                 choice = self._choose(
                     contract, devices, used_gpus, count, cpus, used_cpus, memory, local=local
                 )
@@ -259,7 +259,11 @@ class LocalBackend(Backend):
                 gpu_model=model,
                 gpu_memory=first.memory if first else None,
                 gpu_compute_capability=_weakest_capability(devices),
-                gpu_interconnect=choice.interconnect if choice is not None else None,
+                gpu_interconnect=(
+                    choice.interconnect
+                    if choice is not None
+                    else ("pcie" if count > 1 else None)  # one host: PCIe at least
+                ),
                 gpu_mig=first.mig_profile if first else None,
                 cpus=cpus,
                 memory=memory,
@@ -494,7 +498,7 @@ class LocalBackend(Backend):
         """What chooses the GPUs and CPUs inside the grant's transaction (``None``: the
         first free CPUs, for a grant without GPUs and without locality)."""
         local = contract.placement.locality == "numa"
-        if not grant.gpus and not local:
+        if (not grant.gpus and not local) or self._flat_for(contract):
             return None
         gpus = contract.resources.gpus
         # Only what the contract demands binds the commit; the lease states what it got.
@@ -526,10 +530,26 @@ class LocalBackend(Backend):
 
         return place
 
+    def _flat_for(self, contract: Contract) -> bool:
+        """Is topology moot for this contract here (no NVLink or NUMA facts, none asked)?
+
+        Then the first free GPUs and CPUs are what the topology would choose anyway,
+        and the ledger takes them without asking it (the 1-GPU loop stays fast).
+        """
+        gpus = contract.resources.gpus
+        return (
+            self.topology.flat
+            and contract.placement.locality != "numa"
+            and (gpus is None or gpus.interconnect != "nvlink")
+        )
+
     def _granted(self, grant: Grant, gpu_ids: Sequence[str], cpu_ids: Sequence[int]) -> Grant:
         """The offer's grant, stating the link and NUMA nodes of the devices bound."""
         if not gpu_ids and (not cpu_ids or not self.inventory.numa):
             return grant
+        if self.topology.flat:
+            link = "pcie" if len(gpu_ids) > 1 else None
+            return replace(grant, gpu_interconnect=link, numa_nodes=())
         found = self.topology.describe(gpu_ids, cpu_ids)
         return replace(grant, gpu_interconnect=found.interconnect, numa_nodes=found.numa_nodes)
 

@@ -145,6 +145,7 @@ class Topology:
     islands: tuple[tuple[int, ...], ...] = attrs.field(init=False)
     complete: tuple[bool, ...] = attrs.field(init=False)
     sizes: tuple[int, ...] = attrs.field(init=False)
+    flat: bool = attrs.field(init=False)
     index: dict[str, int] = attrs.field(init=False)
     cpu_node: dict[int, int] = attrs.field(init=False)
 
@@ -178,6 +179,8 @@ class Topology:
                 island_of[i] = number
         self.islands = tuple(islands)
         self.sizes = tuple(len(m) for m in islands)
+        # No NVLink and no NUMA facts: every choice is the first free GPUs and CPUs.
+        self.flat = not self.node_cpus and all(size == 1 for size in self.sizes)
         self.island_of = tuple(island_of)
         self.complete = tuple(
             all(self.rank(a, b) == _NVLINK for x, a in enumerate(m) for b in m[x + 1 :])

@@ -446,6 +446,15 @@ async def test_nvlink_across_islands_is_refused_and_pcie_is_granted(host: Any) -
         (why,) = refused.rejections
         assert why.requirement == "resources.gpus.interconnect"
         assert "at most 4 free GPUs linked by NVLink" in why.available
+        # The counter-offer is the most that one domain holds, still over NVLink.
+        (counter,) = refused.counter_offers
+        assert (counter.grant.gpus, counter.grant.gpu_interconnect) == (4, "nvlink")
+        assert counter.contract.resources.gpus is not None
+        assert counter.contract.resources.gpus.count.min == 4
+        taken = await backend.commit(counter, "counter")
+        assert len(taken.details["gpus"].split(",")) == 4
+        assert taken.grant.gpu_interconnect == "nvlink"
+        await taken.release()
         # A range takes the most one domain holds.
         ranged = await backend.quote(Contract(gpus=GPU(count="2..8", interconnect="nvlink")))
         assert ranged.offers[0].grant.gpus == 4

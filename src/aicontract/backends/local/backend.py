@@ -251,7 +251,14 @@ class LocalBackend(Backend):
                     contract, devices, used_gpus, count, cpus, used_cpus, memory, local=local
                 )
                 if choice is None:
-                    rejections.append(self._misplaced(contract, devices, used_gpus, count))
+                    problem = self._misplaced(contract, devices, used_gpus, count)
+                    rejections.append(problem)
+                    relaxed = None
+                    if problem.requirement == "resources.gpus.interconnect" and model:
+                        relaxed = self._counter_offer(contract, model, devices, used_gpus, count)
+                    if relaxed is not None:
+                        grant = replace(relaxed.grant, cpus=cpus, memory=memory, disk=disk)
+                        counter.append(replace(relaxed, grant=grant))
                     continue
             first = devices[0] if devices else None
             grant = Grant(
@@ -387,31 +394,54 @@ class LocalBackend(Backend):
         )
         counter: list[Offer] = []
         if free and best_model is not None:
-            relaxed = contract.with_(
-                resources=contract.resources.__class__(
-                    gpus=GPU(
-                        count=CountRange(free),
-                        models=(best_model,),
-                        memory=gpus.memory,
-                        compute_capability=gpus.compute_capability,
-                        interconnect=gpus.interconnect,
-                        mig=gpus.mig,
-                    ),
-                    cpus=contract.resources.cpus,
-                    memory=contract.resources.memory,
-                    disk=contract.resources.disk,
-                )
-            )
-            grant = Grant(
-                gpus=free,
-                gpu_model=best_model,
-                gpu_memory=best[0].memory,
-                gpu_compute_capability=_weakest_capability(best),
-                gpu_interconnect=self.topology.describe([d.id for d in best], ()).interconnect,
-                gpu_mig=best[0].mig_profile,
-            )
-            counter.append(self._offer(relaxed, grant, best, self.clock.time()))
+            offer = self._counter_offer(contract, best_model, best, used, free)
+            if offer is not None:
+                counter.append(offer)
         return [], [problem], counter
+
+    def _counter_offer(
+        self,
+        contract: Contract,
+        model: str,
+        devices: Sequence[GPUDevice],
+        used: set[str],
+        size: int,
+    ) -> Offer | None:
+        """An offer of ``size`` GPUs of ``model`` (fewer than asked), for a contract relaxed
+        to match; with NVLink asked, the most of them that one NVLink domain holds."""
+        gpus = contract.resources.gpus
+        assert gpus is not None
+        nvlink = gpus.interconnect == "nvlink"
+        ids = [d.id for d in devices]
+        if nvlink:
+            size = min(size, self.topology.largest_nvlink_set([i for i in ids if i not in used]))
+        choice = self.topology.choose(ids, used, size, nvlink=nvlink and size > 1)
+        if choice is None:
+            return None
+        relaxed = contract.with_(
+            resources=contract.resources.__class__(
+                gpus=GPU(
+                    count=CountRange(size),
+                    models=(model,),
+                    memory=gpus.memory,
+                    compute_capability=gpus.compute_capability,
+                    interconnect=gpus.interconnect,
+                    mig=gpus.mig,
+                ),
+                cpus=contract.resources.cpus,
+                memory=contract.resources.memory,
+                disk=contract.resources.disk,
+            )
+        )
+        grant = Grant(
+            gpus=size,
+            gpu_model=model,
+            gpu_memory=devices[0].memory,
+            gpu_compute_capability=_weakest_capability(devices),
+            gpu_interconnect=choice.interconnect,
+            gpu_mig=devices[0].mig_profile,
+        )
+        return self._offer(relaxed, grant, devices, self.clock.time())
 
     def _offer(
         self, contract: Contract, grant: Grant, devices: Sequence[GPUDevice], now: float

@@ -524,12 +524,6 @@ def test_cost_ranking_keeps_currencies_apart_and_unknown_prices_last() -> None:
             "resources.gpus.compute_capability",
             id="capability-unknown",
         ),
-        pytest.param(
-            {"interconnect": "nvlink"},
-            {"gpu_interconnect": "pcie"},
-            "resources.gpus.interconnect",
-            id="wrong-interconnect",
-        ),
         pytest.param({"mig": "1g.10gb"}, {}, "resources.gpus.mig", id="whole-gpu-for-mig"),
     ],
 )

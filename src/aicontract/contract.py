@@ -55,7 +55,15 @@ ISOLATION_ORDER: dict[str, int] = {"shared": 0, "dedicated-node": 1, "dedicated-
 
 Comparison = Literal["<=", "<", ">=", ">"]
 WorkloadKind = Literal["training", "inference", "notebook", "batch"]
-Interconnect = Literal["pcie", "nvlink", "infiniband"]
+Interconnect = Literal["any", "pcie", "nvlink", "infiniband"]
+"""How the granted GPUs are connected to each other (see :data:`INTERCONNECT_ORDER`)."""
+INTERCONNECT_ORDER: dict[str, int] = {"any": 0, "pcie": 1, "nvlink": 2}
+"""The GPU-to-GPU links as a ladder: a grant satisfies what it meets or beats.
+
+``infiniband`` is off the ladder: a fabric between hosts, met only by a grant
+that states it."""
+Locality = Literal["any", "numa"]
+"""Whether the CPUs and memory must sit on the GPUs' NUMA nodes."""
 RankKey = Literal["cost", "start_time", "locality", "guarantee", "alternative"]
 ViolationPolicy = Literal["notify", "renegotiate", "release"]
 BudgetPolicy = Literal["notify", "release"]
@@ -350,6 +358,13 @@ class GPU(_Model, frozen=True):
 
     ``models`` are alternatives: the first one a backend can offer wins, all
     else equal. An empty list accepts any model.
+
+    ``interconnect`` is how the granted GPUs are linked *to each other*, as a
+    minimum: ``nvlink`` (every pair NVLink-linked, directly or through an
+    NVSwitch), ``pcie`` (any path on one host; NVLink satisfies it too), or
+    ``any``; ``infiniband`` asks for GPUs joined by an InfiniBand fabric and is
+    met only by a grant that says so. A grant of one GPU meets ``nvlink`` and
+    ``pcie`` trivially.
     """
 
     count: CountRange = msgspec.field(default_factory=lambda: CountRange(1))
@@ -482,6 +497,9 @@ class Placement(_Model, frozen=True):
     jurisdictions: tuple[str, ...] = ()
     providers: tuple[str, ...] = ()
     isolation: Isolation = "shared"
+    locality: Locality = "any"
+    """``numa``: the granted CPUs and memory sit on the NUMA node(s) of the granted GPUs
+    (on one NUMA node when the grant has no GPU); ``any``: wherever."""
 
     def __post_init__(self) -> None:
         both = sorted(set(self.regions) & set(self.deny_regions))

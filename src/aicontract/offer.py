@@ -6,11 +6,26 @@ from collections.abc import Mapping, Sequence
 
 import msgspec
 
-from .contract import GUARANTEE_ORDER, ISOLATION_ORDER, Contract, GuaranteeLevel, Isolation
+from .contract import (
+    GUARANTEE_ORDER,
+    INTERCONNECT_ORDER,
+    ISOLATION_ORDER,
+    Contract,
+    GuaranteeLevel,
+    Isolation,
+)
 from .gpu_models import capability
 from .units import Bytes, Money
 
-__all__ = ["Grant", "Offer", "Quote", "Rejection", "check_offer", "summarise_rejections"]
+__all__ = [
+    "Grant",
+    "Offer",
+    "Quote",
+    "Rejection",
+    "check_offer",
+    "interconnect_meets",
+    "summarise_rejections",
+]
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -19,6 +34,11 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     The ``gpu_*`` properties are what the negotiator checks the contract's GPU
     requirements against; a backend that cannot state one (``None``) never
     satisfies a contract that requires it.
+
+    ``gpu_interconnect`` is the weakest link between the granted GPUs (``nvlink``
+    or ``pcie``; ``None`` for one GPU or when unknown). ``numa_nodes`` are the
+    NUMA nodes that the granted GPUs, CPUs and memory all sit on — stated only
+    when the backend placed them there, empty otherwise.
     """
 
     gpus: int = 0
@@ -30,6 +50,7 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     cpus: int = 0
     memory: Bytes | None = None
     disk: Bytes | None = None
+    numa_nodes: tuple[int, ...] = ()
     alternative: int | None = None
     """Which of the contract's choices this serves: ``None`` for ``resources``, ``i`` for
     ``alternatives[i]`` (set by the negotiator; backends quote one choice at a time)."""
@@ -145,6 +166,24 @@ def summarise_rejections(
     return out
 
 
+def interconnect_meets(wanted: str, gpus: int, granted: str | None) -> bool:
+    """Does a grant of ``gpus`` GPUs linked by ``granted`` meet ``interconnect: wanted``?
+
+    A minimum on a ladder (``any`` < ``pcie`` < ``nvlink``): NVLink meets ``pcie``,
+    one GPU meets any rung, an unknown link meets only ``any``. ``infiniband`` is
+    a fabric between hosts, off the ladder: only a grant stating it meets it.
+    """
+    if wanted == "any":
+        return True
+    if wanted not in INTERCONNECT_ORDER:
+        return granted == wanted
+    if gpus <= 1:
+        return True
+    if granted is None or granted not in INTERCONNECT_ORDER:
+        return False
+    return INTERCONNECT_ORDER[granted] >= INTERCONNECT_ORDER[wanted]
+
+
 def check_offer(
     offer: Offer, contract: Contract, now: float, *, start_within: float | None = None
 ) -> list[Rejection]:
@@ -207,10 +246,12 @@ def check_offer(
                 f">= {gpus.compute_capability}",
                 grant.gpu_compute_capability or "unknown",
             )
-        if gpus.interconnect is not None and grant.gpu_interconnect != gpus.interconnect:
+        if gpus.interconnect is not None and not interconnect_meets(
+            gpus.interconnect, grant.gpus, grant.gpu_interconnect
+        ):
             reject(
                 "resources.gpus.interconnect",
-                gpus.interconnect,
+                f"{gpus.interconnect} between the GPUs",
                 grant.gpu_interconnect or "unknown",
             )
         if gpus.mig is not None and grant.gpu_mig != gpus.mig:
@@ -231,6 +272,12 @@ def check_offer(
         reject(requirement, wanted, found)
     if ISOLATION_ORDER[offer.isolation] < ISOLATION_ORDER[place.isolation]:
         reject("placement.isolation", place.isolation, offer.isolation)
+    if place.locality == "numa" and not grant.numa_nodes and (grant.gpus or grant.cpus):
+        reject(
+            "placement.locality",
+            "CPUs and memory on the GPUs' NUMA nodes",
+            "no NUMA placement stated",
+        )
     terms = contract.terms
     if GUARANTEE_ORDER[offer.guarantee] < GUARANTEE_ORDER[terms.min_guarantee]:
         reject("terms.min_guarantee", terms.min_guarantee, offer.guarantee)

@@ -52,6 +52,7 @@ from ...offer import Offer
 from ...units import Money
 from .base import CatalogEntry, CloudBackend, InstanceState, InstanceView, lease_tag, mib
 from .credentials import Secret, load_secret, redact, register_secret
+from .interconnect import aws_interconnect
 from .prices import AWS_PRICES, PriceTable, load_price_file, parse_prices
 from .regions import AWS_REGIONS, region_country
 
@@ -427,6 +428,7 @@ class AWSBackend(CloudBackend):
             disk=mib(int(storage) * 1024) if storage else None,
             price=live or self._price(itype, region),
             details={"market": "on-demand"},
+            gpu_interconnect=aws_interconnect(itype, count),
         )
 
     async def _contract_entries(self, contract: Contract) -> list[CatalogEntry]:

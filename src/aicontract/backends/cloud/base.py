@@ -97,6 +97,8 @@ class CatalogEntry(msgspec.Struct, frozen=True, kw_only=True):
     start_in: float = 0.0
     max_nodes: int | None = None
     details: dict[str, str] = msgspec.field(default_factory=dict)
+    gpu_interconnect: str | None = None
+    """How one instance's GPUs are linked to each other (see ``interconnect.py``)."""
 
 
 class InstanceState(str, enum.Enum):
@@ -332,6 +334,8 @@ class CloudBackend(Backend):
             gpu_compute_capability=(
                 compute_capability_of(entry.gpu_model) if entry.gpu_model else None
             ),
+            # Several instances' GPUs meet over the network: no NVLink or PCIe between all.
+            gpu_interconnect=entry.gpu_interconnect if nodes == 1 else None,
             cpus=entry.vcpus * nodes,
             memory=entry.memory * nodes if entry.memory is not None else None,
             disk=entry.disk * nodes if entry.disk is not None else None,

@@ -49,6 +49,7 @@ from ...offer import Offer
 from ...units import Money
 from .base import CatalogEntry, CloudBackend, InstanceState, InstanceView, gib
 from .credentials import Secret, load_secret, load_setting, redact, register_secret
+from .interconnect import lambda_interconnect
 from .regions import LAMBDA_REGIONS, region_country
 
 __all__ = ["LambdaBackend", "LambdaCloudError"]
@@ -264,6 +265,9 @@ class LambdaBackend(CloudBackend):
                     disk=gib(storage) if storage is not None else None,
                     price=price,
                     details={"gpu_description": str(itype.get("gpu_description") or "")},
+                    gpu_interconnect=lambda_interconnect(
+                        name, gpus, str(itype.get("gpu_description") or "")
+                    ),
                 )
             )
         return out

@@ -45,6 +45,7 @@ from ...world import World
 from ..base import Backend
 from .inventory import GPUDevice, Inventory, host_inventory
 from .ledger import WORLD_PORT, Demand, Ledger, lock_name, parse_ports
+from .topology import Choice, Topology
 
 __all__ = [
     "SYSTEM_STATE_DIR",
@@ -146,9 +147,8 @@ def _fits(device: GPUDevice, gpus: GPU) -> bool:
         return False
     if gpus.mig is not None and device.mig_profile != gpus.mig:
         return False
-    if gpus.mig is None and device.mig_profile is not None:
-        return False
-    return gpus.interconnect is None or device.interconnect == gpus.interconnect
+    # (interconnect is a property of the set, not of a device: the topology chooses it)
+    return gpus.mig is not None or device.mig_profile is None
 
 
 @attrs.define(eq=False)
@@ -176,6 +176,14 @@ class LocalBackend(Backend):
     _fitting: dict[GPU, list[tuple[str, GPUDevice]]] = attrs.field(
         factory=dict, init=False, repr=False
     )
+    _topology: Topology | None = attrs.field(default=None, init=False, repr=False)
+
+    @property
+    def topology(self) -> Topology:
+        """The inventory's GPU/NUMA topology, precomputed once."""
+        if self._topology is None:
+            self._topology = self.inventory.topology()
+        return self._topology
 
     @property
     def inventory(self) -> Inventory:
@@ -260,24 +268,108 @@ class LocalBackend(Backend):
 
         now = self.clock.time()
         offers = []
+        local = contract.placement.locality == "numa"
         for model, devices in choices:
             count = 0
             if res.gpus is not None:
                 count = res.gpus.count.grant(len(devices)) or 0
+            choice: Choice | None = None
+            if local or (devices and not self._flat_for(contract)):
+                choice = self._choose(
+                    contract, devices, used_gpus, count, cpus, used_cpus, memory, local=local
+                )
+                if choice is None:
+                    problem = self._misplaced(contract, devices, used_gpus, count)
+                    rejections.append(problem)
+                    relaxed = None
+                    if problem.requirement == "resources.gpus.interconnect" and model:
+                        relaxed = self._counter_offer(contract, model, devices, used_gpus, count)
+                    if relaxed is not None:
+                        grant = replace(relaxed.grant, cpus=cpus, memory=memory, disk=disk)
+                        counter.append(replace(relaxed, grant=grant))
+                    continue
             first = devices[0] if devices else None
             grant = Grant(
-                gpus=count,
+                gpus=len(choice.gpus) if choice is not None else count,
                 gpu_model=model,
                 gpu_memory=first.memory if first else None,
                 gpu_compute_capability=_weakest_capability(devices),
-                gpu_interconnect=first.interconnect if first else None,
+                gpu_interconnect=(
+                    choice.interconnect
+                    if choice is not None
+                    else ("pcie" if count > 1 else None)  # one host: PCIe at least
+                ),
                 gpu_mig=first.mig_profile if first else None,
                 cpus=cpus,
                 memory=memory,
                 disk=disk,
+                numa_nodes=choice.numa_nodes if choice is not None else (),
             )
             offers.append(self._offer(contract, grant, devices, now))
+        if not offers:
+            return Quote(rejections=tuple(rejections), counter_offers=tuple(counter))
         return Quote(offers=tuple(offers), counter_offers=tuple(counter))
+
+    def _choose(
+        self,
+        contract: Contract,
+        devices: Sequence[GPUDevice],
+        used_gpus: set[str],
+        count: int,
+        cpus: int,
+        used_cpus: set[int],
+        memory: Bytes | None,
+        *,
+        local: bool,
+    ) -> Choice | None:
+        """The GPU set (and CPUs) this host would grant now; with a range of GPUs and
+        NVLink asked for, the most GPUs that one NVLink domain still holds."""
+        gpus = contract.resources.gpus
+        nvlink = gpus is not None and gpus.interconnect == "nvlink"
+        least = (gpus.count.min or 1) if gpus is not None else 0
+        ids = [d.id for d in devices]
+        for size in range(count, least - 1, -1) if nvlink else (count,):
+            choice = self.topology.choose(
+                ids,
+                used_gpus,
+                size,
+                nvlink=nvlink and size > 1,
+                cpus=cpus,
+                cpu_pool=self.inventory.cpu_list,
+                used_cpus=used_cpus,
+                local=local,
+                memory=memory.bytes if memory is not None else 0,
+            )
+            if choice is not None:
+                return choice
+        return None
+
+    def _misplaced(
+        self, contract: Contract, devices: Sequence[GPUDevice], used: set[str], count: int
+    ) -> Rejection:
+        """Why no GPU set (with CPUs) meets the contract's interconnect or locality."""
+        gpus = contract.resources.gpus
+        if gpus is not None and gpus.interconnect == "nvlink" and count > 1:
+            linked = self.topology.largest_nvlink_set([d.id for d in devices if d.id not in used])
+            if linked < count:
+                return Rejection(
+                    backend=self.name,
+                    requirement="resources.gpus.interconnect",
+                    wanted=f"nvlink between {gpus.count} GPUs",
+                    available=f"at most {linked} free GPUs linked by NVLink",
+                )
+        where = "the NUMA nodes of the free GPUs" if devices else "one NUMA node"
+        has = (
+            "the inventory lists no NUMA nodes"
+            if not self.inventory.numa
+            else f"not enough free CPUs or memory on {where}"
+        )
+        return Rejection(
+            backend=self.name,
+            requirement="placement.locality",
+            wanted="CPUs and memory on the GPUs' NUMA nodes",
+            available=has,
+        )
 
     def _gpu_choices(
         self, contract: Contract, gpus: GPU, used: set[str]
@@ -330,31 +422,54 @@ class LocalBackend(Backend):
         )
         counter: list[Offer] = []
         if free and best_model is not None:
-            relaxed = contract.with_(
-                resources=contract.resources.__class__(
-                    gpus=GPU(
-                        count=CountRange(free),
-                        models=(best_model,),
-                        memory=gpus.memory,
-                        compute_capability=gpus.compute_capability,
-                        interconnect=gpus.interconnect,
-                        mig=gpus.mig,
-                    ),
-                    cpus=contract.resources.cpus,
-                    memory=contract.resources.memory,
-                    disk=contract.resources.disk,
-                )
-            )
-            grant = Grant(
-                gpus=free,
-                gpu_model=best_model,
-                gpu_memory=best[0].memory,
-                gpu_compute_capability=_weakest_capability(best),
-                gpu_interconnect=best[0].interconnect,
-                gpu_mig=best[0].mig_profile,
-            )
-            counter.append(self._offer(relaxed, grant, best, self.clock.time()))
+            offer = self._counter_offer(contract, best_model, best, used, free)
+            if offer is not None:
+                counter.append(offer)
         return [], [problem], counter
+
+    def _counter_offer(
+        self,
+        contract: Contract,
+        model: str,
+        devices: Sequence[GPUDevice],
+        used: set[str],
+        size: int,
+    ) -> Offer | None:
+        """An offer of ``size`` GPUs of ``model`` (fewer than asked), for a contract relaxed
+        to match; with NVLink asked, the most of them that one NVLink domain holds."""
+        gpus = contract.resources.gpus
+        assert gpus is not None
+        nvlink = gpus.interconnect == "nvlink"
+        ids = [d.id for d in devices]
+        if nvlink:
+            size = min(size, self.topology.largest_nvlink_set([i for i in ids if i not in used]))
+        choice = self.topology.choose(ids, used, size, nvlink=nvlink and size > 1)
+        if choice is None:
+            return None
+        relaxed = contract.with_(
+            resources=contract.resources.__class__(
+                gpus=GPU(
+                    count=CountRange(size),
+                    models=(model,),
+                    memory=gpus.memory,
+                    compute_capability=gpus.compute_capability,
+                    interconnect=gpus.interconnect,
+                    mig=gpus.mig,
+                ),
+                cpus=contract.resources.cpus,
+                memory=contract.resources.memory,
+                disk=contract.resources.disk,
+            )
+        )
+        grant = Grant(
+            gpus=size,
+            gpu_model=model,
+            gpu_memory=devices[0].memory,
+            gpu_compute_capability=_weakest_capability(devices),
+            gpu_interconnect=choice.interconnect,
+            gpu_mig=devices[0].mig_profile,
+        )
+        return self._offer(relaxed, grant, devices, self.clock.time())
 
     def _offer(
         self, contract: Contract, grant: Grant, devices: Sequence[GPUDevice], now: float
@@ -386,6 +501,7 @@ class LocalBackend(Backend):
         expires_at = now + self.ttl
         inv = self.inventory
         candidates = [c for c in offer.details.get("gpu_candidates", "").split(",") if c]
+        placed = self._placer(contract, grant, candidates)
 
         def make_record(
             gpu_ids: tuple[str, ...], cpu_ids: tuple[int, ...], ports: dict[str, int]
@@ -401,7 +517,7 @@ class LocalBackend(Backend):
                 id=lease_id,
                 backend=self.name,
                 contract=contract,
-                grant=grant,
+                grant=self._granted(grant, gpu_ids, cpu_ids),
                 guarantee="allocated",
                 state=LeaseState.ACTIVE,
                 created_at=now,
@@ -425,6 +541,7 @@ class LocalBackend(Backend):
             disk_total=inv.disk.bytes if inv.disk is not None else None,
             ports=(contract.workload.auto_ports if contract.workload is not None else ())
             + ((WORLD_PORT,) if _grants_world(contract) else ()),
+            place=placed,
         )
         start_by = contract.terms.start_by
         # A commit never outlives what its contract allows for starting.
@@ -438,6 +555,67 @@ class LocalBackend(Backend):
             raise CapacityUnavailable(
                 self.name, f"the commit did not finish within start_by ({start_by})"
             ) from None
+
+    def _placer(
+        self, contract: Contract, grant: Grant, candidates: Sequence[str]
+    ) -> Callable[[set[str], set[int]], tuple[tuple[str, ...], tuple[int, ...]]] | None:
+        """What chooses the GPUs and CPUs inside the grant's transaction (``None``: the
+        first free CPUs, for a grant without GPUs and without locality)."""
+        local = contract.placement.locality == "numa"
+        if (not grant.gpus and not local) or self._flat_for(contract):
+            return None
+        gpus = contract.resources.gpus
+        # Only what the contract demands binds the commit; the lease states what it got.
+        nvlink = gpus is not None and gpus.interconnect == "nvlink" and grant.gpus > 1
+        topology, pool = self.topology, self.inventory.cpu_list
+        memory = grant.memory.bytes if grant.memory is not None else 0
+
+        def place(
+            used_gpus: set[str], used_cpus: set[int]
+        ) -> tuple[tuple[str, ...], tuple[int, ...]]:
+            choice = topology.choose(
+                candidates,
+                used_gpus,
+                grant.gpus,
+                nvlink=nvlink,
+                cpus=grant.cpus,
+                cpu_pool=pool,
+                used_cpus=used_cpus,
+                local=local,
+                memory=memory,
+            )
+            if choice is None:
+                wanted = "NVLink-linked " if nvlink else ""
+                where = " with CPUs on their NUMA nodes" if local else ""
+                raise CapacityUnavailable(
+                    self.name, f"no {grant.gpus} free {wanted}GPUs{where} any more"
+                )
+            return choice.gpus, choice.cpus
+
+        return place
+
+    def _flat_for(self, contract: Contract) -> bool:
+        """Is topology moot for this contract here (no NVLink or NUMA facts, none asked)?
+
+        Then the first free GPUs and CPUs are what the topology would choose anyway,
+        and the ledger takes them without asking it (the 1-GPU loop stays fast).
+        """
+        gpus = contract.resources.gpus
+        return (
+            self.topology.flat
+            and contract.placement.locality != "numa"
+            and (gpus is None or gpus.interconnect != "nvlink")
+        )
+
+    def _granted(self, grant: Grant, gpu_ids: Sequence[str], cpu_ids: Sequence[int]) -> Grant:
+        """The offer's grant, stating the link and NUMA nodes of the devices bound."""
+        if not gpu_ids and (not cpu_ids or not self.inventory.numa):
+            return grant
+        if self.topology.flat:
+            link = "pcie" if len(gpu_ids) > 1 else None
+            return replace(grant, gpu_interconnect=link, numa_nodes=())
+        found = self.topology.describe(gpu_ids, cpu_ids)
+        return replace(grant, gpu_interconnect=found.interconnect, numa_nodes=found.numa_nodes)
 
     async def _commit(
         self,
@@ -460,8 +638,14 @@ class LocalBackend(Backend):
                 # cannot interrupt: bound the wait itself.
                 wait=start_by.seconds if start_by else None,
             )
+            # The stored grant states the topology actually bound; the rest is the offer's.
             if allocation.existing is not None and (
-                allocation.existing.grant != grant
+                replace(
+                    allocation.existing.grant,
+                    gpu_interconnect=grant.gpu_interconnect,
+                    numa_nodes=grant.numa_nodes,
+                )
+                != grant
                 or allocation.existing.contract.name != contract.name
             ):
                 first = allocation.existing
@@ -478,7 +662,7 @@ class LocalBackend(Backend):
             lease = Lease(
                 id=lease_id,
                 contract=contract,
-                grant=grant,
+                grant=record.grant,
                 backend=self,
                 guarantee="allocated",
                 expires_at=record.expires_at,

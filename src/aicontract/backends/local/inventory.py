@@ -1,21 +1,32 @@
-"""What this host has: CPUs, memory, disk and NVIDIA GPUs (through NVML, MIG included).
+"""What this host has: CPUs, memory, disk, NVIDIA GPUs (through NVML, MIG included)
+and their topology: NUMA nodes, the link between each pair of GPUs, RDMA NICs.
 
 ``AICONTRACT_INVENTORY=path.yaml`` replaces what the host reports — for hosts
-without NVML, and for tests — in this shape::
+without NVML, and for tests — in this shape (everything below ``gpus`` is
+optional; see ``docs/topology.md``)::
 
     cpus: 16
     memory: 64GiB
+    numa:
+      - {id: 0, cpus: "0-7", memory: 32GiB}
+      - {id: 1, cpus: "8-15", memory: 32GiB}
     gpus:
-      - {model: H100, memory: 80GiB}
-      - {model: H100, memory: 80GiB, compute_capability: "9.0"}
+      - {model: H100, memory: 80GiB, numa: 0, nvlink_domain: a}
+      - {model: H100, memory: 80GiB, compute_capability: "9.0", numa: 1, nvlink_domain: a}
+    links:
+      - {gpus: ["0", "1"], link: nvlink, nvlinks: 18, nvlink_generation: 4}
+    nics:
+      - {name: mlx5_0, numa: 0, link_layer: InfiniBand}
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +36,28 @@ from ...contract import decode_quantity, encode_quantity
 from ...documents import parse, read_limited
 from ...errors import ConfigError, ContractError
 from ...units import Bytes
+from .topology import (
+    LINK_KINDS,
+    MAX_NUMA_NODES,
+    GPULink,
+    NumaNode,
+    RDMANic,
+    Topology,
+    parse_cpulist,
+)
 
-__all__ = ["GPUDevice", "Inventory", "host_inventory", "load_inventory"]
+__all__ = [
+    "GPUDevice",
+    "Inventory",
+    "host_inventory",
+    "load_inventory",
+    "nvml_gpus",
+    "nvml_topology",
+    "read_host",
+    "read_nvml",
+    "sysfs_numa",
+    "sysfs_rdma",
+]
 
 log = logging.getLogger("aicontract.inventory")
 
@@ -51,6 +82,14 @@ class GPUDevice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     compute_capability: str | None = None
     mig_profile: str | None = None
     interconnect: str | None = None
+    """Older shorthand: GPUs that all say ``nvlink`` here form one NVLink domain."""
+    numa: int | None = None
+    """The NUMA node the GPU hangs off (``None``: unknown)."""
+    nvlink_domain: str | None = None
+    """GPUs with the same domain name are all NVLink-linked to each other (an NVSwitch)."""
+    pci_bus_id: str | None = None
+    cpu_affinity: tuple[int, ...] = ()
+    """The CPUs nearest the GPU, as NVML reports them."""
 
 
 class Inventory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -62,6 +101,9 @@ class Inventory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     disk: Bytes | None = None
     cpu_ids: tuple[int, ...] = ()
     source: str = "host"
+    numa: tuple[NumaNode, ...] = ()
+    links: tuple[GPULink, ...] = ()
+    nics: tuple[RDMANic, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.cpus <= MAX_CPUS:
@@ -84,6 +126,100 @@ class Inventory(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
             if gpu.id in seen:
                 raise ValueError(f"@gpus[{index}].id: {gpu.id[:80]!r} is listed twice")
             seen.add(gpu.id)
+        self._check_topology()
+
+    def _check_topology(self) -> None:
+        """Topology facts must name what the inventory lists, once each."""
+        pool = set(self.cpu_list)
+        if len(self.numa) > MAX_NUMA_NODES:
+            raise ValueError(f"@numa: {len(self.numa)} nodes is more than {MAX_NUMA_NODES}")
+        owner: dict[int, int] = {}
+        nodes: set[int] = set()
+        for index, node in enumerate(self.numa):
+            if not 0 <= node.id < MAX_NUMA_NODES:
+                raise ValueError(f"@numa[{index}].id: {node.id} is outside 0..{MAX_NUMA_NODES - 1}")
+            if node.id in nodes:
+                raise ValueError(f"@numa[{index}].id: node {node.id} is listed twice")
+            nodes.add(node.id)
+            for cpu in node.cpus:
+                if cpu not in pool:
+                    raise ValueError(
+                        f"@numa[{index}].cpus: CPU {cpu} is not one of the inventory's CPUs"
+                        " (cpu_ids, else 0..cpus-1)"
+                    )
+                if cpu in owner:
+                    raise ValueError(
+                        f"@numa[{index}].cpus: CPU {cpu} is also on node {owner[cpu]};"
+                        " a CPU is on one node"
+                    )
+                owner[cpu] = node.id
+        allowed = ", ".join(str(n) for n in sorted(nodes)) or "none: the inventory lists no numa"
+        for index, gpu in enumerate(self.gpus):
+            if gpu.numa is not None and gpu.numa not in nodes:
+                raise ValueError(
+                    f"@gpus[{index}].numa: {gpu.numa} is not a listed NUMA node;"
+                    f" expected one of numa[].id ({allowed})"
+                )
+            if any(not 0 <= c < 4 * MAX_CPUS for c in gpu.cpu_affinity):
+                raise ValueError(
+                    f"@gpus[{index}].cpu_affinity: ids must be in 0..{4 * MAX_CPUS - 1}"
+                )
+        ids = {gpu.id: gpu for gpu in self.gpus}
+        pairs: set[frozenset[str]] = set()
+        for index, link in enumerate(self.links):
+            a, b = link.gpus
+            for end in (a, b):
+                if end not in ids:
+                    raise ValueError(
+                        f"@links[{index}].gpus: {end[:80]!r} is not the id of a listed GPU"
+                    )
+            if a == b:
+                raise ValueError(f"@links[{index}].gpus: a GPU is not linked to itself")
+            pair = frozenset((a, b))
+            if pair in pairs:
+                raise ValueError(f"@links[{index}].gpus: the pair {a}-{b} is listed twice")
+            pairs.add(pair)
+            if not 0 <= link.nvlinks <= 64:
+                raise ValueError(f"@links[{index}].nvlinks: {link.nvlinks} is outside 0..64")
+            if link.nvlink_generation is not None and not 1 <= link.nvlink_generation <= 9:
+                raise ValueError(
+                    f"@links[{index}].nvlink_generation: {link.nvlink_generation} is outside 1..9"
+                )
+            if link.link != "nvlink" and (link.nvlinks or link.nvlink_generation):
+                raise ValueError(
+                    f"@links[{index}].nvlinks: a {link.link} link has no NVLinks;"
+                    " expected link: nvlink, or no nvlinks"
+                )
+            domain = ids[a].nvlink_domain
+            if link.link != "nvlink" and domain is not None and domain == ids[b].nvlink_domain:
+                raise ValueError(
+                    f"@links[{index}].link: {link.link} contradicts nvlink_domain {domain!r}"
+                    f" shared by GPUs {a} and {b}; expected nvlink, or separate domains"
+                )
+        for index, nic in enumerate(self.nics):
+            if nic.numa is not None and nic.numa not in nodes:
+                raise ValueError(
+                    f"@nics[{index}].numa: {nic.numa} is not a listed NUMA node;"
+                    f" expected one of numa[].id ({allowed})"
+                )
+
+    def topology(self) -> Topology:
+        """The GPU/NUMA topology, precomputed for choosing GPU sets (build it once)."""
+        whole = [g for g in self.gpus if g.mig_profile is None]
+        # The older per-GPU shorthand: every GPU that says nvlink shares one domain.
+        legacy = "\x00nvlink" if any(g.interconnect == "nvlink" for g in whole) else None
+        return Topology.build(
+            [g.id for g in self.gpus],
+            numa_of=[g.numa for g in self.gpus],
+            domains=[
+                g.nvlink_domain
+                if g.nvlink_domain is not None
+                else (legacy if g.interconnect == "nvlink" and g.mig_profile is None else None)
+                for g in self.gpus
+            ],
+            nodes=self.numa,
+            links=self.links,
+        )
 
     @property
     def cpu_list(self) -> tuple[int, ...]:
@@ -116,11 +252,42 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
             for i, g in enumerate(gpus)
         ]
     data.setdefault("source", f"file:{file}")
+    _cpu_lists(data, file)
     try:
         result: Inventory = msgspec.convert(data, Inventory, dec_hook=decode_quantity)
     except (msgspec.ValidationError, ContractError) as exc:
-        raise ConfigError(f"inventory {str(file)!r}: {str(exc)[:300]}") from None
+        text = str(exc)[:300]
+        if text.startswith("Invalid enum value") and text.endswith(".link`"):
+            text += f"; expected one of {', '.join(LINK_KINDS)}"
+        raise ConfigError(f"inventory {str(file)!r}: {text}") from None
     return result
+
+
+def _cpu_lists(data: dict[str, Any], file: Path) -> None:
+    """Accept the kernel's list form (``"0-31,64-95"``) wherever a file lists CPU ids."""
+    places: list[tuple[str, dict[str, Any], str]] = []
+    for key, field in (("numa", "cpus"), ("gpus", "cpu_affinity")):
+        items = data.get(key)
+        if isinstance(items, list):
+            places += [
+                (f"{key}[{i}].{field}", item, field)
+                for i, item in enumerate(items)
+                if isinstance(item, dict) and isinstance(item.get(field), str)
+            ]
+    for where, item, field in places:
+        try:
+            item[field] = list(parse_cpulist(item[field]))
+        except ValueError as exc:
+            raise ConfigError(f"inventory {str(file)!r}: @{where}: {exc}") from None
+    links = data.get("links")
+    if isinstance(links, list):
+        for link in links:
+            # GPU ids are text; a file may write the indices as numbers.
+            if isinstance(link, dict) and isinstance(link.get("gpus"), list):
+                link["gpus"] = [
+                    str(g) if isinstance(g, int) and not isinstance(g, bool) else g
+                    for g in link["gpus"]
+                ]
 
 
 def _memory_bytes() -> int:
@@ -145,17 +312,25 @@ def nvml_gpus() -> tuple[GPUDevice, ...]:
 
     Returns ``()`` when ``nvidia-ml-py`` is not installed or no driver answers.
     """
+    return nvml_topology()[0]
+
+
+def nvml_topology() -> tuple[tuple[GPUDevice, ...], tuple[GPULink, ...]]:
+    """The GPUs NVML reports, with NUMA node and CPU affinity, and the link of each pair.
+
+    Returns ``((), ())`` when ``nvidia-ml-py`` is not installed or no driver answers.
+    """
     try:
         import pynvml
     except ImportError:
-        return ()
+        return (), ()
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as exc:
         log.debug("NVML unavailable: %s", exc)
-        return ()
+        return (), ()
     try:
-        return tuple(_nvml_devices(pynvml))
+        return read_nvml(pynvml)
     finally:
         pynvml.nvmlShutdown()
 
@@ -164,14 +339,26 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _nvml_devices(nvml: Any) -> list[GPUDevice]:
+def read_nvml(
+    nvml: Any, *, sysfs: Path = Path("/sys"), cpu_count: int | None = None
+) -> tuple[tuple[GPUDevice, ...], tuple[GPULink, ...]]:
+    """What an initialised NVML module (``pynvml``, or a stand-in) says: GPUs and links.
+
+    A fact NVML cannot give (an old driver, a call it does not support) is left
+    unknown rather than failing the inventory.
+    """
     devices: list[GPUDevice] = []
+    whole: list[tuple[str, Any, str | None]] = []  # (id, handle, PCI bus id)
+    words = max(1, ((cpu_count or os.cpu_count() or 1) + 63) // 64)
     for index in range(nvml.nvmlDeviceGetCount()):
         handle = nvml.nvmlDeviceGetHandleByIndex(index)
         name = _text(nvml.nvmlDeviceGetName(handle))
         uuid = _text(nvml.nvmlDeviceGetUUID(handle))
         major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
         capability = f"{major}.{minor}"
+        bus = _nvml_bus_id(nvml, handle)
+        numa = _nvml_numa(nvml, handle, bus, sysfs)
+        affinity = _nvml_affinity(nvml, handle, words)
         try:
             mig_on = nvml.nvmlDeviceGetMigMode(handle)[0] == nvml.NVML_DEVICE_MIG_ENABLE
         except nvml.NVMLError:
@@ -194,6 +381,9 @@ def _nvml_devices(nvml: Any) -> list[GPUDevice]:
                         uuid=mig_uuid,
                         compute_capability=capability,
                         mig_profile=f"{slices}g.{gib}gb",
+                        numa=numa,
+                        pci_bus_id=bus,
+                        cpu_affinity=affinity,
                     )
                 )
             continue
@@ -205,9 +395,179 @@ def _nvml_devices(nvml: Any) -> list[GPUDevice]:
                 id=str(index),
                 uuid=uuid,
                 compute_capability=capability,
+                numa=numa,
+                pci_bus_id=bus,
+                cpu_affinity=affinity,
             )
         )
-    return devices
+        whole.append((str(index), handle, bus))
+    return tuple(devices), tuple(_nvml_links(nvml, whole))
+
+
+def _bus(text: str) -> str:
+    """A PCI address as sysfs writes it: NVML's ``00000000:18:00.0`` is ``0000:18:00.0``."""
+    domain, _, rest = text.strip().lower().rpartition(":")
+    head, _, bus = domain.rpartition(":")
+    return f"{head[-4:].rjust(4, '0')}:{bus}:{rest}" if head else text.strip().lower()
+
+
+def _nvml_bus_id(nvml: Any, handle: Any) -> str | None:
+    try:
+        return _bus(_text(nvml.nvmlDeviceGetPciInfo(handle).busId))
+    except (nvml.NVMLError, AttributeError):
+        return None
+
+
+def _nvml_numa(nvml: Any, handle: Any, bus: str | None, sysfs: Path) -> int | None:
+    """The GPU's NUMA node: NVML's answer (newer drivers), else the PCI device's in sysfs."""
+    try:
+        node = int(nvml.nvmlDeviceGetNumaNodeId(handle))
+    except (nvml.NVMLError, AttributeError):
+        node = -1
+    if node < 0 and bus is not None:
+        try:
+            node = int((sysfs / "bus/pci/devices" / bus / "numa_node").read_text().strip())
+        except (OSError, ValueError):
+            node = -1
+    return node if node >= 0 else None
+
+
+def _nvml_affinity(nvml: Any, handle: Any, words: int) -> tuple[int, ...]:
+    """The CPUs NVML deems nearest the GPU (a bit mask in 64-bit words)."""
+    try:
+        mask = nvml.nvmlDeviceGetCpuAffinity(handle, words)
+    except (nvml.NVMLError, AttributeError):
+        return ()
+    return tuple(
+        word_index * 64 + bit
+        for word_index, word in enumerate(mask)
+        for bit in range(64)
+        if int(word) >> bit & 1
+    )
+
+
+# NVML's NVLink version enum (nvmlNvlinkVersion_t) to the NVLink generation.
+_NVLINK_GENERATION = {1: 1, 2: 2, 3: 2, 4: 3, 5: 3, 6: 4, 7: 5, 8: 6}
+# nvmlDeviceGetTopologyCommonAncestor's levels, in nvidia-smi's words.
+_PCIE_PATH = {0: "pix", 10: "pix", 20: "pxb", 30: "phb", 40: "node", 50: "sys"}
+
+
+def _nvml_nvlinks(nvml: Any, handle: Any) -> tuple[list[str | None], int | None]:
+    """The remote PCI bus id of each active NVLink of a GPU, and its NVLink generation."""
+    remotes: list[str | None] = []
+    generation: int | None = None
+    for link in range(int(getattr(nvml, "NVML_NVLINK_MAX_LINKS", 18))):
+        try:
+            if nvml.nvmlDeviceGetNvLinkState(handle, link) != nvml.NVML_FEATURE_ENABLED:
+                continue
+        except nvml.NVMLError:
+            continue  # not supported, or no such link on this GPU
+        try:
+            remotes.append(_bus(_text(nvml.nvmlDeviceGetNvLinkRemotePciInfo(handle, link).busId)))
+        except (nvml.NVMLError, AttributeError):
+            remotes.append(None)
+        if generation is None:
+            with contextlib.suppress(nvml.NVMLError):
+                generation = _NVLINK_GENERATION.get(
+                    int(nvml.nvmlDeviceGetNvLinkVersion(handle, link))
+                )
+    return remotes, generation
+
+
+def _nvml_links(nvml: Any, whole: list[tuple[str, Any, str | None]]) -> list[GPULink]:
+    """The link between each pair of whole GPUs.
+
+    NVLink between a pair is what ``nvmlDeviceGetP2PStatus(..., NVLINK)`` says
+    (right through an NVSwitch too); its width is the number of active links
+    that end at the peer, or, through a switch, all the GPU's active links.
+    Otherwise the PCIe path is ``nvmlDeviceGetTopologyCommonAncestor``'s level.
+    """
+    if len(whole) < 2:
+        return []
+    nvlinks = [_nvml_nvlinks(nvml, handle) for _, handle, _ in whole]
+    links: list[GPULink] = []
+    for x, (a, ha, _) in enumerate(whole):
+        for y in range(x + 1, len(whole)):
+            b, hb, bus_b = whole[y]
+            try:
+                status = nvml.nvmlDeviceGetP2PStatus(ha, hb, nvml.NVML_P2P_CAPS_INDEX_NVLINK)
+                linked = status == nvml.NVML_P2P_STATUS_OK
+            except (nvml.NVMLError, AttributeError):
+                linked = False
+            if linked:
+                remotes, generation = nvlinks[x]
+                direct = sum(1 for r in remotes if r is not None and r == bus_b)
+                links.append(
+                    GPULink(
+                        gpus=(a, b),
+                        link="nvlink",
+                        nvlinks=direct or len(remotes),
+                        nvlink_generation=generation,
+                    )
+                )
+                continue
+            try:
+                level = int(nvml.nvmlDeviceGetTopologyCommonAncestor(ha, hb))
+            except (nvml.NVMLError, AttributeError):
+                continue  # unknown: the choice treats it as the farthest path
+            links.append(GPULink(gpus=(a, b), link=_PCIE_PATH.get(level, "sys")))  # type: ignore[arg-type]
+    return links
+
+
+def sysfs_numa(pool: Sequence[int], sysfs: Path = Path("/sys")) -> tuple[NumaNode, ...]:
+    """This host's NUMA nodes (``/sys/devices/system/node``): CPUs in ``pool``, memory."""
+    wanted = set(pool)
+    nodes: list[NumaNode] = []
+    root = sysfs / "devices/system/node"
+    try:
+        entries = sorted(root.iterdir(), key=lambda p: p.name)
+    except OSError:
+        return ()
+    for entry in entries:
+        if not re.fullmatch(r"node\d{1,4}", entry.name):
+            continue
+        try:
+            cpus = parse_cpulist((entry / "cpulist").read_text().strip() or "")
+        except (OSError, ValueError):
+            cpus = ()
+        memory: Bytes | None = None
+        try:
+            for line in (entry / "meminfo").read_text().splitlines():
+                if "MemTotal:" in line:
+                    memory = Bytes(int(line.split()[-2]) * 1024)
+                    break
+        except (OSError, ValueError, IndexError):
+            memory = None
+        nodes.append(
+            NumaNode(
+                id=int(entry.name[4:]),
+                cpus=tuple(c for c in cpus if c in wanted),
+                memory=memory,
+            )
+        )
+    return tuple(nodes)
+
+
+def sysfs_rdma(sysfs: Path = Path("/sys")) -> tuple[RDMANic, ...]:
+    """RDMA devices (``/sys/class/infiniband``), their NUMA node and link layer."""
+    root = sysfs / "class/infiniband"
+    try:
+        entries = sorted(root.iterdir(), key=lambda p: p.name)
+    except OSError:
+        return ()
+    nics = []
+    for entry in entries:
+        try:
+            node = int((entry / "device/numa_node").read_text().strip())
+        except (OSError, ValueError):
+            node = -1
+        layer: str | None = None
+        with contextlib.suppress(OSError):
+            layer = (entry / "ports/1/link_layer").read_text().strip() or None
+        nics.append(
+            RDMANic(name=entry.name[:64], numa=node if node >= 0 else None, link_layer=layer)
+        )
+    return tuple(nics)
 
 
 def _nominal(total: int) -> Bytes:
@@ -232,18 +592,54 @@ def host_inventory(state_dir: str | os.PathLike[str] | None = None) -> Inventory
     override = os.environ.get("AICONTRACT_INVENTORY")
     if override:
         return load_inventory(override)
+    return read_host(state_dir)
+
+
+def read_host(
+    state_dir: str | os.PathLike[str] | None = None,
+    *,
+    sysfs: Path = Path("/sys"),
+    nvml: Any = None,
+) -> Inventory:
+    """This host as sysfs and NVML (``nvml``: an initialised module; default pynvml) see it."""
     cpu_ids = _cpu_ids()
     disk = None
     if state_dir is not None and Path(state_dir).exists():
         disk = Bytes(shutil.disk_usage(state_dir).free)
+    if nvml is None:
+        gpus, links = nvml_topology()
+    else:
+        gpus, links = read_nvml(nvml, sysfs=sysfs, cpu_count=max(cpu_ids, default=0) + 1)
+    nodes = sysfs_numa(cpu_ids, sysfs)
+    known = {n.id for n in nodes}
+    gpus = tuple(_placed(g, nodes) if g.numa not in known else g for g in gpus)
+    nics = tuple(
+        n if n.numa is None or n.numa in known else msgspec.structs.replace(n, numa=None)
+        for n in sysfs_rdma(sysfs)
+    )
     return Inventory(
         cpus=len(cpu_ids),
         memory=Bytes(_memory_bytes()),
-        gpus=nvml_gpus(),
+        gpus=gpus,
         disk=disk,
         cpu_ids=cpu_ids,
-        source="host+nvml" if _has_nvml() else "host",
+        source="host+nvml" if (nvml is not None or _has_nvml()) else "host",
+        numa=nodes,
+        links=links,
+        nics=nics,
     )
+
+
+def _placed(gpu: GPUDevice, nodes: Sequence[NumaNode]) -> GPUDevice:
+    """A GPU whose NUMA node is unknown (or not this host's): the node holding most of
+    its CPU affinity, else unknown."""
+    best, overlap = None, 0
+    near = set(gpu.cpu_affinity)
+    for node in nodes:
+        count = sum(1 for c in node.cpus if c in near)
+        if count > overlap:
+            best, overlap = node.id, count
+    return msgspec.structs.replace(gpu, numa=best)
 
 
 def _has_nvml() -> bool:

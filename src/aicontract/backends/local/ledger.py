@@ -249,6 +249,9 @@ class Demand:
     disk_total: int | None = None
     # Names of the ports to grant (``workload.ports`` given as ``auto``).
     ports: tuple[str, ...] = ()
+    # Chooses the GPU and CPU ids from what is free (held GPU ids, held CPU ids), inside
+    # the grant's transaction; raises CapacityUnavailable. None: the first free ones.
+    place: Callable[[set[str], set[int]], tuple[tuple[str, ...], tuple[int, ...]]] | None = None
 
 
 @attrs.frozen
@@ -797,6 +800,14 @@ class Ledger:
                 used_ports.add(int(device))
                 continue
             (used_gpus if kind == "gpu" else used_cpus).add(device)
+        if demand.place is not None:
+            placed = demand.place(used_gpus, {int(c) for c in used_cpus})
+            if len(placed[0]) != demand.gpus or len(placed[1]) != demand.cpus:
+                raise CapacityUnavailable(
+                    "local", f"{demand.gpus} GPUs and {demand.cpus} CPUs wanted, fewer chosen"
+                )
+            self._check_amounts(conn, demand)
+            return placed[0], placed[1], _free_ports(demand.ports, used_ports)
         free_gpus = (g for g in demand.gpu_candidates if g not in used_gpus)
         gpu_ids = tuple(itertools.islice(free_gpus, demand.gpus))
         if len(gpu_ids) < demand.gpus:
@@ -807,13 +818,17 @@ class Ledger:
             cpu_ids = tuple(itertools.islice(free, demand.cpus))
         if len(cpu_ids) < demand.cpus:
             raise CapacityUnavailable("local", f"{demand.cpus} CPUs wanted, {len(cpu_ids)} free")
+        self._check_amounts(conn, demand)
+        return gpu_ids, cpu_ids, _free_ports(demand.ports, used_ports)
+
+    @staticmethod
+    def _check_amounts(conn: sqlite3.Connection, demand: Demand) -> None:
         if demand.memory or demand.disk:
             used_memory, used_disk = conn.execute(_HELD_AMOUNTS).fetchone()
             if used_memory + demand.memory > demand.memory_total:
                 raise CapacityUnavailable("local", "memory was granted meanwhile")
             if demand.disk_total is not None and used_disk + demand.disk > demand.disk_total:
                 raise CapacityUnavailable("local", "disk was granted meanwhile")
-        return gpu_ids, cpu_ids, _free_ports(demand.ports, used_ports)
 
     # -- workloads -----------------------------------------------------------------------
 

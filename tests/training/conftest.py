@@ -16,9 +16,11 @@ from aicontract.backends.local import LocalBackend
 INVENTORY = """\
 cpus: 4
 memory: 16GiB
+numa:
+  - {id: 0, cpus: "0-3", memory: 16GiB}
 gpus:
-  - {model: NVIDIA L4, memory: 24GiB, compute_capability: "8.9"}
-  - {model: NVIDIA L4, memory: 24GiB, compute_capability: "8.9"}
+  - {model: NVIDIA L4, memory: 24GiB, compute_capability: "8.9", numa: 0}
+  - {model: NVIDIA L4, memory: 24GiB, compute_capability: "8.9", numa: 0}
 """
 
 

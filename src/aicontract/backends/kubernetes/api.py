@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,19 @@ log = logging.getLogger("aicontract.kubernetes")
 Obj = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
+
+# What the LimitRanger admission plugin says when a LimitRange refuses a pod:
+# "minimum cpu usage per Container is 2, but request is 1",
+# "maximum memory usage per Pod is 1Gi, but limit is 2Gi",
+# "cpu max limit to request ratio per Container is 2, but provided ratio is 4.000000".
+_LIMIT_RANGE = re.compile(r"(minimum|maximum) \S+ usage per (Container|Pod)|limit to request ratio")
+# The ServiceAccount admission plugin, before the namespace's service account (or, on
+# 1.24+, its token) exists: a moment later it does.
+_NO_SERVICE_ACCOUNT_YET = re.compile(
+    r"error looking up service account|serviceaccount \"[^\"]*\" not found"
+    r"|no API token found for service account",
+    re.IGNORECASE,
+)
 
 
 class ApiError(BackendError):
@@ -166,13 +180,19 @@ class KubeAPI:
             return Conflict(self.backend, status, reason, text)
         if status == 401:
             return AuthenticationError(self.backend, f"HTTP 401 (credentials refused): {text}")
-        if status == 403 and "serviceaccount" in message.replace(" ", "").lower():
-            # A fresh namespace's default service account appears a moment later.
-            return TransientBackendError(self.backend, f"HTTP 403: {text}")
         if status == 403 and "exceeded quota" in message:
             # A ResourceQuota refused it: the message names what was requested, used
             # and limited. Not a credentials problem.
-            return QuotaExceeded(self.backend, f"HTTP 403 (quota): {text}")
+            return QuotaExceeded(self.backend, f"HTTP 403 (ResourceQuota): {text}")
+        if status == 403 and _LIMIT_RANGE.search(message):
+            # The LimitRanger admission plugin: a LimitRange's min, max or ratio refused
+            # the pod's requests. A namespace limit, not a credentials problem.
+            return QuotaExceeded(self.backend, f"HTTP 403 (LimitRange): {text}")
+        if status == 403 and _NO_SERVICE_ACCOUNT_YET.search(message):
+            # A fresh namespace's default service account (or its token) appears a moment
+            # later. Only that: an RBAC refusal of a service-account user ("User
+            # \"system:serviceaccount:...\" cannot create ...") is final.
+            return TransientBackendError(self.backend, f"HTTP 403: {text}")
         if status == 403:
             return AuthenticationError(self.backend, f"HTTP 403 (not allowed): {text}")
         if status == 429 or status >= 500:

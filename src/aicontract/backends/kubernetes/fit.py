@@ -17,9 +17,9 @@ from typing import TypeVar
 import attrs
 import msgspec
 
-from ...contract import Contract
+from ...contract import GPU, Contract
 from ...errors import AuthenticationError
-from ...gpu_models import capability
+from ...gpu_models import capability, pick_model
 from ...offer import Grant, Offer, Quote, Rejection, check_offer
 from ...units import Bytes, CountRange, Money, Range
 from ..base import fixed_ports_only
@@ -94,6 +94,31 @@ def _size(item: tuple[NodeView, Grant]) -> tuple[int, int, int]:
     """How much a node's grant gives, for picking the best (or the best N) of a group."""
     g = item[1]
     return (g.gpus, g.cpus, g.memory.bytes if g.memory is not None else 0)
+
+
+def _relaxed(offer: Offer, what: str) -> Offer:
+    """``offer`` as a counter-offer: ``details["relaxed"]`` names what it gives up."""
+    return msgspec.structs.replace(offer, details={**offer.details, "relaxed": what})
+
+
+def _named(wanted: GPU, offer: Offer) -> Offer:
+    """A GPU counter-offer whose contract asks exactly what it grants, saying how that
+    differs from what was ``wanted``."""
+    grant, got = offer.grant, offer.contract.resources.gpus or wanted
+    relaxed: list[str] = []
+    models = got.models
+    if grant.gpu_model is not None and pick_model(wanted.models, grant.gpu_model) is None:
+        models = (grant.gpu_model,)
+        relaxed.append(f"resources.gpus.models {'/'.join(wanted.models)} -> {grant.gpu_model}")
+    count = got.count
+    if grant.gpus not in wanted.count:
+        count = CountRange(grant.gpus)
+        relaxed.append(f"resources.gpus.count {wanted.count} -> {grant.gpus}")
+    exact = msgspec.structs.replace(got, models=models, count=count)
+    narrowed = offer.contract.with_(
+        resources=msgspec.structs.replace(offer.contract.resources, gpus=exact)
+    )
+    return _relaxed(msgspec.structs.replace(offer, contract=narrowed), "; ".join(relaxed))
 
 
 class FitMixin(KubeCore):
@@ -260,35 +285,51 @@ class FitMixin(KubeCore):
     def _counter(
         self, contract: Contract, views: Sequence[NodeView], room: Mapping[str, _Room], most: int
     ) -> list[Offer]:
-        """Offers for less: a gang on as many nodes as fit together (``most``), else fewer
-        GPUs, the most one node (within quota) can give now.
+        """Offers for less, closest first, each naming what it relaxed (``details["relaxed"]``).
 
-        Like the local backend's: only the node or GPU count is relaxed, and only when
-        that is what stands in the way; they are never committed unless a caller asks.
+        A gang on as many nodes as fit together (``most``); else fewer GPUs of a model
+        the contract names, the most one node (within quota) can give now; else the
+        contract's GPUs of another model the cluster has (fewer, if that is all there
+        is). Like the local backend's: only the node count, the GPU count and the GPU
+        model are relaxed, and each counter-offer is the relaxed contract quoted afresh,
+        so every other requirement (placement, isolation, GPU memory, compute
+        capability, interconnect, CPUs, memory, quota) still holds. They are never
+        committed unless a caller accepts one.
         """
         res = contract.resources
         if 0 < most < res.nodes:
             fewer = contract.with_(resources=msgspec.structs.replace(res, nodes=most))
             offers = self._assess(fewer, views, room)[0]
             if offers:
-                return offers
-        gpus = res.gpus
-        if gpus is None or gpus.count.min is None:
+                return [_relaxed(o, f"resources.nodes {res.nodes} -> {most}") for o in offers]
+        if res.gpus is None or res.gpus.count.min is None:
             return []
-        resource = gpu_resource(gpus)
-        cap = room[resource].free if resource in room else None
-        best = 0
-        for view in views:
-            free = view.free_of(resource)
-            best = max(best, int(free if cap is None else min(free, cap)))
-        if not 0 < best < gpus.count.min:
-            return []
-        relaxed = contract.with_(
-            resources=msgspec.structs.replace(
-                res, gpus=msgspec.structs.replace(gpus, count=CountRange(best))
-            )
-        )
-        return self._assess(relaxed, views, room)[0]
+        gpus: GPU = res.gpus
+        least = res.gpus.count.min
+
+        def quoted(models: tuple[str, ...], count: CountRange) -> list[Offer]:
+            relaxed = msgspec.structs.replace(gpus, models=models, count=count)
+            changed = contract.with_(resources=msgspec.structs.replace(res, gpus=relaxed))
+            return self._assess(changed, views, room)[0]
+
+        fewer_count = CountRange((1, least - 1)) if least > 1 else None
+        counters: list[Offer] = []
+        if fewer_count is not None:
+            counters += quoted(gpus.models, fewer_count)
+        if gpus.models:
+            # Any model the cluster has; the ones the contract already accepts were
+            # quoted above. A product (``NVIDIA-H100-80GB-HBM3``) names itself exactly.
+            def other(offer: Offer) -> bool:
+                return pick_model(gpus.models, offer.grant.gpu_model or "") is None
+
+            whole = [o for o in quoted((), gpus.count) if other(o)]
+            counters += whole
+            if fewer_count is not None:
+                full = {o.grant.gpu_model for o in whole}
+                counters += [
+                    o for o in quoted((), fewer_count) if other(o) and o.grant.gpu_model not in full
+                ]
+        return [_named(gpus, o) for o in counters]
 
     async def quota_room(self, namespace: str) -> dict[str, _Room]:
         """Per resource, what the namespace's tightest ResourceQuota or LimitRange allows.

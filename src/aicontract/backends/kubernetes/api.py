@@ -226,11 +226,15 @@ class KubeAPI:
         grace_seconds: int | None = None,
         params: Mapping[str, str] | None = None,
         uid: str | None = None,
+        resource_version: str | None = None,
     ) -> bool:
         """DELETE one object (or a collection with a ``labelSelector``); False when already gone.
 
         With ``uid`` only that very object is deleted: one of the same name made
         since (another incarnation, someone else's) is left alone, and counts as gone.
+        With ``resource_version`` too, only that very version of it: an object written
+        since (a Lease renewed, a pod adopted) is left alone, and False says so — the
+        caller reads it again to tell which.
         """
         options: Obj = {
             "apiVersion": "v1",
@@ -239,16 +243,18 @@ class KubeAPI:
         }
         if grace_seconds is not None:
             options["gracePeriodSeconds"] = grace_seconds
-        if uid is not None:
-            options["preconditions"] = {"uid": uid}
+        preconditions = {"uid": uid, "resourceVersion": resource_version}
+        preconditions = {k: v for k, v in preconditions.items() if v is not None}
+        if preconditions:
+            options["preconditions"] = preconditions
         try:
             await self.request("DELETE", path, body=options, params=params)
         except NotFound:
             return False
         except Conflict:
-            if uid is None:
+            if not preconditions:
                 raise
-            return False  # the precondition failed: that object is gone, another has the name
+            return False  # a precondition failed: that object (or version) is gone
         return True
 
     async def watch(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import TypeVar
 
@@ -87,6 +87,15 @@ class _Bounds(dict[str, _Room]):
 
 
 _NO_BOUNDS = _Bounds()
+
+
+def _as_bounds(room: Mapping[str, _Room]) -> _Bounds:
+    """``room`` as :class:`_Bounds` (a plain mapping: ceilings only)."""
+    if isinstance(room, _Bounds):
+        return room
+    bounds = _Bounds()
+    bounds.update(room)
+    return bounds
 
 
 @attrs.frozen
@@ -231,10 +240,11 @@ class FitMixin(KubeCore):
         )
 
     def _assess(
-        self, contract: Contract, views: Sequence[NodeView], room: _Bounds
+        self, contract: Contract, views: Sequence[NodeView], room: Mapping[str, _Room]
     ) -> tuple[list[Offer], dict[str, list[tuple[str, str, str]]], int]:
         """The offers ``views`` make for ``contract``; per requirement, the nodes missing it;
         and the most nodes that fit together (in one group: a gang's nodes share one)."""
+        room = _as_bounds(room)
         problems: dict[str, list[tuple[str, str, str]]] = {}
         groups: dict[_GroupKey, list[tuple[NodeView, Grant]]] = {}
         for view in views:
@@ -296,7 +306,7 @@ class FitMixin(KubeCore):
         contract: Contract,
         key: _GroupKey,
         members: Sequence[tuple[NodeView, Grant]],
-        room: _Bounds,
+        room: Mapping[str, _Room],
     ) -> list[tuple[NodeView, Grant]] | _Misfit:
         """``contract.resources.nodes`` members of one group, each granted what all can give.
 
@@ -341,7 +351,7 @@ class FitMixin(KubeCore):
         return [(view, least) for view, _ in chosen]
 
     def _counter(
-        self, contract: Contract, views: Sequence[NodeView], room: _Bounds, most: int
+        self, contract: Contract, views: Sequence[NodeView], room: Mapping[str, _Room], most: int
     ) -> list[Offer]:
         """Offers for less, closest first, each naming what it relaxed (``details["relaxed"]``).
 
@@ -467,10 +477,11 @@ class FitMixin(KubeCore):
         return room
 
     def _fit_within(
-        self, view: NodeView, contract: Contract, room: _Bounds
+        self, view: NodeView, contract: Contract, room: Mapping[str, _Room]
     ) -> tuple[Grant, str] | _Misfit:
         """:meth:`_fit` on what the node has free *and* the quota allows; a shortfall
         that only the quota causes is refused as ``quota``."""
+        room = _as_bounds(room)
         if not room:
             return self._fit(view, contract, room)
         pods = room.get("pods")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from aicontract import GPU, Contract
+from aicontract import GPU, Contract, QuotaExceeded
 from aicontract.backends.kubernetes import KubernetesBackend
 from aicontract.negotiate import Negotiator
 from aicontract.units import Bytes
@@ -148,3 +148,36 @@ async def test_a_storage_default_is_stated_and_counted(
         assert int(resources["requests"]["ephemeral-storage"]) == 5 * 2**30
     finally:
         await lease.release()
+
+
+async def test_a_ratio_on_gpus_refuses_a_pod_without_any_at_quote_time(
+    k8s_cluster: Any, backend: KubernetesBackend
+) -> None:
+    """LimitRanger refuses a pod whose request of a ratio-bound resource is missing or 0;
+    before, the quote offered it and the commit met a 403."""
+    c = contract(cpus=1, jurisdictions=("EU",))
+    ns = backend.namespace_for(c)
+    stale = (await backend.quote(c)).offers[0]  # quoted before the LimitRange came
+    limit_range(
+        k8s_cluster,
+        ns,
+        "gpu-ratio",
+        {"type": "Container", "maxLimitRequestRatio": {"nvidia.com/gpu": "1"}},
+    )
+    quote = await backend.quote(c)
+    assert not quote.offers
+    assert "maxLimitRequestRatio nvidia.com/gpu per Container is 1 (LimitRange gpu-ratio)" in str(
+        quote.rejections
+    )
+    # Committing the stale offer: the API server's 403 is a LimitRange refusal, not
+    # a credentials one, and nothing is left behind.
+    with pytest.raises(QuotaExceeded, match=r"LimitRange\).*limit to request ratio"):
+        await backend.commit(stale, uuid.uuid4().hex[:16])
+    with k8s_cluster.client() as admin:
+        leases = admin.get(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases").json()
+    assert leases["items"] == []
+    # A GPU lease states requests = limits: ratio 1, admitted.
+    lease = await Negotiator([backend]).acquire(
+        contract(tenant=c.tenant, gpus=GPU(count=1, models=("H100",)), jurisdictions=("EU",))
+    )
+    await lease.release()

@@ -84,6 +84,9 @@ class _Bounds(dict[str, _Room]):
         self.floors: dict[str, _Room] = {}
         self.defaults: dict[str, _Room] = {}
         self.named: set[str] = set()
+        # maxLimitRequestRatio: LimitRanger refuses a pod whose request of such a
+        # resource is missing or 0, so it must ask for some.
+        self.ratios: dict[str, _Room] = {}
 
 
 _NO_BOUNDS = _Bounds()
@@ -426,7 +429,7 @@ class FitMixin(KubeCore):
                 kind = item.get("type")
                 if kind not in ("Pod", "Container"):
                     continue
-                for field in ("max", "min", "defaultRequest"):
+                for field in ("max", "min", "defaultRequest", "maxLimitRequestRatio"):
                     if field == "defaultRequest" and kind != "Container":
                         continue  # only containers are defaulted
                     for resource, value in (item.get(field) or {}).items():
@@ -445,6 +448,9 @@ class FitMixin(KubeCore):
                         )
                         if field == "max":
                             tighten(resource, bound)
+                            continue
+                        if field == "maxLimitRequestRatio":
+                            room.ratios[resource] = bound
                             continue
                         table = room.floors if field == "min" else room.defaults
                         if resource not in table or amount > table[resource].hard:
@@ -616,13 +622,20 @@ class FitMixin(KubeCore):
             if isinstance(raised_disk, _Misfit):
                 return raised_disk
             disk = raised_disk
-        stated = {"cpu", "memory", "ephemeral-storage"}
+        stated = {"cpu", "memory"}
+        if disk is not None and disk.bytes > 0:
+            stated.add("ephemeral-storage")
         if gpus_granted and res.gpus is not None:
             stated.add(gpu_resource(res.gpus))
         for resource, floor in sorted(floors.items()):
             if resource not in stated and floor.hard > 0:
                 # A pod must request a resource the contract does not ask for.
                 return _Misfit("quota", f"no {resource}", floor.says())
+        for resource, ratio in sorted(bounds.ratios.items()):
+            if resource not in stated:
+                return _Misfit(
+                    "quota", f"no {resource}", f"{ratio.says()}: every pod must request some"
+                )
         granted_cc = view.compute_capability if gpus_granted else None
         grant = Grant(
             gpus=gpus_granted,

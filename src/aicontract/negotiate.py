@@ -470,7 +470,10 @@ class Negotiator:
                 except (CapacityUnavailable, TransientBackendError) as exc:
                     failures.append(self._failure(offer, "capacity at commit", exc))
                     continue
-                except (QuotaExceeded, AuthenticationError) as exc:
+                except QuotaExceeded as exc:  # a quota's refusal, not the credentials'
+                    failures.append(self._failure(offer, "quota", exc))
+                    continue
+                except AuthenticationError as exc:
                     failures.append(self._failure(offer, "account", exc))
                     continue
                 log.info("contract %s: leased %s", contract.name, lease)

@@ -108,7 +108,10 @@ class Offer(msgspec.Struct, frozen=True, kw_only=True):
         """One line for tables, logs and counter-offers."""
         price = f", {self.price}" if self.price is not None else ""
         where = self.region + (f"/{self.jurisdiction}" if self.jurisdiction else "")
-        return f"{self.backend}: {self.grant.describe()} in {where} [{self.guarantee}{price}]"
+        line = f"{self.backend}: {self.grant.describe()} in {where} [{self.guarantee}{price}]"
+        # A counter-offer says what it gives up of the contract it answers.
+        relaxed = self.details.get("relaxed")
+        return f"{line} (relaxed: {relaxed})" if relaxed else line
 
 
 class Rejection(msgspec.Struct, frozen=True, kw_only=True):

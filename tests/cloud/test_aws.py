@@ -409,7 +409,7 @@ async def test_concurrent_capacity_block_commits_respect_max_spend() -> None:
     ("code", "outcome"),
     [
         ("InsufficientInstanceCapacity", "next-offer"),
-        ("VcpuLimitExceeded", "account"),
+        ("VcpuLimitExceeded", "quota"),
         ("UnauthorizedOperation", "account"),
     ],
 )
@@ -432,7 +432,8 @@ async def test_run_instances_errors_are_mapped(code: str, outcome: str) -> None:
     with stub, pytest.raises(NoOffer) as caught:
         await Negotiator(backends=[backend]).acquire(Contract(gpus=8))
     [rejection] = [r for r in caught.value.rejections if code in r.available]
-    assert rejection.requirement == ("capacity at commit" if outcome == "next-offer" else "account")
+    expected = {"next-offer": "capacity at commit"}.get(outcome, outcome)
+    assert rejection.requirement == expected
 
 
 async def test_throttling_is_retried() -> None:

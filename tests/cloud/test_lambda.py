@@ -168,7 +168,7 @@ async def test_quota_exceeded_is_final_and_clear(fake: FakeLambda) -> None:
         await b.commit(offer, "k")
     assert len(fake.launches) == 1, "a final error is not retried"
     fake.launch_errors = [error(400, "global/quota-exceeded", "Quota exceeded.")]
-    with pytest.raises(NoOffer, match="account"):
+    with pytest.raises(NoOffer, match="- lambda: quota wants"):
         await Negotiator(backends=[b]).acquire(Contract(gpus=1))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,19 @@ log = logging.getLogger("aicontract.kubernetes")
 Obj = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
+
+# What the LimitRanger admission plugin says when a LimitRange refuses a pod:
+# "minimum cpu usage per Container is 2, but request is 1",
+# "maximum memory usage per Pod is 1Gi, but limit is 2Gi",
+# "cpu max limit to request ratio per Container is 2, but provided ratio is 4.000000".
+_LIMIT_RANGE = re.compile(r"(minimum|maximum) \S+ usage per (Container|Pod)|limit to request ratio")
+# The ServiceAccount admission plugin, before the namespace's service account (or, on
+# 1.24+, its token) exists: a moment later it does.
+_NO_SERVICE_ACCOUNT_YET = re.compile(
+    r"error looking up service account|serviceaccount \"[^\"]*\" not found"
+    r"|no API token found for service account",
+    re.IGNORECASE,
+)
 
 
 class ApiError(BackendError):
@@ -166,13 +180,19 @@ class KubeAPI:
             return Conflict(self.backend, status, reason, text)
         if status == 401:
             return AuthenticationError(self.backend, f"HTTP 401 (credentials refused): {text}")
-        if status == 403 and "serviceaccount" in message.replace(" ", "").lower():
-            # A fresh namespace's default service account appears a moment later.
-            return TransientBackendError(self.backend, f"HTTP 403: {text}")
         if status == 403 and "exceeded quota" in message:
             # A ResourceQuota refused it: the message names what was requested, used
             # and limited. Not a credentials problem.
-            return QuotaExceeded(self.backend, f"HTTP 403 (quota): {text}")
+            return QuotaExceeded(self.backend, f"HTTP 403 (ResourceQuota): {text}")
+        if status == 403 and _LIMIT_RANGE.search(message):
+            # The LimitRanger admission plugin: a LimitRange's min, max or ratio refused
+            # the pod's requests. A namespace limit, not a credentials problem.
+            return QuotaExceeded(self.backend, f"HTTP 403 (LimitRange): {text}")
+        if status == 403 and _NO_SERVICE_ACCOUNT_YET.search(message):
+            # A fresh namespace's default service account (or its token) appears a moment
+            # later. Only that: an RBAC refusal of a service-account user ("User
+            # \"system:serviceaccount:...\" cannot create ...") is final.
+            return TransientBackendError(self.backend, f"HTTP 403: {text}")
         if status == 403:
             return AuthenticationError(self.backend, f"HTTP 403 (not allowed): {text}")
         if status == 429 or status >= 500:
@@ -206,11 +226,15 @@ class KubeAPI:
         grace_seconds: int | None = None,
         params: Mapping[str, str] | None = None,
         uid: str | None = None,
+        resource_version: str | None = None,
     ) -> bool:
         """DELETE one object (or a collection with a ``labelSelector``); False when already gone.
 
         With ``uid`` only that very object is deleted: one of the same name made
         since (another incarnation, someone else's) is left alone, and counts as gone.
+        With ``resource_version`` too, only that very version of it: an object written
+        since (a Lease renewed, a pod adopted) is left alone, and False says so — the
+        caller reads it again to tell which.
         """
         options: Obj = {
             "apiVersion": "v1",
@@ -219,16 +243,18 @@ class KubeAPI:
         }
         if grace_seconds is not None:
             options["gracePeriodSeconds"] = grace_seconds
-        if uid is not None:
-            options["preconditions"] = {"uid": uid}
+        preconditions = {"uid": uid, "resourceVersion": resource_version}
+        preconditions = {k: v for k, v in preconditions.items() if v is not None}
+        if preconditions:
+            options["preconditions"] = preconditions
         try:
             await self.request("DELETE", path, body=options, params=params)
         except NotFound:
             return False
         except Conflict:
-            if uid is None:
+            if not preconditions:
                 raise
-            return False  # the precondition failed: that object is gone, another has the name
+            return False  # a precondition failed: that object (or version) is gone
         return True
 
     async def watch(

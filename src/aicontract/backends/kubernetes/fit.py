@@ -9,6 +9,7 @@ each granted what the least of those N can give.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -17,9 +18,9 @@ from typing import TypeVar
 import attrs
 import msgspec
 
-from ...contract import Contract
+from ...contract import GPU, Contract
 from ...errors import AuthenticationError
-from ...gpu_models import capability
+from ...gpu_models import capability, pick_model
 from ...offer import Grant, Offer, Quote, Rejection, check_offer
 from ...units import Bytes, CountRange, Money, Range
 from ..base import fixed_ports_only
@@ -29,6 +30,7 @@ from .core import (
     PODS,
     KubeCore,
 )
+from .objects import ZERO_RESOURCES
 from .quote import (
     GPU_CLIQUE_LABEL,
     GPU_PRODUCT_LABELS,
@@ -57,8 +59,46 @@ class _Room:
     kind: str = "ResourceQuota"
 
     def says(self) -> str:
-        """``requests.nvidia.com/gpu: used 4 of limit 4 (ResourceQuota gpus)``."""
+        """``requests.nvidia.com/gpu: used 4 of limit 4 (ResourceQuota gpus)``, or
+        ``min cpu per Container is 2 (LimitRange floor)``."""
+        if self.kind == "LimitRange":
+            return f"{self.key} is {self.hard} ({self.kind} {self.quota})"
         return f"{self.key}: used {self.used} of limit {self.hard} ({self.kind} {self.quota})"
+
+
+class _Bounds(dict[str, _Room]):
+    """The namespace's limits on one lease's pod: per resource, the tightest ceiling
+    (a ResourceQuota's room, a LimitRange's ``max``), as a mapping; and what the
+    LimitRanges demand besides.
+
+    ``floors``: per resource, the highest LimitRange ``min`` (per Pod or Container);
+    a pod's request must reach it. ``defaults``: per resource, the request a
+    Container LimitRange gives a container that states none (``defaultRequest``).
+    ``named``: every resource a LimitRange names, which a pod had better state itself:
+    one it leaves out is defaulted in (a pod without GPUs given ``nvidia.com/gpu``) or,
+    under a Pod ``min``/``max``, refused.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.floors: dict[str, _Room] = {}
+        self.defaults: dict[str, _Room] = {}
+        self.named: set[str] = set()
+        # maxLimitRequestRatio: LimitRanger refuses a pod whose request of such a
+        # resource is missing or 0, so it must ask for some.
+        self.ratios: dict[str, _Room] = {}
+
+
+_NO_BOUNDS = _Bounds()
+
+
+def _as_bounds(room: Mapping[str, _Room]) -> _Bounds:
+    """``room`` as :class:`_Bounds` (a plain mapping: ceilings only)."""
+    if isinstance(room, _Bounds):
+        return room
+    bounds = _Bounds()
+    bounds.update(room)
+    return bounds
 
 
 @attrs.frozen
@@ -71,18 +111,42 @@ class _Misfit:
 
 
 def _grant_or_default(
-    requirement: str, wanted: Range[_Q] | None, default: _Q, free: _Q
+    requirement: str,
+    wanted: Range[_Q] | None,
+    default: _Q,
+    free: _Q,
+    floor: _Room | None = None,
 ) -> _Q | _Misfit:
     """What a node grants of ``wanted`` from ``free`` (``default`` where the contract
-    names no range), or why it cannot."""
+    names no range), raised to a LimitRange's ``floor`` where the range allows; or why
+    it cannot."""
     if wanted is not None:
         granted = wanted.grant(free)
         if granted is None:
             return _Misfit(requirement, str(wanted), f"{free} free")
+    elif default <= free:
+        granted = default
+    else:
+        return _Misfit(requirement, f"{default} (default)", f"{free} free")
+    return _raised(requirement, granted, wanted, free, floor)
+
+
+def _raised(
+    requirement: str, granted: _Q, wanted: Range[_Q] | None, free: _Q, floor: _Room | None
+) -> _Q | _Misfit:
+    """``granted``, or a LimitRange's ``min`` where that is more, the contract's range
+    allows it (no range: anything does) and the node has it free."""
+    if floor is None:
         return granted
-    if default <= free:
-        return default
-    return _Misfit(requirement, f"{default} (default)", f"{free} free")
+    need = type(granted)(math.ceil(floor.hard))
+    if need <= granted:
+        return granted
+    if wanted is not None and need not in wanted:
+        # The namespace demands more than the contract allows: a refusal naming both.
+        return _Misfit("quota", f"{requirement} {wanted}", floor.says())
+    if need > free:
+        return _Misfit(requirement, f"{need} (the min of LimitRange {floor.quota})", f"{free} free")
+    return need
 
 
 # What nodes that fit alike share: GPU model, region, jurisdiction (and where it came from),
@@ -94,6 +158,31 @@ def _size(item: tuple[NodeView, Grant]) -> tuple[int, int, int]:
     """How much a node's grant gives, for picking the best (or the best N) of a group."""
     g = item[1]
     return (g.gpus, g.cpus, g.memory.bytes if g.memory is not None else 0)
+
+
+def _relaxed(offer: Offer, what: str) -> Offer:
+    """``offer`` as a counter-offer: ``details["relaxed"]`` names what it gives up."""
+    return msgspec.structs.replace(offer, details={**offer.details, "relaxed": what})
+
+
+def _named(wanted: GPU, offer: Offer) -> Offer:
+    """A GPU counter-offer whose contract asks exactly what it grants, saying how that
+    differs from what was ``wanted``."""
+    grant, got = offer.grant, offer.contract.resources.gpus or wanted
+    relaxed: list[str] = []
+    models = got.models
+    if grant.gpu_model is not None and pick_model(wanted.models, grant.gpu_model) is None:
+        models = (grant.gpu_model,)
+        relaxed.append(f"resources.gpus.models {'/'.join(wanted.models)} -> {grant.gpu_model}")
+    count = got.count
+    if grant.gpus not in wanted.count:
+        count = CountRange(grant.gpus)
+        relaxed.append(f"resources.gpus.count {wanted.count} -> {grant.gpus}")
+    exact = msgspec.structs.replace(got, models=models, count=count)
+    narrowed = offer.contract.with_(
+        resources=msgspec.structs.replace(offer.contract.resources, gpus=exact)
+    )
+    return _relaxed(msgspec.structs.replace(offer, contract=narrowed), "; ".join(relaxed))
 
 
 class FitMixin(KubeCore):
@@ -158,6 +247,7 @@ class FitMixin(KubeCore):
     ) -> tuple[list[Offer], dict[str, list[tuple[str, str, str]]], int]:
         """The offers ``views`` make for ``contract``; per requirement, the nodes missing it;
         and the most nodes that fit together (in one group: a gang's nodes share one)."""
+        room = _as_bounds(room)
         problems: dict[str, list[tuple[str, str, str]]] = {}
         groups: dict[_GroupKey, list[tuple[NodeView, Grant]]] = {}
         for view in views:
@@ -181,6 +271,7 @@ class FitMixin(KubeCore):
         now = self.clock.time()
         nodes = contract.resources.nodes
         offers: list[Offer] = []
+        unstated = sorted(room.named - {"cpu", "memory", "ephemeral-storage"})
         for key, members in sorted(groups.items(), key=lambda kv: (kv[0][1], str(kv[0][0]))):
             if nodes > 1:
                 gang = self._gang(contract, key, members, room)
@@ -191,6 +282,11 @@ class FitMixin(KubeCore):
                     continue
                 members = gang
             offer = self._offer(contract, key, members, now)
+            if unstated:
+                # A LimitRange would default these into a pod that leaves them out (GPUs
+                # into a pod without any): the pod states them as 0 (objects.pod_spec).
+                details = {**offer.details, ZERO_RESOURCES: ",".join(unstated)}
+                offer = msgspec.structs.replace(offer, details=details)
             # The interconnect rule has one home (check_offer); the node's labels gave the
             # grant its value, and a group whose value the contract does not accept is out.
             for rejection in check_offer(offer, contract, now):
@@ -260,46 +356,64 @@ class FitMixin(KubeCore):
     def _counter(
         self, contract: Contract, views: Sequence[NodeView], room: Mapping[str, _Room], most: int
     ) -> list[Offer]:
-        """Offers for less: a gang on as many nodes as fit together (``most``), else fewer
-        GPUs, the most one node (within quota) can give now.
+        """Offers for less, closest first, each naming what it relaxed (``details["relaxed"]``).
 
-        Like the local backend's: only the node or GPU count is relaxed, and only when
-        that is what stands in the way; they are never committed unless a caller asks.
+        A gang on as many nodes as fit together (``most``); else fewer GPUs of a model
+        the contract names, the most one node (within quota) can give now; else the
+        contract's GPUs of another model the cluster has (fewer, if that is all there
+        is). Like the local backend's: only the node count, the GPU count and the GPU
+        model are relaxed, and each counter-offer is the relaxed contract quoted afresh,
+        so every other requirement (placement, isolation, GPU memory, compute
+        capability, interconnect, CPUs, memory, quota) still holds. They are never
+        committed unless a caller accepts one.
         """
         res = contract.resources
         if 0 < most < res.nodes:
             fewer = contract.with_(resources=msgspec.structs.replace(res, nodes=most))
             offers = self._assess(fewer, views, room)[0]
             if offers:
-                return offers
-        gpus = res.gpus
-        if gpus is None or gpus.count.min is None:
+                return [_relaxed(o, f"resources.nodes {res.nodes} -> {most}") for o in offers]
+        if res.gpus is None or res.gpus.count.min is None:
             return []
-        resource = gpu_resource(gpus)
-        cap = room[resource].free if resource in room else None
-        best = 0
-        for view in views:
-            free = view.free_of(resource)
-            best = max(best, int(free if cap is None else min(free, cap)))
-        if not 0 < best < gpus.count.min:
-            return []
-        relaxed = contract.with_(
-            resources=msgspec.structs.replace(
-                res, gpus=msgspec.structs.replace(gpus, count=CountRange(best))
-            )
-        )
-        return self._assess(relaxed, views, room)[0]
+        gpus: GPU = res.gpus
+        least = res.gpus.count.min
 
-    async def quota_room(self, namespace: str) -> dict[str, _Room]:
+        def quoted(models: tuple[str, ...], count: CountRange) -> list[Offer]:
+            relaxed = msgspec.structs.replace(gpus, models=models, count=count)
+            changed = contract.with_(resources=msgspec.structs.replace(res, gpus=relaxed))
+            return self._assess(changed, views, room)[0]
+
+        fewer_count = CountRange((1, least - 1)) if least > 1 else None
+        counters: list[Offer] = []
+        if fewer_count is not None:
+            counters += quoted(gpus.models, fewer_count)
+        if gpus.models:
+            # Any model the cluster has; the ones the contract already accepts were
+            # quoted above. A product (``NVIDIA-H100-80GB-HBM3``) names itself exactly.
+            def other(offer: Offer) -> bool:
+                return pick_model(gpus.models, offer.grant.gpu_model or "") is None
+
+            whole = [o for o in quoted((), gpus.count) if other(o)]
+            counters += whole
+            if fewer_count is not None:
+                full = {o.grant.gpu_model for o in whole}
+                counters += [
+                    o for o in quoted((), fewer_count) if other(o) and o.grant.gpu_model not in full
+                ]
+        return [_named(gpus, o) for o in counters]
+
+    async def quota_room(self, namespace: str) -> _Bounds:
         """Per resource, what the namespace's tightest ResourceQuota or LimitRange allows.
 
         Pods are Guaranteed QoS (requests = limits), so ``requests.X``, ``limits.X``
         and plain ``X`` all bound ``X``; ``pods``/``count/pods`` bound the pod count;
-        a LimitRange's ``max`` per Pod or Container bounds one lease's pod. No quota,
-        no namespace yet, or no right to read them: no bound. Read afresh for every
-        quote: what a quota has used changes with every lease.
+        a LimitRange's ``max`` per Pod or Container bounds one lease's pod, its ``min``
+        is a floor (:attr:`_Bounds.floors`) and a Container's ``defaultRequest`` what a
+        pod stating none is given (:attr:`_Bounds.defaults`). No quota, no namespace
+        yet, or no right to read them: no bound. Read afresh for every quote: what a
+        quota has used changes with every lease.
         """
-        room: dict[str, _Room] = {}
+        room = _Bounds()
 
         def tighten(resource: str, bound: _Room) -> None:
             if resource not in room or bound.free < room[resource].free:
@@ -312,22 +426,35 @@ class FitMixin(KubeCore):
             return room
         for limit_range in ranges.get("items") or []:
             for item in (limit_range.get("spec") or {}).get("limits") or []:
-                if item.get("type") not in ("Pod", "Container"):
+                kind = item.get("type")
+                if kind not in ("Pod", "Container"):
                     continue
-                for resource, value in (item.get("max") or {}).items():
-                    try:
-                        most = parse_quantity(value)
-                    except ValueError:
-                        continue
-                    bound = _Room(
-                        free=most,
-                        used=Decimal(0),
-                        hard=most,
-                        quota=str(limit_range["metadata"]["name"]),
-                        key=f"max {resource} per {item['type']}",
-                        kind="LimitRange",
-                    )
-                    tighten(resource, bound)
+                for field in ("max", "min", "defaultRequest", "maxLimitRequestRatio"):
+                    if field == "defaultRequest" and kind != "Container":
+                        continue  # only containers are defaulted
+                    for resource, value in (item.get(field) or {}).items():
+                        try:
+                            amount = parse_quantity(value)
+                        except ValueError:
+                            continue
+                        room.named.add(resource)
+                        bound = _Room(
+                            free=amount,
+                            used=Decimal(0),
+                            hard=amount,
+                            quota=str(limit_range["metadata"]["name"]),
+                            key=f"{field} {resource} per {kind}",
+                            kind="LimitRange",
+                        )
+                        if field == "max":
+                            tighten(resource, bound)
+                            continue
+                        if field == "maxLimitRequestRatio":
+                            room.ratios[resource] = bound
+                            continue
+                        table = room.floors if field == "min" else room.defaults
+                        if resource not in table or amount > table[resource].hard:
+                            table[resource] = bound
         for quota in listing.get("items") or []:
             status = quota.get("status") or {}
             hard = status.get("hard") or (quota.get("spec") or {}).get("hard") or {}
@@ -360,8 +487,9 @@ class FitMixin(KubeCore):
     ) -> tuple[Grant, str] | _Misfit:
         """:meth:`_fit` on what the node has free *and* the quota allows; a shortfall
         that only the quota causes is refused as ``quota``."""
+        room = _as_bounds(room)
         if not room:
-            return self._fit(view, contract)
+            return self._fit(view, contract, room)
         pods = room.get("pods")
         if pods is not None and pods.free < 1:
             return _Misfit("quota", "1 pod", pods.says())
@@ -369,8 +497,8 @@ class FitMixin(KubeCore):
             view,
             free={k: min(v, room[k].free) if k in room else v for k, v in view.free.items()},
         )
-        fit = self._fit(capped, contract)
-        if isinstance(fit, _Misfit) and not isinstance(self._fit(view, contract), _Misfit):
+        fit = self._fit(capped, contract, room)
+        if isinstance(fit, _Misfit) and not isinstance(self._fit(view, contract, room), _Misfit):
             resource = {
                 "resources.gpus.count": gpu_resource(contract.resources.gpus),
                 "resources.cpus": "cpu",
@@ -381,8 +509,11 @@ class FitMixin(KubeCore):
                 return _Misfit("quota", fit.wanted, room[resource].says())
         return fit
 
-    def _fit(self, view: NodeView, contract: Contract) -> tuple[Grant, str] | _Misfit:
-        """The grant one node could give now (and its isolation), or why it cannot."""
+    def _fit(
+        self, view: NodeView, contract: Contract, bounds: _Bounds = _NO_BOUNDS
+    ) -> tuple[Grant, str] | _Misfit:
+        """The grant one node could give now (and its isolation), or why it cannot;
+        raised to the namespace's LimitRange ``min`` where the contract allows."""
         place, res = contract.placement, contract.resources
         if not view.schedulable:
             return _Misfit("node", "a Ready, schedulable node", view.why_not or "not schedulable")
@@ -442,23 +573,69 @@ class FitMixin(KubeCore):
                 return _Misfit(
                     "resources.gpus.count", f"{gpus.count} x {model}", f"{free} free of {total}"
                 )
-            gpus_granted = granted
+            raised = _raised(
+                "resources.gpus.count", granted, gpus.count, free, bounds.floors.get(resource)
+            )
+            if isinstance(raised, _Misfit):
+                return raised
+            gpus_granted = raised
+        floors = bounds.floors
         cpus = _grant_or_default(
-            "resources.cpus", res.cpus, self.default_cpus, int(view.free_of("cpu"))
+            "resources.cpus",
+            res.cpus,
+            self.default_cpus,
+            int(view.free_of("cpu")),
+            floors.get("cpu"),
         )
         if isinstance(cpus, _Misfit):
             return cpus
         granted_memory = _grant_or_default(
-            "resources.memory", res.memory, self.default_memory, Bytes(int(view.free_of("memory")))
+            "resources.memory",
+            res.memory,
+            self.default_memory,
+            Bytes(int(view.free_of("memory"))),
+            floors.get("memory"),
         )
         if isinstance(granted_memory, _Misfit):
             return granted_memory
-        disk = None
+        disk: Bytes | None = None
+        free_disk = Bytes(int(view.free_of("ephemeral-storage")))
+        disk_floor = floors.get("ephemeral-storage")
         if res.disk is not None:
-            free_disk = Bytes(int(view.free_of("ephemeral-storage")))
-            disk = res.disk.grant(free_disk)
-            if disk is None:
+            granted_disk = res.disk.grant(free_disk)
+            if granted_disk is None:
                 return _Misfit("resources.disk", str(res.disk), f"{free_disk} free")
+            raised_disk = _raised("resources.disk", granted_disk, res.disk, free_disk, disk_floor)
+            if isinstance(raised_disk, _Misfit):
+                return raised_disk
+            disk = raised_disk
+        elif "ephemeral-storage" in bounds.named:
+            # A LimitRange on ephemeral storage gives a pod that states none a request
+            # (its defaultRequest) or refuses it (a Pod min or max): state what it would
+            # be given, so the grant and the quote count it.
+            given = bounds.defaults.get("ephemeral-storage") or disk_floor
+            if given is None:
+                ceiling = bounds.get("ephemeral-storage")
+                said = ceiling.says() if ceiling is not None else "a LimitRange names it"
+                return _Misfit("quota", "resources.disk (not stated)", f"{said}: state it")
+            raised_disk = _raised("resources.disk", Bytes(0), None, free_disk, given)
+            if isinstance(raised_disk, _Misfit):
+                return raised_disk
+            disk = raised_disk
+        stated = {"cpu", "memory"}
+        if disk is not None and disk.bytes > 0:
+            stated.add("ephemeral-storage")
+        if gpus_granted and res.gpus is not None:
+            stated.add(gpu_resource(res.gpus))
+        for resource, floor in sorted(floors.items()):
+            if resource not in stated and floor.hard > 0:
+                # A pod must request a resource the contract does not ask for.
+                return _Misfit("quota", f"no {resource}", floor.says())
+        for resource, ratio in sorted(bounds.ratios.items()):
+            if resource not in stated:
+                return _Misfit(
+                    "quota", f"no {resource}", f"{ratio.says()}: every pod must request some"
+                )
         granted_cc = view.compute_capability if gpus_granted else None
         grant = Grant(
             gpus=gpus_granted,

@@ -52,6 +52,7 @@ __all__ = [
     "LABEL_QUEUE",
     "LABEL_RANK",
     "RENDEZVOUS_PORT",
+    "ZERO_RESOURCES",
     "claim_manifest",
     "claim_models",
     "gang_address",
@@ -68,6 +69,9 @@ __all__ = [
     "service_manifest",
 ]
 
+# Offer detail: the extended resources a namespace's LimitRange names that the pod would
+# not request; it requests 0 of each, so no LimitRange default adds them (fit.py).
+ZERO_RESOURCES = "zero_resources"
 LABEL_LEASE = "aicontract.io/lease"
 LABEL_TENANT = "aicontract.io/tenant"
 LABEL_CONTRACT = "aicontract.io/contract"
@@ -201,7 +205,9 @@ def lease_manifest(
     }
 
 
-def _quantities(grant: Grant, gpu_name: str, use_dra: bool) -> dict[str, str]:
+def _quantities(
+    grant: Grant, gpu_name: str, use_dra: bool, zero: Sequence[str] = ()
+) -> dict[str, str]:
     amounts: dict[str, str] = {"cpu": str(max(1, grant.cpus))}
     if grant.memory is not None:
         amounts["memory"] = str(grant.memory.bytes)
@@ -209,6 +215,10 @@ def _quantities(grant: Grant, gpu_name: str, use_dra: bool) -> dict[str, str]:
         amounts["ephemeral-storage"] = str(grant.disk.bytes)
     if grant.gpus and not use_dra:
         amounts[gpu_name] = str(grant.gpus)
+    for name in zero:
+        # A LimitRange's default would otherwise give the pod some (GPUs to a pod
+        # that asked for none), which the grant would not record.
+        amounts.setdefault(name, "0")
     return amounts
 
 
@@ -295,7 +305,8 @@ def pod_spec(
     """
     contract, grant = offer.contract, offer.grant
     gpus = contract.resources.gpus
-    amounts = _quantities(grant, gpu_resource(gpus), claim is not None)
+    zero = [n for n in offer.details.get(ZERO_RESOURCES, "").split(",") if n]
+    amounts = _quantities(grant, gpu_resource(gpus), claim is not None, zero)
     workload = contract.workload
     container: dict[str, Any] = {
         "name": CONTAINER,

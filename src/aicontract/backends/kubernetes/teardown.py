@@ -131,10 +131,20 @@ class TeardownMixin(KubeCore):
             rest = KINDS[kind]
             selector = {"labelSelector": f"{LABEL_LEASE}={name}"}
             items = (await api.get(resource_path(*rest, namespace), selector)).get("items") or []
+            live: set[str] = set()
+            if lease_uid is None and items:
+                # Read after the list: an object owned by a Lease object there now is
+                # that commit's (another process's, under the same key), never an orphan.
+                # (A Lease object made after this read cannot own what was listed before.)
+                now_there = await api.get_or_none(resource_path(*LEASES, namespace, name))
+                if now_there is not None:
+                    live.add(str(now_there["metadata"]["uid"]))
             deleted: set[str] = set()
             for obj in items:
                 meta = obj["metadata"]
                 theirs = _owners(obj)
+                if theirs & live:
+                    continue
                 if lease_uid is None and not theirs & owners:
                     # No Lease object: orphans of this name are whatever Lease-owned
                     # object is left (a Job's pods go with their Job).

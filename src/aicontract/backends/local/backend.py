@@ -39,6 +39,7 @@ from ...gpu_models import capability, pick_model
 from ...leases import Lease, LeaseRecord, LeaseState, WorkloadState
 from ...observation import Fault, Observation, Sample
 from ...offer import Grant, Offer, Quote, Rejection
+from ...reporting import REPORT_SOCKET_ENV, report_socket_path
 from ...units import Bytes, CountRange, Duration, Money
 from ...workload import DEFAULT_GRACE, Supervised, WorkloadRef, pid_namespace, spawn
 from ...world import World
@@ -574,6 +575,8 @@ class LocalBackend(Backend):
             lease.id, WorkloadRef(pgid=0, pidns=pid_namespace(), lock=lock, grace=grace_s)
         ):
             raise LeaseLost(lease.id, "it was no longer in the ledger when its workload started")
+        # Where it reports to its lease's monitor: known now, bound once the lease is held.
+        lease.env.setdefault(REPORT_SOCKET_ENV, report_socket_path(lease.id))
         supervised = await spawn(
             command,
             {**os.environ, **lease.env},

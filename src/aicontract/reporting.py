@@ -113,7 +113,7 @@ def report_dir() -> Path:
     return base / f"reports-{os.geteuid()}"
 
 
-def report_socket_path(lease_id: str) -> str:
+def report_socket_path(lease_id: str, *, create: bool = False) -> str:
     """Where the holder of lease ``lease_id`` binds its report socket: known before it binds.
 
     A backend that starts the workload itself (the local backend, at commit)
@@ -122,7 +122,10 @@ def report_socket_path(lease_id: str) -> str:
     waited for. The name comes from the lease id (and the directory), so
     each lease of a renegotiation chain has its own socket. When
     :func:`report_dir` is too deep for a socket path, a per-user directory in
-    the system's temporary directory is used instead.
+    the system's temporary directory is used instead. With ``create``, the
+    directory is made (0700) or checked to be this user's alone first
+    (:class:`PermissionError` when it is not: nobody else may receive what the
+    workload reports).
     """
     directory = report_dir()
     # Short and fixed-length, so deep state dirs still fit in a socket path.
@@ -131,6 +134,8 @@ def report_socket_path(lease_id: str) -> str:
     path = directory / name
     if len(os.fsencode(path)) > _MAX_PATH:
         path = Path(tempfile.gettempdir()) / f"aicontract-reports-{os.geteuid()}" / name
+    if create:
+        _private_dir(path.parent)
     return str(path)
 
 

@@ -115,6 +115,27 @@ def test_a_directory_of_someone_else_is_refused(host: Path) -> None:
         aicontract.reporting.ReportSocket(path=str(path))
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+@pytest.mark.anyio
+async def test_a_workload_never_reports_into_another_users_directory(
+    host: Path, tmp_path: Path
+) -> None:
+    marker = f"reporter-{uuid.uuid4().hex[:8]}"
+    contract, _ = reporter_contract(tmp_path, marker)
+    directory = aicontract.reporting.report_dir()
+    directory.mkdir(parents=True, mode=0o700)
+    os.chown(directory, 4321, 4321)  # someone else got there first
+    backend = LocalBackend(state_dir=host)
+    async with backend:
+        lease = await aicontract.acquire(contract, negotiator=Negotiator([backend]))
+        async with lease:
+            environ = Path(f"/proc/{lease.details['pid']}/environ").read_bytes().split(b"\0")
+            given = [e for e in environ if e.startswith(REPORT_SOCKET_ENV.encode() + b"=")]
+            assert given == []  # the workload runs, but is given no socket there
+            assert not lease.env[REPORT_SOCKET_ENV].startswith(str(directory))
+    no_leak(host, marker)
+
+
 @pytest.mark.anyio
 async def test_async_acquire_hears_the_workload_the_backend_started(
     host: Path, tmp_path: Path

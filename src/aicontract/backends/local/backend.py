@@ -576,7 +576,11 @@ class LocalBackend(Backend):
         ):
             raise LeaseLost(lease.id, "it was no longer in the ledger when its workload started")
         # Where it reports to its lease's monitor: known now, bound once the lease is held.
-        lease.env.setdefault(REPORT_SOCKET_ENV, report_socket_path(lease.id))
+        if REPORT_SOCKET_ENV not in lease.env:
+            try:
+                lease.env[REPORT_SOCKET_ENV] = report_socket_path(lease.id, create=True)
+            except OSError as exc:  # not this user's alone: it runs, but cannot report
+                log.warning("lease %s: its workload cannot report: %s", lease.id, exc)
         supervised = await spawn(
             command,
             {**os.environ, **lease.env},

@@ -56,9 +56,9 @@ import msgspec
 from ..clock import Clock, system_clock
 from ..contract import Contract
 from ..errors import AIContractError, ConfigError, LeaseLost, LeaseStateError, NoOffer
-from ..leases import Lease, LeaseState, WorkloadState
+from ..leases import Lease, LeaseState, WorkloadState, _to_base
 from ..observation import Fault, ObjectiveState, Sample, Violation, format_value
-from ..reporting import REPORT_SOCKET_ENV, ReportSocket
+from ..reporting import REPORT_SOCKET_ENV, ReportSocket, report_socket_path
 from .objectives import Change, Tracker, tracker_for
 from .policies import Policy, PolicyContext, RenegotiationBudget, policy_for
 from .probes import EndpointProbe, probe_targets
@@ -83,6 +83,22 @@ log = logging.getLogger("aicontract.monitor")
 _MAX_SLI_NAMES = 32
 _OBSERVE_WORKERS = 16
 """How many leases' observations may be in flight at once (a running monitor's)."""
+
+
+@attrs.define(eq=False)
+class _Reports:
+    """One lease's report socket, served while its chain is held."""
+
+    lease: Lease
+    socket: ReportSocket
+    added: bool
+    """True when the holder put the path in the lease's env (taken out again at the end)."""
+    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+
+    def close(self) -> None:
+        self.socket.close()
+        if self.added and self.lease.env.get(REPORT_SOCKET_ENV) == self.socket.path:
+            del self.lease.env[REPORT_SOCKET_ENV]
 
 
 @attrs.define(eq=False)
@@ -127,8 +143,10 @@ class LeaseWatch:
     """A violation that came while the policy was busy (finding a replacement, draining the
     old lease): acted on once it is done, if its lease is still the one serving."""
     ended: bool = False
-    reports: ReportSocket | None = None
-    """The socket workloads report to while the lease is held."""
+    reports: dict[str, _Reports] = attrs.field(factory=dict)
+    """The sockets workloads report to while the chain is held: one per lease, by id."""
+    reports_host: anyio.abc.TaskGroup | None = None
+    """Where report sockets are served while the chain is held (see hold)."""
     http: httpx.AsyncClient | None = None
     """The holder's HTTP client for probes, when the monitor has none of its own."""
     clock: Clock = system_clock
@@ -328,8 +346,6 @@ class Monitor:
         self._watches[lease.id] = watch
         lease.attach(self)
         lease.on_state_change(self._lease_changed)
-        if watch.reports is not None:  # a replacement: its workloads report to the same socket
-            lease.env[REPORT_SOCKET_ENV] = watch.reports.path
         host = self._tg or watch.host
         if host is not None:
             host.start_soon(self._run_lease, watch, lease, name=f"aicontract-watch-{lease.id}")
@@ -399,75 +415,131 @@ class Monitor:
     async def hold(
         self, lease: Lease, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Serve ``lease``'s report socket and run its loops while its holder holds it.
+        """Serve the chain's report sockets and run its loops while its holder holds it.
 
-        The socket (``AICONTRACT_REPORT_SOCKET`` in ``lease.env``) is bound
-        before this reports itself started, so a process started with the
-        lease's env right after ``async with lease`` can report at once. A
-        monitor with its own task group runs the loops there; a monitor
-        without one (the process's) runs them here, and its replacements'
-        too, until the chain ends.
+        The lease's socket (``AICONTRACT_REPORT_SOCKET`` in ``lease.env``) is
+        bound before this reports itself started, so a process started with the
+        lease's env right after ``async with lease`` can report at once; a
+        workload its backend started at commit already knows the path and is
+        heard from now on. Each replacement gets its own socket when it is
+        committed (see :meth:`_switch`). A monitor with its own task group runs
+        the loops there; a monitor without one (the process's) runs them here,
+        and its replacements' too, until the chain ends.
         """
         watch = self._watches.get(lease.current.id)
-        if watch is None or watch.reports is not None:
+        if watch is None or watch.reports_host is not None:
             task_status.started()
             return
         if watch.done is None:
             watch.done = anyio.Event()
         hosting = self._tg is None and watch.host is None
         try:
-            reports: ReportSocket | None = ReportSocket(lease.id)
-        except OSError as exc:  # workloads cannot report; the lease itself is fine
-            log.warning("lease %s: no report socket for its workload: %s", lease.id, exc)
-            reports = None
-        with reports or contextlib.nullcontext():
-            if reports is not None:
-                watch.reports = reports
-                lease.env[REPORT_SOCKET_ENV] = reports.path
-                if lease is not watch.lease:
-                    watch.lease.env[REPORT_SOCKET_ENV] = reports.path
-            try:
-                async with anyio.create_task_group() as host:
-                    if reports is not None:
-                        host.start_soon(reports.serve, functools.partial(self._reported, watch))
-                    if hosting:
-                        if self.http is None and probe_targets(watch.lease):
-                            watch.http = httpx.AsyncClient()  # only when there is a probe
-                        watch.host = host
-                        watch.token = anyio.lowlevel.current_token()
-                        watch.thread = threading.get_ident()
-                        host.start_soon(self._run_lease, watch, watch.lease)
-                        if self.publish:
-                            host.start_soon(self._publish_turn, watch)
-                    task_status.started()
-                    await watch.done.wait()
-                    host.cancel_scope.cancel()
-            finally:
-                watch.reports = None
+            async with anyio.create_task_group() as host:
+                watch.reports_host = host
+                self._open_reports(watch, watch.lease)
                 if hosting:
-                    watch.host = None
-                    http, watch.http = watch.http, None
-                    if http is not None:
-                        with anyio.CancelScope(shield=True):
-                            await http.aclose()
-                lease.env.pop(REPORT_SOCKET_ENV, None)
+                    if self.http is None and probe_targets(watch.lease):
+                        watch.http = httpx.AsyncClient()  # only when there is a probe
+                    watch.host = host
+                    watch.token = anyio.lowlevel.current_token()
+                    watch.thread = threading.get_ident()
+                    host.start_soon(self._run_lease, watch, watch.lease)
+                    if self.publish:
+                        host.start_soon(self._publish_turn, watch)
+                task_status.started()
+                await watch.done.wait()
+                host.cancel_scope.cancel()
+        finally:
+            watch.reports_host = None
+            for reports in list(watch.reports.values()):  # any whose task never ran
+                reports.close()
+            watch.reports.clear()
+            if hosting:
+                watch.host = None
+                http, watch.http = watch.http, None
+                if http is not None:
+                    with anyio.CancelScope(shield=True):
+                        await http.aclose()
+
+    def _open_reports(self, watch: LeaseWatch, lease: Lease) -> None:
+        """Bind ``lease``'s own report socket and serve it, while its chain is held.
+
+        At the path its env names when its backend put one there (the workload
+        it started at commit reports there already), else at
+        :func:`~aicontract.reporting.report_socket_path`; in a fresh private
+        directory when that cannot be bound. What arrives is ``lease``'s alone.
+        """
+        host = watch.reports_host
+        if host is None or lease.id in watch.reports:
+            return
+        known = lease.env.get(REPORT_SOCKET_ENV)
+        try:
+            reports = ReportSocket(path=known or report_socket_path(lease.id))
+        except OSError as exc:
+            try:
+                reports = ReportSocket(lease.id)
+            except OSError as again:  # workloads cannot report; the lease itself is fine
+                log.warning("lease %s: no report socket for its workload: %s", lease.id, again)
+                return
+            if known:
+                log.warning(
+                    "lease %s: cannot bind report socket %s (%s); processes started from now"
+                    " report to %s, what already runs is not heard",
+                    lease.id,
+                    known,
+                    exc,
+                    reports.path,
+                )
+        entry = _Reports(lease, reports, added=known != reports.path)
+        lease.env[REPORT_SOCKET_ENV] = reports.path
+        watch.reports[lease.id] = entry
+        host.start_soon(self._serve_reports, watch, entry, name=f"aicontract-reports-{lease.id}")
+
+    async def _serve_reports(self, watch: LeaseWatch, entry: _Reports) -> None:
+        try:
+            with entry.scope:
+                await entry.socket.serve(functools.partial(self._reported, watch, entry.lease))
+        finally:
+            entry.close()
+            if watch.reports.get(entry.lease.id) is entry:
+                del watch.reports[entry.lease.id]
+
+    def _close_reports(self, watch: LeaseWatch, lease: Lease) -> None:
+        """Stop serving ``lease``'s report socket (it was released, or never switched to)."""
+        entry = watch.reports.get(lease.id)
+        if entry is not None:
+            entry.scope.cancel()
 
     def _reported(
-        self, watch: LeaseWatch, sli: str, value: float, unit: str | None, labels: Any
+        self,
+        watch: LeaseWatch,
+        lease: Lease,
+        sli: str,
+        value: float,
+        unit: str | None,
+        labels: dict[str, str] | None,
     ) -> None:
-        """A figure a workload sent to the report socket: as if the holder reported it."""
-        lease = watch.lease
-        if not lease.is_active:
+        """A figure ``lease``'s workload sent to its socket: as if its holder reported it.
+
+        Only while ``lease`` serves the chain: a replacement not yet switched to
+        (its workload is still starting) or a lease being drained after a switch
+        counts for no other lease, so its figures are dropped.
+        """
+        if watch.lease is not lease or not lease.is_active:
             return
+        now = watch.clock.time()
         if unit is None and labels is None:  # the common case, in base units: no conversion
-            self._ingest(
-                watch, lease, Sample(sli=sli, value=value, at=watch.clock.time(), source="workload")
-            )
+            self._ingest(watch, lease, Sample(sli=sli, value=value, at=now, source="workload"))
             return
         try:
-            lease.report(sli, value, unit=unit, labels=labels)
-        except (AIContractError, TypeError, ValueError) as exc:
+            base, extra = _to_base(sli, value, unit)
+        except (AIContractError, ValueError) as exc:
             log.debug("lease %s: bad report from the workload: %s", lease.id, exc)
+            return
+        sample = Sample(
+            sli=sli, value=base, at=now, source="workload", labels={**extra, **(labels or {})}
+        )
+        self._ingest(watch, lease, sample)
 
     # -- samples -------------------------------------------------------------------------
 
@@ -605,21 +677,14 @@ class Monitor:
         Raises (and the policy releases ``new``) when the replacement does not
         become ready in time; the old lease is kept.
         """
-        if watch.reports is not None:  # what starts on it reports to the same socket
-            new.env[REPORT_SOCKET_ENV] = watch.reports.path
+        # Its own socket, before anything starts on it: what its workload reports is its
+        # own (dropped until the switch), never counted against the lease it replaces.
+        self._open_reports(watch, new)
         try:
-            # What the holder runs on the lease itself (the CLI's command) starts on the
-            # replacement now, while the old lease still serves.
-            await old.start_replacement(new)
-        except Exception as exc:
-            raise LeaseLost(new.id, f"its workload could not be started: {exc}") from exc
-        if old.is_active:
-            await self._until_ready(watch, old, new)
-        if not new.is_active:
-            raise LeaseLost(new.id, "the replacement is not active; keeping the old lease")
-        if old.released_by_holder:
-            raise LeaseStateError(old.id, "its holder released it; nothing may replace it")
-        watch.renegotiations_total += 1
+            await self._before_switch(watch, old, new)
+        except BaseException:
+            self._close_reports(watch, new)
+            raise
         old_scope = watch.scope
         before = self._lease_snapshot(watch)  # what readers of the old id will find
         self._learn(watch, old)
@@ -645,6 +710,23 @@ class Monitor:
         if old.is_active:
             old.reason = f"replaced by {new.id}"
         await old.release(successors=False)
+        self._close_reports(watch, old)
+
+    async def _before_switch(self, watch: LeaseWatch, old: Lease, new: Lease) -> None:
+        """Start the holder's work on ``new`` and wait until it is ready to take over."""
+        try:
+            # What the holder runs on the lease itself (the CLI's command) starts on the
+            # replacement now, while the old lease still serves.
+            await old.start_replacement(new)
+        except Exception as exc:
+            raise LeaseLost(new.id, f"its workload could not be started: {exc}") from exc
+        if old.is_active:
+            await self._until_ready(watch, old, new)
+        if not new.is_active:
+            raise LeaseLost(new.id, "the replacement is not active; keeping the old lease")
+        if old.released_by_holder:
+            raise LeaseStateError(old.id, "its holder released it; nothing may replace it")
+        watch.renegotiations_total += 1
 
     def _lease_changed(self, lease: Lease, old: LeaseState, new: LeaseState) -> None:
         if self.telemetry.enabled:

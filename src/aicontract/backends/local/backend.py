@@ -39,6 +39,7 @@ from ...gpu_models import capability, pick_model
 from ...leases import Lease, LeaseRecord, LeaseState, WorkloadState
 from ...observation import Fault, Observation, Sample
 from ...offer import Grant, Offer, Quote, Rejection
+from ...reporting import REPORT_SOCKET_ENV, report_socket_path
 from ...units import Bytes, CountRange, Duration, Money
 from ...workload import DEFAULT_GRACE, Supervised, WorkloadRef, pid_namespace, spawn
 from ...world import World
@@ -758,6 +759,12 @@ class LocalBackend(Backend):
             lease.id, WorkloadRef(pgid=0, pidns=pid_namespace(), lock=lock, grace=grace_s)
         ):
             raise LeaseLost(lease.id, "it was no longer in the ledger when its workload started")
+        # Where it reports to its lease's monitor: known now, bound once the lease is held.
+        if REPORT_SOCKET_ENV not in lease.env:
+            try:
+                lease.env[REPORT_SOCKET_ENV] = report_socket_path(lease.id, create=True)
+            except OSError as exc:  # not this user's alone: it runs, but cannot report
+                log.warning("lease %s: its workload cannot report: %s", lease.id, exc)
         supervised = await spawn(
             command,
             {**os.environ, **lease.env},

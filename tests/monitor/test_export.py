@@ -117,3 +117,26 @@ def test_without_extras_nothing_is_imported() -> None:
         "assert not [m for m in sys.modules if m.startswith(('opentelemetry', 'prometheus'))]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_prometheus_samples_keep_the_last_value_and_go_with_the_lease() -> None:
+    prom = pytest.importorskip("prometheus_client")
+    from types import SimpleNamespace
+
+    from aicontract import LeaseState, Sample
+    from aicontract.monitor.telemetry import PrometheusTelemetry
+
+    registry = prom.CollectorRegistry()
+    telemetry = PrometheusTelemetry.for_registry(registry)
+    for value in (1.0, 2.5):
+        telemetry.sample("lease-a", Sample(sli="throughput", value=value, at=0.0))
+    telemetry.sample("lease-b", Sample(sli="throughput", value=7.0, at=0.0))
+    text = prom.generate_latest(registry).decode()
+    assert 'aicontract_sli_value{lease="lease-a",sli="throughput"} 2.5' in text
+    assert 'aicontract_sli_samples_total{sli="throughput"} 3.0' in text
+    lease = SimpleNamespace(id="lease-a", state=LeaseState.RELEASED)
+    telemetry.lease_state(lease, LeaseState.ACTIVE, LeaseState.RELEASED)  # type: ignore[arg-type]
+    telemetry.sample("lease-b", Sample(sli="throughput", value=8.0, at=0.0))
+    text = prom.generate_latest(registry).decode()
+    assert 'lease="lease-a"' not in text
+    assert 'aicontract_sli_value{lease="lease-b",sli="throughput"} 8.0' in text

@@ -258,6 +258,9 @@ class PrometheusTelemetry(Telemetry):
         self._renegotiations = prom.Counter(
             "aicontract_renegotiations", "Renegotiations", ["outcome"], **kw
         )
+        # The labelled children a sample updates, kept: ``labels()`` costs more than the
+        # update itself, and a busy workload reports thousands of samples a second.
+        self._sample_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     @classmethod
     def for_registry(cls, registry: Any = None) -> PrometheusTelemetry:
@@ -286,6 +289,8 @@ class PrometheusTelemetry(Telemetry):
             self._forget(lease.id)
 
     def _forget(self, lease_id: str) -> None:
+        for key in [k for k in self._sample_children if k[0] == lease_id]:
+            self._sample_children.pop(key, None)
         for gauge in (self._sli, self._objective):
             for labels in [k for k in _label_sets(gauge) if k and k[0] == lease_id]:
                 with contextlib.suppress(KeyError):
@@ -293,8 +298,13 @@ class PrometheusTelemetry(Telemetry):
 
     def sample(self, lease_id: str, sample: Sample) -> None:
         """Keep the last value."""
-        self._sli.labels(lease_id, sample.sli).set(sample.value)
-        self._samples.labels(sample.sli).inc()
+        key = (lease_id, sample.sli)
+        children = self._sample_children.get(key)
+        if children is None:
+            children = (self._sli.labels(lease_id, sample.sli), self._samples.labels(sample.sli))
+            self._sample_children[key] = children
+        children[0].set(sample.value)
+        children[1].inc()
 
     def objective_state(self, lease_id: str, key: str, state: ObjectiveState) -> None:
         """Set the state gauge."""

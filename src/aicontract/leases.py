@@ -18,7 +18,6 @@ import enum
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -684,12 +683,8 @@ class Lease:
             raise
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
+    async def __aexit__(self, *exc_info: object) -> None:
+        # The block's exception is not looked at: it propagates as it is (we return None).
         holding, self._holding = self._holding, None
         self._let_go = True  # from here no renegotiation may switch to a new lease
         try:
@@ -703,7 +698,6 @@ class Lease:
                 await holding.__aexit__(None, None, None)
         finally:
             await self.release()  # the whole chain: this lease and every replacement
-        return None
 
     def __repr__(self) -> str:
         return (

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
-from types import TracebackType
 from typing import TypeVar
 
 from ..contract import Contract
@@ -131,10 +130,6 @@ class Backend(ABC):
     async def __aenter__(self: _B) -> _B:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
+        # Close whatever happened in the block; its exception propagates as it is.
         await self.aclose()

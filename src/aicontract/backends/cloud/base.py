@@ -415,22 +415,12 @@ class CloudBackend(Backend):
             spend = self._spend_problem(offer.price)
             if spend is not None:
                 found.append(
-                    Rejection(
-                        backend=self.name,
-                        requirement="backend.max_spend",
-                        wanted=f"at most {self.max_spend} in all",
-                        available=spend,
+                    Rejection.of(
+                        self.name, "backend.max_spend", f"at most {self.max_spend} in all", spend
                     )
                 )
             if offer.price is None:
-                found.append(
-                    Rejection(
-                        backend=self.name,
-                        requirement="price",
-                        wanted="a known price",
-                        available="unpriced",
-                    )
-                )
+                found.append(Rejection.of(self.name, "price", "a known price", "unpriced"))
             if found:
                 for rejection in found:
                     problems.setdefault(rejection.requirement, []).append(rejection)
@@ -438,11 +428,8 @@ class CloudBackend(Backend):
                 offers.append(offer)
         if not entries:
             problems["capacity"] = [
-                Rejection(
-                    backend=self.name,
-                    requirement="capacity",
-                    wanted="an instance type with capacity",
-                    available="none available now",
+                Rejection.of(
+                    self.name, "capacity", "an instance type with capacity", "none available now"
                 )
             ]
         rejections = (

@@ -210,9 +210,7 @@ class SlurmBackend(Backend):
 
         def reject(requirement: str, wanted: str, available: str) -> None:
             problems.setdefault(requirement, []).append(
-                Rejection(
-                    backend=self.name, requirement=requirement, wanted=wanted, available=available
-                )
+                Rejection.of(self.name, requirement, wanted, available)
             )
 
         misfits = contract.placement.misfits(

@@ -11,15 +11,30 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import TypeVar
 
 from ..contract import Contract
+from ..errors import CapacityUnavailable
 from ..governance.identity import Identity, local_identity
 from ..leases import Lease
 from ..observation import Observation
 from ..offer import Offer, Quote, Rejection
+from ..world import World
 
-__all__ = ["Backend", "fixed_ports_only", "key_name", "rank_env"]
+__all__ = [
+    "DEFAULT_MASTER_PORT",
+    "Backend",
+    "fixed_ports_only",
+    "key_name",
+    "node_endpoints",
+    "rank_env",
+    "rendezvous_port",
+    "world_env",
+]
+
+DEFAULT_MASTER_PORT = 29500
+"""Where a multi-node world meets when the workload names no ``master`` port (torchrun's)."""
 
 _B = TypeVar("_B", bound="Backend")
 
@@ -70,6 +85,37 @@ def rank_env(lease: Lease, rank: int, nodes: int) -> dict[str, str]:
     return {**lease.env, "NODE_RANK": str(rank)}
 
 
+def rendezvous_port(contract: Contract, default: int = DEFAULT_MASTER_PORT) -> int:
+    """The port a multi-node world meets at: the workload's ``master`` or ``rendezvous`` port."""
+    ports = contract.workload.fixed_ports if contract.workload else {}
+    return ports.get("master", ports.get("rendezvous", default))
+
+
+def node_endpoints(addresses: Sequence[str], contract: Contract) -> dict[str, str]:
+    """A lease's endpoints on nodes at ``addresses``: ``host`` (rank 0), ``node-1``, ...,
+    and each of the workload's ports on the host.
+    """
+    host = addresses[0]
+    endpoints = {"host": host}
+    for rank, address in enumerate(addresses[1:], start=1):
+        endpoints[f"node-{rank}"] = address
+    ports = contract.workload.ports if contract.workload else {}
+    for port_name, port in sorted(ports.items()):
+        endpoints[port_name] = f"{host}:{port}"
+    return endpoints
+
+
+def world_env(world: World, node_addresses: Sequence[str]) -> dict[str, str]:
+    """The env rank 0 of a multi-node lease gets: the world's variables, ``WORLD_SIZE``
+    (set here, for launchers that do not set it per process) and every node's address.
+    """
+    return {
+        **world.env(),
+        "WORLD_SIZE": str(world.size),
+        "AICONTRACT_NODE_ADDRS": ",".join(node_addresses),
+    }
+
+
 class Backend(ABC):
     """Where capacity comes from: this host, a Kubernetes cluster, a cloud.
 
@@ -101,6 +147,13 @@ class Backend(ABC):
     @abstractmethod
     async def release(self, lease: Lease) -> None:
         """Free everything ``lease`` holds."""
+
+    def _refuse_foreign(self, offer: Offer) -> None:
+        """Refuse, in :meth:`commit`, an offer that another backend made."""
+        if offer.backend != self.name:
+            raise CapacityUnavailable(
+                self.name, f"offer {offer.id} is from {offer.backend}, not {self.name}"
+            )
 
     async def abandon(self, offer: Offer, idempotency_key: str) -> None:  # noqa: B027
         """Undo a commit whose outcome is unknown (retries ran out on transient errors).

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from typing import TypeVar
 
 from ..contract import Contract
@@ -20,21 +19,8 @@ from ..governance.identity import Identity, local_identity
 from ..leases import Lease
 from ..observation import Observation
 from ..offer import Offer, Quote, Rejection
-from ..world import World
 
-__all__ = [
-    "DEFAULT_MASTER_PORT",
-    "Backend",
-    "fixed_ports_only",
-    "key_name",
-    "node_endpoints",
-    "rank_env",
-    "rendezvous_port",
-    "world_env",
-]
-
-DEFAULT_MASTER_PORT = 29500
-"""Where a multi-node world meets when the workload names no ``master`` port (torchrun's)."""
+__all__ = ["Backend", "fixed_ports_only", "key_name", "rank_env"]
 
 _B = TypeVar("_B", bound="Backend")
 
@@ -83,37 +69,6 @@ def rank_env(lease: Lease, rank: int, nodes: int) -> dict[str, str]:
     if not 0 <= rank < nodes:
         raise ValueError(f"rank {rank} is outside 0..{nodes - 1}")
     return {**lease.env, "NODE_RANK": str(rank)}
-
-
-def rendezvous_port(contract: Contract, default: int = DEFAULT_MASTER_PORT) -> int:
-    """The port a multi-node world meets at: the workload's ``master`` or ``rendezvous`` port."""
-    ports = contract.workload.fixed_ports if contract.workload else {}
-    return ports.get("master", ports.get("rendezvous", default))
-
-
-def node_endpoints(addresses: Sequence[str], contract: Contract) -> dict[str, str]:
-    """A lease's endpoints on nodes at ``addresses``: ``host`` (rank 0), ``node-1``, ...,
-    and each of the workload's ports on the host.
-    """
-    host = addresses[0]
-    endpoints = {"host": host}
-    for rank, address in enumerate(addresses[1:], start=1):
-        endpoints[f"node-{rank}"] = address
-    ports = contract.workload.ports if contract.workload else {}
-    for port_name, port in sorted(ports.items()):
-        endpoints[port_name] = f"{host}:{port}"
-    return endpoints
-
-
-def world_env(world: World, node_addresses: Sequence[str]) -> dict[str, str]:
-    """The env rank 0 of a multi-node lease gets: the world's variables, ``WORLD_SIZE``
-    (set here, for launchers that do not set it per process) and every node's address.
-    """
-    return {
-        **world.env(),
-        "WORLD_SIZE": str(world.size),
-        "AICONTRACT_NODE_ADDRS": ",".join(node_addresses),
-    }
 
 
 class Backend(ABC):

@@ -56,15 +56,8 @@ from ...observation import Fault, Observation
 from ...offer import Grant, Offer, Quote, Rejection, check_offer, summarise_rejections
 from ...units import Bytes, Money
 from ...world import World
-from ..base import (
-    Backend,
-    fixed_ports_only,
-    key_name,
-    node_endpoints,
-    rank_env,
-    rendezvous_port,
-    world_env,
-)
+from ..base import Backend, fixed_ports_only, key_name, rank_env
+from ..gang import node_endpoints, rendezvous_port, world_env
 from .regions import jurisdiction_for
 
 __all__ = [

@@ -38,16 +38,8 @@ from ...observation import Fault, Observation
 from ...offer import Grant, Offer, Quote, Rejection, check_offer, summarise_rejections
 from ...units import Bytes, Duration, Money
 from ...world import World
-from ..base import (
-    DEFAULT_MASTER_PORT,
-    Backend,
-    fixed_ports_only,
-    key_name,
-    node_endpoints,
-    rank_env,
-    rendezvous_port,
-    world_env,
-)
+from ..base import Backend, fixed_ports_only, key_name, rank_env
+from ..gang import DEFAULT_MASTER_PORT, node_endpoints, rendezvous_port, world_env
 from .api import SlurmAPI, SlurmError
 from .quote import (
     BAD_NODE_STATES,

@@ -28,7 +28,7 @@ import msgspec
 from .clock import Clock, system_clock
 from .contract import Contract, GuaranteeLevel, encode_quantity
 from .errors import LeaseLost, LeaseStateError, TransientBackendError
-from .observation import ObjectiveState, Sample, Violation
+from .observation import ObjectiveState, Sample, Violation, reported_figures
 from .offer import Grant
 from .units import Duration
 from .world import World
@@ -435,15 +435,10 @@ class Lease:
         :class:`~aicontract.LeaseStateError` rather than dropping them (on an
         ended lease they are dropped: nothing is left to evaluate).
         """
-        if sli is not None:
-            if value is None:
-                raise TypeError("report(sli, value): give a value")
-            values = {sli: value, **values}
-        if not values:
-            raise TypeError("report() needs at least one figure, e.g. report(throughput=512)")
+        figures = reported_figures(sli, value, values)
         at = self.clock.time()
-        for name, raw in values.items():
-            base, extra = _to_base(name, float(raw), unit)
+        for name, raw in figures.items():
+            base, extra = _to_base(name, raw, unit)
             self.ingest(
                 Sample(
                     sli=name, value=base, at=at, source="user", labels={**extra, **(labels or {})}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,13 +19,9 @@ import msgspec
 import tomli_w
 import yaml
 
+from ._compat import tomllib
 from .contract import Contract, convert, encode_quantity
 from .errors import ContractError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 __all__ = [
     "Format",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,15 +19,20 @@ import msgspec
 import tomli_w
 import yaml
 
+from ._compat import tomllib
 from .contract import Contract, convert, encode_quantity
 from .errors import ContractError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
-__all__ = ["Format", "dump", "dumps", "load", "loads", "read_limited", "to_builtins"]
+__all__ = [
+    "Format",
+    "dump",
+    "dumps",
+    "load",
+    "loads",
+    "read_document",
+    "read_limited",
+    "to_builtins",
+]
 
 Format = Literal["yaml", "toml", "json"]
 _SUFFIXES: dict[str, Format] = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
@@ -214,14 +218,18 @@ def read_limited(path: str | os.PathLike[str]) -> bytes:
     return raw
 
 
+def read_document(path: str | Path) -> bytes:
+    """A contract, policy or template file's bytes; an unreadable file is a ContractError."""
+    try:
+        return read_limited(path)
+    except OSError as exc:
+        raise ContractError(f"cannot read {str(path)!r}: {exc.strerror}", value=str(path)) from None
+
+
 def load(path: str | Path, format: Format | None = None) -> Contract:
     """Load a contract file; the format comes from the suffix unless given."""
     fmt = format or format_of(path)
-    try:
-        raw = read_limited(path)
-    except OSError as exc:
-        raise ContractError(f"cannot read {str(path)!r}: {exc.strerror}", value=str(path)) from None
-    return loads(raw, fmt)
+    return loads(read_document(path), fmt)
 
 
 def to_builtins(contract: Contract) -> dict[str, Any]:

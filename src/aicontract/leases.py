@@ -18,7 +18,6 @@ import enum
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -29,7 +28,7 @@ import msgspec
 from .clock import Clock, system_clock
 from .contract import Contract, GuaranteeLevel, encode_quantity
 from .errors import LeaseLost, LeaseStateError, TransientBackendError
-from .observation import ObjectiveState, Sample, Violation
+from .observation import ObjectiveState, Sample, Violation, reported_figures
 from .offer import Grant
 from .units import Duration
 from .world import World
@@ -436,15 +435,10 @@ class Lease:
         :class:`~aicontract.LeaseStateError` rather than dropping them (on an
         ended lease they are dropped: nothing is left to evaluate).
         """
-        if sli is not None:
-            if value is None:
-                raise TypeError("report(sli, value): give a value")
-            values = {sli: value, **values}
-        if not values:
-            raise TypeError("report() needs at least one figure, e.g. report(throughput=512)")
+        figures = reported_figures(sli, value, values)
         at = self.clock.time()
-        for name, raw in values.items():
-            base, extra = _to_base(name, float(raw), unit)
+        for name, raw in figures.items():
+            base, extra = _to_base(name, raw, unit)
             self.ingest(
                 Sample(
                     sli=name, value=base, at=at, source="user", labels={**extra, **(labels or {})}
@@ -684,12 +678,8 @@ class Lease:
             raise
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
+    async def __aexit__(self, *exc_info: object) -> None:
+        # The block's exception is not looked at: it propagates as it is (we return None).
         holding, self._holding = self._holding, None
         self._let_go = True  # from here no renegotiation may switch to a new lease
         try:
@@ -703,7 +693,6 @@ class Lease:
                 await holding.__aexit__(None, None, None)
         finally:
             await self.release()  # the whole chain: this lease and every replacement
-        return None
 
     def __repr__(self) -> str:
         return (

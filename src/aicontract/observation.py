@@ -26,7 +26,25 @@ __all__ = [
     "format_seconds",
     "format_value",
     "objective_key",
+    "reported_figures",
 ]
+
+
+def reported_figures(
+    sli: str | None, value: float | None, values: dict[str, float]
+) -> dict[str, float]:
+    """The figures a ``report(sli, value, **values)`` call names, as floats.
+
+    Both report calls (:meth:`Lease.report <aicontract.leases.Lease.report>` and
+    :func:`aicontract.report`) read their arguments here, so they refuse the same mistakes.
+    """
+    if sli is not None:
+        if value is None:
+            raise TypeError("report(sli, value): give a value")
+        values = {sli: value, **values}
+    if not values:
+        raise TypeError("report() needs at least one figure, e.g. report(throughput=512)")
+    return {name: float(figure) for name, figure in values.items()}
 
 
 class Sample(msgspec.Struct, frozen=True, kw_only=True):

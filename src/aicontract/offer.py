@@ -126,6 +126,13 @@ class Rejection(msgspec.Struct, frozen=True, kw_only=True):
     wanted: str
     available: str
 
+    @classmethod
+    def of(cls, backend: str, requirement: str, wanted: object, available: object) -> Rejection:
+        """The rejection, with ``wanted`` and ``available`` (quantities, ranges, lists) as text."""
+        return cls(
+            backend=backend, requirement=requirement, wanted=str(wanted), available=str(available)
+        )
+
     def __str__(self) -> str:
         return f"{self.backend}: {self.requirement} wants {self.wanted}; has {self.available}"
 
@@ -201,11 +208,11 @@ def check_offer(
         # and what it breaks is named there (alternatives[1].gpus.count).
         if not 0 <= alternative < len(contract.alternatives):
             return [
-                Rejection(
-                    backend=offer.backend,
-                    requirement="alternatives",
-                    wanted=f"one of {len(contract.alternatives)} alternatives",
-                    available=f"an offer for alternatives[{alternative}]",
+                Rejection.of(
+                    offer.backend,
+                    "alternatives",
+                    f"one of {len(contract.alternatives)} alternatives",
+                    f"an offer for alternatives[{alternative}]",
                 )
             ]
         plain = msgspec.structs.replace(
@@ -221,14 +228,7 @@ def check_offer(
     out: list[Rejection] = []
 
     def reject(requirement: str, wanted: object, available: object) -> None:
-        out.append(
-            Rejection(
-                backend=offer.backend,
-                requirement=requirement,
-                wanted=str(wanted),
-                available=str(available),
-            )
-        )
+        out.append(Rejection.of(offer.backend, requirement, wanted, available))
 
     grant, res = offer.grant, contract.resources
     if res.gpus is not None:

@@ -56,23 +56,20 @@ def _pair(one: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _text(pattern: str, *examples: str) -> dict[str, Any]:
+    """A quantity written as text that matches ``pattern`` whole."""
+    return {"type": "string", "pattern": f"^{pattern}$", "examples": list(examples)}
+
+
 def _hook(kind: type) -> dict[str, Any]:
     if kind is Bytes:
-        return {
-            "type": "string",
-            "pattern": rf"^\s*{_BYTES}\s*$",
-            "examples": ["80GiB"],
-        }
+        return _text(rf"\s*{_BYTES}\s*", "80GiB")
     if kind is Duration:
-        return {"type": "string", "pattern": rf"^({_DURATION})$", "examples": ["4h", "200ms"]}
+        return _text(f"({_DURATION})", "4h", "200ms")
     if kind is Rate:
         return {"type": "string", "examples": ["500/s", "512 tokens/s"]}
     if kind is Money:
-        return {
-            "type": "string",
-            "pattern": r"^\d+(\.\d+)?\s*[A-Z]{3}\s*/\s*(h|hr|hour)$",
-            "examples": ["2.50 USD/h"],
-        }
+        return _text(r"\d+(\.\d+)?\s*[A-Z]{3}\s*/\s*(h|hr|hour)", "2.50 USD/h")
     if kind is Ratio:
         return {
             "anyOf": [

@@ -84,6 +84,15 @@ def _as_exact(value: object, what: str, allowed: str) -> Fraction:
     )
 
 
+def _in_largest_unit(n: int, units: dict[str, int], names: tuple[str, ...], base: str) -> str:
+    """``n`` base units as text in the first of ``names`` that divides it (``80GiB``, ``4h``)."""
+    for unit in names:
+        size = units[unit]
+        if n and n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n}{base}"
+
+
 class Quantity:
     """Base of every quantity: exact magnitude, ordering and hashing by it, original text."""
 
@@ -210,11 +219,7 @@ class Bytes(Quantity):
 
     @staticmethod
     def _format(n: int) -> str:
-        for unit in ("PiB", "TiB", "GiB", "MiB", "KiB"):
-            size = Bytes.UNITS[unit]
-            if n and n % size == 0:
-                return f"{n // size}{unit}"
-        return f"{n}B"
+        return _in_largest_unit(n, Bytes.UNITS, ("PiB", "TiB", "GiB", "MiB", "KiB"), "B")
 
     def __int__(self) -> int:
         return self._magnitude
@@ -358,11 +363,7 @@ class Duration(Quantity):
 
     @staticmethod
     def _format(ns: int) -> str:
-        for unit in ("d", "h", "m", "s", "ms", "us"):
-            size = Duration.UNITS[unit]
-            if ns and ns % size == 0:
-                return f"{ns // size}{unit}"
-        return f"{ns}ns"
+        return _in_largest_unit(ns, Duration.UNITS, ("d", "h", "m", "s", "ms", "us"), "ns")
 
     @classmethod
     def of_seconds(cls, seconds: float) -> Duration:

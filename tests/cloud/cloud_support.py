@@ -8,6 +8,17 @@ API_KEY = "secret_lambda_key_0123456789abcdef"
 AWS_KEY_ID = "AKIAFAKEKEYID0123456"
 AWS_SECRET = "fakeSecretAccessKey/0123456789abcdefghijk"
 
+FAST_OPTIONS: dict[str, Any] = {
+    "requests_per_second": 0,
+    "launch_interval": 0,
+    "poll_interval": 0.001,
+    "poll_max": 0.01,
+    "retry_wait": 0.001,
+    "retry_wait_max": 0.01,
+    "environ": {},
+}
+"""Backend options that keep a cloud test fast: no rate limits, millisecond waits, no env."""
+
 
 def instance_type(
     name: str,

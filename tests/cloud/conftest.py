@@ -14,6 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import respx
+from cloud_support import API_KEY
+from fake_lambda import FakeLambda
 
 
 def _free_port() -> int:
@@ -72,3 +75,12 @@ def moto_reset(moto_endpoint: str) -> str:
     """The moto endpoint, with its state wiped first."""
     httpx.post(f"{moto_endpoint}/moto-api/reset", timeout=5.0)
     return moto_endpoint
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeLambda]:
+    """The Lambda Cloud fake, answering every request to its base URL (respx)."""
+    f = FakeLambda(API_KEY)
+    with respx.mock(assert_all_called=False) as router:
+        f.install(router)
+        yield f

@@ -11,7 +11,7 @@ import boto3
 import botocore.exceptions
 import pytest
 from botocore.stub import ANY, Stubber
-from cloud_support import AWS_KEY_ID, AWS_SECRET
+from cloud_support import AWS_KEY_ID, AWS_SECRET, FAST_OPTIONS
 
 from aicontract import (
     GPU,
@@ -30,16 +30,7 @@ from aicontract.backends.cloud.aws import TAG_KEY, AWSBackend
 
 pytestmark = pytest.mark.anyio
 
-FAST: dict[str, Any] = {
-    "requests_per_second": 0,
-    "launch_interval": 0,
-    "poll_interval": 0.001,
-    "poll_max": 0.01,
-    "retry_wait": 0.001,
-    "retry_wait_max": 0.01,
-    "listing_lag": 0.5,
-    "environ": {},
-}
+FAST: dict[str, Any] = {**FAST_OPTIONS, "listing_lag": 0.5}
 PRICES = {
     "g5.xlarge@eu-central-1": "1.258 USD/h",
     "g5.xlarge@us-east-1": "1.006 USD/h",

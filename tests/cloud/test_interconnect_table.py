@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-import respx
 from cloud_support import API_KEY, instance_type
 from fake_lambda import FakeLambda
 
@@ -49,14 +46,6 @@ def test_aws_table(itype: str, gpus: int, link: str | None) -> None:
 )
 def test_lambda_table(name: str, description: str, gpus: int, link: str | None) -> None:
     assert lambda_interconnect(name, gpus, description) == link
-
-
-@pytest.fixture
-def fake() -> Any:
-    f = FakeLambda(API_KEY)
-    with respx.mock(assert_all_called=False) as router:
-        f.install(router)
-        yield f
 
 
 def _backend(fake: FakeLambda) -> LambdaBackend:

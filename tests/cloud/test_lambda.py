@@ -11,7 +11,7 @@ import anyio
 import httpx
 import pytest
 import respx
-from cloud_support import API_KEY, instance_type
+from cloud_support import API_KEY, FAST_OPTIONS, instance_type
 from fake_lambda import BASE, FakeLambda, error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,29 +34,12 @@ H100 = instance_type("gpu_1x_h100_pcie", "H100 (80 GB PCIe)", 1, 249, vcpus=26, 
 A10 = instance_type("gpu_1x_a10", "A10 (24 GB PCIe)", 1, 75)
 H100x8 = instance_type("gpu_8x_h100_sxm5", "H100 (80 GB SXM5)", 8, 2392, vcpus=208, memory_gib=1800)
 
-FAST: dict[str, Any] = {
-    "requests_per_second": 0,
-    "launch_interval": 0,
-    "poll_interval": 0.001,
-    "poll_max": 0.01,
-    "retry_wait": 0.001,
-    "retry_wait_max": 0.01,
-    "listing_lag": 0.05,
-    "environ": {},
-}
+FAST: dict[str, Any] = {**FAST_OPTIONS, "listing_lag": 0.05}
 
 
 def backend(fake: FakeLambda, **kw: Any) -> LambdaBackend:
     options = {**FAST, "api_key": API_KEY, "ssh_key_name": "laptop", "base_url": fake.base, **kw}
     return LambdaBackend(**options)
-
-
-@pytest.fixture
-def fake() -> Any:
-    f = FakeLambda(API_KEY)
-    with respx.mock(assert_all_called=False) as router:
-        f.install(router)
-        yield f
 
 
 @pytest.mark.anyio

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
-from types import TracebackType
 from typing import TypeVar
 
 from ..contract import Contract
+from ..errors import CapacityUnavailable
 from ..governance.identity import Identity, local_identity
 from ..leases import Lease
 from ..observation import Observation
@@ -103,6 +103,13 @@ class Backend(ABC):
     async def release(self, lease: Lease) -> None:
         """Free everything ``lease`` holds."""
 
+    def _refuse_foreign(self, offer: Offer) -> None:
+        """Refuse, in :meth:`commit`, an offer that another backend made."""
+        if offer.backend != self.name:
+            raise CapacityUnavailable(
+                self.name, f"offer {offer.id} is from {offer.backend}, not {self.name}"
+            )
+
     async def abandon(self, offer: Offer, idempotency_key: str) -> None:  # noqa: B027
         """Undo a commit whose outcome is unknown (retries ran out on transient errors).
 
@@ -131,10 +138,6 @@ class Backend(ABC):
     async def __aenter__(self: _B) -> _B:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
+        # Close whatever happened in the block; its exception propagates as it is.
         await self.aclose()

@@ -40,7 +40,7 @@ from ..contract import (
     check_amount,
     convert,
 )
-from ..documents import Format, format_of, parse
+from ..documents import Format, format_of, parse, read_document
 from ..errors import ContractError
 from ..jurisdictions import satisfies
 from ..offer import Offer
@@ -230,10 +230,7 @@ def loads_policy(text: str | bytes, format: Format = "yaml") -> Policy:
 
 def load_policy(path: str | Path) -> Policy:
     """Load a policy file; the format comes from its suffix."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ContractError(f"cannot read {str(path)!r}: {exc.strerror}", value=str(path)) from None
+    raw = read_document(path)
     return loads_policy(raw, format_of(path))
 
 

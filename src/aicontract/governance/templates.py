@@ -38,7 +38,7 @@ from typing import Any, Literal
 import msgspec
 
 from ..contract import Contract, _Invalid, _Model, convert, encode_quantity
-from ..documents import Format, format_of, parse
+from ..documents import Format, format_of, parse, read_document
 from ..errors import ContractError
 from ..units import Bytes, Duration, Money
 from .policy import TEMPLATE_LABEL, VERSION_LABEL
@@ -367,10 +367,7 @@ def loads_template(text: str | bytes, format: Format = "yaml") -> Template:
 
 def load_template(path: str | Path) -> Template:
     """Load one template file; the format comes from its suffix."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ContractError(f"cannot read {str(path)!r}: {exc.strerror}", value=str(path)) from None
+    raw = read_document(path)
     try:
         return loads_template(raw, format_of(path))
     except ContractError as exc:

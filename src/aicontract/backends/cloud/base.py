@@ -55,7 +55,9 @@ from ...leases import Lease
 from ...observation import Fault, Observation
 from ...offer import Grant, Offer, Quote, Rejection, check_offer, summarise_rejections
 from ...units import Bytes, Money
+from ...world import World
 from ..base import Backend, fixed_ports_only, key_name, rank_env
+from ..gang import node_endpoints, rendezvous_port, world_env
 from .regions import jurisdiction_for
 
 __all__ = [
@@ -70,8 +72,6 @@ __all__ = [
 
 log = logging.getLogger("aicontract.backends.cloud")
 T = TypeVar("T")
-
-DEFAULT_MASTER_PORT = 29500
 
 
 class CatalogEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -415,22 +415,12 @@ class CloudBackend(Backend):
             spend = self._spend_problem(offer.price)
             if spend is not None:
                 found.append(
-                    Rejection(
-                        backend=self.name,
-                        requirement="backend.max_spend",
-                        wanted=f"at most {self.max_spend} in all",
-                        available=spend,
+                    Rejection.of(
+                        self.name, "backend.max_spend", f"at most {self.max_spend} in all", spend
                     )
                 )
             if offer.price is None:
-                found.append(
-                    Rejection(
-                        backend=self.name,
-                        requirement="price",
-                        wanted="a known price",
-                        available="unpriced",
-                    )
-                )
+                found.append(Rejection.of(self.name, "price", "a known price", "unpriced"))
             if found:
                 for rejection in found:
                     problems.setdefault(rejection.requirement, []).append(rejection)
@@ -438,11 +428,8 @@ class CloudBackend(Backend):
                 offers.append(offer)
         if not entries:
             problems["capacity"] = [
-                Rejection(
-                    backend=self.name,
-                    requirement="capacity",
-                    wanted="an instance type with capacity",
-                    available="none available now",
+                Rejection.of(
+                    self.name, "capacity", "an instance type with capacity", "none available now"
                 )
             ]
         rejections = (
@@ -460,8 +447,7 @@ class CloudBackend(Backend):
         Idempotent on ``idempotency_key``: the same key returns the same lease
         (in this process) or finds the instances by tag (across processes).
         """
-        if offer.backend != self.name:
-            raise CapacityUnavailable(self.name, f"offer {offer.id} is from {offer.backend}")
+        self._refuse_foreign(offer)
         lock = self._key_locks.setdefault(idempotency_key, anyio.Lock())
         async with lock:
             existing = self._leases.get(idempotency_key)
@@ -617,26 +603,16 @@ class CloudBackend(Backend):
 
     def _lease(self, offer: Offer, key: str, tag: str, views: Sequence[InstanceView]) -> Lease:
         contract = offer.contract
-        ports = dict(contract.workload.ports) if contract.workload else {}
-        head = views[0]
-        host = head.address or ""
-        endpoints: dict[str, str] = {"host": host}
-        for rank, view in enumerate(views[1:], start=1):
-            endpoints[f"node-{rank}"] = view.address or ""
-        for port_name, port in ports.items():
-            endpoints[port_name] = f"{host}:{port}"
+        endpoints = node_endpoints([v.address or "" for v in views], contract)
         nodes = len(views)
         per_node = int(offer.details.get("gpus_per_node", str(offer.grant.gpus)))
-        master_port = ports.get("master", ports.get("rendezvous", DEFAULT_MASTER_PORT))
-        env = {
-            "MASTER_ADDR": head.private_ip or host,
-            "MASTER_PORT": str(master_port),
-            "NNODES": str(nodes),
-            "NODE_RANK": "0",
-            "NPROC_PER_NODE": str(max(1, per_node)),
-            "WORLD_SIZE": str(max(1, per_node) * nodes),
-            "AICONTRACT_NODE_ADDRS": ",".join(v.private_ip or v.address or "" for v in views),
-        }
+        world = World(
+            master_addr=views[0].private_ip or endpoints["host"],
+            master_port=rendezvous_port(contract),
+            nodes=nodes,
+            procs_per_node=max(1, per_node),
+        )
+        env = world_env(world, [v.private_ip or v.address or "" for v in views])
         details = {
             "provider": self.provider,
             "instance_ids": ",".join(v.id for v in views),
@@ -661,6 +637,7 @@ class CloudBackend(Backend):
             endpoints=endpoints,
             env=env,
             details=details,
+            world=world,
             clock=self.clock,
         )
 

@@ -12,18 +12,13 @@ and would rank as free.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 
+from ..._compat import tomllib
 from ...errors import ConfigError
 from ...units import Money
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 __all__ = ["AWS_PRICES", "AWS_PRICES_AS_OF", "PriceTable", "load_price_file"]
 

@@ -37,7 +37,9 @@ from ...leases import Lease, WorkloadState
 from ...observation import Fault, Observation
 from ...offer import Grant, Offer, Quote, Rejection, check_offer, summarise_rejections
 from ...units import Bytes, Duration, Money
+from ...world import World
 from ..base import Backend, fixed_ports_only, key_name, rank_env
+from ..gang import DEFAULT_MASTER_PORT, node_endpoints, rendezvous_port, world_env
 from .api import SlurmAPI, SlurmError
 from .quote import (
     BAD_NODE_STATES,
@@ -56,7 +58,6 @@ __all__ = ["SlurmBackend", "job_name", "node_env"]
 
 log = logging.getLogger("aicontract.slurm")
 
-DEFAULT_MASTER_PORT = 29500
 MIB = 2**20
 # Pending reasons that no amount of waiting cures: fail the commit at once.
 HOPELESS_REASONS = frozenset(
@@ -210,9 +211,7 @@ class SlurmBackend(Backend):
 
         def reject(requirement: str, wanted: str, available: str) -> None:
             problems.setdefault(requirement, []).append(
-                Rejection(
-                    backend=self.name, requirement=requirement, wanted=wanted, available=available
-                )
+                Rejection.of(self.name, requirement, wanted, available)
             )
 
         misfits = contract.placement.misfits(
@@ -524,8 +523,7 @@ class SlurmBackend(Backend):
 
     async def commit(self, offer: Offer, idempotency_key: str) -> Lease:
         """Submit the job (or find the one a previous attempt submitted) and wait until it runs."""
-        if offer.backend != self.name:
-            raise CapacityUnavailable(self.name, f"offer {offer.id} is not a {self.name} offer")
+        self._refuse_foreign(offer)
         lock = self._key_locks.setdefault(idempotency_key, anyio.Lock())
         async with lock:
             held = self._leases.get(idempotency_key)
@@ -656,28 +654,22 @@ class SlurmBackend(Backend):
         contract = offer.contract
         views = {n.name: n for n in node_views(await self.rest.nodes())}
         addresses = [views[n].address if n in views else n for n in job.nodes]
-        endpoints = {"host": addresses[0]}
-        for rank, address in enumerate(addresses[1:], start=1):
-            endpoints[f"node-{rank}"] = address
-        ports = dict(contract.workload.ports) if contract.workload else {}
-        for port_name, port in sorted(ports.items()):
-            endpoints[port_name] = f"{addresses[0]}:{port}"
+        endpoints = node_endpoints(addresses, contract)
         per_node = int(offer.details.get("gpus_per_node", "0"))
-        master_port = ports.get("master", ports.get("rendezvous", self.master_port))
+        world = World(
+            master_addr=addresses[0],
+            master_port=rendezvous_port(contract, self.master_port),
+            nodes=len(job.nodes),
+            procs_per_node=max(1, per_node),
+        )
         env = {
             **(dict(contract.workload.env) if contract.workload else {}),
             "AICONTRACT_LEASE_ID": name,
             "SLURM_JOB_ID": str(job.id),
             "SLURM_JOB_NODELIST": ",".join(job.nodes),
             "SLURM_JOB_PARTITION": job.partition,
-            "MASTER_ADDR": addresses[0],
-            "MASTER_PORT": str(master_port),
-            "NNODES": str(len(job.nodes)),
-            "NODE_RANK": "0",
             "GPUS_PER_NODE": str(per_node),
-            "NPROC_PER_NODE": str(max(1, per_node)),
-            "WORLD_SIZE": str(max(1, per_node) * len(job.nodes)),
-            "AICONTRACT_NODE_ADDRS": ",".join(addresses),
+            **world_env(world, addresses),
         }
         now = self.clock.time()
         # The lease's term starts when Slurm started the job: its time limit counts from there.
@@ -709,6 +701,7 @@ class SlurmBackend(Backend):
             endpoints=endpoints,
             env=env,
             details=details,
+            world=world,
             clock=self.clock,
             created_at=started,
         )

@@ -400,17 +400,15 @@ def pod_manifest(
     """A bare Pod owned by the Lease object (with ``rank``: that pod of a gang)."""
     if rank is not None:
         labels = {**labels, LABEL_RANK: str(rank)}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name if rank is None else gang_pod_name(name, rank),
-            "namespace": namespace,
-            "labels": dict(labels),
-            "ownerReferences": [dict(owner)],
-        },
-        "spec": dict(spec),
-    }
+    return _owned(
+        "v1",
+        "Pod",
+        name if rank is None else gang_pod_name(name, rank),
+        namespace,
+        dict(labels),
+        owner,
+        dict(spec),
+    )
 
 
 def job_manifest(
@@ -434,16 +432,29 @@ def job_manifest(
     }
     if queue:
         job_spec["suspend"] = True  # Kueue unsuspends it once the Workload is admitted
+    return _owned("batch/v1", "Job", name, namespace, job_labels, owner, job_spec)
+
+
+def _owned(
+    api_version: str,
+    kind: str,
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    owner: Mapping[str, Any],
+    spec: Mapping[str, Any],
+) -> dict[str, Any]:
+    """An object of ``kind`` owned by the lease's Lease object (deleted with it)."""
     return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
+        "apiVersion": api_version,
+        "kind": kind,
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": job_labels,
+            "labels": labels,
             "ownerReferences": [dict(owner)],
         },
-        "spec": job_spec,
+        "spec": spec,
     }
 
 
@@ -461,24 +472,8 @@ def service_manifest(
     ports: Mapping[str, int],
 ) -> dict[str, Any]:
     """A ClusterIP Service in front of the lease's pod, one port per published port."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": dict(labels),
-            "ownerReferences": [dict(owner)],
-        },
-        "spec": {
-            "type": "ClusterIP",
-            "selector": {LABEL_LEASE: name},
-            "ports": [
-                {"name": port_name(n), "port": p, "targetPort": p, "protocol": "TCP"}
-                for n, p in sorted(ports.items())
-            ],
-        },
-    }
+    named = {port_name(n): p for n, p in ports.items()}
+    return _service(name, namespace, labels, owner, named, {"type": "ClusterIP"})
 
 
 def headless_service_manifest(
@@ -493,26 +488,36 @@ def headless_service_manifest(
     Rendezvous happens while the workload starts, so the names must resolve before
     any readiness probe passes (``publishNotReadyAddresses``).
     """
-    listed = {RENDEZVOUS_PORT_NAME: RENDEZVOUS_PORT, **{port_name(n): p for n, p in ports.items()}}
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": dict(labels),
-            "ownerReferences": [dict(owner)],
-        },
-        "spec": {
-            "clusterIP": "None",
-            "publishNotReadyAddresses": True,
+    named = {RENDEZVOUS_PORT_NAME: RENDEZVOUS_PORT, **{port_name(n): p for n, p in ports.items()}}
+    headless = {"clusterIP": "None", "publishNotReadyAddresses": True}
+    return _service(name, namespace, labels, owner, named, headless)
+
+
+def _service(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    owner: Mapping[str, Any],
+    ports: Mapping[str, int],
+    kind: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A Service selecting the lease's pods, one TCP port per named port."""
+    return _owned(
+        "v1",
+        "Service",
+        name,
+        namespace,
+        dict(labels),
+        owner,
+        {
+            **kind,
             "selector": {LABEL_LEASE: name},
             "ports": [
                 {"name": n, "port": p, "targetPort": p, "protocol": "TCP"}
-                for n, p in sorted(listed.items())
+                for n, p in sorted(ports.items())
             ],
         },
-    }
+    )
 
 
 def _model_selector(model: str) -> str:
@@ -563,14 +568,12 @@ def claim_manifest(
             "allocationMode": "ExactCount",
             "count": count,
         }
-    return {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceClaim",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": dict(labels),
-            "ownerReferences": [dict(owner)],
-        },
-        "spec": {"devices": {"requests": [request]}},
-    }
+    return _owned(
+        "resource.k8s.io/v1",
+        "ResourceClaim",
+        name,
+        namespace,
+        dict(labels),
+        owner,
+        {"devices": {"requests": [request]}},
+    )

@@ -48,6 +48,8 @@ from typing import Any
 import anyio
 import msgspec
 
+from .observation import reported_figures
+
 __all__ = [
     "REPORT_SOCKET_ENV",
     "ReportSocket",
@@ -311,26 +313,21 @@ def report(
     ``"tokens/s"``, ``"%"``), else values are in base units. A no-op outside
     a lease; never blocks.
     """
-    if sli is not None:
-        if value is None:
-            raise TypeError("report(sli, value): give a value")
-        if not values and unit is None and labels is None:
-            client = _socket()
-            if client is not None:
-                client.add(sli, float(value))
-            return
-        values = {sli: value, **values}
-    if not values:
-        raise TypeError("report() needs at least one figure, e.g. report(throughput=512)")
+    if sli is not None and value is not None and not values and unit is None and labels is None:
+        # The common case (one figure, base units) skips building a dict: it is the hot path.
+        client = _socket()
+        if client is not None:
+            client.add(sli, float(value))
+        return
+    figures = reported_figures(sli, value, values)  # refuses what Lease.report refuses
     client = _socket()
     if client is None:
         return
     if unit is None and labels is None:
-        for name, figure in values.items():
-            client.add(name, float(figure))
+        for name, figure in figures.items():
+            client.add(name, figure)
         return
     client.flush()  # keep the order figures were reported in
-    figures = {k: float(v) for k, v in values.items()}
     client.send(_encode(_Report(values=figures, unit=unit, labels=labels)), len(figures))
 
 

@@ -10,12 +10,12 @@ commit binds specific devices, and the lease's env pins the workload to them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -102,6 +102,12 @@ def _stored_record(record: LeaseRecord) -> LeaseRecord:
         return replace(record, env=granted)
     redacted = replace(workload, env=dict.fromkeys(workload.env, "<redacted>"))
     return replace(record, env=granted, contract=record.contract.with_(workload=redacted))
+
+
+@functools.lru_cache(maxsize=16)
+def _free(currency: str) -> Money:
+    """A zero price in ``currency`` (a Money is immutable: one per currency will do)."""
+    return Money.per_hour(0, currency)
 
 
 def _grants_world(contract: Contract) -> bool:
@@ -475,7 +481,7 @@ class LocalBackend(Backend):
         self, contract: Contract, grant: Grant, devices: Sequence[GPUDevice], now: float
     ) -> Offer:
         return Offer(
-            id=f"local-{uuid.uuid4().hex[:12]}",
+            id=f"local-{os.urandom(6).hex()}",  # as random as uuid4's first 12 digits
             backend=self.name,
             contract=contract,
             grant=grant,
@@ -484,7 +490,7 @@ class LocalBackend(Backend):
             jurisdiction=self.jurisdiction,
             provider="local",
             isolation="shared",
-            price=Money.per_hour(0, contract.terms.currency),
+            price=_free(contract.terms.currency),
             expires_at=now + OFFER_TTL,
             details={"gpu_candidates": ",".join(d.id for d in devices)},
         )
@@ -627,11 +633,22 @@ class LocalBackend(Backend):
         now: float,
         start_by: Duration | None,
     ) -> Lease:
+        # The record made inside the grant, whole (the ledger stores it without secrets):
+        # the lease is built from it, not from a second one made afresh.
+        made: list[tuple[tuple[object, ...], LeaseRecord]] = []
+
+        def store(
+            gpu_ids: tuple[str, ...], cpu_ids: tuple[int, ...], ports: dict[str, int]
+        ) -> LeaseRecord:
+            record = make_record(gpu_ids, cpu_ids, ports)
+            made.append(((gpu_ids, cpu_ids, ports), record))
+            return _stored_record(record)
+
         # No deadline, no cancel scope: the common case pays nothing for it.
         with anyio.fail_after(start_by.seconds) if start_by else contextlib.nullcontext():
             allocation = await self.ledger.agrant(
                 lease_id,
-                lambda g, c, p: _stored_record(make_record(g, c, p)),
+                store,
                 demand,
                 now,
                 # The wait for another writer's lock happens in a thread that a deadline
@@ -655,8 +672,9 @@ class LocalBackend(Backend):
                     f" ({first.contract.name!r}), not {grant.describe()} ({contract.name!r});"
                     " use a new key for a new offer",
                 )
-            record = allocation.existing or make_record(
-                allocation.gpus, allocation.cpus, allocation.ports
+            bound = (allocation.gpus, allocation.cpus, allocation.ports)
+            record = allocation.existing or (
+                made[-1][1] if made and made[-1][0] == bound else make_record(*bound)
             )
             ports = _named_ports(allocation.ports)
             lease = Lease(
@@ -858,12 +876,16 @@ class LocalBackend(Backend):
         process = self._processes.pop(lease.id, None)
         if process is not None:
             await process.stop()
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.ledger.arelease(lease.id)
-            except LedgerError as exc:
-                # The ledger is gone or broken: nothing to free in it, and the work is stopped.
-                log.warning("lease %s: %s", lease.id, exc)
+        try:
+            # Uncontended, the release runs here and now, with nothing to cancel (no await);
+            # only a wait for another process's lock needs shielding.
+            done, _ = self.ledger.try_now(self.ledger.release_own, lease.id)
+            if not done:
+                with anyio.CancelScope(shield=True):
+                    await self.ledger.arelease(lease.id)
+        except LedgerError as exc:
+            # The ledger is gone or broken: nothing to free in it, and the work is stopped.
+            log.warning("lease %s: %s", lease.id, exc)
 
     async def abandon(self, offer: Offer, idempotency_key: str) -> None:
         """Free whatever a commit under ``idempotency_key`` bound (the key is the lease id)."""

@@ -88,6 +88,12 @@ _SCHEMA_PROBE = (
 )
 
 _HELD_DEVICES = "SELECT kind, device FROM devices"
+# The held devices, and (as kind _DUE) the leases a grant must reclaim first: one read.
+_DUE = ""
+_HELD_OR_DUE = (
+    "SELECT kind, device FROM devices UNION ALL SELECT '', id FROM leases"
+    " WHERE expires_at < ? OR stopping_since IS NOT NULL"
+)
 _HELD_AMOUNTS = "SELECT COALESCE(SUM(memory), 0), COALESCE(SUM(disk), 0) FROM leases"
 
 
@@ -417,10 +423,22 @@ class Ledger:
         handler, no polling), at most ``wait`` (default ``lock_wait``) seconds.
         The loop runs on meanwhile: renewals keep their deadline.
         """
+        done, value = self.try_now(fn, *args)
+        if done:
+            return value  # type: ignore[return-value]
+        return await anyio.to_thread.run_sync(functools.partial(self.run, fn, *args, wait=wait))
+
+    def try_now(self, fn: Callable[..., T], *args: Any) -> tuple[bool, T | None]:
+        """:meth:`arun`'s fast path alone: ``(True, fn(conn, *args))`` when SQLite's
+        lock was free, ``(False, None)`` when another process (or thread) held it.
+
+        It never waits and never yields to the event loop, so a caller that must
+        not be cancelled half-way needs no cancel scope for it (only for the wait).
+        """
         fast, _ = self._connections()
         if self._mutex.acquire(blocking=False):
             try:
-                return fn(fast, *args)
+                return True, fn(fast, *args)
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise _ledger_error(self.path, exc) from None
@@ -428,7 +446,7 @@ class Ledger:
                 raise _ledger_error(self.path, exc) from None
             finally:
                 self._mutex.release()
-        return await anyio.to_thread.run_sync(functools.partial(self.run, fn, *args, wait=wait))
+        return False, None
 
     @contextmanager
     def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
@@ -700,8 +718,13 @@ class Ledger:
         now: float,
     ) -> Allocation:
         with self._write(conn):
-            # Expired leases' devices are free only once their workloads are stopped.
-            self._reclaim(conn, now, check_holders=False)
+            # Expired leases' devices are free only once their workloads are stopped. One
+            # statement reads what is held and whether any lease is due for reclaiming
+            # (the common case: none, and the devices read are the ones to choose from).
+            held: list[tuple[str, str]] | None = conn.execute(_HELD_OR_DUE, (now,)).fetchall()
+            if held and any(kind == _DUE for kind, _ in held):
+                self._reclaim(conn, now, check_holders=False)
+                held = None  # what the reclaim freed: read again
             unknown = self._unknown_holders()
             if unknown:
                 raise CapacityUnavailable(
@@ -711,8 +734,9 @@ class Ledger:
                 )
             for _ in range(2):
                 try:
-                    gpu_ids, cpu_ids, ports = self._choose(conn, demand)
+                    gpu_ids, cpu_ids, ports = self._choose(conn, demand, held)
                 except CapacityUnavailable:
+                    held = None  # whatever happens next changes what is held
                     # A retried commit finds its own first grant holding the capacity.
                     existing = self._existing(conn, lease_id)
                     if existing is not None:
@@ -744,14 +768,21 @@ class Ledger:
                         raise
                     kept = self._keep_or_refuse(conn, existing, now)
                     if kept is None:
+                        held = None  # the reclaim changed what is held
                         continue  # its dead holder's row is gone: grant afresh
                     return kept
-                conn.executemany(
-                    "INSERT INTO devices (kind, device, lease_id) VALUES (?, ?, ?)",
-                    [("gpu", g, lease_id) for g in gpu_ids]
-                    + [("cpu", str(c), lease_id) for c in cpu_ids]
-                    + [("port", str(p), lease_id) for p in ports.values()],
+                rows = (
+                    [("gpu", g) for g in gpu_ids]
+                    + [("cpu", str(c)) for c in cpu_ids]
+                    + [("port", str(p)) for p in ports.values()]
                 )
+                if rows:
+                    # One statement for every device (SQLite caches one per row count).
+                    conn.execute(
+                        "INSERT INTO devices (kind, device, lease_id) VALUES "
+                        + ", ".join(["(?, ?, ?)"] * len(rows)),
+                        [v for kind, device in rows for v in (kind, device, lease_id)],
+                    )
                 return Allocation(lease_id, gpu_ids, cpu_ids, ports=ports)
             raise IdempotencyConflict(  # pragma: no cover - a key reclaimed twice in one go
                 "local", f"lease {lease_id} kept changing hands; retry"
@@ -788,14 +819,21 @@ class Ledger:
         )
 
     def _choose(
-        self, conn: sqlite3.Connection, demand: Demand
+        self,
+        conn: sqlite3.Connection,
+        demand: Demand,
+        held: list[tuple[str, str]] | None = None,
     ) -> tuple[tuple[str, ...], tuple[int, ...], dict[str, int]]:
+        """The devices and ports for ``demand``; ``held``: the devices rows as just read
+        in this transaction (``None``: read them here)."""
         used_gpus: set[str] = set()
         used_cpus: set[str] = set()
         used_ports: set[int] = set()
         # Every row counts, expired or not: a lease's devices are free only once its row
         # is gone, which is only once its workload is.
-        for kind, device in conn.execute(_HELD_DEVICES):
+        for kind, device in conn.execute(_HELD_DEVICES) if held is None else held:
+            if kind == _DUE:
+                continue
             if kind == "port":
                 used_ports.add(int(device))
                 continue
@@ -883,12 +921,23 @@ class Ledger:
         clock = time.monotonic()
         gone: set[str] = set()
         stoppable = False
-        for lease_id, holder, expires_at, workload, stopping_since in conn.execute(
-            "SELECT id, holder, expires_at, workload, stopping_since FROM leases"
+        memory = disk = 0
+        # One scan of the leases gives both who is gone and the amounts held.
+        for (
+            lease_id,
+            holder,
+            expires_at,
+            workload,
+            stopping_since,
+            lease_memory,
+            lease_disk,
+        ) in conn.execute(
+            "SELECT id, holder, expires_at, workload, stopping_since, memory, disk FROM leases"
         ):
-            if holder == self._token and expires_at >= now and stopping_since is None:
-                continue
-            if expires_at >= now and stopping_since is None and self._holder_alive(holder, clock):
+            if (holder == self._token and expires_at >= now and stopping_since is None) or (
+                expires_at >= now and stopping_since is None and self._holder_alive(holder, clock)
+            ):
+                memory, disk = memory + lease_memory, disk + lease_disk
                 continue
             if workload is None:
                 gone.add(lease_id)
@@ -896,17 +945,10 @@ class Ledger:
             ref = msgspec.json.decode(workload, type=WorkloadRef)
             if not workload_alive(ref):
                 gone.add(lease_id)
-            elif stopping_since is None or now - stopping_since > ref.grace:
+                continue
+            if stopping_since is None or now - stopping_since > ref.grace:
                 stoppable = True  # its workload must be told (SIGTERM, later SIGKILL)
-        memory = disk = 0
-        if gone:
-            for lease_id, lease_memory, lease_disk in conn.execute(
-                "SELECT id, memory, disk FROM leases"
-            ):
-                if lease_id not in gone:
-                    memory, disk = memory + lease_memory, disk + lease_disk
-        else:
-            memory, disk = conn.execute(_HELD_AMOUNTS).fetchone()
+            memory, disk = memory + lease_memory, disk + lease_disk
         gpus: set[str] = set()
         cpus: set[int] = set()
         for kind, device, lease_id in conn.execute("SELECT kind, device, lease_id FROM devices"):
@@ -1006,9 +1048,10 @@ class Ledger:
 
     async def arelease(self, lease_id: str) -> bool:
         """Free a lease this process holds; ``False`` when it was already gone."""
-        return await self.arun(self._release_own, lease_id)
+        return await self.arun(self.release_own, lease_id)
 
-    def _release_own(self, conn: sqlite3.Connection, lease_id: str) -> bool:
+    def release_own(self, conn: sqlite3.Connection, lease_id: str) -> bool:
+        """Free a lease this process holds, on ``conn`` (for :meth:`run`/:meth:`try_now`)."""
         # One statement is one transaction (the devices go with it, ON DELETE CASCADE);
         # only this holder's row: another holder's lease is never ours to drop.
         try:

@@ -453,7 +453,8 @@ class Negotiator:
         """
         start_by = contract.terms.start_by
         deadline = self.clock.monotonic() + (start_by.seconds if start_by else 0.0)
-        backoff = 0.05
+        # requote_wait_max bounds every wait, the first one too.
+        backoff = min(0.05, self.requote_wait_max)
         while True:
             # Time spent waiting comes off what a late-starting offer may take.
             left = deadline - self.clock.monotonic() if start_by else None

@@ -87,12 +87,23 @@ _SCHEMA_PROBE = (
     " FROM leases LIMIT 0"
 )
 
-_HELD_DEVICES = "SELECT kind, device FROM devices"
+# The held devices, one row per kind: the kind and its ids joined by _SEP (ids never hold
+# it: the inventory allows letters, digits and /_.- only; CPUs and ports are numbers).
+_SEP = "\x1f"
+_HELD_DEVICES = "SELECT kind, group_concat(device, char(31)) FROM devices GROUP BY kind"
 # The held devices, and (as kind _DUE) the leases a grant must reclaim first: one read.
 _DUE = ""
 _HELD_OR_DUE = (
-    "SELECT kind, device FROM devices UNION ALL SELECT '', id FROM leases"
+    _HELD_DEVICES + " UNION ALL SELECT '', id FROM leases"
     " WHERE expires_at < ? OR stopping_since IS NOT NULL"
+)
+# What a quote reads: every lease that may be gone, and this holder's live ones summed.
+_USAGE = (
+    "SELECT id, holder, expires_at, workload, stopping_since, memory, disk FROM leases"
+    " WHERE holder != ?1 OR expires_at < ?2 OR stopping_since IS NOT NULL"
+    " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL,"
+    " COALESCE(SUM(memory), 0), COALESCE(SUM(disk), 0) FROM leases"
+    " WHERE holder = ?1 AND expires_at >= ?2 AND stopping_since IS NULL"
 )
 _HELD_AMOUNTS = "SELECT COALESCE(SUM(memory), 0), COALESCE(SUM(disk), 0) FROM leases"
 
@@ -831,13 +842,14 @@ class Ledger:
         used_ports: set[int] = set()
         # Every row counts, expired or not: a lease's devices are free only once its row
         # is gone, which is only once its workload is.
-        for kind, device in conn.execute(_HELD_DEVICES) if held is None else held:
+        for kind, devices in conn.execute(_HELD_DEVICES) if held is None else held:
             if kind == _DUE:
                 continue
+            ids = devices.split(_SEP)
             if kind == "port":
-                used_ports.add(int(device))
-                continue
-            (used_gpus if kind == "gpu" else used_cpus).add(device)
+                used_ports.update(map(int, ids))
+            else:
+                (used_gpus if kind == "gpu" else used_cpus).update(ids)
         if demand.place is not None:
             placed = demand.place(used_gpus, {int(c) for c in used_cpus})
             if len(placed[0]) != demand.gpus or len(placed[1]) != demand.cpus:
@@ -922,7 +934,8 @@ class Ledger:
         gone: set[str] = set()
         stoppable = False
         memory = disk = 0
-        # One scan of the leases gives both who is gone and the amounts held.
+        # One statement gives who may be gone and the amounts held; this holder's own live
+        # leases come summed in one row (id NULL): nothing about them needs a look.
         for (
             lease_id,
             holder,
@@ -931,10 +944,8 @@ class Ledger:
             stopping_since,
             lease_memory,
             lease_disk,
-        ) in conn.execute(
-            "SELECT id, holder, expires_at, workload, stopping_since, memory, disk FROM leases"
-        ):
-            if (holder == self._token and expires_at >= now and stopping_since is None) or (
+        ) in conn.execute(_USAGE, (self._token, now)):
+            if lease_id is None or (
                 expires_at >= now and stopping_since is None and self._holder_alive(holder, clock)
             ):
                 memory, disk = memory + lease_memory, disk + lease_disk
@@ -951,6 +962,13 @@ class Ledger:
             memory, disk = memory + lease_memory, disk + lease_disk
         gpus: set[str] = set()
         cpus: set[int] = set()
+        if not gone:  # the common case: every held device counts, read a kind at a time
+            for kind, devices in conn.execute(_HELD_DEVICES):
+                if kind == "gpu":
+                    gpus.update(devices.split(_SEP))
+                elif kind == "cpu":
+                    cpus.update(map(int, devices.split(_SEP)))
+            return (gpus, cpus, int(memory), int(disk)), stoppable
         for kind, device, lease_id in conn.execute("SELECT kind, device, lease_id FROM devices"):
             if lease_id in gone:
                 continue

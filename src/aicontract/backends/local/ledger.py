@@ -35,8 +35,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -252,6 +251,33 @@ class _Busy(Exception):
     """The fast path met another process's lock: retry off the event loop, patiently."""
 
 
+class _Transaction:
+    """``with``: BEGIN IMMEDIATE … COMMIT, or ROLLBACK on an error (a plain class, not a
+    generator: this is on every grant's path)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            return
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error:
+            # Never leave a transaction open on a connection that is used again.
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise
+
+
 @attrs.frozen
 class Demand:
     """What one grant needs: how many of which candidate devices, and amounts."""
@@ -459,22 +485,11 @@ class Ledger:
                 self._mutex.release()
         return False, None
 
-    @contextmanager
-    def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            # Never leave a transaction open on a connection that is used again.
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
+    @staticmethod
+    def _write(conn: sqlite3.Connection) -> _Transaction:
+        """One immediate (write-locked) transaction on ``conn``: committed when the block
+        ends, rolled back when it raises."""
+        return _Transaction(conn)
 
     def close(self) -> None:
         """Close this process's connections and drop its holder lock."""

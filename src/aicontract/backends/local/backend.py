@@ -183,6 +183,14 @@ class LocalBackend(Backend):
         factory=dict, init=False, repr=False
     )
     _topology: Topology | None = attrs.field(default=None, init=False, repr=False)
+    _cpu_pool: tuple[int, ...] | None = attrs.field(default=None, init=False, repr=False)
+
+    @property
+    def cpu_pool(self) -> tuple[int, ...]:
+        """The inventory's CPU ids (``cpu_list``), made once: the inventory is kept."""
+        if self._cpu_pool is None:
+            self._cpu_pool = self.inventory.cpu_list
+        return self._cpu_pool
 
     @property
     def topology(self) -> Topology:
@@ -236,7 +244,7 @@ class LocalBackend(Backend):
             reject("resources.nodes", f"{res.nodes} nodes", "1 node (this host)")
         cpus = 0
         if res.cpus is not None:
-            free_cpus = sum(1 for c in inv.cpu_list if c not in used_cpus)
+            free_cpus = sum(1 for c in self.cpu_pool if c not in used_cpus)
             granted_cpus = res.cpus.grant(free_cpus)
             if granted_cpus is None:
                 reject("resources.cpus", res.cpus, f"{free_cpus} free of {inv.cpus}")
@@ -341,7 +349,7 @@ class LocalBackend(Backend):
                 size,
                 nvlink=nvlink and size > 1,
                 cpus=cpus,
-                cpu_pool=self.inventory.cpu_list,
+                cpu_pool=self.cpu_pool,
                 used_cpus=used_cpus,
                 local=local,
                 memory=memory.bytes if memory is not None else 0,
@@ -539,7 +547,7 @@ class LocalBackend(Backend):
         demand = Demand(
             gpu_candidates=tuple(candidates),
             gpus=grant.gpus,
-            cpu_candidates=inv.cpu_list,
+            cpu_candidates=self.cpu_pool,
             cpus=grant.cpus,
             memory=grant.memory.bytes if grant.memory is not None else 0,
             memory_total=inv.memory.bytes,
@@ -573,7 +581,7 @@ class LocalBackend(Backend):
         gpus = contract.resources.gpus
         # Only what the contract demands binds the commit; the lease states what it got.
         nvlink = gpus is not None and gpus.interconnect == "nvlink" and grant.gpus > 1
-        topology, pool = self.topology, self.inventory.cpu_list
+        topology, pool = self.topology, self.cpu_pool
         memory = grant.memory.bytes if grant.memory is not None else 0
 
         def place(

@@ -29,7 +29,6 @@ import functools
 import hashlib
 import itertools
 import os
-import random
 import secrets
 import signal
 import socket
@@ -61,9 +60,6 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 LIVENESS_CACHE = 0.5
 # How long a write waits for another process's transaction (off the event loop).
 LOCK_WAIT = 5.0
-# The first and the longest sleep between tries for a busy write lock (see Ledger._retry).
-RETRY_FIRST = 0.0001
-RETRY_MOST = 0.002
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -460,36 +456,14 @@ class Ledger:
 
         First on the loop, taking SQLite's write lock without waiting (the
         uncontended case costs no thread hop); when another process holds it,
-        in a worker thread that waits for it, at most ``wait`` (default
-        ``lock_wait``) seconds. The loop runs on meanwhile: renewals keep their
-        deadline. ``fn`` must be safe to run again after SQLite said "busy" (every
-        caller's is: busy comes from the first write statement, before any effect).
+        in a worker thread that waits for it (SQLite's own sleeping busy
+        handler, no polling), at most ``wait`` (default ``lock_wait``) seconds.
+        The loop runs on meanwhile: renewals keep their deadline.
         """
         done, value = self.try_now(fn, *args)
         if done:
             return value  # type: ignore[return-value]
-        return await anyio.to_thread.run_sync(functools.partial(self._retry, fn, *args, wait=wait))
-
-    def _retry(self, fn: Callable[..., T], *args: Any, wait: float | None = None) -> T:
-        """:meth:`try_now` again and again, sleeping between tries, for up to ``wait`` seconds.
-
-        It is what SQLite's busy handler does (sleep, try again), in finer steps:
-        0.1 ms doubling to 2 ms (jittered) rather than SQLite's 1 ms to 100 ms, so
-        that with many processes granting at once a waiter takes the lock soon after
-        it is let go, instead of sleeping through several other grants.
-        """
-        wait = self.lock_wait if wait is None else min(wait, self.lock_wait)
-        deadline = time.monotonic() + wait
-        pause = RETRY_FIRST
-        while True:
-            done, value = self.try_now(fn, *args)
-            if done:
-                return value  # type: ignore[return-value]
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _ledger_error(self.path, sqlite3.OperationalError("database is locked"), wait)
-            time.sleep(min(left, random.uniform(pause / 2, pause)))
-            pause = min(pause * 2, RETRY_MOST)
+        return await anyio.to_thread.run_sync(functools.partial(self.run, fn, *args, wait=wait))
 
     def try_now(self, fn: Callable[..., T], *args: Any) -> tuple[bool, T | None]:
         """:meth:`arun`'s fast path alone: ``(True, fn(conn, *args))`` when SQLite's

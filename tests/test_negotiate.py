@@ -419,6 +419,30 @@ async def test_start_by_deadline_gives_no_offer(clock: VirtualClock) -> None:
     assert start + 120 <= clock.now <= start + 122
 
 
+async def test_requote_wait_max_bounds_the_first_wait_too(clock: VirtualClock) -> None:
+    """Every wait between re-quotes is at most ``requote_wait_max``: the first one was
+    25-50 ms whatever the bound (a 5 ms bound slowed contended loops tenfold)."""
+    backend = FakeBackend(clock=clock, available=False)
+    waits: list[float] = []
+    sleep = clock.sleep
+
+    async def recorded(seconds: float) -> None:
+        waits.append(seconds)
+        await sleep(seconds)
+
+    clock.sleep = recorded  # type: ignore[method-assign]
+    with pytest.raises(NoOffer):
+        await drive(
+            clock,
+            lambda: negotiator(clock, backend, requote_wait_max=0.005).acquire(
+                Contract(gpus=1, start_by="1s")
+            ),
+            step=0.001,
+        )
+    assert len(waits) > 10
+    assert max(waits) <= 0.005
+
+
 async def test_without_start_by_there_is_one_round(clock: VirtualClock) -> None:
     backend = FakeBackend(clock=clock, available=False)
     with pytest.raises(NoOffer) as info:

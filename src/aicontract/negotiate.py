@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -392,7 +391,7 @@ class Negotiator:
         problems = check_offer(offer, offer.contract, self.clock.time())
         if problems:
             raise NoOffer(offer.contract.name, problems, reason="the offer breaks its contract")
-        key = idempotency_key or uuid.uuid4().hex[:20]
+        key = idempotency_key or os.urandom(10).hex()  # as random as uuid4().hex[:20]
         if self.governance is not None:  # policy before any commit, then the record
             return await self.governance.commit(
                 offer, backend, lambda: self._commit_choice(offer, key)
@@ -454,7 +453,8 @@ class Negotiator:
         """
         start_by = contract.terms.start_by
         deadline = self.clock.monotonic() + (start_by.seconds if start_by else 0.0)
-        backoff = 0.05
+        # requote_wait_max bounds every wait, the first one too.
+        backoff = min(0.05, self.requote_wait_max)
         while True:
             # Time spent waiting comes off what a late-starting offer may take.
             left = deadline - self.clock.monotonic() if start_by else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import itertools
 import json
 import multiprocessing as mp
@@ -10,6 +11,7 @@ import os
 import uuid
 from pathlib import Path
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
@@ -267,3 +269,39 @@ def test_sync_flushes_each_entry_before_its_head(
     assert synced.sync
     assert len(flushed) == 3
     assert verify(synced.path).ok
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    entries=st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=8),
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.dictionaries(
+                st.sampled_from(["lease", "kind", "hash", "at", "é\n", "x"]),
+                st.none() | st.integers() | st.text(max_size=5) | st.lists(st.integers()),
+            ),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_entries_are_the_bytes_of_one_encoded_dict(
+    tmp_path: Path, entries: list[tuple[str, float, dict[str, object]]]
+) -> None:
+    """The append encodes its fields outside the lock and splices the link in: the line must
+    be byte for byte what encoding ``{seq, prev, at, kind, **fields}`` at once gives."""
+    path = tmp_path / f"{uuid.uuid4().hex}.jsonl"
+    record = Record(path)
+    prev = "0" * 64
+    for seq, (kind, at, fields) in enumerate(entries, 1):
+        returned = record.append(kind, at, fields)
+        body = msgspec.json.encode({"seq": seq, "prev": prev, "at": at, "kind": kind, **fields})
+        digest = hashlib.sha256(body).hexdigest()
+        assert _lines(path)[-1] == body[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
+        assert returned["hash"] == digest
+        assert returned["seq"] == seq
+        prev = digest
+    assert verify(path).ok

@@ -8,6 +8,7 @@ froze a holder's event loop.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sqlite3
@@ -305,6 +306,32 @@ async def test_the_ledger_never_stores_secret_env_values(
     finally:
         await lease.release()
         await negotiator.aclose()
+
+
+@pytest.mark.anyio
+async def test_secret_env_values_never_reach_a_debug_log_nor_the_record(
+    backend: LocalBackend, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every logger at DEBUG, a whole lease's life with a workload: the token is in the
+    lease's env and nowhere else (no log line, no record entry)."""
+    secret = "hf_l0g_s3cr3t_t0ken"
+    marker = f"{tmp_path}#logged"
+    caplog.set_level(logging.DEBUG)
+    negotiator = Negotiator([backend])
+    lease = await negotiator.acquire(_served(marker, HF_TOKEN=secret))
+    try:
+        assert lease.env["HF_TOKEN"] == secret
+        await lease.renew()
+    finally:
+        await lease.release()
+        await negotiator.aclose()
+    assert caplog.records  # DEBUG was on: the life of a lease logs something
+    assert not [r for r in caplog.records if secret in r.getMessage()]
+    assert negotiator.governance is not None
+    record = negotiator.governance.record
+    assert record is not None
+    assert record.path.read_text().count(lease.id) >= 2  # its grant and its end
+    assert secret not in record.path.read_text()
 
 
 @pytest.mark.anyio

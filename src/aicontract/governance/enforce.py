@@ -27,7 +27,7 @@ from ..clock import Clock, system_clock
 from ..contract import Contract, encode_quantity
 from ..errors import AIContractError, ConfigError, LeaseLost, PolicyViolation
 from ..leases import Lease, LeaseState
-from ..offer import Offer, Rejection
+from ..offer import Grant, Offer, Rejection
 from .identity import Identity, local_identity
 from .policy import (
     Policy,
@@ -79,6 +79,41 @@ def _contract_fields(contract: Contract) -> dict[str, Any]:
         "tenant": contract.tenant,
         "template": template_of(contract),
     }
+
+
+_SUMMARIES: dict[tuple[Any, ...], str] = {}
+_DESCRIPTIONS: dict[Grant, str] = {}
+_CACHED = 256  # entries kept per cache: a loop re-offers the same few grants
+
+
+def _summary(offer: Offer) -> str:
+    """``offer.summary()``, made once per distinct summary (offers are new each round,
+    what they say mostly is not); it reads only the fields in the key."""
+    price = offer.price
+    key: tuple[Any, ...] = (
+        offer.backend,
+        offer.grant,
+        offer.region,
+        offer.jurisdiction,
+        offer.guarantee,
+        None if price is None else str(price),
+    )
+    text = _SUMMARIES.get(key)
+    if text is None:
+        if len(_SUMMARIES) >= _CACHED:
+            _SUMMARIES.clear()
+        text = _SUMMARIES[key] = offer.summary()
+    return text
+
+
+def _describe(grant: Grant) -> str:
+    """``grant.describe()``, made once per distinct grant."""
+    text = _DESCRIPTIONS.get(grant)
+    if text is None:
+        if len(_DESCRIPTIONS) >= _CACHED:
+            _DESCRIPTIONS.clear()
+        text = _DESCRIPTIONS[grant] = grant.describe()
+    return text
 
 
 @attrs.define
@@ -335,17 +370,17 @@ class Governance:
     def _round_fields(self, offer: Offer) -> dict[str, Any]:
         """The round's offers and rejections, and ``offer``'s own summary (made once)."""
         if self._round is None or self._round[0] is not offer.contract:
-            return {"offer": offer.summary()}
+            return {"offer": _summary(offer)}
         _, offers, rejections = self._round
         summaries, mine = [], None
         for other in offers:
-            summaries.append(other.summary())
+            summaries.append(_summary(other))
             if other is offer:
                 mine = summaries[-1]
         return {
             "offers": summaries,
             "rejections": [str(r) for r in rejections],
-            "offer": mine if mine is not None else offer.summary(),
+            "offer": mine if mine is not None else _summary(offer),
         }
 
     def _append(self, kind: str, fields: dict[str, Any], *, locked: bool = False) -> None:
@@ -531,7 +566,7 @@ class Governance:
                 "ticket": ticket,
                 "lease": lease.id,
                 "gpus": lease.grant.total_gpus,
-                "grant": lease.grant.describe(),
+                "grant": _describe(lease.grant),
                 "guarantee": lease.guarantee,
                 "region": lease.region,
                 "jurisdiction": lease.jurisdiction,

@@ -44,6 +44,7 @@ _HASH_KEY = b',"hash":"'
 _SUFFIX = len(_HASH_KEY) + 64 + 2  # ,"hash":"<64 hex>"}
 _HEAD_SIZE = 20 + 1 + 20 + 1 + 64 + 1  # "<seq> <size> <hash>\n", fixed width for pwrite
 _encoder = msgspec.json.Encoder()
+_LINK_KEYS = frozenset(("seq", "prev", "at", "kind", "hash"))
 
 
 _generation = 0
@@ -166,6 +167,20 @@ class Record:
             if self._pid == _generation and self._fd is not None and self._head_fd is not None
             else self._open()
         )
+        if _LINK_KEYS.isdisjoint(fields):
+            # Everything but the link (seq, prev) is encoded before the lock is taken, so
+            # the lock is held for the chain's own work only: the same bytes as encoding
+            # {"seq", "prev", "at", "kind", **fields} at once.
+            rest = _encoder.encode(fields)
+            rest = (
+                b',"at":'
+                + _encoder.encode(at)
+                + b',"kind":'
+                + _encoder.encode(kind)
+                + (b"," + rest[1:] if len(rest) > 2 else b"}")
+            )
+        else:  # a field named like a link field: the slow path keeps dict semantics
+            rest = b""
         if not locked:  # not `with self.locked()`: this is the hot path
             _flock(fd, exclusive=True)
         try:
@@ -175,11 +190,14 @@ class Record:
                 seq, prev = known[0], known[1]
             else:
                 seq, prev, size = self._last(fd, head_fd, size)
-            entry: dict[str, Any] = {"seq": seq + 1, "prev": prev, "at": at, "kind": kind, **fields}
-            body = _encoder.encode(entry)
-            digest = hashlib.sha256(body).hexdigest()
-            line = body[:-1] + _HASH_KEY + digest.encode() + b'"}\n'
-            head = f"{seq + 1:020d} {size + len(line):020d} {digest}\n".encode()
+            if rest:
+                body = b'{"seq":%d,"prev":%s%s' % (seq + 1, _encoder.encode(prev), rest)
+            else:
+                entry = {"seq": seq + 1, "prev": prev, "at": at, "kind": kind, **fields}
+                body = _encoder.encode(entry)
+            digest = hashlib.sha256(body).hexdigest().encode()
+            line = body[:-1] + _HASH_KEY + digest + b'"}\n'
+            head = b"%020d %020d %s\n" % (seq + 1, size + len(line), digest)
             try:
                 os.write(fd, line)  # the entry first: a head never names a missing entry
                 if self.sync:  # the entry on the disk before its head names it
@@ -192,12 +210,18 @@ class Record:
                     f"cannot write the record {str(self.path)!r}: {exc.strerror};"
                     " free space, or move it with AICONTRACT_RECORD"
                 ) from None
-            self._known = (seq + 1, digest, size + len(line))
+            self._known = (seq + 1, digest.decode(), size + len(line))
         finally:
             if not locked:
                 _flock(fd, exclusive=False)
-        entry["hash"] = digest
-        return entry
+        return {
+            "seq": seq + 1,
+            "prev": prev,
+            "at": at,
+            "kind": kind,
+            **fields,
+            "hash": self._known[1],
+        }
 
     @staticmethod
     def _last(fd: int, head_fd: int, size: int) -> tuple[int, str, int]:

@@ -10,12 +10,12 @@ commit binds specific devices, and the lease's env pins the workload to them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -105,6 +105,12 @@ def _stored_record(record: LeaseRecord) -> LeaseRecord:
     return replace(record, env=granted, contract=record.contract.with_(workload=redacted))
 
 
+@functools.lru_cache(maxsize=16)
+def _free(currency: str) -> Money:
+    """A zero price in ``currency`` (a Money is immutable: one per currency will do)."""
+    return Money.per_hour(0, currency)
+
+
 def _grants_world(contract: Contract) -> bool:
     """Does a lease for ``contract`` get a training world? Only a training workload's does:
     its rendezvous port is capacity, and other leases need not pay for one.
@@ -178,6 +184,14 @@ class LocalBackend(Backend):
         factory=dict, init=False, repr=False
     )
     _topology: Topology | None = attrs.field(default=None, init=False, repr=False)
+    _cpu_pool: tuple[int, ...] | None = attrs.field(default=None, init=False, repr=False)
+
+    @property
+    def cpu_pool(self) -> tuple[int, ...]:
+        """The inventory's CPU ids (``cpu_list``), made once: the inventory is kept."""
+        if self._cpu_pool is None:
+            self._cpu_pool = self.inventory.cpu_list
+        return self._cpu_pool
 
     @property
     def topology(self) -> Topology:
@@ -231,7 +245,7 @@ class LocalBackend(Backend):
             reject("resources.nodes", f"{res.nodes} nodes", "1 node (this host)")
         cpus = 0
         if res.cpus is not None:
-            free_cpus = sum(1 for c in inv.cpu_list if c not in used_cpus)
+            free_cpus = sum(1 for c in self.cpu_pool if c not in used_cpus)
             granted_cpus = res.cpus.grant(free_cpus)
             if granted_cpus is None:
                 reject("resources.cpus", res.cpus, f"{free_cpus} free of {inv.cpus}")
@@ -336,7 +350,7 @@ class LocalBackend(Backend):
                 size,
                 nvlink=nvlink and size > 1,
                 cpus=cpus,
-                cpu_pool=self.inventory.cpu_list,
+                cpu_pool=self.cpu_pool,
                 used_cpus=used_cpus,
                 local=local,
                 memory=memory.bytes if memory is not None else 0,
@@ -476,7 +490,7 @@ class LocalBackend(Backend):
         self, contract: Contract, grant: Grant, devices: Sequence[GPUDevice], now: float
     ) -> Offer:
         return Offer(
-            id=f"local-{uuid.uuid4().hex[:12]}",
+            id=f"local-{os.urandom(6).hex()}",  # as random as uuid4's first 12 digits
             backend=self.name,
             contract=contract,
             grant=grant,
@@ -485,7 +499,7 @@ class LocalBackend(Backend):
             jurisdiction=self.jurisdiction,
             provider="local",
             isolation="shared",
-            price=Money.per_hour(0, contract.terms.currency),
+            price=_free(contract.terms.currency),
             expires_at=now + OFFER_TTL,
             details={"gpu_candidates": ",".join(d.id for d in devices)},
         )
@@ -534,7 +548,7 @@ class LocalBackend(Backend):
         demand = Demand(
             gpu_candidates=tuple(candidates),
             gpus=grant.gpus,
-            cpu_candidates=inv.cpu_list,
+            cpu_candidates=self.cpu_pool,
             cpus=grant.cpus,
             memory=grant.memory.bytes if grant.memory is not None else 0,
             memory_total=inv.memory.bytes,
@@ -568,7 +582,7 @@ class LocalBackend(Backend):
         gpus = contract.resources.gpus
         # Only what the contract demands binds the commit; the lease states what it got.
         nvlink = gpus is not None and gpus.interconnect == "nvlink" and grant.gpus > 1
-        topology, pool = self.topology, self.inventory.cpu_list
+        topology, pool = self.topology, self.cpu_pool
         memory = grant.memory.bytes if grant.memory is not None else 0
 
         def place(
@@ -628,11 +642,22 @@ class LocalBackend(Backend):
         now: float,
         start_by: Duration | None,
     ) -> Lease:
+        # The record made inside the grant, whole (the ledger stores it without secrets):
+        # the lease is built from it, not from a second one made afresh.
+        made: list[tuple[tuple[object, ...], LeaseRecord]] = []
+
+        def store(
+            gpu_ids: tuple[str, ...], cpu_ids: tuple[int, ...], ports: dict[str, int]
+        ) -> LeaseRecord:
+            record = make_record(gpu_ids, cpu_ids, ports)
+            made.append(((gpu_ids, cpu_ids, ports), record))
+            return _stored_record(record)
+
         # No deadline, no cancel scope: the common case pays nothing for it.
         with anyio.fail_after(start_by.seconds) if start_by else contextlib.nullcontext():
             allocation = await self.ledger.agrant(
                 lease_id,
-                lambda g, c, p: _stored_record(make_record(g, c, p)),
+                store,
                 demand,
                 now,
                 # The wait for another writer's lock happens in a thread that a deadline
@@ -656,8 +681,9 @@ class LocalBackend(Backend):
                     f" ({first.contract.name!r}), not {grant.describe()} ({contract.name!r});"
                     " use a new key for a new offer",
                 )
-            record = allocation.existing or make_record(
-                allocation.gpus, allocation.cpus, allocation.ports
+            bound = (allocation.gpus, allocation.cpus, allocation.ports)
+            record = allocation.existing or (
+                made[-1][1] if made and made[-1][0] == bound else make_record(*bound)
             )
             ports = _named_ports(allocation.ports)
             lease = Lease(
@@ -865,12 +891,16 @@ class LocalBackend(Backend):
         process = self._processes.pop(lease.id, None)
         if process is not None:
             await process.stop()
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.ledger.arelease(lease.id)
-            except LedgerError as exc:
-                # The ledger is gone or broken: nothing to free in it, and the work is stopped.
-                log.warning("lease %s: %s", lease.id, exc)
+        try:
+            # Uncontended, the release runs here and now, with nothing to cancel (no await);
+            # only a wait for another process's lock needs shielding.
+            done, _ = self.ledger.try_now(self.ledger.release_own, lease.id)
+            if not done:
+                with anyio.CancelScope(shield=True):
+                    await self.ledger.arelease(lease.id)
+        except LedgerError as exc:
+            # The ledger is gone or broken: nothing to free in it, and the work is stopped.
+            log.warning("lease %s: %s", lease.id, exc)
 
     async def abandon(self, offer: Offer, idempotency_key: str) -> None:
         """Free whatever a commit under ``idempotency_key`` bound (the key is the lease id)."""

@@ -35,8 +35,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -87,7 +86,24 @@ _SCHEMA_PROBE = (
     " FROM leases LIMIT 0"
 )
 
-_HELD_DEVICES = "SELECT kind, device FROM devices"
+# The held devices, one row per kind: the kind and its ids joined by _SEP (ids never hold
+# it: the inventory allows letters, digits and /_.- only; CPUs and ports are numbers).
+_SEP = "\x1f"
+_HELD_DEVICES = "SELECT kind, group_concat(device, char(31)) FROM devices GROUP BY kind"
+# The held devices, and (as kind _DUE) the leases a grant must reclaim first: one read.
+_DUE = ""
+_HELD_OR_DUE = (
+    _HELD_DEVICES + " UNION ALL SELECT '', id FROM leases"
+    " WHERE expires_at < ? OR stopping_since IS NOT NULL"
+)
+# What a quote reads: every lease that may be gone, and this holder's live ones summed.
+_USAGE = (
+    "SELECT id, holder, expires_at, workload, stopping_since, memory, disk FROM leases"
+    " WHERE holder != ?1 OR expires_at < ?2 OR stopping_since IS NOT NULL"
+    " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL,"
+    " COALESCE(SUM(memory), 0), COALESCE(SUM(disk), 0) FROM leases"
+    " WHERE holder = ?1 AND expires_at >= ?2 AND stopping_since IS NULL"
+)
 _HELD_AMOUNTS = "SELECT COALESCE(SUM(memory), 0), COALESCE(SUM(disk), 0) FROM leases"
 
 
@@ -233,6 +249,33 @@ def _free_ports(names: tuple[str, ...], used: set[int]) -> dict[str, int]:
 
 class _Busy(Exception):
     """The fast path met another process's lock: retry off the event loop, patiently."""
+
+
+class _Transaction:
+    """``with``: BEGIN IMMEDIATE … COMMIT, or ROLLBACK on an error (a plain class, not a
+    generator: this is on every grant's path)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            return
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error:
+            # Never leave a transaction open on a connection that is used again.
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise
 
 
 @attrs.frozen
@@ -417,10 +460,22 @@ class Ledger:
         handler, no polling), at most ``wait`` (default ``lock_wait``) seconds.
         The loop runs on meanwhile: renewals keep their deadline.
         """
+        done, value = self.try_now(fn, *args)
+        if done:
+            return value  # type: ignore[return-value]
+        return await anyio.to_thread.run_sync(functools.partial(self.run, fn, *args, wait=wait))
+
+    def try_now(self, fn: Callable[..., T], *args: Any) -> tuple[bool, T | None]:
+        """:meth:`arun`'s fast path alone: ``(True, fn(conn, *args))`` when SQLite's
+        lock was free, ``(False, None)`` when another process (or thread) held it.
+
+        It never waits and never yields to the event loop, so a caller that must
+        not be cancelled half-way needs no cancel scope for it (only for the wait).
+        """
         fast, _ = self._connections()
         if self._mutex.acquire(blocking=False):
             try:
-                return fn(fast, *args)
+                return True, fn(fast, *args)
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise _ledger_error(self.path, exc) from None
@@ -428,24 +483,13 @@ class Ledger:
                 raise _ledger_error(self.path, exc) from None
             finally:
                 self._mutex.release()
-        return await anyio.to_thread.run_sync(functools.partial(self.run, fn, *args, wait=wait))
+        return False, None
 
-    @contextmanager
-    def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            # Never leave a transaction open on a connection that is used again.
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
+    @staticmethod
+    def _write(conn: sqlite3.Connection) -> _Transaction:
+        """One immediate (write-locked) transaction on ``conn``: committed when the block
+        ends, rolled back when it raises."""
+        return _Transaction(conn)
 
     def close(self) -> None:
         """Close this process's connections and drop its holder lock."""
@@ -700,8 +744,13 @@ class Ledger:
         now: float,
     ) -> Allocation:
         with self._write(conn):
-            # Expired leases' devices are free only once their workloads are stopped.
-            self._reclaim(conn, now, check_holders=False)
+            # Expired leases' devices are free only once their workloads are stopped. One
+            # statement reads what is held and whether any lease is due for reclaiming
+            # (the common case: none, and the devices read are the ones to choose from).
+            held: list[tuple[str, str]] | None = conn.execute(_HELD_OR_DUE, (now,)).fetchall()
+            if held and any(kind == _DUE for kind, _ in held):
+                self._reclaim(conn, now, check_holders=False)
+                held = None  # what the reclaim freed: read again
             unknown = self._unknown_holders()
             if unknown:
                 raise CapacityUnavailable(
@@ -711,8 +760,9 @@ class Ledger:
                 )
             for _ in range(2):
                 try:
-                    gpu_ids, cpu_ids, ports = self._choose(conn, demand)
+                    gpu_ids, cpu_ids, ports = self._choose(conn, demand, held)
                 except CapacityUnavailable:
+                    held = None  # whatever happens next changes what is held
                     # A retried commit finds its own first grant holding the capacity.
                     existing = self._existing(conn, lease_id)
                     if existing is not None:
@@ -744,14 +794,21 @@ class Ledger:
                         raise
                     kept = self._keep_or_refuse(conn, existing, now)
                     if kept is None:
+                        held = None  # the reclaim changed what is held
                         continue  # its dead holder's row is gone: grant afresh
                     return kept
-                conn.executemany(
-                    "INSERT INTO devices (kind, device, lease_id) VALUES (?, ?, ?)",
-                    [("gpu", g, lease_id) for g in gpu_ids]
-                    + [("cpu", str(c), lease_id) for c in cpu_ids]
-                    + [("port", str(p), lease_id) for p in ports.values()],
+                rows = (
+                    [("gpu", g) for g in gpu_ids]
+                    + [("cpu", str(c)) for c in cpu_ids]
+                    + [("port", str(p)) for p in ports.values()]
                 )
+                if rows:
+                    # One statement for every device (SQLite caches one per row count).
+                    conn.execute(
+                        "INSERT INTO devices (kind, device, lease_id) VALUES "
+                        + ", ".join(["(?, ?, ?)"] * len(rows)),
+                        [v for kind, device in rows for v in (kind, device, lease_id)],
+                    )
                 return Allocation(lease_id, gpu_ids, cpu_ids, ports=ports)
             raise IdempotencyConflict(  # pragma: no cover - a key reclaimed twice in one go
                 "local", f"lease {lease_id} kept changing hands; retry"
@@ -788,18 +845,26 @@ class Ledger:
         )
 
     def _choose(
-        self, conn: sqlite3.Connection, demand: Demand
+        self,
+        conn: sqlite3.Connection,
+        demand: Demand,
+        held: list[tuple[str, str]] | None = None,
     ) -> tuple[tuple[str, ...], tuple[int, ...], dict[str, int]]:
+        """The devices and ports for ``demand``; ``held``: the devices rows as just read
+        in this transaction (``None``: read them here)."""
         used_gpus: set[str] = set()
         used_cpus: set[str] = set()
         used_ports: set[int] = set()
         # Every row counts, expired or not: a lease's devices are free only once its row
         # is gone, which is only once its workload is.
-        for kind, device in conn.execute(_HELD_DEVICES):
-            if kind == "port":
-                used_ports.add(int(device))
+        for kind, devices in conn.execute(_HELD_DEVICES) if held is None else held:
+            if kind == _DUE:
                 continue
-            (used_gpus if kind == "gpu" else used_cpus).add(device)
+            ids = devices.split(_SEP)
+            if kind == "port":
+                used_ports.update(map(int, ids))
+            else:
+                (used_gpus if kind == "gpu" else used_cpus).update(ids)
         if demand.place is not None:
             placed = demand.place(used_gpus, {int(c) for c in used_cpus})
             if len(placed[0]) != demand.gpus or len(placed[1]) != demand.cpus:
@@ -883,12 +948,22 @@ class Ledger:
         clock = time.monotonic()
         gone: set[str] = set()
         stoppable = False
-        for lease_id, holder, expires_at, workload, stopping_since in conn.execute(
-            "SELECT id, holder, expires_at, workload, stopping_since FROM leases"
-        ):
-            if holder == self._token and expires_at >= now and stopping_since is None:
-                continue
-            if expires_at >= now and stopping_since is None and self._holder_alive(holder, clock):
+        memory = disk = 0
+        # One statement gives who may be gone and the amounts held; this holder's own live
+        # leases come summed in one row (id NULL): nothing about them needs a look.
+        for (
+            lease_id,
+            holder,
+            expires_at,
+            workload,
+            stopping_since,
+            lease_memory,
+            lease_disk,
+        ) in conn.execute(_USAGE, (self._token, now)):
+            if lease_id is None or (
+                expires_at >= now and stopping_since is None and self._holder_alive(holder, clock)
+            ):
+                memory, disk = memory + lease_memory, disk + lease_disk
                 continue
             if workload is None:
                 gone.add(lease_id)
@@ -896,19 +971,19 @@ class Ledger:
             ref = msgspec.json.decode(workload, type=WorkloadRef)
             if not workload_alive(ref):
                 gone.add(lease_id)
-            elif stopping_since is None or now - stopping_since > ref.grace:
+                continue
+            if stopping_since is None or now - stopping_since > ref.grace:
                 stoppable = True  # its workload must be told (SIGTERM, later SIGKILL)
-        memory = disk = 0
-        if gone:
-            for lease_id, lease_memory, lease_disk in conn.execute(
-                "SELECT id, memory, disk FROM leases"
-            ):
-                if lease_id not in gone:
-                    memory, disk = memory + lease_memory, disk + lease_disk
-        else:
-            memory, disk = conn.execute(_HELD_AMOUNTS).fetchone()
+            memory, disk = memory + lease_memory, disk + lease_disk
         gpus: set[str] = set()
         cpus: set[int] = set()
+        if not gone:  # the common case: every held device counts, read a kind at a time
+            for kind, devices in conn.execute(_HELD_DEVICES):
+                if kind == "gpu":
+                    gpus.update(devices.split(_SEP))
+                elif kind == "cpu":
+                    cpus.update(map(int, devices.split(_SEP)))
+            return (gpus, cpus, int(memory), int(disk)), stoppable
         for kind, device, lease_id in conn.execute("SELECT kind, device, lease_id FROM devices"):
             if lease_id in gone:
                 continue
@@ -1006,9 +1081,10 @@ class Ledger:
 
     async def arelease(self, lease_id: str) -> bool:
         """Free a lease this process holds; ``False`` when it was already gone."""
-        return await self.arun(self._release_own, lease_id)
+        return await self.arun(self.release_own, lease_id)
 
-    def _release_own(self, conn: sqlite3.Connection, lease_id: str) -> bool:
+    def release_own(self, conn: sqlite3.Connection, lease_id: str) -> bool:
+        """Free a lease this process holds, on ``conn`` (for :meth:`run`/:meth:`try_now`)."""
         # One statement is one transaction (the devices go with it, ON DELETE CASCADE);
         # only this holder's row: another holder's lease is never ours to drop.
         try:

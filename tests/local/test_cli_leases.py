@@ -54,6 +54,44 @@ def test_inventory_table(local_env: Path) -> None:
     assert "NVIDIA L4" in result.stdout
 
 
+def test_inventory_table_shows_topology(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inventory = tmp_path / "hgx.yaml"
+    inventory.write_text(
+        "cpus: 64\nmemory: 2TiB\n"
+        "numa:\n"
+        "  - {id: 0, cpus: '0-31', memory: 1TiB}\n"
+        "  - {id: 1, cpus: '32-47,56-63', memory: 1TiB}\n"
+        "gpus:\n"
+        "  - {model: H100, memory: 80GiB, numa: 0, nvlink_domain: hgx}\n"
+        "  - {model: H100, memory: 80GiB, numa: 1, nvlink_domain: hgx}\n"
+        "  - {model: L4, memory: 24GiB, numa: 1}\n"
+        "links:\n  - {gpus: [1, 2], link: sys}\n"
+        "nics:\n  - {name: mlx5_0, numa: 0, link_layer: InfiniBand}\n"
+    )
+    monkeypatch.setenv("AICONTRACT_INVENTORY", str(inventory))
+    monkeypatch.setenv("COLUMNS", "200")
+    result = run("inventory")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert any("0-31" in line and "1TiB" in line for line in lines)
+    assert any("32-47,56-63" in line for line in lines)
+    assert any(" hgx " in line and "H100" in line for line in lines)
+    assert any("1 - 2" in line and "sys" in line for line in lines)
+    assert any("mlx5_0" in line and "InfiniBand" in line for line in lines)
+
+
+def test_inventory_without_gpus_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inventory = tmp_path / "cpu-only.yaml"
+    inventory.write_text("cpus: 4\nmemory: 8GiB\n")
+    monkeypatch.setenv("AICONTRACT_INVENTORY", str(inventory))
+    result = run("inventory")
+    assert result.exit_code == 0
+    # "[nvidia]" must print as text, not vanish as rich markup.
+    assert "aicontract[nvidia]" in result.stdout
+
+
 def test_quote_shows_offers_and_declines(
     local_env: Path, contract_file: Path, too_big: Path
 ) -> None:

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,7 @@ def inventory(as_json: bool) -> None:
         f"[bold]{escape(inv.source)}[/]: {cpus}, {inv.memory.human()} memory"
         + (f", {inv.disk.human()} free disk" if inv.disk is not None else "")
     )
-    table = Table("id", "model", "memory", "compute", "MIG", title="GPUs")
+    table = Table("id", "model", "memory", "compute", "MIG", "NUMA", "NVLink", title="GPUs")
     for gpu in inv.gpus:
         table.add_row(
             gpu.id,
@@ -102,11 +102,46 @@ def inventory(as_json: bool) -> None:
             gpu.memory.human(),
             gpu.compute_capability or "-",
             gpu.mig_profile or "-",
+            "-" if gpu.numa is None else str(gpu.numa),
+            gpu.nvlink_domain or ("yes" if gpu.interconnect == "nvlink" else "-"),
         )
     if inv.gpus:
         out.print(table)
     else:
-        out.print("no GPUs (install aicontract[nvidia] on a host with an NVIDIA driver)")
+        # Escaped: rich would read "[nvidia]" as markup and print nothing for it.
+        out.print(escape("no GPUs (install aicontract[nvidia] on a host with an NVIDIA driver)"))
+    if inv.numa:
+        nodes = Table("node", "CPUs", "memory", title="NUMA nodes")
+        for node in inv.numa:
+            memory = node.memory.human() if node.memory is not None else "-"
+            nodes.add_row(str(node.id), _cpu_ranges(node.cpus), memory)
+        out.print(nodes)
+    if inv.links:
+        links = Table("GPUs", "link", title="GPU links")
+        for link in inv.links:
+            what: str = link.link
+            if link.nvlinks:
+                generation = f", gen {link.nvlink_generation}" if link.nvlink_generation else ""
+                what += f" ({link.nvlinks} links{generation})"
+            links.add_row(" - ".join(link.gpus), what)
+        out.print(links)
+    if inv.nics:
+        nics = Table("NIC", "NUMA", "link layer", title="RDMA NICs")
+        for nic in inv.nics:
+            numa = "-" if nic.numa is None else str(nic.numa)
+            nics.add_row(nic.name, numa, nic.link_layer or "-")
+        out.print(nics)
+
+
+def _cpu_ranges(cpus: Sequence[int]) -> str:
+    """CPU ids in the kernel's list form: ``0-31,64-95``."""
+    parts: list[str] = []
+    for cpu in sorted(cpus):
+        if parts and cpu == int(parts[-1].rpartition("-")[2]) + 1:
+            parts[-1] = f"{parts[-1].partition('-')[0]}-{cpu}"
+        else:
+            parts.append(str(cpu))
+    return ",".join(parts) or "-"
 
 
 @click.command()

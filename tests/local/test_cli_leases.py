@@ -106,6 +106,8 @@ def test_quote_shows_offers_and_declines(
     assert "resources.gpus.count" in declined.stdout
     # the offer's "[allocated, 0 USD/h]" must print as text, not vanish as rich markup
     assert "counter-offer: local: 2 x H100 (80GiB) in local [allocated, 0 USD/h]" in declined.stdout
+    # and says what it gave up, as every backend's counter-offers do
+    assert "(relaxed: resources.gpus.count 8 -> 2)" in declined.stdout
 
 
 def test_quote_json(local_env: Path, contract_file: Path) -> None:

@@ -484,7 +484,16 @@ class LocalBackend(Backend):
             gpu_interconnect=choice.interconnect,
             gpu_mig=devices[0].mig_profile,
         )
-        return self._offer(relaxed, grant, devices, self.clock.time())
+        offer = self._offer(relaxed, grant, devices, self.clock.time())
+        # Name what was given up, as every backend's counter-offers do (Offer.summary).
+        given_up = []
+        if gpus.models and model not in gpus.models:
+            given_up.append(f"resources.gpus.models {'/'.join(gpus.models)} -> {model}")
+        if size not in gpus.count:
+            given_up.append(f"resources.gpus.count {gpus.count} -> {size}")
+        if not given_up:
+            return offer
+        return replace(offer, details={**offer.details, "relaxed": "; ".join(given_up)})
 
     def _offer(
         self, contract: Contract, grant: Grant, devices: Sequence[GPUDevice], now: float

@@ -305,3 +305,15 @@ def test_entries_are_the_bytes_of_one_encoded_dict(
         assert returned["seq"] == seq
         prev = digest
     assert verify(path).ok
+
+
+def test_offer_summaries_in_the_record_keep_what_a_counter_offer_relaxed() -> None:
+    # The record's summary cache must not hand a counter-offer the plain offer's line.
+    from aicontract import Contract
+    from aicontract.governance.enforce import _summary
+    from fakes import make_offer
+
+    plain = make_offer("fake", Contract(name="s", gpus=2), 0.0)
+    relaxed = msgspec.structs.replace(plain, details={"relaxed": "resources.gpus.count 4 -> 2"})
+    assert "relaxed" not in _summary(plain)
+    assert _summary(relaxed).endswith("(relaxed: resources.gpus.count 4 -> 2)")

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import msgspec
@@ -83,7 +83,18 @@ def _contract_fields(contract: Contract) -> dict[str, Any]:
 
 _SUMMARIES: dict[tuple[Any, ...], str] = {}
 _DESCRIPTIONS: dict[Grant, str] = {}
+_K = TypeVar("_K")
 _CACHED = 256  # entries kept per cache: a loop re-offers the same few grants
+
+
+def _once(cache: dict[_K, str], key: _K, make: Callable[[], str]) -> str:
+    """``make()``, made once per distinct ``key`` (the cache is emptied when full)."""
+    text = cache.get(key)
+    if text is None:
+        if len(cache) >= _CACHED:
+            cache.clear()
+        text = cache[key] = make()
+    return text
 
 
 def _summary(offer: Offer) -> str:
@@ -97,23 +108,14 @@ def _summary(offer: Offer) -> str:
         offer.jurisdiction,
         offer.guarantee,
         None if price is None else str(price),
+        offer.details.get("relaxed"),
     )
-    text = _SUMMARIES.get(key)
-    if text is None:
-        if len(_SUMMARIES) >= _CACHED:
-            _SUMMARIES.clear()
-        text = _SUMMARIES[key] = offer.summary()
-    return text
+    return _once(_SUMMARIES, key, offer.summary)
 
 
 def _describe(grant: Grant) -> str:
     """``grant.describe()``, made once per distinct grant."""
-    text = _DESCRIPTIONS.get(grant)
-    if text is None:
-        if len(_DESCRIPTIONS) >= _CACHED:
-            _DESCRIPTIONS.clear()
-        text = _DESCRIPTIONS[grant] = grant.describe()
-    return text
+    return _once(_DESCRIPTIONS, grant, grant.describe)
 
 
 @attrs.define

@@ -261,14 +261,8 @@ class Negotiator:
                         )
                     )
             if scope.cancelled_caught:
-                rejections.append(
-                    Rejection(
-                        backend=backend.name,
-                        requirement="quote",
-                        wanted=f"an answer within {self.quote_timeout:g}s",
-                        available="no answer",
-                    )
-                )
+                within = f"an answer within {self.quote_timeout:g}s"
+                rejections.append(Rejection.of(backend.name, "quote", within, "no answer"))
 
         if len(self.backends) == 1:  # nothing to overlap; skip the task group's cost
             await ask(self.backends[0])
@@ -296,14 +290,9 @@ class Negotiator:
                     tg.start_soon(hedge, hedge_after, tg, name="aicontract-quote-hedge")
             for backend in self.backends:
                 if backend.name not in answered:
-                    rejections.append(
-                        Rejection(
-                            backend=backend.name,
-                            requirement="quote",
-                            wanted=f"an answer within the hedge ({hedge_after:g}s)",
-                            available="not waited for: other offers were in hand",
-                        )
-                    )
+                    within = f"an answer within the hedge ({hedge_after:g}s)"
+                    waited = "not waited for: other offers were in hand"
+                    rejections.append(Rejection.of(backend.name, "quote", within, waited))
 
         now = self.clock.time()
         accepted: list[Offer] = []

@@ -583,12 +583,8 @@ class Monitor:
 
     def _violated(self, watch: LeaseWatch, lease: Lease, violation: Violation) -> None:
         """Deliver (log, metrics, iterators, callbacks), then start the policy."""
-        watch.violations_total += 1
-        watch.violations.append(violation)
         level = logging.ERROR if violation.severity == "fatal" else logging.WARNING
-        log.log(level, "%s", violation.describe())
-        if self.telemetry.enabled:
-            self.telemetry.violation(violation)
+        self._record(watch, violation, level)
         lease.deliver_violation(violation)
         if lease.replaced_by is not None:
             return
@@ -598,6 +594,14 @@ class Monitor:
             watch.deferred = violation
             return
         self._start_policy(watch, lease, violation)
+
+    def _record(self, watch: LeaseWatch, violation: Violation, level: int) -> None:
+        """Count, keep, log and export a violation."""
+        watch.violations_total += 1
+        watch.violations.append(violation)
+        log.log(level, "%s", violation.describe())
+        if self.telemetry.enabled:
+            self.telemetry.violation(violation)
 
     def _start_policy(self, watch: LeaseWatch, lease: Lease, violation: Violation) -> None:
         host = self._tg or watch.host
@@ -745,17 +749,8 @@ class Monitor:
             # and let the policy act (``renegotiate`` acquires a replacement).
             fault, watch.fault = watch.fault, None
             now = watch.clock.time()
-            violation = Violation(
-                lease_id=lease.id,
-                objective=None,
-                observed=None,
-                window=0.0,
-                since=fault.at if fault is not None else now,
-                at=now,
-                severity="fatal",
-                reason=lease.reason or new.value,
-            )
-            self._violated(watch, lease, violation)
+            since = fault.at if fault is not None else now
+            self._violated(watch, lease, _broken(lease, since, now, lease.reason or new.value))
             if watch.busy and watch.policy.name == "renegotiate":
                 return  # the policy finishes the watch if nothing replaces the lease
         self._finish(watch)
@@ -764,22 +759,9 @@ class Monitor:
         """A replaced lease broke during its drain: recorded for it (log, the watch's
         violations, metrics); nothing to act on, its replacement already serves."""
         now = watch.clock.time()
-        violation = Violation(
-            lease_id=lease.id,
-            objective=None,
-            observed=None,
-            window=0.0,
-            since=now,
-            at=now,
-            severity="fatal",
-            reason=f"{lease.reason or state.value} (while draining; replaced by"
-            f" {lease.replaced_by.id if lease.replaced_by is not None else '?'})",
-        )
-        watch.violations_total += 1
-        watch.violations.append(violation)
-        log.warning("%s", violation.describe())
-        if self.telemetry.enabled:
-            self.telemetry.violation(violation)
+        replacement = lease.replaced_by.id if lease.replaced_by is not None else "?"
+        reason = f"{lease.reason or state.value} (while draining; replaced by {replacement})"
+        self._record(watch, _broken(lease, now, now, reason), logging.WARNING)
 
     # -- loops ---------------------------------------------------------------------------
 
@@ -1133,3 +1115,17 @@ def watch_by_default(lease: Lease, negotiator: Negotiator | None = None) -> Leas
     if not contract.objectives and contract.terms.on_violation == "notify":
         return None
     return process_monitor().watch(lease, negotiator=negotiator)
+
+
+def _broken(lease: Lease, since: float, at: float, reason: str) -> Violation:
+    """A fatal violation for a lease that broke (revoked, expired, failed), not for SLO burn."""
+    return Violation(
+        lease_id=lease.id,
+        objective=None,
+        observed=None,
+        window=0.0,
+        since=since,
+        at=at,
+        severity="fatal",
+        reason=reason,
+    )

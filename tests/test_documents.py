@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from aicontract import Contract, ContractError, dump, dumps, load, loads
+from aicontract import GPU, Contract, ContractError, Resources, dump, dumps, load, loads
 from aicontract.documents import format_of, parse, to_builtins
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "contracts").iterdir())
@@ -557,3 +557,35 @@ def test_parse_gives_builtins_without_validation() -> None:
     assert parse("resources: {cpus: 4..8}", "yaml") == {"resources": {"cpus": "4..8"}}
     assert parse('{"a": [1, 2.5]}', "json") == {"a": [1, 2.5]}
     assert parse("a = 1979-05-27", "toml") is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "count"),
+    [("gpus: 2", "2"), ("gpus: '1..8'", "1..8"), ("gpus: '>=2'", ">=2"), ("gpus: {count: 4}", "4")],
+)
+def test_gpus_shorthand_in_files_is_a_count(text: str, count: str) -> None:
+    contract = loads(f"name: x\nresources:\n  {text}\nalternatives:\n  - {text}\n")
+    assert contract.resources.gpus is not None
+    assert str(contract.resources.gpus.count) == count
+    assert contract.alternatives[0].gpus == contract.resources.gpus
+    assert contract == loads(dumps(contract))  # written back in the canonical shape
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "value"),
+    [
+        ("resources: {gpus: 0}", "$.resources.gpus.count", 0),
+        ("alternatives: [{gpus: 'lots'}]", "$.alternatives[0].gpus.count", "lots"),
+        ("resources: {gpus: true}", "$.resources.gpus", True),
+    ],
+)
+def test_gpus_shorthand_errors_name_the_count(text: str, path: str, value: object) -> None:
+    with pytest.raises(ContractError) as caught:
+        loads(f"name: x\n{text}\n")
+    assert caught.value.path == path
+    assert caught.value.value == value
+
+
+def test_resources_take_the_gpus_shorthand_in_code() -> None:
+    assert Resources(gpus=2) == Resources(gpus=GPU(count=2))
+    assert Contract(name="x", resources={"gpus": "2..4"}).resources.gpus == GPU(count="2..4")

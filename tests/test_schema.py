@@ -37,7 +37,8 @@ def test_examples_validate(path: Path) -> None:
         {"resources": {"memory": "1e400GiB"}},
         {"resources": {"cpus": "8 cores"}},
         {"resources": {"cpus": -1}},
-        {"resources": {"gpus": 8}},  # the shortcut is code-only; files use the section
+        {"resources": {"gpus": "many"}},
+        {"resources": {"gpus": [1, 8]}},  # a list under gpus reads as models: refused
         {"resources": {"gpus": {"count": "many"}}},
         {"terms": {"duration": "4 hours"}},
         {"terms": {"duration": 4}},
@@ -89,6 +90,8 @@ def test_schema_is_plain_json() -> None:
         {"resources": {"memory": ".5GiB"}},
         {"resources": {"cpus": [1, 4], "memory": ["40GiB", None]}},
         {"resources": {"gpus": {"count": [1, None], "memory": [None, "80GiB"]}}},
+        {"resources": {"gpus": 8}},  # `gpus: N` is a count, in files as in code
+        {"resources": {"gpus": "1..8"}, "alternatives": [{"gpus": ">=2"}]},
         {"terms": {"duration": "1h 30m", "start_by": " 90s "}},
     ],
 )

@@ -213,10 +213,31 @@ def convert(data: Any, kind: type[Any], *, _where: str | None = None) -> Any:
     Every failure becomes one :class:`ContractError` naming the path, the value
     found there and the allowed form.
     """
+    expand = getattr(kind, "_expand_shorthands", None)
+    if expand is not None and isinstance(data, dict):
+        # Documents, templates and `Resources(...)` all come through here, so a
+        # shorthand reads the same everywhere; `data` itself is left as it was.
+        data = expand(data)
     try:
         return msgspec.convert(data, kind, dec_hook=decode_quantity)
     except msgspec.ValidationError as exc:
         raise _contract_error(str(exc), data, kind, _where) from None
+
+
+def gpu_count_shorthand(value: Any) -> Any:
+    """``gpus: 2`` or ``gpus: "1..8"`` means ``gpus: {count: ...}`` (any other value as is)."""
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        return {"count": value}
+    return value
+
+
+def _expand_gpus(resources: Any) -> Any:
+    """A copy of a resources mapping with its ``gpus`` shorthand expanded."""
+    if isinstance(resources, dict) and "gpus" in resources:
+        gpus = gpu_count_shorthand(resources["gpus"])
+        if gpus is not resources["gpus"]:
+            return {**resources, "gpus": gpus}
+    return resources
 
 
 def _contract_error(text: str, data: Any, kind: type[Any], where: str | None) -> ContractError:
@@ -417,6 +438,10 @@ class Resources(_Model, frozen=True):
     memory: BytesRange | None = None
     disk: BytesRange | None = None
     nodes: int = 1
+
+    @classmethod
+    def _expand_shorthands(cls, data: dict[str, Any]) -> Any:
+        return _expand_gpus(data)
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= MAX_NODES:
@@ -795,12 +820,21 @@ class Contract(_Model, frozen=True):
     }
 
     @classmethod
+    def _expand_shorthands(cls, data: dict[str, Any]) -> Any:
+        expanded = dict(data)
+        if "resources" in data:
+            expanded["resources"] = _expand_gpus(data["resources"])
+        if isinstance(data.get("alternatives"), list):
+            expanded["alternatives"] = [_expand_gpus(choice) for choice in data["alternatives"]]
+        return expanded
+
+    @classmethod
     def _shortcuts(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
         sections: dict[str, dict[str, Any]] = {}
         for key in [k for k in kwargs if k in cls._SHORTCUTS]:
             value = kwargs.pop(key)
-            if key == "gpus" and (isinstance(value, (int, str)) and not isinstance(value, bool)):
-                value = {"count": value}
+            if key == "gpus":
+                value = gpu_count_shorthand(value)
             sections.setdefault(cls._SHORTCUTS[key], {})[key] = value
         for section, values in sections.items():
             if section in kwargs:

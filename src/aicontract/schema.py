@@ -98,6 +98,10 @@ def json_schema() -> dict[str, Any]:
     )
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = f"aicontract contract (aicontract {__version__})"
+    gpus = schema["$defs"]["Resources"]["properties"]["gpus"]
+    # `gpus: 4` and `gpus: "1..8"` are a count, as the loader reads them (not the pair form:
+    # a list under `gpus` is more likely a list of models, and is refused as such).
+    gpus["anyOf"].extend(_hook(CountRange)["anyOf"][:2])
     _add_template_use(schema)
     return schema
 
@@ -121,10 +125,7 @@ def _contract_body(defs: dict[str, Any]) -> dict[str, Any]:
     contract = defs["Contract"]
     properties = dict(contract["properties"])
     for key, section in Contract._SHORTCUTS.items():
-        inner = defs[section.capitalize()]["properties"][key]
-        if key == "gpus":  # `gpus: 4` is a count
-            inner = {"anyOf": [inner, _hook(CountRange)]}
-        properties[key] = inner
+        properties[key] = defs[section.capitalize()]["properties"][key]
     return {"type": "object", "properties": properties, "additionalProperties": False}
 
 

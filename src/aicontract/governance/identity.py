@@ -14,7 +14,7 @@ import os
 
 import msgspec
 
-__all__ = ["Identity", "local_identity"]
+__all__ = ["Identity", "local_identity", "unix_user_identity"]
 
 
 class Identity(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,3 +75,28 @@ def local_identity() -> Identity:
         return Identity(kind="user", name=getpass.getuser(), source="local")
     gid = os.getgid()
     return _os_identity(os.getuid(), (gid, *(g for g in os.getgroups() if g != gid)))
+
+
+def unix_user_identity(user: str, source: str) -> Identity:
+    """The named user with its Unix groups on this host (primary first), as ``source`` says.
+
+    For a backend that acts as a user other than this process's (a Slurm JWT minted
+    for ``alice``): where the user has no account on this host, no groups are known.
+    """
+    import grp
+    import pwd
+
+    try:
+        primary = pwd.getpwnam(user).pw_gid
+        gids = [primary, *(g for g in os.getgrouplist(user, primary) if g != primary)]
+    except (KeyError, OSError):
+        gids = []
+    groups: list[str] = []
+    for gid in gids:
+        try:
+            name = grp.getgrgid(gid).gr_name
+        except KeyError:
+            name = str(gid)
+        if name not in groups:
+            groups.append(name)
+    return Identity(kind="user", name=user, groups=tuple(groups), source=source)

@@ -32,6 +32,7 @@ from ...errors import (
     QuotaExceeded,
     TransientBackendError,
 )
+from ...governance.identity import Identity, local_identity, unix_user_identity
 from ...gpu_models import compute_capability_of, pick_model
 from ...leases import Lease, WorkloadState
 from ...observation import Fault, Observation
@@ -815,6 +816,22 @@ class SlurmBackend(Backend):
         if faults:
             lease.revoke("; ".join(f.reason for f in faults))
         return Observation(faults=tuple(faults), workload=workload)
+
+    async def identity(self) -> Identity:
+        """The Slurm user this backend's jobs run as, as slurmrestd authenticates it.
+
+        Over a unix socket (``rest_auth/local``) slurmrestd knows the caller from the
+        socket: this process's OS user and groups. With a JWT, the user the token was
+        issued for (``X-SLURM-USER-NAME``; slurmrestd refuses a token minted for anyone
+        else), with that user's Unix groups on this host where it has an account (the
+        groups Slurm's ``AllowGroups`` checks). ``account`` is not part of it: it is
+        what a job is charged to, chosen by the caller, not who the caller is.
+        """
+        rest = self.rest
+        if rest.user is None:
+            source = f"{self.name} (rest_auth/local: the socket's peer)"
+            return msgspec.structs.replace(local_identity(), source=source)
+        return unix_user_identity(rest.user, f"{self.name} (JWT for {rest.user})")
 
     async def aclose(self) -> None:
         """Close the HTTP client."""

@@ -274,6 +274,33 @@ async def test_two_node_lease_carries_the_training_env(clean_cluster: Any) -> No
             await lease.release()
 
 
+async def test_a_two_node_gang_binds_both_nodes_with_the_gpus_on_each(
+    clean_cluster: Any,
+) -> None:
+    gang = Contract(name="gang", resources={"nodes": 2, "gpus": {"count": 2, "models": ["H100"]}})
+    async with SlurmBackend(
+        url=clean_cluster.url, token=clean_cluster.token, user="root", partitions=["gpu"]
+    ) as backend:
+        negotiator = Negotiator([backend])
+        lease = await negotiator.acquire(gang)
+        try:
+            assert (lease.grant.nodes, lease.grant.gpus, lease.grant.total_gpus) == (2, 2, 4)
+            assert lease.env["SLURM_JOB_NODELIST"] == "node1,node2"
+            assert (lease.env["NNODES"], lease.env["GPUS_PER_NODE"]) == ("2", "2")
+            assert lease.world is not None
+            assert lease.world.size == 4
+            (job,) = [
+                j for j in clean_cluster.jobs() if str(j["job_id"]) == lease.details["job_id"]
+            ]
+            assert "gpu:h100:2" in str(job), job  # two on each node, not four on one
+            for name in ("node1", "node2"):
+                assert "gpu:h100:2" in str(clean_cluster.node(name)["gres_used"])
+        finally:
+            await lease.release()
+        refused = await backend.quote(gang.with_(nodes=3))
+        assert [r.requirement for r in refused.rejections] == ["resources.nodes"]
+
+
 async def test_one_node_lease_env(backend: SlurmBackend) -> None:
     lease = await backend.commit((await backend.quote(h100(2))).offers[0], key())
     try:

@@ -21,6 +21,7 @@ from aicontract.backends.slurm import SlurmBackend
 from aicontract.backends.slurm.api import SlurmAPI, expand_hostlist, number, states
 from aicontract.backends.slurm.quote import parse_gres
 from aicontract.errors import AuthenticationError, ConfigError, TransientBackendError
+from aicontract.offer import check_offer
 
 pytestmark = pytest.mark.anyio
 
@@ -214,12 +215,19 @@ def test_configuration_errors_say_what_is_missing(monkeypatch: pytest.MonkeyPatc
         SlurmAPI(URL)
 
 
-async def test_a_per_node_gang_is_refused() -> None:
-    """Slurm spreads a contract's total GPUs over nodes itself; ``resources.nodes`` is refused."""
+async def test_a_per_node_gang_is_quoted_per_node() -> None:
+    """``resources.nodes: N``: N nodes, each with the contract's GPUs; more nodes than the
+    partition holds is refused naming ``resources.nodes``."""
     with respx.mock(assert_all_called=False) as router:
         serve_v40(router, [])
         async with SlurmBackend(url=URL, token="t", user="alice") as backend:
-            gang = Contract(resources={"nodes": 2, "gpus": {"count": 8}}, duration="1h")
-            quote = await backend.quote(gang)
-    assert not quote.offers
-    assert [r.requirement for r in quote.rejections] == ["resources.nodes"]
+            two = Contract(resources={"nodes": 2, "gpus": {"count": "2..8"}}, duration="1h")
+            quote = await backend.quote(two)
+            three = await backend.quote(two.with_(nodes=3))
+    offer = quote.offers[0]
+    assert (offer.grant.nodes, offer.grant.gpus, offer.grant.total_gpus) == (2, 8, 16)
+    assert (offer.details["nodes"], offer.details["gpus_per_node"]) == ("2", "8")
+    assert check_offer(offer, two, time.time()) == []
+    assert not three.offers
+    assert [r.requirement for r in three.rejections] == ["resources.nodes"]
+    assert three.rejections[0].available.startswith("at most 2 node(s) in batch")

@@ -222,10 +222,6 @@ class SlurmBackend(Backend):
             for requirement, wanted, found in misfits:
                 reject(requirement, wanted, found)
             return Quote(rejections=tuple(self._summarise(problems)))
-        if contract.resources.nodes > 1:  # this backend splits a contract's totals over nodes
-            wanted_nodes = f"{contract.resources.nodes} nodes"
-            reject("resources.nodes", wanted_nodes, "no per-node gangs (ask for total GPUs)")
-            return Quote(rejections=tuple(self._summarise(problems)))
         if contract.placement.isolation == "dedicated-host":
             reject(
                 "placement.isolation",
@@ -359,12 +355,19 @@ class SlurmBackend(Backend):
         kind: str | None,
         reject: Any,
     ) -> _Shape | None:
-        """Nodes and per-node GPUs/CPUs/memory for the contract on this partition."""
+        """Nodes and per-node GPUs/CPUs/memory for the contract on this partition.
+
+        A gang (``resources.nodes: N``) is N nodes each given the contract's GPUs,
+        CPUs and memory; otherwise the contract's totals are spread over as few
+        nodes as hold them.
+        """
         res = contract.resources
         holders = [n for n in members if kind is None or n.gpus.get(kind, 0) > 0]
         if not holders:
             return None
         most_nodes = min(self.max_nodes, part.max_nodes or self.max_nodes, len(holders))
+        if res.nodes > 1:
+            return self._gang_shape(contract, part, holders, kind, most_nodes, reject)
         nodes, per_gpus = 1, 0
         if res.gpus is not None and kind is not None:
             cap = max(n.gpus.get(kind, 0) for n in holders)
@@ -407,6 +410,58 @@ class SlurmBackend(Backend):
             reject("resources.disk", str(res.disk), "Slurm nodes do not say (TmpDisk is not read)")
             return None
         return _Shape(nodes=nodes, gpus=per_gpus, cpus=per_cpus, memory_mb=per_mb)
+
+    def _gang_shape(
+        self,
+        contract: Contract,
+        part: PartitionView,
+        holders: Sequence[NodeView],
+        kind: str | None,
+        most_nodes: int,
+        reject: Any,
+    ) -> _Shape | None:
+        """``resources.nodes`` nodes, each with the most of every per-node range it holds."""
+        res = contract.resources
+        if res.nodes > most_nodes:
+            reject(
+                "resources.nodes",
+                f"{res.nodes} nodes",
+                f"at most {most_nodes} node(s) in {part.name}"
+                + (f" with gpu:{kind}" if kind else ""),
+            )
+            return None
+        per_gpus = 0
+        if res.gpus is not None and kind is not None:
+            cap = max(n.gpus.get(kind, 0) for n in holders)
+            granted = res.gpus.count.grant(cap)
+            if granted is None:
+                reject(
+                    "resources.gpus.count",
+                    f"{res.gpus.count} x {self._product(kind)} per node",
+                    f"at most {cap} per node in {part.name}",
+                )
+                return None
+            per_gpus = int(granted)
+        cap_cpus = max(n.cpus for n in holders)
+        per_cpus = self.default_cpus
+        if res.cpus is not None:
+            cpus = res.cpus.grant(cap_cpus)
+            if cpus is None:
+                reject("resources.cpus", f"{res.cpus} per node", f"{cap_cpus} per node")
+                return None
+            per_cpus = int(cpus)
+        cap_mb = max(n.memory_mb for n in holders)
+        per_mb = max(1, self.default_memory.bytes // MIB)
+        if res.memory is not None:
+            memory = res.memory.grant(Bytes(cap_mb * MIB))
+            if memory is None:
+                reject("resources.memory", f"{res.memory} per node", f"{cap_mb} MB per node")
+                return None
+            per_mb = -(-memory.bytes // MIB)
+        if res.disk is not None:
+            reject("resources.disk", str(res.disk), "Slurm nodes do not say (TmpDisk is not read)")
+            return None
+        return _Shape(nodes=res.nodes, gpus=per_gpus, cpus=per_cpus, memory_mb=per_mb)
 
     def _exclusive_ok(self, node: NodeView, contract: Contract, *, idle: bool) -> bool:
         if contract.placement.isolation != "dedicated-node" or not idle:
@@ -474,15 +529,19 @@ class SlurmBackend(Backend):
     ) -> Offer:
         gpus = shape.gpus * shape.nodes
         memory = self.gpu_memory.get(kind or "")
+        # A gang's grant is per node (Grant.nodes of them); a spread contract's is its total.
+        gang = contract.resources.nodes > 1
+        per = 1 if gang else shape.nodes
         grant = Grant(
-            gpus=gpus,
+            gpus=shape.gpus * per,
             gpu_model=model if gpus else None,
             gpu_memory=Bytes(memory) if memory and gpus else None,
             gpu_compute_capability=compute_capability_of(self._product(kind))
             if kind and gpus
             else None,
-            cpus=shape.cpus * shape.nodes,
-            memory=Bytes(shape.memory_mb * MIB * shape.nodes),
+            cpus=shape.cpus * per,
+            memory=Bytes(shape.memory_mb * MIB * per),
+            nodes=shape.nodes if gang else 1,
         )
         details = {
             "partition": part.name,

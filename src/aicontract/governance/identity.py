@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterable
 
 import msgspec
 
@@ -49,13 +50,19 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
 
 @functools.lru_cache(maxsize=1)
 def _os_identity(uid: int, gids: tuple[int, ...]) -> Identity:
-    import grp
     import pwd
 
     try:
         user = pwd.getpwuid(uid).pw_name
     except KeyError:  # a uid with no passwd entry (containers): the number is the name
         user = str(uid)
+    return Identity(kind="user", name=user, groups=_group_names(gids), source="local")
+
+
+def _group_names(gids: Iterable[int]) -> tuple[str, ...]:
+    """Each group's name, in order, once (a gid with no entry is named by its number)."""
+    import grp
+
     groups: list[str] = []
     for gid in gids:
         try:
@@ -64,7 +71,7 @@ def _os_identity(uid: int, gids: tuple[int, ...]) -> Identity:
             name = str(gid)
         if name not in groups:
             groups.append(name)
-    return Identity(kind="user", name=user, groups=tuple(groups), source="local")
+    return tuple(groups)
 
 
 def local_identity() -> Identity:
@@ -83,7 +90,6 @@ def unix_user_identity(user: str, source: str) -> Identity:
     For a backend that acts as a user other than this process's (a Slurm JWT minted
     for ``alice``): where the user has no account on this host, no groups are known.
     """
-    import grp
     import pwd
 
     try:
@@ -91,12 +97,4 @@ def unix_user_identity(user: str, source: str) -> Identity:
         gids = [primary, *(g for g in os.getgrouplist(user, primary) if g != primary)]
     except (KeyError, OSError):
         gids = []
-    groups: list[str] = []
-    for gid in gids:
-        try:
-            name = grp.getgrgid(gid).gr_name
-        except KeyError:
-            name = str(gid)
-        if name not in groups:
-            groups.append(name)
-    return Identity(kind="user", name=user, groups=tuple(groups), source=source)
+    return Identity(kind="user", name=user, groups=_group_names(gids), source=source)

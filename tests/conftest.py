@@ -6,6 +6,8 @@
   still override the fixture with its own.
 * ``clock``: a fresh :class:`VirtualClock`, for code that takes a clock, so no
   test waits on the wall clock for time to pass.
+* ``local_env``, ``state_dir``, ``backend``: the local backend on a made-up host
+  (the folder's own ``inventory_file`` fixture) with a private ledger.
 
 Helper modules (``fakes``, ``monitor_support``, ``cloud_support``, the k8s
 harness) are importable by plain name through ``pythonpath`` in
@@ -16,10 +18,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from aicontract import VirtualClock
+from aicontract.backends.local import LocalBackend
 
 ANYIO_BACKENDS_MARKER = "anyio_backends"
 """Registered in pyproject.toml's ``markers``."""
@@ -55,3 +59,28 @@ def _private_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def local_env(monkeypatch: pytest.MonkeyPatch, inventory_file: Path, state_dir: Path) -> Path:
+    """Point everything (library and CLI) at the made-up host (``inventory_file``, which
+    the folder's conftest defines) and a private ledger; return the state dir."""
+    monkeypatch.setenv("AICONTRACT_INVENTORY", str(inventory_file))
+    monkeypatch.setenv("AICONTRACT_STATE_DIR", str(state_dir))
+    monkeypatch.delenv("AICONTRACT_JURISDICTION", raising=False)
+    monkeypatch.delenv("AICONTRACT_BACKENDS", raising=False)
+    monkeypatch.setenv("COLUMNS", "250")  # rich tables: no truncated lease ids
+    return state_dir
+
+
+@pytest.fixture
+def backend(local_env: Path) -> Iterator[LocalBackend]:
+    local = LocalBackend()
+    yield local
+    if local._ledger is not None:
+        local._ledger.close()

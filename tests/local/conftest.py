@@ -1,4 +1,5 @@
-"""Fixtures for the local backend: a made-up host, a private state dir, a backend.
+"""The local backend's made-up host (``local_env``, ``state_dir`` and ``backend`` are in
+the root conftest and use ``inventory_file`` from here).
 
 The inventory is a file (``AICONTRACT_INVENTORY``) so these tests see the same
 GPUs on every machine, GPU or not; the ledger is real SQLite in ``tmp_path``,
@@ -7,12 +8,9 @@ so nothing leaks into (or out of) the user's own state dir.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from aicontract.backends.local import LocalBackend
 
 INVENTORY = """\
 cpus: 8
@@ -38,27 +36,3 @@ def inventory_file(tmp_path: Path) -> Path:
     path = tmp_path / "inventory.yaml"
     path.write_text(INVENTORY)
     return path
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def local_env(monkeypatch: pytest.MonkeyPatch, inventory_file: Path, state_dir: Path) -> Path:
-    """Point everything (library and CLI) at the fake host and the private ledger."""
-    monkeypatch.setenv("AICONTRACT_INVENTORY", str(inventory_file))
-    monkeypatch.setenv("AICONTRACT_STATE_DIR", str(state_dir))
-    monkeypatch.delenv("AICONTRACT_JURISDICTION", raising=False)
-    monkeypatch.delenv("AICONTRACT_BACKENDS", raising=False)
-    monkeypatch.setenv("COLUMNS", "250")  # rich tables: no truncated lease ids
-    return state_dir
-
-
-@pytest.fixture
-def backend(local_env: Path) -> Iterator[LocalBackend]:
-    local = LocalBackend()
-    yield local
-    if local._ledger is not None:
-        local._ledger.close()

@@ -1,4 +1,4 @@
-"""Fixtures for training leases: a made-up host with GPUs, a private ledger, a backend.
+"""Training leases' made-up host (``local_env`` and ``backend`` are in the root conftest).
 
 The inventory is a file (``AICONTRACT_INVENTORY``), so every machine sees the
 same two GPUs and four CPUs; the ledger is real SQLite in ``tmp_path``.
@@ -6,12 +6,9 @@ same two GPUs and four CPUs; the ledger is real SQLite in ``tmp_path``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from aicontract.backends.local import LocalBackend
 
 INVENTORY = """\
 cpus: 4
@@ -25,21 +22,7 @@ gpus:
 
 
 @pytest.fixture
-def local_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Point library and CLI at the fake host and a private ledger; return the state dir."""
-    inventory = tmp_path / "inventory.yaml"
-    inventory.write_text(INVENTORY)
-    state = tmp_path / "state"
-    monkeypatch.setenv("AICONTRACT_INVENTORY", str(inventory))
-    monkeypatch.setenv("AICONTRACT_STATE_DIR", str(state))
-    monkeypatch.delenv("AICONTRACT_JURISDICTION", raising=False)
-    monkeypatch.delenv("AICONTRACT_BACKENDS", raising=False)
-    return state
-
-
-@pytest.fixture
-def backend(local_env: Path) -> Iterator[LocalBackend]:
-    local = LocalBackend()
-    yield local
-    if local._ledger is not None:
-        local._ledger.close()
+def inventory_file(tmp_path: Path) -> Path:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(INVENTORY)
+    return path

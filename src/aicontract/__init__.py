@@ -3,6 +3,7 @@
 The public API is what this module exports; everything else is internal.
 """
 
+from . import errors
 from ._version import __version__
 from .backends import (
     Backend,
@@ -26,26 +27,7 @@ from .contract import (
     Workload,
 )
 from .documents import dump, dumps, load, loads
-from .errors import (
-    AIContractError,
-    AuthenticationError,
-    BackendError,
-    BackendNotFound,
-    CapacityUnavailable,
-    ConfigError,
-    ContractError,
-    IdempotencyConflict,
-    LeaseError,
-    LeaseLost,
-    LeaseNotFound,
-    LeaseStateError,
-    LedgerError,
-    NegotiationError,
-    NoOffer,
-    PolicyViolation,
-    QuotaExceeded,
-    TransientBackendError,
-)
+from .errors import *  # noqa: F403  (every error is public: errors.__all__)
 from .leases import Lease, LeaseRecord, LeaseState, WorkloadState
 from .monitor import Monitor
 from .monitor.policies import Notify, Release, Renegotiate, RenegotiationBudget
@@ -59,50 +41,34 @@ from .units import Bytes, BytesRange, CountRange, Duration, Money, Rate, Ratio
 from .world import World
 
 __all__ = [
+    *errors.__all__,
     "GPU",
-    "AIContractError",
-    "AuthenticationError",
     "Backend",
-    "BackendError",
-    "BackendNotFound",
     "Bytes",
     "BytesRange",
-    "CapacityUnavailable",
     "Clock",
-    "ConfigError",
     "Contract",
-    "ContractError",
     "CountRange",
     "Duration",
     "Fault",
     "Grant",
     "GuaranteeLevel",
-    "IdempotencyConflict",
     "Isolation",
     "Lease",
-    "LeaseError",
-    "LeaseLost",
-    "LeaseNotFound",
     "LeaseRecord",
     "LeaseState",
-    "LeaseStateError",
-    "LedgerError",
     "Money",
     "Monitor",
     "Negotiation",
-    "NegotiationError",
     "Negotiator",
-    "NoOffer",
     "Notify",
     "Objective",
     "ObjectiveState",
     "Observation",
     "Offer",
     "Placement",
-    "PolicyViolation",
     "Preferences",
     "Probe",
-    "QuotaExceeded",
     "Quote",
     "Rate",
     "Ratio",
@@ -113,7 +79,6 @@ __all__ = [
     "Resources",
     "Sample",
     "Terms",
-    "TransientBackendError",
     "Violation",
     "VirtualClock",
     "Workload",

@@ -84,6 +84,33 @@ def _as_exact(value: object, what: str, allowed: str) -> Fraction:
     )
 
 
+def _read(
+    pattern: re.Pattern[str],
+    value: object,
+    what: str,
+    allowed: str,
+    *,
+    most: int,
+    noun: str | None = None,
+) -> tuple[re.Match[str], Decimal]:
+    """``value`` as text that matches ``pattern``, and its number (group ``num``).
+
+    The number is at most ``most``; ``what`` names the quantity in errors (``a rate``),
+    ``noun`` what the text is not when it does not match (default: ``what``).
+    """
+    if not isinstance(value, str):
+        raise ContractError(
+            f"expected a {what}, got {type(value).__name__}", value=value, allowed=allowed
+        )
+    match = pattern.match(value.strip())
+    if not match:
+        raise ContractError(f"{value!r} is not a {noun or what}", value=value, allowed=allowed)
+    number = _decimal(match["num"], what, allowed)
+    if number > most:
+        raise ContractError(f"{value!r} is absurdly large", value=value, allowed=allowed)
+    return match, number
+
+
 def _in_largest_unit(n: int, units: dict[str, int], names: tuple[str, ...], base: str) -> str:
     """``n`` base units as text in the first of ``names`` that divides it (``80GiB``, ``4h``)."""
     for unit in names:
@@ -409,16 +436,7 @@ class Rate(Quantity):
         if isinstance(value, Rate):
             self._magnitude, self._text, self._what = value._magnitude, value._text, value._what
             return
-        if not isinstance(value, str):
-            raise ContractError(
-                f"expected a rate, got {type(value).__name__}", value=value, allowed=self.ALLOWED
-            )
-        match = self._RE.match(value.strip())
-        if not match:
-            raise ContractError(f"{value!r} is not a rate", value=value, allowed=self.ALLOWED)
-        number = _decimal(match["num"], "rate", self.ALLOWED)
-        if number > _MAX_COUNT * 1000:
-            raise ContractError(f"{value!r} is absurdly large", value=value, allowed=self.ALLOWED)
+        match, number = _read(self._RE, value, "rate", self.ALLOWED, most=_MAX_COUNT * 1000)
         self._what = match["what"] or ""
         self._magnitude = Fraction(number) / self._PER[match["per"]]
         what = f" {self._what}" if self._what else ""
@@ -467,18 +485,9 @@ class Money(Quantity):
             self._magnitude, self._text = value._magnitude, value._text
             self._currency = value._currency
             return
-        if not isinstance(value, str):
-            raise ContractError(
-                f"expected a price, got {type(value).__name__}", value=value, allowed=self.ALLOWED
-            )
-        match = self._RE.match(value.strip())
-        if not match:
-            raise ContractError(
-                f"{value!r} is not a price per hour", value=value, allowed=self.ALLOWED
-            )
-        amount = _decimal(match["num"], "price", self.ALLOWED)
-        if amount > 10**7:
-            raise ContractError(f"{value!r} is absurdly large", value=value, allowed=self.ALLOWED)
+        match, amount = _read(
+            self._RE, value, "price", self.ALLOWED, most=10**7, noun="price per hour"
+        )
         self._magnitude, self._currency = amount, match["cur"]
         self._text = f"{match['num']} {self._currency}/h"
 

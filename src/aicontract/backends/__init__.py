@@ -1,21 +1,10 @@
-"""Backends: where capacity comes from, behind one small protocol."""
+"""Backends: where capacity comes from, behind one small protocol.
 
+The package exports the protocol and the registry's whole public API.
+"""
+
+from . import registry
 from .base import Backend
-from .registry import (
-    BackendFactory,
-    available_backends,
-    create_backend,
-    load_backend_class,
-    register_backend,
-    unregister_backend,
-)
+from .registry import *  # noqa: F403  (re-exported: registry.__all__ is what is public)
 
-__all__ = [
-    "Backend",
-    "BackendFactory",
-    "available_backends",
-    "create_backend",
-    "load_backend_class",
-    "register_backend",
-    "unregister_backend",
-]
+__all__ = ["Backend", *registry.__all__]

@@ -11,16 +11,27 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import TypeVar
 
-from ..contract import Contract
+from ..clock import Clock, system_clock
+from ..contract import Contract, GuaranteeLevel
 from ..errors import CapacityUnavailable
 from ..governance.identity import Identity, local_identity
 from ..leases import Lease
 from ..observation import Observation
 from ..offer import Offer, Quote, Rejection
+from ..world import World
 
-__all__ = ["Backend", "fixed_ports_only", "key_name", "rank_env"]
+__all__ = [
+    "Backend",
+    "fixed_ports_only",
+    "granted_lease",
+    "key_name",
+    "lease_env",
+    "offer_details",
+    "rank_env",
+]
 
 _B = TypeVar("_B", bound="Backend")
 
@@ -64,6 +75,63 @@ def key_name(idempotency_key: str, *, prefix: str, longest: int, keep: int, dige
     return name
 
 
+def lease_env(contract: Contract, lease_id: str, *more: Mapping[str, str]) -> dict[str, str]:
+    """What a lease's workload sees: its own env, the lease's id, then ``more`` (a backend's)."""
+    workload = contract.workload
+    env = {**(workload.env if workload is not None else {}), "AICONTRACT_LEASE_ID": lease_id}
+    for extra in more:
+        env.update(extra)
+    return env
+
+
+def offer_details(offer: Offer) -> dict[str, str]:
+    """The lease details that name the offer it was committed from, and its price if any."""
+    details = {"offer": offer.id}
+    if offer.price is not None:
+        details["price"] = str(offer.price)
+    return details
+
+
+def granted_lease(
+    backend: Backend,
+    offer: Offer,
+    lease_id: str,
+    *,
+    guarantee: GuaranteeLevel,
+    expires_at: float,
+    env: dict[str, str],
+    details: dict[str, str],
+    ends_at: float | None = None,
+    endpoints: dict[str, str] | None = None,
+    world: World | None = None,
+    created_at: float = 0.0,
+    where: tuple[str, str | None] | None = None,
+) -> Lease:
+    """The lease ``backend`` hands back for the committed ``offer``: its contract and grant.
+
+    It expires at ``expires_at``, or at ``ends_at`` (the end of its term) if that
+    comes first; it lies where the offer said, unless ``where`` (region,
+    jurisdiction) says where it landed instead (the node a scheduler picked).
+    """
+    region, jurisdiction = (offer.region, offer.jurisdiction) if where is None else where
+    return Lease(
+        id=lease_id,
+        contract=offer.contract,
+        grant=offer.grant,
+        backend=backend,
+        guarantee=guarantee,
+        expires_at=expires_at if ends_at is None else min(expires_at, ends_at),
+        region=region,
+        jurisdiction=jurisdiction,
+        endpoints={} if endpoints is None else endpoints,
+        env=env,
+        details=details,
+        world=world,
+        clock=backend.clock,
+        created_at=created_at,
+    )
+
+
 def rank_env(lease: Lease, rank: int, nodes: int) -> dict[str, str]:
     """The env for node ``rank`` of a ``nodes``-node lease (``lease.env`` is rank 0's)."""
     if not 0 <= rank < nodes:
@@ -86,6 +154,8 @@ class Backend(ABC):
     """
 
     name: str = "backend"
+    clock: Clock = system_clock
+    """Where the backend reads the time; the leases it grants carry it."""
 
     @abstractmethod
     async def quote(self, contract: Contract) -> Quote:

@@ -16,16 +16,14 @@ import click
 
 from ..backends.registry import load_backend_class
 from ..units import Duration
-from .output import friendly, print_json, results
+from .output import friendly, path_option, print_json, results
 
 __all__ = ["COMMANDS", "gc"]
 
 
 @click.command()
-@click.option(
+@path_option(
     "--kubeconfig",
-    type=click.Path(path_type=Path),
-    default=None,
     help="Kubeconfig file (default: in-cluster, then $KUBECONFIG, then ~/.kube/config).",
 )
 @click.option("--context", default=None, help="Kubeconfig context (default: the current one).")

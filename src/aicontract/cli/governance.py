@@ -21,7 +21,7 @@ from ..governance.policy import Policy, find_policy, load_policy
 from ..governance.record import Record, verify
 from ..governance.templates import catalog, find_template, render
 from ..schema import _hook, template_json_schema
-from .output import check_files
+from .output import check_files, path_option
 
 
 @click.group()
@@ -145,11 +145,9 @@ def template_render(ref: str, params: tuple[str, ...], fmt: str) -> None:
     click.echo(dumps(contract, fmt), nl=False)  # type: ignore[arg-type]
 
 
-_RECORD = click.option(
+_RECORD = path_option(
     "--record",
     "path",
-    type=click.Path(path_type=Path),
-    default=None,
     help="The record file (default: AICONTRACT_RECORD, else record.jsonl in the state dir).",
 )
 

@@ -36,6 +36,7 @@ __all__ = [
     "exit_status",
     "friendly",
     "messages",
+    "path_option",
     "print_json",
     "reading",
     "report",
@@ -66,6 +67,11 @@ def results() -> Console:
 def messages() -> Console:
     """The console for messages and progress on stderr."""
     return Console(stderr=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH)
+
+
+def path_option(*names: str, help: str) -> Callable[[F], F]:
+    """An optional option that names a file or folder: a ``Path``, or None when not given."""
+    return click.option(*names, type=click.Path(path_type=Path), default=None, help=help)
 
 
 def print_json(data: Any) -> None:

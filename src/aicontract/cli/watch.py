@@ -25,6 +25,7 @@ from ..monitor.objectives import sample_sli
 from ..monitor.snapshot import LeaseSnapshot, monitor_dir, read_snapshots
 from ..observation import Sample, format_as, format_sample
 from ..units import parse_target
+from .output import path_option
 
 _STATE_STYLE = {"met": "green", "violated": "bold red", "undetermined": "dim"}
 
@@ -105,11 +106,9 @@ def render(lease: LeaseSnapshot) -> Group:
     return Group(*parts)
 
 
-monitor_dir_option = click.option(
+monitor_dir_option = path_option(
     "--dir",
     "directory",
-    type=click.Path(path_type=Path),
-    default=None,
     help="Where monitors publish (default: the state dir's monitor/).",
 )
 """The ``--dir`` option of the commands that read what monitors publish."""

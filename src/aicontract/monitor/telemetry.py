@@ -145,31 +145,24 @@ class OpenTelemetry(Telemetry):
 
         meter = metrics.get_meter("aicontract", __version__, meter_provider=meter_provider)
         self._tracer = trace.get_tracer("aicontract", __version__, tracer_provider=tracer_provider)
-        self._negotiations = meter.create_counter(
-            "aicontract.negotiations", description="Negotiations, by outcome"
-        )
-        self._offers = meter.create_counter(
-            "aicontract.offers", description="Acceptable offers seen in negotiations"
-        )
-        self._commits = meter.create_counter("aicontract.commits", description="Leases committed")
-        self._transitions = meter.create_counter(
-            "aicontract.lease.transitions", description="Lease state changes"
-        )
+
+        # Every instrument is named aicontract.<what>; most are plain counters.
+        def counter(name: str, description: str) -> Any:
+            return meter.create_counter(f"aicontract.{name}", description=description)
+
+        self._negotiations = counter("negotiations", "Negotiations, by outcome")
+        self._offers = counter("offers", "Acceptable offers seen in negotiations")
+        self._commits = counter("commits", "Leases committed")
+        self._transitions = counter("lease.transitions", "Lease state changes")
         self._leases = meter.create_up_down_counter(
             "aicontract.leases", description="Leases by state"
         )
         self._samples = meter.create_histogram(
             "aicontract.sli", description="SLI samples, in base units (s, 1/s, fraction)"
         )
-        self._objectives = meter.create_counter(
-            "aicontract.objective.transitions", description="Objective state changes"
-        )
-        self._violations = meter.create_counter(
-            "aicontract.violations", description="Violations, by severity"
-        )
-        self._renegotiations = meter.create_counter(
-            "aicontract.renegotiations", description="Renegotiations, by outcome"
-        )
+        self._objectives = counter("objective.transitions", "Objective state changes")
+        self._violations = counter("violations", "Violations, by severity")
+        self._renegotiations = counter("renegotiations", "Renegotiations, by outcome")
 
     @contextlib.contextmanager
     def span(self, name: str, **attributes: str | int | float) -> Iterator[None]:

@@ -50,6 +50,7 @@ from ...governance.identity import Identity
 from ...leases import Lease
 from ...offer import Offer
 from ...units import Money
+from ..base import granted_lease, offer_details
 from .base import CatalogEntry, CloudBackend, InstanceState, InstanceView, lease_tag, mib
 from .credentials import Secret, load_secret, redact, register_secret
 from .interconnect import aws_interconnect
@@ -648,27 +649,20 @@ class AWSBackend(CloudBackend):
             "state": str(reservation.get("State", "")),
             "instance_ids": "",
             "tag": tag,
-            "offer": offer.id,
+            **offer_details(offer),
         }
-        if offer.price is not None:
-            details["price"] = str(offer.price)
-        lease_id = f"{self.name}-{tag.removeprefix('aicontract-')}"
-        return Lease(
-            id=lease_id,
-            contract=offer.contract,
-            grant=offer.grant,
-            backend=self,
+        lease_id = self._lease_id(tag)
+        return granted_lease(
+            self,
+            offer,
+            lease_id,
             guarantee="reserved",
             expires_at=ends_at,
-            region=offer.region,
-            jurisdiction=offer.jurisdiction,
-            endpoints={},
             env={
                 "AICONTRACT_LEASE_ID": lease_id,
                 "AICONTRACT_CAPACITY_RESERVATION_ID": reservation_id,
             },
             details=details,
-            clock=self.clock,
         )
 
     async def identity(self) -> Identity:

@@ -56,7 +56,7 @@ from ...observation import Fault, Observation
 from ...offer import Grant, Offer, Quote, Rejection, check_offer, summarise_rejections
 from ...units import Bytes, Money
 from ...world import World
-from ..base import Backend, fixed_ports_only, key_name, rank_env
+from ..base import Backend, fixed_ports_only, granted_lease, key_name, offer_details, rank_env
 from ..gang import node_endpoints, rendezvous_port, world_env
 from .regions import jurisdiction_for
 
@@ -612,34 +612,33 @@ class CloudBackend(Backend):
             nodes=nodes,
             procs_per_node=max(1, per_node),
         )
-        env = world_env(world, [v.private_ip or v.address or "" for v in views])
+        lease_id = self._lease_id(tag)
         details = {
             "provider": self.provider,
             "instance_ids": ",".join(v.id for v in views),
             "instance_type": offer.details.get("instance_type", ""),
             "nodes": str(nodes),
             "tag": tag,
-            "offer": offer.id,
+            **offer_details(offer),
         }
-        if offer.price is not None:
-            details["price"] = str(offer.price)
-        lease_id = f"{self.name}-{tag.removeprefix('aicontract-')}"
-        env["AICONTRACT_LEASE_ID"] = lease_id
-        return Lease(
-            id=lease_id,
-            contract=contract,
-            grant=offer.grant,
-            backend=self,
+        return granted_lease(
+            self,
+            offer,
+            lease_id,
             guarantee=offer.guarantee,
             expires_at=self.clock.time() + self.lease_ttl,
-            region=offer.region,
-            jurisdiction=offer.jurisdiction,
             endpoints=endpoints,
-            env=env,
+            env={
+                **world_env(world, [v.private_ip or v.address or "" for v in views]),
+                "AICONTRACT_LEASE_ID": lease_id,
+            },
             details=details,
             world=world,
-            clock=self.clock,
         )
+
+    def _lease_id(self, tag: str) -> str:
+        """The id of the lease whose instances (or reservation) carry ``tag``."""
+        return f"{self.name}-{tag.removeprefix('aicontract-')}"
 
     # -- life of a lease -------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from ...errors import (
     QuotaExceeded,
     TransientBackendError,
 )
+from ..http import send
 
 __all__ = ["ApiError", "Conflict", "KubeAPI", "NotFound", "resource_path"]
 
@@ -150,14 +151,9 @@ class KubeAPI:
         if body is not None:
             content = json.dumps(body).encode()
             headers["Content-Type"] = content_type
-        try:
-            response = await self.http.request(
-                method, path, params=query, content=content, headers=headers
-            )
-        except httpx.TransportError as exc:
-            raise TransientBackendError(
-                self.backend, f"{method} {path}: {type(exc).__name__}: {exc}"
-            ) from exc
+        response = await send(
+            self.http, self.backend, method, path, params=query, content=content, headers=headers
+        )
         if response.status_code >= 400:
             raise self._error(method, path, response)
         if not response.content:

@@ -5,12 +5,13 @@ Also renewing, since both write the Lease object's heartbeat.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
 import anyio
 import attrs
 import msgspec
 
+from ...contract import Workload
 from ...errors import (
     BackendError,
     CapacityUnavailable,
@@ -20,6 +21,7 @@ from ...errors import (
 from ...leases import Lease
 from ...offer import Offer
 from ...world import World
+from ..base import granted_lease, lease_env
 from .adopt import AdoptMixin, _Owned
 from .api import NotFound, resource_path
 from .binding import BindingMixin
@@ -38,17 +40,16 @@ from .objects import (
     ANNOTATION_KEY,
     ANNOTATION_OFFER_DIGEST,
     RENDEZVOUS_PORT,
+    ObjectMeta,
     claim_manifest,
     claim_models,
     gang_address,
     headless_service_manifest,
     job_manifest,
-    labels_for,
     lease_manifest,
     lease_name,
     micro_time,
     offer_digest,
-    owner_reference,
     parse_time,
     pod_manifest,
     pod_spec,
@@ -128,18 +129,20 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
         beat: _Beat,
     ) -> Lease:
         """Place the workload, wait for binding, and build the lease from what was bound."""
-        name, namespace = lease_obj.name, lease_obj.namespace
-        objects: dict[str, str] = {"lease": lease_obj.uid}
+        making = _Making(
+            meta=ObjectMeta.of(lease_obj.obj, offer.contract),
+            objects={"lease": lease_obj.uid},
+            made=made,
+            deadline=deadline,
+            wait_for_capacity=wait_for_capacity,
+        )
+        name, namespace, objects = lease_obj.name, lease_obj.namespace, making.objects
         if offer.grant.nodes > 1:
-            gang = await self._place_gang(
-                offer, name, namespace, lease_obj.obj, objects, made, deadline, wait_for_capacity
-            )
+            gang = await self._place_gang(offer, making)
             return await self._lease(
                 offer, name, namespace, lease_obj.obj, gang[0], objects, key, beat, gang=gang
             )
-        pod = await self._place(
-            offer, name, namespace, lease_obj.obj, objects, made, deadline, wait_for_capacity
-        )
+        pod = await self._place(offer, making)
         if "claim" in objects:
             offer = await self._retrying(deadline, self._granted_by_claim, offer, namespace, name)
         return await self._lease(offer, name, namespace, lease_obj.obj, pod, objects, key, beat)
@@ -234,159 +237,95 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
                 return msgspec.structs.replace(offer, grant=grant)
         return offer
 
-    async def _place(
-        self,
-        offer: Offer,
-        name: str,
-        namespace: str,
-        lease_obj: Obj,
-        objects: dict[str, str],
-        made: list[tuple[str, str]],
-        deadline: float,
-        wait_for_capacity: bool,
-    ) -> Obj:
-        contract = offer.contract
-        owner = owner_reference(lease_obj)
-        labels = labels_for(name, contract)
+    async def _place(self, offer: Offer, making: _Making) -> Obj:
+        """Make a lease's objects (claim, Job or Pod, Service) and wait until its pod is bound."""
+        contract, meta, deadline = offer.contract, making.meta, making.deadline
         features = await self._retrying(deadline, self.features)
         gpus = contract.resources.gpus
-        make = self._maker(lease_obj, objects, made, deadline)
-
         claim = None
         if gpus is not None and offer.grant.gpus and self.dra == "auto" and features.dra:
             models = claim_models(offer.grant.gpu_model, gpus.models)
-            await make(
-                "claim",
-                resource_path(*CLAIMS, namespace),
-                claim_manifest(
-                    name, namespace, labels, owner, count=offer.grant.gpus, models=models
-                ),
-            )
-            claim = name
+            body = claim_manifest(meta, count=offer.grant.gpus, models=models)
+            await self._make(making, "claim", CLAIMS, body)
+            claim = meta.name
         workload = contract.workload
-        env = {
-            **(dict(workload.env) if workload is not None else {}),
-            "AICONTRACT_LEASE_ID": name,
-        }
-        as_job = workload is not None and workload.kind in JOB_KINDS and bool(workload.command)
-        spec = pod_spec(
-            name,
-            offer,
-            image=self.image,
-            restart_policy="Never" if as_job else "Always",
-            grace_seconds=self.grace_seconds,
-            env=env,
-            claim=claim,
-        )
+        as_job = _runs_to_completion(workload)
+        spec = self._pod_spec(offer, meta.name, claim=claim)
         queue = self.queue if (as_job and self.queue and features.kueue) else None
         job: Obj | None = None
         if as_job:
-            job = await make(
-                "job",
-                resource_path(*JOBS, namespace),
-                job_manifest(name, namespace, labels, owner, spec, queue=queue),
-            )
+            job = await self._make(making, "job", JOBS, job_manifest(meta, spec, queue=queue))
         else:
-            await make(
-                "pod",
-                resource_path(*PODS, namespace),
-                pod_manifest(name, namespace, labels, owner, spec),
-            )
+            await self._make(making, "pod", PODS, pod_manifest(meta, spec))
         if workload is not None and workload.ports:
-            await make(
-                "service",
-                resource_path(*SERVICES, namespace),
-                service_manifest(name, namespace, labels, owner, workload.fixed_ports),
-            )
+            body = service_manifest(meta, workload.fixed_ports)
+            await self._make(making, "service", SERVICES, body)
         if queue is not None and job is not None:
-            await self._wait_admitted(namespace, job, deadline, features)
-        return await self._wait_bound(namespace, name, objects, deadline, wait_for_capacity)
+            await self._wait_admitted(meta.namespace, job, deadline, features)
+        return await self._wait_bound(
+            meta.namespace, meta.name, making.objects, deadline, making.wait_for_capacity
+        )
 
-    def _maker(
-        self,
-        lease_obj: Obj,
-        objects: dict[str, str],
-        made: list[tuple[str, str]],
-        deadline: float,
-    ) -> Callable[[str, str, Obj], Awaitable[Obj]]:
-        """``make(kind, collection, body)``: create or adopt one of the lease's objects.
+    async def _make(self, making: _Making, kind: str, resource: tuple[str, str], body: Obj) -> Obj:
+        """Create or adopt one of the lease's objects (a ``resource`` in its namespace).
 
         Adopted only when owned by this Lease object; what is created is noted in
         ``made`` (a failed commit deletes it), and every uid in ``objects`` by kind.
         """
-        owner_uid = str(lease_obj["metadata"]["uid"])
+        owner_uid = str(making.meta.owner["uid"])
 
         def owned(obj: Obj) -> bool:
             refs = obj["metadata"].get("ownerReferences") or []
             return any(ref.get("uid") == owner_uid for ref in refs)
 
-        async def make(kind: str, collection: str, body: Obj) -> Obj:
-            got = await self._create_or_adopt(collection, body, deadline, owned)
-            if got.created:
-                made.append((got.path, got.uid))
-            objects[kind] = got.uid
-            return got.obj
+        collection = resource_path(*resource, making.meta.namespace)
+        got = await self._create_or_adopt(collection, body, making.deadline, owned)
+        if got.created:
+            making.made.append((got.path, got.uid))
+        making.objects[kind] = got.uid
+        return got.obj
 
-        return make
-
-    async def _place_gang(
+    def _pod_spec(
         self,
         offer: Offer,
         name: str,
-        namespace: str,
-        lease_obj: Obj,
-        objects: dict[str, str],
-        made: list[tuple[str, str]],
-        deadline: float,
-        wait_for_capacity: bool,
-    ) -> list[Obj]:
+        env: Mapping[str, str] | None = None,
+        *,
+        claim: str | None = None,
+        rank: int | None = None,
+    ) -> Obj:
+        """The pod spec of the lease ``name``: its env is the workload's, then ``env``, then
+        the lease's id; a workload that runs to completion is never restarted."""
+        workload = offer.contract.workload
+        return pod_spec(
+            name,
+            offer,
+            image=self.image,
+            restart_policy="Never" if _runs_to_completion(workload) else "Always",
+            grace_seconds=self.grace_seconds,
+            env=lease_env(offer.contract, name, env or {}),
+            claim=claim,
+            rank=rank,
+        )
+
+    async def _place_gang(self, offer: Offer, making: _Making) -> list[Obj]:
         """Make a gang's headless Service and its N pods, and wait until all are bound.
 
         All or nothing: a pod the scheduler cannot place (at once without ``start_by``,
         else by then) fails the commit, whose undo deletes every pod this call made,
         bound or not. Pods request ``nvidia.com/gpu`` (no DRA claim, no Kueue queue).
         """
-        contract = offer.contract
-        owner = owner_reference(lease_obj)
-        labels = labels_for(name, contract)
-        workload = contract.workload
-        make = self._maker(lease_obj, objects, made, deadline)
-
-        await make(
-            "service",
-            resource_path(*SERVICES, namespace),
-            headless_service_manifest(
-                name,
-                namespace,
-                labels,
-                owner,
-                workload.fixed_ports if workload is not None else {},
-            ),
-        )
-        world = gang_world(offer, name, namespace)
-        as_batch = workload is not None and workload.kind in JOB_KINDS and bool(workload.command)
+        meta, workload = making.meta, offer.contract.workload
+        ports = workload.fixed_ports if workload is not None else {}
+        await self._make(making, "service", SERVICES, headless_service_manifest(meta, ports))
+        world = gang_world(offer, meta.name, meta.namespace)
         for rank in range(world.nodes):
-            env = {
-                **(dict(workload.env) if workload is not None else {}),
-                **world.for_node(rank).env(),
-                "AICONTRACT_LEASE_ID": name,
-            }
-            spec = pod_spec(
-                name,
-                offer,
-                image=self.image,
-                restart_policy="Never" if as_batch else "Always",
-                grace_seconds=self.grace_seconds,
-                env=env,
-                rank=rank,
-            )
-            await make(
-                f"pod-{rank}",
-                resource_path(*PODS, namespace),
-                pod_manifest(name, namespace, labels, owner, spec, rank=rank),
-            )
-        uids = [objects[f"pod-{rank}"] for rank in range(world.nodes)]
-        return await self._wait_gang_bound(namespace, name, uids, deadline, wait_for_capacity)
+            spec = self._pod_spec(offer, meta.name, world.for_node(rank).env(), rank=rank)
+            await self._make(making, f"pod-{rank}", PODS, pod_manifest(meta, spec, rank=rank))
+        uids = [making.objects[f"pod-{rank}"] for rank in range(world.nodes)]
+        return await self._wait_gang_bound(
+            meta.namespace, meta.name, uids, making.deadline, making.wait_for_capacity
+        )
 
     async def _lease(
         self,
@@ -402,28 +341,19 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
     ) -> Lease:
         contract = offer.contract
         node_name = str(pod["spec"]["nodeName"])
-        region, jurisdiction = offer.region, offer.jurisdiction
+        where = None
         node = await self.api.get_or_none(resource_path("v1", "nodes", name=node_name))
         if node is not None:
             view = node_views([node], [], region_jurisdictions=self.region_jurisdictions)[0]
-            region, jurisdiction = view.region, view.jurisdiction
+            where = (view.region, view.jurisdiction)
         created = parse_time(lease_obj["spec"].get("acquireTime")) or self.clock.time()
-        # One TTL from the last renewal: the heartbeat kept it alive while commit waited.
-        expires_at = max(beat.renewed, created) + float(
-            lease_obj["spec"].get("leaseDurationSeconds") or self.ttl
-        )
-        ends_at = parse_time(
-            (lease_obj["metadata"].get("annotations") or {}).get(ANNOTATION_ENDS_AT)
-        )
-        if ends_at is not None:
-            expires_at = min(expires_at, ends_at)
+        ttl = float(lease_obj["spec"].get("leaseDurationSeconds") or self.ttl)
         endpoints: dict[str, str] = {}
         workload = contract.workload
         if workload is not None:
             for port_label, port in sorted(workload.ports.items()):
                 scheme = "http://" if port_label.startswith("http") else ""
                 endpoints[port_label] = f"{scheme}{name}.{namespace}.svc:{port}"
-        env = {**(dict(workload.env) if workload is not None else {}), "AICONTRACT_LEASE_ID": name}
         details = {
             "namespace": namespace,
             "node": node_name,
@@ -441,22 +371,22 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
             details["nodes"] = ",".join(str(p["spec"]["nodeName"]) for p in gang)
             details["pods"] = ",".join(str(p["metadata"]["name"]) for p in gang)
             details["pod_uids"] = ",".join(str(p["metadata"]["uid"]) for p in gang)
-            env.update(world.env())
-        return Lease(
-            id=name,
-            contract=contract,
-            grant=offer.grant,
-            backend=self,
+        return granted_lease(
+            self,
+            offer,
+            name,
             guarantee="allocated",
-            expires_at=expires_at,
-            region=region,
-            jurisdiction=jurisdiction,
+            # One TTL from the last renewal: the heartbeat kept it alive while commit waited.
+            expires_at=max(beat.renewed, created) + ttl,
+            ends_at=parse_time(
+                (lease_obj["metadata"].get("annotations") or {}).get(ANNOTATION_ENDS_AT)
+            ),
             endpoints=endpoints,
-            env=env,
+            env=lease_env(contract, name, world.env() if world is not None else {}),
             details=details,
-            clock=self.clock,
-            created_at=created,
             world=world,
+            created_at=created,
+            where=where,
         )
 
     # -- renewing ------------------------------------------------------------------------
@@ -493,6 +423,24 @@ def gang_world(offer: Offer, name: str, namespace: str) -> World:
         nodes=offer.grant.nodes,
         procs_per_node=max(1, offer.grant.gpus),
     )
+
+
+def _runs_to_completion(workload: Workload | None) -> bool:
+    """Whether the workload is a batch or training run with a command: a Job, never restarted."""
+    return workload is not None and workload.kind in JOB_KINDS and bool(workload.command)
+
+
+@attrs.define
+class _Making:
+    """One commit making a lease's objects: what each carries, and what was made so far."""
+
+    meta: ObjectMeta
+    objects: dict[str, str]
+    """The uid of every object of the lease, by kind (``lease``, ``pod``, ``pod-0``, ...)."""
+    made: list[tuple[str, str]]
+    """(path, uid) of what this very commit created: what its undo deletes."""
+    deadline: float
+    wait_for_capacity: bool
 
 
 @attrs.define

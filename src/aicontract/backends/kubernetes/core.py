@@ -26,6 +26,7 @@ from ...errors import ConfigError, TransientBackendError
 from ...governance.identity import Identity
 from ...units import Bytes
 from ..base import Backend
+from ..http import send
 from .api import Conflict, KubeAPI, _load_config, client_from_config, resource_path
 from .discovery import Features, discover
 
@@ -159,14 +160,9 @@ class KubeCore(Backend):
         for version in SELF_REVIEW_VERSIONS:
             path = f"/apis/authentication.k8s.io/{version}/selfsubjectreviews"
             body = {"apiVersion": f"authentication.k8s.io/{version}", "kind": "SelfSubjectReview"}
-            try:
-                response = await api.http.post(
-                    path, json=body, headers={"Accept": "application/json"}
-                )
-            except httpx.TransportError as exc:
-                raise TransientBackendError(
-                    self.name, f"POST {path}: {type(exc).__name__}: {exc}"
-                ) from exc
+            response = await send(
+                api.http, self.name, "POST", path, json=body, headers={"Accept": "application/json"}
+            )
             sent = response.request.headers.get("authorization")
             if response.status_code in (200, 201):
                 info = (response.json().get("status") or {}).get("userInfo") or {}

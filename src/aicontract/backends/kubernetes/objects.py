@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+import attrs
 import msgspec
 
 from ...contract import Contract, encode_quantity
@@ -53,6 +54,7 @@ __all__ = [
     "LABEL_RANK",
     "RENDEZVOUS_PORT",
     "ZERO_RESOURCES",
+    "ObjectMeta",
     "claim_manifest",
     "claim_models",
     "gang_address",
@@ -388,74 +390,77 @@ def gang_address(name: str, namespace: str, rank: int = 0) -> str:
     return f"{gang_pod_name(name, rank)}.{name}.{namespace}.svc"
 
 
+@attrs.frozen
+class ObjectMeta:
+    """What every object of one lease carries: its name, namespace, labels and owner.
+
+    The owner is the lease's Lease object (deleting it deletes the rest); the labels
+    are :func:`labels_for` the lease, so its objects can always be listed by label.
+    """
+
+    name: str
+    namespace: str
+    labels: Mapping[str, str]
+    owner: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, lease_object: Mapping[str, Any], contract: Contract) -> ObjectMeta:
+        """The metadata of the objects the Lease object ``lease_object`` owns."""
+        meta = lease_object["metadata"]
+        name = str(meta["name"])
+        return cls(
+            name, str(meta["namespace"]), labels_for(name, contract), owner_reference(lease_object)
+        )
+
+    def manifest(
+        self,
+        api_version: str,
+        kind: str,
+        spec: Mapping[str, Any],
+        *,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """An object of ``kind`` owned by the lease's Lease object (deleted with it)."""
+        return {
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": {
+                "name": self.name if name is None else name,
+                "namespace": self.namespace,
+                "labels": dict(self.labels if labels is None else labels),
+                "ownerReferences": [dict(self.owner)],
+            },
+            "spec": dict(spec),
+        }
+
+
 def pod_manifest(
-    name: str,
-    namespace: str,
-    labels: Mapping[str, str],
-    owner: Mapping[str, Any],
-    spec: Mapping[str, Any],
-    *,
-    rank: int | None = None,
+    meta: ObjectMeta, spec: Mapping[str, Any], *, rank: int | None = None
 ) -> dict[str, Any]:
     """A bare Pod owned by the Lease object (with ``rank``: that pod of a gang)."""
-    if rank is not None:
-        labels = {**labels, LABEL_RANK: str(rank)}
-    return _owned(
-        "v1",
-        "Pod",
-        name if rank is None else gang_pod_name(name, rank),
-        namespace,
-        dict(labels),
-        owner,
-        dict(spec),
-    )
+    if rank is None:
+        return meta.manifest("v1", "Pod", spec)
+    labels = {**meta.labels, LABEL_RANK: str(rank)}
+    return meta.manifest("v1", "Pod", spec, name=gang_pod_name(meta.name, rank), labels=labels)
 
 
 def job_manifest(
-    name: str,
-    namespace: str,
-    labels: Mapping[str, str],
-    owner: Mapping[str, Any],
-    spec: Mapping[str, Any],
-    *,
-    queue: str | None = None,
+    meta: ObjectMeta, spec: Mapping[str, Any], *, queue: str | None = None
 ) -> dict[str, Any]:
     """A one-pod Job (no retries: a failed pod ends the lease's workload), optionally queued."""
-    job_labels = dict(labels)
+    job_labels = dict(meta.labels)
     if queue:
         job_labels[LABEL_QUEUE] = queue
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,
         "parallelism": 1,
         "completions": 1,
-        "template": {"metadata": {"labels": dict(labels)}, "spec": dict(spec)},
+        "template": {"metadata": {"labels": dict(meta.labels)}, "spec": dict(spec)},
     }
     if queue:
         job_spec["suspend"] = True  # Kueue unsuspends it once the Workload is admitted
-    return _owned("batch/v1", "Job", name, namespace, job_labels, owner, job_spec)
-
-
-def _owned(
-    api_version: str,
-    kind: str,
-    name: str,
-    namespace: str,
-    labels: dict[str, str],
-    owner: Mapping[str, Any],
-    spec: Mapping[str, Any],
-) -> dict[str, Any]:
-    """An object of ``kind`` owned by the lease's Lease object (deleted with it)."""
-    return {
-        "apiVersion": api_version,
-        "kind": kind,
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": labels,
-            "ownerReferences": [dict(owner)],
-        },
-        "spec": spec,
-    }
+    return meta.manifest("batch/v1", "Job", job_spec, labels=job_labels)
 
 
 def port_name(name: str) -> str:
@@ -464,60 +469,33 @@ def port_name(name: str) -> str:
     return clean or "port"
 
 
-def service_manifest(
-    name: str,
-    namespace: str,
-    labels: Mapping[str, str],
-    owner: Mapping[str, Any],
-    ports: Mapping[str, int],
-) -> dict[str, Any]:
+def service_manifest(meta: ObjectMeta, ports: Mapping[str, int]) -> dict[str, Any]:
     """A ClusterIP Service in front of the lease's pod, one port per published port."""
     named = {port_name(n): p for n, p in ports.items()}
-    return _service(name, namespace, labels, owner, named, {"type": "ClusterIP"})
+    return _service(meta, named, {"type": "ClusterIP"})
 
 
-def headless_service_manifest(
-    name: str,
-    namespace: str,
-    labels: Mapping[str, str],
-    owner: Mapping[str, Any],
-    ports: Mapping[str, int],
-) -> dict[str, Any]:
+def headless_service_manifest(meta: ObjectMeta, ports: Mapping[str, int]) -> dict[str, Any]:
     """A gang's headless Service: a DNS name per pod, published before the pods are Ready.
 
     Rendezvous happens while the workload starts, so the names must resolve before
     any readiness probe passes (``publishNotReadyAddresses``).
     """
     named = {RENDEZVOUS_PORT_NAME: RENDEZVOUS_PORT, **{port_name(n): p for n, p in ports.items()}}
-    headless = {"clusterIP": "None", "publishNotReadyAddresses": True}
-    return _service(name, namespace, labels, owner, named, headless)
+    return _service(meta, named, {"clusterIP": "None", "publishNotReadyAddresses": True})
 
 
-def _service(
-    name: str,
-    namespace: str,
-    labels: Mapping[str, str],
-    owner: Mapping[str, Any],
-    ports: Mapping[str, int],
-    kind: Mapping[str, Any],
-) -> dict[str, Any]:
+def _service(meta: ObjectMeta, ports: Mapping[str, int], kind: Mapping[str, Any]) -> dict[str, Any]:
     """A Service selecting the lease's pods, one TCP port per named port."""
-    return _owned(
-        "v1",
-        "Service",
-        name,
-        namespace,
-        dict(labels),
-        owner,
-        {
-            **kind,
-            "selector": {LABEL_LEASE: name},
-            "ports": [
-                {"name": n, "port": p, "targetPort": p, "protocol": "TCP"}
-                for n, p in sorted(ports.items())
-            ],
-        },
-    )
+    spec = {
+        **kind,
+        "selector": {LABEL_LEASE: meta.name},
+        "ports": [
+            {"name": n, "port": p, "targetPort": p, "protocol": "TCP"}
+            for n, p in sorted(ports.items())
+        ],
+    }
+    return meta.manifest("v1", "Service", spec)
 
 
 def _model_selector(model: str) -> str:
@@ -535,10 +513,7 @@ def claim_models(offered: str | None, models: Sequence[str]) -> list[str]:
 
 
 def claim_manifest(
-    name: str,
-    namespace: str,
-    labels: Mapping[str, str],
-    owner: Mapping[str, Any],
+    meta: ObjectMeta,
     *,
     count: int,
     models: Sequence[str],
@@ -568,12 +543,6 @@ def claim_manifest(
             "allocationMode": "ExactCount",
             "count": count,
         }
-    return _owned(
-        "resource.k8s.io/v1",
-        "ResourceClaim",
-        name,
-        namespace,
-        dict(labels),
-        owner,
-        {"devices": {"requests": [request]}},
+    return meta.manifest(
+        "resource.k8s.io/v1", "ResourceClaim", {"devices": {"requests": [request]}}
     )

@@ -57,22 +57,13 @@ INTERCONNECTS = frozenset({"nvlink", "pcie", "infiniband"})
 GPU_RESOURCE = "nvidia.com/gpu"
 TOLERATED_TAINTS = frozenset({GPU_RESOURCE})
 
+# A quantity's suffix: binary ones (Ki, Mi, ...) count in 1024s, decimal ones in 1000s.
 _SUFFIX: dict[str, Decimal] = {
-    "Ki": Decimal(2**10),
-    "Mi": Decimal(2**20),
-    "Gi": Decimal(2**30),
-    "Ti": Decimal(2**40),
-    "Pi": Decimal(2**50),
-    "Ei": Decimal(2**60),
+    **{f"{p}i": Decimal(2) ** (10 * n) for n, p in enumerate("KMGTPE", 1)},
+    **{p: Decimal(10) ** (3 * n) for n, p in enumerate("kMGTPE", 1)},
     "n": Decimal("1e-9"),
     "u": Decimal("1e-6"),
     "m": Decimal("1e-3"),
-    "k": Decimal(10**3),
-    "M": Decimal(10**6),
-    "G": Decimal(10**9),
-    "T": Decimal(10**12),
-    "P": Decimal(10**15),
-    "E": Decimal(10**18),
 }
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
 
@@ -149,12 +140,8 @@ class NodeView:
     name: str
     labels: Mapping[str, str]
     region: str
-    zone: str | None
     jurisdiction: str | None
     jurisdiction_from_label: bool
-    product: str | None
-    gpu_memory: Bytes | None
-    compute_capability: tuple[int, int] | None
     allocatable: Mapping[str, Decimal]
     free: Mapping[str, Decimal]
     pods: int
@@ -162,9 +149,55 @@ class NodeView:
     schedulable: bool
     why_not: str | None
     dedicated: bool
-    interconnect: str | None = None
-    clique: str | None = None
-    shared_gpus: str | None = None
+
+    # What the node's labels say of it (GPU feature discovery's, the operator's).
+
+    @property
+    def zone(self) -> str | None:
+        """The node's zone: the GA label, else the beta one."""
+        return self.labels.get(LABEL_ZONE) or self.labels.get(LABEL_ZONE_BETA)
+
+    @property
+    def product(self) -> str | None:
+        """The GPU product, from the first product label set."""
+        return next((self.labels[k] for k in GPU_PRODUCT_LABELS if self.labels.get(k)), None)
+
+    @property
+    def gpu_memory(self) -> Bytes | None:
+        """Each GPU's memory (the label is in MiB)."""
+        mib = self.labels.get(GPU_MEMORY_LABEL, "")
+        return Bytes(int(mib) * 2**20) if mib.isdigit() else None
+
+    @property
+    def compute_capability(self) -> tuple[int, int] | None:
+        """The GPUs' compute capability, ``(major, minor)``."""
+        major = self.labels.get(GPU_CC_MAJOR, "")
+        if not major.isdigit():
+            return None
+        return int(major), int(self.labels.get(GPU_CC_MINOR, "0") or 0)
+
+    @property
+    def clique(self) -> str | None:
+        """The NVLink clique the node's GPUs joined, if any."""
+        return self.labels.get(GPU_CLIQUE_LABEL) or None
+
+    @property
+    def interconnect(self) -> str | None:
+        """How the node's GPUs connect to each other, when known."""
+        said = self.labels.get(LABEL_GPU_INTERCONNECT, "").lower()
+        if said in INTERCONNECTS:
+            return said
+        # The operator's own word first; else a node in an NVLink clique has its GPUs
+        # on NVLink; else nothing is known (and an nvlink contract is not offered).
+        return "nvlink" if self.clique else None
+
+    @property
+    def shared_gpus(self) -> str | None:
+        """How the node's GPUs are shared (time-slicing, MPS), or None when they are not."""
+        sharing = self.labels.get(GPU_SHARING_LABEL, "none")
+        if sharing in ("", "none"):
+            return None
+        return f"{sharing}, {self.labels.get(GPU_REPLICAS_LABEL, '?')} replicas per GPU"
 
     def free_of(self, resource: str) -> Decimal:
         """What is free of ``resource`` (0 when the node has none)."""
@@ -219,23 +252,6 @@ def node_views(
         from_label = jurisdiction is not None
         if jurisdiction is None:
             jurisdiction = table.get(region)
-        product = next((labels[k] for k in GPU_PRODUCT_LABELS if labels.get(k)), None)
-        memory = None
-        if labels.get(GPU_MEMORY_LABEL, "").isdigit():
-            memory = Bytes(int(labels[GPU_MEMORY_LABEL]) * 2**20)
-        capability = None
-        if labels.get(GPU_CC_MAJOR, "").isdigit():
-            capability = (int(labels[GPU_CC_MAJOR]), int(labels.get(GPU_CC_MINOR, "0") or 0))
-        clique = labels.get(GPU_CLIQUE_LABEL) or None
-        interconnect = labels.get(LABEL_GPU_INTERCONNECT, "").lower() or None
-        if interconnect not in INTERCONNECTS:
-            # The operator's own word first; else a node in an NVLink clique has its GPUs
-            # on NVLink; else nothing is known (and an nvlink contract is not offered).
-            interconnect = "nvlink" if clique else None
-        sharing = labels.get(GPU_SHARING_LABEL, "none")
-        shared_gpus = None
-        if sharing not in ("", "none"):
-            shared_gpus = f"{sharing}, {labels.get(GPU_REPLICAS_LABEL, '?')} replicas per GPU"
         allocatable = _amounts((node.get("status") or {}).get("allocatable"))
         taken = used.get(name, {})
         free = {k: max(Decimal(0), v - taken.get(k, Decimal(0))) for k, v in allocatable.items()}
@@ -258,12 +274,8 @@ def node_views(
                 name=name,
                 labels=labels,
                 region=region,
-                zone=labels.get(LABEL_ZONE) or labels.get(LABEL_ZONE_BETA),
                 jurisdiction=jurisdiction,
                 jurisdiction_from_label=from_label,
-                product=product,
-                gpu_memory=memory,
-                compute_capability=capability,
                 allocatable=allocatable,
                 free=free,
                 pods=counts.get(name, 0),
@@ -271,9 +283,6 @@ def node_views(
                 schedulable=ready,
                 why_not=why,
                 dedicated=dedicated,
-                interconnect=interconnect,
-                clique=clique,
-                shared_gpus=shared_gpus,
             )
         )
     return views

@@ -36,6 +36,7 @@ from ...errors import (
     ConfigError,
     TransientBackendError,
 )
+from ..http import send
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -268,12 +269,9 @@ class SlurmAPI:
         self.calls += 1
         content = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if content is not None else None
-        try:
-            response = await self.client.request(method, path, content=content, headers=headers)
-        except httpx.TransportError as exc:
-            raise TransientBackendError(
-                self.backend, f"{method} {path}: {type(exc).__name__}: {exc}"
-            ) from exc
+        response = await send(
+            self.client, self.backend, method, path, content=content, headers=headers
+        )
         try:
             data: Obj = response.json() if response.content else {}
         except ValueError:

@@ -39,7 +39,15 @@ from ...observation import Fault, Observation
 from ...offer import Grant, Offer, Quote, Rejection, check_offer, summarise_rejections
 from ...units import Bytes, Duration, Money
 from ...world import World
-from ..base import Backend, fixed_ports_only, key_name, rank_env
+from ..base import (
+    Backend,
+    fixed_ports_only,
+    granted_lease,
+    key_name,
+    lease_env,
+    offer_details,
+    rank_env,
+)
 from ..gang import DEFAULT_MASTER_PORT, node_endpoints, rendezvous_port, world_env
 from .api import SlurmAPI, SlurmError
 from .quote import (
@@ -624,11 +632,7 @@ class SlurmBackend(Backend):
         contract, details = offer.contract, offer.details
         nodes = int(details.get("nodes", "1"))
         workload = contract.workload
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            **(dict(workload.env) if workload is not None else {}),
-            "AICONTRACT_LEASE_ID": name,
-        }
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", **lease_env(contract, name)}
         job: dict[str, Any] = {
             "name": name,
             "comment": _comment(key),
@@ -722,47 +726,35 @@ class SlurmBackend(Backend):
             nodes=len(job.nodes),
             procs_per_node=max(1, per_node),
         )
-        env = {
-            **(dict(contract.workload.env) if contract.workload else {}),
-            "AICONTRACT_LEASE_ID": name,
-            "SLURM_JOB_ID": str(job.id),
-            "SLURM_JOB_NODELIST": ",".join(job.nodes),
-            "SLURM_JOB_PARTITION": job.partition,
-            "GPUS_PER_NODE": str(per_node),
-            **world_env(world, addresses),
-        }
         now = self.clock.time()
         # The lease's term starts when Slurm started the job: its time limit counts from there.
         started = float(job.start_time) if job.start_time and job.start_time <= now else now
-        expires_at = now + self.lease_ttl
-        if job.end_time:
-            expires_at = min(expires_at, float(job.end_time))
         details = {
             "job_id": str(job.id),
             "partition": job.partition,
             "nodes": ",".join(job.nodes),
             "idempotency_key": key,
-            "offer": offer.id,
         }
         if offer.details.get("reservation"):
             details["reservation"] = offer.details["reservation"]
-        if offer.price is not None:
-            details["price"] = str(offer.price)
-        return Lease(
-            id=name,
-            contract=contract,
-            grant=offer.grant,
-            backend=self,
+        slurm_env = {
+            "SLURM_JOB_ID": str(job.id),
+            "SLURM_JOB_NODELIST": ",".join(job.nodes),
+            "SLURM_JOB_PARTITION": job.partition,
+            "GPUS_PER_NODE": str(per_node),
+        }
+        return granted_lease(
+            self,
+            offer,
+            name,
             # The job runs: its GRES, CPUs and memory are bound to it, whatever the offer said.
             guarantee="allocated",
-            expires_at=expires_at,
-            region=offer.region,
-            jurisdiction=offer.jurisdiction,
+            expires_at=now + self.lease_ttl,
+            ends_at=float(job.end_time) if job.end_time else None,
             endpoints=endpoints,
-            env=env,
-            details=details,
+            env=lease_env(contract, name, slurm_env, world_env(world, addresses)),
+            details=details | offer_details(offer),
             world=world,
-            clock=self.clock,
             created_at=started,
         )
 

@@ -268,6 +268,93 @@ async def test_two_gangs_at_once_exactly_one_binds(
     await no_lease_pods(k8s_cluster)
 
 
+def unplaced_pods(k8s_cluster: Any, namespace: str, lease_id: str) -> list[str]:
+    """The lease's pods the scheduler has said it cannot place."""
+    return [
+        p["metadata"]["name"]
+        for p in objects_of(k8s_cluster, namespace, lease_id)["pods"]
+        if any(
+            c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"
+            for c in (p.get("status") or {}).get("conditions") or []
+        )
+    ]
+
+
+async def test_a_gang_held_up_lets_go_and_tries_again(
+    k8s_cluster: Any, backend: KubernetesBackend
+) -> None:
+    """Two of three pods bind, the third cannot: instead of failing at once (or holding
+    two nodes while it waits, as two racing gangs would, each holding what the other
+    needs), the gang lets go and tries again; once the node frees, it binds whole."""
+    await no_lease_pods(k8s_cluster)
+    with one_region(k8s_cluster):
+        c = gang(3)
+        [offer] = (await backend.quote(c)).offers
+        blocker = await Negotiator([backend]).acquire(
+            Contract(tenant=f"b-{uuid.uuid4().hex[:8]}", gpus=GPU(count=2, models=("H100",)))
+        )
+        ns, name = backend.namespace_for(c), lease_name("held-up")
+        leases: list[Lease] = []
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def commit() -> None:
+                    leases.append(await backend.commit(offer, "held-up"))
+
+                tg.start_soon(commit)
+                with anyio.fail_after(30):  # the first try is held up by the blocker...
+                    while not unplaced_pods(k8s_cluster, ns, name):
+                        await anyio.sleep(0.05)
+                await blocker.release()  # ...which then goes: a later try binds
+            [lease] = leases
+            assert lease.grant.nodes == 3
+            assert len(set(lease.details["nodes"].split(","))) == 3
+            await lease.release()
+            await gone(k8s_cluster, ns, name)
+        finally:
+            await blocker.release()
+    await no_lease_pods(k8s_cluster)
+
+
+async def test_a_gang_waiting_for_capacity_does_not_hold_nodes_while_it_waits(
+    k8s_cluster: Any, backend: KubernetesBackend
+) -> None:
+    """With ``start_by``, a gang two of whose pods are bound while the third waits lets
+    the two go after a while and makes them anew: holding them until ``start_by`` is how
+    two waiting gangs deadlock. When the capacity comes, a later try binds whole."""
+    await no_lease_pods(k8s_cluster)
+    with one_region(k8s_cluster):
+        c = gang(3, start_by="40s")
+        [offer] = (await backend.quote(c)).offers
+        blocker = await Negotiator([backend]).acquire(
+            Contract(tenant=f"b-{uuid.uuid4().hex[:8]}", gpus=GPU(count=2, models=("H100",)))
+        )
+        ns, name = backend.namespace_for(c), lease_name("waits")
+        leases: list[Lease] = []
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def commit() -> None:
+                    leases.append(await backend.commit(offer, "waits"))
+
+                tg.start_soon(commit)
+                rank0: set[str] = set()  # each try makes rank 0's pod anew (a new uid)
+                with anyio.fail_after(30):
+                    while len(rank0) < 2:
+                        for pod in objects_of(k8s_cluster, ns, name)["pods"]:
+                            if pod["metadata"]["name"].endswith("-0"):
+                                rank0.add(pod["metadata"]["uid"])
+                        await anyio.sleep(0.05)
+                await blocker.release()
+            [lease] = leases
+            assert lease.grant.nodes == 3
+            await lease.release()
+            await gone(k8s_cluster, ns, name)
+        finally:
+            await blocker.release()
+    await no_lease_pods(k8s_cluster)
+
+
 async def test_a_partly_bound_gang_is_deleted_whole(
     k8s_cluster: Any, backend: KubernetesBackend
 ) -> None:

@@ -26,7 +26,21 @@ from .objects import (
     LABEL_LEASE,
 )
 
-__all__ = ["BindingMixin"]
+__all__ = ["BindingMixin", "GangUnplaced"]
+
+GANG_HOLD = 2.0
+"""Seconds a gang waiting for capacity (``start_by``) holds some pods bound while another
+cannot be placed, before it lets them go and tries again (doubling each time)."""
+
+
+class GangUnplaced(CapacityUnavailable):
+    """A gang's pod cannot be placed now while some of its siblings may hold nodes.
+
+    Holding part of a gang while waiting for the rest is how two gangs deadlock
+    (each holds one node the other needs): the commit deletes the gang's pods and,
+    while its deadline allows, tries again after a random pause, so one of them
+    goes first. Raised as it is when no try is left: a ``CapacityUnavailable``.
+    """
 
 
 class BindingMixin(KubeCore):
@@ -98,17 +112,22 @@ class BindingMixin(KubeCore):
         uids: Sequence[str],
         deadline: float,
         wait_for_capacity: bool,
+        attempt: int = 0,
     ) -> list[Obj]:
         """Watch a gang's pods (``uids``, in rank order) until every one is bound.
 
         All or nothing: one pod the scheduler cannot place now (without ``start_by``),
-        one that fails or is deleted, or the deadline, raises CapacityUnavailable —
-        and the caller deletes the gang, the pods already bound with it.
+        or, waiting for capacity, some pods held while another cannot be placed for
+        longer than this ``attempt``'s hold, raises :class:`GangUnplaced` (the caller
+        may try again); one that fails or is deleted, or the deadline, raises
+        CapacityUnavailable — and the caller deletes the gang, the pods already bound
+        with it.
         """
         path = resource_path(*PODS, namespace)
         selector = {"labelSelector": f"{LABEL_LEASE}={name}"}
         rank_of = {uid: rank for rank, uid in enumerate(uids)}
         bound: dict[str, Obj] = {}
+        unplaced: set[str] = set()
         last = "no word from the scheduler yet"
 
         def verdict(kind: str, pod: Obj) -> Obj | None:
@@ -131,29 +150,49 @@ class BindingMixin(KubeCore):
                 )
             if (pod.get("spec") or {}).get("nodeName"):
                 bound[uid] = pod
+                unplaced.discard(uid)
             for cond in status.get("conditions") or []:
                 if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
                     last = f"{pod_name}: {cond.get('message') or cond.get('reason')}"
-                    if not wait_for_capacity and cond.get("reason") == "Unschedulable":
-                        raise CapacityUnavailable(
-                            self.name,
-                            f"the scheduler cannot place gang {name} now ({len(bound)} of"
-                            f" {len(uids)} pods bound; all or nothing): {last}",
-                        )
+                    if cond.get("reason") == "Unschedulable" and uid not in bound:
+                        unplaced.add(uid)
+                        if not wait_for_capacity:
+                            raise GangUnplaced(
+                                self.name,
+                                f"the scheduler cannot place gang {name} now ({len(bound)} of"
+                                f" {len(uids)} pods bound; all or nothing): {last}",
+                            )
             if len(bound) == len(uids):
                 return {"items": [bound[u] for u in uids]}
             return None
 
-        found = await self._watch_until(
-            path,
-            selector,
-            deadline,
-            verdict,
-            lambda: (
+        def too_late() -> str:
+            return (
                 f"gang {name}: {len(bound)} of {len(uids)} pods bound before the"
                 f" deadline (all or nothing): {last}"
-            ),
-        )
+            )
+
+        hold = GANG_HOLD * 2**attempt
+        while True:
+            # Waiting for capacity, a gang holding some nodes while another pod waits lets
+            # them go after `hold` (unless the deadline comes first: then it waits it out).
+            until = deadline
+            if wait_for_capacity and deadline - anyio.current_time() > 2 * hold:
+                until = anyio.current_time() + hold
+            try:
+                found = await self._watch_until(path, selector, until, verdict, too_late)
+                break
+            except GangUnplaced:
+                raise
+            except CapacityUnavailable:
+                if until >= deadline:
+                    raise
+                if bound and unplaced:
+                    raise GangUnplaced(
+                        self.name,
+                        f"gang {name}: {len(bound)} of {len(uids)} pods held {hold:.0f}s while"
+                        f" another could not be placed (all or nothing): {last}",
+                    ) from None
         pods: list[Obj] = found["items"]
         nodes = [str(p["spec"]["nodeName"]) for p in pods]
         if len(set(nodes)) != len(nodes):  # the pods' anti-affinity forbids it

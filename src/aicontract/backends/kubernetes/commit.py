@@ -5,6 +5,7 @@ Also renewing, since both write the Lease object's heartbeat.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 
 import anyio
@@ -24,7 +25,7 @@ from ...world import World
 from ..base import granted_lease, lease_env
 from .adopt import AdoptMixin, _Owned
 from .api import NotFound, resource_path
-from .binding import BindingMixin
+from .binding import BindingMixin, GangUnplaced
 from .core import (
     CLAIMS,
     JOB_KINDS,
@@ -59,6 +60,10 @@ from .quote import node_views
 from .teardown import TeardownMixin, format_uids, parse_uids
 
 __all__ = ["CommitMixin"]
+
+GANG_TRIES = 4
+"""How many times a gang that cannot be placed at once (no ``start_by``) is made and let go
+before the commit fails: enough for one of two gangs racing for the same nodes to win."""
 
 
 class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
@@ -319,13 +324,51 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
         ports = workload.fixed_ports if workload is not None else {}
         await self._make(making, "service", SERVICES, headless_service_manifest(meta, ports))
         world = gang_world(offer, meta.name, meta.namespace)
-        for rank in range(world.nodes):
-            spec = self._pod_spec(offer, meta.name, world.for_node(rank).env(), rank=rank)
-            await self._make(making, f"pod-{rank}", PODS, pod_manifest(meta, spec, rank=rank))
-        uids = [making.objects[f"pod-{rank}"] for rank in range(world.nodes)]
-        return await self._wait_gang_bound(
-            meta.namespace, meta.name, uids, making.deadline, making.wait_for_capacity
-        )
+        attempt = 0
+        while True:
+            for rank in range(world.nodes):
+                spec = self._pod_spec(offer, meta.name, world.for_node(rank).env(), rank=rank)
+                await self._make(making, f"pod-{rank}", PODS, pod_manifest(meta, spec, rank=rank))
+            uids = [making.objects[f"pod-{rank}"] for rank in range(world.nodes)]
+            try:
+                return await self._wait_gang_bound(
+                    meta.namespace,
+                    meta.name,
+                    uids,
+                    making.deadline,
+                    making.wait_for_capacity,
+                    attempt=attempt,
+                )
+            except GangUnplaced as exc:
+                attempt += 1
+                # Another gang may hold what this one needs while waiting for what this
+                # one holds: let go, pause a random while, try again; one of them goes first.
+                pause = random.uniform(0.1, 0.5) * 2**attempt
+                tries_left = making.wait_for_capacity or attempt < GANG_TRIES
+                if not tries_left or anyio.current_time() + pause >= making.deadline:
+                    raise
+                log.info("%s; letting the gang go for %.1fs", exc, pause)
+                await self._let_gang_go(making, uids)
+                await anyio.sleep(pause)
+
+    async def _let_gang_go(self, making: _Making, uids: list[str]) -> None:
+        """Delete a gang's pods (``uids``) at once and wait until they are gone, so the
+        next try may make them again under the same names."""
+        paths = [(path, uid) for path, uid in making.made if uid in uids]
+        for path, uid in paths:
+            await self._retrying(making.deadline, self._delete_now, path, uid)
+            making.made.remove((path, uid))
+        for path, uid in paths:
+            while True:
+                obj = await self._retrying(making.deadline, self.api.get_or_none, path)
+                if obj is None or obj["metadata"].get("uid") != uid:
+                    break
+                if anyio.current_time() >= making.deadline:
+                    raise CapacityUnavailable(self.name, f"{path} outlived its deletion")
+                await anyio.sleep(0.05)
+
+    async def _delete_now(self, path: str, uid: str) -> bool:
+        return await self.api.delete(path, uid=uid, grace_seconds=0)
 
     async def _lease(
         self,

@@ -301,6 +301,25 @@ async def test_a_two_node_gang_binds_both_nodes_with_the_gpus_on_each(
         assert [r.requirement for r in refused.rejections] == ["resources.nodes"]
 
 
+async def test_a_cpu_gang_runs_the_workloads_processes_per_node(clean_cluster: Any) -> None:
+    """No GPU: each node runs ``workload.procs_per_node`` training processes, as locally."""
+    gang = Contract(
+        name="cpu-gang",
+        resources={"nodes": 2, "cpus": 1},
+        workload=Workload(kind="training", procs_per_node=3),
+    )
+    async with SlurmBackend(
+        url=clean_cluster.url, token=clean_cluster.token, user="root", partitions=["gpu"]
+    ) as backend:
+        lease = await Negotiator([backend]).acquire(gang)
+        try:
+            assert lease.world is not None
+            assert (lease.world.nodes, lease.world.procs_per_node) == (2, 3)
+            assert (lease.env["NPROC_PER_NODE"], lease.env["WORLD_SIZE"]) == ("3", "6")
+        finally:
+            await lease.release()
+
+
 async def test_one_node_lease_env(backend: SlurmBackend) -> None:
     lease = await backend.commit((await backend.quote(h100(2))).offers[0], key())
     try:

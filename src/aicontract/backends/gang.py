@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from ..contract import Contract
 from ..world import World
 
-__all__ = ["DEFAULT_MASTER_PORT", "node_endpoints", "rendezvous_port", "world_env"]
+__all__ = [
+    "DEFAULT_MASTER_PORT",
+    "node_endpoints",
+    "procs_per_node",
+    "rendezvous_port",
+    "world_env",
+]
 
 DEFAULT_MASTER_PORT = 29500
 """Where a gang meets when the workload names no ``master`` port (torchrun's default)."""
@@ -21,6 +27,15 @@ def rendezvous_port(contract: Contract, default: int = DEFAULT_MASTER_PORT) -> i
     """The port a multi-node world meets at: the workload's ``master`` or ``rendezvous`` port."""
     ports = contract.workload.fixed_ports if contract.workload else {}
     return ports.get("master", ports.get("rendezvous", default))
+
+
+def procs_per_node(contract: Contract, gpus_per_node: int) -> int:
+    """Training processes on each node: one per granted GPU; on a CPU run, the
+    workload's ``procs_per_node`` (default one), which share the node's CPUs."""
+    if gpus_per_node:
+        return gpus_per_node
+    workload = contract.workload
+    return (workload.procs_per_node if workload is not None else None) or 1
 
 
 def node_endpoints(addresses: Sequence[str], contract: Contract) -> dict[str, str]:

@@ -57,7 +57,7 @@ from ...offer import Grant, Offer, Quote, Rejection, check_offer, summarise_reje
 from ...units import Bytes, Money
 from ...world import World
 from ..base import Backend, fixed_ports_only, granted_lease, key_name, offer_details, rank_env
-from ..gang import node_endpoints, rendezvous_port, world_env
+from ..gang import node_endpoints, procs_per_node, rendezvous_port, world_env
 from .regions import jurisdiction_for
 
 __all__ = [
@@ -610,7 +610,7 @@ class CloudBackend(Backend):
             master_addr=views[0].private_ip or endpoints["host"],
             master_port=rendezvous_port(contract),
             nodes=nodes,
-            procs_per_node=max(1, per_node),
+            procs_per_node=procs_per_node(contract, per_node),
         )
         lease_id = self._lease_id(tag)
         details = {

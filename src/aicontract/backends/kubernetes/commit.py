@@ -23,6 +23,7 @@ from ...leases import Lease
 from ...offer import Offer
 from ...world import World
 from ..base import granted_lease, lease_env
+from ..gang import procs_per_node
 from .adopt import AdoptMixin, _Owned
 from .api import NotFound, resource_path
 from .binding import BindingMixin, GangUnplaced
@@ -464,7 +465,7 @@ def gang_world(offer: Offer, name: str, namespace: str) -> World:
         master_addr=gang_address(name, namespace, 0),
         master_port=RENDEZVOUS_PORT,
         nodes=offer.grant.nodes,
-        procs_per_node=max(1, offer.grant.gpus),
+        procs_per_node=procs_per_node(offer.contract, offer.grant.gpus),
     )
 
 

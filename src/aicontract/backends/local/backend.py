@@ -44,6 +44,7 @@ from ...units import Bytes, CountRange, Duration, Money
 from ...workload import DEFAULT_GRACE, Supervised, WorkloadRef, pid_namespace, spawn
 from ...world import World
 from ..base import Backend
+from ..gang import procs_per_node
 from .inventory import GPUDevice, Inventory, host_inventory
 from .ledger import WORLD_PORT, Demand, Ledger, lock_name, parse_ports
 from .topology import Choice, Topology
@@ -124,10 +125,10 @@ def _world(contract: Contract, gpu_ids: Sequence[str], port: int) -> World:
     One process per granted GPU; a CPU run (no GPU granted) runs
     ``workload.procs_per_node`` processes, default one, which share the granted CPUs.
     """
-    workload = contract.workload
-    cpu_procs = (workload.procs_per_node if workload is not None else None) or 1
     return World(
-        master_addr="127.0.0.1", master_port=port, procs_per_node=len(gpu_ids) or cpu_procs
+        master_addr="127.0.0.1",
+        master_port=port,
+        procs_per_node=procs_per_node(contract, len(gpu_ids)),
     )
 
 

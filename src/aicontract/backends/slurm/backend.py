@@ -48,7 +48,13 @@ from ..base import (
     offer_details,
     rank_env,
 )
-from ..gang import DEFAULT_MASTER_PORT, node_endpoints, rendezvous_port, world_env
+from ..gang import (
+    DEFAULT_MASTER_PORT,
+    node_endpoints,
+    procs_per_node,
+    rendezvous_port,
+    world_env,
+)
 from .api import SlurmAPI, SlurmError
 from .quote import (
     BAD_NODE_STATES,
@@ -724,7 +730,7 @@ class SlurmBackend(Backend):
             master_addr=addresses[0],
             master_port=rendezvous_port(contract, self.master_port),
             nodes=len(job.nodes),
-            procs_per_node=max(1, per_node),
+            procs_per_node=procs_per_node(contract, per_node),
         )
         now = self.clock.time()
         # The lease's term starts when Slurm started the job: its time limit counts from there.

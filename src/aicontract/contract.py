@@ -225,8 +225,11 @@ def convert(data: Any, kind: type[Any], *, _where: str | None = None) -> Any:
 
 
 def gpu_count_shorthand(value: Any) -> Any:
-    """``gpus: 2`` or ``gpus: "1..8"`` means ``gpus: {count: ...}`` (any other value as is)."""
-    if isinstance(value, (int, str)) and not isinstance(value, bool):
+    """``gpus: 2`` or ``gpus: "1..8"`` means ``gpus: {count: ...}`` (any other value as is).
+
+    A fractional number is a count too, so its error speaks of the count, not of an object.
+    """
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
         return {"count": value}
     return value
 

@@ -46,6 +46,7 @@ from .objects import (
     claim_manifest,
     claim_models,
     gang_address,
+    gang_pod_name,
     headless_service_manifest,
     job_manifest,
     lease_manifest,
@@ -349,17 +350,25 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
                 if not tries_left or anyio.current_time() + pause >= making.deadline:
                     raise
                 log.info("%s; letting the gang go for %.1fs", exc, pause)
-                await self._let_gang_go(making, uids)
+                await self._let_gang_go(making, world.nodes)
                 await anyio.sleep(pause)
 
-    async def _let_gang_go(self, making: _Making, uids: list[str]) -> None:
-        """Delete a gang's pods (``uids``) at once and wait until they are gone, so the
-        next try may make them again under the same names."""
-        paths = [(path, uid) for path, uid in making.made if uid in uids]
-        for path, uid in paths:
+    async def _let_gang_go(self, making: _Making, nodes: int) -> None:
+        """Delete a gang's pods at once, made or adopted, and wait until they are gone, so
+        the next try may make them again under the same names."""
+        meta = making.meta
+        pods = [
+            (
+                resource_path(*PODS, meta.namespace, gang_pod_name(meta.name, rank)),
+                making.objects.pop(f"pod-{rank}"),
+            )
+            for rank in range(nodes)
+        ]
+        for path, uid in pods:
             await self._retrying(making.deadline, self._delete_now, path, uid)
-            making.made.remove((path, uid))
-        for path, uid in paths:
+            if (path, uid) in making.made:
+                making.made.remove((path, uid))
+        for path, uid in pods:
             while True:
                 obj = await self._retrying(making.deadline, self.api.get_or_none, path)
                 if obj is None or obj["metadata"].get("uid") != uid:

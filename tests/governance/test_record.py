@@ -292,12 +292,18 @@ def test_entries_are_the_bytes_of_one_encoded_dict(
     tmp_path: Path, entries: list[tuple[str, float, dict[str, object]]]
 ) -> None:
     """The append encodes its fields outside the lock and splices the link in: the line must
-    be byte for byte what encoding ``{seq, prev, at, kind, **fields}`` at once gives."""
+    be byte for byte what encoding ``{seq, prev, at, kind, **fields}`` at once gives, through
+    ``append`` and through ``write`` (the same entry, without the copy) alike."""
     path = tmp_path / f"{uuid.uuid4().hex}.jsonl"
     record = Record(path)
     prev = "0" * 64
     for seq, (kind, at, fields) in enumerate(entries, 1):
-        returned = record.append(kind, at, fields)
+        if seq % 2:
+            returned = record.append(kind, at, fields)
+            assert returned["prev"] == prev
+        else:
+            number, hashed = record.write(kind, at, fields)
+            returned = {"seq": number, "hash": hashed}
         body = msgspec.json.encode({"seq": seq, "prev": prev, "at": at, "kind": kind, **fields})
         digest = hashlib.sha256(body).hexdigest()
         assert _lines(path)[-1] == body[:-1] + b',"hash":"' + digest.encode() + b'"}\n'

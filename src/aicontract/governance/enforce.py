@@ -387,7 +387,7 @@ class Governance:
 
     def _append(self, kind: str, fields: dict[str, Any], *, locked: bool = False) -> None:
         if self.record is not None:
-            self.record.append(kind, self.clock.time(), fields, locked=locked)
+            self.record.write(kind, self.clock.time(), fields, locked=locked)
 
     def no_offer(self, contract: Contract, error: AIContractError) -> None:
         """Record a negotiation that ended without a lease, and why."""
@@ -471,7 +471,7 @@ class Governance:
                 "duration": duration.seconds if duration else None,
                 "price": str(offer.price) if offer.price is not None else None,
             }
-            record.append("admit", now, fields, locked=True)
+            record.write("admit", now, fields, locked=True)
 
     def _budget_refusals(self, offer: Offer, digest: str, now: float) -> list[Refusal]:
         """Refuse an offer that cannot run the contract's duration within what is left."""

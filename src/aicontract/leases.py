@@ -226,9 +226,9 @@ class Lease:
         if new not in _ALLOWED.get(old, frozenset()):
             raise LeaseStateError(self.id, f"cannot go from {old.value} to {new.value}")
         self.state, self.reason = new, reason or self.reason
-        log.info(
-            "lease %s: %s -> %s%s", self.id, old.value, new.value, f" ({reason})" if reason else ""
-        )
+        if log.isEnabledFor(logging.INFO):  # the arguments cost more than the call
+            why = f" ({reason})" if reason else ""
+            log.info("lease %s: %s -> %s%s", self.id, old.value, new.value, why)
         for listener in list(self._listeners):
             listener(self, old, new)
         if new.is_final and self.replaced_by is None and not self._observers:

@@ -329,6 +329,9 @@ class Governance:
     _round: tuple[Contract, tuple[Offer, ...], tuple[Rejection, ...]] | None = attrs.field(
         default=None, init=False, repr=False
     )
+    _last_base: tuple[Contract, Identity, str, dict[str, Any]] | None = attrs.field(
+        default=None, init=False, repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.policy is not None and self.policy.counts_usage() and self.record is None:
@@ -362,6 +365,18 @@ class Governance:
         if known is None or known[0] is not backend:
             known = self._identities[id(backend)] = (backend, await backend.identity())
         return known[1]
+
+    def _base(self, contract: Contract, identity: Identity, backend: str) -> dict[str, Any]:
+        """The fields every entry of one commit starts with (a fresh dict: callers add to it).
+
+        Made once per contract, identity and backend in a row (a loop re-acquires one
+        contract): all three are immutable, so the fields cannot go stale.
+        """
+        last = self._last_base
+        if last is None or last[0] is not contract or last[1] is not identity or last[2] != backend:
+            fields = {**_contract_fields(contract), "identity": str(identity), "backend": backend}
+            self._last_base = last = (contract, identity, backend, fields)
+        return dict(last[3])
 
     def quoted(
         self, contract: Contract, offers: tuple[Offer, ...], rejections: tuple[Rejection, ...]
@@ -402,7 +417,7 @@ class Governance:
         """Judge ``offer``, record the decision, run ``inner`` (the commit) and record the grant."""
         contract = offer.contract
         identity = await self.identity(backend)
-        base = {**_contract_fields(contract), "identity": str(identity), "backend": offer.backend}
+        base = self._base(contract, identity, offer.backend)
         if contract.alternatives:
             # Which choice is judged, refused or granted: the policy sees each on its own
             # (an offer for a barred choice is refused; the negotiator tries the next).
@@ -595,7 +610,7 @@ class Governance:
                         {
                             "lease": lease.id,
                             "tenant": tenant,
-                            "state": new.value,
+                            "state": new,  # encoded as its value, without the enum lookup
                             "reason": lease.reason,
                             "replaced_by": lease.replaced_by.id if lease.replaced_by else None,
                         },

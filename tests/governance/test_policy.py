@@ -334,6 +334,45 @@ async def test_quota_counts_held_gpus_and_refusals_count_for_nothing(tmp_path: P
 
 
 @pytest.mark.anyio
+async def test_usage_counts_what_another_process_appended_between_our_entries(
+    tmp_path: Path,
+) -> None:
+    """The usage takes this process's own entries without reading them back only when it
+    had read all before them: a grant another process appended in between still counts."""
+    from aicontract.governance.enforce import UsageIndex
+
+    policy = {"tenants": {"t": {"quotas": {"gpus": 2}}}}
+    other = Record(tmp_path / "record.jsonl")  # another process's handle on the same file
+    interleaved: list[int] = []
+
+    async def meanwhile(offer: ac.Offer) -> None:
+        if not interleaved:  # between our admission and our grant
+            at = fake.clock.time()
+            fields = {"tenant": "t", "gpus": 1, "lease": "theirs", "expires_at": at + 3600}
+            other.append("grant", at, fields)
+            interleaved.append(1)
+
+    negotiator, fake = _negotiator(tmp_path, policy, on_commit=meanwhile, ttl=3600.0)
+    ours = await negotiator.acquire(ac.Contract(name="a", tenant="t", gpus=1))
+    with pytest.raises(ac.PolicyViolation) as info:  # theirs 1 + ours 1 + 1 > 2
+        await negotiator.acquire(ac.Contract(name="b", tenant="t", gpus=1))
+    assert (info.value.refusals[0].used, info.value.refusals[0].limit) == ("2 + 1", "2")
+    await ours.release()
+    other.append("end", fake.clock.time(), {"tenant": "t", "lease": "theirs"})
+    fits = await negotiator.acquire(ac.Contract(name="c", tenant="t", gpus=2))
+    # What this process keeps is what a reader of the whole file finds.
+    assert negotiator.governance is not None
+    kept = negotiator.governance._index
+    fresh = UsageIndex(Record(tmp_path / "record.jsonl"))
+    fresh.refresh()
+    assert kept is not None
+    now = fake.clock.time()
+    assert kept.usage("t", now) == fresh.usage("t", now)
+    assert kept.usage("t", now).gpus == 2
+    await fits.release()
+
+
+@pytest.mark.anyio
 async def test_gpu_hours_and_spend_per_day(tmp_path: Path) -> None:
     negotiator, _ = _negotiator(tmp_path, offers=[{"price": ac.Money.per_hour(2)}])
     first = ac.Contract(

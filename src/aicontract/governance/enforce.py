@@ -174,12 +174,27 @@ class UsageIndex:
     _pending: dict[str, tuple[str, int, float]] = attrs.field(factory=dict)
     _spent: dict[tuple[str, str], Decimal] = attrs.field(factory=dict)
     """(contract digest, currency) -> spend of its leases that ended."""
+    _refreshed: bool = False
 
     def refresh(self) -> None:
         """Read the entries appended since the last call (by any process)."""
+        self._refreshed = True
         for entry, offset in self.record.scan(self._offset):
             self.apply(entry)
             self._offset = offset
+
+    def wrote(self, kind: str, at: float, fields: dict[str, Any], start: int, end: int) -> None:
+        """Take an entry this process just appended at bytes ``start..end`` of the record.
+
+        When the index had read everything before it, the entry is folded in as it is,
+        and the next :meth:`refresh` does not read it back (parse it again); otherwise
+        (another process appended in between) it is left for :meth:`refresh` to read in
+        its place, after what came before it. An index never refreshed (no quota or
+        budget asked for usage yet) takes nothing: it is built when first needed.
+        """
+        if self._refreshed and self._offset == start:
+            self.apply({"at": at, "kind": kind, **fields})  # as refresh() would decode it
+            self._offset = end
 
     def apply(self, entry: dict[str, Any]) -> None:
         """Fold one record entry into the usage."""
@@ -402,7 +417,10 @@ class Governance:
 
     def _append(self, kind: str, fields: dict[str, Any], *, locked: bool = False) -> None:
         if self.record is not None:
-            self.record.write(kind, self.clock.time(), fields, locked=locked)
+            at = self.clock.time()
+            start, end = self.record.write(kind, at, fields, locked=locked)
+            if self._index is not None:  # the usage counts it without reading it back
+                self._index.wrote(kind, at, fields, start, end)
 
     def no_offer(self, contract: Contract, error: AIContractError) -> None:
         """Record a negotiation that ended without a lease, and why."""
@@ -486,7 +504,8 @@ class Governance:
                 "duration": duration.seconds if duration else None,
                 "price": str(offer.price) if offer.price is not None else None,
             }
-            record.write("admit", now, fields, locked=True)
+            start, end = record.write("admit", now, fields, locked=True)
+            index.wrote("admit", now, fields, start, end)
 
     def _budget_refusals(self, offer: Offer, digest: str, now: float) -> list[Refusal]:
         """Refuse an offer that cannot run the contract's duration within what is left."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import uuid
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -252,6 +251,9 @@ class UsageIndex:
 
     def _roll(self, now: float) -> tuple[float, float]:
         """Sums for the windows ``now`` is in, rebuilt (and pruned) when a window turned."""
+        last = self._windows
+        if last is not None and last[0] <= now < last[0] + 86400:
+            return last  # the same UTC day (epoch days are 86,400 s), so the same month too
         current = windows(now)
         if current != self._windows:
             day, month = current
@@ -442,7 +444,7 @@ class Governance:
             base["alternative"] = Contract.choice_name(offer.grant.alternative)
         ticket: str | None = None
         if self._counts(contract):
-            ticket = uuid.uuid4().hex[:16]
+            ticket = os.urandom(8).hex()  # as random as uuid4().hex[:16]
             self._admit(offer, identity, base, ticket)
         elif self.policy is not None:
             refusals = check(self.policy, identity, offer)

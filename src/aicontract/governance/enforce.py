@@ -643,13 +643,18 @@ class Governance:
 
         lease.on_state_change(follow)
 
+        # The listeners below name the lease by its id, never hold it: a lease that held a
+        # listener holding it would be a reference cycle, left for the garbage collector
+        # (a collection every few cycles of a loop) instead of freed when released.
+        lease_id = lease.id
+
         def violated(violation: Violation) -> None:
-            if violation.lease_id != lease.id:  # a successor's: its own listener records it
+            if violation.lease_id != lease_id:  # a successor's: its own listener records it
                 return
             self._append(
                 "violation",
                 {
-                    "lease": lease.id,
+                    "lease": lease_id,
                     "tenant": tenant,
                     "severity": violation.severity,
                     "reason": violation.describe(),
@@ -657,7 +662,7 @@ class Governance:
             )
 
         def replaced(old: Lease, new: Lease) -> None:
-            if old.id == lease.id:
+            if old.id == lease_id:
                 self._append(
                     "renegotiation", {"lease": old.id, "tenant": tenant, "replaced_by": new.id}
                 )

@@ -272,6 +272,33 @@ async def test_capacity_gone_at_commit_fails_over_to_next_offer(clock: VirtualCl
     assert best.quotes == 1  # the same negotiation round, no re-quote
 
 
+async def test_an_offer_that_expired_while_another_was_tried_is_not_committed(
+    clock: VirtualClock,
+) -> None:
+    # acquire() re-checks only the time of an offer its own round checked: that check must
+    # still refuse an offer that expired while a better one was being committed.
+    contract = Contract(gpus=1, preferences=Preferences(rank=["cost"]))
+
+    async def slow(offer: object) -> None:
+        clock.now += 120  # the failing commit takes two minutes
+
+    best = FakeBackend(
+        name="best",
+        clock=clock,
+        offers=[{"price": Money.per_hour(1)}],
+        on_commit=slow,
+        commit_errors=[CapacityUnavailable("best", "taken meanwhile")],
+    )
+    next_ = FakeBackend(
+        name="next",
+        clock=clock,
+        offers=[{"price": Money.per_hour(2), "expires_at": clock.now + 60}],
+    )
+    with pytest.raises(NoOffer, match="expired offer"):
+        await negotiator(clock, best, next_).acquire(contract)
+    assert next_.commits == []
+
+
 async def test_account_errors_fail_over_too(clock: VirtualClock) -> None:
     first = FakeBackend(
         name="first",

@@ -14,6 +14,7 @@ pre-filtering call :func:`satisfies`, so they cannot disagree.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 __all__ = ["EEA_MEMBERS", "EU_MEMBERS", "UNIONS", "jurisdictions_of", "satisfies"]
@@ -58,6 +59,7 @@ UNIONS: dict[str, frozenset[str]] = {"EU": EU_MEMBERS, "EEA": EEA_MEMBERS}
 """Each union code and the countries inside it."""
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of one code: every offer asks again
 def jurisdictions_of(code: str | None) -> frozenset[str]:
     """Every jurisdiction code a place is inside: itself and each union that contains it.
 
@@ -72,5 +74,4 @@ def jurisdictions_of(code: str | None) -> frozenset[str]:
 
 def satisfies(jurisdiction: str | None, allowed: Iterable[str]) -> bool:
     """True when a place in ``jurisdiction`` lies inside one of the ``allowed`` codes."""
-    inside = jurisdictions_of(jurisdiction)
-    return any(code in inside for code in allowed)
+    return not jurisdictions_of(jurisdiction).isdisjoint(allowed)

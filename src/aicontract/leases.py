@@ -26,7 +26,7 @@ import attrs
 import msgspec
 
 from .clock import Clock, system_clock
-from .contract import Contract, GuaranteeLevel, encode_quantity
+from .contract import Contract, GuaranteeLevel, decode_quantity, encode_quantity
 from .errors import LeaseLost, LeaseStateError, TransientBackendError
 from .observation import ObjectiveState, Sample, Violation, reported_figures
 from .offer import Grant
@@ -103,14 +103,17 @@ class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     def to_json(self) -> bytes:
         """The record as JSON."""
-        return msgspec.json.encode(self, enc_hook=encode_quantity)
+        return _record_encoder.encode(self)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> LeaseRecord:
         """Read a record written by :meth:`to_json`."""
-        from .contract import decode_quantity
+        return _record_decoder.decode(data)
 
-        return msgspec.json.decode(data, type=cls, dec_hook=decode_quantity)
+
+_record_encoder = msgspec.json.Encoder(enc_hook=encode_quantity)
+_record_decoder = msgspec.json.Decoder(LeaseRecord, dec_hook=decode_quantity)
+"""Made once: the local ledger writes and reads a record per commit."""
 
 
 class LeaseObserver(Protocol):
@@ -226,9 +229,9 @@ class Lease:
         if new not in _ALLOWED.get(old, frozenset()):
             raise LeaseStateError(self.id, f"cannot go from {old.value} to {new.value}")
         self.state, self.reason = new, reason or self.reason
-        log.info(
-            "lease %s: %s -> %s%s", self.id, old.value, new.value, f" ({reason})" if reason else ""
-        )
+        if log.isEnabledFor(logging.INFO):  # the arguments cost more than the call
+            why = f" ({reason})" if reason else ""
+            log.info("lease %s: %s -> %s%s", self.id, old.value, new.value, why)
         for listener in list(self._listeners):
             listener(self, old, new)
         if new.is_final and self.replaced_by is None and not self._observers:

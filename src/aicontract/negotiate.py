@@ -192,7 +192,8 @@ class Negotiator:
         if self.record is not None and contract.objectives:
             result = self._rank_by_record(self.record, accepted, rejections, counter, contract, now)
         else:
-            accepted.sort(key=lambda o: rank_key(o, contract))
+            if len(accepted) > 1:  # sort() would key even a lone offer
+                accepted.sort(key=lambda o: rank_key(o, contract))
             result = Negotiation(tuple(accepted), tuple(rejections), tuple(counter))
         if self.governance is not None:
             self.governance.quoted(contract, result.offers, result.rejections)
@@ -374,12 +375,28 @@ class Negotiator:
         choice it serves; the lease holds the whole contract (``lease.contract``) and
         names the choice (``lease.grant.alternative``).
         """
-        backend = self._backend(offer.backend)
         # Guarantee 3 holds for offers committed directly (a counter-offer a caller
         # accepted) as much as for negotiated ones: the offer must satisfy its contract.
-        problems = check_offer(offer, offer.contract, self.clock.time())
+        self._check_before_commit(offer, checked=False)
+        return await self._commit_checked(offer, idempotency_key)
+
+    def _check_before_commit(self, offer: Offer, *, checked: bool) -> None:
+        """Raise :class:`~aicontract.NoOffer` when ``offer`` breaks its contract now.
+
+        ``checked``: the offer passed :func:`check_offer` in this negotiation's own round,
+        which judged everything but time by the same rules (a start within what was left,
+        stricter than the contract's whole ``start_by``): only its expiry can have changed.
+        """
+        now = self.clock.time()
+        if checked and offer.expires_at > now:
+            return
+        problems = check_offer(offer, offer.contract, now)
         if problems:
             raise NoOffer(offer.contract.name, problems, reason="the offer breaks its contract")
+
+    async def _commit_checked(self, offer: Offer, idempotency_key: str | None = None) -> Lease:
+        """:meth:`commit`, once the offer is known to satisfy its contract."""
+        backend = self._backend(offer.backend)
         key = idempotency_key or os.urandom(10).hex()  # as random as uuid4().hex[:20]
         if self.governance is not None:  # policy before any commit, then the record
             return await self.governance.commit(
@@ -452,7 +469,8 @@ class Negotiator:
             refused: PolicyViolation | None = None
             for offer in round_.offers:
                 try:
-                    lease = await self.commit(offer)
+                    self._check_before_commit(offer, checked=True)
+                    lease = await self._commit_checked(offer)
                 except PolicyViolation as exc:  # another offer may be allowed; counts for nothing
                     refused = refused or exc
                     continue

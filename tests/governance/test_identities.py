@@ -213,3 +213,33 @@ async def test_with_identity_rules_a_mute_backend_commits_nothing(tmp_path: Path
     with pytest.raises(NoOffer, match="EndpointConnectionError"):
         await negotiator.acquire(Contract(name="x", gpus=1))
     assert mute.commits == []
+
+
+@pytest.mark.anyio
+async def test_the_record_follows_a_change_of_os_user_or_groups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local identity (and each entry's fields made from it) is cached per answer of the
+    OS, never for good: a process that changes its user or groups is recorded as it is now."""
+    import os
+
+    record = Record(tmp_path / "record.jsonl")
+    backend = FakeBackend()
+    negotiator = Negotiator([backend], clock=backend.clock, governance=Governance(record=record))
+    contract = Contract(name="x", gpus=1)
+
+    async def cycle() -> None:
+        lease = await negotiator.acquire(contract)
+        await lease.release()
+
+    before = local_identity()
+    await cycle()
+    monkeypatch.setattr(os, "getuid", lambda: 54321)  # setuid(): no passwd entry, so a number
+    await cycle()
+    monkeypatch.setattr(os, "getgroups", lambda: [4242])  # setgroups()
+    assert "4242" in local_identity().groups
+    monkeypatch.undo()
+    await cycle()
+    grants = [e["identity"] for e in record.entries() if e["kind"] == "grant"]
+    assert grants == [str(before), "user:54321", str(before)]
+    assert local_identity() == before

@@ -307,6 +307,35 @@ async def test_templates_are_the_only_way_in_when_free_form_is_off(tmp_path: Pat
         await negotiator.acquire(forged)
 
 
+def test_a_contracts_verdict_is_kept_only_for_the_same_policy_identity_and_catalog(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """check_contract keeps its verdict per policy, identity, contract and template catalog:
+    a change of any of them is judged afresh, whatever was judged before."""
+    from aicontract.governance import policy as policy_module
+    from aicontract.governance.templates import catalog, render
+
+    contract = render(catalog()["notebook"][0], {})  # a template's contract
+    strict = loads_policy("default: {free_form: false, templates: [notebook]}\n")
+    other = loads_policy("default: {free_form: false, templates: [train-eu]}\n")
+    mapped = loads_policy("identities: [{match: 'user:alice', tenants: [default]}]\n")
+    bob = Identity(kind="user", name="bob")
+
+    def rules(policy: Any, identity: Identity = ALICE, judged: ac.Contract = contract) -> list[str]:
+        return [r.rule for r in policy_module.check_contract(policy, identity, judged)[0]]
+
+    for _ in range(2):  # judged, then from what was kept: the same answers
+        assert rules(strict) == []
+        assert rules(other) == ["default.templates"]
+        assert rules(mapped) == []
+        assert rules(mapped, bob) == ["identities"]
+        assert rules(strict, judged=contract.with_(labels={})) == ["default.free_form"]
+    monkeypatch.setattr(policy_module, "_catalog", lambda: {})  # the template is gone
+    assert rules(strict) == ["templates.locked"]
+    monkeypatch.undo()
+    assert rules(strict) == []
+
+
 @pytest.mark.anyio
 async def test_quota_counts_held_gpus_and_refusals_count_for_nothing(tmp_path: Path) -> None:
     negotiator, _ = _negotiator(tmp_path)
@@ -331,6 +360,45 @@ async def test_quota_counts_held_gpus_and_refusals_count_for_nothing(tmp_path: P
         ac.Contract(name="d", gpus=ac.GPU(count=2, models=["H100"]), **h100)
     )
     await again.release()
+
+
+@pytest.mark.anyio
+async def test_usage_counts_what_another_process_appended_between_our_entries(
+    tmp_path: Path,
+) -> None:
+    """The usage takes this process's own entries without reading them back only when it
+    had read all before them: a grant another process appended in between still counts."""
+    from aicontract.governance.enforce import UsageIndex
+
+    policy = {"tenants": {"t": {"quotas": {"gpus": 2}}}}
+    other = Record(tmp_path / "record.jsonl")  # another process's handle on the same file
+    interleaved: list[int] = []
+
+    async def meanwhile(offer: ac.Offer) -> None:
+        if not interleaved:  # between our admission and our grant
+            at = fake.clock.time()
+            fields = {"tenant": "t", "gpus": 1, "lease": "theirs", "expires_at": at + 3600}
+            other.append("grant", at, fields)
+            interleaved.append(1)
+
+    negotiator, fake = _negotiator(tmp_path, policy, on_commit=meanwhile, ttl=3600.0)
+    ours = await negotiator.acquire(ac.Contract(name="a", tenant="t", gpus=1))
+    with pytest.raises(ac.PolicyViolation) as info:  # theirs 1 + ours 1 + 1 > 2
+        await negotiator.acquire(ac.Contract(name="b", tenant="t", gpus=1))
+    assert (info.value.refusals[0].used, info.value.refusals[0].limit) == ("2 + 1", "2")
+    await ours.release()
+    other.append("end", fake.clock.time(), {"tenant": "t", "lease": "theirs"})
+    fits = await negotiator.acquire(ac.Contract(name="c", tenant="t", gpus=2))
+    # What this process keeps is what a reader of the whole file finds.
+    assert negotiator.governance is not None
+    kept = negotiator.governance._index
+    fresh = UsageIndex(Record(tmp_path / "record.jsonl"))
+    fresh.refresh()
+    assert kept is not None
+    now = fake.clock.time()
+    assert kept.usage("t", now) == fresh.usage("t", now)
+    assert kept.usage("t", now).gpus == 2
+    await fits.release()
 
 
 @pytest.mark.anyio
@@ -441,6 +509,21 @@ async def test_ended_leases_count_what_they_used_until_the_day_turns(tmp_path: P
     }
     ok = await negotiator.acquire(contract(4, 10))  # 40 a day; 10 + 40 <= 60 a month
     await ok.release()
+
+
+def test_usage_windows_follow_the_clock_across_days_and_months_both_ways(tmp_path: Path) -> None:
+    """The index keeps its day and month while the clock stays in that UTC day, and only
+    then: a new day, a new month or a clock set back gets the windows of its own time."""
+    import datetime as dt
+
+    from aicontract.governance.enforce import UsageIndex
+    from aicontract.governance.policy import windows
+
+    index = UsageIndex(Record(tmp_path / "record.jsonl"))
+    eve = dt.datetime(2026, 1, 31, 23, 30, tzinfo=dt.timezone.utc).timestamp()
+    for moment in (eve, eve + 1799, eve + 1800, eve + 1799, eve - 86400, eve + 40 * 86400, eve):
+        assert index.usage("t", moment) == ac.governance.policy.Usage()
+        assert index._roll(moment) == windows(moment), moment
 
 
 @pytest.mark.anyio

@@ -292,17 +292,23 @@ def test_entries_are_the_bytes_of_one_encoded_dict(
     tmp_path: Path, entries: list[tuple[str, float, dict[str, object]]]
 ) -> None:
     """The append encodes its fields outside the lock and splices the link in: the line must
-    be byte for byte what encoding ``{seq, prev, at, kind, **fields}`` at once gives."""
+    be byte for byte what encoding ``{seq, prev, at, kind, **fields}`` at once gives, through
+    ``append`` and through ``write`` (the same entry, without the copy) alike."""
     path = tmp_path / f"{uuid.uuid4().hex}.jsonl"
     record = Record(path)
     prev = "0" * 64
     for seq, (kind, at, fields) in enumerate(entries, 1):
-        returned = record.append(kind, at, fields)
+        before = path.stat().st_size if path.exists() else 0
+        if seq % 2:
+            returned: dict[str, object] | None = record.append(kind, at, fields)
+        else:  # where its line lies, and nothing else
+            assert record.write(kind, at, fields) == (before, path.stat().st_size)
+            returned = None
         body = msgspec.json.encode({"seq": seq, "prev": prev, "at": at, "kind": kind, **fields})
         digest = hashlib.sha256(body).hexdigest()
         assert _lines(path)[-1] == body[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
-        assert returned["hash"] == digest
-        assert returned["seq"] == seq
+        if returned is not None:
+            assert (returned["seq"], returned["prev"], returned["hash"]) == (seq, prev, digest)
         prev = digest
     assert verify(path).ok
 
@@ -317,3 +323,72 @@ def test_offer_summaries_in_the_record_keep_what_a_counter_offer_relaxed() -> No
     relaxed = msgspec.structs.replace(plain, details={"relaxed": "resources.gpus.count 4 -> 2"})
     assert "relaxed" not in _summary(plain)
     assert _summary(relaxed).endswith("(relaxed: resources.gpus.count 4 -> 2)")
+
+
+@pytest.mark.anyio
+async def test_a_recorded_lease_is_freed_once_released_without_the_garbage_collector(
+    tmp_path: Path,
+) -> None:
+    """What the record's listeners hold must not make a lease a reference cycle: in a loop
+    every released lease would wait for the garbage collector (a collection every few
+    cycles), not be freed at once."""
+    import gc
+    import time
+    import weakref
+
+    from aicontract import Contract, Grant, Lease, Offer, Quote
+    from aicontract.backends.base import Backend
+    from aicontract.governance import Governance
+    from aicontract.negotiate import Negotiator
+
+    class Bare(Backend):
+        """Keeps nothing of a lease once it is committed."""
+
+        name = "bare"
+
+        async def quote(self, contract: Contract) -> Quote:
+            offer = Offer(
+                id="o",
+                backend=self.name,
+                contract=contract,
+                grant=Grant(gpus=1),
+                guarantee="allocated",
+                region="local",
+                jurisdiction=None,
+                provider="bare",
+                isolation="shared",
+                price=None,
+                expires_at=time.time() + 60,
+            )
+            return Quote(offers=(offer,))
+
+        async def commit(self, offer: Offer, idempotency_key: str) -> Lease:
+            return Lease(
+                id=idempotency_key,
+                contract=offer.contract,
+                grant=offer.grant,
+                backend=self,
+                guarantee="allocated",
+                expires_at=time.time() + 60,
+            )
+
+        async def renew(self, lease: Lease) -> float:
+            return time.time() + 60
+
+        async def release(self, lease: Lease) -> None:
+            pass
+
+    record = Record(tmp_path / "record.jsonl")
+    negotiator = Negotiator([Bare()], governance=Governance(record=record))
+    contract = Contract(name="x", gpus=1)
+    gc.collect()
+    gc.disable()
+    try:
+        lease = await negotiator.acquire(contract)
+        await lease.release()
+        released = weakref.ref(lease)
+        del lease
+        assert released() is None, gc.get_referrers(released())
+    finally:
+        gc.enable()
+    assert [e["kind"] for e in record.entries()] == ["grant", "end"]

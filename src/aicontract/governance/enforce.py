@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import uuid
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -174,12 +173,27 @@ class UsageIndex:
     _pending: dict[str, tuple[str, int, float]] = attrs.field(factory=dict)
     _spent: dict[tuple[str, str], Decimal] = attrs.field(factory=dict)
     """(contract digest, currency) -> spend of its leases that ended."""
+    _refreshed: bool = False
 
     def refresh(self) -> None:
         """Read the entries appended since the last call (by any process)."""
+        self._refreshed = True
         for entry, offset in self.record.scan(self._offset):
             self.apply(entry)
             self._offset = offset
+
+    def wrote(self, kind: str, at: float, fields: dict[str, Any], start: int, end: int) -> None:
+        """Take an entry this process just appended at bytes ``start..end`` of the record.
+
+        When the index had read everything before it, the entry is folded in as it is,
+        and the next :meth:`refresh` does not read it back (parse it again); otherwise
+        (another process appended in between) it is left for :meth:`refresh` to read in
+        its place, after what came before it. An index never refreshed (no quota or
+        budget asked for usage yet) takes nothing: it is built when first needed.
+        """
+        if self._refreshed and self._offset == start:
+            self.apply({"at": at, "kind": kind, **fields})  # as refresh() would decode it
+            self._offset = end
 
     def apply(self, entry: dict[str, Any]) -> None:
         """Fold one record entry into the usage."""
@@ -237,6 +251,9 @@ class UsageIndex:
 
     def _roll(self, now: float) -> tuple[float, float]:
         """Sums for the windows ``now`` is in, rebuilt (and pruned) when a window turned."""
+        last = self._windows
+        if last is not None and last[0] <= now < last[0] + 86400:
+            return last  # the same UTC day (epoch days are 86,400 s), so the same month too
         current = windows(now)
         if current != self._windows:
             day, month = current
@@ -329,6 +346,9 @@ class Governance:
     _round: tuple[Contract, tuple[Offer, ...], tuple[Rejection, ...]] | None = attrs.field(
         default=None, init=False, repr=False
     )
+    _last_base: tuple[Contract, Identity, str, dict[str, Any]] | None = attrs.field(
+        default=None, init=False, repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.policy is not None and self.policy.counts_usage() and self.record is None:
@@ -363,6 +383,18 @@ class Governance:
             known = self._identities[id(backend)] = (backend, await backend.identity())
         return known[1]
 
+    def _base(self, contract: Contract, identity: Identity, backend: str) -> dict[str, Any]:
+        """The fields every entry of one commit starts with (a fresh dict: callers add to it).
+
+        Made once per contract, identity and backend in a row (a loop re-acquires one
+        contract): all three are immutable, so the fields cannot go stale.
+        """
+        last = self._last_base
+        if last is None or last[0] is not contract or last[1] is not identity or last[2] != backend:
+            fields = {**_contract_fields(contract), "identity": str(identity), "backend": backend}
+            self._last_base = last = (contract, identity, backend, fields)
+        return dict(last[3])
+
     def quoted(
         self, contract: Contract, offers: tuple[Offer, ...], rejections: tuple[Rejection, ...]
     ) -> None:
@@ -387,7 +419,10 @@ class Governance:
 
     def _append(self, kind: str, fields: dict[str, Any], *, locked: bool = False) -> None:
         if self.record is not None:
-            self.record.append(kind, self.clock.time(), fields, locked=locked)
+            at = self.clock.time()
+            start, end = self.record.write(kind, at, fields, locked=locked)
+            if self._index is not None:  # the usage counts it without reading it back
+                self._index.wrote(kind, at, fields, start, end)
 
     def no_offer(self, contract: Contract, error: AIContractError) -> None:
         """Record a negotiation that ended without a lease, and why."""
@@ -402,14 +437,14 @@ class Governance:
         """Judge ``offer``, record the decision, run ``inner`` (the commit) and record the grant."""
         contract = offer.contract
         identity = await self.identity(backend)
-        base = {**_contract_fields(contract), "identity": str(identity), "backend": offer.backend}
+        base = self._base(contract, identity, offer.backend)
         if contract.alternatives:
             # Which choice is judged, refused or granted: the policy sees each on its own
             # (an offer for a barred choice is refused; the negotiator tries the next).
             base["alternative"] = Contract.choice_name(offer.grant.alternative)
         ticket: str | None = None
         if self._counts(contract):
-            ticket = uuid.uuid4().hex[:16]
+            ticket = os.urandom(8).hex()  # as random as uuid4().hex[:16]
             self._admit(offer, identity, base, ticket)
         elif self.policy is not None:
             refusals = check(self.policy, identity, offer)
@@ -471,7 +506,8 @@ class Governance:
                 "duration": duration.seconds if duration else None,
                 "price": str(offer.price) if offer.price is not None else None,
             }
-            record.append("admit", now, fields, locked=True)
+            start, end = record.write("admit", now, fields, locked=True)
+            index.wrote("admit", now, fields, start, end)
 
     def _budget_refusals(self, offer: Offer, digest: str, now: float) -> list[Refusal]:
         """Refuse an offer that cannot run the contract's duration within what is left."""
@@ -595,7 +631,7 @@ class Governance:
                         {
                             "lease": lease.id,
                             "tenant": tenant,
-                            "state": new.value,
+                            "state": new,  # encoded as its value, without the enum lookup
                             "reason": lease.reason,
                             "replaced_by": lease.replaced_by.id if lease.replaced_by else None,
                         },
@@ -607,13 +643,18 @@ class Governance:
 
         lease.on_state_change(follow)
 
+        # The listeners below name the lease by its id, never hold it: a lease that held a
+        # listener holding it would be a reference cycle, left for the garbage collector
+        # (a collection every few cycles of a loop) instead of freed when released.
+        lease_id = lease.id
+
         def violated(violation: Violation) -> None:
-            if violation.lease_id != lease.id:  # a successor's: its own listener records it
+            if violation.lease_id != lease_id:  # a successor's: its own listener records it
                 return
             self._append(
                 "violation",
                 {
-                    "lease": lease.id,
+                    "lease": lease_id,
                     "tenant": tenant,
                     "severity": violation.severity,
                     "reason": violation.describe(),
@@ -621,7 +662,7 @@ class Governance:
             )
 
         def replaced(old: Lease, new: Lease) -> None:
-            if old.id == lease.id:
+            if old.id == lease_id:
                 self._append(
                     "renegotiation", {"lease": old.id, "tenant": tenant, "replaced_by": new.id}
                 )

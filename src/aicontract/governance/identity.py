@@ -9,7 +9,6 @@ tenants they may act for (see :mod:`aicontract.governance.policy`).
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterable
 
@@ -48,7 +47,10 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.kind}:{self.name}"
 
 
-@functools.lru_cache(maxsize=1)
+_last_os: tuple[tuple[int, ...], Identity] | None = None
+"""The last (uid, gid, *groups) looked up, and its identity: a loop asks once per commit."""
+
+
 def _os_identity(uid: int, gids: tuple[int, ...]) -> Identity:
     import pwd
 
@@ -75,13 +77,24 @@ def _group_names(gids: Iterable[int]) -> tuple[str, ...]:
 
 
 def local_identity() -> Identity:
-    """This process's OS user and groups (primary group first), as the local backend sees it."""
+    """This process's OS user and groups (primary group first), as the local backend sees it.
+
+    Read from the OS at every call (a process may change its user or groups), named once
+    per distinct answer.
+    """
+    global _last_os
     if not hasattr(os, "getuid"):  # pragma: no cover - Windows: the login name, no groups
         import getpass
 
         return Identity(kind="user", name=getpass.getuser(), source="local")
-    gid = os.getgid()
-    return _os_identity(os.getuid(), (gid, *(g for g in os.getgroups() if g != gid)))
+    key = (os.getuid(), os.getgid(), *os.getgroups())
+    last = _last_os
+    if last is not None and last[0] == key:
+        return last[1]
+    gid = key[1]
+    identity = _os_identity(key[0], (gid, *(g for g in key[2:] if g != gid)))
+    _last_os = (key, identity)
+    return identity
 
 
 def unix_user_identity(user: str, source: str) -> Identity:

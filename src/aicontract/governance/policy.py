@@ -319,10 +319,40 @@ def _template_problem(contract: Contract, ref: str) -> str | None:
     return None
 
 
+_VERDICTS: dict[tuple[int, int, int], tuple[Any, ...]] = {}
+_VERDICTS_KEPT = 256
+
+
 def check_contract(
     policy: Policy, identity: Identity, contract: Contract
 ) -> tuple[list[Refusal], str, Rules]:
-    """The rules ``contract`` breaks whatever is offered: tenant, templates, duration."""
+    """The rules ``contract`` breaks whatever is offered: tenant, templates, duration.
+
+    Judged once per policy, identity, contract and template catalog, all immutable (a
+    loop re-acquires one contract): the verdict is kept beside the very objects it was
+    made from, and a new policy, identity, contract or catalog is judged afresh.
+    """
+    catalog = _catalog() if template_of(contract) is not None else None
+    key = (id(policy), id(identity), id(contract))
+    kept = _VERDICTS.get(key)
+    if (
+        kept is not None
+        and kept[0] is policy
+        and kept[1] is identity
+        and kept[2] is contract
+        and kept[3] is catalog
+    ):
+        return list(kept[4]), kept[5], kept[6]
+    out, where, rules = _check_contract(policy, identity, contract)
+    if len(_VERDICTS) >= _VERDICTS_KEPT:
+        _VERDICTS.clear()
+    _VERDICTS[key] = (policy, identity, contract, catalog, tuple(out), where, rules)
+    return out, where, rules
+
+
+def _check_contract(
+    policy: Policy, identity: Identity, contract: Contract
+) -> tuple[list[Refusal], str, Rules]:
     tenant = contract.tenant
     where, rules = policy.rules_for(tenant)
     out: list[Refusal] = []

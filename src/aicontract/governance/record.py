@@ -80,7 +80,7 @@ class _Link(msgspec.Struct):
 _link_decoder = msgspec.json.Decoder(_Link)
 
 
-@attrs.define
+@attrs.define(on_setattr=attrs.setters.NO_OP)  # no __setattr__ hook: appends set state
 class Record:
     """One record file (``record.jsonl``) and its head (``record.head``).
 
@@ -162,6 +162,21 @@ class Record:
 
         ``locked``: the caller already holds :meth:`locked`.
         """
+        seq, prev, digest, _, _ = self._write(kind, at, fields, locked)
+        return {"seq": seq, "prev": prev, "at": at, "kind": kind, **fields, "hash": digest}
+
+    def write(
+        self, kind: str, at: float, fields: dict[str, Any], *, locked: bool = False
+    ) -> tuple[int, int]:
+        """:meth:`append` without building the entry back (the negotiator's hot path): returns
+        the byte offsets where the entry's line starts and ends in the record."""
+        return self._write(kind, at, fields, locked)[3:]
+
+    def _write(
+        self, kind: str, at: float, fields: dict[str, Any], locked: bool
+    ) -> tuple[int, str, str, int, int]:
+        """Append one entry: its number, the hash before it, its own hash, and the offsets
+        where its line starts and ends."""
         fd, head_fd = (
             (self._fd, self._head_fd)
             if self._pid == _generation and self._fd is not None and self._head_fd is not None
@@ -171,20 +186,19 @@ class Record:
             # Everything but the link (seq, prev) is encoded before the lock is taken, so
             # the lock is held for the chain's own work only: the same bytes as encoding
             # {"seq", "prev", "at", "kind", **fields} at once.
-            rest = _encoder.encode(fields)
-            rest = (
-                b',"at":'
-                + _encoder.encode(at)
-                + b',"kind":'
-                + _encoder.encode(kind)
-                + (b"," + rest[1:] if len(rest) > 2 else b"}")
+            encoded = _encoder.encode(fields)
+            rest = b',"at":%s,"kind":%s%s' % (
+                _encoder.encode(at),
+                _encoder.encode(kind),
+                b"," + encoded[1:] if len(encoded) > 2 else b"}",
             )
         else:  # a field named like a link field: the slow path keeps dict semantics
             rest = b""
-        if not locked:  # not `with self.locked()`: this is the hot path
-            _flock(fd, exclusive=True)
+        if not locked and fcntl is not None:  # not `with self.locked()`: this is the hot path
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            size = os.fstat(fd).st_size
+            # The size is where the end is (seek to it: cheaper than fstat, same answer).
+            size = os.lseek(fd, 0, os.SEEK_END)
             known = self._known
             if known is not None and known[2] == size:  # nobody appended since we did
                 seq, prev = known[0], known[1]
@@ -195,9 +209,10 @@ class Record:
             else:
                 entry = {"seq": seq + 1, "prev": prev, "at": at, "kind": kind, **fields}
                 body = _encoder.encode(entry)
-            digest = hashlib.sha256(body).hexdigest().encode()
-            line = body[:-1] + _HASH_KEY + digest + b'"}\n'
-            head = b"%020d %020d %s\n" % (seq + 1, size + len(line), digest)
+            digest = hashlib.sha256(body).hexdigest()
+            line = b'%s,"hash":"%s"}\n' % (body[:-1], digest.encode())
+            end = size + len(line)
+            head = b"%020d %020d %s\n" % (seq + 1, end, digest.encode())
             try:
                 os.write(fd, line)  # the entry first: a head never names a missing entry
                 if self.sync:  # the entry on the disk before its head names it
@@ -210,18 +225,11 @@ class Record:
                     f"cannot write the record {str(self.path)!r}: {exc.strerror};"
                     " free space, or move it with AICONTRACT_RECORD"
                 ) from None
-            self._known = (seq + 1, digest.decode(), size + len(line))
+            self._known = (seq + 1, digest, end)
         finally:
-            if not locked:
-                _flock(fd, exclusive=False)
-        return {
-            "seq": seq + 1,
-            "prev": prev,
-            "at": at,
-            "kind": kind,
-            **fields,
-            "hash": self._known[1],
-        }
+            if not locked and fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        return seq + 1, prev, digest, size, end
 
     @staticmethod
     def _last(fd: int, head_fd: int, size: int) -> tuple[int, str, int]:

@@ -301,8 +301,10 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
         claim: str | None = None,
         rank: int | None = None,
     ) -> Obj:
-        """The pod spec of the lease ``name``: its env is the workload's, then ``env``, then
-        the lease's id; a workload that runs to completion is never restarted."""
+        """The pod spec of the lease ``name``, its env :func:`lease_env` with ``env`` added.
+
+        A workload that runs to completion (a Job) is never restarted.
+        """
         workload = offer.contract.workload
         return pod_spec(
             name,

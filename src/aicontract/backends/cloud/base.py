@@ -170,78 +170,71 @@ def node_env(lease: Lease, rank: int) -> dict[str, str]:
     return rank_env(lease, rank, int(lease.details.get("nodes", "1")))
 
 
+def _money(value: str | Money | None) -> Money | None:
+    return Money(value) if isinstance(value, str) else value
+
+
+def _at_least_one(value: int) -> int:
+    return max(1, value)
+
+
+@attrs.define(eq=False, slots=False, repr=False)
 class CloudBackend(Backend):
     """Base of the cloud backends: turns a provider's catalog into offers and leases.
 
     Subclasses implement the provider hooks (``_list_catalog``, ``_find_instance``,
     ``_launch_instance``, ``_describe_instance``, ``_terminate_instances``) and
-    set ``provider``. Options (all keyword, all optional):
-
-    ``max_spend``
-        cap on the summed hourly price of this backend's live leases
-        (``"50 USD/h"``); offers that would exceed it are not made and a
-        commit that would is refused with :class:`~aicontract.QuotaExceeded`.
-    ``requests_per_second``, ``launch_interval``
-        the provider's rate limits (general calls; seconds between launches).
-    ``attempts``, ``retry_wait``, ``retry_wait_max``
-        retries of transient errors (timeouts, 5xx, throttling) only.
-    ``ready_timeout``, ``poll_interval``, ``poll_max``
-        how long to wait for a launched instance, and the polling backoff.
-    ``offer_ttl``, ``lease_ttl``, ``catalog_ttl``
-        how long an offer stays valid, how far a renewal extends a lease,
-        how long a catalog read is reused.
-    ``max_nodes``
-        the most instances one offer may combine to reach a GPU count.
-    ``listing_lag``
-        how long the provider's instance list may lag a launch. After a launch
-        whose answer was lost, the instance is looked for that long before a
-        relaunch (or, at cleanup, before giving up on it), so one lost answer
-        never makes two instances. Providers whose launch takes an idempotency
-        token (EC2's ``ClientToken``) need none.
+    set ``provider``. Its options (all keyword, all optional) are the fields below.
     """
 
     provider: ClassVar[str] = "cloud"
     default_listing_lag: ClassVar[float] = 0.0
 
-    def __init__(
-        self,
-        *,
-        name: str | None = None,
-        clock: Clock = system_clock,
-        max_spend: str | Money | None = None,
-        requests_per_second: float = 1.0,
-        launch_interval: float = 0.0,
-        attempts: int = 4,
-        retry_wait: float = 0.5,
-        retry_wait_max: float = 10.0,
-        ready_timeout: float = 1200.0,
-        poll_interval: float = 2.0,
-        poll_max: float = 20.0,
-        offer_ttl: float = 120.0,
-        lease_ttl: float = 600.0,
-        catalog_ttl: float = 30.0,
-        max_nodes: int = 8,
-        listing_lag: float | None = None,
-    ) -> None:
-        self.name = name or self.provider
-        self.clock = clock
-        self.max_spend = Money(max_spend) if isinstance(max_spend, str) else max_spend
-        self.attempts = max(1, attempts)
-        self.retry_wait = retry_wait
-        self.retry_wait_max = retry_wait_max
-        self.ready_timeout = ready_timeout
-        self.poll_interval = poll_interval
-        self.poll_max = poll_max
-        self.offer_ttl = offer_ttl
-        self.lease_ttl = lease_ttl
-        self.catalog_ttl = catalog_ttl
-        self.max_nodes = max(1, max_nodes)
-        self.listing_lag = self.default_listing_lag if listing_lag is None else listing_lag
+    name: str = attrs.field(default="", kw_only=True)
+    """The backend's name in offers and leases (default: the provider's)."""
+    clock: Clock = attrs.field(default=system_clock, kw_only=True)
+    max_spend: Money | None = attrs.field(default=None, converter=_money, kw_only=True)
+    """Cap on the summed hourly price of this backend's live leases (``"50 USD/h"``):
+    offers that would exceed it are not made, and a commit that would is refused with
+    :class:`~aicontract.QuotaExceeded`."""
+    requests_per_second: float = attrs.field(default=1.0, kw_only=True)
+    """The provider's rate limit on calls in general."""
+    launch_interval: float = attrs.field(default=0.0, kw_only=True)
+    """Seconds between two launches (the provider's rate limit on launches)."""
+    attempts: int = attrs.field(default=4, converter=_at_least_one, kw_only=True)
+    """Tries of a call that failed transiently (timeouts, 5xx, throttling); no other is retried."""
+    retry_wait: float = attrs.field(default=0.5, kw_only=True)
+    """The first pause between tries, doubled up to ``retry_wait_max``."""
+    retry_wait_max: float = attrs.field(default=10.0, kw_only=True)
+    ready_timeout: float = attrs.field(default=1200.0, kw_only=True)
+    """How long a commit waits for a launched instance to be ready."""
+    poll_interval: float = attrs.field(default=2.0, kw_only=True)
+    """The first pause between looks at a launching instance, growing up to ``poll_max``."""
+    poll_max: float = attrs.field(default=20.0, kw_only=True)
+    offer_ttl: float = attrs.field(default=120.0, kw_only=True)
+    """How long an offer stays valid."""
+    lease_ttl: float = attrs.field(default=600.0, kw_only=True)
+    """How far a renewal extends a lease."""
+    catalog_ttl: float = attrs.field(default=30.0, kw_only=True)
+    """How long a catalog read is reused."""
+    max_nodes: int = attrs.field(default=8, converter=_at_least_one, kw_only=True)
+    """The most instances one offer may combine to reach a GPU count."""
+    listing_lag: float | None = attrs.field(default=None, kw_only=True)
+    """How long the provider's instance list may lag a launch (default: the provider's).
+
+    After a launch whose answer was lost, the instance is looked for that long before
+    a relaunch (or, at cleanup, before giving up on it), so one lost answer never makes
+    two instances. Providers whose launch takes an idempotency token (EC2's
+    ``ClientToken``) need none."""
+
+    def __attrs_post_init__(self) -> None:
+        self.name = self.name or self.provider
+        self._lag = self.default_listing_lag if self.listing_lag is None else self.listing_lag
         # tag -> when a launch for it failed with its outcome unknown (monotonic clock)
         self._unsure_launches: dict[str, float] = {}
-        self._limiter = RateLimiter(requests_per_second, clock=clock)
+        self._limiter = RateLimiter(self.requests_per_second, clock=self.clock)
         self._launch_limiter = RateLimiter(
-            1.0 / launch_interval if launch_interval > 0 else 0.0, clock=clock
+            1.0 / self.launch_interval if self.launch_interval > 0 else 0.0, clock=self.clock
         )
         self._catalog: list[CatalogEntry] | None = None
         self._catalog_at = -math.inf
@@ -532,7 +525,7 @@ class CloudBackend(Backend):
 
     async def _await_listing(self, tag: str, region: str) -> InstanceView | None:
         """Poll for ``tag``'s instance until ``listing_lag`` has passed since its unsure launch."""
-        until = self._unsure_launches[tag] + self.listing_lag
+        until = self._unsure_launches[tag] + self._lag
         delay = self.poll_interval
         while (remaining := until - self.clock.monotonic()) > 0:
             await self.clock.sleep(min(delay, remaining))

@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from pathlib import Path
 
 import anyio
@@ -329,10 +329,10 @@ class LocalBackend(Backend):
         self,
         contract: Contract,
         devices: Sequence[GPUDevice],
-        used_gpus: set[str],
+        used_gpus: Set[str],
         count: int,
         cpus: int,
-        used_cpus: set[int],
+        used_cpus: Set[int],
         memory: Bytes | None,
         *,
         local: bool,
@@ -360,7 +360,7 @@ class LocalBackend(Backend):
         return None
 
     def _misplaced(
-        self, contract: Contract, devices: Sequence[GPUDevice], used: set[str], count: int
+        self, contract: Contract, devices: Sequence[GPUDevice], used: Set[str], count: int
     ) -> Rejection:
         """Why no GPU set (with CPUs) meets the contract's interconnect or locality."""
         gpus = contract.resources.gpus
@@ -387,7 +387,7 @@ class LocalBackend(Backend):
         )
 
     def _gpu_choices(
-        self, contract: Contract, gpus: GPU, used: set[str]
+        self, contract: Contract, gpus: GPU, used: Set[str]
     ) -> tuple[list[tuple[str | None, list[GPUDevice]]], list[Rejection], list[Offer]]:
         """Per acceptable model, the free devices that fit; else why not."""
         inv = self.inventory
@@ -447,7 +447,7 @@ class LocalBackend(Backend):
         contract: Contract,
         model: str,
         devices: Sequence[GPUDevice],
-        used: set[str],
+        used: Set[str],
         size: int,
     ) -> Offer | None:
         """An offer of ``size`` GPUs of ``model`` (fewer than asked), for a contract relaxed
@@ -582,7 +582,7 @@ class LocalBackend(Backend):
 
     def _placer(
         self, contract: Contract, grant: Grant, candidates: Sequence[str]
-    ) -> Callable[[set[str], set[int]], tuple[tuple[str, ...], tuple[int, ...]]] | None:
+    ) -> Callable[[Set[str], Set[int]], tuple[tuple[str, ...], tuple[int, ...]]] | None:
         """What chooses the GPUs and CPUs inside the grant's transaction (``None``: the
         first free CPUs, for a grant without GPUs and without locality)."""
         local = contract.placement.locality == "numa"
@@ -595,7 +595,7 @@ class LocalBackend(Backend):
         memory = grant.memory.bytes if grant.memory is not None else 0
 
         def place(
-            used_gpus: set[str], used_cpus: set[int]
+            used_gpus: Set[str], used_cpus: Set[int]
         ) -> tuple[tuple[str, ...], tuple[int, ...]]:
             choice = topology.choose(
                 candidates,

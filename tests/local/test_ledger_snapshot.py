@@ -5,16 +5,20 @@ while nothing else changed. Each test here changes the ledger behind a quote tha
 has just kept such a view — another process grants or releases, a lease expires, a
 holder dies, this process writes on top of someone else's change — and checks
 that the next quote or grant sees the change. Each would fail if the view were
-trusted past it. Two backends on one state dir are two processes to the ledger:
-their own connections and holder tokens.
+trusted past it. The same goes for the GPU set a quote chose on a host with a
+topology, which its commit takes only when it finds the very same view. Two
+backends on one state dir are two processes to the ledger: their own connections
+and holder tokens.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from aicontract import GPU, Contract, LeaseState, VirtualClock
 from aicontract.backends.local import LocalBackend, ledger
@@ -112,3 +116,55 @@ async def test_a_grant_never_chooses_from_a_stale_view(local_env: Path, state_di
     finally:
         await mine.aclose()
         await other.aclose()
+
+
+# -- what a quote chose, on a host with a topology -----------------------------------------
+
+ISLANDS = {
+    "cpus": 16,
+    "memory": "256GiB",
+    "numa": [{"id": 0, "cpus": "0-7"}, {"id": 1, "cpus": "8-15"}],
+    "gpus": [
+        {"model": "A100", "memory": "80GiB", "numa": i // 2, "nvlink_domain": f"island{i // 2}"}
+        for i in range(4)
+    ],
+}
+"""Two NVLink islands of 2 A100s, one per NUMA node."""
+
+
+@pytest.fixture
+def islands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "inventory.json"
+    path.write_text(json.dumps(ISLANDS))
+    monkeypatch.setenv("AICONTRACT_INVENTORY", str(path))
+    return tmp_path / "state"
+
+
+async def test_a_commit_rechooses_when_another_process_took_the_quoted_gpu(
+    islands: Path,
+) -> None:
+    mine, other = LocalBackend(state_dir=islands), LocalBackend(state_dir=islands)
+    contract = Contract(gpus=1, cpus=2, placement={"locality": "numa"})
+    try:
+        offer = (await mine.quote(contract)).offers[0]  # a GPU and its CPUs chosen
+        held = await other.commit((await other.quote(contract)).offers[0], "other-1")
+        lease = await mine.commit(offer, "mine-1")
+        assert lease.env["CUDA_VISIBLE_DEVICES"] != held.env["CUDA_VISIBLE_DEVICES"]
+        assert not set(lease.env["AICONTRACT_CPUS"].split(",")) & set(
+            held.env["AICONTRACT_CPUS"].split(",")
+        )
+    finally:
+        await mine.aclose()
+        await other.aclose()
+
+
+async def test_a_changed_offer_is_chosen_for_afresh(islands: Path) -> None:
+    backend = LocalBackend(state_dir=islands)
+    contract = Contract(gpus=1, cpus=2, placement={"locality": "numa"})
+    try:
+        offer = (await backend.quote(contract)).offers[0]
+        bigger = replace(offer, grant=replace(offer.grant, cpus=4))  # same offer id
+        lease = await backend.commit(bigger, "k-1")
+        assert len(lease.env["AICONTRACT_CPUS"].split(",")) == 4
+    finally:
+        await backend.aclose()

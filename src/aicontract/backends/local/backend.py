@@ -158,6 +158,34 @@ def _fits(device: GPUDevice, gpus: GPU) -> bool:
     return gpus.mig is not None or device.mig_profile is None
 
 
+# How many offers' choices a backend remembers until their commit (offers not committed
+# are forgotten oldest first).
+_CHOSEN_KEPT = 64
+
+
+@attrs.frozen(eq=False)
+class _Chosen:
+    """The GPU set a quote chose for one offer, and from what: the ledger's held sets
+    (immutable snapshot sets, so the same objects mean the same contents), the offer's
+    contract, grant and candidates. A commit of that very offer that finds the same
+    sets held makes the same (deterministic) choice: it takes this one instead."""
+
+    contract: Contract
+    grant: Grant
+    candidates: str
+    used_gpus: Set[str]
+    used_cpus: Set[int]
+    choice: Choice
+
+    def holds_for(self, offer: Offer) -> bool:
+        """Is ``offer`` the offer this was chosen for, unchanged?"""
+        return (
+            offer.grant is self.grant
+            and offer.contract is self.contract
+            and offer.details.get("gpu_candidates") == self.candidates
+        )
+
+
 @attrs.define(eq=False)
 class LocalBackend(Backend):
     """Leases on this host, exclusive across all its processes.
@@ -185,6 +213,7 @@ class LocalBackend(Backend):
     )
     _topology: Topology | None = attrs.field(default=None, init=False, repr=False)
     _cpu_pool: tuple[int, ...] | None = attrs.field(default=None, init=False, repr=False)
+    _chosen: dict[str, _Chosen] = attrs.field(factory=dict, init=False, repr=False)
 
     @property
     def cpu_pool(self) -> tuple[int, ...]:
@@ -320,7 +349,18 @@ class LocalBackend(Backend):
                 disk=disk,
                 numa_nodes=choice.numa_nodes if choice is not None else (),
             )
-            offers.append(self._offer(contract, grant, devices, now))
+            offer = self._offer(contract, grant, devices, now)
+            offers.append(offer)
+            if (
+                choice is not None
+                and isinstance(used_gpus, frozenset)
+                and isinstance(used_cpus, frozenset)
+            ):
+                if len(self._chosen) >= _CHOSEN_KEPT:
+                    del self._chosen[next(iter(self._chosen))]
+                self._chosen[offer.id] = _Chosen(
+                    contract, grant, offer.details["gpu_candidates"], used_gpus, used_cpus, choice
+                )
         if not offers:
             return Quote(rejections=tuple(rejections), counter_offers=tuple(counter))
         return Quote(offers=tuple(offers), counter_offers=tuple(counter))
@@ -525,7 +565,10 @@ class LocalBackend(Backend):
         expires_at = now + self.ttl
         inv = self.inventory
         candidates = [c for c in offer.details.get("gpu_candidates", "").split(",") if c]
-        placed = self._placer(contract, grant, candidates)
+        chosen = self._chosen.pop(offer.id, None)
+        placed = self._placer(
+            contract, grant, candidates, chosen if chosen and chosen.holds_for(offer) else None
+        )
 
         def make_record(
             gpu_ids: tuple[str, ...], cpu_ids: tuple[int, ...], ports: dict[str, int]
@@ -581,10 +624,15 @@ class LocalBackend(Backend):
             ) from None
 
     def _placer(
-        self, contract: Contract, grant: Grant, candidates: Sequence[str]
+        self,
+        contract: Contract,
+        grant: Grant,
+        candidates: Sequence[str],
+        chosen: _Chosen | None = None,
     ) -> Callable[[Set[str], Set[int]], tuple[tuple[str, ...], tuple[int, ...]]] | None:
         """What chooses the GPUs and CPUs inside the grant's transaction (``None``: the
-        first free CPUs, for a grant without GPUs and without locality)."""
+        first free CPUs, for a grant without GPUs and without locality). ``chosen``: what
+        the quote chose for this offer, taken when the grant finds the same sets held."""
         local = contract.placement.locality == "numa"
         if (not grant.gpus and not local) or self._flat_for(contract):
             return None
@@ -597,6 +645,10 @@ class LocalBackend(Backend):
         def place(
             used_gpus: Set[str], used_cpus: Set[int]
         ) -> tuple[tuple[str, ...], tuple[int, ...]]:
+            if chosen is not None and (
+                used_gpus is chosen.used_gpus and used_cpus is chosen.used_cpus
+            ):
+                return chosen.choice.gpus, chosen.choice.cpus
             choice = topology.choose(
                 candidates,
                 used_gpus,

@@ -18,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence, Set
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio
 import anyio.abc
@@ -163,8 +164,7 @@ def _fits(device: GPUDevice, gpus: GPU) -> bool:
 _CHOSEN_KEPT = 64
 
 
-@attrs.frozen(eq=False)
-class _Chosen:
+class _Chosen(NamedTuple):
     """The GPU set a quote chose for one offer, and from what: the ledger's held sets
     (immutable snapshot sets, so the same objects mean the same contents), the offer's
     contract, grant and candidates. A commit of that very offer that finds the same

@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Set
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
 import attrs
@@ -317,8 +317,7 @@ class Allocation:
     ports: dict[str, int] = attrs.field(factory=dict)
 
 
-@attrs.frozen
-class _Snapshot:
+class _Snapshot(NamedTuple):
     """What the ledger held when this process last read it whole, kept up to date by
     this process's own grants and releases, so that a quote (and the grant after it)
     need not read it again while nothing else changed.
@@ -348,31 +347,35 @@ class _Snapshot:
 
     def plus(self, grant: _Owned, expires_at: float) -> _Snapshot:
         """After this process granted ``grant`` (new sets: a set handed out never changes)."""
-        return attrs.evolve(
-            self,
-            gpus=self.gpus.union(grant.gpus),
-            cpus=self.cpus.union(grant.cpus),
-            ports=self.ports.union(grant.ports),
-            memory=self.memory + grant.memory,
-            disk=self.disk + grant.disk,
-            expires=min(self.expires, expires_at),
+        return _Snapshot(
+            self.conn,
+            self.version,
+            self.gpus.union(grant.gpus) if grant.gpus else self.gpus,
+            self.cpus.union(grant.cpus) if grant.cpus else self.cpus,
+            self.ports.union(grant.ports) if grant.ports else self.ports,
+            self.memory + grant.memory,
+            self.disk + grant.disk,
+            expires_at if expires_at < self.expires else self.expires,
+            self.others,
         )
 
     def minus(self, grant: _Owned) -> _Snapshot:
         """After this process released ``grant`` (its expiry may stay the earliest: that
         only ends the snapshot sooner)."""
-        return attrs.evolve(
-            self,
-            gpus=self.gpus.difference(grant.gpus),
-            cpus=self.cpus.difference(grant.cpus),
-            ports=self.ports.difference(grant.ports),
-            memory=self.memory - grant.memory,
-            disk=self.disk - grant.disk,
+        return _Snapshot(
+            self.conn,
+            self.version,
+            self.gpus.difference(grant.gpus) if grant.gpus else self.gpus,
+            self.cpus.difference(grant.cpus) if grant.cpus else self.cpus,
+            self.ports.difference(grant.ports) if grant.ports else self.ports,
+            self.memory - grant.memory,
+            self.disk - grant.disk,
+            self.expires,
+            self.others,
         )
 
 
-@attrs.frozen
-class _Owned:
+class _Owned(NamedTuple):
     """What one of this process's leases holds, as its grant bound it."""
 
     gpus: tuple[str, ...]
@@ -382,16 +385,22 @@ class _Owned:
     disk: int
 
 
-@attrs.define
 class _Used:
     """What every lease holds, as one grant's transaction sees it (expired or not: a
     lease's devices are free only once its row is gone)."""
 
-    gpus: Set[str]
-    cpus: Set[int]
-    ports: Set[int]
-    # Memory and disk bytes, read when a grant needs them.
-    amounts: tuple[int, int] | None = None
+    __slots__ = ("amounts", "cpus", "gpus", "ports")
+
+    def __init__(
+        self,
+        gpus: Set[str],
+        cpus: Set[int],
+        ports: Set[int],
+        amounts: tuple[int, int] | None = None,
+    ) -> None:
+        self.gpus, self.cpus, self.ports = gpus, cpus, ports
+        # Memory and disk bytes, read when a grant needs them.
+        self.amounts = amounts
 
     @classmethod
     def of(cls, held: list[tuple[str, str]]) -> _Used:
@@ -860,8 +869,12 @@ class Ledger:
                 # nobody did since the snapshot, it is what the ledger holds, and no lease
                 # in it is due yet (none expired, none being stopped).
                 if conn.execute(_DATA_VERSION).fetchone()[0] == snapshot.version:
-                    used = _Used(snapshot.gpus, snapshot.cpus, snapshot.ports)
-                    used.amounts = (snapshot.memory, snapshot.disk)
+                    used = _Used(
+                        snapshot.gpus,
+                        snapshot.cpus,
+                        snapshot.ports,
+                        (snapshot.memory, snapshot.disk),
+                    )
                 else:
                     snapshot = None
             else:
@@ -1075,8 +1088,9 @@ class Ledger:
         version: int | None = None
         if snapshot is not None and snapshot.conn is conn and now <= snapshot.expires:
             (version,) = conn.execute(_DATA_VERSION).fetchone()
-            if version == snapshot.version and all(
-                self._holder_alive(holder, clock) for holder in snapshot.others
+            if version == snapshot.version and (
+                not snapshot.others
+                or all(self._holder_alive(holder, clock) for holder in snapshot.others)
             ):
                 return (snapshot.gpus, snapshot.cpus, snapshot.memory, snapshot.disk), False
         self._snapshot = None
@@ -1211,7 +1225,7 @@ class Ledger:
             snapshot = self._snapshot
             if snapshot is not None and snapshot.conn is conn:
                 # The snapshot holds the earliest expiry: a renewal may bring one nearer.
-                self._snapshot = attrs.evolve(snapshot, expires=min(snapshot.expires, expires_at))
+                self._snapshot = snapshot._replace(expires=min(snapshot.expires, expires_at))
             # One statement is one transaction in autocommit mode: no BEGIN needed.
             return (
                 conn.execute(

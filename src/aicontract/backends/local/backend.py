@@ -16,8 +16,9 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio
 import anyio.abc
@@ -159,6 +160,33 @@ def _fits(device: GPUDevice, gpus: GPU) -> bool:
     return gpus.mig is not None or device.mig_profile is None
 
 
+# How many offers' choices a backend remembers until their commit (offers not committed
+# are forgotten oldest first).
+_CHOSEN_KEPT = 64
+
+
+class _Chosen(NamedTuple):
+    """The GPU set a quote chose for one offer, and from what: the ledger's held sets
+    (immutable snapshot sets, so the same objects mean the same contents), the offer's
+    contract, grant and candidates. A commit of that very offer that finds the same
+    sets held makes the same (deterministic) choice: it takes this one instead."""
+
+    contract: Contract
+    grant: Grant
+    candidates: str
+    used_gpus: Set[str]
+    used_cpus: Set[int]
+    choice: Choice
+
+    def holds_for(self, offer: Offer) -> bool:
+        """Is ``offer`` the offer this was chosen for, unchanged?"""
+        return (
+            offer.grant is self.grant
+            and offer.contract is self.contract
+            and offer.details.get("gpu_candidates") == self.candidates
+        )
+
+
 @attrs.define(eq=False)
 class LocalBackend(Backend):
     """Leases on this host, exclusive across all its processes.
@@ -186,6 +214,7 @@ class LocalBackend(Backend):
     )
     _topology: Topology | None = attrs.field(default=None, init=False, repr=False)
     _cpu_pool: tuple[int, ...] | None = attrs.field(default=None, init=False, repr=False)
+    _chosen: dict[str, _Chosen] = attrs.field(factory=dict, init=False, repr=False)
 
     @property
     def cpu_pool(self) -> tuple[int, ...]:
@@ -321,7 +350,18 @@ class LocalBackend(Backend):
                 disk=disk,
                 numa_nodes=choice.numa_nodes if choice is not None else (),
             )
-            offers.append(self._offer(contract, grant, devices, now))
+            offer = self._offer(contract, grant, devices, now)
+            offers.append(offer)
+            if (
+                choice is not None
+                and isinstance(used_gpus, frozenset)
+                and isinstance(used_cpus, frozenset)
+            ):
+                if len(self._chosen) >= _CHOSEN_KEPT:
+                    del self._chosen[next(iter(self._chosen))]
+                self._chosen[offer.id] = _Chosen(
+                    contract, grant, offer.details["gpu_candidates"], used_gpus, used_cpus, choice
+                )
         if not offers:
             return Quote(rejections=tuple(rejections), counter_offers=tuple(counter))
         return Quote(offers=tuple(offers), counter_offers=tuple(counter))
@@ -330,10 +370,10 @@ class LocalBackend(Backend):
         self,
         contract: Contract,
         devices: Sequence[GPUDevice],
-        used_gpus: set[str],
+        used_gpus: Set[str],
         count: int,
         cpus: int,
-        used_cpus: set[int],
+        used_cpus: Set[int],
         memory: Bytes | None,
         *,
         local: bool,
@@ -361,7 +401,7 @@ class LocalBackend(Backend):
         return None
 
     def _misplaced(
-        self, contract: Contract, devices: Sequence[GPUDevice], used: set[str], count: int
+        self, contract: Contract, devices: Sequence[GPUDevice], used: Set[str], count: int
     ) -> Rejection:
         """Why no GPU set (with CPUs) meets the contract's interconnect or locality."""
         gpus = contract.resources.gpus
@@ -388,7 +428,7 @@ class LocalBackend(Backend):
         )
 
     def _gpu_choices(
-        self, contract: Contract, gpus: GPU, used: set[str]
+        self, contract: Contract, gpus: GPU, used: Set[str]
     ) -> tuple[list[tuple[str | None, list[GPUDevice]]], list[Rejection], list[Offer]]:
         """Per acceptable model, the free devices that fit; else why not."""
         inv = self.inventory
@@ -448,7 +488,7 @@ class LocalBackend(Backend):
         contract: Contract,
         model: str,
         devices: Sequence[GPUDevice],
-        used: set[str],
+        used: Set[str],
         size: int,
     ) -> Offer | None:
         """An offer of ``size`` GPUs of ``model`` (fewer than asked), for a contract relaxed
@@ -526,7 +566,10 @@ class LocalBackend(Backend):
         expires_at = now + self.ttl
         inv = self.inventory
         candidates = [c for c in offer.details.get("gpu_candidates", "").split(",") if c]
-        placed = self._placer(contract, grant, candidates)
+        chosen = self._chosen.pop(offer.id, None)
+        placed = self._placer(
+            contract, grant, candidates, chosen if chosen and chosen.holds_for(offer) else None
+        )
 
         def make_record(
             gpu_ids: tuple[str, ...], cpu_ids: tuple[int, ...], ports: dict[str, int]
@@ -582,10 +625,15 @@ class LocalBackend(Backend):
             ) from None
 
     def _placer(
-        self, contract: Contract, grant: Grant, candidates: Sequence[str]
-    ) -> Callable[[set[str], set[int]], tuple[tuple[str, ...], tuple[int, ...]]] | None:
+        self,
+        contract: Contract,
+        grant: Grant,
+        candidates: Sequence[str],
+        chosen: _Chosen | None = None,
+    ) -> Callable[[Set[str], Set[int]], tuple[tuple[str, ...], tuple[int, ...]]] | None:
         """What chooses the GPUs and CPUs inside the grant's transaction (``None``: the
-        first free CPUs, for a grant without GPUs and without locality)."""
+        first free CPUs, for a grant without GPUs and without locality). ``chosen``: what
+        the quote chose for this offer, taken when the grant finds the same sets held."""
         local = contract.placement.locality == "numa"
         if (not grant.gpus and not local) or self._flat_for(contract):
             return None
@@ -596,8 +644,12 @@ class LocalBackend(Backend):
         memory = grant.memory.bytes if grant.memory is not None else 0
 
         def place(
-            used_gpus: set[str], used_cpus: set[int]
+            used_gpus: Set[str], used_cpus: Set[int]
         ) -> tuple[tuple[str, ...], tuple[int, ...]]:
+            if chosen is not None and (
+                used_gpus is chosen.used_gpus and used_cpus is chosen.used_cpus
+            ):
+                return chosen.choice.gpus, chosen.choice.cpus
             choice = topology.choose(
                 candidates,
                 used_gpus,

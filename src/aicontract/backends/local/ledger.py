@@ -35,9 +35,9 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
 import attrs
@@ -96,14 +96,18 @@ _HELD_OR_DUE = (
     _HELD_DEVICES + " UNION ALL SELECT '', id FROM leases"
     " WHERE expires_at < ? OR stopping_since IS NOT NULL"
 )
-# What a quote reads: every lease that may be gone, and this holder's live ones summed.
+# What a quote reads: every lease that may be gone, and this holder's live ones summed
+# (with the earliest of their expiries, for the snapshot).
 _USAGE = (
     "SELECT id, holder, expires_at, workload, stopping_since, memory, disk FROM leases"
     " WHERE holder != ?1 OR expires_at < ?2 OR stopping_since IS NOT NULL"
-    " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL,"
+    " UNION ALL SELECT NULL, NULL, MIN(expires_at), NULL, NULL,"
     " COALESCE(SUM(memory), 0), COALESCE(SUM(disk), 0) FROM leases"
     " WHERE holder = ?1 AND expires_at >= ?2 AND stopping_since IS NULL"
 )
+# Whether another connection committed since this one last asked (its own commits never
+# change it): what tells a kept snapshot from a stale one.
+_DATA_VERSION = "PRAGMA data_version"
 _HELD_AMOUNTS = "SELECT COALESCE(SUM(memory), 0), COALESCE(SUM(disk), 0) FROM leases"
 
 
@@ -220,7 +224,7 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def _free_ports(names: tuple[str, ...], used: set[int]) -> dict[str, int]:
+def _free_ports(names: tuple[str, ...], used: Set[int]) -> dict[str, int]:
     """One port per name that no live lease holds and that 127.0.0.1 can bind now.
 
     The kernel proposes a port; the ledger's rows rule out ports granted to
@@ -294,7 +298,7 @@ class Demand:
     ports: tuple[str, ...] = ()
     # Chooses the GPU and CPU ids from what is free (held GPU ids, held CPU ids), inside
     # the grant's transaction; raises CapacityUnavailable. None: the first free ones.
-    place: Callable[[set[str], set[int]], tuple[tuple[str, ...], tuple[int, ...]]] | None = None
+    place: Callable[[Set[str], Set[int]], tuple[tuple[str, ...], tuple[int, ...]]] | None = None
 
 
 @attrs.frozen
@@ -311,6 +315,107 @@ class Allocation:
     existing: LeaseRecord | None = None
     mine: bool = True
     ports: dict[str, int] = attrs.field(factory=dict)
+
+
+class _Snapshot(NamedTuple):
+    """What the ledger held when this process last read it whole, kept up to date by
+    this process's own grants and releases, so that a quote (and the grant after it)
+    need not read it again while nothing else changed.
+
+    It is only ever taken of a clean ledger (every lease live: unexpired, not being
+    stopped, its holder alive), and it is trusted only while all of that still holds:
+
+    - ``version`` is ``PRAGMA data_version`` on ``conn``, read before the reads it
+      summarises: it changes as soon as any other connection (another process, or this
+      process's other connection) commits. This process's own commits on ``conn`` do
+      not change it, so every write on ``conn`` either applies its change here
+      (:meth:`Ledger._grant`, :meth:`Ledger.release_own`) or drops the snapshot.
+    - ``expires``: the earliest expiry of its leases; from then on one may be due.
+    - ``others``: the other holders of its leases, each still checked alive (as a full
+      read checks them) before it is used.
+    """
+
+    conn: sqlite3.Connection
+    version: int
+    gpus: frozenset[str]
+    cpus: frozenset[int]
+    ports: frozenset[int]
+    memory: int
+    disk: int
+    expires: float
+    others: frozenset[str]
+
+    def plus(self, grant: _Owned, expires_at: float) -> _Snapshot:
+        """After this process granted ``grant`` (new sets: a set handed out never changes)."""
+        return _Snapshot(
+            self.conn,
+            self.version,
+            self.gpus.union(grant.gpus) if grant.gpus else self.gpus,
+            self.cpus.union(grant.cpus) if grant.cpus else self.cpus,
+            self.ports.union(grant.ports) if grant.ports else self.ports,
+            self.memory + grant.memory,
+            self.disk + grant.disk,
+            expires_at if expires_at < self.expires else self.expires,
+            self.others,
+        )
+
+    def minus(self, grant: _Owned) -> _Snapshot:
+        """After this process released ``grant`` (its expiry may stay the earliest: that
+        only ends the snapshot sooner)."""
+        return _Snapshot(
+            self.conn,
+            self.version,
+            self.gpus.difference(grant.gpus) if grant.gpus else self.gpus,
+            self.cpus.difference(grant.cpus) if grant.cpus else self.cpus,
+            self.ports.difference(grant.ports) if grant.ports else self.ports,
+            self.memory - grant.memory,
+            self.disk - grant.disk,
+            self.expires,
+            self.others,
+        )
+
+
+class _Owned(NamedTuple):
+    """What one of this process's leases holds, as its grant bound it."""
+
+    gpus: tuple[str, ...]
+    cpus: tuple[int, ...]
+    ports: tuple[int, ...]
+    memory: int
+    disk: int
+
+
+class _Used:
+    """What every lease holds, as one grant's transaction sees it (expired or not: a
+    lease's devices are free only once its row is gone)."""
+
+    __slots__ = ("amounts", "cpus", "gpus", "ports")
+
+    def __init__(
+        self,
+        gpus: Set[str],
+        cpus: Set[int],
+        ports: Set[int],
+        amounts: tuple[int, int] | None = None,
+    ) -> None:
+        self.gpus, self.cpus, self.ports = gpus, cpus, ports
+        # Memory and disk bytes, read when a grant needs them.
+        self.amounts = amounts
+
+    @classmethod
+    def of(cls, held: list[tuple[str, str]]) -> _Used:
+        """From :data:`_HELD_DEVICES` rows (the :data:`_DUE` ones skipped)."""
+        gpus: set[str] = set()
+        cpus: set[int] = set()
+        ports: set[int] = set()
+        for kind, devices in held:
+            if kind == "gpu":
+                gpus.update(devices.split(_SEP))
+            elif kind == "cpu":
+                cpus.update(map(int, devices.split(_SEP)))
+            elif kind == "port":
+                ports.update(map(int, devices.split(_SEP)))
+        return cls(gpus, cpus, ports)
 
 
 @attrs.define
@@ -334,6 +439,9 @@ class Ledger:
     _working: set[str] = attrs.field(factory=set, repr=False)
     _clean_locks: tuple[int, int, str] | None = attrs.field(default=None, repr=False)
     _liveness: dict[str, float] = attrs.field(factory=dict, repr=False)
+    _snapshot: _Snapshot | None = attrs.field(default=None, repr=False)
+    # This process's leases and what each holds (what a release takes off the snapshot).
+    _owned: dict[str, _Owned] = attrs.field(factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.lock_dir is None:
@@ -406,6 +514,8 @@ class Ledger:
                         os.close(self._holder_fd)
                 self._holder_fd = None
                 self._held.clear()
+                self._owned.clear()
+                self._snapshot = None
                 self._token = secrets.token_hex(8)
                 self._mutex = threading.Lock()
                 self._hold_mutex = threading.Lock()
@@ -449,6 +559,7 @@ class Ledger:
                 patient.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
                 return fn(patient, *args)
             except sqlite3.Error as exc:
+                self._snapshot = None  # whatever failed may have changed what it knew
                 raise _ledger_error(self.path, exc, wait) from None
 
     async def arun(self, fn: Callable[..., T], *args: Any, wait: float | None = None) -> T:
@@ -477,9 +588,11 @@ class Ledger:
             try:
                 return True, fn(fast, *args)
             except sqlite3.OperationalError as exc:
+                self._snapshot = None  # whatever failed may have changed what it knew
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise _ledger_error(self.path, exc) from None
             except sqlite3.Error as exc:
+                self._snapshot = None
                 raise _ledger_error(self.path, exc) from None
             finally:
                 self._mutex.release()
@@ -503,6 +616,8 @@ class Ledger:
                 os.close(self._holder_fd)
         self._holder_fd = None
         self._held.clear()
+        self._owned.clear()
+        self._snapshot = None
         self._fast = self._patient = None
 
     def check_identity(self) -> str | None:
@@ -651,6 +766,8 @@ class Ledger:
             query += " WHERE expires_at < ? OR stopping_since IS NOT NULL"
         rows = conn.execute(query, (now,) if not check_holders else ()).fetchall()
         freed = 0
+        if rows:
+            self._snapshot = None  # what it stops or frees changes what is held
         for lease_id, holder, expires_at, workload, stopping_since in rows:
             if (
                 expires_at >= now
@@ -670,6 +787,7 @@ class Ledger:
                         signal_ref(ref, signal.SIGKILL)
                     continue
             conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+            self._owned.pop(lease_id, None)
             with contextlib.suppress(OSError):
                 os.unlink(self.workload_lock(lease_id))
             if workload is not None:
@@ -743,14 +861,34 @@ class Ledger:
         demand: Demand,
         now: float,
     ) -> Allocation:
+        snapshot, self._snapshot = self._snapshot, None  # kept only if this grant is plain
         with self._write(conn):
-            # Expired leases' devices are free only once their workloads are stopped. One
-            # statement reads what is held and whether any lease is due for reclaiming
-            # (the common case: none, and the devices read are the ones to choose from).
-            held: list[tuple[str, str]] | None = conn.execute(_HELD_OR_DUE, (now,)).fetchall()
-            if held and any(kind == _DUE for kind, _ in held):
-                self._reclaim(conn, now, check_holders=False)
-                held = None  # what the reclaim freed: read again
+            used: _Used | None = None
+            if snapshot is not None and snapshot.conn is conn and now <= snapshot.expires:
+                # Nobody else can commit while this transaction holds the write lock: if
+                # nobody did since the snapshot, it is what the ledger holds, and no lease
+                # in it is due yet (none expired, none being stopped).
+                if conn.execute(_DATA_VERSION).fetchone()[0] == snapshot.version:
+                    used = _Used(
+                        snapshot.gpus,
+                        snapshot.cpus,
+                        snapshot.ports,
+                        (snapshot.memory, snapshot.disk),
+                    )
+                else:
+                    snapshot = None
+            else:
+                snapshot = None
+            if used is None:
+                # Expired leases' devices are free only once their workloads are stopped.
+                # One statement reads what is held and whether any lease is due for
+                # reclaiming (the common case: none, and the devices read are the ones to
+                # choose from).
+                held = conn.execute(_HELD_OR_DUE, (now,)).fetchall()
+                if not any(kind == _DUE for kind, _ in held):
+                    used = _Used.of(held)
+                else:
+                    self._reclaim(conn, now, check_holders=False)
             unknown = self._unknown_holders()
             if unknown:
                 raise CapacityUnavailable(
@@ -760,9 +898,9 @@ class Ledger:
                 )
             for _ in range(2):
                 try:
-                    gpu_ids, cpu_ids, ports = self._choose(conn, demand, held)
+                    gpu_ids, cpu_ids, ports = self._choose(conn, demand, used)
                 except CapacityUnavailable:
-                    held = None  # whatever happens next changes what is held
+                    used = snapshot = None  # whatever happens next changes what is held
                     # A retried commit finds its own first grant holding the capacity.
                     existing = self._existing(conn, lease_id)
                     if existing is not None:
@@ -772,7 +910,7 @@ class Ledger:
                         continue  # its dead holder's row is gone: grant afresh
                     if not self._reclaim(conn, now, check_holders=True):
                         raise
-                    gpu_ids, cpu_ids, ports = self._choose(conn, demand)
+                    gpu_ids, cpu_ids, ports = self._choose(conn, demand, None)
                 record = make_record(gpu_ids, cpu_ids, ports)
                 try:
                     conn.execute(
@@ -789,12 +927,12 @@ class Ledger:
                         ),
                     )
                 except sqlite3.IntegrityError:
+                    used = snapshot = None
                     existing = self._existing(conn, lease_id)
                     if existing is None:  # pragma: no cover - the insert failed for its key
                         raise
                     kept = self._keep_or_refuse(conn, existing, now)
                     if kept is None:
-                        held = None  # the reclaim changed what is held
                         continue  # its dead holder's row is gone: grant afresh
                     return kept
                 rows = (
@@ -809,10 +947,16 @@ class Ledger:
                         + ", ".join(["(?, ?, ?)"] * len(rows)),
                         [v for kind, device in rows for v in (kind, device, lease_id)],
                     )
-                return Allocation(lease_id, gpu_ids, cpu_ids, ports=ports)
-            raise IdempotencyConflict(  # pragma: no cover - a key reclaimed twice in one go
-                "local", f"lease {lease_id} kept changing hands; retry"
-            )
+                owned = _Owned(gpu_ids, cpu_ids, tuple(ports.values()), demand.memory, demand.disk)
+                expires_at = record.expires_at
+                break
+            else:  # pragma: no cover - a key reclaimed twice in one go
+                raise IdempotencyConflict("local", f"lease {lease_id} kept changing hands; retry")
+        # Committed (the block above ends in COMMIT): the snapshot follows this grant.
+        self._owned[lease_id] = owned
+        if snapshot is not None:
+            self._snapshot = snapshot.plus(owned, expires_at)
+        return Allocation(lease_id, gpu_ids, cpu_ids, ports=ports)
 
     def _keep_or_refuse(
         self, conn: sqlite3.Connection, existing: Allocation, now: float
@@ -845,51 +989,43 @@ class Ledger:
         )
 
     def _choose(
-        self,
-        conn: sqlite3.Connection,
-        demand: Demand,
-        held: list[tuple[str, str]] | None = None,
+        self, conn: sqlite3.Connection, demand: Demand, used: _Used | None
     ) -> tuple[tuple[str, ...], tuple[int, ...], dict[str, int]]:
-        """The devices and ports for ``demand``; ``held``: the devices rows as just read
-        in this transaction (``None``: read them here)."""
-        used_gpus: set[str] = set()
-        used_cpus: set[str] = set()
-        used_ports: set[int] = set()
-        # Every row counts, expired or not: a lease's devices are free only once its row
-        # is gone, which is only once its workload is.
-        for kind, devices in conn.execute(_HELD_DEVICES) if held is None else held:
-            if kind == _DUE:
-                continue
-            ids = devices.split(_SEP)
-            if kind == "port":
-                used_ports.update(map(int, ids))
-            else:
-                (used_gpus if kind == "gpu" else used_cpus).update(ids)
+        """The devices and ports for ``demand``; ``used``: what is held, as just read in
+        this transaction (``None``: read it here)."""
+        if used is None:
+            # Every row counts, expired or not: a lease's devices are free only once its
+            # row is gone, which is only once its workload is.
+            used = _Used.of(conn.execute(_HELD_DEVICES).fetchall())
         if demand.place is not None:
-            placed = demand.place(used_gpus, {int(c) for c in used_cpus})
+            placed = demand.place(used.gpus, used.cpus)
             if len(placed[0]) != demand.gpus or len(placed[1]) != demand.cpus:
                 raise CapacityUnavailable(
                     "local", f"{demand.gpus} GPUs and {demand.cpus} CPUs wanted, fewer chosen"
                 )
-            self._check_amounts(conn, demand)
-            return placed[0], placed[1], _free_ports(demand.ports, used_ports)
+            self._check_amounts(conn, demand, used)
+            return placed[0], placed[1], _free_ports(demand.ports, used.ports)
+        used_gpus = used.gpus
         free_gpus = (g for g in demand.gpu_candidates if g not in used_gpus)
         gpu_ids = tuple(itertools.islice(free_gpus, demand.gpus))
         if len(gpu_ids) < demand.gpus:
             raise CapacityUnavailable("local", f"{demand.gpus} GPUs wanted, {len(gpu_ids)} free")
         cpu_ids: tuple[int, ...] = ()
         if demand.cpus:
-            free = (c for c in demand.cpu_candidates if str(c) not in used_cpus)
+            used_cpus = used.cpus
+            free = (c for c in demand.cpu_candidates if c not in used_cpus)
             cpu_ids = tuple(itertools.islice(free, demand.cpus))
         if len(cpu_ids) < demand.cpus:
             raise CapacityUnavailable("local", f"{demand.cpus} CPUs wanted, {len(cpu_ids)} free")
-        self._check_amounts(conn, demand)
-        return gpu_ids, cpu_ids, _free_ports(demand.ports, used_ports)
+        self._check_amounts(conn, demand, used)
+        return gpu_ids, cpu_ids, _free_ports(demand.ports, used.ports)
 
     @staticmethod
-    def _check_amounts(conn: sqlite3.Connection, demand: Demand) -> None:
+    def _check_amounts(conn: sqlite3.Connection, demand: Demand, used: _Used) -> None:
         if demand.memory or demand.disk:
-            used_memory, used_disk = conn.execute(_HELD_AMOUNTS).fetchone()
+            if used.amounts is None:
+                used.amounts = conn.execute(_HELD_AMOUNTS).fetchone()
+            used_memory, used_disk = used.amounts
             if used_memory + demand.memory > demand.memory_total:
                 raise CapacityUnavailable("local", "memory was granted meanwhile")
             if demand.disk_total is not None and used_disk + demand.disk > demand.disk_total:
@@ -903,6 +1039,7 @@ class Ledger:
         self._working.add(lease_id)
 
         def op(conn: sqlite3.Connection) -> bool:
+            self._snapshot = None  # a write of ours the snapshot does not follow
             cursor = conn.execute(
                 "UPDATE leases SET workload = ? WHERE id = ? AND holder = ?",
                 (blob, lease_id, self._token),
@@ -913,7 +1050,7 @@ class Ledger:
 
     # -- reading -------------------------------------------------------------------------
 
-    def usage(self, now: float | None = None) -> tuple[set[str], set[int], int, int]:
+    def usage(self, now: float | None = None) -> tuple[Set[str], Set[int], int, int]:
         """:meth:`ausage`, blocking."""
         now = time.time() if now is None else now
         held, stoppable = self.run(self._usage, now)
@@ -922,8 +1059,9 @@ class Ledger:
             held, _ = self.run(self._usage, now)
         return held
 
-    async def ausage(self, now: float | None = None) -> tuple[set[str], set[int], int, int]:
-        """What leases hold now: GPU ids, CPU ids, memory bytes, disk bytes.
+    async def ausage(self, now: float | None = None) -> tuple[Set[str], Set[int], int, int]:
+        """What leases hold now: GPU ids, CPU ids, memory bytes, disk bytes (sets that
+        are never changed once handed out).
 
         Plain reads, no transaction: a quote may be a moment stale, and the
         commit re-checks everything inside its own transaction anyway. Leases
@@ -944,11 +1082,27 @@ class Ledger:
 
     def _usage(
         self, conn: sqlite3.Connection, now: float
-    ) -> tuple[tuple[set[str], set[int], int, int], bool]:
+    ) -> tuple[tuple[Set[str], Set[int], int, int], bool]:
         clock = time.monotonic()
+        snapshot = self._snapshot
+        version: int | None = None
+        if snapshot is not None and snapshot.conn is conn and now <= snapshot.expires:
+            (version,) = conn.execute(_DATA_VERSION).fetchone()
+            if version == snapshot.version and (
+                not snapshot.others
+                or all(self._holder_alive(holder, clock) for holder in snapshot.others)
+            ):
+                return (snapshot.gpus, snapshot.cpus, snapshot.memory, snapshot.disk), False
+        self._snapshot = None
+        if version is None:
+            # Read before the ledger is: a commit by anyone else after this moment moves
+            # it, so the snapshot taken below can never outlive what it describes.
+            (version,) = conn.execute(_DATA_VERSION).fetchone()
         gone: set[str] = set()
-        stoppable = False
+        stoppable, clean = False, True
         memory = disk = 0
+        expires = float("inf")
+        others: set[str] = set()
         # One statement gives who may be gone and the amounts held; this holder's own live
         # leases come summed in one row (id NULL): nothing about them needs a look.
         for (
@@ -964,7 +1118,12 @@ class Ledger:
                 expires_at >= now and stopping_since is None and self._holder_alive(holder, clock)
             ):
                 memory, disk = memory + lease_memory, disk + lease_disk
+                if expires_at is not None:
+                    expires = min(expires, expires_at)
+                if holder is not None:
+                    others.add(holder)
                 continue
+            clean = False
             if workload is None:
                 gone.add(lease_id)
                 continue
@@ -978,11 +1137,28 @@ class Ledger:
         gpus: set[str] = set()
         cpus: set[int] = set()
         if not gone:  # the common case: every held device counts, read a kind at a time
+            ports: set[int] = set()
             for kind, devices in conn.execute(_HELD_DEVICES):
                 if kind == "gpu":
                     gpus.update(devices.split(_SEP))
                 elif kind == "cpu":
                     cpus.update(map(int, devices.split(_SEP)))
+                elif kind == "port":
+                    ports.update(map(int, devices.split(_SEP)))
+            if clean:
+                self._snapshot = _Snapshot(
+                    conn=conn,
+                    version=version,
+                    gpus=frozenset(gpus),
+                    cpus=frozenset(cpus),
+                    ports=frozenset(ports),
+                    memory=int(memory),
+                    disk=int(disk),
+                    expires=expires,
+                    others=frozenset(others),
+                )
+                snapshot = self._snapshot
+                return (snapshot.gpus, snapshot.cpus, snapshot.memory, snapshot.disk), False
             return (gpus, cpus, int(memory), int(disk)), stoppable
         for kind, device, lease_id in conn.execute("SELECT kind, device, lease_id FROM devices"):
             if lease_id in gone:
@@ -1046,6 +1222,10 @@ class Ledger:
         now = time.time() if now is None else now
 
         def op(conn: sqlite3.Connection) -> bool:
+            snapshot = self._snapshot
+            if snapshot is not None and snapshot.conn is conn:
+                # The snapshot holds the earliest expiry: a renewal may bring one nearer.
+                self._snapshot = snapshot._replace(expires=min(snapshot.expires, expires_at))
             # One statement is one transaction in autocommit mode: no BEGIN needed.
             return (
                 conn.execute(
@@ -1059,6 +1239,8 @@ class Ledger:
         return await self.arun(op)
 
     def _release(self, conn: sqlite3.Connection, lease_id: str, uid: int | None) -> bool:
+        self._snapshot = None  # a write of ours the snapshot does not follow
+        self._owned.pop(lease_id, None)
         with self._write(conn):
             row = conn.execute("SELECT owner_uid FROM leases WHERE id = ?", (lease_id,)).fetchone()
             if row is None:
@@ -1087,6 +1269,7 @@ class Ledger:
         """Free a lease this process holds, on ``conn`` (for :meth:`run`/:meth:`try_now`)."""
         # One statement is one transaction (the devices go with it, ON DELETE CASCADE);
         # only this holder's row: another holder's lease is never ours to drop.
+        snapshot, self._snapshot = self._snapshot, None
         try:
             gone = (
                 conn.execute(
@@ -1095,8 +1278,16 @@ class Ledger:
                 == 1
             )
         finally:
+            owned = self._owned.pop(lease_id, None)
             if lease_id in self._held:
                 self._let_go(lease_id)
+        if snapshot is not None and snapshot.conn is conn:
+            # What this release took away, when the snapshot knows it (a commit by anyone
+            # else before or after the delete still moves the version: the next use drops it).
+            if not gone:
+                self._snapshot = snapshot
+            elif owned is not None:
+                self._snapshot = snapshot.minus(owned)
         if lease_id in self._working:
             self._working.discard(lease_id)
             with contextlib.suppress(OSError):
@@ -1131,6 +1322,7 @@ class Ledger:
                 # devices stay held until it is gone (a holder sees the lease lost).
                 ref = msgspec.json.decode(workload, type=WorkloadRef)
                 if workload_alive(ref):
+                    self._snapshot = None  # a write of ours the snapshot does not follow
                     with self._write(conn):
                         conn.execute(
                             "UPDATE leases SET stopping_since = ? WHERE id = ?",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 import msgspec
@@ -232,6 +233,18 @@ def gpu_count_shorthand(value: Any) -> Any:
     if isinstance(value, (int, float, str)) and not isinstance(value, bool):
         return {"count": value}
     return value
+
+
+def expand_shorthands(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a contract document with ``gpus: N`` in ``resources`` and each of
+    ``alternatives`` written out as ``gpus: {count: N}`` (for code that merges documents,
+    like template overrides, before the loader reads them)."""
+    expanded = dict(document)
+    if "resources" in document:
+        expanded["resources"] = _expand_gpus(document["resources"])
+    if isinstance(document.get("alternatives"), list):
+        expanded["alternatives"] = [_expand_gpus(choice) for choice in document["alternatives"]]
+    return expanded
 
 
 def _expand_gpus(resources: Any) -> Any:
@@ -824,12 +837,7 @@ class Contract(_Model, frozen=True):
 
     @classmethod
     def _expand_shorthands(cls, data: dict[str, Any]) -> Any:
-        expanded = dict(data)
-        if "resources" in data:
-            expanded["resources"] = _expand_gpus(data["resources"])
-        if isinstance(data.get("alternatives"), list):
-            expanded["alternatives"] = [_expand_gpus(choice) for choice in data["alternatives"]]
-        return expanded
+        return expand_shorthands(data)
 
     @classmethod
     def _shortcuts(cls, kwargs: dict[str, Any]) -> dict[str, Any]:

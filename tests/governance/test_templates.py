@@ -126,6 +126,18 @@ def test_unlocked_fields_can_be_overridden(catalog_dir: Path) -> None:
     assert contract.placement.jurisdictions == ("EU",)
 
 
+def test_a_gpu_count_override_changes_the_count_only(catalog_dir: Path) -> None:
+    """``resources: {gpus: 2}`` is ``gpus: {count: 2}``: it keeps the template's models
+    (locked or not) instead of replacing the whole GPU requirement."""
+    for override in ({"resources": {"gpus": 2}}, {"gpus": 2}):
+        contract = ac.Contract.from_template("train-eu@1.3", **override)
+        assert contract.resources.gpus is not None
+        assert str(contract.resources.gpus.count) == "2"
+        assert contract.resources.gpus.models == ("H100",)
+    with pytest.raises(ac.ContractError, match="is locked by template"):
+        ac.Contract.from_template("train-eu@1.3", resources={"gpus": {"models": ["A100"]}})
+
+
 def test_contract_files_may_name_a_template(catalog_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text("template: train-eu@1.3\nparams: {gpus: 2}\ntenant: team-a\n")

@@ -37,7 +37,15 @@ from typing import Any, Literal
 
 import msgspec
 
-from ..contract import Contract, _Invalid, _Model, convert, encode_quantity
+from ..contract import (
+    Contract,
+    _Invalid,
+    _Model,
+    convert,
+    encode_quantity,
+    expand_shorthands,
+    gpu_count_shorthand,
+)
 from ..documents import Format, format_of, parse, read_document
 from ..errors import ContractError
 from ..units import Bytes, Duration, Money
@@ -264,13 +272,13 @@ def _expand(document: Mapping[str, Any]) -> dict[str, Any]:
     sections: dict[str, dict[str, Any]] = {}
     for key in [k for k in data if k in Contract._SHORTCUTS]:
         value = data.pop(key)
-        if key == "gpus" and not isinstance(value, Mapping):
-            value = {"count": value}
+        if key == "gpus":
+            value = gpu_count_shorthand(value)
         sections.setdefault(Contract._SHORTCUTS[key], {})[key] = value
     for section, values in sections.items():
         current = data.get(section)
         data[section] = _merge(dict(current) if isinstance(current, Mapping) else {}, values)
-    return data
+    return expand_shorthands(data)
 
 
 def _locked_by(path: str, locks: Iterable[str]) -> str | None:

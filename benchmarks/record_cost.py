@@ -58,7 +58,16 @@ def _syscalls_per_append() -> dict[str, float]:
     class _Counting:
         def __getattr__(self, name: str) -> object:
             value = getattr(real, name)
-            if name in ("write", "pwrite", "fstat", "getpid", "pread", "fsync", "fdatasync"):
+            if name in (
+                "write",
+                "pwrite",
+                "fstat",
+                "lseek",
+                "getpid",
+                "pread",
+                "fsync",
+                "fdatasync",
+            ):
 
                 def counted(*args: object) -> object:
                     counts[name] = counts.get(name, 0) + 1

@@ -312,7 +312,8 @@ class Lease:
             if not self._backend_released:
                 await self.backend.release(self)
                 self._backend_released = True
-            await self._after_released()  # also those registered since (see on_released)
+            if self._after_release:  # also those registered since (see on_released)
+                await self._after_released()
             if not self.state.is_final:
                 self.transition(LeaseState.RELEASED)
             if successors and self.replaced_by is not None:

@@ -194,8 +194,8 @@ class Record:
             )
         else:  # a field named like a link field: the slow path keeps dict semantics
             rest = b""
-        if not locked and fcntl is not None:  # not `with self.locked()`: this is the hot path
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        if not locked:  # not `with self.locked()`: this is the hot path
+            _flock(fd, exclusive=True)
         try:
             # The size is where the end is (seek to it: cheaper than fstat, same answer).
             size = os.lseek(fd, 0, os.SEEK_END)
@@ -227,8 +227,8 @@ class Record:
                 ) from None
             self._known = (seq + 1, digest, end)
         finally:
-            if not locked and fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            if not locked:
+                _flock(fd, exclusive=False)
         return seq + 1, prev, digest, size, end
 
     @staticmethod

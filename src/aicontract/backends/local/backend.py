@@ -209,7 +209,8 @@ class LocalBackend(Backend):
     _inventory: Inventory | None = attrs.field(default=None, alias="inventory")
     _ledger: Ledger | None = attrs.field(default=None, init=False, repr=False)
     _processes: dict[str, Supervised] = attrs.field(factory=dict, init=False, repr=False)
-    _fitting: dict[GPU, list[tuple[str, GPUDevice]]] = attrs.field(
+    # Per GPU requirement: the inventory's devices that meet it, by the model they count as.
+    _fitting: dict[GPU, dict[str, list[GPUDevice]]] = attrs.field(
         factory=dict, init=False, repr=False
     )
     _topology: Topology | None = attrs.field(default=None, init=False, repr=False)
@@ -434,22 +435,26 @@ class LocalBackend(Backend):
         inv = self.inventory
         fitting = self._fitting.get(gpus)
         if fitting is None:  # the inventory is fixed, so which devices fit is too
-            fitting = []
+            fitting = {}
             for device in inv.gpus:
                 model = pick_model(gpus.models, device.model)
                 if model is not None and _fits(device, gpus):
-                    fitting.append((model, device))
+                    fitting.setdefault(model, []).append(device)
             self._fitting[gpus] = fitting
-        fitting_total = len(fitting)
         by_model: dict[str, list[GPUDevice]] = {}
-        for model, device in fitting:
-            if device.id not in used:
-                by_model.setdefault(model, []).append(device)
-        order = list(gpus.models) or list(by_model)
+        for model, devices in fitting.items():
+            # (the cached list itself when nothing is used: callers only read it)
+            left = [d for d in devices if d.id not in used] if used else devices
+            if left:
+                by_model[model] = left
+        order = gpus.models or tuple(by_model)
         need = gpus.count.min or 1
-        choices = [(m, by_model[m]) for m in order if len(by_model.get(m, ())) >= need]
+        choices: list[tuple[str | None, list[GPUDevice]]] = [
+            (m, by_model[m]) for m in order if len(by_model.get(m, ())) >= need
+        ]
         if choices:
-            return list(choices), [], []
+            return choices, [], []
+        fitting_total = sum(len(devices) for devices in fitting.values())
         have = ", ".join(sorted({f"{d.model} ({d.memory})" for d in inv.gpus})) or "no GPUs"
         if not fitting_total:
             wanted = " ".join(
@@ -744,10 +749,19 @@ class LocalBackend(Backend):
                     " use a new key for a new offer",
                 )
             bound = (allocation.gpus, allocation.cpus, allocation.ports)
-            record = allocation.existing or (
-                made[-1][1] if made and made[-1][0] == bound else make_record(*bound)
-            )
             ports = _named_ports(allocation.ports)
+            if allocation.existing is None and made and made[-1][0] == bound:
+                # The record made in the grant, whole: its env is this lease's (a copy:
+                # a lease's env is its own to add to).
+                record = made[-1][1]
+                env = dict(record.env)
+            else:
+                # A retried commit: the stored record holds no secrets, so the env is
+                # made again from what was bound.
+                record = allocation.existing or make_record(*bound)
+                env = self._env(
+                    lease_id, contract, allocation.gpus, allocation.cpus, ports, record.world
+                )
             lease = Lease(
                 id=lease_id,
                 contract=contract,
@@ -757,9 +771,7 @@ class LocalBackend(Backend):
                 expires_at=record.expires_at,
                 region=self.region,
                 jurisdiction=self.jurisdiction,
-                env=self._env(
-                    lease_id, contract, allocation.gpus, allocation.cpus, ports, record.world
-                ),
+                env=env,
                 details=dict(record.details),
                 world=record.world,
                 clock=self.clock,

@@ -111,6 +111,13 @@ _DATA_VERSION = "PRAGMA data_version"
 _HELD_AMOUNTS = "SELECT COALESCE(SUM(memory), 0), COALESCE(SUM(disk), 0) FROM leases"
 
 
+@functools.lru_cache(maxsize=64)
+def _insert_devices(rows: int) -> str:
+    """The statement that inserts ``rows`` device rows (one text per count, so the
+    statement cache finds it without building it again)."""
+    return "INSERT INTO devices (kind, device, lease_id) VALUES " + ", ".join(["(?, ?, ?)"] * rows)
+
+
 def lock_name(lease_id: str) -> str:
     """The lock file's name for a lease (a hash: a lease id is caller-chosen text)."""
     return hashlib.sha256(lease_id.encode()).hexdigest()[:32]
@@ -935,18 +942,16 @@ class Ledger:
                     if kept is None:
                         continue  # its dead holder's row is gone: grant afresh
                     return kept
-                rows = (
-                    [("gpu", g) for g in gpu_ids]
-                    + [("cpu", str(c)) for c in cpu_ids]
-                    + [("port", str(p)) for p in ports.values()]
-                )
-                if rows:
+                values: list[str] = []
+                for g in gpu_ids:
+                    values += ("gpu", g, lease_id)
+                for c in cpu_ids:
+                    values += ("cpu", str(c), lease_id)
+                for p in ports.values():
+                    values += ("port", str(p), lease_id)
+                if values:
                     # One statement for every device (SQLite caches one per row count).
-                    conn.execute(
-                        "INSERT INTO devices (kind, device, lease_id) VALUES "
-                        + ", ".join(["(?, ?, ?)"] * len(rows)),
-                        [v for kind, device in rows for v in (kind, device, lease_id)],
-                    )
+                    conn.execute(_insert_devices(len(values) // 3), values)
                 owned = _Owned(gpu_ids, cpu_ids, tuple(ports.values()), demand.memory, demand.disk)
                 expires_at = record.expires_at
                 break

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -174,13 +175,16 @@ class UsageIndex:
     _spent: dict[tuple[str, str], Decimal] = attrs.field(factory=dict)
     """(contract digest, currency) -> spend of its leases that ended."""
     _refreshed: bool = False
+    _lock: threading.RLock = attrs.field(factory=threading.RLock, repr=False)
+    """Threads of this process that negotiate at once share the index: one at a time."""
 
     def refresh(self) -> None:
         """Read the entries appended since the last call (by any process)."""
-        self._refreshed = True
-        for entry, offset in self.record.scan(self._offset):
-            self.apply(entry)
-            self._offset = offset
+        with self._lock:
+            self._refreshed = True
+            for entry, offset in self.record.scan(self._offset):
+                self.apply(entry)
+                self._offset = offset
 
     def wrote(self, kind: str, at: float, fields: dict[str, Any], start: int, end: int) -> None:
         """Take an entry this process just appended at bytes ``start..end`` of the record.
@@ -191,9 +195,10 @@ class UsageIndex:
         its place, after what came before it. An index never refreshed (no quota or
         budget asked for usage yet) takes nothing: it is built when first needed.
         """
-        if self._refreshed and self._offset == start:
-            self.apply({"at": at, "kind": kind, **fields})  # as refresh() would decode it
-            self._offset = end
+        with self._lock:
+            if self._refreshed and self._offset == start:
+                self.apply({"at": at, "kind": kind, **fields})  # as refresh() would decode it
+                self._offset = end
 
     def apply(self, entry: dict[str, Any]) -> None:
         """Fold one record entry into the usage."""
@@ -234,11 +239,12 @@ class UsageIndex:
 
     def budget_spent(self, digest: str, currency: str, now: float) -> Decimal:
         """What every lease of one contract (by digest) has cost so far, in ``currency``."""
-        total = self._spent.get((digest, currency), Decimal(0))
-        for held in self._active.values():
-            if held.digest == digest and held.currency == currency:
-                total += held.spend(now)
-        return total
+        with self._lock:
+            total = self._spent.get((digest, currency), Decimal(0))
+            for held in self._active.values():
+                if held.digest == digest and held.currency == currency:
+                    total += held.spend(now)
+            return total
 
     def budget(self, contract: Contract, now: float) -> tuple[Decimal, Decimal, str] | None:
         """(spent, budget, currency) of ``contract``'s whole-run budget, ``None`` without one."""
@@ -268,6 +274,10 @@ class UsageIndex:
 
     def usage(self, tenant: str, now: float) -> Usage:
         """What ``tenant`` holds now and has used (or is committed to use) this day and month."""
+        with self._lock:
+            return self._usage(tenant, now)
+
+    def _usage(self, tenant: str, now: float) -> Usage:
         day, month = self._roll(now)
         sums = self._sums.get(tenant, _Sums())
         live = _Sums(

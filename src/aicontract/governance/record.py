@@ -11,9 +11,11 @@ that was changed, removed or reordered.
 
 Many processes append to one record (every process on a host that
 negotiates): each append holds an exclusive ``flock`` on the record, so the
-chain stays one line. Entries carry what was asked, offered, refused and
-granted, and why — never secrets: a contract enters as its digest, name,
-tenant and template, never its environment or labels.
+chain stays one line; threads of one process share the record's open file,
+which ``flock`` cannot tell apart, so they also take the record's thread lock.
+Entries carry what was asked, offered, refused and granted, and why — never
+secrets: a contract enters as its digest, name, tenant and template, never its
+environment or labels.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import attrs
 import msgspec
@@ -42,6 +45,8 @@ GENESIS = "0" * 64
 
 _HASH_KEY = b',"hash":"'
 _SUFFIX = len(_HASH_KEY) + 64 + 2  # ,"hash":"<64 hex>"}
+_SCAN_CHUNK = 1 << 20
+"""Bytes a scan reads at once."""
 _HEAD_SIZE = 20 + 1 + 20 + 1 + 64 + 1  # "<seq> <size> <hash>\n", fixed width for pwrite
 _encoder = msgspec.json.Encoder()
 _LINK_KEYS = frozenset(("seq", "prev", "at", "kind", "hash"))
@@ -100,9 +105,10 @@ class Record:
     _head_fd: int | None = attrs.field(default=None, init=False, repr=False)
     _pid: int = attrs.field(default=-1, init=False, repr=False)
     """The fork generation the files were opened in."""
-    _reader: BinaryIO | None = attrs.field(default=None, init=False, repr=False)
     _known: tuple[int, str, int] | None = attrs.field(default=None, init=False, repr=False)
     """(seq, hash, size) after this process's last append: no re-reading the head if unchanged."""
+    _mutex: threading.RLock = attrs.field(factory=threading.RLock, init=False, repr=False)
+    """Threads of this process: flock holds for the open file, so for all of them at once."""
 
     @classmethod
     def in_dir(cls, directory: str | Path) -> Record:
@@ -123,7 +129,18 @@ class Record:
             record = _SHARED[key] = cls(key)
         return record
 
+    def _thread_lock(self) -> threading.RLock:
+        if self._pid != _generation:
+            # A forked child has one thread: a lock another thread of its parent held
+            # at the fork would never be released here.
+            self._mutex = threading.RLock()
+        return self._mutex
+
     def _open(self) -> tuple[int, int]:
+        with self._thread_lock():
+            return self._open_locked()
+
+    def _open_locked(self) -> tuple[int, int]:
         if self._pid != _generation:
             # A forked child shares its parent's open files, and with them the flock:
             # it must open its own, or parent and child would both "hold" the lock.
@@ -148,12 +165,13 @@ class Record:
         Appends inside the block (``append(..., locked=True)``) join it, so a
         check of the record and the entry that acts on it happen as one step.
         """
-        fd, _ = self._open()
-        _flock(fd, exclusive=True)
-        try:
-            yield
-        finally:
-            _flock(fd, exclusive=False)
+        with self._thread_lock():
+            fd, _ = self._open_locked()
+            _flock(fd, exclusive=True)
+            try:
+                yield
+            finally:
+                _flock(fd, exclusive=False)
 
     def append(
         self, kind: str, at: float, fields: dict[str, Any], *, locked: bool = False
@@ -177,11 +195,6 @@ class Record:
     ) -> tuple[int, str, str, int, int]:
         """Append one entry: its number, the hash before it, its own hash, and the offsets
         where its line starts and ends."""
-        fd, head_fd = (
-            (self._fd, self._head_fd)
-            if self._pid == _generation and self._fd is not None and self._head_fd is not None
-            else self._open()
-        )
         if _LINK_KEYS.isdisjoint(fields):
             # Everything but the link (seq, prev) is encoded before the lock is taken, so
             # the lock is held for the chain's own work only: the same bytes as encoding
@@ -194,6 +207,13 @@ class Record:
             )
         else:  # a field named like a link field: the slow path keeps dict semantics
             rest = b""
+        mutex = self._thread_lock()
+        mutex.acquire()  # reentrant: a caller in `locked()` holds it already
+        fd, head_fd = (
+            (self._fd, self._head_fd)
+            if self._pid == _generation and self._fd is not None and self._head_fd is not None
+            else self._open_locked()
+        )
         if not locked:  # not `with self.locked()`: this is the hot path
             _flock(fd, exclusive=True)
         try:
@@ -229,6 +249,7 @@ class Record:
         finally:
             if not locked:
                 _flock(fd, exclusive=False)
+            mutex.release()
         return seq + 1, prev, digest, size, end
 
     @staticmethod
@@ -262,22 +283,25 @@ class Record:
     def scan(self, offset: int = 0) -> Iterator[tuple[dict[str, Any], int]]:
         """Each whole entry from byte ``offset`` on, with the offset just after it.
 
-        Streams line by line, so catching up on a large record needs no more memory
-        than one entry; a line still being written (no newline yet) is left for later.
+        Reads in chunks at their own offsets (``pread``: no file position shared with
+        another thread's scan), so catching up on a large record needs no more memory
+        than a chunk and one entry; a line still being written (no newline yet) is left
+        for later.
         """
         fd, _ = self._open()
-        if os.fstat(fd).st_size <= offset:  # the common case in a loop: nothing new
-            return
-        if self._reader is None:
-            self._reader = self.path.open("rb")
-        reader = self._reader
-        reader.seek(offset)
-        for line in reader:
-            if not line.endswith(b"\n"):
+        size = os.fstat(fd).st_size
+        position, carry = offset, b""
+        while position < size:  # nothing new (the common case in a loop): no read at all
+            chunk = os.pread(fd, min(_SCAN_CHUNK, size - position), position)
+            if not chunk:
                 return
-            offset += len(line)
-            if line.strip():
-                yield msgspec.json.decode(line), offset
+            position += len(chunk)
+            lines = (carry + chunk).split(b"\n")
+            carry = lines.pop()  # the part after the last newline: not a whole entry yet
+            for line in lines:
+                offset += len(line) + 1
+                if line.strip():
+                    yield msgspec.json.decode(line), offset
 
     def entries(self) -> Iterator[dict[str, Any]]:
         """Every entry, oldest first."""
@@ -297,9 +321,6 @@ class Record:
                 os.close(fd)
         self._fd = self._head_fd = None
         self._known = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
 
 
 _SHARED: dict[Path, Record] = {}

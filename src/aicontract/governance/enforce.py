@@ -20,6 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 import attrs
 import msgspec
 
@@ -56,7 +57,15 @@ __all__ = [
 
 log = logging.getLogger("aicontract.governance")
 
-_PENDING_TTL = 120.0  # an admitted commit that never reports back stops counting after this
+_PENDING_TTL = 120.0
+"""An admitted commit that never reports back (its process died) stops counting after this,
+or after its ``start_by`` and this, whichever is later: a commit may wait that long."""
+
+
+def admission_hold(contract: Contract) -> float:
+    """How long an admission for ``contract`` counts against its tenant without a grant."""
+    start_by = contract.terms.start_by
+    return _PENDING_TTL + (start_by.seconds if start_by is not None else 0.0)
 
 
 def contract_digest(contract: Contract) -> str:
@@ -172,6 +181,7 @@ class UsageIndex:
     _sums: dict[str, _Sums] = attrs.field(factory=dict)
     _windows: tuple[float, float] | None = None
     _pending: dict[str, tuple[str, int, float]] = attrs.field(factory=dict)
+    """ticket -> (tenant, GPUs, until when it counts) of each admitted commit in flight."""
     _spent: dict[tuple[str, str], Decimal] = attrs.field(factory=dict)
     """(contract digest, currency) -> spend of its leases that ended."""
     _refreshed: bool = False
@@ -204,7 +214,8 @@ class UsageIndex:
         """Fold one record entry into the usage."""
         kind = entry.get("kind")
         if kind == "admit":
-            self._pending[entry["ticket"]] = (entry["tenant"], entry["gpus"], entry["at"])
+            until = entry.get("until") or entry["at"] + _PENDING_TTL  # older records: no until
+            self._pending[entry["ticket"]] = (entry["tenant"], entry["gpus"], until)
         elif kind == "grant":
             self._pending.pop(entry.get("ticket") or "", None)
             price, _, currency = (entry.get("price") or "0 USD/h").partition(" ")
@@ -287,8 +298,8 @@ class UsageIndex:
             spend_month=dict(sums.spend_month),
         )
         out = Usage()
-        for ticket, (who, gpus, at) in list(self._pending.items()):
-            if at + _PENDING_TTL < now:
+        for ticket, (who, gpus, until) in list(self._pending.items()):
+            if until < now:
                 del self._pending[ticket]
             elif who == tenant:
                 out.gpus += gpus
@@ -460,8 +471,13 @@ class Governance:
             refusals = check(self.policy, identity, offer)
             if refusals:
                 self._refuse(offer, base, refusals)
+        admitted_at = self.clock.time()
         try:
             lease = await inner()
+            if ticket is not None and self.clock.time() > admitted_at + admission_hold(contract):
+                # Its admission stopped counting while the backend took its time: others
+                # may have been let in meanwhile, so judge it again before it counts.
+                await self._readmit(offer, identity, base, ticket, lease)
         except BaseException as exc:
             if self.record is not None and (ticket is not None or isinstance(exc, AIContractError)):
                 self._append(
@@ -515,9 +531,21 @@ class Governance:
                 "gpus": offer.grant.total_gpus,
                 "duration": duration.seconds if duration else None,
                 "price": str(offer.price) if offer.price is not None else None,
+                "until": now + admission_hold(offer.contract),
             }
             start, end = record.write("admit", now, fields, locked=True)
             index.wrote("admit", now, fields, start, end)
+
+    async def _readmit(
+        self, offer: Offer, identity: Identity, base: dict[str, Any], ticket: str, lease: Lease
+    ) -> None:
+        """Admit a commit again that outlived its admission; release its lease if refused."""
+        try:
+            self._admit(offer, identity, base, ticket)
+        except PolicyViolation:
+            with anyio.CancelScope(shield=True):
+                await lease.release()
+            raise
 
     def _budget_refusals(self, offer: Offer, digest: str, now: float) -> list[Refusal]:
         """Refuse an offer that cannot run the contract's duration within what is left."""

@@ -26,6 +26,7 @@ import msgspec
 from ...clock import Clock, system_clock
 from ...contract import Contract, GuaranteeLevel
 from ...errors import (
+    BackendError,
     CapacityUnavailable,
     ConfigError,
     LeaseLost,
@@ -619,12 +620,27 @@ class SlurmBackend(Backend):
                 running = await self._wait_running(job_id, deadline)
                 lease = await self._lease(offer, idempotency_key, name, running)
             except BaseException:
-                if job_id is not None:
-                    with anyio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True):
+                    if job_id is None:
+                        # The submit may have reached slurmctld with its answer lost (a
+                        # cancel, a timeout): the job is found by its name, or none was made.
+                        job_id = await self._find_lost_job(name, idempotency_key)
+                    if job_id is not None:
                         await self._cancel_and_wait(job_id)
                 raise
             self._leases[idempotency_key] = lease
             return lease
+
+    async def _find_lost_job(self, name: str, key: str) -> int | None:
+        """The id of a job a failed commit may have submitted unawares (bounded; never raises)."""
+        with anyio.move_on_after(self.release_timeout):
+            try:
+                job = await self._find_job(name, key)
+            except BackendError as exc:
+                log.warning("slurm: could not look for job %s after a failed commit: %s", name, exc)
+                return None
+            return job.id if job is not None else None
+        return None
 
     async def _find_job(self, name: str, key: str) -> JobView | None:
         """The live job a commit under ``key`` submitted before (a retry finds it)."""

@@ -225,6 +225,19 @@ def convert(data: Any, kind: type[Any], *, _where: str | None = None) -> Any:
         raise _contract_error(str(exc), data, kind, _where) from None
 
 
+def mutable_parts(contract: Contract) -> tuple[Any, ...]:
+    """The contents of a contract's dicts (labels, workload env and ports): a frozen contract
+    can still have them changed in place, so whatever is cached per contract checks them."""
+    workload = contract.workload
+    if workload is None:
+        return (tuple(contract.labels.items()),)
+    return (
+        tuple(contract.labels.items()),
+        tuple(workload.env.items()),
+        tuple(workload.ports.items()),
+    )
+
+
 def gpu_count_shorthand(value: Any) -> Any:
     """``gpus: 2`` or ``gpus: "1..8"`` means ``gpus: {count: ...}`` (any other value as is).
 
@@ -279,6 +292,8 @@ def _contract_error(text: str, data: Any, kind: type[Any], where: str | None) ->
         value = _value_at(data, path)
         if message.startswith("Expected `"):
             allowed = message[len("Expected `") :].split("`", 1)[0]
+            # A Struct that may also be written another way says so (gpus: 2).
+            allowed = getattr(_type_at(kind, path), "WRITTEN_AS", None) or allowed
         elif message.startswith("Invalid enum value"):
             allowed = _enum_values(_type_at(kind, path, leaf=True))
         elif "; expected " in message:  # from decode_quantity
@@ -403,6 +418,11 @@ class GPU(_Model, frozen=True):
     met only by a grant that says so. A grant of one GPU meets ``nvlink`` and
     ``pcie`` trivially.
     """
+
+    WRITTEN_AS: ClassVar[str] = (
+        "a count like 2 or a range like 1..8, or a mapping like {count: 2, models: [H100]}"
+    )
+    """How a GPU requirement may be written, for errors about its shape."""
 
     count: CountRange = msgspec.field(default_factory=lambda: CountRange(1))
     models: tuple[str, ...] = ()

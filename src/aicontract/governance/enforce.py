@@ -25,7 +25,7 @@ import attrs
 import msgspec
 
 from ..clock import Clock, system_clock
-from ..contract import Contract, encode_quantity
+from ..contract import Contract, encode_quantity, mutable_parts
 from ..errors import AIContractError, ConfigError, LeaseLost, PolicyViolation
 from ..leases import Lease, LeaseState
 from ..offer import Grant, Offer, Rejection
@@ -74,17 +74,19 @@ def contract_digest(contract: Contract) -> str:
     return hashlib.sha256(msgspec.json.encode(data, order="sorted")).hexdigest()
 
 
-_last_digest: tuple[Contract | None, str] = (None, "")
+_last_digest: tuple[Contract | None, tuple[Any, ...], str] = (None, (), "")
 
 
 def _contract_fields(contract: Contract) -> dict[str, Any]:
     # Name, tenant, template and digest only: env values and labels may hold secrets.
     global _last_digest
-    if _last_digest[0] is not contract:  # a loop re-acquires one contract: hash it once
-        _last_digest = (contract, contract_digest(contract))
+    parts = mutable_parts(contract)
+    if _last_digest[0] is not contract or _last_digest[1] != parts:
+        # A loop re-acquires one contract: hash it once (again if its dicts were changed).
+        _last_digest = (contract, parts, contract_digest(contract))
     return {
         "contract": contract.name,
-        "digest": _last_digest[1],
+        "digest": _last_digest[2],
         "tenant": contract.tenant,
         "template": template_of(contract),
     }
@@ -367,8 +369,8 @@ class Governance:
     _round: tuple[Contract, tuple[Offer, ...], tuple[Rejection, ...]] | None = attrs.field(
         default=None, init=False, repr=False
     )
-    _last_base: tuple[Contract, Identity, str, dict[str, Any]] | None = attrs.field(
-        default=None, init=False, repr=False
+    _last_base: tuple[Contract, Identity, str, tuple[Any, ...], dict[str, Any]] | None = (
+        attrs.field(default=None, init=False, repr=False)
     )
 
     def __attrs_post_init__(self) -> None:
@@ -408,13 +410,20 @@ class Governance:
         """The fields every entry of one commit starts with (a fresh dict: callers add to it).
 
         Made once per contract, identity and backend in a row (a loop re-acquires one
-        contract): all three are immutable, so the fields cannot go stale.
+        contract), and again when the contract's dicts were changed in place.
         """
         last = self._last_base
-        if last is None or last[0] is not contract or last[1] is not identity or last[2] != backend:
+        parts = mutable_parts(contract)
+        if (
+            last is None
+            or last[0] is not contract
+            or last[1] is not identity
+            or last[2] != backend
+            or last[3] != parts
+        ):
             fields = {**_contract_fields(contract), "identity": str(identity), "backend": backend}
-            self._last_base = last = (contract, identity, backend, fields)
-        return dict(last[3])
+            self._last_base = last = (contract, identity, backend, parts, fields)
+        return dict(last[4])
 
     def quoted(
         self, contract: Contract, offers: tuple[Offer, ...], rejections: tuple[Rejection, ...]

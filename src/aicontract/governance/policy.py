@@ -20,7 +20,6 @@ returns :class:`Refusal` records naming the rule, the tenant and the numbers.
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import os
 import re
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ from ..contract import (
     _Model,
     check_amount,
     convert,
+    mutable_parts,
 )
 from ..documents import Format, format_of, parse, read_document
 from ..errors import ContractError
@@ -297,12 +297,33 @@ TEMPLATE_LABEL = "aicontract.io/template"
 VERSION_LABEL = "aicontract.io/template-version"
 
 
-@functools.lru_cache(maxsize=1)
-def _catalog() -> Any:
-    # Read once per process: the catalog is configuration, and a check runs per commit.
-    from .templates import catalog
+_CATALOG: tuple[Any, Any] | None = None
 
-    return catalog()
+
+def _catalog() -> Any:
+    """The template catalog, read again only when a catalog file or folder changed.
+
+    A platform team that tightens or retires a template binds the next commit of every
+    running process, as a changed policy file does; unchanged, a check costs a stat of
+    each catalog file instead of reading and validating them all.
+    """
+    global _CATALOG
+    from .templates import catalog, catalog_fingerprint
+
+    key = catalog_fingerprint()
+    kept = _CATALOG
+    if kept is None or kept[0] != key:
+        kept = _CATALOG = (key, catalog())
+    return kept[1]
+
+
+def _forget_catalog() -> None:
+    """Read the catalog afresh at the next check (tests that swap catalogs)."""
+    global _CATALOG
+    _CATALOG = None
+
+
+_catalog.cache_clear = _forget_catalog  # type: ignore[attr-defined]
 
 
 def _template_problem(contract: Contract, ref: str) -> str | None:
@@ -334,6 +355,8 @@ def check_contract(
     """
     catalog = _catalog() if template_of(contract) is not None else None
     key = (id(policy), id(identity), id(contract))
+    # What a frozen struct can still have changed in place: its dicts' contents.
+    parts = (mutable_parts(contract), tuple((k, id(v)) for k, v in policy.tenants.items()))
     kept = _VERDICTS.get(key)
     if (
         kept is not None
@@ -341,12 +364,13 @@ def check_contract(
         and kept[1] is identity
         and kept[2] is contract
         and kept[3] is catalog
+        and kept[4] == parts
     ):
-        return list(kept[4]), kept[5], kept[6]
+        return list(kept[5]), kept[6], kept[7]
     out, where, rules = _check_contract(policy, identity, contract)
     if len(_VERDICTS) >= _VERDICTS_KEPT:
         _VERDICTS.clear()
-    _VERDICTS[key] = (policy, identity, contract, catalog, tuple(out), where, rules)
+    _VERDICTS[key] = (policy, identity, contract, catalog, parts, tuple(out), where, rules)
     return out, where, rules
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,8 @@ GENESIS = "0" * 64
 
 _HASH_KEY = b',"hash":"'
 _SUFFIX = len(_HASH_KEY) + 64 + 2  # ,"hash":"<64 hex>"}
+_HEAD_LINE = re.compile(rb"\d{20} \d{20} [0-9a-f]{64}\n?")
+"""What a head holds: the last entry's number, the record's length, the last hash."""
 _SCAN_CHUNK = 1 << 20
 """Bytes a scan reads at once."""
 _HEAD_SIZE = 20 + 1 + 20 + 1 + 64 + 1  # "<seq> <size> <hash>\n", fixed width for pwrite
@@ -299,9 +302,16 @@ class Record:
             lines = (carry + chunk).split(b"\n")
             carry = lines.pop()  # the part after the last newline: not a whole entry yet
             for line in lines:
-                offset += len(line) + 1
+                start, offset = offset, offset + len(line) + 1
                 if line.strip():
-                    yield msgspec.json.decode(line), offset
+                    try:
+                        entry = msgspec.json.decode(line)
+                    except msgspec.DecodeError:
+                        raise ConfigError(
+                            f"the record {str(self.path)!r} is damaged at byte {start}:"
+                            " run `aicontract audit verify` to see where"
+                        ) from None
+                    yield entry, offset
 
     def entries(self) -> Iterator[dict[str, Any]]:
         """Every entry, oldest first."""
@@ -394,9 +404,20 @@ def verify(path: str | Path) -> Verification:
                 )
             prev, expected, count = stored.decode(), expected + 1, count + 1
     try:
-        head = record.head_path.read_bytes().rstrip(b"\0")  # zeros: never written (a crash)
+        head: bytes | None = record.head_path.read_bytes().rstrip(b"\0")
     except FileNotFoundError:
-        head = b""
+        head = None
+    if count and (head is None or (head and not _HEAD_LINE.fullmatch(head))):
+        # Every append writes the head: a record with entries and no readable head had it
+        # removed or damaged, and with it the only witness of entries cut from the end.
+        # (Zeros alone are a crash's, not an edit's: a block allocated, never written.)
+        what = "is missing" if head is None else "is damaged"
+        return Verification(
+            count,
+            f"the head ({record.head_path.name}) {what}: entries removed from the end"
+            " could not be told",
+            count + 1,
+        )
     if count and head:
         seq_text, _, rest = head.decode("ascii", "replace").partition(" ")
         digest = rest.partition(" ")[2].strip()
@@ -409,7 +430,7 @@ def verify(path: str | Path) -> Verification:
             )
         if seq_text.isdigit() and int(seq_text) == count and digest != prev:
             return Verification(count, f"entry {count} (the last) was replaced", count)
-    elif not count and head.strip():
+    elif not count and head and head.strip():
         seq_text = head.decode("ascii", "replace").partition(" ")[0]
         if seq_text.isdigit() and int(seq_text) > 0:
             return Verification(0, f"all {int(seq_text)} entries were removed", 1)

@@ -335,6 +335,17 @@ def render(
     labels[TEMPLATE_LABEL], labels[VERSION_LABEL] = template.name, template.version
     document["labels"] = labels
     contract: Contract = convert(document, Contract)
+    if overrides and "alternatives" in extra:
+        # Fallbacks of the user's own must keep what the template locks in its resources.
+        for path in locked_mismatches(template, contract):
+            if path.startswith("alternatives["):
+                lock = "resources." + path.split(".", 1)[1]
+                raise ContractError(
+                    f"{lock} is locked by template {template.ref}, in every alternative too",
+                    path=f"$.{path}",
+                    value=_at(msgspec.to_builtins(contract, enc_hook=encode_quantity), path),
+                    allowed=f"the template's own {lock}; locked: {', '.join(template.locked)}",
+                )
     return contract
 
 
@@ -346,16 +357,54 @@ def _at(data: Mapping[str, Any], path: str) -> Any:
 
 
 def locked_mismatches(template: Template, contract: Contract) -> list[str]:
-    """Locked fields (with fixed values) where ``contract`` differs from what ``template`` says."""
+    """Locked fields where ``contract`` differs from what ``template`` makes of them.
+
+    A locked value written in the template must be the contract's; one a parameter
+    fills whole (``${gpus}``) must be a value that parameter allows (its type and
+    range); one a parameter fills in part (``train-${tier}``) is not checked. A lock
+    under ``resources`` binds each of the contract's ``alternatives`` too, so a
+    fallback cannot escape it (``alternatives[0].gpus.count``).
+    """
     fixed = msgspec.to_builtins(render(template, {}), enc_hook=encode_quantity)
     actual = msgspec.to_builtins(contract, enc_hook=encode_quantity)
+    written = _expand(template.contract)
     out = []
     for lock in template.locked:
-        if _placeholders(_at(_expand(template.contract), lock)):
-            continue  # a parameter fills it: any value in the parameter's range is the template's
-        if _at(fixed, lock) != _at(actual, lock):
+        expected, made = _at(written, lock), _at(fixed, lock)
+        if not _lock_holds(template, expected, made, _at(actual, lock)):
             out.append(lock)
+        if lock.startswith("resources.") and actual.get("alternatives") != fixed.get(
+            "alternatives"
+        ):  # the template's own fallbacks are its choice; others must keep its locks
+            rest = lock[len("resources.") :]
+            for i, choice in enumerate(actual.get("alternatives") or ()):
+                if not _lock_holds(template, expected, made, _at(choice, rest)):
+                    out.append(f"alternatives[{i}].{rest}")
     return out
+
+
+def _lock_holds(template: Template, written: Any, made: Any, actual: Any) -> bool:
+    """Is ``actual`` what the template makes of a locked field (``written`` in the template,
+    ``made`` when rendered with its defaults)?"""
+    if isinstance(written, str) and _placeholders(written):
+        whole = _PLACEHOLDER.fullmatch(written)
+        if whole is None:
+            return True  # a parameter fills part of it: any rendering is the template's
+        parameter = template.parameters.get(whole[1])
+        if parameter is None or actual is None:
+            return bool(actual == made)
+        try:
+            parameter.coerce(actual)
+        except ContractError:
+            return False
+        return True
+    if isinstance(written, Mapping) and _placeholders(written):
+        if not isinstance(actual, Mapping) or not isinstance(made, Mapping):
+            return False
+        if set(actual) != set(made):
+            return False
+        return all(_lock_holds(template, written.get(k), made[k], actual[k]) for k in made)
+    return bool(actual == made)
 
 
 # -- files and the catalog -------------------------------------------------------------
@@ -387,6 +436,28 @@ def load_template(path: str | Path) -> Template:
 def _directories() -> list[Path]:
     named = os.environ.get("AICONTRACT_TEMPLATES", "")
     return [Path(p) for p in named.split(os.pathsep) if p] + [SYSTEM_TEMPLATES]
+
+
+def catalog_fingerprint() -> tuple[Any, ...]:
+    """What the catalog's folders hold, as cheaply as it can be told: each folder, and each
+    template file's name, size and modification time (entry points are fixed per process)."""
+    out: list[Any] = []
+    for directory in _directories():
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            out.append((str(directory), None))
+            continue
+        files = []
+        for entry in entries:
+            if os.path.splitext(entry.name)[1].lower() in _SUFFIXES:
+                try:
+                    stat = entry.stat()
+                except OSError:
+                    continue
+                files.append((entry.name, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+        out.append((str(directory), tuple(files)))
+    return tuple(out)
 
 
 def _from_entry_points() -> list[Template | Path]:

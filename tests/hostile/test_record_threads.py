@@ -17,10 +17,11 @@ import anyio
 import pytest
 
 import aicontract as ac
+from aicontract.governance import Record
 from aicontract.governance.record import verify
 
 THREADS = 6
-ROUNDS = 15
+ROUNDS = 30
 
 
 def _in_threads(work: object) -> list[BaseException]:
@@ -43,14 +44,28 @@ def _in_threads(work: object) -> list[BaseException]:
     return errors
 
 
-def test_threads_with_their_own_loops_keep_one_chain(private_state: Path) -> None:
-    async def work() -> None:
-        for _ in range(ROUNDS):
-            lease = await ac.acquire(ac.Contract(name="t", cpus=1))
-            await lease.release()
+def test_the_records_lock_keeps_out_another_thread(tmp_path: Path) -> None:
+    """What every negotiator in the process appends through is one Record
+    (``Record.shared``). While one thread holds its lock (a quota's check-and-admit),
+    an append from another thread must wait; else both read the same last entry and
+    write the same number twice (the chain breaks, verify calls it tampered) and
+    two admissions race past one quota."""
+    record = Record.shared(tmp_path / "record.jsonl")
+    record.write("grant", 0.0, {"lease": "first"})
+    appended = threading.Event()
 
-    assert _in_threads(work) == []
-    outcome = verify(private_state / "record.jsonl")
+    def append() -> None:
+        record.write("grant", 1.0, {"lease": "other-thread"})
+        appended.set()
+
+    other = threading.Thread(target=append)
+    with record.locked():
+        other.start()
+        got_in = appended.wait(5)  # a correct lock keeps it out for as long as it is held
+        record.write("grant", 2.0, {"lease": "holder"}, locked=True)
+    other.join(60)
+    assert not got_in, "another thread appended while this one held the record's lock"
+    outcome = verify(record.path)
     assert outcome.ok, outcome.problem
 
 

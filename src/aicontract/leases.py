@@ -26,7 +26,7 @@ import attrs
 import msgspec
 
 from .clock import Clock, system_clock
-from .contract import Contract, GuaranteeLevel, decode_quantity, encode_quantity
+from .contract import Contract, GuaranteeLevel, encode_quantity
 from .errors import LeaseLost, LeaseStateError, TransientBackendError
 from .observation import ObjectiveState, Sample, Violation, reported_figures
 from .offer import Grant
@@ -103,17 +103,14 @@ class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     def to_json(self) -> bytes:
         """The record as JSON."""
-        return _record_encoder.encode(self)
+        return msgspec.json.encode(self, enc_hook=encode_quantity)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> LeaseRecord:
         """Read a record written by :meth:`to_json`."""
-        return _record_decoder.decode(data)
+        from .contract import decode_quantity
 
-
-_record_encoder = msgspec.json.Encoder(enc_hook=encode_quantity)
-_record_decoder = msgspec.json.Decoder(LeaseRecord, dec_hook=decode_quantity)
-"""Made once: the local ledger writes and reads a record per commit."""
+        return msgspec.json.decode(data, type=cls, dec_hook=decode_quantity)
 
 
 class LeaseObserver(Protocol):

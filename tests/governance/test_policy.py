@@ -293,7 +293,7 @@ async def test_templates_are_the_only_way_in_when_free_form_is_off(tmp_path: Pat
     lease = await negotiator.acquire(contract)
     await lease.release()
     grant = next(e for e in Record(tmp_path / "record.jsonl").entries() if e["kind"] == "grant")
-    assert grant["template"] == "notebook@1.0"
+    assert grant["template"] == "notebook@1.1"
     other = ac.Contract.from_template("train-eu", tenant="other")
     with pytest.raises(
         ac.PolicyViolation, match=re.escape("template 'train-eu@1.2' is not allowed")

@@ -85,6 +85,24 @@ async def test_a_quote_sees_a_holder_die_with_nothing_committed(
         await other.aclose()
 
 
+async def test_own_grants_and_releases_are_followed(local_env: Path, state_dir: Path) -> None:
+    backend = LocalBackend(state_dir=state_dir)
+    try:
+        assert await free_h100s(backend) == ("0", "1")
+        first = await backend.commit((await backend.quote(ONE_H100)).offers[0], "k-1")
+        assert await free_h100s(backend) == ("1",)
+        second = await backend.commit((await backend.quote(ONE_H100)).offers[0], "k-2")
+        assert await free_h100s(backend) == ()
+        await backend.release(first)
+        assert await free_h100s(backend) == ("0",)
+        await backend.release(second)
+        assert await free_h100s(backend) == ("0", "1")
+        # All of it from the one snapshot, followed: nothing else wrote meanwhile.
+        assert backend.ledger._snapshot is not None
+    finally:
+        await backend.aclose()
+
+
 async def test_own_writes_on_top_of_another_process_change_are_not_trusted(
     local_env: Path, state_dir: Path
 ) -> None:

@@ -556,7 +556,7 @@ class LocalBackend(Backend):
             isolation="shared",
             price=_free(contract.terms.currency),
             expires_at=now + OFFER_TTL,
-            details={"gpu_candidates": ",".join(d.id for d in devices)},
+            details={"gpu_candidates": ",".join([d.id for d in devices])},
         )
 
     # -- committing ----------------------------------------------------------------------

@@ -860,13 +860,20 @@ class Contract(_Model, frozen=True):
         return expand_shorthands(data)
 
     @classmethod
-    def _shortcuts(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def pop_shortcuts(cls, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Take the shortcut keys (``gpus``, ``duration``…) out of ``data``, by section
+        (``{"resources": {"gpus": {"count": 2}}}``), for code and templates alike."""
         sections: dict[str, dict[str, Any]] = {}
-        for key in [k for k in kwargs if k in cls._SHORTCUTS]:
-            value = kwargs.pop(key)
+        for key in [k for k in data if k in cls._SHORTCUTS]:
+            value = data.pop(key)
             if key == "gpus":
                 value = gpu_count_shorthand(value)
             sections.setdefault(cls._SHORTCUTS[key], {})[key] = value
+        return sections
+
+    @classmethod
+    def _shortcuts(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        sections = cls.pop_shortcuts(kwargs)
         for section, values in sections.items():
             if section in kwargs:
                 raise ContractError(

@@ -44,7 +44,6 @@ from ..contract import (
     convert,
     encode_quantity,
     expand_shorthands,
-    gpu_count_shorthand,
 )
 from ..documents import Format, format_of, parse, read_document
 from ..errors import ContractError
@@ -269,13 +268,7 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 def _expand(document: Mapping[str, Any]) -> dict[str, Any]:
     """Shortcut keys (``gpus``, ``duration``, …) into their sections, as Contract does."""
     data = dict(document)
-    sections: dict[str, dict[str, Any]] = {}
-    for key in [k for k in data if k in Contract._SHORTCUTS]:
-        value = data.pop(key)
-        if key == "gpus":
-            value = gpu_count_shorthand(value)
-        sections.setdefault(Contract._SHORTCUTS[key], {})[key] = value
-    for section, values in sections.items():
+    for section, values in Contract.pop_shortcuts(data).items():
         current = data.get(section)
         data[section] = _merge(dict(current) if isinstance(current, Mapping) else {}, values)
     return expand_shorthands(data)

@@ -35,7 +35,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Set
+from collections.abc import Callable, Iterable, Set
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -354,32 +354,35 @@ class _Snapshot(NamedTuple):
 
     def plus(self, grant: _Owned, expires_at: float) -> _Snapshot:
         """After this process granted ``grant`` (new sets: a set handed out never changes)."""
-        return _Snapshot(
-            self.conn,
-            self.version,
-            self.gpus.union(grant.gpus) if grant.gpus else self.gpus,
-            self.cpus.union(grant.cpus) if grant.cpus else self.cpus,
-            self.ports.union(grant.ports) if grant.ports else self.ports,
-            self.memory + grant.memory,
-            self.disk + grant.disk,
-            expires_at if expires_at < self.expires else self.expires,
-            self.others,
-        )
+        return self._moved(grant, 1, expires_at if expires_at < self.expires else self.expires)
 
     def minus(self, grant: _Owned) -> _Snapshot:
         """After this process released ``grant`` (its expiry may stay the earliest: that
         only ends the snapshot sooner)."""
+        return self._moved(grant, -1, self.expires)
+
+    def _moved(self, grant: _Owned, sign: int, expires: float) -> _Snapshot:
+        """With ``grant`` added (``sign`` 1) or taken away (-1)."""
         return _Snapshot(
             self.conn,
             self.version,
-            self.gpus.difference(grant.gpus) if grant.gpus else self.gpus,
-            self.cpus.difference(grant.cpus) if grant.cpus else self.cpus,
-            self.ports.difference(grant.ports) if grant.ports else self.ports,
-            self.memory - grant.memory,
-            self.disk - grant.disk,
-            self.expires,
+            _moved(self.gpus, grant.gpus, sign),
+            _moved(self.cpus, grant.cpus, sign),
+            _moved(self.ports, grant.ports, sign),
+            self.memory + sign * grant.memory,
+            self.disk + sign * grant.disk,
+            expires,
             self.others,
         )
+
+
+_T_ID = TypeVar("_T_ID", str, int)
+
+
+def _moved(held: frozenset[_T_ID], ids: tuple[_T_ID, ...], sign: int) -> frozenset[_T_ID]:
+    if not ids:
+        return held
+    return held.union(ids) if sign > 0 else held.difference(ids)
 
 
 class _Owned(NamedTuple):
@@ -410,7 +413,7 @@ class _Used:
         self.amounts = amounts
 
     @classmethod
-    def of(cls, held: list[tuple[str, str]]) -> _Used:
+    def of(cls, held: Iterable[tuple[str, str]]) -> _Used:
         """From :data:`_HELD_DEVICES` rows (the :data:`_DUE` ones skipped)."""
         gpus: set[str] = set()
         cpus: set[int] = set()
@@ -1142,14 +1145,8 @@ class Ledger:
         gpus: set[str] = set()
         cpus: set[int] = set()
         if not gone:  # the common case: every held device counts, read a kind at a time
-            ports: set[int] = set()
-            for kind, devices in conn.execute(_HELD_DEVICES):
-                if kind == "gpu":
-                    gpus.update(devices.split(_SEP))
-                elif kind == "cpu":
-                    cpus.update(map(int, devices.split(_SEP)))
-                elif kind == "port":
-                    ports.update(map(int, devices.split(_SEP)))
+            used = _Used.of(conn.execute(_HELD_DEVICES))
+            gpus, cpus, ports = set(used.gpus), set(used.cpus), used.ports
             if clean:
                 self._snapshot = _Snapshot(
                     conn=conn,

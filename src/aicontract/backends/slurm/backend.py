@@ -26,7 +26,6 @@ import msgspec
 from ...clock import Clock, system_clock
 from ...contract import Contract, GuaranteeLevel
 from ...errors import (
-    BackendError,
     CapacityUnavailable,
     ConfigError,
     LeaseLost,
@@ -636,7 +635,7 @@ class SlurmBackend(Backend):
         with anyio.move_on_after(self.release_timeout):
             try:
                 job = await self._find_job(name, key)
-            except BackendError as exc:
+            except (SlurmError, TransientBackendError) as exc:  # never in place of why it failed
                 log.warning("slurm: could not look for job %s after a failed commit: %s", name, exc)
                 return None
             return job.id if job is not None else None

@@ -438,6 +438,8 @@ class Ledger:
     _fast: sqlite3.Connection | None = attrs.field(default=None, repr=False)
     _patient: sqlite3.Connection | None = attrs.field(default=None, repr=False)
     _identity: tuple[int, int] | None = attrs.field(default=None, repr=False)
+    _stamped: tuple[int, int] | None = attrs.field(default=None, repr=False)
+    """The ledger file (device, inode) this process's holder lock file names."""
     _pid: int = attrs.field(factory=os.getpid, repr=False)
     _token: str = attrs.field(factory=lambda: secrets.token_hex(8), repr=False)
     _mutex: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
@@ -447,7 +449,9 @@ class Ledger:
     _granting: int = attrs.field(default=0, repr=False)
     _hold_mutex: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
     _working: set[str] = attrs.field(factory=set, repr=False)
-    _clean_locks: tuple[int, int, str] | None = attrs.field(default=None, repr=False)
+    _clean_locks: tuple[int, int, str, tuple[int, int] | None] | None = attrs.field(
+        default=None, repr=False
+    )
     _liveness: dict[str, float] = attrs.field(factory=dict, repr=False)
     _snapshot: _Snapshot | None = attrs.field(default=None, repr=False)
     # This process's leases and what each holds (what a release takes off the snapshot).
@@ -674,6 +678,14 @@ class Ledger:
                 except OSError as exc:
                     raise _ledger_error(path, exc) from None
                 self._holder_fd = fd
+            if self._stamped != self._identity and self._identity is not None:
+                # Which ledger file its leases are in, written before the exclusive lock:
+                # a copy of the ledger put back in its place (same epoch, another file)
+                # then tells this holder's leases are not in it (see _unknown_holders).
+                stamp = b"%d %d\n" % self._identity
+                os.pwrite(self._holder_fd, stamp, 0)
+                os.ftruncate(self._holder_fd, len(stamp))
+                self._stamped = self._identity
             # Exclusive while holding leases: that is what a reclaimer's probe looks for.
             fcntl.flock(self._holder_fd, fcntl.LOCK_EX)
             self._granting += 1
@@ -734,8 +746,9 @@ class Ledger:
     def _unknown_holders(self) -> int:
         """Running holders of leases in another ledger at this path (it was deleted or replaced).
 
-        Their lock files carry another epoch. Until they notice (at their next
-        renewal) and stop their work, their devices may be in use.
+        Their lock files carry another epoch, or, for a copy of this very ledger put
+        back in its place (the same epoch), name another ledger file. Until they
+        notice (at their next renewal) and stop their work, their devices may be in use.
         """
         try:
             st = os.stat(self.lock_dir)
@@ -743,7 +756,7 @@ class Ledger:
             return 0
         # Holders come and go by creating and removing files, which moves the dir's
         # mtime: an unchanged dir was clean at the last look and still is.
-        seen = (st.st_mtime_ns, st.st_ino, self._epoch)
+        seen = (st.st_mtime_ns, st.st_ino, self._epoch, self._identity)
         if seen == self._clean_locks:
             return 0
         try:
@@ -751,15 +764,29 @@ class Ledger:
         except OSError:
             return 0
         mine = f"{self._epoch}-"
+        me = self._holder_path(self._token).name
         unknown = 0
         for name in names:
-            if not name.endswith(".holder") or name.startswith(mine):
+            if not name.endswith(".holder") or name == me:
+                continue
+            if name.startswith(mine) and not self._stamped_elsewhere(self.lock_dir / name):
                 continue
             held = lock_held(self.lock_dir / name)  # exclusive: it holds leases
             if held is not False:
                 unknown += 1
         self._clean_locks = seen if not unknown else None
         return unknown
+
+    def _stamped_elsewhere(self, path: Path) -> bool:
+        """Does a holder lock file of this epoch name another ledger file than ours?"""
+        try:
+            with open(path, "rb") as file:
+                text = file.read(64).split()
+        except OSError:
+            return False
+        if len(text) != 2 or not all(part.isdigit() for part in text):
+            return False  # not stamped yet (it stamps before it locks), or an older holder
+        return (int(text[0]), int(text[1])) != self._identity
 
     # -- reclaiming ----------------------------------------------------------------------
 

@@ -381,7 +381,25 @@ class SlurmBackend(Backend):
             return None
         most_nodes = min(self.max_nodes, part.max_nodes or self.max_nodes, len(holders))
         if res.nodes > 1:
-            return self._gang_shape(contract, part, holders, kind, most_nodes, reject)
+            shape = self._gang_shape(contract, part, holders, kind, most_nodes, reject)
+        else:
+            shape = self._spread_shape(contract, part, holders, kind, most_nodes, reject)
+        if shape is not None and res.disk is not None:
+            reject("resources.disk", str(res.disk), "Slurm nodes do not say (TmpDisk is not read)")
+            return None
+        return shape
+
+    def _spread_shape(
+        self,
+        contract: Contract,
+        part: PartitionView,
+        holders: Sequence[NodeView],
+        kind: str | None,
+        most_nodes: int,
+        reject: Any,
+    ) -> _Shape | None:
+        """The contract's totals over as few nodes as hold them, split evenly."""
+        res = contract.resources
         nodes, per_gpus = 1, 0
         if res.gpus is not None and kind is not None:
             cap = max(n.gpus.get(kind, 0) for n in holders)
@@ -420,9 +438,6 @@ class SlurmBackend(Backend):
                 return None
         else:
             per_mb = max(1, self.default_memory.bytes // MIB)
-        if res.disk is not None:
-            reject("resources.disk", str(res.disk), "Slurm nodes do not say (TmpDisk is not read)")
-            return None
         return _Shape(nodes=nodes, gpus=per_gpus, cpus=per_cpus, memory_mb=per_mb)
 
     def _gang_shape(
@@ -472,9 +487,6 @@ class SlurmBackend(Backend):
                 reject("resources.memory", f"{res.memory} per node", f"{cap_mb} MB per node")
                 return None
             per_mb = -(-memory.bytes // MIB)
-        if res.disk is not None:
-            reject("resources.disk", str(res.disk), "Slurm nodes do not say (TmpDisk is not read)")
-            return None
         return _Shape(nodes=res.nodes, gpus=per_gpus, cpus=per_cpus, memory_mb=per_mb)
 
     def _exclusive_ok(self, node: NodeView, contract: Contract, *, idle: bool) -> bool:

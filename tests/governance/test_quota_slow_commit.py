@@ -24,20 +24,26 @@ pytestmark = pytest.mark.anyio
 POLICY = "tenants:\n  t: {quotas: {gpus: 1}}\n"
 
 
-async def test_a_commit_slower_than_two_minutes_still_holds_its_quota(tmp_path: Path) -> None:
-    contract = ac.Contract(name="slow", tenant="t", gpus=1, start_by="10m")
+def _two_processes(tmp_path: Path) -> tuple[FakeBackend, Negotiator, Negotiator]:
+    """Two negotiators on one record and one clock, each its own Governance and Record
+    handle (as two processes would be); the first's backend, to slow its commit."""
     first_backend = FakeBackend(ttl=3600.0)
     clock = first_backend.clock
-    second_backend = FakeBackend(clock=clock, ttl=3600.0)
 
     def negotiator(backend: FakeBackend) -> Negotiator:
-        # Each its own Governance and Record handle: two processes on one record.
         gov = Governance(
             policy=loads_policy(POLICY), record=Record(tmp_path / "record.jsonl"), clock=clock
         )
         return Negotiator([backend], clock=clock, governance=gov)
 
-    first, second = negotiator(first_backend), negotiator(second_backend)
+    second_backend = FakeBackend(clock=clock, ttl=3600.0)
+    return first_backend, negotiator(first_backend), negotiator(second_backend)
+
+
+async def test_a_commit_slower_than_two_minutes_still_holds_its_quota(tmp_path: Path) -> None:
+    contract = ac.Contract(name="slow", tenant="t", gpus=1, start_by="10m")
+    first_backend, first, second = _two_processes(tmp_path)
+    clock = first_backend.clock
     meanwhile: list[object] = []
 
     async def slow_launch(offer: ac.Offer) -> None:
@@ -65,17 +71,8 @@ async def test_a_commit_that_outlived_its_admission_is_judged_again(tmp_path: Pa
     another process took the tenant's last GPU, is refused when it lands, and its lease
     released (the tenant never holds more than its quota)."""
     contract = ac.Contract(name="slow", tenant="t", gpus=1)
-    first_backend = FakeBackend(ttl=3600.0)
+    first_backend, first, second = _two_processes(tmp_path)
     clock = first_backend.clock
-    second_backend = FakeBackend(clock=clock, ttl=3600.0)
-
-    def negotiator(backend: FakeBackend) -> Negotiator:
-        gov = Governance(
-            policy=loads_policy(POLICY), record=Record(tmp_path / "record.jsonl"), clock=clock
-        )
-        return Negotiator([backend], clock=clock, governance=gov)
-
-    first, second = negotiator(first_backend), negotiator(second_backend)
     meanwhile: list[ac.Lease] = []
 
     async def slow_launch(offer: ac.Offer) -> None:

@@ -233,9 +233,9 @@ def fresh_catalog() -> Iterator[None]:
     """The policy reads the template catalog once per process: read this test's, then forget it."""
     from aicontract.governance import policy
 
-    policy._catalog.cache_clear()
+    policy._forget_catalog()
     yield
-    policy._catalog.cache_clear()
+    policy._forget_catalog()
 
 
 async def test_templates_carry_alternatives_and_lock_them(

@@ -46,6 +46,6 @@ def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     monkeypatch.setenv("COLUMNS", "250")
     for name in ("AICONTRACT_RECORD", "AICONTRACT_JURISDICTION", "AICONTRACT_BACKENDS"):
         monkeypatch.delenv(name, raising=False)
-    policy._catalog.cache_clear()
+    policy._forget_catalog()
     yield state
-    policy._catalog.cache_clear()
+    policy._forget_catalog()

@@ -323,9 +323,6 @@ def _forget_catalog() -> None:
     _CATALOG = None
 
 
-_catalog.cache_clear = _forget_catalog  # type: ignore[attr-defined]
-
-
 def _template_problem(contract: Contract, ref: str) -> str | None:
     """Why a contract that names a template does not hold the template's locked fields."""
     from .templates import find_template, locked_mismatches

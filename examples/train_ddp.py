@@ -78,7 +78,10 @@ def main() -> None:
         if rank == 0:
             rate = args.batch_size * size / (time.perf_counter() - tick)
             aicontract.report(throughput=rate, unit="samples/s")
-            print(f"step {step}/{args.steps}: loss {loss.item():.4f}, {rate:,.0f} samples/s")
+            print(
+                f"step {step}/{args.steps}: loss {loss.item():.4f}, {rate:,.0f} samples/s",
+                flush=True,  # seen as it happens, and not lost if the process dies
+            )
     elapsed = time.perf_counter() - started
 
     # Data parallelism keeps every replica identical: check it, as a test would.
@@ -94,6 +97,9 @@ def main() -> None:
             f" {device.type}): {total / elapsed:,.0f} samples/s, final loss {loss.item():.4f};"
             f" replicas {agree}"
         )
+    # Leave together: a process that tears its group down while a peer still talks to it
+    # can abort gloo's threads ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -630,28 +630,41 @@ class SlurmBackend(Backend):
                     log.info("slurm: found job %s already submitted as %s", job_id, name)
                 running = await self._wait_running(job_id, deadline)
                 lease = await self._lease(offer, idempotency_key, name, running)
-            except BaseException:
+            except BaseException as failure:
                 with anyio.CancelScope(shield=True):
-                    if job_id is None:
-                        # The submit may have reached slurmctld with its answer lost (a
-                        # cancel, a timeout): the job is found by its name, or none was made.
-                        job_id = await self._find_lost_job(name, idempotency_key)
-                    if job_id is not None:
-                        await self._cancel_and_wait(job_id)
+                    await self._undo_commit(name, idempotency_key, job_id, failure)
                 raise
             self._leases[idempotency_key] = lease
             return lease
 
-    async def _find_lost_job(self, name: str, key: str) -> int | None:
-        """The id of a job a failed commit may have submitted unawares (bounded; never raises)."""
-        with anyio.move_on_after(self.release_timeout):
-            try:
-                job = await self._find_job(name, key)
-            except (SlurmError, TransientBackendError) as exc:  # never in place of why it failed
-                log.warning("slurm: could not look for job %s after a failed commit: %s", name, exc)
-                return None
-            return job.id if job is not None else None
-        return None
+    async def _undo_commit(
+        self, name: str, key: str, job_id: int | None, failure: BaseException
+    ) -> None:
+        """Cancel what a failed commit submitted; never raises in place of ``failure``.
+
+        The undo talks to slurmrestd too and may fail its own way (an expired token,
+        the daemon gone): that is logged and noted on ``failure``, which the caller
+        raises, since it is what says why the commit failed.
+        """
+        step = f"look for job {name}"
+        try:
+            with anyio.move_on_after(self.release_timeout):
+                if job_id is None:
+                    # The submit may have reached slurmctld with its answer lost (a
+                    # cancel, a timeout): the job is found by its name, or none was made.
+                    job = await self._find_job(name, key)
+                    job_id = job.id if job is not None else None
+                if job_id is not None:
+                    step = f"cancel job {job_id}"
+                    await self._cancel_and_wait(job_id)
+        except Exception as exc:
+            note = f"then, undoing the commit, could not {step}: {exc}"
+            log.warning("slurm: after a failed commit (%s), could not %s: %s", failure, step, exc)
+            add_note = getattr(failure, "add_note", None)  # Python 3.11+
+            if add_note is not None:
+                add_note(note)
+            elif failure.__context__ is None:
+                failure.__context__ = exc
 
     async def _find_job(self, name: str, key: str) -> JobView | None:
         """The live job a commit under ``key`` submitted before (a retry finds it)."""

@@ -250,17 +250,38 @@ async def test_preemption_is_a_fault(backend: SlurmBackend, clean_cluster: Any) 
         await lease.release()
 
 
-async def test_two_node_lease_carries_the_training_env(clean_cluster: Any) -> None:
+async def test_more_gpus_than_a_node_holds_is_a_two_node_counter_offer_that_says_so(
+    clean_cluster: Any,
+) -> None:
+    """8 GPUs on 4-GPU nodes: ``nodes: 1`` (one machine) cannot be granted. The job
+    that would hold them spans two nodes, so it is offered as what it is: a counter-offer
+    of a two-node gang, 4 GPUs each, whose grant, world and env all say two nodes."""
     async with SlurmBackend(
         url=clean_cluster.url, token=clean_cluster.token, user="root", partitions=["gpu"]
     ) as backend:
-        offer = (await backend.quote(h100(8))).offers[0]
-        assert (offer.details["nodes"], offer.details["gpus_per_node"]) == ("2", "4")
-        lease = await backend.commit(offer, key())
+        quote = await backend.quote(h100(8))
+        # No offer claims 8 GPUs on one node.
+        assert quote.offers == ()
+        assert [r.requirement for r in quote.rejections] == ["resources.gpus.count"]
+        assert "resources.nodes: 2" in quote.rejections[0].available
+        (counter,) = quote.counter_offers
+        assert (counter.grant.nodes, counter.grant.gpus, counter.grant.total_gpus) == (2, 4, 8)
+        assert counter.details["relaxed"] == (
+            "resources.nodes 1 -> 2; resources.gpus.count 8 -> 4 per node"
+        )
+        assert (counter.contract.resources.nodes, str(counter.contract.resources.gpus.count)) == (
+            2,
+            "4",
+        )
+        lease = await backend.commit(counter, key())
         try:
+            assert (lease.grant.nodes, lease.grant.gpus, lease.grant.total_gpus) == (2, 4, 8)
+            assert lease.world is not None
+            assert (lease.world.nodes, lease.world.procs_per_node, lease.world.size) == (2, 4, 8)
             env = lease.env
             assert env["NNODES"] == "2"
             assert env["GPUS_PER_NODE"] == "4"
+            assert env["NPROC_PER_NODE"] == "4"
             assert env["WORLD_SIZE"] == "8"
             assert env["NODE_RANK"] == "0"
             assert env["MASTER_ADDR"] == "127.0.0.1"
@@ -269,7 +290,8 @@ async def test_two_node_lease_carries_the_training_env(clean_cluster: Any) -> No
             assert env["SLURM_JOB_NODELIST"] == "node1,node2"
             assert node_env(lease, 1)["NODE_RANK"] == "1"
             assert set(lease.endpoints) == {"host", "node-1"}
-            assert lease.grant.gpus == 8
+            for name in ("node1", "node2"):
+                assert gpus_used(clean_cluster, name).startswith("gpu:h100:4")
         finally:
             await lease.release()
 

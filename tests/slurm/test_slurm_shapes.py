@@ -146,11 +146,19 @@ async def test_a_v0_0_40_daemon_is_quoted_and_committed_in_its_shapes() -> None:
     with respx.mock(assert_all_called=False) as router:
         serve_v40(router, submitted)
         async with SlurmBackend(url=URL, token="t", user="alice", region="lab") as backend:
-            contract = Contract(gpus={"count": 16, "models": ["H100"]}, duration="1h")
+            contract = Contract(
+                resources={"nodes": 2, "gpus": {"count": 8, "models": ["H100"]}}, duration="1h"
+            )
             quote = await backend.quote(contract)
             assert [o.guarantee for o in quote.offers] == ["allocated"]
             offer = quote.offers[0]
             assert (offer.details["nodes"], offer.details["gpus_per_node"]) == ("2", "8")
+            # 16 GPUs on one node do not exist: a two-node counter-offer says so.
+            one_node = await backend.quote(contract.with_(nodes=1, gpus=16))
+            assert one_node.offers == ()
+            (counter,) = one_node.counter_offers
+            assert (counter.grant.nodes, counter.grant.gpus) == (2, 8)
+            assert counter.details["nodes"] == "2"
             assert offer.details["time_limit"] == "60"
             lease = await backend.commit(offer, "k1")
             assert backend.rest.version == "v0.0.40"

@@ -37,7 +37,7 @@ from ...gpu_models import compute_capability_of, pick_model
 from ...leases import Lease, WorkloadState
 from ...observation import Fault, Observation
 from ...offer import Grant, Offer, Quote, Rejection, check_offer, summarise_rejections
-from ...units import Bytes, Duration, Money
+from ...units import Bytes, CountRange, Duration, Money
 from ...world import World
 from ..base import (
     Backend,
@@ -223,6 +223,7 @@ class SlurmBackend(Backend):
         problems: dict[str, list[Rejection]] = {}
         offers: list[Offer] = []
         counter: list[Offer] = []
+        wider: list[tuple[int, int]] = []
 
         def reject(requirement: str, wanted: str, available: str) -> None:
             problems.setdefault(requirement, []).append(
@@ -259,7 +260,7 @@ class SlurmBackend(Backend):
                 continue
             members = [n for n in nodes if part.holds(n)]
             for kind, model in self._kinds(contract, members, reject):
-                shape = self._shape(contract, part, members, kind, reject)
+                shape = self._shape(contract, part, members, kind, reject, wider)
                 if shape is None:
                     continue
                 choices: list[tuple[GuaranteeLevel, float, Sequence[NodeView], str | None]] = []
@@ -323,6 +324,8 @@ class SlurmBackend(Backend):
                         counter.append(_relaxed(offer))
         if offers:
             return Quote(offers=tuple(offers), counter_offers=tuple(counter))
+        if wider:
+            counter += await self._wider(contract, wider)
         if not problems:
             reject("partition", "a partition", "none configured or found")
         return Quote(rejections=tuple(self._summarise(problems)), counter_offers=tuple(counter))
@@ -368,89 +371,21 @@ class SlurmBackend(Backend):
         members: Sequence[NodeView],
         kind: str | None,
         reject: Any,
+        wider: list[tuple[int, int]],
     ) -> _Shape | None:
         """Nodes and per-node GPUs/CPUs/memory for the contract on this partition.
 
-        A gang (``resources.nodes: N``) is N nodes each given the contract's GPUs,
-        CPUs and memory; otherwise the contract's totals are spread over as few
-        nodes as hold them.
+        ``resources.nodes`` nodes (one by default), each given the contract's GPUs,
+        CPUs and memory: what one job's ``--nodes``/``--gres`` per node hold. A GPU
+        count no node holds is refused; when the count would fit spread over several
+        nodes, ``(nodes, GPUs per node)`` is added to ``wider``, for a counter-offer
+        (such a job runs on several nodes, so it never grants ``nodes: 1``).
         """
         res = contract.resources
         holders = [n for n in members if kind is None or n.gpus.get(kind, 0) > 0]
         if not holders:
             return None
         most_nodes = min(self.max_nodes, part.max_nodes or self.max_nodes, len(holders))
-        if res.nodes > 1:
-            shape = self._gang_shape(contract, part, holders, kind, most_nodes, reject)
-        else:
-            shape = self._spread_shape(contract, part, holders, kind, most_nodes, reject)
-        if shape is not None and res.disk is not None:
-            reject("resources.disk", str(res.disk), "Slurm nodes do not say (TmpDisk is not read)")
-            return None
-        return shape
-
-    def _spread_shape(
-        self,
-        contract: Contract,
-        part: PartitionView,
-        holders: Sequence[NodeView],
-        kind: str | None,
-        most_nodes: int,
-        reject: Any,
-    ) -> _Shape | None:
-        """The contract's totals over as few nodes as hold them, split evenly."""
-        res = contract.resources
-        nodes, per_gpus = 1, 0
-        if res.gpus is not None and kind is not None:
-            cap = max(n.gpus.get(kind, 0) for n in holders)
-            count = res.gpus.count
-            found = False
-            for nodes in range(1, most_nodes + 1):
-                top = min(cap, count.max // nodes if count.max is not None else cap)
-                for per in range(top, 0, -1):
-                    if nodes * per in count:
-                        per_gpus, found = per, True
-                        break
-                if found:
-                    break
-            if not found:
-                reject(
-                    "resources.gpus.count",
-                    f"{count} x {self._product(kind)}",
-                    f"at most {cap} per node on {most_nodes} node(s) of {part.name}",
-                )
-                return None
-        cap_cpus = max(n.cpus for n in holders)
-        if res.cpus is not None:
-            total = res.cpus.grant(cap_cpus * nodes)
-            per_cpus = -(-int(total) // nodes) if total is not None else 0
-            if total is None or per_cpus * nodes not in res.cpus or per_cpus > cap_cpus:
-                reject("resources.cpus", str(res.cpus), f"{cap_cpus} per node x {nodes}")
-                return None
-        else:
-            per_cpus = self.default_cpus
-        cap_mb = max(n.memory_mb for n in holders)
-        if res.memory is not None:
-            granted = res.memory.grant(Bytes(cap_mb * MIB * nodes))
-            per_mb = -(-granted.bytes // (MIB * nodes)) if granted is not None else 0
-            if granted is None or Bytes(per_mb * MIB * nodes) not in res.memory or per_mb > cap_mb:
-                reject("resources.memory", str(res.memory), f"{cap_mb} MB per node x {nodes}")
-                return None
-        else:
-            per_mb = max(1, self.default_memory.bytes // MIB)
-        return _Shape(nodes=nodes, gpus=per_gpus, cpus=per_cpus, memory_mb=per_mb)
-
-    def _gang_shape(
-        self,
-        contract: Contract,
-        part: PartitionView,
-        holders: Sequence[NodeView],
-        kind: str | None,
-        most_nodes: int,
-        reject: Any,
-    ) -> _Shape | None:
-        """``resources.nodes`` nodes, each with the most of every per-node range it holds."""
-        res = contract.resources
         if res.nodes > most_nodes:
             reject(
                 "resources.nodes",
@@ -462,13 +397,30 @@ class SlurmBackend(Backend):
         per_gpus = 0
         if res.gpus is not None and kind is not None:
             cap = max(n.gpus.get(kind, 0) for n in holders)
-            granted = res.gpus.count.grant(cap)
+            count = res.gpus.count
+            granted = count.grant(cap)
             if granted is None:
-                reject(
-                    "resources.gpus.count",
-                    f"{res.gpus.count} x {self._product(kind)} per node",
-                    f"at most {cap} per node in {part.name}",
-                )
+                if res.nodes == 1:
+                    spread = _spread(count, cap, most_nodes)
+                    if spread is not None:
+                        wider.append(spread)
+                    hint = (
+                        f"; {spread[0]} nodes x {spread[1]} would hold them"
+                        f" (resources.nodes: {spread[0]}, gpus: {spread[1]} per node)"
+                        if spread is not None
+                        else ""
+                    )
+                    reject(
+                        "resources.gpus.count",
+                        f"{count} x {self._product(kind)} on one node",
+                        f"at most {cap} per node in {part.name}{hint}",
+                    )
+                else:
+                    reject(
+                        "resources.gpus.count",
+                        f"{count} x {self._product(kind)} per node",
+                        f"at most {cap} per node in {part.name}",
+                    )
                 return None
             per_gpus = int(granted)
         cap_cpus = max(n.cpus for n in holders)
@@ -487,7 +439,34 @@ class SlurmBackend(Backend):
                 reject("resources.memory", f"{res.memory} per node", f"{cap_mb} MB per node")
                 return None
             per_mb = -(-memory.bytes // MIB)
+        if res.disk is not None:
+            reject("resources.disk", str(res.disk), "Slurm nodes do not say (TmpDisk is not read)")
+            return None
         return _Shape(nodes=res.nodes, gpus=per_gpus, cpus=per_cpus, memory_mb=per_mb)
+
+    async def _wider(self, contract: Contract, wider: Sequence[tuple[int, int]]) -> list[Offer]:
+        """Counter-offers for a GPU count no one node holds: the same GPUs as a gang of
+        ``nodes`` nodes with ``per`` GPUs each, quoted afresh, each saying what it relaxed."""
+        res, gpus = contract.resources, contract.resources.gpus
+        assert gpus is not None
+        out: list[Offer] = []
+        for nodes, per in sorted(set(wider)):
+            gang = msgspec.structs.replace(
+                res, nodes=nodes, gpus=msgspec.structs.replace(gpus, count=CountRange(per))
+            )
+            relaxed = (
+                f"resources.nodes 1 -> {nodes}; resources.gpus.count {gpus.count} -> {per} per node"
+            )
+            quote = await self.quote(contract.with_(resources=gang))
+            for offer in (*quote.offers, *quote.counter_offers):
+                earlier = offer.details.get("relaxed")
+                what = f"{relaxed}; {earlier}" if earlier else relaxed
+                out.append(
+                    msgspec.structs.replace(offer, details={**offer.details, "relaxed": what})
+                )
+            if out:
+                break  # the fewest nodes that can be had is the closest to the contract
+        return out
 
     def _exclusive_ok(self, node: NodeView, contract: Contract, *, idle: bool) -> bool:
         if contract.placement.isolation != "dedicated-node" or not idle:
@@ -555,19 +534,17 @@ class SlurmBackend(Backend):
     ) -> Offer:
         gpus = shape.gpus * shape.nodes
         memory = self.gpu_memory.get(kind or "")
-        # A gang's grant is per node (Grant.nodes of them); a spread contract's is its total.
-        gang = contract.resources.nodes > 1
-        per = 1 if gang else shape.nodes
+        # The grant is per node, Grant.nodes of them: what the job holds on each.
         grant = Grant(
-            gpus=shape.gpus * per,
+            gpus=shape.gpus,
             gpu_model=model if gpus else None,
             gpu_memory=Bytes(memory) if memory and gpus else None,
             gpu_compute_capability=compute_capability_of(self._product(kind))
             if kind and gpus
             else None,
-            cpus=shape.cpus * per,
-            memory=Bytes(shape.memory_mb * MIB * per),
-            nodes=shape.nodes if gang else 1,
+            cpus=shape.cpus,
+            memory=Bytes(shape.memory_mb * MIB),
+            nodes=shape.nodes,
         )
         details = {
             "partition": part.name,
@@ -957,6 +934,17 @@ def _job_faults(job: JobView, now: float, has_command: bool) -> list[Fault]:
     if "SUSPENDED" in job.state:
         return [Fault(kind="preempted", at=now, reason=f"{why}: suspended")]
     return []
+
+
+def _spread(count: CountRange, cap: int, most_nodes: int) -> tuple[int, int] | None:
+    """The fewest nodes (and the most GPUs on each, at most ``cap``) whose total lies in
+    ``count``: ``8`` on 4-GPU nodes is ``(2, 4)``; ``None`` when no such split exists."""
+    for nodes in range(2, most_nodes + 1):
+        top = min(cap, count.max // nodes if count.max is not None else cap)
+        for per in range(top, 0, -1):
+            if nodes * per in count:
+                return nodes, per
+    return None
 
 
 def _hms(minutes: int) -> str:

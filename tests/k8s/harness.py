@@ -427,6 +427,51 @@ class Cluster:
         path.chmod(0o600)
         return path
 
+    def client_cert_kubeconfig(
+        self,
+        path: Path,
+        common_name: str,
+        organisations: tuple[str, ...] = (),
+        *,
+        inline: bool = True,
+        entry: str = "cert-user",
+    ) -> Path:
+        """A kubeconfig that authenticates with a client certificate the cluster's CA
+        signed: the API server's user is ``common_name``, its groups ``organisations``.
+
+        ``inline`` writes ``client-certificate-data``/``client-key-data``; otherwise the
+        files sit next to ``path`` and the kubeconfig names them by relative path.
+        ``entry`` is the kubeconfig's name for the user (not what the server sees).
+        """
+        subject = f"/CN={common_name}" + "".join(f"/O={o}" for o in organisations)
+        stem = path.with_suffix("")
+        key, csr, crt = (stem.with_suffix(ext) for ext in (".key", ".csr", ".crt"))
+        self._openssl("genrsa", "-out", str(key), "2048")
+        self._openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
+        self._openssl(
+            "x509", "-req", "-in", str(csr), "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-sha256", "-out", str(crt),
+        )  # fmt: skip
+        if inline:
+            credentials = (
+                f"    client-certificate-data: {base64.b64encode(crt.read_bytes()).decode()}\n"
+                f"    client-key-data: {base64.b64encode(key.read_bytes()).decode()}\n"
+            )
+        else:
+            credentials = f"    client-certificate: {crt.name}\n    client-key: {key.name}\n"
+        ca_b64 = base64.b64encode(self.ca_path.read_bytes()).decode()
+        ctx = self.cluster_name
+        path.write_text(
+            "apiVersion: v1\nkind: Config\nclusters:\n"
+            f"- name: {ctx}\n  cluster:\n    server: {self.server}\n"
+            f"    certificate-authority-data: {ca_b64}\n"
+            f"users:\n- name: {entry}\n  user:\n{credentials}"
+            f"contexts:\n- name: {ctx}\n  context:\n    cluster: {ctx}\n    user: {entry}\n"
+            f"current-context: {ctx}\n"
+        )
+        path.chmod(0o600)
+        return path
+
     # ------------------------------------------------------------ processes
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> _Proc:
         log_path = self.logs_dir / f"{name}.log"

@@ -116,3 +116,68 @@ async def test_a_service_account_is_the_identity_and_a_policy_maps_it_to_its_ten
         assert refusals[0]["identity"] == f"serviceaccount:{namespace}/trainer"
     finally:
         await backend.aclose()
+
+
+@pytest.fixture
+def cert_user(k8s_cluster: Any) -> Iterator[str]:
+    """A user ``alice-<hex>`` known only by a client certificate, whose group ``ml-<hex>``
+    may use the cluster (RBAC on the group, so only the certificate's O grants it)."""
+    tag = secrets.token_hex(3)
+    group, binding = f"ml-{tag}", f"cert-{tag}"
+    with k8s_cluster.client() as c:
+        r = c.post(
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            json={
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": binding},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "cluster-admin",
+                },
+                "subjects": [
+                    {"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}
+                ],
+            },
+        )
+        assert r.status_code == 201, r.text
+    try:
+        yield tag
+    finally:
+        with k8s_cluster.client() as c:
+            c.delete(f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{binding}")
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["certificate-data", "certificate-file"])
+async def test_a_client_certificate_is_its_subject_and_a_policy_maps_its_groups(
+    k8s_cluster: Any, cert_user: str, tmp_path: Path, inline: bool
+) -> None:
+    """Without SelfSubjectReview (v1.20) the API server knows a certificate's user as its
+    CN and groups as its O values, whatever the kubeconfig calls the entry: the identity
+    must too, or a policy on the group never matches and one on the entry's name does."""
+    tag = cert_user
+    kubeconfig = k8s_cluster.cluster.client_cert_kubeconfig(
+        tmp_path / "kubeconfig-cert",
+        f"alice-{tag}",
+        (f"ml-{tag}", "research"),
+        inline=inline,
+        entry="whatever-the-file-calls-it",
+    )
+    backend = KubernetesBackend(kubeconfig=kubeconfig)
+    try:
+        who = await backend.identity()
+        assert (who.kind, who.name) == ("user", f"alice-{tag}")
+        assert who.groups[:2] == (f"ml-{tag}", "research")
+        assert "system:authenticated" in who.groups
+        assert "certificate" in who.source
+        # The server agrees: only the group's RBAC lets it list nodes.
+        assert await backend.nodes()
+
+        policy = loads_policy(f"identities:\n  - {{match: 'group:ml-{tag}', tenants: [ml]}}\n")
+        allowed, _, _ = check_contract(policy, who, ac.Contract(name="t", gpus=1, tenant="ml"))
+        assert allowed == []
+        refused, _, _ = check_contract(policy, who, ac.Contract(name="t", gpus=1, tenant="ops"))
+        assert [r.rule for r in refused] == ["identities"]
+    finally:
+        await backend.aclose()

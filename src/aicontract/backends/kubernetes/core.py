@@ -66,6 +66,36 @@ def identity_of_user(username: str, groups: Any, source: str) -> Identity:
     return Identity(kind="user", name=username, groups=names, source=source)
 
 
+AUTHENTICATED = "system:authenticated"
+"""The group the API server adds to every user it authenticates."""
+
+
+def certificate_identity(pem: bytes, source: str) -> Identity | None:
+    """The user an API server authenticates a client certificate as, or ``None``.
+
+    Kubernetes' x509 authenticator takes the subject's CN as the user name and its O
+    values, in order, as the groups (and adds ``system:authenticated``). ``pem`` may
+    hold a chain: the first certificate is the client's. ``None`` when ``pem`` holds no
+    certificate, or without the ``cryptography`` package to read one.
+    """
+    try:
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+    except ImportError:  # pragma: no cover - part of the kubernetes extra
+        log.warning("kubernetes: cannot read the client certificate without 'cryptography'")
+        return None
+    try:
+        cert = x509.load_pem_x509_certificates(pem)[0]
+    except (ValueError, IndexError):
+        return None
+    subject = cert.subject
+    names = [str(a.value) for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if not names or not names[0]:
+        return None
+    groups = [str(a.value) for a in subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+    return identity_of_user(names[0], [*groups, AUTHENTICATED], source)
+
+
 def token_claims(authorization: str | None) -> dict[str, Any]:
     """The claims of a bearer JWT (unverified: the API server has just accepted it), or {}."""
     if not authorization or not authorization.lower().startswith("bearer "):
@@ -151,9 +181,12 @@ class KubeCore(Backend):
         Asks the server itself (``SelfSubjectReview``, authentication.k8s.io v1,
         v1beta1 or v1alpha1). A server without it (before 1.26, or with the gate
         off) still authenticated the probe, so the service-account token it
-        accepted names who is asking (``sub: system:serviceaccount:NS:NAME``);
-        failing that (an opaque token, a client certificate) the kubeconfig's user
-        name is used, and ``source`` says it was not confirmed by the server.
+        accepted names who is asking (``sub: system:serviceaccount:NS:NAME``). A
+        client certificate comes first, as in the server's own order: its subject's
+        CN is the user and its O values the groups, as the server reads them. Failing
+        all that (an opaque bearer token: only TokenReview could say whose, and few
+        users may call it) the kubeconfig's user name is used, and ``source`` says it
+        was not confirmed by the server.
         """
         api = self.api
         sent: str | None = None
@@ -178,6 +211,16 @@ class KubeCore(Backend):
             if response.status_code == 403:  # may not review itself: fall back
                 break
             raise api._error("POST", path, response)
+        # The API server tries a client certificate before a bearer token: so do we.
+        pem = self._client_certificate()
+        if pem is not None:
+            source = f"{self.name} (client certificate subject; no SelfSubjectReview)"
+            found = certificate_identity(pem, source)
+            if found is not None:
+                log.info(
+                    "%s: no SelfSubjectReview; identity from the client certificate", self.name
+                )
+                return found
         claims = token_claims(sent)
         subject = str(claims.get("sub") or "")
         if subject.startswith(_SA_PREFIX):
@@ -185,9 +228,12 @@ class KubeCore(Backend):
             log.info("%s: no SelfSubjectReview; identity from the service-account token", self.name)
             return identity_of_user(
                 subject,
-                ("system:serviceaccounts", f"system:serviceaccounts:{namespace}"),
+                ("system:serviceaccounts", f"system:serviceaccounts:{namespace}", AUTHENTICATED),
                 f"{self.name} (service-account token claims; no SelfSubjectReview)",
             )
+        # An opaque token (static token file, webhook, OIDC without a JWT we can read):
+        # only TokenReview could say whose it is, and few users may call that. The
+        # kubeconfig's name for the user is the best we have, and ``source`` says so.
         user = self._kubeconfig_user()
         log.info("%s: no SelfSubjectReview; identity from the kubeconfig user %r", self.name, user)
         return Identity(
@@ -195,6 +241,28 @@ class KubeCore(Backend):
             name=user,
             source=f"{self.name} (kubeconfig user name, not confirmed by the API server)",
         )
+
+    def _client_certificate(self) -> bytes | None:
+        """The PEM of the kubeconfig user's client certificate (inline or a file), if any."""
+        try:
+            single = _load_config(self.kubeconfig, self.context)
+        except ConfigError:
+            return None
+        user = getattr(single, "user", None)
+        data = getattr(user, "client_cert_data", None)
+        if data:
+            try:
+                return base64.b64decode(data)
+            except ValueError:
+                return None
+        name = getattr(user, "client_cert", None)
+        if not name:
+            return None
+        try:
+            return Path(single.abs_file(name)).read_bytes()
+        except (OSError, ValueError) as exc:
+            log.info("%s: cannot read the client certificate %s: %s", self.name, name, exc)
+            return None
 
     def _kubeconfig_user(self) -> str:
         """The user name the kubeconfig context names (``unknown`` without a config)."""

@@ -6,7 +6,7 @@ A list, then a watch from the list's ``resourceVersion``; never a polling loop.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import anyio
 
@@ -220,6 +220,35 @@ class BindingMixin(KubeCore):
             lambda: f"Kueue did not admit job {job['metadata']['name']} in time",
         )
 
+    async def _watch_gone(
+        self, namespace: str, name: str, uids: Collection[str], deadline: float
+    ) -> None:
+        """Watch the lease ``name``'s pods until none of ``uids`` is left (deleted, or never
+        there); CapacityUnavailable at ``deadline`` (a finalizer may hold a pod for ever)."""
+        left: set[str] = set()
+
+        def listed(items: Sequence[Obj]) -> Obj | None:
+            left.clear()
+            left.update(u for u in (str(p["metadata"].get("uid")) for p in items) if u in uids)
+            return None if left else {}
+
+        def found(kind: str, obj: Obj) -> Obj | None:
+            if kind == "DELETED":
+                left.discard(str(obj["metadata"].get("uid")))
+            return None if left else {}
+
+        await self._watch_until(
+            resource_path(*PODS, namespace),
+            {"labelSelector": f"{LABEL_LEASE}={name}"},
+            deadline,
+            found,
+            lambda: (
+                f"pods {', '.join(sorted(left))} of {namespace}/{name} still there"
+                " after they were deleted"
+            ),
+            listed,
+        )
+
     async def _watch_until(
         self,
         path: str,
@@ -227,13 +256,15 @@ class BindingMixin(KubeCore):
         deadline: float,
         found: Callable[[str, Obj], Obj | None],
         too_late: Callable[[], str],
+        listed: Callable[[Sequence[Obj]], Obj | None] | None = None,
     ) -> Obj:
         """List, then watch from the list's version, until ``found`` returns an object.
 
         A watch, not a polling loop: the API server tells us of each change. An
         expired version (410 Gone) lists again; so does a transient error (the API
         server restarting), after a pause; the deadline raises CapacityUnavailable
-        with ``too_late()``.
+        with ``too_late()``. ``listed``, if given, sees each whole listing first (what
+        is there at all: for waiting until something is gone) and may answer too.
         """
         pause = 0.1
         while True:
@@ -243,8 +274,12 @@ class BindingMixin(KubeCore):
             with anyio.move_on_after(remaining):
                 try:
                     listing = await self.api.get(path, selector)
-                    for obj in listing.get("items") or []:
-                        result: Obj | None = found("ADDED", obj)
+                    items = listing.get("items") or []
+                    result: Obj | None = listed(items) if listed is not None else None
+                    if result is not None:
+                        return result
+                    for obj in items:
+                        result = found("ADDED", obj)
                         if result is not None:
                             return result
                     version = str(listing["metadata"].get("resourceVersion", ""))

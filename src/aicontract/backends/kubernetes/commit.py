@@ -370,14 +370,9 @@ class CommitMixin(BindingMixin, AdoptMixin, TeardownMixin):
             await self._retrying(making.deadline, self._delete_now, path, uid)
             if (path, uid) in making.made:
                 making.made.remove((path, uid))
-        for path, uid in pods:
-            while True:
-                obj = await self._retrying(making.deadline, self.api.get_or_none, path)
-                if obj is None or obj["metadata"].get("uid") != uid:
-                    break
-                if anyio.current_time() >= making.deadline:
-                    raise CapacityUnavailable(self.name, f"{path} outlived its deletion")
-                await anyio.sleep(0.05)
+        # Deleted with no grace, pods usually vanish at once; a finalizer may hold one
+        # (until the deadline): the API server says when, on a watch.
+        await self._watch_gone(meta.namespace, meta.name, {uid for _, uid in pods}, making.deadline)
 
     async def _delete_now(self, path: str, uid: str) -> bool:
         return await self.api.delete(path, uid=uid, grace_seconds=0)

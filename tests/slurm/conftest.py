@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -105,6 +106,33 @@ class SlurmCluster:
         with self.client() as client:
             node: dict[str, object] = client.get(f"/node/{name}").json()["nodes"][0]
             return node
+
+    def stop_slurmctld(self) -> None:
+        """Stop the controller by the PID it wrote (TERM; it saves its state first)."""
+        pid = int((self.dir / "slurmctld.pid").read_text())
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"slurmctld (pid {pid}) did not stop")
+
+    def start_slurmctld(self) -> None:
+        """Start the controller again from its saved state; wait until it answers."""
+        env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        subprocess.run(["slurmctld", "-f", str(self.conf)], env=env, check=True, timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ping = subprocess.run(
+                ["scontrol", "ping"], env=env, capture_output=True, text=True, timeout=30
+            )
+            if ping.returncode == 0 and "UP" in ping.stdout:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("slurmctld did not answer after a restart")
 
     def reset(self) -> None:
         """Cancel every job, drop reservations, resume every node; wait until all is idle."""

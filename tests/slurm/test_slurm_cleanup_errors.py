@@ -19,7 +19,8 @@ from test_slurm_shapes import URL, V40, modern_job, serve_v40
 
 from aicontract import Contract
 from aicontract.backends.slurm import SlurmBackend
-from aicontract.errors import CapacityUnavailable, TransientBackendError
+from aicontract.backends.slurm.api import SlurmError
+from aicontract.errors import CapacityUnavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -32,16 +33,21 @@ def anyio_backend() -> str:
 CONTRACT = Contract(gpus={"count": 8, "models": ["H100"]}, duration="1h")
 
 
-async def test_a_lost_submit_whose_lookup_is_refused_raises_the_submit_error(
+async def test_a_refused_submit_whose_lookup_is_refused_raises_the_submit_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with respx.mock(assert_all_called=False) as router:
         serve_v40(router, [])
         async with SlurmBackend(url=URL, token="t", user="alice") as backend:
             offer = (await backend.quote(CONTRACT)).offers[0]
-            # No job yet; the submit's answer is lost; looking for the job it may have
-            # made is then refused (the token expired in between).
-            router.post(f"{V40}/job/submit").respond(503, text="slurmctld not responding")
+            # No job yet; slurmctld refuses the submit; looking for a job it may have
+            # made anyway is then refused (the token expired in between).
+            router.post(f"{V40}/job/submit").respond(
+                500,
+                json={
+                    "errors": [{"error_number": 2066, "description": "Invalid qos specification"}]
+                },
+            )
             router.get(f"{V40}/jobs").mock(
                 side_effect=[
                     httpx.Response(200, json={"jobs": [], "errors": []}),  # before the submit
@@ -50,7 +56,7 @@ async def test_a_lost_submit_whose_lookup_is_refused_raises_the_submit_error(
             )
             with (
                 caplog.at_level(logging.WARNING, "aicontract.slurm"),
-                pytest.raises(TransientBackendError, match="slurmctld not responding") as caught,
+                pytest.raises(SlurmError, match="Invalid qos") as caught,
             ):
                 await backend.commit(offer, "k1")
     assert "refused the credentials" in caplog.text

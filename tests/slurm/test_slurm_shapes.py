@@ -208,6 +208,24 @@ async def test_errors_map_to_the_hierarchy() -> None:
             },
         )
         assert await api.job(9) is None
+        # 22.05 with slurmctld away: the same words for a job that runs, errno -1.
+        router.get(f"{URL}/slurm/v0.0.38/job/10").respond(
+            500,
+            json={
+                "errors": [
+                    {"description": "Unable to find JobId=10", "error_number": -1, "error": "x"}
+                ],
+                "jobs": [],
+            },
+        )
+        with pytest.raises(TransientBackendError, match="slurmctld did not answer"):
+            await api.job(10)
+        router.post(f"{URL}/slurm/v0.0.38/job/submit").respond(
+            500,
+            json={"errors": [{"error_code": 1800, "error": "Unable to contact slurm controller"}]},
+        )
+        with pytest.raises(TransientBackendError, match="slurmctld did not answer"):
+            await api.submit({"name": "x"}, "#!/bin/sh\n")
     await api.aclose()
 
 

@@ -59,6 +59,13 @@ SUPPORTED_VERSIONS = ("v0.0.38", "v0.0.37", "v0.0.39", "v0.0.40", "v0.0.41")
 _INVALID_JOB_ID = 2017  # ESLURM_INVALID_JOB_ID
 _ACCESS_DENIED = 2002  # ESLURM_ACCESS_DENIED
 _TRANSIENT_ERRNOS = frozenset({1007, 1008, 5004})  # protocol/authentication timeouts, busy
+# slurmrestd could not reach slurmctld (restarting, failing over): SLURM_COMMUNICATIONS_*
+# (1001-1004) and SLURMCTLD_COMMUNICATIONS_* (1800-1804).
+_CONTROLLER_AWAY = frozenset({1001, 1002, 1003, 1004, 1800, 1801, 1802, 1803, 1804})
+_UNSPECIFIED = -1
+"""22.05's errno when a call to slurmctld failed without one: with the controller away it
+answers even ``Unable to find JobId=N`` this way, for a job that runs (a job truly gone
+is ``2017``)."""
 
 
 class SlurmError(BackendError):
@@ -72,6 +79,8 @@ class SlurmError(BackendError):
         self.status = status
         self.errno = errno
         self.detail = detail
+        self.answer: Obj = {}
+        """The rest of slurmrestd's answer (a submit may name the job it made anyway)."""
         super().__init__(backend, f"HTTP {status}, Slurm error {errno}: {detail}")
 
 
@@ -280,7 +289,10 @@ class SlurmAPI:
             data = {}
         errors = [e for e in data.get("errors") or [] if isinstance(e, Mapping)]
         if response.status_code >= 400 or errors:
-            raise self._error(method, path, response, errors)
+            error = self._error(method, path, response, errors)
+            if isinstance(error, SlurmError):
+                error.answer = data
+            raise error
         return data
 
     def _error(
@@ -297,10 +309,12 @@ class SlurmAPI:
             return AuthenticationError(
                 self.backend, f"slurmrestd refused the credentials (HTTP {status}): {detail}"
             )
-        if (
-            errno == _INVALID_JOB_ID
-            or "Invalid job id" in detail
-            or "Unable to find JobId" in detail
+        if errno in _CONTROLLER_AWAY or (errno == _UNSPECIFIED and status >= 500):
+            return TransientBackendError(
+                self.backend, f"slurmctld did not answer (HTTP {status}, error {errno}): {detail}"
+            )
+        if errno == _INVALID_JOB_ID or (
+            errno == 0 and ("Invalid job id" in detail or "Unable to find JobId" in detail)
         ):
             return JobNotFound(self.backend, status, errno, detail)
         if status in (429, 502, 503, 504) or errno in _TRANSIENT_ERRNOS:
@@ -349,7 +363,17 @@ class SlurmAPI:
             body: Obj = {"script": script, "job": job}
         else:
             body = {"job": {**_modern_job(job), "script": script}}
-        data = await self.request("POST", "/job/submit", body=body)
+        try:
+            data = await self.request("POST", "/job/submit", body=body)
+        except SlurmError as exc:
+            # slurmctld may take the job and complain in the same answer (22.05, just
+            # after a restart: "Required node not available" while the nodes register
+            # again): the job exists, pending; waiting for it to run decides.
+            job_id = number(exc.answer.get("job_id"))
+            if job_id is None:
+                raise
+            log.warning("slurm: job %s submitted, with a complaint: %s", job_id, exc.detail)
+            return job_id
         job_id = number(data.get("job_id"))
         if job_id is None:
             raise SlurmError(self.backend, 200, 0, f"submit answered without a job id: {data}")

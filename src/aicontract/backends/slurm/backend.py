@@ -16,8 +16,8 @@ import logging
 import math
 import os
 import shlex
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import anyio
 import attrs
@@ -72,6 +72,7 @@ from .quote import (
 __all__ = ["SlurmBackend", "job_name", "node_env"]
 
 log = logging.getLogger("aicontract.slurm")
+_T = TypeVar("_T")
 
 MIB = 2**20
 # Pending reasons that no amount of waiting cures: fail the commit at once.
@@ -597,12 +598,11 @@ class SlurmBackend(Backend):
             deadline = anyio.current_time() + (
                 start_by.seconds if start_by is not None else self.schedule_timeout
             )
-            job = await self._find_job(name, idempotency_key)
+            job = await self._retrying(deadline, self._find_job, name, idempotency_key)
             job_id = job.id if job is not None else None
             try:
                 if job_id is None:
-                    job_id = await self.rest.submit(*self._job(offer, name, idempotency_key))
-                    log.info("slurm: submitted job %s for %s", job_id, name)
+                    job_id = await self._submit(offer, name, idempotency_key, deadline)
                 else:
                     log.info("slurm: found job %s already submitted as %s", job_id, name)
                 running = await self._wait_running(job_id, deadline)
@@ -614,6 +614,45 @@ class SlurmBackend(Backend):
             self._leases[idempotency_key] = lease
             return lease
 
+    async def _retrying(
+        self, deadline: float, call: Callable[..., Awaitable[_T]], *args: Any
+    ) -> _T:
+        """``call(*args)``, again after a transient error, until ``deadline``.
+
+        slurmctld restarting (an upgrade, a failover) leaves slurmrestd without answers
+        for seconds; a commit allowed to wait for capacity may wait that out too.
+        """
+        wait = self.poll_interval
+        while True:
+            try:
+                return await call(*args)
+            except TransientBackendError as exc:
+                if anyio.current_time() + wait >= deadline:
+                    raise
+                log.info("slurm: %s; retrying in %.1fs", exc, wait)
+                await anyio.sleep(wait)
+                wait = min(self.poll_max, wait * 2)
+
+    async def _submit(self, offer: Offer, name: str, key: str, deadline: float) -> int:
+        """Submit the job once: after a transient failure, the job is looked for by name
+        (the submit may have reached slurmctld) before it is submitted again."""
+        wait = self.poll_interval
+        while True:
+            try:
+                job_id = await self.rest.submit(*self._job(offer, name, key))
+            except TransientBackendError as exc:
+                if anyio.current_time() + wait >= deadline:
+                    raise
+                log.info("slurm: submitting %s: %s; retrying in %.1fs", name, exc, wait)
+                await anyio.sleep(wait)
+                wait = min(self.poll_max, wait * 2)
+                found = await self._retrying(deadline, self._find_job, name, key)
+                if found is None:
+                    continue
+                job_id = found.id
+            log.info("slurm: submitted job %s for %s", job_id, name)
+            return job_id
+
     async def _undo_commit(
         self, name: str, key: str, job_id: int | None, failure: BaseException
     ) -> None:
@@ -624,16 +663,17 @@ class SlurmBackend(Backend):
         raises, since it is what says why the commit failed.
         """
         step = f"look for job {name}"
+        until = anyio.current_time() + self.release_timeout
         try:
             with anyio.move_on_after(self.release_timeout):
                 if job_id is None:
                     # The submit may have reached slurmctld with its answer lost (a
                     # cancel, a timeout): the job is found by its name, or none was made.
-                    job = await self._find_job(name, key)
+                    job = await self._retrying(until, self._find_job, name, key)
                     job_id = job.id if job is not None else None
                 if job_id is not None:
                     step = f"cancel job {job_id}"
-                    await self._cancel_and_wait(job_id)
+                    await self._retrying(until, self._cancel_and_wait, job_id)
         except Exception as exc:
             note = f"then, undoing the commit, could not {step}: {exc}"
             log.warning("slurm: after a failed commit (%s), could not %s: %s", failure, step, exc)
@@ -701,7 +741,7 @@ class SlurmBackend(Backend):
         delay = self.poll_interval
         reason = "no word from the scheduler yet"
         while True:
-            raw = await self.rest.job(job_id)
+            raw = await self._retrying(deadline, self.rest.job, job_id)
             if raw is None:
                 raise CapacityUnavailable(self.name, f"job {job_id} vanished before it ran")
             job = job_views([raw])[0]

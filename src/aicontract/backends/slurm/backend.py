@@ -603,6 +603,7 @@ class SlurmBackend(Backend):
             try:
                 if job_id is None:
                     job_id = await self._submit(offer, name, idempotency_key, deadline)
+                    job_id = await self._one_job(name, idempotency_key, job_id, deadline)
                 else:
                     log.info("slurm: found job %s already submitted as %s", job_id, name)
                 running = await self._wait_running(job_id, deadline)
@@ -653,6 +654,22 @@ class SlurmBackend(Backend):
             log.info("slurm: submitted job %s for %s", job_id, name)
             return job_id
 
+    async def _one_job(self, name: str, key: str, ours: int, deadline: float) -> int:
+        """The one job of ``key``: the lowest id of those live, ours cancelled if not it.
+
+        Another process committing the same key at the same instant may have looked,
+        found nothing and submitted too. Slurm numbers jobs in the order it takes them,
+        so the lowest id was there for every later submit's look: each commit keeps it,
+        and only it, whichever looks first.
+        """
+        jobs = await self._retrying(deadline, self._find_jobs, name, key)
+        first = min((j.id for j in jobs), default=ours)
+        if first < ours:
+            log.info("slurm: job %s of %s was there first; cancelling ours, %s", first, name, ours)
+            await self._retrying(deadline, self._cancel_and_wait, ours)
+            return first
+        return ours
+
     async def _undo_commit(
         self, name: str, key: str, job_id: int | None, failure: BaseException
     ) -> None:
@@ -684,11 +701,17 @@ class SlurmBackend(Backend):
                 failure.__context__ = exc
 
     async def _find_job(self, name: str, key: str) -> JobView | None:
-        """The live job a commit under ``key`` submitted before (a retry finds it)."""
-        for job in job_views(await self.rest.jobs()):
-            if job.name == name and job.comment == _comment(key) and not job.finished:
-                return job
-        return None
+        """The live job a commit under ``key`` submitted before (a retry finds it); of
+        several (two processes submitted at once), the first Slurm took."""
+        return min(await self._find_jobs(name, key), key=lambda j: j.id, default=None)
+
+    async def _find_jobs(self, name: str, key: str) -> list[JobView]:
+        """Every live job submitted under ``key``."""
+        return [
+            job
+            for job in job_views(await self.rest.jobs())
+            if job.name == name and job.comment == _comment(key) and not job.finished
+        ]
 
     def _job(self, offer: Offer, name: str, key: str) -> tuple[dict[str, Any], str]:
         """The job description and batch script for ``offer``."""

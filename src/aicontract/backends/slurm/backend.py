@@ -607,7 +607,9 @@ class SlurmBackend(Backend):
                 else:
                     log.info("slurm: found job %s already submitted as %s", job_id, name)
                 running = await self._wait_running(job_id, deadline)
-                lease = await self._lease(offer, idempotency_key, name, running)
+                lease = await self._retrying(
+                    deadline, self._lease, offer, idempotency_key, name, running
+                )
             except BaseException as failure:
                 with anyio.CancelScope(shield=True):
                     await self._undo_commit(name, idempotency_key, job_id, failure)

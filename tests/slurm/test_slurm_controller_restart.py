@@ -88,3 +88,24 @@ async def test_a_commit_waits_out_a_controller_restart_within_start_by(
             assert [j["job_id"] for j in jobs] == [int(lease.details["job_id"])]
         finally:
             await lease.release()
+
+
+async def test_a_release_waits_out_a_controller_restart(clean_cluster: Any) -> None:
+    """Released while the controller is away: the job is still cancelled once it is back
+    (within ``release_timeout``), not left running to its time limit."""
+    async with backend_on(clean_cluster) as backend:
+        lease = await backend.commit((await backend.quote(one_gpu())).offers[0], uuid.uuid4().hex)
+        job_id = int(lease.details["job_id"])
+        clean_cluster.stop_slurmctld()
+        back = False
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lease.release)
+                await anyio.sleep(15)  # longer than slurmrestd's own retries (MessageTimeout)
+                clean_cluster.start_slurmctld()
+                back = True
+        finally:
+            if not back:
+                clean_cluster.start_slurmctld()
+        assert lease.state == LeaseState.RELEASED
+        assert job_id not in [j["job_id"] for j in clean_cluster.live_jobs()]

@@ -897,10 +897,15 @@ class SlurmBackend(Backend):
         return float(job.start_time + minutes * 60)
 
     async def release(self, lease: Lease) -> None:
-        """Cancel the job and wait until Slurm has let go of its nodes. Safe to repeat."""
+        """Cancel the job and wait until Slurm has let go of its nodes. Safe to repeat.
+
+        A controller away (restarting) is waited for, up to ``release_timeout``: a job
+        left running would hold its nodes to its time limit.
+        """
         job_id = lease.details.get("job_id")
         if job_id:
-            await self._cancel_and_wait(int(job_id))
+            until = anyio.current_time() + self.release_timeout
+            await self._retrying(until, self._cancel_and_wait, int(job_id))
         for key, held in list(self._leases.items()):
             if held is lease:
                 del self._leases[key]

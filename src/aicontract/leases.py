@@ -672,10 +672,13 @@ class Lease:
         except BaseException:
             self._holding = None
             holding.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True):
+            try:
+                # Leave the group where it was entered: exited inside another cancel scope
+                # (a shield), asyncio's stack of scopes is left corrupted (RuntimeError).
                 with contextlib.suppress(BaseException):
                     await holding.__aexit__(None, None, None)
-                await self.release()
+            finally:
+                await self.release()  # shielded from cancellation itself
             raise
         return self
 

@@ -222,6 +222,10 @@ def audit_verify(path: Path | None) -> None:
     if not result.ok:
         click.echo(f"{target}: TAMPERED: {result.problem}", err=True)
         sys.exit(1)
+    if not result.entries and not target.exists():
+        # Not "chain intact": a mistyped --record must not read as a verified record.
+        click.echo(f"{target}: no record yet (nothing has been recorded there)")
+        return
     click.echo(f"{target}: ok, {result.entries} entries, chain intact")
 
 

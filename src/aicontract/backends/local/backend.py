@@ -856,9 +856,14 @@ class LocalBackend(Backend):
         # Its lock is in the ledger before it starts: if this holder dies between the
         # start and the full record, a reclaimer still waits for the work to be gone.
         if not await self.ledger.set_workload(
-            lease.id, WorkloadRef(pgid=0, pidns=pid_namespace(), lock=lock, grace=grace_s)
+            lease.id,
+            WorkloadRef(pgid=0, pidns=pid_namespace(), lock=lock, grace=grace_s),
+            self.clock.time(),
         ):
-            raise LeaseLost(lease.id, "it was no longer in the ledger when its workload started")
+            raise LeaseLost(
+                lease.id,
+                "it had ended (expired, released or being stopped) before its workload started",
+            )
         # Where it reports to its lease's monitor: known now, bound once the lease is held.
         if REPORT_SOCKET_ENV not in lease.env:
             try:
@@ -876,7 +881,7 @@ class LocalBackend(Backend):
         )
         self._processes[lease.id] = supervised
         lease.details["pid"] = str(supervised.pid)
-        if not await self.ledger.set_workload(lease.id, supervised.ref):
+        if not await self.ledger.set_workload(lease.id, supervised.ref, self.clock.time()):
             # Lost between the grant and now (a reclaimer saw it expire): nothing may run.
             await supervised.stop()
             self._processes.pop(lease.id, None)

@@ -967,9 +967,12 @@ class LocalBackend(Backend):
 
     async def release(self, lease: Lease) -> None:
         """Stop the workload (if launched), then free the lease's devices."""
-        process = self._processes.pop(lease.id, None)
+        process = self._processes.get(lease.id)
         if process is not None:
+            # Popped only once stopped: a release racing this one stops (waits for) the
+            # same process, and never frees the devices while the work still runs.
             await process.stop()
+            self._processes.pop(lease.id, None)
         try:
             # Uncontended, the release runs here and now, with nothing to cancel (no await);
             # only a wait for another process's lock needs shielding.
@@ -983,9 +986,10 @@ class LocalBackend(Backend):
 
     async def abandon(self, offer: Offer, idempotency_key: str) -> None:
         """Free whatever a commit under ``idempotency_key`` bound (the key is the lease id)."""
-        process = self._processes.pop(idempotency_key, None)
+        process = self._processes.get(idempotency_key)
         if process is not None:
-            await process.stop()
+            await process.stop()  # popped once stopped, as in release()
+            self._processes.pop(idempotency_key, None)
         await self.ledger.arelease(idempotency_key)
 
     async def observe(self, lease: Lease) -> Observation:

@@ -26,7 +26,7 @@ import msgspec
 
 from ..clock import Clock, system_clock
 from ..contract import Contract, encode_quantity, mutable_parts
-from ..errors import AIContractError, ConfigError, LeaseLost, PolicyViolation
+from ..errors import AIContractError, ConfigError, ContractError, LeaseLost, PolicyViolation
 from ..leases import Lease, LeaseState
 from ..offer import Grant, Offer, Rejection
 from .identity import Identity, local_identity
@@ -346,7 +346,12 @@ def default_governance() -> Governance | None:
     """Governance from the environment: ``AICONTRACT_POLICY`` (or the system policy) and the
     record in the state dir (``AICONTRACT_RECORD`` names another file; ``off`` keeps none)."""
     path = find_policy()
-    policy = load_policy(path) if path is not None else None
+    try:
+        policy = load_policy(path) if path is not None else None
+    except ContractError as exc:  # the policy's fault, not the contract's: say which file
+        error = ConfigError(f"policy {path}: {exc} (fix it, or set AICONTRACT_POLICY)")
+        error.file = str(path)
+        raise error from None
     where = os.environ.get("AICONTRACT_RECORD")
     record = None if where in ("off", "0", "false") else Record.shared(record_path())
     if policy is None and record is None:

@@ -9,14 +9,15 @@ leases acquired here keep renewing while your code runs.
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 import anyio
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+from anyio.from_thread import BlockingPortal
 
 from .backends.base import Backend
 from .contract import Contract
@@ -31,7 +32,7 @@ T = TypeVar("T")
 
 _lock = threading.Lock()
 _portal: BlockingPortal | None = None
-_stack = ExitStack()
+_thread: threading.Thread | None = None
 
 
 def portal() -> BlockingPortal:
@@ -39,9 +40,44 @@ def portal() -> BlockingPortal:
     global _portal
     with _lock:
         if _portal is None:
-            _portal = _stack.enter_context(start_blocking_portal())
+            _portal = _start_portal()
             atexit.register(_shutdown)
         return _portal
+
+
+def _start_portal() -> BlockingPortal:
+    """Run an event loop in a daemon thread and return a portal into it.
+
+    Not anyio's ``start_blocking_portal``: that is a generator, which a forked child
+    copies suspended and whose cleanup (when the child drops it) waits for a loop
+    thread the child does not have. A daemon thread, because non-daemon threads are
+    joined before ``atexit`` runs :func:`_shutdown`, the one thing that stops it.
+    """
+    global _thread
+    started: list[BlockingPortal] = []
+    failed: list[BaseException] = []
+    ready = threading.Event()
+
+    async def serve() -> None:
+        async with BlockingPortal() as running:
+            started.append(running)
+            ready.set()
+            await running.sleep_until_stopped()
+
+    def loop() -> None:
+        try:
+            anyio.run(serve)
+        except BaseException as exc:  # handed to the caller below
+            failed.append(exc)
+        finally:
+            ready.set()
+
+    _thread = threading.Thread(target=loop, name="aicontract-portal", daemon=True)
+    _thread.start()
+    ready.wait()
+    if not started:
+        raise failed[0] if failed else RuntimeError("the aicontract event loop did not start")
+    return started[0]
 
 
 # Leases acquired through this face, so the ones still held at exit are released
@@ -69,7 +105,22 @@ def _shutdown() -> None:
                 running.call(running.stop, True)
             except RuntimeError:  # the loop is already gone
                 pass
-        _stack.close()
+            if _thread is not None:
+                _thread.join()
+
+
+def _forget_after_fork() -> None:
+    """In a forked child the portal's thread, its loop and the parent's leases did not
+    come along: the child starts a portal of its own on first use (calls to the copied
+    one waited for ever), and never releases the parent's leases at its exit."""
+    global _lock, _portal, _thread, _held_leases
+    _lock = threading.Lock()
+    _portal = _thread = None
+    _held_leases = weakref.WeakSet()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _call(func: Callable[..., Awaitable[T]], *args: Any) -> T:

@@ -188,6 +188,8 @@ class Lease:
     reason: str | None = None
     _listeners: list[StateListener] = attrs.field(factory=list, repr=False)
     extension: float = 0.0
+    """Seconds added to the contract's term by :meth:`extend`; a renegotiation's
+    replacement carries what makes it end with its chain's term (less than 0 then)."""
     workload_state: WorkloadState | None = None
     """``None`` when nothing the backend started runs on the lease (you run the work)."""
     _holding: anyio.abc.TaskGroup | None = attrs.field(default=None, repr=False)

@@ -39,6 +39,7 @@ from .policy import (
     find_policy,
     load_policy,
     template_of,
+    term_seconds,
     windows,
 )
 from .record import Record
@@ -538,12 +539,11 @@ class Governance:
             refusals.extend(self._budget_refusals(offer, base["digest"], now))
             if refusals:
                 self._refuse(offer, base, refusals, locked=True)
-            duration = offer.contract.terms.duration
             fields = {
                 **base,
                 "ticket": ticket,
                 "gpus": offer.grant.total_gpus,
-                "duration": duration.seconds if duration else None,
+                "duration": term_seconds(offer),
                 "price": str(offer.price) if offer.price is not None else None,
                 "until": now + admission_hold(offer.contract),
             }
@@ -586,7 +586,8 @@ class Governance:
                 f"the offer is priced {price or 'unpriced'}; the budget is in {currency}",
                 f"{spent:.2f} {currency}",
             )
-        hours = terms.duration.seconds / 3600 if terms.duration is not None else None
+        term = term_seconds(offer)  # a replacement: only what is left of the run
+        hours = term / 3600 if term is not None else None
         if hours is None:
             if spent >= limit and price.amount:
                 return refuse("the budget is spent", f"{spent:.2f} {currency}")
@@ -647,7 +648,6 @@ class Governance:
     ) -> None:
         if self.record is None:
             return
-        duration = offer.contract.terms.duration
         self._append(
             "grant",
             {
@@ -661,7 +661,7 @@ class Governance:
                 "region": lease.region,
                 "jurisdiction": lease.jurisdiction,
                 "price": str(offer.price) if offer.price is not None else None,
-                "duration": duration.seconds if duration else None,
+                "duration": term_seconds(offer),
                 "expires_at": lease.expires_at,
             },
         )

@@ -162,12 +162,13 @@ class Renegotiate:
             log.warning("lease %s: cannot renegotiate without a negotiator; notifying", old.id)
             return
         if not context.budget.spend(now):
+            at = context.budget.next_at(now)
             log.warning(
-                "lease %s: renegotiation budget spent (%d per hour); next allowed at %s;"
+                "lease %s: renegotiation budget spent (%d per hour); next allowed %s;"
                 " notifying only: %s",
                 old.id,
                 context.budget.per_hour,
-                context.budget.next_at(now),
+                "never (0 per hour)" if at is None else f"in {max(0.0, at - now):.0f}s",
                 violation.describe(),
             )
             return

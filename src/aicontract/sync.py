@@ -13,6 +13,7 @@ import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
@@ -138,15 +139,50 @@ def acquire_sync(
     watches it, when its contract has objectives — in the background (unless
     ``keep_alive=False``) until you call :func:`release_sync` or it ends."""
 
-    async def run() -> Lease:
-        return await _acquire(contract, backends=backends, negotiator=negotiator)
-
-    acquired = _call(run)
-    _held_leases.add(acquired)
+    acquired = _acquire_for_caller(contract, backends, negotiator)
     if keep_alive:
         # Wait until it is held (its report socket bound), so lease.env is complete.
         portal().start_task(acquired.hold, name=f"aicontract-hold-{acquired.id}")
     return acquired
+
+
+def _acquire_for_caller(
+    contract: Contract, backends: Sequence[Backend] | None, negotiator: Negotiator | None
+) -> Lease:
+    """Acquire on the portal's loop for this blocking caller.
+
+    A caller interrupted while it waits (Ctrl-C; a notebook's interrupt) gets nothing,
+    so nothing may stay leased: the negotiation is cancelled, and a lease it commits
+    all the same (a commit already sent finishes) is released, not left to its TTL.
+    """
+    guard = threading.Lock()
+    got: list[Lease] = []
+    caller_gone = False
+
+    async def run() -> None:
+        acquired = await _acquire(contract, backends=backends, negotiator=negotiator)
+        with guard:
+            if not caller_gone:
+                got.append(acquired)
+                _held_leases.add(acquired)
+                return
+        await acquired.release()  # shielded: it runs even in the cancelled task
+
+    future: Future[None] | None = None
+    try:
+        # Inside the try: the interrupt may come while the task is being started.
+        future = portal().start_task_soon(run)
+        future.result()
+    except BaseException:
+        with guard:
+            caller_gone = True
+            orphans = list(got)
+        if future is not None:
+            future.cancel()
+        for orphan in orphans:  # handed over just as the caller was interrupted
+            portal().start_task_soon(orphan.release)
+        raise
+    return got[0]
 
 
 def release_sync(held: Lease) -> None:
@@ -172,11 +208,7 @@ def quote_sync(contract: Contract, *, backends: Sequence[Backend] | None = None)
 def _held(
     contract: Contract, backends: Sequence[Backend] | None, negotiator: Negotiator | None
 ) -> Iterator[Lease]:
-    async def run() -> Lease:
-        return await _acquire(contract, backends=backends, negotiator=negotiator)
-
-    acquired = _call(run)
-    _held_leases.add(acquired)
+    acquired = _acquire_for_caller(contract, backends, negotiator)
     with portal().wrap_async_context_manager(acquired) as held:
         yield held
 

@@ -505,7 +505,14 @@ class Governance:
                     },
                 )
             raise
-        self._granted(offer, lease, base, ticket)
+        try:
+            self._granted(offer, lease, base, ticket)
+        except BaseException:
+            # The record is the proof of a grant: one it cannot take is an error, and the
+            # lease committed meanwhile goes back rather than stay held by nobody.
+            with anyio.CancelScope(shield=True):
+                await lease.release()
+            raise
         return lease
 
     def _refuse(

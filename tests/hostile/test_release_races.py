@@ -14,11 +14,13 @@ import time
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
 
 import aicontract
-from aicontract import Contract, Negotiator, Terms, Workload
+from aicontract import Contract, Lease, Negotiator, Terms, VirtualClock, Workload
 from aicontract.backends.local import LocalBackend
+from fakes import FakeBackend
 from procs import live_processes
 
 pytestmark = [pytest.mark.anyio, pytest.mark.anyio_backends("asyncio", "trio")]
@@ -66,3 +68,38 @@ async def test_two_releases_at_once_free_the_devices_only_after_the_work_stops(
         while live_processes(marker.encode()) and time.monotonic() < deadline:
             await anyio.sleep(0.05)
         assert live_processes(marker.encode()) == []
+
+
+@attrs.define(eq=False)
+class _SlowRenewals(FakeBackend):
+    """Renewals that take a while (a cloud API, a busy API server): each waits for ``go``."""
+
+    go: anyio.Event = attrs.field(factory=anyio.Event)
+    waiting: int = 0
+
+    async def renew(self, lease: Lease) -> float:
+        self.waiting += 1
+        await self.go.wait()
+        return await super().renew(lease)
+
+
+async def test_extend_while_the_heartbeat_renews_extends(clock: VirtualClock) -> None:
+    """``extend()`` called while a renewal is on its way raised ``LeaseStateError``
+    ("renewing" cannot become "renewing"), having already moved the term — an error for
+    an extension that stood. The renewals take turns instead, and both succeed."""
+    backend = _SlowRenewals(clock=clock)
+    lease = await Negotiator([backend], clock=clock).acquire(
+        Contract(name="long", gpus=1, terms=Terms(duration="6h"))
+    )
+    ends_at = lease.ends_at
+    assert ends_at is not None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lease.renew)  # the heartbeat's renewal, slow to answer
+        await _until(lambda: backend.waiting == 1, "the first renewal to be on its way")
+        tg.start_soon(lease.extend, "1h")
+        await anyio.sleep(0.05)
+        backend.go.set()
+    assert lease.is_active
+    assert lease.ends_at == ends_at + 3600
+    assert len(backend.renewals) == 2
+    await lease.release()

@@ -560,10 +560,11 @@ class Governance:
     async def _readmit(
         self, offer: Offer, identity: Identity, base: dict[str, Any], ticket: str, lease: Lease
     ) -> None:
-        """Admit a commit again that outlived its admission; release its lease if refused."""
+        """Admit a commit again that outlived its admission; release its lease if refused
+        (or if the admission could not be made at all: a record that cannot be written)."""
         try:
             self._admit(offer, identity, base, ticket)
-        except PolicyViolation:
+        except BaseException:
             with anyio.CancelScope(shield=True):
                 await lease.release()
             raise

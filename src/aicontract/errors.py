@@ -103,6 +103,10 @@ class ContractError(AIContractError, ValueError):
 class ConfigError(AIContractError):
     """Configuration outside a contract is wrong: an inventory file, a state dir, an option."""
 
+    file: str | None = None
+    """The configuration file at fault, when the message names one (a policy file): the
+    CLI then does not blame the contract file it was reading."""
+
 
 class BackendNotFound(ConfigError, LookupError):
     """No backend is registered under the requested name."""

@@ -188,6 +188,8 @@ class Lease:
     reason: str | None = None
     _listeners: list[StateListener] = attrs.field(factory=list, repr=False)
     extension: float = 0.0
+    """Seconds added to the contract's term by :meth:`extend`; a renegotiation's
+    replacement carries what makes it end with its chain's term (less than 0 then)."""
     workload_state: WorkloadState | None = None
     """``None`` when nothing the backend started runs on the lease (you run the work)."""
     _holding: anyio.abc.TaskGroup | None = attrs.field(default=None, repr=False)
@@ -672,10 +674,13 @@ class Lease:
         except BaseException:
             self._holding = None
             holding.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True):
+            try:
+                # Leave the group where it was entered: exited inside another cancel scope
+                # (a shield), asyncio's stack of scopes is left corrupted (RuntimeError).
                 with contextlib.suppress(BaseException):
                     await holding.__aexit__(None, None, None)
-                await self.release()
+            finally:
+                await self.release()  # shielded from cancellation itself
             raise
         return self
 

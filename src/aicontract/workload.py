@@ -41,6 +41,7 @@ __all__ = [
     "WorkloadRef",
     "cgroup_parent",
     "lock_held",
+    "lock_holders",
     "pid_namespace",
     "process_start_time",
     "signal_ref",
@@ -157,6 +158,47 @@ def lock_held(path: str | os.PathLike[str]) -> bool | None:
     return False
 
 
+def lock_holders(path: str | os.PathLike[str]) -> list[int]:
+    """The processes (other than this one) that have the workload lock ``path`` open for
+    writing, as the workload's processes do: read from ``/proc/*/fd``, so only those this
+    user may look at (its own; root: all). A process that left the workload's group and
+    cgroup but kept the lock is found here. A reader probing the lock (:func:`lock_held`,
+    which opens it read-only) is not.
+    """
+    try:
+        lock = os.stat(path)
+    except OSError:
+        return []
+    me = str(os.getpid())
+    found: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit() or entry == me:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.stat(f"/proc/{entry}/fd/{fd}")
+                if (target.st_dev, target.st_ino) != (lock.st_dev, lock.st_ino):
+                    continue
+                with open(f"/proc/{entry}/fdinfo/{fd}") as info:
+                    flags = next(
+                        int(line.split()[1], 8) for line in info if line.startswith("flags:")
+                    )
+            except (OSError, ValueError, StopIteration, IndexError):
+                continue
+            if flags & os.O_ACCMODE == os.O_RDWR:
+                found.append(int(entry))
+                break
+    return found
+
+
 def _cgroup_pids(cgroup: str | None) -> list[int]:
     if cgroup is None:
         return []
@@ -235,6 +277,13 @@ def signal_ref(ref: WorkloadRef, sig: int) -> bool:
         with contextlib.suppress(OSError):
             os.killpg(ref.pgid, sig)
             reached = True
+    if ref.lock is not None and lock_held(ref.lock):
+        # Left the group (setsid, a double fork) without a cgroup to keep it, but kept
+        # the lock it inherited: it is still the workload.
+        for pid in lock_holders(ref.lock):
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+                reached = True
     return reached
 
 
@@ -289,6 +338,18 @@ class Supervised:
             # itself, this does.
             if workload_alive(msgspec.structs.replace(self.ref, lock=None)):
                 signal_ref(self.ref, signal.SIGKILL)
+            lock = self.ref.lock
+            if lock is not None and lock_held(lock) and lock_holders(lock):
+                # Out of the group and cgroup, but holding the lock: the work, all the same.
+                signal_ref(self.ref, signal.SIGTERM)
+                with anyio.move_on_after(grace):
+                    while lock_holders(lock):
+                        await anyio.sleep(0.05)
+                if lock_holders(lock):
+                    signal_ref(self.ref, signal.SIGKILL)
+                    with anyio.move_on_after(2.0):  # SIGKILL lands when next scheduled
+                        while lock_holders(lock):
+                            await anyio.sleep(0.02)
             _remove_cgroup(self.ref.cgroup)
             await self.process.aclose()
         code = self.returncode

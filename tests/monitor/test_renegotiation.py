@@ -233,3 +233,25 @@ async def test_a_replacement_is_released_when_the_holder_let_go_meanwhile(
 
 def _slow(lease: Lease) -> object:
     return Sample(sli="latency", value=0.8, at=lease.clock.time())
+
+
+async def test_a_spent_renegotiation_budget_says_when_in_words(
+    clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warning said "next allowed at 1795991340.9938266": a raw epoch, for people."""
+    backend = FakeBackend(clock=clock)
+    neg = Negotiator([backend], clock=clock)
+    old = await neg.acquire(Contract(gpus=1))
+    budget = RenegotiationBudget(per_hour=1)
+    assert budget.spend(clock.time())
+    await clock.advance(600)
+
+    async def switch(old: object, new: object) -> None:
+        raise AssertionError("no renegotiation is left in the budget")
+
+    context = PolicyContext(lease=old, budget=budget, negotiator=neg, now=clock.time, switch=switch)
+    with caplog.at_level("WARNING", logger="aicontract"):
+        await Renegotiate().handle(context, _violation(old.id))  # type: ignore[arg-type]
+    (message,) = [r.getMessage() for r in caplog.records if "budget spent" in r.getMessage()]
+    assert "next allowed in 3000s" in message
+    assert str(int(clock.time())) not in message

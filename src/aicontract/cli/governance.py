@@ -21,7 +21,7 @@ from ..governance.policy import Policy, find_policy, load_policy
 from ..governance.record import Record, verify
 from ..governance.templates import catalog, find_template, render
 from ..schema import _hook, template_json_schema
-from .output import check_files, path_option
+from .output import EXIT_ERROR, check_files, path_option
 
 
 @click.group()
@@ -179,6 +179,15 @@ def _describe(entry: Mapping[str, Any]) -> str:
     return " ".join(parts) + (f": {detail}" if detail else "")
 
 
+class _Unreadable(click.ClickException):
+    """A record that cannot be read at all (a directory, no permission): an error, exit 2."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        super().__init__(f"{path}: the record cannot be read ({exc.strerror or exc})")
+
+
 def _select(path: Path | None, lease: str | None, tenant: str | None) -> Iterator[dict[str, Any]]:
     """The record's entries that match, streamed (a record may hold millions)."""
     record = Record(path or record_path())
@@ -188,10 +197,18 @@ def _select(path: Path | None, lease: str | None, tenant: str | None) -> Iterato
             entry = next(entries)
         except StopIteration:
             return
-        except msgspec.DecodeError as exc:
+        except OSError as exc:
+            raise _Unreadable(record.path, exc) from None
+        except (msgspec.DecodeError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than the decoder goes, no entry either.
             raise click.ClickException(
                 f"{record.path}: damaged ({exc}); run `aicontract audit verify`"
             ) from None
+        if not isinstance(entry, dict):
+            raise click.ClickException(
+                f"{record.path}: damaged (a line holds a JSON {type(entry).__name__},"
+                " not an entry); run `aicontract audit verify`"
+            )
         if lease and entry.get("lease") != lease:
             continue
         if tenant and entry.get("tenant") != tenant:
@@ -207,7 +224,16 @@ def _select(path: Path | None, lease: str | None, tenant: str | None) -> Iterato
 def audit_show(path: Path | None, lease: str | None, tenant: str | None, as_json: bool) -> None:
     """The record's entries, oldest first."""
     for entry in _select(path, lease, tenant):
-        click.echo(json.dumps(entry, ensure_ascii=False) if as_json else _describe(entry))
+        click.echo(json.dumps(entry, ensure_ascii=False) if as_json else _summary(entry))
+
+
+def _summary(entry: Mapping[str, Any]) -> str:
+    """:func:`_describe`, or the entry as JSON when its fields are not what the record
+    writes (an entry forged by hand: ``audit verify`` says so, ``show`` still shows it)."""
+    try:
+        return _describe(entry)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return f"(not a record entry) {json.dumps(entry, ensure_ascii=False)}"
 
 
 @audit.command("verify")
@@ -219,9 +245,15 @@ def audit_verify(path: Path | None) -> None:
         result = verify(target)
     except AIContractError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise _Unreadable(target, exc) from None
     if not result.ok:
         click.echo(f"{target}: TAMPERED: {result.problem}", err=True)
         sys.exit(1)
+    if not result.entries and not target.exists():
+        # Not "chain intact": a mistyped --record must not read as a verified record.
+        click.echo(f"{target}: no record yet (nothing has been recorded there)")
+        return
     click.echo(f"{target}: ok, {result.entries} entries, chain intact")
 
 
@@ -247,7 +279,7 @@ def audit_export(path: Path | None, fmt: str, lease: str | None, tenant: str | N
     from ..monitor.telemetry import export_record_otlp_json
 
     try:  # the SDK is imported only now: it is in the otel extra
-        export_record_otlp_json(selected, sys.stdout, describe=_describe)
+        export_record_otlp_json(selected, sys.stdout, describe=_summary)
     except ImportError:
         raise click.ClickException(
             "--format otel needs the OpenTelemetry SDK: pip install 'aicontract[otel]'"

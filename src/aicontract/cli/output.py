@@ -118,11 +118,15 @@ def friendly(func: F) -> F:
 
 @contextlib.contextmanager
 def reading(file: Path) -> Iterator[None]:
-    """Errors raised inside the block name ``file`` when :func:`friendly` reports them."""
+    """Errors raised inside the block name ``file`` when :func:`friendly` reports them.
+
+    Not a :class:`ConfigError` that names its own file (a broken policy): that is not
+    the contract's fault.
+    """
     try:
         yield
     except AIContractError as exc:
-        if getattr(exc, _SOURCE, None) is None:
+        if getattr(exc, _SOURCE, None) is None and getattr(exc, "file", None) is None:
             setattr(exc, _SOURCE, file)
         raise
 

@@ -26,7 +26,7 @@ import msgspec
 
 from ..clock import Clock, system_clock
 from ..contract import Contract, encode_quantity, mutable_parts
-from ..errors import AIContractError, ConfigError, LeaseLost, PolicyViolation
+from ..errors import AIContractError, ConfigError, ContractError, LeaseLost, PolicyViolation
 from ..leases import Lease, LeaseState
 from ..offer import Grant, Offer, Rejection
 from .identity import Identity, local_identity
@@ -39,6 +39,7 @@ from .policy import (
     find_policy,
     load_policy,
     template_of,
+    term_seconds,
     windows,
 )
 from .record import Record
@@ -346,7 +347,12 @@ def default_governance() -> Governance | None:
     """Governance from the environment: ``AICONTRACT_POLICY`` (or the system policy) and the
     record in the state dir (``AICONTRACT_RECORD`` names another file; ``off`` keeps none)."""
     path = find_policy()
-    policy = load_policy(path) if path is not None else None
+    try:
+        policy = load_policy(path) if path is not None else None
+    except ContractError as exc:  # the policy's fault, not the contract's: say which file
+        error = ConfigError(f"policy {path}: {exc} (fix it, or set AICONTRACT_POLICY)")
+        error.file = str(path)
+        raise error from None
     where = os.environ.get("AICONTRACT_RECORD")
     record = None if where in ("off", "0", "false") else Record.shared(record_path())
     if policy is None and record is None:
@@ -499,7 +505,14 @@ class Governance:
                     },
                 )
             raise
-        self._granted(offer, lease, base, ticket)
+        try:
+            self._granted(offer, lease, base, ticket)
+        except BaseException:
+            # The record is the proof of a grant: one it cannot take is an error, and the
+            # lease committed meanwhile goes back rather than stay held by nobody.
+            with anyio.CancelScope(shield=True):
+                await lease.release()
+            raise
         return lease
 
     def _refuse(
@@ -533,12 +546,11 @@ class Governance:
             refusals.extend(self._budget_refusals(offer, base["digest"], now))
             if refusals:
                 self._refuse(offer, base, refusals, locked=True)
-            duration = offer.contract.terms.duration
             fields = {
                 **base,
                 "ticket": ticket,
                 "gpus": offer.grant.total_gpus,
-                "duration": duration.seconds if duration else None,
+                "duration": term_seconds(offer),
                 "price": str(offer.price) if offer.price is not None else None,
                 "until": now + admission_hold(offer.contract),
             }
@@ -548,10 +560,11 @@ class Governance:
     async def _readmit(
         self, offer: Offer, identity: Identity, base: dict[str, Any], ticket: str, lease: Lease
     ) -> None:
-        """Admit a commit again that outlived its admission; release its lease if refused."""
+        """Admit a commit again that outlived its admission; release its lease if refused
+        (or if the admission could not be made at all: a record that cannot be written)."""
         try:
             self._admit(offer, identity, base, ticket)
-        except PolicyViolation:
+        except BaseException:
             with anyio.CancelScope(shield=True):
                 await lease.release()
             raise
@@ -581,7 +594,8 @@ class Governance:
                 f"the offer is priced {price or 'unpriced'}; the budget is in {currency}",
                 f"{spent:.2f} {currency}",
             )
-        hours = terms.duration.seconds / 3600 if terms.duration is not None else None
+        term = term_seconds(offer)  # a replacement: only what is left of the run
+        hours = term / 3600 if term is not None else None
         if hours is None:
             if spent >= limit and price.amount:
                 return refuse("the budget is spent", f"{spent:.2f} {currency}")
@@ -642,7 +656,6 @@ class Governance:
     ) -> None:
         if self.record is None:
             return
-        duration = offer.contract.terms.duration
         self._append(
             "grant",
             {
@@ -656,7 +669,7 @@ class Governance:
                 "region": lease.region,
                 "jurisdiction": lease.jurisdiction,
                 "price": str(offer.price) if offer.price is not None else None,
-                "duration": duration.seconds if duration else None,
+                "duration": term_seconds(offer),
                 "expires_at": lease.expires_at,
             },
         )

@@ -487,10 +487,28 @@ def check(
     return out
 
 
+TERM_LEFT = "term_left"
+"""``Offer.details`` key a renegotiation sets: the seconds its replacement will serve."""
+
+
+def term_seconds(offer: Offer) -> float | None:
+    """How long committing ``offer`` holds it: the contract's ``terms.duration``, or, for a
+    renegotiation's replacement, what is left of its chain's term (``details["term_left"]``):
+    a replacement continues the contract's run, it does not start it again."""
+    left = offer.details.get(TERM_LEFT)
+    if left is not None:
+        try:
+            return max(0.0, float(left))
+        except ValueError:
+            pass
+    duration = offer.contract.terms.duration
+    return duration.seconds if duration is not None else None
+
+
 def _check_quotas(quotas: Quotas, offer: Offer, usage: Usage, refuse: Any) -> None:
     # A gang holds its per-node GPUs on every node: quotas count them all.
     gpus = offer.grant.total_gpus
-    duration = offer.contract.terms.duration
+    term = term_seconds(offer)
     if quotas.gpus is not None and usage.gpus + gpus > quotas.gpus:
         refuse(
             "quotas.gpus",
@@ -498,7 +516,7 @@ def _check_quotas(quotas: Quotas, offer: Offer, usage: Usage, refuse: Any) -> No
             used=f"{usage.gpus} + {gpus}",
             limit=str(quotas.gpus),
         )
-    hours = duration.seconds / 3600 if duration is not None else None
+    hours = term / 3600 if term is not None else None
     for rule, limit, used in (
         ("gpu_hours_per_day", quotas.gpu_hours_per_day, usage.gpu_hours_day),
         ("gpu_hours_per_month", quotas.gpu_hours_per_month, usage.gpu_hours_month),

@@ -1071,6 +1071,17 @@ _process: Monitor | None = None
 _process_lock = threading.Lock()
 
 
+def _forget_after_fork() -> None:
+    """A forked child watches its own leases: the parent's monitor (and the leases it
+    watches, whose loops run in the parent) stays the parent's."""
+    global _process, _process_lock
+    _process, _process_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def _forget(monitor: Monitor) -> None:
     """The process monitor's last lease ended: drop it (a new one starts on next need)."""
     global _process

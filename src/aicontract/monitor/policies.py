@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import attrs
+from msgspec.structs import replace
 
 from ..errors import (
     AuthenticationError,
@@ -32,6 +33,7 @@ from ..errors import (
     QuotaExceeded,
     TransientBackendError,
 )
+from ..governance.policy import TERM_LEFT
 from ..leases import Lease, LeaseState
 from ..observation import Violation
 from ..offer import Offer, Rejection
@@ -160,12 +162,13 @@ class Renegotiate:
             log.warning("lease %s: cannot renegotiate without a negotiator; notifying", old.id)
             return
         if not context.budget.spend(now):
+            at = context.budget.next_at(now)
             log.warning(
-                "lease %s: renegotiation budget spent (%d per hour); next allowed at %s;"
+                "lease %s: renegotiation budget spent (%d per hour); next allowed %s;"
                 " notifying only: %s",
                 old.id,
                 context.budget.per_hour,
-                context.budget.next_at(now),
+                "never (0 per hour)" if at is None else f"in {max(0.0, at - now):.0f}s",
                 violation.describe(),
             )
             return
@@ -207,8 +210,14 @@ async def find_replacement(
     Raises :class:`~aicontract.NoOffer` when no offer can be committed.
     """
     contract = old.contract
+    ends_at = old.ends_at
     round_ = await negotiator.quote(contract)
     offers: list[Offer] = list(round_.offers)
+    if ends_at is not None:
+        # A replacement serves the rest of the contract's term, not a new one: policy and
+        # budget judge that much (TERM_LEFT), and it ends when the term does (below).
+        left = f"{max(0.0, ends_at - negotiator.clock.time()):.3f}"
+        offers = [replace(o, details={**o.details, TERM_LEFT: left}) for o in offers]
     if prefer_elsewhere:
         offers.sort(key=lambda o: (o.backend, o.region) == (old.backend.name, old.region))
     failures: list[Rejection] = []
@@ -230,6 +239,8 @@ async def find_replacement(
                 )
             )
             continue
+        if ends_at is not None and new.ends_at is not None:
+            new.extension += ends_at - new.ends_at
         log.info("lease %s: replacement %s committed", old.id, new)
         return new
     raise NoOffer(

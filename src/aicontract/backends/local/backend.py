@@ -856,9 +856,14 @@ class LocalBackend(Backend):
         # Its lock is in the ledger before it starts: if this holder dies between the
         # start and the full record, a reclaimer still waits for the work to be gone.
         if not await self.ledger.set_workload(
-            lease.id, WorkloadRef(pgid=0, pidns=pid_namespace(), lock=lock, grace=grace_s)
+            lease.id,
+            WorkloadRef(pgid=0, pidns=pid_namespace(), lock=lock, grace=grace_s),
+            self.clock.time(),
         ):
-            raise LeaseLost(lease.id, "it was no longer in the ledger when its workload started")
+            raise LeaseLost(
+                lease.id,
+                "it had ended (expired, released or being stopped) before its workload started",
+            )
         # Where it reports to its lease's monitor: known now, bound once the lease is held.
         if REPORT_SOCKET_ENV not in lease.env:
             try:
@@ -876,7 +881,7 @@ class LocalBackend(Backend):
         )
         self._processes[lease.id] = supervised
         lease.details["pid"] = str(supervised.pid)
-        if not await self.ledger.set_workload(lease.id, supervised.ref):
+        if not await self.ledger.set_workload(lease.id, supervised.ref, self.clock.time()):
             # Lost between the grant and now (a reclaimer saw it expire): nothing may run.
             await supervised.stop()
             self._processes.pop(lease.id, None)
@@ -962,9 +967,12 @@ class LocalBackend(Backend):
 
     async def release(self, lease: Lease) -> None:
         """Stop the workload (if launched), then free the lease's devices."""
-        process = self._processes.pop(lease.id, None)
+        process = self._processes.get(lease.id)
         if process is not None:
+            # Popped only once stopped: a release racing this one stops (waits for) the
+            # same process, and never frees the devices while the work still runs.
             await process.stop()
+            self._processes.pop(lease.id, None)
         try:
             # Uncontended, the release runs here and now, with nothing to cancel (no await);
             # only a wait for another process's lock needs shielding.
@@ -978,9 +986,10 @@ class LocalBackend(Backend):
 
     async def abandon(self, offer: Offer, idempotency_key: str) -> None:
         """Free whatever a commit under ``idempotency_key`` bound (the key is the lease id)."""
-        process = self._processes.pop(idempotency_key, None)
+        process = self._processes.get(idempotency_key)
         if process is not None:
-            await process.stop()
+            await process.stop()  # popped once stopped, as in release()
+            self._processes.pop(idempotency_key, None)
         await self.ledger.arelease(idempotency_key)
 
     async def observe(self, lease: Lease) -> Observation:

@@ -1068,16 +1068,24 @@ class Ledger:
 
     # -- workloads -----------------------------------------------------------------------
 
-    async def set_workload(self, lease_id: str, ref: WorkloadRef | None) -> bool:
-        """Record (or clear) the workload a lease runs; ``False`` when the lease is gone."""
+    async def set_workload(
+        self, lease_id: str, ref: WorkloadRef | None, now: float | None = None
+    ) -> bool:
+        """Record (or clear) the workload a lease runs; ``False`` when the lease is gone.
+
+        Gone includes expired (``now`` past its expiry, not yet reclaimed) and being
+        stopped by another process: no work may start on a lease that has ended.
+        """
         blob = msgspec.json.encode(ref) if ref is not None else None
+        now = time.time() if now is None else now
         self._working.add(lease_id)
 
         def op(conn: sqlite3.Connection) -> bool:
             self._snapshot = None  # a write of ours the snapshot does not follow
             cursor = conn.execute(
-                "UPDATE leases SET workload = ? WHERE id = ? AND holder = ?",
-                (blob, lease_id, self._token),
+                "UPDATE leases SET workload = ? WHERE id = ? AND holder = ?"
+                " AND expires_at >= ? AND stopping_since IS NULL",
+                (blob, lease_id, self._token, now),
             )
             return cursor.rowcount == 1
 

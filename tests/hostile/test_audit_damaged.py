@@ -8,6 +8,10 @@ a non-zero status, never a Python traceback.
 
 from __future__ import annotations
 
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +113,34 @@ def test_show_shows_an_entry_with_forged_fields_without_a_traceback(
     assert out.exit_code == 0, out.output
     assert out.exception is None, repr(out.exception)
     assert "not a record entry" in out.output
+
+
+@pytest.mark.parametrize("command", ["show", "export", "verify"])
+def test_a_line_longer_than_any_entry_is_refused_without_reading_it_whole(
+    tmp_path: Path, command: str
+) -> None:
+    """A record whose tail is one endless line (a crash's run of zero bytes, a file
+    replaced by garbage, ``--record /dev/zero``) was read whole into memory: a
+    MemoryError traceback. A line longer than any entry is refused as damaged after
+    reading a bounded part of it: here 1 GiB of zeros, read by a CLI allowed 600 MB."""
+    path = tmp_path / "record.jsonl"
+    _filled(path)
+    with path.open("ab") as file:
+        file.truncate(path.stat().st_size + 2**30)  # a hole: reads as zeros, takes no disk
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+
+    def small() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (600 * 2**20, 600 * 2**20))
+
+    out = subprocess.run(
+        [sys.executable, "-m", "aicontract", "audit", command, "--record", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=small,
+    )
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "longer than" in out.stdout + out.stderr

@@ -21,6 +21,7 @@ environment or labels.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -47,6 +48,17 @@ GENESIS = "0" * 64
 
 _HASH_KEY = b',"hash":"'
 _SUFFIX = len(_HASH_KEY) + 64 + 2  # ,"hash":"<64 hex>"}
+MAX_LINE = 8 * 2**20
+"""No entry is longer: a longer line (a crash's run of zeros, garbage) is damage, and is
+read only this far, never whole into memory."""
+
+
+def _bounded_lines(file: BinaryIO) -> Iterator[bytes]:
+    """The file's lines, each at most :data:`MAX_LINE` bytes; a longer one is cut there
+    (so it lacks its newline: callers call that damage)."""
+    return iter(functools.partial(file.readline, MAX_LINE + 1), b"")
+
+
 _HEAD_LINE = re.compile(rb"\d{20} \d{20} [0-9a-f]{64}\n?")
 """What a head holds: the last entry's number, the record's length, the last hash."""
 _SCAN_CHUNK = 1 << 20
@@ -321,7 +333,9 @@ class Record:
         except FileNotFoundError:
             return
         with file:
-            for line in file:
+            for line in _bounded_lines(file):
+                if len(line) > MAX_LINE:
+                    raise msgspec.DecodeError(f"a line longer than {MAX_LINE} bytes")
                 if line.strip():
                     yield msgspec.json.decode(line)
 
@@ -366,7 +380,13 @@ def verify(path: str | Path) -> Verification:
         # No entries to read; the head below still tells a deleted record from a new one.
         file = io.BytesIO()
     with file:
-        for number, line in enumerate(file, 1):
+        for number, line in enumerate(_bounded_lines(file), 1):
+            if len(line) > MAX_LINE:
+                return Verification(
+                    count,
+                    f"line {number} is longer than any record entry ({MAX_LINE} bytes)",
+                    number,
+                )
             line = line.rstrip(b"\n")
             body = line[:-_SUFFIX] + b"}"
             stored = line[-_SUFFIX + len(_HASH_KEY) : -2]

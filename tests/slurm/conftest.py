@@ -107,6 +107,11 @@ class SlurmCluster:
             node: dict[str, object] = client.get(f"/node/{name}").json()["nodes"][0]
             return node
 
+    def token_for(self, user: str) -> str:
+        """A JWT for ``user`` (root may mint one for anyone)."""
+        out = self.scontrol("token", f"username={user}", "lifespan=3600")
+        return out.strip().removeprefix("SLURM_JWT=")
+
     def stop_slurmctld(self) -> None:
         """Stop the controller by the PID it wrote (TERM; it saves its state first)."""
         pid = int((self.dir / "slurmctld.pid").read_text())

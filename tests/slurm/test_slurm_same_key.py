@@ -47,3 +47,41 @@ async def test_two_backends_committing_one_key_at_once_hold_one_job(clean_cluste
         finally:
             for lease in leases:
                 await lease.release()
+
+
+async def test_another_users_job_under_the_same_key_is_never_taken(clean_cluster: Any) -> None:
+    """Keys are the callers' words (``nightly``, ``exp-42``): two users may pick the same
+    one. Each user's commit must find (and keep) only its own user's job, never
+    return a lease on another user's job nor cancel its own for it."""
+    contract = Contract(name="same-key", gpus={"count": 1, "models": ["H100"]}, duration="5m")
+    key = f"nightly-{uuid.uuid4().hex[:6]}"
+    async with (
+        SlurmBackend(
+            url=clean_cluster.url,
+            token=clean_cluster.token_for("nobody"),
+            user="nobody",
+            partitions=["gpu"],
+        ) as theirs,
+        SlurmBackend(
+            url=clean_cluster.url, token=clean_cluster.token, user="root", partitions=["gpu"]
+        ) as mine,
+    ):
+        other = await theirs.commit((await theirs.quote(contract)).offers[0], key)
+        try:
+            lease = await mine.commit((await mine.quote(contract)).offers[0], key)
+            try:
+                assert lease.details["job_id"] != other.details["job_id"]
+                live = {
+                    j["job_id"]: j["user_name"]
+                    for j in clean_cluster.live_jobs()
+                    if j["name"] == job_name(key)
+                }
+                assert live == {
+                    int(other.details["job_id"]): "nobody",
+                    int(lease.details["job_id"]): "root",
+                }
+            finally:
+                await lease.release()
+            assert int(other.details["job_id"]) in [j["job_id"] for j in clean_cluster.live_jobs()]
+        finally:
+            await other.release()

@@ -708,12 +708,25 @@ class SlurmBackend(Backend):
         return min(await self._find_jobs(name, key), key=lambda j: j.id, default=None)
 
     async def _find_jobs(self, name: str, key: str) -> list[JobView]:
-        """Every live job submitted under ``key``."""
+        """Every live job submitted under ``key`` by the user this backend acts as.
+
+        Keys are the callers' words: another user may have picked the same one, and
+        that user's job is never ours to take (nor to cancel ours for).
+        """
+        owner = self._owner
         return [
             job
             for job in job_views(await self.rest.jobs())
-            if job.name == name and job.comment == _comment(key) and not job.finished
+            if job.name == name
+            and job.comment == _comment(key)
+            and not job.finished
+            and (not job.user or job.user == owner)
         ]
+
+    @property
+    def _owner(self) -> str:
+        """The user jobs are submitted as: the JWT's, else (a unix socket) this process's."""
+        return self.rest.user or local_identity().name
 
     def _job(self, offer: Offer, name: str, key: str) -> tuple[dict[str, Any], str]:
         """The job description and batch script for ``offer``."""

@@ -236,6 +236,8 @@ class JobView:
     cpus_by_node: Mapping[str, int]
     memory_by_node: Mapping[str, int]
     exit_code: int | None
+    user: str = ""
+    """Whose job it is (``user_name``; empty where the answer does not say)."""
 
     @property
     def running(self) -> bool:
@@ -305,6 +307,7 @@ def job_views(jobs: Iterable[Mapping[str, Any]]) -> list[JobView]:
                 cpus_by_node=cpus,
                 memory_by_node=memory,
                 exit_code=number(exit_code),
+                user=str(job.get("user_name") or ""),
             )
         )
     return views

@@ -17,16 +17,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import anyio
 import httpx
 
 from ...clock import Clock
 from ...contract import Contract
-from ...errors import ConfigError, TransientBackendError
+from ...errors import ConfigError
 from ...governance.identity import Identity
 from ...units import Bytes
 from ..base import Backend
-from ..http import send
+from ..http import retry_until, send
 from .api import Conflict, KubeAPI, _load_config, client_from_config, resource_path
 from .discovery import Features, discover
 
@@ -147,21 +146,9 @@ class KubeCore(Backend):
     async def _retrying(
         self, deadline: float, call: Callable[..., Awaitable[_T]], *args: Any
     ) -> _T:
-        """``call(*args)``, again after a transient API error, until ``deadline``.
-
-        An API server restarting (upgrades, crashes) refuses connections for
-        seconds; a commit allowed to wait a minute for capacity may wait that out.
-        """
-        wait = 0.1
-        while True:
-            try:
-                return await call(*args)
-            except TransientBackendError as exc:
-                if anyio.current_time() + wait >= deadline:
-                    raise
-                log.info("kubernetes: %s; retrying in %.1fs", exc, wait)
-                await anyio.sleep(wait)
-                wait = min(2.0, wait * 2)
+        """``call(*args)``, again after a transient API error, until ``deadline``:
+        an API server restarting (upgrades, crashes) refuses connections for seconds."""
+        return await retry_until(deadline, call, *args, backend="kubernetes", first=0.1, most=2.0)
 
     @property
     def api(self) -> KubeAPI:

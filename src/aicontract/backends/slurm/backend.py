@@ -55,6 +55,7 @@ from ..gang import (
     rendezvous_port,
     world_env,
 )
+from ..http import retry_until
 from .api import SlurmAPI, SlurmError
 from .quote import (
     BAD_NODE_STATES,
@@ -620,21 +621,11 @@ class SlurmBackend(Backend):
     async def _retrying(
         self, deadline: float, call: Callable[..., Awaitable[_T]], *args: Any
     ) -> _T:
-        """``call(*args)``, again after a transient error, until ``deadline``.
-
-        slurmctld restarting (an upgrade, a failover) leaves slurmrestd without answers
-        for seconds; a commit allowed to wait for capacity may wait that out too.
-        """
-        wait = self.poll_interval
-        while True:
-            try:
-                return await call(*args)
-            except TransientBackendError as exc:
-                if anyio.current_time() + wait >= deadline:
-                    raise
-                log.info("slurm: %s; retrying in %.1fs", exc, wait)
-                await anyio.sleep(wait)
-                wait = min(self.poll_max, wait * 2)
+        """``call(*args)``, again after a transient error, until ``deadline``: slurmctld
+        restarting (an upgrade, a failover) leaves slurmrestd without answers for seconds."""
+        return await retry_until(
+            deadline, call, *args, backend="slurm", first=self.poll_interval, most=self.poll_max
+        )
 
     async def _submit(self, offer: Offer, name: str, key: str, deadline: float) -> int:
         """Submit the job once: after a transient failure, the job is looked for by name

@@ -511,3 +511,42 @@ async def test_a_key_reused_for_another_offer_is_a_conflict(fake: FakeLambda) ->
     )
     assert await b.commit(requoted, "one-key") is first  # the same offer, quoted again
     await first.release()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("when", ["before-the-answer", "after-the-answer"])
+async def test_a_commit_cancelled_around_the_launch_leaks_no_instance(
+    fake: FakeLambda, when: str
+) -> None:
+    """The caller gives up (start_by, Ctrl-C) while the launch is in flight, or just after
+    it answered: the instance exists but GET /instances does not list it yet. The cleanup
+    must still terminate it — an instance left running costs money."""
+    from aicontract import VirtualClock
+
+    clock = VirtualClock()
+    fake.now = clock.monotonic
+    fake.listing_lag = 5.0
+    fake.boot_polls = 3  # booting for a while: the wait for ready sleeps
+    fake.add_type(H100, ["us-east-1"])
+    b = backend(fake, clock=clock, listing_lag=None)  # the provider's own default
+    offer = (await b.quote(Contract(gpus=1))).offers[0]
+    launch = b._launch_instance
+    scope = anyio.CancelScope()
+
+    async def launch_then_cancel(offer: Any, tag: str) -> str:
+        instance_id = await launch(offer, tag)
+        scope.cancel()
+        if when == "before-the-answer":
+            await anyio.sleep(0)  # the cancellation lands before the id is returned
+        return instance_id
+
+    b._launch_instance = launch_then_cancel  # type: ignore[method-assign]
+
+    async def commit() -> bool:
+        with scope:
+            await b.commit(offer, f"cancelled-{when}")
+        return scope.cancelled_caught
+
+    assert await _in_virtual_time(clock, commit)
+    assert len(fake.instances) == 1
+    assert fake.live == [], "the launched instance was terminated, not orphaned"

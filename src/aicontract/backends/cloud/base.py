@@ -45,6 +45,7 @@ from ...contract import Contract, GuaranteeLevel
 from ...errors import (
     BackendError,
     CapacityUnavailable,
+    ConfigError,
     IdempotencyConflict,
     LeaseLost,
     QuotaExceeded,
@@ -485,11 +486,15 @@ class CloudBackend(Backend):
         tag = lease_tag(key)
         nodes = int(offer.details.get("nodes", "1"))
         tags = [tag] if nodes == 1 else [f"{tag}-{rank}" for rank in range(nodes)]
+        # What was launched, by id: the provider's list may not show it yet (Lambda's
+        # lags a launch), so a cleanup that only looked by tag would orphan it.
+        launched: list[str] = []
         try:
-            ids = [await self._launch_idempotent(offer, node_tag) for node_tag in tags]
-            views = await self._wait_ready(ids, offer.region)
+            for node_tag in tags:
+                launched.append(await self._launch_idempotent(offer, node_tag))
+            views = await self._wait_ready(launched, offer.region)
         except BaseException as exc:
-            await self._cleanup(tags, offer.region, reason=type(exc).__name__)
+            await self._cleanup(tags, offer.region, reason=type(exc).__name__, known=launched)
             raise
         return self._lease(offer, key, tag, views)
 
@@ -513,10 +518,17 @@ class CloudBackend(Backend):
                 log.info("%s: found instance %s already launched as %s", self.name, found.id, tag)
                 self._unsure_launches.pop(tag, None)
                 return found.id
+            # Unsure from the moment the request may leave: a timeout, a garbled answer or a
+            # cancellation (start_by, Ctrl-C) mid-call can each follow a launch that worked.
+            self._unsure_launches[tag] = self.clock.monotonic()
             try:
                 instance_id = await self._launch_instance(offer, tag)
             except TransientBackendError:
-                self._unsure_launches[tag] = self.clock.monotonic()
+                raise
+            except (BackendError, ConfigError):
+                # The provider said no (capacity, quota, credentials), or the request never
+                # left (configuration): nothing was made.
+                self._unsure_launches.pop(tag, None)
                 raise
             self._unsure_launches.pop(tag, None)
             return instance_id
@@ -567,11 +579,14 @@ class CloudBackend(Backend):
             await self.clock.sleep(min(delay, remaining))
             delay = min(self.poll_max, delay * 2)
 
-    async def _cleanup(self, tags: Sequence[str], region: str, *, reason: str) -> None:
-        """Terminate whatever a failed commit launched, found by tag (bounded, shielded)."""
+    async def _cleanup(
+        self, tags: Sequence[str], region: str, *, reason: str, known: Sequence[str] = ()
+    ) -> None:
+        """Terminate whatever a failed commit launched (bounded, shielded): the ``known``
+        instance ids, and what carries the tags beyond those."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(60):
-            ids: list[str] = []
-            for tag in tags:
+            ids: list[str] = list(known)
+            for tag in tags[len(known) :]:
                 try:
                     found = await self._retrying(lambda t=tag: self._find_instance(t, region))  # type: ignore[misc]
                 except BackendError as exc:
@@ -583,7 +598,7 @@ class CloudBackend(Backend):
                     except BackendError as exc:
                         log.warning("%s: cleanup could not look up %s: %s", self.name, tag, exc)
                 self._unsure_launches.pop(tag, None)
-                if found is not None:
+                if found is not None and found.id not in ids:
                     ids.append(found.id)
             if ids:
                 log.warning("%s: commit failed (%s); terminating %s", self.name, reason, ids)

@@ -550,3 +550,31 @@ async def test_a_commit_cancelled_around_the_launch_leaks_no_instance(
     assert await _in_virtual_time(clock, commit)
     assert len(fake.instances) == 1
     assert fake.live == [], "the launched instance was terminated, not orphaned"
+
+
+@pytest.mark.anyio
+async def test_an_instance_never_ready_is_given_up_at_start_by(fake: FakeLambda) -> None:
+    """The contract says start within 60 s; the instance stays ``booting``. The commit
+    gives up at start_by (not at the backend's 20-minute ready_timeout), terminates the
+    instance and says why, so the negotiation can move on."""
+    from aicontract import CapacityUnavailable, VirtualClock
+
+    clock = VirtualClock()
+    fake.now = clock.monotonic
+    fake.boot_polls = 10**9  # never active
+    fake.add_type(H100, ["us-east-1"])
+    b = backend(fake, clock=clock, poll_interval=1.0, poll_max=5.0)
+    assert b.ready_timeout > 600
+    contract = Contract(gpus=1, start_by="60s")
+    offer = (await b.quote(contract)).offers[0]
+    started = clock.monotonic()
+
+    async def commit() -> str:
+        with pytest.raises(CapacityUnavailable) as caught:
+            await b.commit(offer, "never-ready")
+        return str(caught.value)
+
+    message = await _in_virtual_time(clock, commit)
+    assert clock.monotonic() - started <= 60 + 5, "waited past the contract's start_by"
+    assert "start_by" in message
+    assert fake.live == [], "the instance that never came up was terminated"

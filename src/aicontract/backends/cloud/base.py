@@ -486,13 +486,20 @@ class CloudBackend(Backend):
         tag = lease_tag(key)
         nodes = int(offer.details.get("nodes", "1"))
         tags = [tag] if nodes == 1 else [f"{tag}-{rank}" for rank in range(nodes)]
+        # The contract's start_by bounds the whole commit, launch included: an instance
+        # still booting then is no lease the contract accepts (and it bills meanwhile).
+        start_by = offer.contract.terms.start_by
+        limit, why = self.ready_timeout, f"ready_timeout {self.ready_timeout:g}s"
+        if start_by is not None and start_by.seconds < limit:
+            limit, why = start_by.seconds, f"the contract's start_by ({start_by})"
+        deadline = self.clock.monotonic() + limit
         # What was launched, by id: the provider's list may not show it yet (Lambda's
         # lags a launch), so a cleanup that only looked by tag would orphan it.
         launched: list[str] = []
         try:
             for node_tag in tags:
                 launched.append(await self._launch_idempotent(offer, node_tag))
-            views = await self._wait_ready(launched, offer.region)
+            views = await self._wait_ready(launched, offer.region, deadline=deadline, why=why)
         except BaseException as exc:
             await self._cleanup(tags, offer.region, reason=type(exc).__name__, known=launched)
             raise
@@ -547,8 +554,10 @@ class CloudBackend(Backend):
                 return found
         return None
 
-    async def _wait_ready(self, ids: Sequence[str], region: str) -> list[InstanceView]:
-        deadline = self.clock.monotonic() + self.ready_timeout
+    async def _wait_ready(
+        self, ids: Sequence[str], region: str, *, deadline: float, why: str
+    ) -> list[InstanceView]:
+        """Poll until every instance is ready; give up at ``deadline`` (monotonic)."""
         delay = self.poll_interval
         views: dict[str, InstanceView] = {}
         while True:
@@ -574,7 +583,7 @@ class CloudBackend(Backend):
             if remaining <= 0:
                 raise CapacityUnavailable(
                     self.name,
-                    f"instances {', '.join(ids)} were not ready within {self.ready_timeout:g}s",
+                    f"instances {', '.join(ids)} were not ready within {why}",
                 )
             await self.clock.sleep(min(delay, remaining))
             delay = min(self.poll_max, delay * 2)

@@ -578,3 +578,25 @@ async def test_an_instance_never_ready_is_given_up_at_start_by(fake: FakeLambda)
     assert clock.monotonic() - started <= 60 + 5, "waited past the contract's start_by"
     assert "start_by" in message
     assert fake.live == [], "the instance that never came up was terminated"
+
+
+@pytest.mark.anyio
+async def test_max_spend_counts_a_revoked_lease_until_its_instance_is_terminated(
+    fake: FakeLambda,
+) -> None:
+    """An ``unhealthy`` instance revokes its lease but keeps running (and billing) until
+    the lease is released: max_spend must still count it, or a second commit goes over."""
+    fake.add_type(H100, ["us-east-1"])
+    b = backend(fake, max_spend="4 USD/h")
+    negotiator = Negotiator(backends=[b])
+    first = await negotiator.acquire(Contract(gpus=1))
+    fake.live[0]["status"] = "unhealthy"
+    await b.observe(first)
+    assert first.state == LeaseState.REVOKED
+    with pytest.raises(NoOffer, match="max_spend"):
+        await negotiator.acquire(Contract(gpus=1))
+    assert len(fake.live) == 1
+    await first.release()
+    second = await negotiator.acquire(Contract(gpus=1))
+    assert [i["id"] for i in fake.live] == [second.details["instance_ids"]]
+    await second.release()

@@ -195,7 +195,8 @@ class CloudBackend(Backend):
     """The backend's name in offers and leases (default: the provider's)."""
     clock: Clock = attrs.field(default=system_clock, kw_only=True)
     max_spend: Money | None = attrs.field(default=None, converter=_money, kw_only=True)
-    """Cap on the summed hourly price of this backend's live leases (``"50 USD/h"``):
+    """Cap on the summed hourly price of this backend's leases not yet released
+    (``"50 USD/h"``; a revoked lease's instances bill until it is released):
     offers that would exceed it are not made, and a commit that would is refused with
     :class:`~aicontract.QuotaExceeded`."""
     requests_per_second: float = attrs.field(default=1.0, kw_only=True)
@@ -373,10 +374,12 @@ class CloudBackend(Backend):
         )
 
     def _spend(self) -> list[Money]:
+        # Every lease not yet released counts, revoked or expired ones too: an unhealthy
+        # instance revokes its lease but runs (and bills) until release terminates it.
         spent = [
             Money(lease.details["price"])
             for lease in self._leases.values()
-            if lease.is_active and "price" in lease.details
+            if "price" in lease.details
         ]
         return spent + list(self._pending.values())
 

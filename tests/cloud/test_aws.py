@@ -15,6 +15,7 @@ from cloud_support import AWS_KEY_ID, AWS_SECRET, FAST_OPTIONS
 
 from aicontract import (
     GPU,
+    BackendError,
     ConfigError,
     Contract,
     Grant,
@@ -608,3 +609,35 @@ async def test_ec2_lost_launch_answer_with_a_lagging_list_is_one_instance(
     ]
     assert [i["InstanceId"] for i in live] == [lease.details["instance_ids"]]
     await lease.release()
+
+
+class _LoopingPages:
+    """An EC2 client whose listing always answers with the same NextToken (a provider bug,
+    a proxy that replays): a client that trusts it pages forever."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def describe_instance_type_offerings(self, **params: Any) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls > 100:
+            raise RuntimeError("paged 100 times: the loop never ends")
+        offering = {"InstanceType": "p4d.24xlarge", "LocationType": "region"}
+        return {"InstanceTypeOfferings": [offering], "NextToken": "same-token"}
+
+
+async def test_a_repeated_next_token_ends_the_listing_with_a_clear_error() -> None:
+    client = _LoopingPages()
+    backend = AWSBackend(
+        **{
+            **FAST,
+            "regions": ["us-east-1"],
+            "client_factory": lambda s, r: client,
+            "prices": PRICES,
+            "capacity_blocks": False,
+            "attempts": 1,
+        }
+    )
+    with pytest.raises(BackendError, match="NextToken"):
+        await backend.quote(Contract(gpus=8))
+    assert client.calls <= 3

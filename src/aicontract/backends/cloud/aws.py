@@ -121,6 +121,7 @@ _TRANSIENT_CODES = frozenset(
         "IdempotentParameterMismatch",
     }
 )
+_MAX_PAGES = 1000  # EC2 listings here are a few pages; far more is a provider loop
 _NOT_FOUND = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
 _STATES = {
     "pending": InstanceState.BOOTING,
@@ -326,6 +327,7 @@ class AWSBackend(CloudBackend):
     async def _pages(self, region: str, operation: str, key: str, **params: Any) -> list[Any]:
         items: list[Any] = []
         token: str | None = None
+        seen: set[str] = set()
         while True:
             page = await self._call(
                 region, operation, **params, **({"NextToken": token} if token else {})
@@ -334,6 +336,14 @@ class AWSBackend(CloudBackend):
             token = page.get("NextToken")
             if not token:
                 return items
+            # A token seen before (a provider bug, a replaying proxy) would page forever.
+            if token in seen or len(seen) >= _MAX_PAGES:
+                raise BackendError(
+                    self.name,
+                    f"{operation} in {region}: the listing did not end (NextToken repeated,"
+                    f" or over {_MAX_PAGES} pages); expected pages that end",
+                )
+            seen.add(token)
 
     # -- catalog ---------------------------------------------------------------------------
 

@@ -110,3 +110,14 @@ async def test_a_figure_of_another_name_may_be_negative(
         with pytest.raises(ContractError, match="loss"):
             lease.report(loss=math.nan)
         await lease.release()
+
+
+@pytest.mark.parametrize("bad", BAD, ids=repr)
+def test_aicontract_report_refuses_them_too_on_its_fast_path(bad: float) -> None:
+    import aicontract
+
+    with pytest.raises(ContractError, match="latency"):
+        aicontract.report("latency", bad)
+    with pytest.raises(ContractError, match="throughput"):
+        aicontract.report(throughput=bad)
+    aicontract.report("loss", -1.0)  # outside a lease: a no-op

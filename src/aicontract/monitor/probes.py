@@ -12,6 +12,7 @@ takes real time even when a test runs the clock virtually.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -24,6 +25,8 @@ from ..leases import Lease
 from ..observation import Sample
 
 __all__ = ["EndpointProbe", "probe_targets"]
+
+log = logging.getLogger("aicontract.monitor")
 
 _PROBED_SLIS = ("latency", "availability", "error_rate")
 
@@ -63,7 +66,14 @@ class EndpointProbe:
                     headers=headers,
                     timeout=probe.timeout.seconds,
                 )
-        except httpx.HTTPError:
+        except Exception as exc:
+            # Whatever stops the request is the endpoint being unavailable to its clients:
+            # an HTTP error, but also an address httpx cannot parse (InvalidURL) or a
+            # connect that fails in the socket layer (a port out of range arrives as an
+            # ExceptionGroup from anyio's connect). A probe never takes the monitor down.
+            log.debug(
+                "probe %s %s failed: %s: %s", self.name, self.url[:80], type(exc).__name__, exc
+            )
             response = None
         if response is None:
             return [Sample(sli="availability", value=0.0, at=at, source="probe", labels=labels)]

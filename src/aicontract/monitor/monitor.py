@@ -60,6 +60,7 @@ from ..leases import Lease, LeaseState, WorkloadState, _to_base
 from ..observation import (
     Fault,
     ObjectiveState,
+    Observation,
     Sample,
     Violation,
     figure_problem,
@@ -174,7 +175,8 @@ class Monitor:
 
     ``negotiator`` is needed for :meth:`acquire` and the ``renegotiate``
     policy. ``observe_interval`` is how often each lease's backend is asked
-    for samples and faults (None: never); ``probe_interval`` overrides the
+    for samples and faults (None: never), each call given up after
+    ``observe_timeout`` real seconds; ``probe_interval`` overrides the
     contracts' probe intervals. With ``publish`` the monitor writes a small
     snapshot for ``aicontract watch`` and ``aicontract metrics`` every
     ``publish_interval`` seconds into ``publish_dir`` (default
@@ -191,6 +193,9 @@ class Monitor:
         )
     )
     observe_interval: float | None = 1.0
+    observe_timeout: float = 60.0
+    """Real seconds one backend ``observe`` call may take; a call that hangs (a stuck
+    provider API) is given up and logged, so the next one still comes."""
     probe_interval: float | None = None
     telemetry: Telemetry = attrs.field(factory=default_telemetry)
     http: httpx.AsyncClient | None = None
@@ -857,10 +862,19 @@ class Monitor:
 
     async def _observe_once(self, watch: LeaseWatch, lease: Lease) -> None:
         """Ask the backend once; faults first, then the workload's state, then samples."""
+        observation: Observation | None = None
         try:
-            observation = await lease.backend.observe(lease)
+            with anyio.move_on_after(self.observe_timeout):
+                observation = await lease.backend.observe(lease)
         except Exception as exc:  # a backend's bug must not stop the other leases' loops
             log.warning("lease %s: observe failed: %s", lease.id, exc)
+            return
+        if observation is None:
+            log.warning(
+                "lease %s: observe did not answer within %gs; asking again next time",
+                lease.id,
+                self.observe_timeout,
+            )
             return
         if watch.lease is not lease:
             return

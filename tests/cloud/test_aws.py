@@ -15,6 +15,7 @@ from cloud_support import AWS_KEY_ID, AWS_SECRET, FAST_OPTIONS
 
 from aicontract import (
     GPU,
+    AuthenticationError,
     BackendError,
     ConfigError,
     Contract,
@@ -506,6 +507,25 @@ async def test_unknown_profile_is_a_config_error(
     backend = AWSBackend(**{**FAST, "regions": ["us-east-1"], "profile": "no-such-profile"})
     with pytest.raises(ConfigError, match="no-such-profile"):
         await backend.quote(Contract(gpus=8))
+
+
+async def test_missing_credentials_say_what_to_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """No key in the env, no ~/.aws, no instance role: one AuthenticationError that
+    names the variables to set, never botocore's NoCredentialsError traceback."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    backend = AWSBackend(**{**FAST, "regions": ["us-east-1"], "capacity_blocks": False})
+    with pytest.raises(AuthenticationError) as caught:
+        await backend.quote(Contract(gpus=8))
+    text = str(caught.value)
+    assert "AWS_ACCESS_KEY_ID" in text
+    assert "AWS_SECRET_ACCESS_KEY" in text
+    assert "AWS_PROFILE" in text
 
 
 async def test_create_backend_reads_env(monkeypatch: pytest.MonkeyPatch, moto_reset: str) -> None:

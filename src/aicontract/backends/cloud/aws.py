@@ -296,7 +296,11 @@ class AWSBackend(CloudBackend):
             raise self._error(operation, exc) from None
         except botocore.exceptions.NoCredentialsError:
             raise AuthenticationError(
-                self.name, "no AWS credentials found (env, ~/.aws or role)"
+                self.name,
+                "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                " (and AWS_SESSION_TOKEN for temporary ones), or AWS_PROFILE to a profile in"
+                " ~/.aws, or pass access_key_id=/secret_access_key=; on EC2 an instance"
+                " role also works",
             ) from None
         except (
             botocore.exceptions.ConnectionError,

@@ -7,11 +7,13 @@ both: the lease delivers violations without importing the monitor.
 from __future__ import annotations
 
 import enum
+import math
 from typing import Literal
 
 import msgspec
 
 from .contract import Objective
+from .errors import ContractError
 from .units import Duration, Rate, Ratio
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "Sample",
     "Severity",
     "Violation",
+    "figure_problem",
     "format_as",
     "format_sample",
     "format_seconds",
@@ -28,6 +31,34 @@ __all__ = [
     "objective_key",
     "reported_figures",
 ]
+
+
+# The SLIs objectives read: none of them can be negative (a time, a rate, a fraction).
+_NON_NEGATIVE = frozenset(
+    {
+        "latency",
+        "ttft",
+        "tpot",
+        "throughput",
+        "availability",
+        "error_rate",
+        "gpu_utilization",
+        "gpu_memory_utilization",
+    }
+)
+
+
+def figure_problem(sli: str, value: float) -> str | None:
+    """Why ``value`` cannot be a sample of ``sli`` (``None``: it can).
+
+    NaN and infinities are never measurements (a division by a zero elapsed time, a
+    driver's NaN); the SLIs objectives read are never negative either.
+    """
+    if not math.isfinite(value):
+        return "is not a finite number"
+    if value < 0 and sli in _NON_NEGATIVE:
+        return f"is negative, and {sli} never is"
+    return None
 
 
 def reported_figures(
@@ -44,7 +75,17 @@ def reported_figures(
         values = {sli: value, **values}
     if not values:
         raise TypeError("report() needs at least one figure, e.g. report(throughput=512)")
-    return {name: float(figure) for name, figure in values.items()}
+    figures = {name: float(figure) for name, figure in values.items()}
+    for name, figure in figures.items():
+        problem = figure_problem(name, figure)
+        if problem is not None:
+            raise ContractError(
+                f"report({name}={figure!r}): the figure {problem}",
+                path=f"$.{name}",
+                value=figure,
+                allowed="a finite number" + (", at least 0" if name in _NON_NEGATIVE else ""),
+            )
+    return figures
 
 
 class Sample(msgspec.Struct, frozen=True, kw_only=True):

@@ -48,7 +48,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from .observation import reported_figures
+from .observation import figure_problem, reported_figures
 
 __all__ = [
     "REPORT_SOCKET_ENV",
@@ -315,9 +315,12 @@ def report(
     """
     if sli is not None and value is not None and not values and unit is None and labels is None:
         # The common case (one figure, base units) skips building a dict: it is the hot path.
+        figure = float(value)
+        if figure_problem(sli, figure) is not None:
+            reported_figures(sli, figure, values)  # raises what Lease.report raises
         client = _socket()
         if client is not None:
-            client.add(sli, float(value))
+            client.add(sli, figure)
         return
     figures = reported_figures(sli, value, values)  # refuses what Lease.report refuses
     client = _socket()

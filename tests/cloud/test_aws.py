@@ -15,6 +15,8 @@ from cloud_support import AWS_KEY_ID, AWS_SECRET, FAST_OPTIONS
 
 from aicontract import (
     GPU,
+    AuthenticationError,
+    BackendError,
     ConfigError,
     Contract,
     Grant,
@@ -507,6 +509,25 @@ async def test_unknown_profile_is_a_config_error(
         await backend.quote(Contract(gpus=8))
 
 
+async def test_missing_credentials_say_what_to_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """No key in the env, no ~/.aws, no instance role: one AuthenticationError that
+    names the variables to set, never botocore's NoCredentialsError traceback."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    backend = AWSBackend(**{**FAST, "regions": ["us-east-1"], "capacity_blocks": False})
+    with pytest.raises(AuthenticationError) as caught:
+        await backend.quote(Contract(gpus=8))
+    text = str(caught.value)
+    assert "AWS_ACCESS_KEY_ID" in text
+    assert "AWS_SECRET_ACCESS_KEY" in text
+    assert "AWS_PROFILE" in text
+
+
 async def test_create_backend_reads_env(monkeypatch: pytest.MonkeyPatch, moto_reset: str) -> None:
     monkeypatch.setenv("AICONTRACT_AWS_REGIONS", "eu-central-1")
     monkeypatch.setenv("AICONTRACT_AWS_ENDPOINT_URL", moto_reset)
@@ -608,3 +629,35 @@ async def test_ec2_lost_launch_answer_with_a_lagging_list_is_one_instance(
     ]
     assert [i["InstanceId"] for i in live] == [lease.details["instance_ids"]]
     await lease.release()
+
+
+class _LoopingPages:
+    """An EC2 client whose listing always answers with the same NextToken (a provider bug,
+    a proxy that replays): a client that trusts it pages forever."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def describe_instance_type_offerings(self, **params: Any) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls > 100:
+            raise RuntimeError("paged 100 times: the loop never ends")
+        offering = {"InstanceType": "p4d.24xlarge", "LocationType": "region"}
+        return {"InstanceTypeOfferings": [offering], "NextToken": "same-token"}
+
+
+async def test_a_repeated_next_token_ends_the_listing_with_a_clear_error() -> None:
+    client = _LoopingPages()
+    backend = AWSBackend(
+        **{
+            **FAST,
+            "regions": ["us-east-1"],
+            "client_factory": lambda s, r: client,
+            "prices": PRICES,
+            "capacity_blocks": False,
+            "attempts": 1,
+        }
+    )
+    with pytest.raises(BackendError, match="NextToken"):
+        await backend.quote(Contract(gpus=8))
+    assert client.calls <= 3

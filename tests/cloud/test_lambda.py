@@ -511,3 +511,92 @@ async def test_a_key_reused_for_another_offer_is_a_conflict(fake: FakeLambda) ->
     )
     assert await b.commit(requoted, "one-key") is first  # the same offer, quoted again
     await first.release()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("when", ["before-the-answer", "after-the-answer"])
+async def test_a_commit_cancelled_around_the_launch_leaks_no_instance(
+    fake: FakeLambda, when: str
+) -> None:
+    """The caller gives up (start_by, Ctrl-C) while the launch is in flight, or just after
+    it answered: the instance exists but GET /instances does not list it yet. The cleanup
+    must still terminate it — an instance left running costs money."""
+    from aicontract import VirtualClock
+
+    clock = VirtualClock()
+    fake.now = clock.monotonic
+    fake.listing_lag = 5.0
+    fake.boot_polls = 3  # booting for a while: the wait for ready sleeps
+    fake.add_type(H100, ["us-east-1"])
+    b = backend(fake, clock=clock, listing_lag=None)  # the provider's own default
+    offer = (await b.quote(Contract(gpus=1))).offers[0]
+    launch = b._launch_instance
+    scope = anyio.CancelScope()
+
+    async def launch_then_cancel(offer: Any, tag: str) -> str:
+        instance_id = await launch(offer, tag)
+        scope.cancel()
+        if when == "before-the-answer":
+            await anyio.sleep(0)  # the cancellation lands before the id is returned
+        return instance_id
+
+    b._launch_instance = launch_then_cancel  # type: ignore[method-assign]
+
+    async def commit() -> bool:
+        with scope:
+            await b.commit(offer, f"cancelled-{when}")
+        return scope.cancelled_caught
+
+    assert await _in_virtual_time(clock, commit)
+    assert len(fake.instances) == 1
+    assert fake.live == [], "the launched instance was terminated, not orphaned"
+
+
+@pytest.mark.anyio
+async def test_an_instance_never_ready_is_given_up_at_start_by(fake: FakeLambda) -> None:
+    """The contract says start within 60 s; the instance stays ``booting``. The commit
+    gives up at start_by (not at the backend's 20-minute ready_timeout), terminates the
+    instance and says why, so the negotiation can move on."""
+    from aicontract import CapacityUnavailable, VirtualClock
+
+    clock = VirtualClock()
+    fake.now = clock.monotonic
+    fake.boot_polls = 10**9  # never active
+    fake.add_type(H100, ["us-east-1"])
+    b = backend(fake, clock=clock, poll_interval=1.0, poll_max=5.0)
+    assert b.ready_timeout > 600
+    contract = Contract(gpus=1, start_by="60s")
+    offer = (await b.quote(contract)).offers[0]
+    started = clock.monotonic()
+
+    async def commit() -> str:
+        with pytest.raises(CapacityUnavailable) as caught:
+            await b.commit(offer, "never-ready")
+        return str(caught.value)
+
+    message = await _in_virtual_time(clock, commit)
+    assert clock.monotonic() - started <= 60 + 5, "waited past the contract's start_by"
+    assert "start_by" in message
+    assert fake.live == [], "the instance that never came up was terminated"
+
+
+@pytest.mark.anyio
+async def test_max_spend_counts_a_revoked_lease_until_its_instance_is_terminated(
+    fake: FakeLambda,
+) -> None:
+    """An ``unhealthy`` instance revokes its lease but keeps running (and billing) until
+    the lease is released: max_spend must still count it, or a second commit goes over."""
+    fake.add_type(H100, ["us-east-1"])
+    b = backend(fake, max_spend="4 USD/h")
+    negotiator = Negotiator(backends=[b])
+    first = await negotiator.acquire(Contract(gpus=1))
+    fake.live[0]["status"] = "unhealthy"
+    await b.observe(first)
+    assert first.state == LeaseState.REVOKED
+    with pytest.raises(NoOffer, match="max_spend"):
+        await negotiator.acquire(Contract(gpus=1))
+    assert len(fake.live) == 1
+    await first.release()
+    second = await negotiator.acquire(Contract(gpus=1))
+    assert [i["id"] for i in fake.live] == [second.details["instance_ids"]]
+    await second.release()

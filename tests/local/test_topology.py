@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from aicontract import Bytes, ConfigError
+from aicontract import GPU, Bytes, ConfigError, Contract, Negotiator, VirtualClock
+from aicontract.backends.local import LocalBackend
+from aicontract.backends.local import backend as backend_module
 from aicontract.backends.local import inventory as inventory_module
 from aicontract.backends.local.inventory import (
     load_inventory,
     nvml_topology,
+    outer_visible,
     read_host,
     read_nvml,
     sysfs_numa,
@@ -353,3 +357,145 @@ def test_real_nvml_topology() -> None:
         assert link.link in ("nvlink", "pix", "pxb", "phb", "node", "sys")
         assert link.link == "nvlink" or link.nvlinks == 0
     print("NVML topology:", [(g.id, g.model, g.numa, g.pci_bus_id) for g in gpus], links)
+
+
+# -- GPUs under an outer scheduler ---------------------------------------------------------
+# A process that already runs with CUDA_VISIBLE_DEVICES (a Slurm job with gres, a
+# container, another tool's lease) offers only the GPUs it was given, and its grants name
+# them by UUID, which selects the same physical GPU in the child whatever index numbering
+# the outer layer applied.
+
+
+def uuid(i: int) -> str:
+    return f"GPU-{i:08d}"
+
+
+def visible(monkeypatch: pytest.MonkeyPatch, value: str | None, nvml: Any, tmp_path: Path):  # type: ignore[no-untyped-def]
+    if value is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+    monkeypatch.setattr(inventory_module, "_cpu_ids", lambda: tuple(range(8)))
+    return read_host(tmp_path, sysfs=tmp_path, nvml=nvml)
+
+
+@pytest.mark.parametrize(
+    ("value", "ids"),
+    [
+        (None, ["0", "1", "2", "3"]),
+        ("NoDevFiles", ["0", "1", "2", "3"]),
+        ("", []),
+        ("1,3", [uuid(1), uuid(3)]),
+        ("3,1", [uuid(1), uuid(3)]),
+        (" 2 ", [uuid(2)]),
+        (uuid(2), [uuid(2)]),
+        ("GPU-00000003", [uuid(3)]),
+        ("0,2,-1,1", [uuid(0), uuid(2)]),  # CUDA stops at the first entry naming nothing
+        ("7", []),
+        ("GPU-0000000", []),  # a prefix that fits four GPUs: ambiguous, as CUDA says
+    ],
+)
+def test_only_the_outer_visible_gpus_are_offered(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str | None, ids: list[str]
+) -> None:
+    nvml = fake_nvml(gpus=4, numa=[0, 0, 1, 1], nvswitch=True, numa_call=False)
+    inv = visible(monkeypatch, value, nvml, tmp_path)
+    assert [g.id for g in inv.gpus] == ids
+    # The links follow the renaming and name only the offered GPUs.
+    assert {end for link in inv.links for end in link.gpus} == set(ids if len(ids) > 1 else [])
+    inv.topology()  # and the whole stays a consistent inventory
+
+
+def test_outer_visible_parses_like_cuda() -> None:
+    assert outer_visible(None) is None
+    assert outer_visible("NoDevFiles") is None
+    assert outer_visible("") == ()
+    assert outer_visible("0,1,,2") == ("0", "1")
+    assert outer_visible("MIG-abc, 1") == ("MIG-abc", "1")
+
+
+def mig_nvml() -> Any:
+    """GPU 0 whole; GPU 1 in MIG mode with two 3g.40gb slices."""
+    nvml = fake_nvml(gpus=2, numa=[0, 0], nvswitch=False, ancestors={(0, 1): 50})
+    slices = [SimpleNamespace(index=1, mig=s) for s in range(2)]
+
+    def mig_mode(handle: Any) -> tuple[int, int]:
+        return (1, 1) if handle.index == 1 else (0, 0)
+
+    def mig_handle(handle: Any, slot: int) -> Any:
+        if handle.index != 1:
+            raise FakeNVMLError("Not Supported")
+        return slices[slot]
+
+    def device_uuid(handle: Any) -> str:
+        if hasattr(handle, "mig"):
+            return f"MIG-{handle.mig:08d}-0000-0000-0000-000000000001"
+        return uuid(handle.index)
+
+    def memory(handle: Any) -> Any:
+        return SimpleNamespace(total=(40 if hasattr(handle, "mig") else 80) * 2**30)
+
+    nvml.nvmlDeviceGetMigMode = mig_mode
+    nvml.nvmlDeviceGetMaxMigDeviceCount = lambda h: 2
+    nvml.nvmlDeviceGetMigDeviceHandleByIndex = mig_handle
+    nvml.nvmlDeviceGetUUID = device_uuid
+    nvml.nvmlDeviceGetMemoryInfo = memory
+    nvml.nvmlDeviceGetAttributes = lambda h: SimpleNamespace(gpuInstanceSliceCount=3)
+    return nvml
+
+
+@pytest.mark.parametrize(
+    ("value", "ids"),
+    [
+        ("MIG-00000001-0000-0000-0000-000000000001", ["MIG-00000001-0000-0000-0000-000000000001"]),
+        (
+            "1",
+            [
+                "MIG-00000000-0000-0000-0000-000000000001",
+                "MIG-00000001-0000-0000-0000-000000000001",
+            ],
+        ),
+        (
+            uuid(1),
+            [
+                "MIG-00000000-0000-0000-0000-000000000001",
+                "MIG-00000001-0000-0000-0000-000000000001",
+            ],
+        ),
+        ("0", [uuid(0)]),
+    ],
+)
+def test_mig_slices_follow_their_gpu_or_their_own_uuid(
+    tmp_path: Path, value: str, ids: list[str]
+) -> None:
+    gpus, links = read_nvml(mig_nvml(), sysfs=tmp_path, cpu_count=8, visible=value)
+    assert [g.id for g in gpus] == ids
+    assert links == ()
+
+
+@pytest.mark.anyio
+async def test_grant_names_the_outer_visible_gpu_by_uuid(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, state_dir: Path
+) -> None:
+    # Inside a job given physical GPUs 2 and 3 of four; contracts ask for one GPU, twice.
+    nvml = fake_nvml(gpus=4, numa=[0, 0, 1, 1], nvswitch=True, numa_call=False)
+    monkeypatch.delenv("AICONTRACT_INVENTORY", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    monkeypatch.setattr(inventory_module, "_cpu_ids", lambda: tuple(range(8)))
+    monkeypatch.setattr(
+        backend_module, "host_inventory", lambda state: read_host(state, sysfs=tmp_path, nvml=nvml)
+    )
+    backend = LocalBackend(state_dir=state_dir, clock=VirtualClock(now=time.time()))
+    contract = Contract(name="job", gpus=GPU(count=1), cpus=1, memory="1GiB")
+    async with backend:
+        negotiator = Negotiator([backend])
+        first = await negotiator.acquire(contract)
+        second = await negotiator.acquire(contract)
+        try:
+            granted = {first.env["CUDA_VISIBLE_DEVICES"], second.env["CUDA_VISIBLE_DEVICES"]}
+            assert granted == {uuid(2), uuid(3)}
+            quote = await backend.quote(contract)
+            assert not quote.offers, "only the two outer-visible GPUs may ever be granted"
+        finally:
+            await first.release()
+            await second.release()

@@ -176,3 +176,42 @@ async def test_a_fault_is_applied_before_the_workload_state_of_the_same_observat
         assert lease.reason == "node-lost: node n1 gone"
         assert lease.workload_state == WorkloadState.READY  # the fault came first
         await lease.release()
+
+
+class _HangingObserve(FakeBackend):
+    """A backend whose first ``observe`` never answers (a stuck API call, a hung driver)."""
+
+    calls = 0
+
+    async def observe(self, lease):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls == 1:
+            await anyio.sleep_forever()
+        return await super().observe(lease)
+
+
+async def test_a_hanging_observe_does_not_stop_the_lease_being_observed(
+    clock: VirtualClock,
+) -> None:
+    backend = _HangingObserve(clock=clock, capacity=2, ttl=3600.0)
+    monitor = Monitor(
+        Negotiator(backends=[backend], clock=clock),
+        publish=False,
+        telemetry=Telemetry(),
+        observe_timeout=0.05,  # real seconds: the hang is real
+    )
+    async with monitor:
+        lease = await monitor.acquire(service_contract(P90))
+        await clock.advance(1)  # the first observe starts, and hangs
+        with anyio.fail_after(30):  # a safety net, not a timing assertion
+            while backend.calls < 2:
+                await anyio.sleep(0.01)  # real time passes: the hung call is given up
+                await clock.advance(0.5)
+        backend.observations.append(
+            Observation(faults=(Fault(kind="node-lost", reason="gone", at=clock.time()),))
+        )
+        with anyio.fail_after(30):
+            while lease.is_active:
+                await anyio.sleep(0.01)
+                await clock.advance(0.5)
+        assert lease.state == LeaseState.REVOKED

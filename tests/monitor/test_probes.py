@@ -175,3 +175,76 @@ async def test_failed_probes_break_availability(server: _Server, clock: VirtualC
         assert got[0].objective == objective
         assert server.paths
         assert server.paths[0] == "/"
+
+
+@pytest.fixture
+def trickling() -> Iterator[str]:
+    """An endpoint that answers 200 but sends its 30-byte body a byte every 50 ms: each
+    read is quick, the whole answer takes 1.5 s (a stuck upstream, a slow-loris)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", "30")
+            self.end_headers()
+            try:
+                for _ in range(30):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass  # the probe gave up and closed: what it should do
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+async def test_a_probe_slower_than_its_timeout_is_a_failure(trickling: str) -> None:
+    """The probe's timeout bounds the whole answer, not each read: an endpoint that
+    takes 1.5 s to answer a probe with a 300 ms timeout is not available."""
+    import httpx
+
+    from aicontract.monitor.probes import EndpointProbe
+
+    async with httpx.AsyncClient() as client:
+        prober = EndpointProbe("http", trickling, Probe(timeout="300ms"), client)
+        samples = await prober.once(0.0)
+    assert [(s.sli, s.value) for s in samples] == [("availability", 0.0)]
+
+
+@pytest.mark.parametrize("address", ["http://[::1", "http://host\x00name", "127.0.0.1:99999"])
+async def test_an_endpoint_that_is_no_url_is_an_unavailable_probe_not_a_crash(
+    clock: VirtualClock, address: str
+) -> None:
+    """A backend published an address httpx cannot even parse (an unbracketed IPv6, a
+    stray byte, a port out of range): the probe fails, the monitor and the holder go on."""
+    backend = _Backend(clock=clock, capacity=2, ttl=3600.0)
+    backend.url = address
+    objective = Objective(sli="availability", op=">=", target="99%", window="1m")
+    contract = service_contract(objective).with_(
+        workload=Workload(ports={"http": 8000}, probe=Probe(interval="5s"))
+    )
+    seen: list[Sample] = []
+    monitor = Monitor(
+        Negotiator(backends=[backend], clock=clock),
+        publish=False,
+        observe_interval=None,
+        telemetry=Telemetry(),
+    )
+    async with monitor:
+        lease = await monitor.acquire(contract)
+        monitor.watches[lease.id].listeners.append(seen.append)
+        await settle()
+        for _ in range(3):
+            await clock.advance(5)
+            await settle()
+        assert lease.is_active
+        assert [s.value for s in seen if s.sli == "availability"][:1] == [0.0]
+        await lease.release()

@@ -57,7 +57,16 @@ from ..clock import Clock, system_clock
 from ..contract import Contract
 from ..errors import AIContractError, ConfigError, LeaseLost, LeaseStateError, NoOffer
 from ..leases import Lease, LeaseState, WorkloadState, _to_base
-from ..observation import Fault, ObjectiveState, Sample, Violation, format_value
+from ..observation import (
+    Fault,
+    ObjectiveState,
+    Observation,
+    Sample,
+    Violation,
+    figure_problem,
+    format_value,
+    reported_figures,
+)
 from ..reporting import REPORT_SOCKET_ENV, ReportSocket, report_socket_path
 from .objectives import Change, Tracker, tracker_for
 from .policies import Policy, PolicyContext, RenegotiationBudget, policy_for
@@ -143,6 +152,8 @@ class LeaseWatch:
     """A violation that came while the policy was busy (finding a replacement, draining the
     old lease): acted on once it is done, if its lease is still the one serving."""
     ended: bool = False
+    unfit: set[str] = attrs.field(factory=set)
+    """SLIs whose unfit samples (NaN, inf, negative) were dropped and logged once."""
     reports: dict[str, _Reports] = attrs.field(factory=dict)
     """The sockets workloads report to while the chain is held: one per lease, by id."""
     reports_host: anyio.abc.TaskGroup | None = None
@@ -164,7 +175,8 @@ class Monitor:
 
     ``negotiator`` is needed for :meth:`acquire` and the ``renegotiate``
     policy. ``observe_interval`` is how often each lease's backend is asked
-    for samples and faults (None: never); ``probe_interval`` overrides the
+    for samples and faults (None: never), each call given up after
+    ``observe_timeout`` real seconds; ``probe_interval`` overrides the
     contracts' probe intervals. With ``publish`` the monitor writes a small
     snapshot for ``aicontract watch`` and ``aicontract metrics`` every
     ``publish_interval`` seconds into ``publish_dir`` (default
@@ -181,6 +193,9 @@ class Monitor:
         )
     )
     observe_interval: float | None = 1.0
+    observe_timeout: float = 60.0
+    """Real seconds one backend ``observe`` call may take; a call that hangs (a stuck
+    provider API) is given up and logged, so the next one still comes."""
     probe_interval: float | None = None
     telemetry: Telemetry = attrs.field(factory=default_telemetry)
     http: httpx.AsyncClient | None = None
@@ -310,6 +325,7 @@ class Monitor:
         watch = self._watches.get(lease_id)
         if watch is None:
             raise KeyError(f"lease {lease_id} is not watched by this monitor")
+        reported_figures(None, None, {sample.sli: sample.value})  # refuses NaN, inf, negative
         self._ingest(watch, watch.lease, sample)
 
     async def acquire(self, contract: Contract, *, policy: Policy | str | None = None) -> Lease:
@@ -546,6 +562,21 @@ class Monitor:
     def _ingest(self, watch: LeaseWatch, lease: Lease, sample: Sample) -> None:
         if watch.lease is not lease:
             return  # a late sample of a lease that was replaced
+        problem = figure_problem(sample.sli, sample.value)
+        if problem is not None:
+            # A NaN from a driver, an inf from a workload's division by zero: no objective
+            # may be decided (nor the windows' arithmetic broken) by it. Said once per SLI.
+            if sample.sli not in watch.unfit and len(watch.unfit) < _MAX_SLI_NAMES:
+                watch.unfit.add(sample.sli)
+                log.warning(
+                    "lease %s: dropped %s samples from %s: %r %s",
+                    lease.id,
+                    sample.sli[:80],
+                    sample.source,
+                    sample.value,
+                    problem,
+                )
+            return
         watch.samples_total += 1
         watch.recent.append(sample)
         if sample.sli in watch.last or len(watch.last) < _MAX_SLI_NAMES:
@@ -831,10 +862,19 @@ class Monitor:
 
     async def _observe_once(self, watch: LeaseWatch, lease: Lease) -> None:
         """Ask the backend once; faults first, then the workload's state, then samples."""
+        observation: Observation | None = None
         try:
-            observation = await lease.backend.observe(lease)
+            with anyio.move_on_after(self.observe_timeout):
+                observation = await lease.backend.observe(lease)
         except Exception as exc:  # a backend's bug must not stop the other leases' loops
             log.warning("lease %s: observe failed: %s", lease.id, exc)
+            return
+        if observation is None:
+            log.warning(
+                "lease %s: observe did not answer within %gs; asking again next time",
+                lease.id,
+                self.observe_timeout,
+            )
             return
         if watch.lease is not lease:
             return

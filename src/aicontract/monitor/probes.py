@@ -12,9 +12,11 @@ takes real time even when a test runs the clock virtually.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
+import anyio
 import attrs
 import httpx
 
@@ -23,6 +25,8 @@ from ..leases import Lease
 from ..observation import Sample
 
 __all__ = ["EndpointProbe", "probe_targets"]
+
+log = logging.getLogger("aicontract.monitor")
 
 _PROBED_SLIS = ("latency", "availability", "error_rate")
 
@@ -50,15 +54,28 @@ class EndpointProbe:
             headers["content-type"] = "application/json"
         labels = {"endpoint": self.name}
         started = self.stopwatch()
+        response: httpx.Response | None = None
         try:
-            response = await self.client.request(
-                probe.method,
-                self.url.rstrip("/") + probe.path,
-                content=probe.body,
-                headers=headers,
-                timeout=probe.timeout.seconds,
+            # httpx's timeout bounds each connect/read/write, so an endpoint that trickles
+            # its answer a byte at a time never trips it: the probe's timeout is the whole.
+            with anyio.move_on_after(probe.timeout.seconds):
+                response = await self.client.request(
+                    probe.method,
+                    self.url.rstrip("/") + probe.path,
+                    content=probe.body,
+                    headers=headers,
+                    timeout=probe.timeout.seconds,
+                )
+        except Exception as exc:
+            # Whatever stops the request is the endpoint being unavailable to its clients:
+            # an HTTP error, but also an address httpx cannot parse (InvalidURL) or a
+            # connect that fails in the socket layer (a port out of range arrives as an
+            # ExceptionGroup from anyio's connect). A probe never takes the monitor down.
+            log.debug(
+                "probe %s %s failed: %s: %s", self.name, self.url[:80], type(exc).__name__, exc
             )
-        except httpx.HTTPError:
+            response = None
+        if response is None:
             return [Sample(sli="availability", value=0.0, at=at, source="probe", labels=labels)]
         elapsed = self.stopwatch() - started
         ok = 1.0 if response.status_code < 400 else 0.0

@@ -121,6 +121,7 @@ _TRANSIENT_CODES = frozenset(
         "IdempotentParameterMismatch",
     }
 )
+_MAX_PAGES = 1000  # EC2 listings here are a few pages; far more is a provider loop
 _NOT_FOUND = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
 _STATES = {
     "pending": InstanceState.BOOTING,
@@ -295,7 +296,11 @@ class AWSBackend(CloudBackend):
             raise self._error(operation, exc) from None
         except botocore.exceptions.NoCredentialsError:
             raise AuthenticationError(
-                self.name, "no AWS credentials found (env, ~/.aws or role)"
+                self.name,
+                "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                " (and AWS_SESSION_TOKEN for temporary ones), or AWS_PROFILE to a profile in"
+                " ~/.aws, or pass access_key_id=/secret_access_key=; on EC2 an instance"
+                " role also works",
             ) from None
         except (
             botocore.exceptions.ConnectionError,
@@ -326,6 +331,7 @@ class AWSBackend(CloudBackend):
     async def _pages(self, region: str, operation: str, key: str, **params: Any) -> list[Any]:
         items: list[Any] = []
         token: str | None = None
+        seen: set[str] = set()
         while True:
             page = await self._call(
                 region, operation, **params, **({"NextToken": token} if token else {})
@@ -334,6 +340,14 @@ class AWSBackend(CloudBackend):
             token = page.get("NextToken")
             if not token:
                 return items
+            # A token seen before (a provider bug, a replaying proxy) would page forever.
+            if token in seen or len(seen) >= _MAX_PAGES:
+                raise BackendError(
+                    self.name,
+                    f"{operation} in {region}: the listing did not end (NextToken repeated,"
+                    f" or over {_MAX_PAGES} pages); expected pages that end",
+                )
+            seen.add(token)
 
     # -- catalog ---------------------------------------------------------------------------
 

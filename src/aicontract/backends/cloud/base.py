@@ -45,6 +45,7 @@ from ...contract import Contract, GuaranteeLevel
 from ...errors import (
     BackendError,
     CapacityUnavailable,
+    ConfigError,
     IdempotencyConflict,
     LeaseLost,
     QuotaExceeded,
@@ -194,7 +195,8 @@ class CloudBackend(Backend):
     """The backend's name in offers and leases (default: the provider's)."""
     clock: Clock = attrs.field(default=system_clock, kw_only=True)
     max_spend: Money | None = attrs.field(default=None, converter=_money, kw_only=True)
-    """Cap on the summed hourly price of this backend's live leases (``"50 USD/h"``):
+    """Cap on the summed hourly price of this backend's leases not yet released
+    (``"50 USD/h"``; a revoked lease's instances bill until it is released):
     offers that would exceed it are not made, and a commit that would is refused with
     :class:`~aicontract.QuotaExceeded`."""
     requests_per_second: float = attrs.field(default=1.0, kw_only=True)
@@ -372,10 +374,12 @@ class CloudBackend(Backend):
         )
 
     def _spend(self) -> list[Money]:
+        # Every lease not yet released counts, revoked or expired ones too: an unhealthy
+        # instance revokes its lease but runs (and bills) until release terminates it.
         spent = [
             Money(lease.details["price"])
             for lease in self._leases.values()
-            if lease.is_active and "price" in lease.details
+            if "price" in lease.details
         ]
         return spent + list(self._pending.values())
 
@@ -485,11 +489,22 @@ class CloudBackend(Backend):
         tag = lease_tag(key)
         nodes = int(offer.details.get("nodes", "1"))
         tags = [tag] if nodes == 1 else [f"{tag}-{rank}" for rank in range(nodes)]
+        # The contract's start_by bounds the whole commit, launch included: an instance
+        # still booting then is no lease the contract accepts (and it bills meanwhile).
+        start_by = offer.contract.terms.start_by
+        limit, why = self.ready_timeout, f"ready_timeout {self.ready_timeout:g}s"
+        if start_by is not None and start_by.seconds < limit:
+            limit, why = start_by.seconds, f"the contract's start_by ({start_by})"
+        deadline = self.clock.monotonic() + limit
+        # What was launched, by id: the provider's list may not show it yet (Lambda's
+        # lags a launch), so a cleanup that only looked by tag would orphan it.
+        launched: list[str] = []
         try:
-            ids = [await self._launch_idempotent(offer, node_tag) for node_tag in tags]
-            views = await self._wait_ready(ids, offer.region)
+            for node_tag in tags:
+                launched.append(await self._launch_idempotent(offer, node_tag))
+            views = await self._wait_ready(launched, offer.region, deadline=deadline, why=why)
         except BaseException as exc:
-            await self._cleanup(tags, offer.region, reason=type(exc).__name__)
+            await self._cleanup(tags, offer.region, reason=type(exc).__name__, known=launched)
             raise
         return self._lease(offer, key, tag, views)
 
@@ -513,10 +528,17 @@ class CloudBackend(Backend):
                 log.info("%s: found instance %s already launched as %s", self.name, found.id, tag)
                 self._unsure_launches.pop(tag, None)
                 return found.id
+            # Unsure from the moment the request may leave: a timeout, a garbled answer or a
+            # cancellation (start_by, Ctrl-C) mid-call can each follow a launch that worked.
+            self._unsure_launches[tag] = self.clock.monotonic()
             try:
                 instance_id = await self._launch_instance(offer, tag)
             except TransientBackendError:
-                self._unsure_launches[tag] = self.clock.monotonic()
+                raise
+            except (BackendError, ConfigError):
+                # The provider said no (capacity, quota, credentials), or the request never
+                # left (configuration): nothing was made.
+                self._unsure_launches.pop(tag, None)
                 raise
             self._unsure_launches.pop(tag, None)
             return instance_id
@@ -535,8 +557,10 @@ class CloudBackend(Backend):
                 return found
         return None
 
-    async def _wait_ready(self, ids: Sequence[str], region: str) -> list[InstanceView]:
-        deadline = self.clock.monotonic() + self.ready_timeout
+    async def _wait_ready(
+        self, ids: Sequence[str], region: str, *, deadline: float, why: str
+    ) -> list[InstanceView]:
+        """Poll until every instance is ready; give up at ``deadline`` (monotonic)."""
         delay = self.poll_interval
         views: dict[str, InstanceView] = {}
         while True:
@@ -562,16 +586,19 @@ class CloudBackend(Backend):
             if remaining <= 0:
                 raise CapacityUnavailable(
                     self.name,
-                    f"instances {', '.join(ids)} were not ready within {self.ready_timeout:g}s",
+                    f"instances {', '.join(ids)} were not ready within {why}",
                 )
             await self.clock.sleep(min(delay, remaining))
             delay = min(self.poll_max, delay * 2)
 
-    async def _cleanup(self, tags: Sequence[str], region: str, *, reason: str) -> None:
-        """Terminate whatever a failed commit launched, found by tag (bounded, shielded)."""
+    async def _cleanup(
+        self, tags: Sequence[str], region: str, *, reason: str, known: Sequence[str] = ()
+    ) -> None:
+        """Terminate whatever a failed commit launched (bounded, shielded): the ``known``
+        instance ids, and what carries the tags beyond those."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(60):
-            ids: list[str] = []
-            for tag in tags:
+            ids: list[str] = list(known)
+            for tag in tags[len(known) :]:
                 try:
                     found = await self._retrying(lambda t=tag: self._find_instance(t, region))  # type: ignore[misc]
                 except BackendError as exc:
@@ -583,7 +610,7 @@ class CloudBackend(Backend):
                     except BackendError as exc:
                         log.warning("%s: cleanup could not look up %s: %s", self.name, tag, exc)
                 self._unsure_launches.pop(tag, None)
-                if found is not None:
+                if found is not None and found.id not in ids:
                     ids.append(found.id)
             if ids:
                 log.warning("%s: commit failed (%s); terminating %s", self.name, reason, ids)

@@ -53,6 +53,7 @@ __all__ = [
     "load_inventory",
     "nvml_gpus",
     "nvml_topology",
+    "outer_visible",
     "read_host",
     "read_nvml",
     "sysfs_numa",
@@ -72,7 +73,8 @@ class GPUDevice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     """One schedulable GPU, or one MIG instance of a GPU.
 
     ``id`` is what ``CUDA_VISIBLE_DEVICES`` takes for it: the GPU's index (with
-    ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, which leases set), or a MIG instance's UUID.
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, which leases set), or a MIG instance's UUID;
+    under an outer ``CUDA_VISIBLE_DEVICES``, the GPU's UUID (indices may be re-numbered).
     """
 
     model: str
@@ -330,7 +332,7 @@ def nvml_topology() -> tuple[tuple[GPUDevice, ...], tuple[GPULink, ...]]:
         log.debug("NVML unavailable: %s", exc)
         return (), ()
     try:
-        return read_nvml(pynvml)
+        return read_nvml(pynvml, visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
     finally:
         pynvml.nvmlShutdown()
 
@@ -340,14 +342,21 @@ def _text(value: Any) -> str:
 
 
 def read_nvml(
-    nvml: Any, *, sysfs: Path = Path("/sys"), cpu_count: int | None = None
+    nvml: Any,
+    *,
+    sysfs: Path = Path("/sys"),
+    cpu_count: int | None = None,
+    visible: str | None = None,
 ) -> tuple[tuple[GPUDevice, ...], tuple[GPULink, ...]]:
     """What an initialised NVML module (``pynvml``, or a stand-in) says: GPUs and links.
 
     A fact NVML cannot give (an old driver, a call it does not support) is left
-    unknown rather than failing the inventory.
+    unknown rather than failing the inventory. ``visible``: the outer
+    ``CUDA_VISIBLE_DEVICES`` this process runs under (``None``: unset); only the
+    GPUs it names are returned, whole GPUs then named by UUID (see ``_visible``).
     """
     devices: list[GPUDevice] = []
+    parents: list[tuple[int, str]] = []
     whole: list[tuple[str, Any, str | None]] = []  # (id, handle, PCI bus id)
     words = max(1, ((cpu_count or os.cpu_count() or 1) + 63) // 64)
     for index in range(nvml.nvmlDeviceGetCount()):
@@ -373,6 +382,7 @@ def read_nvml(
                 mig_uuid = _text(nvml.nvmlDeviceGetUUID(mig))
                 gib = memory.bytes // 2**30
                 slices = _mig_slices(nvml, mig)
+                parents.append((index, uuid))
                 devices.append(
                     GPUDevice(
                         model=name,
@@ -388,6 +398,7 @@ def read_nvml(
                 )
             continue
         memory = _nominal(nvml.nvmlDeviceGetMemoryInfo(handle).total)
+        parents.append((index, uuid))
         devices.append(
             GPUDevice(
                 model=name,
@@ -401,7 +412,7 @@ def read_nvml(
             )
         )
         whole.append((str(index), handle, bus))
-    return tuple(devices), tuple(_nvml_links(nvml, whole))
+    return _visible(devices, parents, _nvml_links(nvml, whole), visible)
 
 
 def _bus(text: str) -> str:
@@ -609,7 +620,12 @@ def read_host(
     if nvml is None:
         gpus, links = nvml_topology()
     else:
-        gpus, links = read_nvml(nvml, sysfs=sysfs, cpu_count=max(cpu_ids, default=0) + 1)
+        gpus, links = read_nvml(
+            nvml,
+            sysfs=sysfs,
+            cpu_count=max(cpu_ids, default=0) + 1,
+            visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        )
     nodes = sysfs_numa(cpu_ids, sysfs)
     known = {n.id for n in nodes}
     gpus = tuple(_placed(g, nodes) if g.numa not in known else g for g in gpus)
@@ -628,6 +644,86 @@ def read_host(
         links=links,
         nics=nics,
     )
+
+
+def outer_visible(value: str | None) -> tuple[str, ...] | None:
+    """The devices an outer ``CUDA_VISIBLE_DEVICES`` leaves this process, as CUDA reads it.
+
+    ``None``: no restriction (unset, or Slurm's ``NoDevFiles``). Otherwise the
+    entries up to the first one that cannot name a device: CUDA itself stops
+    there, so ``"0,2,-1,1"`` leaves ``0`` and ``2``, and ``""`` leaves none.
+    """
+    if value is None or value.strip() == "NoDevFiles":
+        return None
+    entries: list[str] = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry or not _GPU_ID.match(entry):
+            break
+        entries.append(entry)
+    return tuple(entries)
+
+
+def _visible(
+    devices: Sequence[GPUDevice],
+    parents: Sequence[tuple[int, str]],
+    links: Sequence[GPULink],
+    value: str | None,
+) -> tuple[tuple[GPUDevice, ...], tuple[GPULink, ...]]:
+    """The GPUs (and their links) an outer ``CUDA_VISIBLE_DEVICES`` gave this process.
+
+    ``parents``: per device, the NVML index and UUID of its whole GPU (a MIG slice
+    is visible when its own UUID or its GPU is named). An entry is an NVML index
+    (PCI bus order), a GPU or MIG UUID, or a UUID's unique prefix, as CUDA takes
+    them. When anything is restricted, whole GPUs are named by UUID in the result:
+    the outer layer may have re-numbered indices (CUDA inside a Slurm job counts only
+    the job's GPUs from 0), and only a UUID selects the same physical GPU in the
+    child whatever numbering it sees.
+    """
+    wanted = outer_visible(value)
+    if wanted is None:
+        return tuple(devices), tuple(links)
+    chosen: set[int] = set()
+    for entry in wanted:
+        if entry.isdigit():
+            hits = {i for i, (index, _) in enumerate(parents) if index == int(entry)}
+        else:
+            hits = {
+                i
+                for i, (gpu, (_, parent)) in enumerate(zip(devices, parents, strict=True))
+                if (gpu.uuid or "").startswith(entry) or parent.startswith(entry)
+            }
+        if len({parents[i][1] for i in hits}) > 1 and not any(
+            devices[i].uuid == entry or parents[i][1] == entry for i in hits
+        ):
+            log.warning("CUDA_VISIBLE_DEVICES entry %r fits more than one GPU", entry[:80])
+            break  # CUDA refuses an ambiguous prefix
+        if not hits:
+            log.warning(
+                "CUDA_VISIBLE_DEVICES entry %r names no GPU NVML reports;"
+                " it and the entries after it are ignored, as CUDA ignores them",
+                entry[:80],
+            )
+            break
+        chosen |= hits
+    rename = {
+        devices[i].id: devices[i].uuid
+        for i in chosen
+        if devices[i].mig_profile is None and _GPU_ID.match(devices[i].uuid or "")
+    }
+    kept = tuple(
+        msgspec.structs.replace(devices[i], id=rename.get(devices[i].id, devices[i].id))
+        for i in sorted(chosen)
+    )
+    ids = {gpu.id for gpu in kept}
+    moved = tuple(
+        msgspec.structs.replace(
+            link,
+            gpus=(rename.get(link.gpus[0], link.gpus[0]), rename.get(link.gpus[1], link.gpus[1])),
+        )
+        for link in links
+    )
+    return kept, tuple(link for link in moved if set(link.gpus) <= ids)
 
 
 def _placed(gpu: GPUDevice, nodes: Sequence[NumaNode]) -> GPUDevice:

@@ -257,8 +257,23 @@ class LocalBackend(Backend):
 
     async def quote(self, contract: Contract) -> Quote:
         """What this host could grant now, from its inventory minus the ledger."""
+        return self._quote(contract, await self.ledger.ausage(self.clock.time()))
+
+    def quote_now(self, contract: Contract) -> Quote | None:
+        """:meth:`quote` when it needs no wait, else ``None`` (another process holds the
+        ledger's lock, or a dead holder's work must be stopped first): the negotiator
+        then awaits :meth:`quote` under its deadline. A quote that cannot wait needs
+        no deadline, and a deadline's timer costs more than the quote's own work."""
+        if type(self).quote is not LocalBackend.quote:
+            return None  # a subclass quotes its own way: ask it (a test's broken backend)
+        held = self.ledger.usage_now(self.clock.time())
+        return None if held is None else self._quote(contract, held)
+
+    def _quote(self, contract: Contract, held: tuple[Set[str], Set[int], int, int]) -> Quote:
+        """The quote for ``contract`` given what the ledger holds (GPU ids, CPU ids, memory
+        and disk bytes)."""
         inv = self.inventory
-        used_gpus, used_cpus, used_memory, used_disk = await self.ledger.ausage(self.clock.time())
+        used_gpus, used_cpus, used_memory, used_disk = held
         rejections: list[Rejection] = []
         res = contract.resources
 
@@ -959,6 +974,19 @@ class LocalBackend(Backend):
             return await self.ledger.still_held(lease.id)
         except LedgerError:
             return False
+
+    def release_now(self, lease: Lease) -> bool:
+        """:meth:`release` when it needs no wait (no workload to stop, the ledger's lock
+        free): ``True`` once done, ``False`` when :meth:`release` must run (shielded)."""
+        if lease.id in self._processes or type(self).release is not LocalBackend.release:
+            return False  # a workload to stop first, or a subclass that releases its own way
+        try:
+            done, _ = self.ledger.try_now(self.ledger.release_own, lease.id)
+        except LedgerError as exc:
+            # The ledger is gone or broken: nothing to free in it, and no work to stop.
+            log.warning("lease %s: %s", lease.id, exc)
+            return True
+        return done
 
     async def release(self, lease: Lease) -> None:
         """Stop the workload (if launched), then free the lease's devices."""

@@ -1111,6 +1111,15 @@ class Ledger:
             held, _ = await self.arun(self._usage, now)
         return held
 
+    def usage_now(self, now: float) -> tuple[Set[str], Set[int], int, int] | None:
+        """:meth:`ausage` when it needs no wait: ``None`` when another process holds
+        SQLite's lock, or when a lease's workload must be stopped first (then
+        :meth:`ausage` does both)."""
+        done, found = self.try_now(self._usage, now)
+        if not done or found is None or found[1]:
+            return None
+        return found[0]
+
     def _reclaim_op(self, conn: sqlite3.Connection, now: float) -> int:
         with self._write(conn):
             return self._reclaim(conn, now, check_holders=True)

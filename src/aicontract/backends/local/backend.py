@@ -163,6 +163,8 @@ def _fits(device: GPUDevice, gpus: GPU) -> bool:
 # How many offers' choices a backend remembers until their commit (offers not committed
 # are forgotten oldest first).
 _CHOSEN_KEPT = 64
+# How many topology choices and descriptions a backend remembers (emptied when full).
+_CHOICES_KEPT = 256
 
 
 class _Chosen(NamedTuple):
@@ -216,6 +218,13 @@ class LocalBackend(Backend):
     _topology: Topology | None = attrs.field(default=None, init=False, repr=False)
     _cpu_pool: tuple[int, ...] | None = attrs.field(default=None, init=False, repr=False)
     _chosen: dict[str, _Chosen] = attrs.field(factory=dict, init=False, repr=False)
+    # Topology choices by what they were made from (see _choose), and grants' descriptions.
+    _choices: dict[tuple[object, ...], Choice | None] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
+    _described: dict[tuple[tuple[str, ...], tuple[int, ...]], Choice] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
 
     @property
     def cpu_pool(self) -> tuple[int, ...]:
@@ -399,7 +408,37 @@ class LocalBackend(Backend):
         gpus = contract.resources.gpus
         nvlink = gpus is not None and gpus.interconnect == "nvlink"
         least = (gpus.count.min or 1) if gpus is not None else 0
-        ids = [d.id for d in devices]
+        ids = tuple([d.id for d in devices])
+        memory_bytes = memory.bytes if memory is not None else 0
+        key: tuple[object, ...] | None = None
+        if isinstance(used_gpus, frozenset) and isinstance(used_cpus, frozenset):
+            # The choice depends on nothing else (the topology and CPU pool are fixed), and
+            # a loop asks again and again with the same held sets: choose once per state.
+            key = (ids, used_gpus, used_cpus, count, least, nvlink, cpus, local, memory_bytes)
+            if key in self._choices:
+                return self._choices[key]
+        choice = self._choose_now(
+            ids, used_gpus, count, least, nvlink, cpus, used_cpus, local, memory_bytes
+        )
+        if key is not None:
+            if len(self._choices) >= _CHOICES_KEPT:
+                self._choices.clear()
+            self._choices[key] = choice
+        return choice
+
+    def _choose_now(
+        self,
+        ids: tuple[str, ...],
+        used_gpus: Set[str],
+        count: int,
+        least: int,
+        nvlink: bool,
+        cpus: int,
+        used_cpus: Set[int],
+        local: bool,
+        memory: int,
+    ) -> Choice | None:
+        """:meth:`_choose`, worked out."""
         for size in range(count, least - 1, -1) if nvlink else (count,):
             choice = self.topology.choose(
                 ids,
@@ -410,7 +449,7 @@ class LocalBackend(Backend):
                 cpu_pool=self.cpu_pool,
                 used_cpus=used_cpus,
                 local=local,
-                memory=memory.bytes if memory is not None else 0,
+                memory=memory,
             )
             if choice is not None:
                 return choice
@@ -711,7 +750,12 @@ class LocalBackend(Backend):
         if self.topology.flat:
             link = "pcie" if len(gpu_ids) > 1 else None
             return replace(grant, gpu_interconnect=link, numa_nodes=())
-        found = self.topology.describe(gpu_ids, cpu_ids)
+        key = (tuple(gpu_ids), tuple(cpu_ids))
+        found = self._described.get(key)
+        if found is None:  # the topology is fixed: a set of devices is described once
+            if len(self._described) >= _CHOICES_KEPT:
+                self._described.clear()
+            found = self._described[key] = self.topology.describe(gpu_ids, cpu_ids)
         return replace(grant, gpu_interconnect=found.interconnect, numa_nodes=found.numa_nodes)
 
     async def _commit(

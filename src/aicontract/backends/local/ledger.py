@@ -295,6 +295,20 @@ class _Busy(Exception):
     """The fast path met another process's lock: retry off the event loop, patiently."""
 
 
+_generation = 0
+"""Bumped in a forked child, so a Ledger knows to look at its pid again without asking
+for it (a system call) on every use."""
+
+
+def _forked() -> None:
+    global _generation
+    _generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
 class _Transaction:
     """``with``: BEGIN IMMEDIATE … COMMIT, or ROLLBACK on an error (a plain class, not a
     generator: this is on every grant's path)."""
@@ -474,6 +488,8 @@ class Ledger:
     _stamped: tuple[int, int] | None = attrs.field(default=None, repr=False)
     """The ledger file (device, inode) this process's holder lock file names."""
     _pid: int = attrs.field(factory=os.getpid, repr=False)
+    _generation: int = attrs.field(default=-1, repr=False)
+    """The fork generation this process's connections were checked in (see _forked)."""
     _token: str = attrs.field(factory=lambda: secrets.token_hex(8), repr=False)
     _mutex: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
     _epoch: str = attrs.field(default="", repr=False)
@@ -557,7 +573,9 @@ class Ledger:
 
     def _connections(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
         """The connections (reopened after a fork: SQLite connections must not cross one)."""
-        if self._fast is None or self._patient is None or self._pid != os.getpid():
+        if self._generation != _generation or self._fast is None or self._patient is None:
+            # (the pid is asked only here: a fork moves the generation, see _forked)
+            self._generation = _generation
             if self._pid != os.getpid():
                 # The parent's connections, lock and leases are the parent's.
                 self._fast = self._patient = None
@@ -573,6 +591,8 @@ class Ledger:
                 self._hold_mutex = threading.Lock()
                 self._granting = 0
             self._pid = os.getpid()
+            if self._fast is not None and self._patient is not None:
+                return self._fast, self._patient  # the same process: nothing to reopen
             self._patient = self._open(int(self.lock_wait * 1000), setup=True)
             self._fast = self._open(0)
             patient = self._patient

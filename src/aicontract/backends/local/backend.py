@@ -779,17 +779,26 @@ class LocalBackend(Backend):
             made.append(((gpu_ids, cpu_ids, ports), record))
             return _stored_record(record)
 
-        # No deadline, no cancel scope: the common case pays nothing for it.
-        with anyio.fail_after(start_by.seconds) if start_by else contextlib.nullcontext():
-            allocation = await self.ledger.agrant(
-                lease_id,
-                store,
-                demand,
-                now,
-                # The wait for another writer's lock happens in a thread that a deadline
-                # cannot interrupt: bound the wait itself.
-                wait=start_by.seconds if start_by else None,
-            )
+        workload = contract.workload
+        launches = workload is not None and bool(workload.command)
+        began = time.monotonic()
+        # A grant that need not wait (SQLite's lock free) is made at once: nothing could cut
+        # it short, so it needs no deadline (a timer costs more than the grant's own Python).
+        # Only a wait, or a workload to start, runs under start_by.
+        allocation = None if launches else self.ledger.grant_now(lease_id, store, demand, now)
+        waits = allocation is None and start_by is not None
+        left = start_by.seconds - (time.monotonic() - began) if start_by is not None else 0.0
+        with anyio.fail_after(max(0.0, left)) if waits else contextlib.nullcontext():
+            if allocation is None:
+                allocation = await self.ledger.agrant(
+                    lease_id,
+                    store,
+                    demand,
+                    now,
+                    # The wait for another writer's lock happens in a thread that a deadline
+                    # cannot interrupt: bound the wait itself.
+                    wait=left if start_by is not None else None,
+                )
             # The stored grant states the topology actually bound; the rest is the offer's.
             if allocation.existing is not None and (
                 replace(
@@ -837,7 +846,6 @@ class LocalBackend(Backend):
                 created_at=record.created_at,
             )
             lease.on_state_change(self._on_lease_state)
-            workload = contract.workload
             if workload is not None and not workload.command:
                 # Nothing to wait for: the granted ports are the lease's at once.
                 lease.endpoints.update(_endpoints(ports))

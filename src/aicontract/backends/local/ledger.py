@@ -966,6 +966,27 @@ class Ledger:
         self._granted(lease_id)
         return allocation
 
+    def grant_now(
+        self,
+        lease_id: str,
+        make_record: Callable[[tuple[str, ...], tuple[int, ...], dict[str, int]], LeaseRecord],
+        demand: Demand,
+        now: float | None = None,
+    ) -> Allocation | None:
+        """:meth:`agrant` when it needs no wait; ``None`` (nothing bound) when another
+        process holds SQLite's lock: then :meth:`agrant` waits for it."""
+        now = time.time() if now is None else now
+        self._connections()
+        self._check_still_same()
+        self._hold()
+        try:
+            done, allocation = self.try_now(self._grant, lease_id, make_record, demand, now)
+        except BaseException:
+            self._granted(None)
+            raise
+        self._granted(lease_id if done else None)
+        return allocation
+
     def _check_still_same(self) -> None:
         """Before a grant: is the ledger still the file we opened? Reopen it if we may."""
         try:

@@ -307,16 +307,25 @@ class Lease:
         """
         if successors:
             self._let_go = True  # a renegotiation still under way must not switch to a new lease
-        with anyio.CancelScope(shield=True):
-            if not self._backend_released:
-                await self.backend.release(self)
-                self._backend_released = True
-            if self._after_release:  # also those registered since (see on_released)
-                await self._after_released()
-            if not self.state.is_final:
-                self.transition(LeaseState.RELEASED)
-            if successors and self.replaced_by is not None:
-                await self.replaced_by.release()
+        # Nothing may cut a release short: every wait below is shielded. A backend that
+        # can release without waiting (the local one, uncontended) needs no shield for it:
+        # nothing could interrupt it, and a shield costs more than that release's work.
+        if not self._backend_released:
+            release_now = getattr(self.backend, "release_now", None)
+            if release_now is None or not release_now(self):
+                with anyio.CancelScope(shield=True):
+                    await self.backend.release(self)
+            self._backend_released = True
+        if self._after_release or (successors and self.replaced_by is not None):
+            with anyio.CancelScope(shield=True):
+                if self._after_release:  # also those registered since (see on_released)
+                    await self._after_released()
+                if not self.state.is_final:
+                    self.transition(LeaseState.RELEASED)
+                if successors and self.replaced_by is not None:
+                    await self.replaced_by.release()
+        elif not self.state.is_final:
+            self.transition(LeaseState.RELEASED)
 
     @property
     def released_by_holder(self) -> bool:

@@ -242,25 +242,23 @@ class Negotiator:
         hedge_after = wanted.seconds if wanted is not None else self.hedge
 
         async def ask(backend: Backend) -> None:
+            # A backend that can answer without waiting (the local one, uncontended) is
+            # asked so first: nothing could cut that answer short, so it needs no timer.
+            quote_now = getattr(backend, "quote_now", None)
+            if quote_now is not None:
+                try:
+                    answer = quote_now(contract)
+                except Exception as exc:
+                    rejections.append(_quote_failed(backend, exc))
+                    return
+                if answer is not None:
+                    quotes.append(answer)
+                    return
             with anyio.move_on_after(self.quote_timeout) as scope:
                 try:
                     quotes.append(await backend.quote(contract))
                 except Exception as exc:
-                    if not isinstance(exc, AIContractError):
-                        # A broken backend (a plugin's bug) must not sink the others' offers.
-                        log.exception("backend %s failed to quote", backend.name)
-                    rejections.append(
-                        Rejection(
-                            backend=backend.name,
-                            requirement="quote",
-                            wanted="an answer",
-                            # An unexpected error's text may hold anything (a URL with a
-                            # token): the rejection names its type; the log has the rest.
-                            available=str(exc)
-                            if isinstance(exc, AIContractError)
-                            else f"{type(exc).__name__} (details in the log)",
-                        )
-                    )
+                    rejections.append(_quote_failed(backend, exc))
             if scope.cancelled_caught:
                 within = f"an answer within {self.quote_timeout:g}s"
                 rejections.append(Rejection.of(backend.name, "quote", within, "no answer"))
@@ -568,6 +566,23 @@ def _label_rejections(
             rejection = msgspec.structs.replace(rejection, requirement=requirement)
         out.append(rejection)
     return out
+
+
+def _quote_failed(backend: Backend, exc: Exception) -> Rejection:
+    """Why a backend's quote fell through: its error (an unexpected one by type only)."""
+    if not isinstance(exc, AIContractError):
+        # A broken backend (a plugin's bug) must not sink the others' offers.
+        log.error("backend %s failed to quote", backend.name, exc_info=exc)
+    return Rejection(
+        backend=backend.name,
+        requirement="quote",
+        wanted="an answer",
+        # An unexpected error's text may hold anything (a URL with a token): the
+        # rejection names its type; the log has the rest.
+        available=str(exc)
+        if isinstance(exc, AIContractError)
+        else f"{type(exc).__name__} (details in the log)",
+    )
 
 
 def _dedupe(rejections: Sequence[Rejection]) -> list[Rejection]:

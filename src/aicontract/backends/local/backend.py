@@ -163,6 +163,8 @@ def _fits(device: GPUDevice, gpus: GPU) -> bool:
 # How many offers' choices a backend remembers until their commit (offers not committed
 # are forgotten oldest first).
 _CHOSEN_KEPT = 64
+# How many topology choices and descriptions a backend remembers (emptied when full).
+_CHOICES_KEPT = 256
 
 
 class _Chosen(NamedTuple):
@@ -216,6 +218,13 @@ class LocalBackend(Backend):
     _topology: Topology | None = attrs.field(default=None, init=False, repr=False)
     _cpu_pool: tuple[int, ...] | None = attrs.field(default=None, init=False, repr=False)
     _chosen: dict[str, _Chosen] = attrs.field(factory=dict, init=False, repr=False)
+    # Topology choices by what they were made from (see _choose), and grants' descriptions.
+    _choices: dict[tuple[object, ...], Choice | None] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
+    _described: dict[tuple[tuple[str, ...], tuple[int, ...]], Choice] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
 
     @property
     def cpu_pool(self) -> tuple[int, ...]:
@@ -257,8 +266,23 @@ class LocalBackend(Backend):
 
     async def quote(self, contract: Contract) -> Quote:
         """What this host could grant now, from its inventory minus the ledger."""
+        return self._quote(contract, await self.ledger.ausage(self.clock.time()))
+
+    def quote_now(self, contract: Contract) -> Quote | None:
+        """:meth:`quote` when it needs no wait, else ``None`` (another process holds the
+        ledger's lock, or a dead holder's work must be stopped first): the negotiator
+        then awaits :meth:`quote` under its deadline. A quote that cannot wait needs
+        no deadline, and a deadline's timer costs more than the quote's own work."""
+        if type(self).quote is not LocalBackend.quote:
+            return None  # a subclass quotes its own way: ask it (a test's broken backend)
+        held = self.ledger.usage_now(self.clock.time())
+        return None if held is None else self._quote(contract, held)
+
+    def _quote(self, contract: Contract, held: tuple[Set[str], Set[int], int, int]) -> Quote:
+        """The quote for ``contract`` given what the ledger holds (GPU ids, CPU ids, memory
+        and disk bytes)."""
         inv = self.inventory
-        used_gpus, used_cpus, used_memory, used_disk = await self.ledger.ausage(self.clock.time())
+        used_gpus, used_cpus, used_memory, used_disk = held
         rejections: list[Rejection] = []
         res = contract.resources
 
@@ -384,7 +408,37 @@ class LocalBackend(Backend):
         gpus = contract.resources.gpus
         nvlink = gpus is not None and gpus.interconnect == "nvlink"
         least = (gpus.count.min or 1) if gpus is not None else 0
-        ids = [d.id for d in devices]
+        ids = tuple([d.id for d in devices])
+        memory_bytes = memory.bytes if memory is not None else 0
+        key: tuple[object, ...] | None = None
+        if isinstance(used_gpus, frozenset) and isinstance(used_cpus, frozenset):
+            # The choice depends on nothing else (the topology and CPU pool are fixed), and
+            # a loop asks again and again with the same held sets: choose once per state.
+            key = (ids, used_gpus, used_cpus, count, least, nvlink, cpus, local, memory_bytes)
+            if key in self._choices:
+                return self._choices[key]
+        choice = self._choose_now(
+            ids, used_gpus, count, least, nvlink, cpus, used_cpus, local, memory_bytes
+        )
+        if key is not None:
+            if len(self._choices) >= _CHOICES_KEPT:
+                self._choices.clear()
+            self._choices[key] = choice
+        return choice
+
+    def _choose_now(
+        self,
+        ids: tuple[str, ...],
+        used_gpus: Set[str],
+        count: int,
+        least: int,
+        nvlink: bool,
+        cpus: int,
+        used_cpus: Set[int],
+        local: bool,
+        memory: int,
+    ) -> Choice | None:
+        """:meth:`_choose`, worked out."""
         for size in range(count, least - 1, -1) if nvlink else (count,):
             choice = self.topology.choose(
                 ids,
@@ -395,7 +449,7 @@ class LocalBackend(Backend):
                 cpu_pool=self.cpu_pool,
                 used_cpus=used_cpus,
                 local=local,
-                memory=memory.bytes if memory is not None else 0,
+                memory=memory,
             )
             if choice is not None:
                 return choice
@@ -696,7 +750,12 @@ class LocalBackend(Backend):
         if self.topology.flat:
             link = "pcie" if len(gpu_ids) > 1 else None
             return replace(grant, gpu_interconnect=link, numa_nodes=())
-        found = self.topology.describe(gpu_ids, cpu_ids)
+        key = (tuple(gpu_ids), tuple(cpu_ids))
+        found = self._described.get(key)
+        if found is None:  # the topology is fixed: a set of devices is described once
+            if len(self._described) >= _CHOICES_KEPT:
+                self._described.clear()
+            found = self._described[key] = self.topology.describe(gpu_ids, cpu_ids)
         return replace(grant, gpu_interconnect=found.interconnect, numa_nodes=found.numa_nodes)
 
     async def _commit(
@@ -720,17 +779,26 @@ class LocalBackend(Backend):
             made.append(((gpu_ids, cpu_ids, ports), record))
             return _stored_record(record)
 
-        # No deadline, no cancel scope: the common case pays nothing for it.
-        with anyio.fail_after(start_by.seconds) if start_by else contextlib.nullcontext():
-            allocation = await self.ledger.agrant(
-                lease_id,
-                store,
-                demand,
-                now,
-                # The wait for another writer's lock happens in a thread that a deadline
-                # cannot interrupt: bound the wait itself.
-                wait=start_by.seconds if start_by else None,
-            )
+        workload = contract.workload
+        launches = workload is not None and bool(workload.command)
+        began = time.monotonic()
+        # A grant that need not wait (SQLite's lock free) is made at once: nothing could cut
+        # it short, so it needs no deadline (a timer costs more than the grant's own Python).
+        # Only a wait, or a workload to start, runs under start_by.
+        allocation = None if launches else self.ledger.grant_now(lease_id, store, demand, now)
+        waits = allocation is None and start_by is not None
+        left = start_by.seconds - (time.monotonic() - began) if start_by is not None else 0.0
+        with anyio.fail_after(max(0.0, left)) if waits else contextlib.nullcontext():
+            if allocation is None:
+                allocation = await self.ledger.agrant(
+                    lease_id,
+                    store,
+                    demand,
+                    now,
+                    # The wait for another writer's lock happens in a thread that a deadline
+                    # cannot interrupt: bound the wait itself.
+                    wait=left if start_by is not None else None,
+                )
             # The stored grant states the topology actually bound; the rest is the offer's.
             if allocation.existing is not None and (
                 replace(
@@ -778,7 +846,6 @@ class LocalBackend(Backend):
                 created_at=record.created_at,
             )
             lease.on_state_change(self._on_lease_state)
-            workload = contract.workload
             if workload is not None and not workload.command:
                 # Nothing to wait for: the granted ports are the lease's at once.
                 lease.endpoints.update(_endpoints(ports))
@@ -964,6 +1031,19 @@ class LocalBackend(Backend):
             return await self.ledger.still_held(lease.id)
         except LedgerError:
             return False
+
+    def release_now(self, lease: Lease) -> bool:
+        """:meth:`release` when it needs no wait (no workload to stop, the ledger's lock
+        free): ``True`` once done, ``False`` when :meth:`release` must run (shielded)."""
+        if lease.id in self._processes or type(self).release is not LocalBackend.release:
+            return False  # a workload to stop first, or a subclass that releases its own way
+        try:
+            done, _ = self.ledger.try_now(self.ledger.release_own, lease.id)
+        except LedgerError as exc:
+            # The ledger is gone or broken: nothing to free in it, and no work to stop.
+            log.warning("lease %s: %s", lease.id, exc)
+            return True
+        return done
 
     async def release(self, lease: Lease) -> None:
         """Stop the workload (if launched), then free the lease's devices."""

@@ -29,6 +29,7 @@ import functools
 import hashlib
 import itertools
 import os
+import random
 import secrets
 import signal
 import socket
@@ -258,8 +259,54 @@ def _free_ports(names: tuple[str, ...], used: Set[int]) -> dict[str, int]:
     return granted
 
 
+# How long a writer waiting for another's lock pauses between tries (give or take half).
+_BUSY_PAUSE = 0.001
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Did SQLite refuse because another connection holds its lock (try again later)?"""
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def _retrying(fn: Callable[[], T], wait: float) -> T:
+    """``fn()``, run again after a short pause while SQLite's lock is busy, for at most
+    ``wait`` seconds (then the busy error is raised). ``fn`` must fail before changing
+    anything when the lock is busy (a write that cannot begin), so running it again is safe.
+
+    SQLite's own busy handler is unfair: it sleeps longer the longer a writer has
+    waited (1 ms at first, 100 ms after a while), so writers that keep coming back
+    take the lock in between, and one that has waited a while may keep missing it
+    until its wait runs out while the ledger was never stuck. Here every waiter tries
+    again after the same short pause however long it has waited, so waiters take turns.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0 or not _busy(exc):
+                raise
+        time.sleep(min(left, _BUSY_PAUSE * random.uniform(0.5, 1.5)))
+
+
 class _Busy(Exception):
     """The fast path met another process's lock: retry off the event loop, patiently."""
+
+
+_generation = 0
+"""Bumped in a forked child, so a Ledger knows to look at its pid again without asking
+for it (a system call) on every use."""
+
+
+def _forked() -> None:
+    global _generation
+    _generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 class _Transaction:
@@ -441,6 +488,8 @@ class Ledger:
     _stamped: tuple[int, int] | None = attrs.field(default=None, repr=False)
     """The ledger file (device, inode) this process's holder lock file names."""
     _pid: int = attrs.field(factory=os.getpid, repr=False)
+    _generation: int = attrs.field(default=-1, repr=False)
+    """The fork generation this process's connections were checked in (see _forked)."""
     _token: str = attrs.field(factory=lambda: secrets.token_hex(8), repr=False)
     _mutex: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
     _epoch: str = attrs.field(default="", repr=False)
@@ -506,20 +555,27 @@ class Ledger:
             conn = sqlite3.connect(
                 self.path, timeout=busy_ms / 1000, isolation_level=None, check_same_thread=False
             )
+            conn.execute("PRAGMA busy_timeout=0")  # the setup waits its turn (_retrying)
+
+            def set_up() -> None:
+                if setup:  # the journal mode is kept in the file, the schema too: once is enough
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.executescript(_SCHEMA)
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute(_SCHEMA_PROBE)
+
+            _retrying(set_up, self.lock_wait)  # each step may run again: all are idempotent
             conn.execute(f"PRAGMA busy_timeout={busy_ms}")
-            if setup:  # the journal mode is kept in the file, the schema too: once is enough
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.executescript(_SCHEMA)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(_SCHEMA_PROBE)
         except (sqlite3.Error, OSError) as exc:
-            raise _ledger_error(self.path, exc) from None
+            raise _ledger_error(self.path, exc, self.lock_wait) from None
         return conn
 
     def _connections(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
         """The connections (reopened after a fork: SQLite connections must not cross one)."""
-        if self._fast is None or self._patient is None or self._pid != os.getpid():
+        if self._generation != _generation or self._fast is None or self._patient is None:
+            # (the pid is asked only here: a fork moves the generation, see _forked)
+            self._generation = _generation
             if self._pid != os.getpid():
                 # The parent's connections, lock and leases are the parent's.
                 self._fast = self._patient = None
@@ -535,22 +591,30 @@ class Ledger:
                 self._hold_mutex = threading.Lock()
                 self._granting = 0
             self._pid = os.getpid()
+            if self._fast is not None and self._patient is not None:
+                return self._fast, self._patient  # the same process: nothing to reopen
             self._patient = self._open(int(self.lock_wait * 1000), setup=True)
             self._fast = self._open(0)
-            try:
+            patient = self._patient
+
+            def epoch() -> str:
                 # The epoch names this ledger file's generation (see _unknown_holders);
                 # only a new file needs a write to get one.
-                row = self._patient.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+                row = patient.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
                 if row is None:
-                    with self._write(self._patient) as conn:
+                    with self._write(patient) as conn:
                         conn.execute(
                             "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
                             (secrets.token_hex(8),),
                         )
                         row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-                (self._epoch,) = row
+                return str(row[0])
+
+            try:
+                patient.execute("PRAGMA busy_timeout=0")
+                self._epoch = _retrying(epoch, self.lock_wait)
             except sqlite3.Error as exc:
-                raise _ledger_error(self.path, exc) from None
+                raise _ledger_error(self.path, exc, self.lock_wait) from None
             try:
                 st = os.stat(self.path)
             except OSError as exc:
@@ -576,19 +640,49 @@ class Ledger:
                 self._snapshot = None  # whatever failed may have changed what it knew
                 raise _ledger_error(self.path, exc, wait) from None
 
+    def run_fair(self, fn: Callable[..., T], *args: Any, wait: float | None = None) -> T:
+        """:meth:`run` for an ``fn`` that may run again from the start when SQLite's lock
+        was busy (it failed before changing anything): waits for other writers taking
+        turns with them, at most ``wait`` (default ``lock_wait``) seconds.
+
+        SQLite's own busy handler would let a writer that has waited long keep missing
+        the lock while others come back for it (see :func:`_retrying`): here every
+        waiter tries again after the same short pause, so waiters take turns.
+        """
+        _, patient = self._connections()
+        wait = self.lock_wait if wait is None else min(wait, self.lock_wait)
+
+        def attempt() -> T:
+            try:
+                return fn(patient, *args)
+            except sqlite3.Error:
+                self._snapshot = None  # whatever failed may have changed what it knew
+                raise
+
+        with self._mutex:
+            try:
+                patient.execute("PRAGMA busy_timeout=0")  # the waiting is done here
+                return _retrying(attempt, wait)
+            except sqlite3.Error as exc:
+                raise _ledger_error(self.path, exc, wait) from None
+
     async def arun(self, fn: Callable[..., T], *args: Any, wait: float | None = None) -> T:
         """Run ``fn(conn, *args)`` without ever blocking the event loop on another's lock.
 
         First on the loop, taking SQLite's write lock without waiting (the
         uncontended case costs no thread hop); when another process holds it,
-        in a worker thread that waits for it (SQLite's own sleeping busy
-        handler, no polling), at most ``wait`` (default ``lock_wait``) seconds.
-        The loop runs on meanwhile: renewals keep their deadline.
+        in a worker thread that waits for it, taking turns with other waiters
+        (:meth:`run_fair`), at most ``wait`` (default ``lock_wait``) seconds.
+        The loop runs on meanwhile: renewals keep their deadline. ``fn`` must be
+        able to run again from the start after a busy lock (it fails before
+        changing anything), as the fast path's try already needs.
         """
         done, value = self.try_now(fn, *args)
         if done:
             return value  # type: ignore[return-value]
-        return await anyio.to_thread.run_sync(functools.partial(self.run, fn, *args, wait=wait))
+        return await anyio.to_thread.run_sync(
+            functools.partial(self.run_fair, fn, *args, wait=wait)
+        )
 
     def try_now(self, fn: Callable[..., T], *args: Any) -> tuple[bool, T | None]:
         """:meth:`arun`'s fast path alone: ``(True, fn(conn, *args))`` when SQLite's
@@ -603,7 +697,7 @@ class Ledger:
                 return True, fn(fast, *args)
             except sqlite3.OperationalError as exc:
                 self._snapshot = None  # whatever failed may have changed what it knew
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                if not _busy(exc):
                     raise _ledger_error(self.path, exc) from None
             except sqlite3.Error as exc:
                 self._snapshot = None
@@ -872,6 +966,27 @@ class Ledger:
         self._granted(lease_id)
         return allocation
 
+    def grant_now(
+        self,
+        lease_id: str,
+        make_record: Callable[[tuple[str, ...], tuple[int, ...], dict[str, int]], LeaseRecord],
+        demand: Demand,
+        now: float | None = None,
+    ) -> Allocation | None:
+        """:meth:`agrant` when it needs no wait; ``None`` (nothing bound) when another
+        process holds SQLite's lock: then :meth:`agrant` waits for it."""
+        now = time.time() if now is None else now
+        self._connections()
+        self._check_still_same()
+        self._hold()
+        try:
+            done, allocation = self.try_now(self._grant, lease_id, make_record, demand, now)
+        except BaseException:
+            self._granted(None)
+            raise
+        self._granted(lease_id if done else None)
+        return allocation
+
     def _check_still_same(self) -> None:
         """Before a grant: is the ledger still the file we opened? Reopen it if we may."""
         try:
@@ -1118,6 +1233,15 @@ class Ledger:
             await self.arun(self._reclaim_op, now)
             held, _ = await self.arun(self._usage, now)
         return held
+
+    def usage_now(self, now: float) -> tuple[Set[str], Set[int], int, int] | None:
+        """:meth:`ausage` when it needs no wait: ``None`` when another process holds
+        SQLite's lock, or when a lease's workload must be stopped first (then
+        :meth:`ausage` does both)."""
+        done, found = self.try_now(self._usage, now)
+        if not done or found is None or found[1]:
+            return None
+        return found[0]
 
     def _reclaim_op(self, conn: sqlite3.Connection, now: float) -> int:
         with self._write(conn):

@@ -499,3 +499,44 @@ async def test_grant_names_the_outer_visible_gpu_by_uuid(
         finally:
             await first.release()
             await second.release()
+
+
+@pytest.mark.anyio
+async def test_a_container_and_the_host_never_share_a_gpu_they_number_differently(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, state_dir: Path
+) -> None:
+    # One ledger for the host and a container given physical GPU 3: NVML in the
+    # container counts that GPU as index 0. Held by index, the host's GPU 0 and the
+    # container's GPU 0 would be one row while being two GPUs, and GPU 3 two rows.
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(inventory_module, "_cpu_ids", lambda: tuple(range(8)))
+    host_nvml = fake_nvml(gpus=4, numa=[0, 0, 1, 1], nvswitch=True, numa_call=False)
+    boxed_nvml = fake_nvml(gpus=1, numa=[0], nvswitch=False, numa_call=False)
+    boxed_nvml.nvmlDeviceGetUUID = lambda h: uuid(3)
+    host_inv = read_host(tmp_path, sysfs=tmp_path, nvml=host_nvml)
+    boxed_inv = read_host(tmp_path, sysfs=tmp_path, nvml=boxed_nvml)
+    assert [g.id for g in boxed_inv.gpus] == ["0"]
+    clock = VirtualClock(now=time.time())
+    host = LocalBackend(state_dir=state_dir, clock=clock, inventory=host_inv)
+    boxed = LocalBackend(state_dir=state_dir, clock=clock, inventory=boxed_inv)
+    one = Contract(name="one", gpus=GPU(count=1), cpus=1, memory="1GiB")
+    async with host, boxed:
+        boxed_lease = await Negotiator([boxed]).acquire(one)
+        try:
+            assert boxed_lease.env["CUDA_VISIBLE_DEVICES"] == "0"  # its own numbering
+            four = Contract(name="four", gpus=GPU(count=4), cpus=1, memory="1GiB")
+            assert not (await host.quote(four)).offers, "physical GPU 3 is the container's"
+            three = Contract(name="three", gpus=GPU(count=3), cpus=1, memory="1GiB")
+            host_lease = await Negotiator([host]).acquire(three)
+            try:
+                assert host_lease.env["CUDA_VISIBLE_DEVICES"] == "0,1,2"
+            finally:
+                await host_lease.release()
+        finally:
+            await boxed_lease.release()
+        # And the other way round: the host holding GPU 3 leaves the container nothing.
+        host_lease = await Negotiator([host]).acquire(four)
+        try:
+            assert not (await boxed.quote(one)).offers
+        finally:
+            await host_lease.release()

@@ -120,6 +120,12 @@ def _grants_world(contract: Contract) -> bool:
     return contract.workload is not None and contract.workload.kind == "training"
 
 
+def _gpu_keys(inventory: Inventory) -> dict[str, str]:
+    """What the ledger holds each GPU under: its UUID where the inventory knows it
+    (the one name every process and container on the host agrees on)."""
+    return {g.id: g.uuid for g in inventory.gpus if g.uuid}
+
+
 def _world(contract: Contract, gpu_ids: Sequence[str], port: int) -> World:
     """This host's whole world: one node, meeting on 127.0.0.1 at the granted ``port``.
 
@@ -245,6 +251,8 @@ class LocalBackend(Backend):
         """What this host has (read once, then kept)."""
         if self._inventory is None:
             self._inventory = host_inventory(self.state_dir)
+            if self._ledger is not None:
+                self._ledger.key_gpus(_gpu_keys(self._inventory))
         return self._inventory
 
     @property
@@ -252,6 +260,8 @@ class LocalBackend(Backend):
         """The host-wide ledger in ``state_dir``."""
         if self._ledger is None:
             self._ledger = Ledger.in_dir(self.state_dir)
+            if self._inventory is not None:
+                self._ledger.key_gpus(_gpu_keys(self._inventory))
         return self._ledger
 
     def leases(self) -> list[LeaseRecord]:
@@ -266,6 +276,7 @@ class LocalBackend(Backend):
 
     async def quote(self, contract: Contract) -> Quote:
         """What this host could grant now, from its inventory minus the ledger."""
+        _ = self.inventory  # read first: the ledger holds GPUs under the keys it gives
         return self._quote(contract, await self.ledger.ausage(self.clock.time()))
 
     def quote_now(self, contract: Contract) -> Quote | None:
@@ -275,6 +286,7 @@ class LocalBackend(Backend):
         no deadline, and a deadline's timer costs more than the quote's own work."""
         if type(self).quote is not LocalBackend.quote:
             return None  # a subclass quotes its own way: ask it (a test's broken backend)
+        _ = self.inventory  # read first: the ledger holds GPUs under the keys it gives
         held = self.ledger.usage_now(self.clock.time())
         return None if held is None else self._quote(contract, held)
 

@@ -36,7 +36,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Set
+from collections.abc import Callable, Iterable, Mapping, Set
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -460,14 +460,16 @@ class _Used:
         self.amounts = amounts
 
     @classmethod
-    def of(cls, held: Iterable[tuple[str, str]]) -> _Used:
-        """From :data:`_HELD_DEVICES` rows (the :data:`_DUE` ones skipped)."""
+    def of(cls, held: Iterable[tuple[str, str]], gpu_ids: Mapping[str, str]) -> _Used:
+        """From :data:`_HELD_DEVICES` rows (the :data:`_DUE` ones skipped); ``gpu_ids``
+        names this process's GPUs by their ledger keys (see :attr:`Ledger.gpu_keys`)."""
         gpus: set[str] = set()
         cpus: set[int] = set()
         ports: set[int] = set()
         for kind, devices in held:
             if kind == "gpu":
-                gpus.update(devices.split(_SEP))
+                keys = devices.split(_SEP)
+                gpus.update([gpu_ids.get(k, k) for k in keys] if gpu_ids else keys)
             elif kind == "cpu":
                 cpus.update(map(int, devices.split(_SEP)))
             elif kind == "port":
@@ -505,10 +507,28 @@ class Ledger:
     _snapshot: _Snapshot | None = attrs.field(default=None, repr=False)
     # This process's leases and what each holds (what a release takes off the snapshot).
     _owned: dict[str, _Owned] = attrs.field(factory=dict, repr=False)
+    # The key each GPU is held under, by id, where the two differ: its UUID. Ids are how
+    # this process names a GPU (CUDA_VISIBLE_DEVICES); a container or an outer scheduler
+    # numbers the same GPU otherwise, and only the UUID is the same in every process.
+    _gpu_keys: Mapping[str, str] = attrs.field(factory=dict, init=False, repr=False)
+    _gpu_ids: Mapping[str, str] = attrs.field(factory=dict, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.lock_dir is None:
             self.lock_dir = self.path.parent / "locks"
+
+    def key_gpus(self, keys: Mapping[str, str]) -> None:
+        """Hold each GPU under ``keys[id]`` (its UUID) rather than its id, where given.
+
+        The ledger is shared by every process and container on the host, and they
+        need not number GPUs alike: a container sees its one GPU as ``0``, a Slurm job
+        counts its GPUs from ``0``, an outer ``CUDA_VISIBLE_DEVICES`` makes ids UUIDs.
+        Held under its UUID, a GPU is the same row whoever holds it; this process
+        still reads and grants it by its own id.
+        """
+        self._gpu_keys = {gpu: key for gpu, key in keys.items() if key != gpu}
+        self._gpu_ids = {key: gpu for gpu, key in self._gpu_keys.items()}
+        self._snapshot = None  # what it knew was named the old way
 
     @classmethod
     def in_dir(cls, state_dir: str | os.PathLike[str]) -> Ledger:
@@ -1038,7 +1058,7 @@ class Ledger:
                 # choose from).
                 held = conn.execute(_HELD_OR_DUE, (now,)).fetchall()
                 if not any(kind == _DUE for kind, _ in held):
-                    used = _Used.of(held)
+                    used = _Used.of(held, self._gpu_ids)
                 else:
                     self._reclaim(conn, now, check_holders=False)
             unknown = self._unknown_holders()
@@ -1088,8 +1108,9 @@ class Ledger:
                         continue  # its dead holder's row is gone: grant afresh
                     return kept
                 values: list[str] = []
+                keys = self._gpu_keys
                 for g in gpu_ids:
-                    values += ("gpu", g, lease_id)
+                    values += ("gpu", keys.get(g, g), lease_id)
                 for c in cpu_ids:
                     values += ("cpu", str(c), lease_id)
                 for p in ports.values():
@@ -1146,7 +1167,7 @@ class Ledger:
         if used is None:
             # Every row counts, expired or not: a lease's devices are free only once its
             # row is gone, which is only once its workload is.
-            used = _Used.of(conn.execute(_HELD_DEVICES).fetchall())
+            used = _Used.of(conn.execute(_HELD_DEVICES).fetchall(), self._gpu_ids)
         if demand.place is not None:
             placed = demand.place(used.gpus, used.cpus)
             if len(placed[0]) != demand.gpus or len(placed[1]) != demand.cpus:
@@ -1304,7 +1325,7 @@ class Ledger:
         gpus: set[str] = set()
         cpus: set[int] = set()
         if not gone:  # the common case: every held device counts, read a kind at a time
-            used = _Used.of(conn.execute(_HELD_DEVICES))
+            used = _Used.of(conn.execute(_HELD_DEVICES), self._gpu_ids)
             gpus, cpus, ports = set(used.gpus), set(used.cpus), used.ports
             if clean:
                 self._snapshot = _Snapshot(
@@ -1325,7 +1346,7 @@ class Ledger:
             if lease_id in gone:
                 continue
             if kind == "gpu":
-                gpus.add(device)
+                gpus.add(self._gpu_ids.get(device, device))
             elif kind == "cpu":
                 cpus.add(int(device))
         return (gpus, cpus, int(memory), int(disk)), stoppable

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from aicontract import Bytes, ContractError, Grant, loads
+from aicontract.backends.local import LocalBackend
+from aicontract.backends.local.inventory import Inventory
 
 
 @pytest.mark.parametrize(
@@ -54,3 +58,17 @@ def test_grant_describes_for_humans() -> None:
     grant = Grant(cpus=1, memory=Bytes(24683652 * 1024), gpus=1, gpu_memory=Bytes("80GiB"))
     assert grant.describe() == "1 x GPU (80GiB), 1 CPU, 23.5GiB memory"
     assert "2 CPUs" in Grant(cpus=2).describe()
+
+
+@pytest.mark.anyio
+async def test_local_declines_name_sizes_for_humans(tmp_path: Path) -> None:
+    # docs/cli/index.md: tables read "23.5GiB", not "24683652KiB" — declines included.
+    inventory = Inventory(cpus=2, memory=Bytes(24683652 * 1024), disk=Bytes("1536MiB"))
+    backend = LocalBackend(state_dir=tmp_path, inventory=inventory)
+    try:
+        quote = await backend.quote(loads("name: c\nresources: {memory: 32GiB, disk: 2GiB}\n"))
+    finally:
+        await backend.aclose()
+    available = {r.requirement: r.available for r in quote.rejections}
+    assert available["resources.memory"] == "23.5GiB free of 23.5GiB"
+    assert available["resources.disk"] == "1.5GiB free"

@@ -322,7 +322,7 @@ class LocalBackend(Backend):
             free_memory = Bytes(max(0, inv.memory.bytes - used_memory))
             memory = res.memory.grant(free_memory)
             if memory is None:
-                reject("resources.memory", res.memory, f"{free_memory} free of {inv.memory}")
+                reject("resources.memory", res.memory, f"{free_memory.human()} free of {inv.memory.human()}")
         disk: Bytes | None = None
         if res.disk is not None:
             if inv.disk is None:
@@ -331,7 +331,7 @@ class LocalBackend(Backend):
                 free_disk = Bytes(max(0, inv.disk.bytes - used_disk))
                 disk = res.disk.grant(free_disk)
                 if disk is None:
-                    reject("resources.disk", res.disk, f"{free_disk} free")
+                    reject("resources.disk", res.disk, f"{free_disk.human()} free")
 
         choices: list[tuple[str | None, list[GPUDevice]]] = [(None, [])]
         counter: list[Offer] = []

@@ -322,7 +322,11 @@ class LocalBackend(Backend):
             free_memory = Bytes(max(0, inv.memory.bytes - used_memory))
             memory = res.memory.grant(free_memory)
             if memory is None:
-                reject("resources.memory", res.memory, f"{free_memory.human()} free of {inv.memory.human()}")
+                reject(
+                    "resources.memory",
+                    res.memory,
+                    f"{free_memory.human()} free of {inv.memory.human()}",
+                )
         disk: Bytes | None = None
         if res.disk is not None:
             if inv.disk is None:

@@ -169,7 +169,9 @@ def _describe(entry: Mapping[str, Any]) -> str:
         parts.append(f"by {who}")
     detail = entry.get("offer") or entry.get("grant")
     if kind == "grant":
-        detail = f"{entry.get('grant')} in {entry.get('region')}/{entry.get('jurisdiction')}"
+        # A host with no jurisdiction set has none: say "in local", not "in local/None".
+        where = "/".join(str(entry[k]) for k in ("region", "jurisdiction") if entry.get(k))
+        detail = f"{entry.get('grant')} in {where or '?'}"
     if kind in ("refuse",):
         detail = "; ".join(entry.get("refusals", []))
     elif kind in ("no-offer", "commit-failed", "end"):

@@ -481,7 +481,7 @@ async def test_pcie_box_states_pcie_and_refuses_nvlink(host: Any) -> None:
         await lease.release()
         # Locality cannot be met where the inventory states no NUMA nodes.
         refused = await backend.quote(Contract(gpus=1, placement={"locality": "numa"}))
-        assert "lists no NUMA nodes" in refused.rejections[0].available
+        assert "no NUMA nodes (the inventory lists none)" in refused.rejections[0].available
     finally:
         await backend.aclose()
 

@@ -487,7 +487,7 @@ class LocalBackend(Backend):
                 )
         where = "the NUMA nodes of the free GPUs" if devices else "one NUMA node"
         has = (
-            "the inventory lists no NUMA nodes"
+            "no NUMA nodes (the inventory lists none)"
             if not self.inventory.numa
             else f"not enough free CPUs or memory on {where}"
         )

@@ -68,6 +68,9 @@ class KubernetesBackend(FitMixin, CommitMixin, ObserveMixin, GcMixin):
     clock: Clock = system_clock
     http: httpx.AsyncClient | None = attrs.field(default=None, repr=False)
     _api: KubeAPI | None = attrs.field(default=None, init=False, repr=False)
+    # Was ``http`` built here from the kubeconfig (rather than given)? Only then is the
+    # kubeconfig's client certificate the one the requests carry.
+    _from_config: bool = attrs.field(default=False, init=False, repr=False)
     _features: Features | None = attrs.field(default=None, init=False, repr=False)
     _ready_namespaces: set[str] = attrs.field(factory=set, init=False, repr=False)
 
@@ -79,3 +82,4 @@ class KubernetesBackend(FitMixin, CommitMixin, ObserveMixin, GcMixin):
             await self.http.aclose()
         self._api = None
         self.http = None
+        self._from_config = False

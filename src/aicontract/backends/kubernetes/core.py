@@ -138,6 +138,7 @@ class KubeCore(Backend):
     clock: Clock
     http: httpx.AsyncClient | None
     _api: KubeAPI | None
+    _from_config: bool
     _features: Features | None
     _ready_namespaces: set[str]
 
@@ -156,6 +157,7 @@ class KubeCore(Backend):
         if self._api is None:
             if self.http is None:
                 self.http, default_ns = client_from_config(self.kubeconfig, self.context)
+                self._from_config = True
                 if self.namespace is None and os.environ.get("AICONTRACT_K8S_NAMESPACE"):
                     self.namespace = os.environ["AICONTRACT_K8S_NAMESPACE"]
                 del default_ns
@@ -230,7 +232,11 @@ class KubeCore(Backend):
         )
 
     def _client_certificate(self) -> bytes | None:
-        """The PEM of the kubeconfig user's client certificate (inline or a file), if any."""
+        """The PEM of the kubeconfig user's client certificate (inline or a file), if any:
+        only when the client was built from that kubeconfig (a client given directly
+        presents its own credentials, whatever the environment's kubeconfig holds)."""
+        if not self._from_config:
+            return None
         try:
             single = _load_config(self.kubeconfig, self.context)
         except ConfigError:

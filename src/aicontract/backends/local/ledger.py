@@ -652,13 +652,29 @@ class Ledger:
         seconds for other writers."""
         _, patient = self._connections()
         wait = self.lock_wait if wait is None else min(wait, self.lock_wait)
-        with self._mutex:
-            try:
-                patient.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
-                return fn(patient, *args)
-            except sqlite3.Error as exc:
-                self._snapshot = None  # whatever failed may have changed what it knew
-                raise _ledger_error(self.path, exc, wait) from None
+        left = self._take_turn(wait)
+        try:
+            patient.execute(f"PRAGMA busy_timeout={int(left * 1000)}")
+            return fn(patient, *args)
+        except sqlite3.Error as exc:
+            self._snapshot = None  # whatever failed may have changed what it knew
+            raise _ledger_error(self.path, exc, wait) from None
+        finally:
+            self._mutex.release()
+
+    def _take_turn(self, wait: float) -> float:
+        """Take this process's turn on its connections (``_mutex``), waiting at most
+        ``wait`` seconds; what is left of ``wait`` for SQLite's own lock.
+
+        Another thread's call may hold the turn while it waits out its own lock_wait:
+        a wait for the turn without a bound would add all of that to ours (and a
+        deadline cannot interrupt a thread), so it counts against ``wait``."""
+        began = time.monotonic()
+        timeout = max(0.0, wait) if wait < threading.TIMEOUT_MAX else -1
+        if not self._mutex.acquire(timeout=timeout):
+            busy = sqlite3.OperationalError("database is locked (by this process's other calls)")
+            raise _ledger_error(self.path, busy, wait)
+        return max(0.0, wait - (time.monotonic() - began))
 
     def run_fair(self, fn: Callable[..., T], *args: Any, wait: float | None = None) -> T:
         """:meth:`run` for an ``fn`` that may run again from the start when SQLite's lock
@@ -679,12 +695,14 @@ class Ledger:
                 self._snapshot = None  # whatever failed may have changed what it knew
                 raise
 
-        with self._mutex:
-            try:
-                patient.execute("PRAGMA busy_timeout=0")  # the waiting is done here
-                return _retrying(attempt, wait)
-            except sqlite3.Error as exc:
-                raise _ledger_error(self.path, exc, wait) from None
+        left = self._take_turn(wait)
+        try:
+            patient.execute("PRAGMA busy_timeout=0")  # the waiting is done here
+            return _retrying(attempt, left)
+        except sqlite3.Error as exc:
+            raise _ledger_error(self.path, exc, wait) from None
+        finally:
+            self._mutex.release()
 
     async def arun(self, fn: Callable[..., T], *args: Any, wait: float | None = None) -> T:
         """Run ``fn(conn, *args)`` without ever blocking the event loop on another's lock.

@@ -659,7 +659,7 @@ class SlurmBackend(Backend):
         first = min((j.id for j in jobs), default=ours)
         if first < ours:
             log.info("slurm: job %s of %s was there first; cancelling ours, %s", first, name, ours)
-            await self._retrying(deadline, self._cancel_and_wait, ours)
+            await self._retrying(deadline, self._cancel_and_wait, ours, deadline)
             return first
         return ours
 
@@ -683,7 +683,7 @@ class SlurmBackend(Backend):
                     job_id = job.id if job is not None else None
                 if job_id is not None:
                     step = f"cancel job {job_id}"
-                    await self._retrying(until, self._cancel_and_wait, job_id)
+                    await self._retrying(until, self._cancel_and_wait, job_id, until)
         except Exception as exc:
             note = f"then, undoing the commit, could not {step}: {exc}"
             log.warning("slurm: after a failed commit (%s), could not %s: %s", failure, step, exc)
@@ -909,15 +909,29 @@ class SlurmBackend(Backend):
         job_id = lease.details.get("job_id")
         if job_id:
             until = anyio.current_time() + self.release_timeout
-            await self._retrying(until, self._cancel_and_wait, int(job_id))
+            # The bound is on the whole release, every attempt included: a caller's
+            # release is shielded from cancellation, so this is the only bound it has.
+            with anyio.move_on_after(self.release_timeout) as scope:
+                await self._retrying(until, self._cancel_and_wait, int(job_id), until)
+            if scope.cancelled_caught:
+                raise TransientBackendError(
+                    self.name,
+                    f"job {job_id} not cancelled within release_timeout"
+                    f" ({self.release_timeout:g}s): slurmctld did not answer in time",
+                )
         for key, held in list(self._leases.items()):
             if held is lease:
                 del self._leases[key]
 
-    async def _cancel_and_wait(self, job_id: int) -> None:
+    async def _cancel_and_wait(self, job_id: int, until: float | None = None) -> None:
+        """Cancel ``job_id`` and wait for it to finish: at most ``release_timeout``, and
+        never past ``until`` (anyio's clock) where given."""
         await self.rest.cancel(job_id)
         delay = self.poll_interval
-        with anyio.move_on_after(self.release_timeout):
+        wait = self.release_timeout
+        if until is not None:
+            wait = min(wait, max(0.0, until - anyio.current_time()))
+        with anyio.move_on_after(wait):
             while True:
                 raw = await self.rest.job(job_id)
                 if raw is None or job_views([raw])[0].finished:
@@ -925,7 +939,7 @@ class SlurmBackend(Backend):
                 await anyio.sleep(delay)
                 delay = min(self.poll_max, delay * 1.5)
         raise TransientBackendError(
-            self.name, f"job {job_id} still there {self.release_timeout:g}s after cancelling"
+            self.name, f"job {job_id} still there {wait:g}s after cancelling"
         )
 
     # -- observing -----------------------------------------------------------------------

@@ -13,10 +13,10 @@ from typing import Any
 
 import anyio
 import pytest
-from test_kubernetes_faults import LosingTransport, contract, http_client, quote_then_fill
+from test_kubernetes_faults import LosingTransport, http_client
 from test_kubernetes_gang import gang, gone, no_lease_pods, objects_of, one_region
 
-from aicontract import CapacityUnavailable, Lease, LeaseState, Monitor, Negotiator, QuotaExceeded
+from aicontract import Lease, LeaseState, Monitor, Negotiator, QuotaExceeded
 from aicontract.backends.kubernetes import KubernetesBackend
 
 pytestmark = [pytest.mark.k8s, pytest.mark.anyio]
@@ -205,42 +205,3 @@ async def test_a_gang_waiting_for_capacity_survives_an_apiserver_restart(
             if holder.is_active:
                 await holder.release()
             await kb.aclose()
-
-
-async def test_a_waiting_pod_deleted_by_someone_else_ends_the_commit_at_once(
-    k8s_cluster: Any,
-) -> None:
-    """While a commit waits (``start_by`` 60 s) for its pod to be bound, someone deletes
-    the pod. The commit must not wait out its deadline for a pod that is gone."""
-    kb = KubernetesBackend(kubeconfig=k8s_cluster.kubeconfig, ttl=30)
-    offer, holder = await quote_then_fill(kb, contract(regions=("us-east-1",), start_by="60s"))
-    outcome: list[Any] = []
-    key = uuid.uuid4().hex[:16]
-
-    async def commit() -> None:
-        try:
-            outcome.append(await kb.commit(offer, key))
-        except Exception as exc:
-            outcome.append(exc)
-
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(commit)
-            ns = kb.namespace_for(offer.contract)
-            with anyio.fail_after(30):
-                while not objects_of(k8s_cluster, ns, f"aic-{key}")["pods"]:
-                    await anyio.sleep(0.1)
-            with k8s_cluster.client() as admin:
-                r = admin.delete(f"/api/v1/namespaces/{ns}/pods/aic-{key}")
-                assert r.status_code == 200, r.text
-            with anyio.fail_after(20):  # far less than start_by
-                while not outcome:
-                    await anyio.sleep(0.1)
-        [result] = outcome
-        assert isinstance(result, CapacityUnavailable), result
-        assert "deleted" in str(result)
-        await gone(k8s_cluster, ns, f"aic-{key}")
-    finally:
-        if holder.is_active:
-            await holder.release()
-        await kb.aclose()

@@ -291,10 +291,6 @@ def _retrying(fn: Callable[[], T], wait: float) -> T:
         time.sleep(min(left, _BUSY_PAUSE * random.uniform(0.5, 1.5)))
 
 
-class _Busy(Exception):
-    """The fast path met another process's lock: retry off the event loop, patiently."""
-
-
 _generation = 0
 """Bumped in a forked child, so a Ledger knows to look at its pid again without asking
 for it (a system call) on every use."""

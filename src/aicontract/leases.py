@@ -311,8 +311,7 @@ class Lease:
         # can release without waiting (the local one, uncontended) needs no shield for it:
         # nothing could interrupt it, and a shield costs more than that release's work.
         if not self._backend_released:
-            release_now = getattr(self.backend, "release_now", None)
-            if release_now is None or not release_now(self):
+            if not self.backend.release_now(self):
                 with anyio.CancelScope(shield=True):
                     await self.backend.release(self)
             self._backend_released = True

@@ -244,16 +244,14 @@ class Negotiator:
         async def ask(backend: Backend) -> None:
             # A backend that can answer without waiting (the local one, uncontended) is
             # asked so first: nothing could cut that answer short, so it needs no timer.
-            quote_now = getattr(backend, "quote_now", None)
-            if quote_now is not None:
-                try:
-                    answer = quote_now(contract)
-                except Exception as exc:
-                    rejections.append(_quote_failed(backend, exc))
-                    return
-                if answer is not None:
-                    quotes.append(answer)
-                    return
+            try:
+                answer = backend.quote_now(contract)
+            except Exception as exc:
+                rejections.append(_quote_failed(backend, exc))
+                return
+            if answer is not None:
+                quotes.append(answer)
+                return
             with anyio.move_on_after(self.quote_timeout) as scope:
                 try:
                     quotes.append(await backend.quote(contract))

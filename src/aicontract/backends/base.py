@@ -173,6 +173,18 @@ class Backend(ABC):
     async def release(self, lease: Lease) -> None:
         """Free everything ``lease`` holds."""
 
+    def quote_now(self, contract: Contract) -> Quote | None:
+        """:meth:`quote` when it can be answered at once, without awaiting anything, else
+        ``None`` (the default). The negotiator asks this first: an answer that cannot
+        wait needs no timer, and a timer costs more than a local quote's own work."""
+        return None
+
+    def release_now(self, lease: Lease) -> bool:
+        """:meth:`release` when it can be done at once, without awaiting anything:
+        ``True`` once done, ``False`` (the default) when :meth:`release` must run, shielded
+        from cancellation."""
+        return False
+
     def _refuse_foreign(self, offer: Offer) -> None:
         """Refuse, in :meth:`commit`, an offer that another backend made."""
         if offer.backend != self.name:
